@@ -1,0 +1,1 @@
+"""NWB -> Arrow shards, Arrow shards -> torch batches, and the simulated benchmark networks."""

@@ -1,0 +1,268 @@
+"""NWB files -> one Arrow dataset: validate every file, then bin, then write (manifest last).
+
+Rule for several files (sessions): they must have the same regions, and each region the same
+number of kept units in every session; units are matched by position (sorted by unit id),
+as for chronic recordings of the same units. Sessions with different units are different
+datasets: ingest them separately. A mismatch is an IngestError naming files and regions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from data_loaders import fs as dfs
+from data_loaders import schema
+from data_loaders.errors import IngestError
+from data_loaders.manifest import DatasetManifest, RegionSpec
+from data_loaders.nwb import binning
+from data_loaders.nwb.options import IngestOptions
+from data_loaders.nwb.plan import FilePlan, check_window, load_region_map, plan_file, resolve_window
+from data_loaders.nwb.read import NWBSession, open_nwb, sha256_file
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    """Columns of x/<region>: unit rows of each file, held-in first then held-out."""
+
+    name: str
+    n_heldin: int
+    n_heldout: int
+    rows: tuple[np.ndarray, ...]  # per file: unit rows in column order
+
+
+def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
+           options: IngestOptions | None = None, *, overwrite: bool = False) -> DatasetManifest:
+    """Ingest `files` into the dataset at `out`; nothing is written unless all files pass."""
+    o = options or IngestOptions()
+    files = [os.fspath(f) for f in files]
+    if not files:
+        raise IngestError("no NWB files given; pass one or more FILE.nwb")
+    if len(set(map(os.path.abspath, files))) != len(files):
+        raise IngestError(f"the same NWB file is given twice in {files}; pass each session once")
+    _check_out(os.fspath(out), overwrite)
+    region_map = load_region_map(o.region_map)
+    plans, warnings = [], []
+    for path in files:
+        with open_nwb(path) as s:
+            plans.append(plan_file(s, o, region_map))
+            warnings += plans[-1].warnings
+    layouts = _layouts(plans, o, warnings)
+    window = resolve_window(plans, o)
+    bw = o.bin_width_s
+    n_bins = binning.n_bins_for(window[1] - window[0], bw)
+    if n_bins <= o.ic_enc_seq_len:
+        raise IngestError(f"window {window[0]:g}:{window[1]:g} s holds {n_bins} bins of {o.bin_ms:g} ms, "
+                          f"but ic_enc_seq_len is {o.ic_enc_seq_len}; trials need more bins: widen "
+                          "--window, shorten --bin-ms or lower --ic-enc-seq-len")
+    for p in plans:  # every window inside its trial, before any spike is read
+        t0 = p.event + window[0]
+        check_window(p, t0, t0 + n_bins * bw, window)
+    x, ext = _bin_all(files, plans, layouts, window, n_bins, o)
+    cols = _trial_columns(plans, o)
+    sources = [_source(p, k, layouts) for k, p in enumerate(plans)]
+    provenance = {
+        "generator": "mrlfads ingest",
+        "sources": sources,
+        "options": _options_dict(o),
+        "region_map": region_map,
+        "window_s": list(window),
+        "warnings": warnings,
+        "versions": _versions(),
+    }
+    regions = [RegionSpec(L.name, L.n_heldin, L.n_heldout,
+                          tuple(str(i) for i in plans[0].unit_ids[L.rows[0]])) for L in layouts]
+    name = o.name or os.path.splitext(os.path.basename(files[0]))[0]
+    return _write(os.fspath(out), overwrite, name=name, regions=regions, obs_model="poisson",
+                  bin_width_s=bw, ic_enc_seq_len=o.ic_enc_seq_len, x=x, ext=ext,
+                  provenance=provenance, rows_per_shard=o.rows_per_shard, **cols)
+
+
+# -- regions ----------------------------------------------------------------------------------
+def _layouts(plans: list[FilePlan], o: IngestOptions, warnings: list[str]) -> list[RegionLayout]:
+    names = _common_regions(plans, o)
+    kept = []
+    for r in names:
+        counts = {p.path: len(p.region_rows[r]) for p in plans}
+        if len(set(counts.values())) > 1:
+            raise IngestError(
+                f"region {r!r} has a different number of units per session {counts}; units of one "
+                "dataset are matched by position across sessions, so counts must be equal: ingest "
+                "the sessions separately, or drop units (--drop-quality, --region-map) to match")
+        n = next(iter(counts.values()))
+        if n < o.min_neurons:
+            warnings.append(f"region {r!r} dropped: {n} units < --min-neurons {o.min_neurons}")
+        else:
+            kept.append(r)
+    if not kept:
+        raise IngestError(f"no region has at least {o.min_neurons} units (--min-neurons) in "
+                          f"{[p.path for p in plans]}; lower --min-neurons or check the regions")
+    for r in kept:
+        if not schema.REGION_RE.match(r):
+            raise IngestError(f"{plans[0].path}: region label {r!r} is not a valid region name "
+                              "(letters, digits, '_', starting with a letter); map it with "
+                              "--region-map FILE ({label: region}) or leave it out with --regions")
+    rng = np.random.default_rng(o.seed)
+    return [_layout(r, plans, o, rng) for r in kept]
+
+
+def _common_regions(plans: list[FilePlan], o: IngestOptions) -> list[str]:
+    if o.regions is not None:
+        for p in plans:
+            absent = [r for r in o.regions if r not in p.region_rows]
+            if absent:
+                raise IngestError(f"{p.path}: requested regions {absent} (--regions) are absent; "
+                                  f"this file has regions {list(p.regions)}: fix --regions "
+                                  "(or --region-map)")
+        return list(o.regions)
+    sets = {p.path: p.regions for p in plans}
+    if len(set(sets.values())) > 1:
+        raise IngestError(f"sessions have different regions: {sets}; sessions of one dataset "
+                          "need the same regions: pass --regions with the shared ones")
+    return list(plans[0].regions)
+
+
+def _layout(r: str, plans: list[FilePlan], o: IngestOptions, rng: np.random.Generator) -> RegionLayout:
+    n = len(plans[0].region_rows[r])
+    if o.heldout_column is None:
+        n_out = o.n_heldout(n)
+        out_pos = np.sort(rng.choice(n, size=min(n_out, n), replace=False))
+        per_file = [out_pos] * len(plans)
+    else:
+        per_file = [np.flatnonzero(p.heldout_flags[p.region_rows[r]]) for p in plans]
+        if len({len(h) for h in per_file}) > 1:
+            raise IngestError(f"region {r!r}: --heldout-column {o.heldout_column!r} marks "
+                              f"{[len(h) for h in per_file]} units in sessions "
+                              f"{[p.path for p in plans]}; mark the same number in each")
+        n_out = len(per_file[0])
+    if n - n_out < 1:
+        raise IngestError(f"region {r!r}: {n_out} of its {n} units would be held out, leaving none "
+                          "for the encoders; lower --heldout")
+    rows = []
+    for p, out in zip(plans, per_file):
+        held_in = np.setdiff1d(np.arange(n), out)
+        rows.append(p.region_rows[r][np.concatenate([held_in, out])])
+    return RegionLayout(r, n - len(per_file[0]), len(per_file[0]), tuple(rows))
+
+
+# -- binning ----------------------------------------------------------------------------------
+def _bin_all(files, plans, layouts, window, n_bins, o) -> tuple[dict, dict | None]:
+    """x[region]: (trials, T, N) counts over all files; ext[region]: (trials, T, D) or None.
+    Output arrays are allocated once and filled file by file (no concatenation copies)."""
+    n_total = sum(len(p.event) for p in plans)
+    x = {L.name: np.zeros((n_total, n_bins, len(L.rows[0])), dtype=np.float32) for L in layouts}
+    exts, first = [], 0
+    for k, (path, p) in enumerate(zip(files, plans)):
+        edges = binning.window_edges(p.event + window[0], n_bins, o.bin_width_s)
+        trials = slice(first, first + len(p.event))
+        first += len(p.event)
+        with open_nwb(path) as s:
+            _bin_units(s, p, {L.name: L.rows[k] for L in layouts}, edges, x, trials)
+            if o.ext_timeseries is not None:
+                times, values = s.timeseries_samples(o.ext_timeseries, edges[0, 0], edges[-1, -1])
+                exts.append(binning.bin_timeseries(times, values, edges))
+        if o.ext_column is not None:
+            exts.append(np.broadcast_to(p.ext_value[:, None, None], (len(p.event), n_bins, 1)))
+    if not exts:
+        return x, None
+    e = np.concatenate(exts, axis=0).astype(np.float32)
+    return x, {L.name: e for L in layouts}
+
+
+def _bin_units(s: NWBSession, p: FilePlan, rows: dict[str, np.ndarray], edges: np.ndarray,
+               x: dict[str, np.ndarray], trials: slice) -> None:
+    """Fill x[region][trials, :, j] with the counts of unit rows[region][j]. All regions'
+    units are read in one pass in file order, so consecutive units share HDF5 reads."""
+    where = {int(r): (name, j) for name, rr in rows.items() for j, r in enumerate(rr)}
+    for r, spikes in s.iter_unit_spikes(np.array(sorted(where), dtype=np.int64)):
+        if not np.isfinite(spikes).all():
+            raise IngestError(f"{p.path}: unit {int(p.unit_ids[r])} has NaN or infinite spike "
+                              "times; remove them from the file")
+        bad = binning.first_unsorted(spikes)
+        if bad is not None:
+            raise IngestError(f"{p.path}: spike times of unit {int(p.unit_ids[r])} are not sorted "
+                              f"(spike {bad} at {spikes[bad]:.6f} s comes after {spikes[bad - 1]:.6f} "
+                              "s); NWB requires sorted spike times: sort them and rewrite the file")
+        name, j = where[r]
+        x[name][trials, :, j] = binning.bin_spikes(spikes, edges)
+
+
+# -- trials -----------------------------------------------------------------------------------
+def _trial_columns(plans: list[FilePlan], o: IngestOptions) -> dict:
+    """trial_id, condition, perturbed and split over all files, in file then time order."""
+    ids, offset = [], 0
+    for p in plans:  # several sessions: shift ids so they stay unique (documented)
+        ids.append(p.trial_ids + offset)
+        offset += int(p.trial_ids.max()) + 1 if len(plans) > 1 else 0
+    trial_id = np.concatenate(ids)
+    condition = np.concatenate([p.condition for p in plans])
+    perturbed = None if o.perturb_column is None else np.concatenate([p.perturbed for p in plans])
+    split = np.full(len(trial_id), "perturbed", dtype=object)
+    normal = np.ones(len(trial_id), bool) if perturbed is None else ~perturbed
+    n = int(normal.sum())
+    n_valid = int(round(n * o.valid_fraction))
+    if n - n_valid < 1:
+        raise IngestError(f"only {n} unperturbed trials in {[p.path for p in plans]}, none left for "
+                          "training; lower --valid-fraction or check --perturb-column")
+    labels = np.full(n, "train", dtype=object)
+    labels[np.random.default_rng(o.seed).permutation(n)[:n_valid]] = "valid"
+    split[normal] = labels
+    return dict(trial_id=trial_id, condition=condition, perturbed=perturbed, split=split)
+
+
+def _source(p: FilePlan, k: int, layouts: list[RegionLayout]) -> dict:
+    """What file `k` contributed: checksum, trials, and the unit ids behind each column."""
+    return {
+        "path": os.path.abspath(p.path),
+        "sha256": sha256_file(p.path),
+        "n_trials": int(len(p.trial_ids)),
+        "trial_ids": p.trial_ids.tolist(),
+        "unit_ids": {L.name: p.unit_ids[L.rows[k]].tolist() for L in layouts},
+    }
+
+
+def _options_dict(o: IngestOptions) -> dict:
+    """JSON-ready options (tuples as lists): IngestOptions(**d) repeats the ingest."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(o).items()}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("mrlfads", "pynwb", "hdmf", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# -- output -----------------------------------------------------------------------------------
+def _check_out(out: str, overwrite: bool) -> None:
+    """Refuse an existing dataset early, before minutes of binning."""
+    fs, root = dfs.resolve(out)
+    info = fs.get_file_info(dfs.join(root, schema.MANIFEST_NAME))
+    if info.type != pafs.FileType.NotFound and not overwrite:
+        raise IngestError(f"{out}: a dataset already exists here; pass --overwrite to replace it "
+                          "or choose another --out")
+
+
+def _write(out: str, overwrite: bool, **kwargs) -> DatasetManifest:
+    """write_dataset, and if it fails, remove a directory this call created: a failed ingest
+    leaves nothing behind (the writer's manifest-last rule keeps any old dataset readable)."""
+    from data_loaders.writer import write_dataset
+
+    fs, root = dfs.resolve(out)
+    created = dfs.is_local(fs) and not os.path.exists(root)
+    try:
+        return write_dataset(out, overwrite=overwrite, **kwargs)
+    except BaseException:
+        if created and os.path.isdir(root):
+            shutil.rmtree(root, ignore_errors=True)
+        raise

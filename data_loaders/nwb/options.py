@@ -1,0 +1,120 @@
+"""Every choice an ingest makes, in one frozen dataclass recorded in the manifest.
+
+An ingest is repeatable exactly when the same files and these options give the same dataset,
+so nothing that changes the output may live outside this class (the region-map file's
+content is copied into the manifest by ingest(), not just its path).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from data_loaders.errors import IngestError
+from data_loaders.schema import REGION_RE
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Options of `mrlfads ingest`; the CLI flag of each field is given in brackets.
+
+    bin_ms [--bin-ms]: bin width in milliseconds.
+    align [--align]: trials column holding the event the window is aligned to (e.g.
+        "go_cue_time"); None aligns to each trial's start_time.
+    window [--window START:STOP]: seconds relative to the alignment event. Needed with
+        `align`; without `align`, None means "0 to the shortest trial's duration".
+    regions [--regions A,B]: regions to keep (None: every region with enough neurons).
+    min_neurons [--min-neurons]: regions with fewer units (after quality filtering) are
+        dropped with a warning naming them.
+    heldout [--heldout N|FRACTION]: held-out neurons per region: a value strictly between 0
+        and 1 is a fraction of the region's units (rounded down), otherwise an integer count.
+        Chosen at random with `seed`, unless `heldout_column` marks them.
+    heldout_column [--heldout-column]: boolean Units column marking held-out units.
+    region_column [--region-column]: Units column holding each unit's region label
+        (default: the location of the unit's first electrode).
+    region_map [--region-map]: YAML/JSON file {label: region or null}; null drops the label.
+    drop_quality [--drop-quality]: units whose `quality_column` value is one of these are
+        dropped (e.g. "noise").
+    perturb_column [--perturb-column]: boolean/numeric trials column; nonzero trials go to the
+        "perturbed" split and are never trained on.
+    condition_columns [--condition]: trials columns joined into the condition string
+        (default: the "condition" column if the table has one).
+    ext_column / ext_timeseries [--ext-column / --ext-timeseries]: an observed external input
+        given to every kept region: a numeric trials column (constant over the window) or a
+        TimeSeries in acquisition/stimulus (averaged per bin).
+    valid_fraction [--valid-fraction]: fraction of the unperturbed trials in "valid".
+    seed [--seed]: seeds the held-out choice and the train/valid split.
+    """
+
+    bin_ms: float = 20.0
+    align: str | None = None
+    window: tuple[float, float] | None = None
+    regions: tuple[str, ...] | None = None
+    min_neurons: int = 1
+    heldout: float = 0.0
+    heldout_column: str | None = None
+    region_column: str | None = None
+    region_map: str | None = None
+    drop_quality: tuple[str, ...] = ()
+    quality_column: str = "quality"
+    perturb_column: str | None = None
+    condition_columns: tuple[str, ...] | None = None
+    ext_column: str | None = None
+    ext_timeseries: str | None = None
+    valid_fraction: float = 0.2
+    seed: int = 0
+    ic_enc_seq_len: int = 10
+    name: str | None = None
+    rows_per_shard: int = 512
+
+    def __post_init__(self) -> None:
+        p = _problems(self)
+        if p:
+            raise IngestError("invalid ingest options:\n  " + "\n  ".join(p))
+
+    @property
+    def bin_width_s(self) -> float:
+        return self.bin_ms / 1000.0
+
+    def n_heldout(self, n_units: int) -> int:
+        """Held-out count for a region of `n_units` units (fraction rounds down)."""
+        if 0.0 < self.heldout < 1.0:
+            return int(math.floor(self.heldout * n_units + 1e-9))
+        return int(self.heldout)
+
+
+def _problems(o: IngestOptions) -> list[str]:
+    p: list[str] = []
+    if not (isinstance(o.bin_ms, (int, float)) and math.isfinite(o.bin_ms) and o.bin_ms > 0):
+        p.append(f"--bin-ms: must be a positive number of milliseconds, got {o.bin_ms!r}")
+    if o.window is not None:
+        if len(o.window) != 2 or not all(math.isfinite(float(v)) for v in o.window) \
+                or not o.window[0] < o.window[1]:
+            p.append(f"--window: must be START:STOP seconds with START < STOP, got {o.window!r}")
+    if o.align is not None and o.window is None:
+        p.append(f"--window: needed with --align {o.align}; give e.g. --window -1.0:1.0 "
+                 "(seconds around the event)")
+    if o.regions is not None:
+        if not o.regions:
+            p.append("--regions: empty list; leave it out to keep every region")
+        for r in o.regions:
+            if not REGION_RE.match(r):
+                p.append(f"--regions: {r!r} is not a valid region name "
+                         "(letters, digits, '_', starting with a letter)")
+    if not isinstance(o.min_neurons, int) or o.min_neurons < 1:
+        p.append(f"--min-neurons: must be an integer >= 1, got {o.min_neurons!r}")
+    h = o.heldout
+    if not isinstance(h, (int, float)) or h < 0 or (h >= 1 and float(h) != int(h)):
+        p.append(f"--heldout: a fraction in (0, 1) or an integer count >= 0, got {h!r}")
+    if o.heldout_column is not None and h:
+        p.append("--heldout and --heldout-column: give one of them, not both")
+    if o.ext_column is not None and o.ext_timeseries is not None:
+        p.append("--ext-column and --ext-timeseries: give one of them, not both")
+    if not 0.0 <= o.valid_fraction < 1.0:
+        p.append(f"--valid-fraction: must be in [0, 1), got {o.valid_fraction!r}")
+    if not isinstance(o.seed, int):
+        p.append(f"--seed: must be an integer, got {o.seed!r}")
+    if not isinstance(o.ic_enc_seq_len, int) or o.ic_enc_seq_len < 0:
+        p.append(f"--ic-enc-seq-len: must be an integer >= 0, got {o.ic_enc_seq_len!r}")
+    if not isinstance(o.rows_per_shard, int) or o.rows_per_shard < 1:
+        p.append(f"rows_per_shard: must be an integer >= 1, got {o.rows_per_shard!r}")
+    return p

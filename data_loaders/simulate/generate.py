@@ -1,0 +1,144 @@
+"""Build, train and run one data-generating network; return the dataset as arrays.
+
+Randomness: one numpy SeedSequence(seed) is split into independent streams (network draw,
+weights, training batches, training noise, trials, replayable trial noise, held-out choice,
+split, spikes), so the gaussian and poisson datasets of one seed share the same hidden units
+and the same seed always gives the same bytes. Torch runs single-threaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_loaders.manifest import RegionSpec
+from data_loaders.simulate import memory_ring, observe, random_nets, relay_decision
+from data_loaders.simulate.config import OBS_MODELS, SimConfig, preset
+from data_loaders.simulate.network import MultiRegionRNN, run_trials, to_npz
+from data_loaders.simulate.train import Progress, TaskBatch, single_thread, train_network
+
+FAMILIES = {"memory-ring": memory_ring, "relay-decision": relay_decision, "random": random_nets}
+_STREAMS = ("network", "weights", "train_tasks", "train_noise", "trials", "trial_noise",
+            "heldout", "split", "spikes")
+
+
+@dataclass
+class SimulatedData:
+    """Everything `write_dataset` needs; x / truth rates in stored (held-in first) neuron order."""
+
+    name: str
+    regions: tuple[RegionSpec, ...]
+    obs_model: str
+    bin_width_s: float
+    ic_enc_seq_len: int
+    x: dict[str, np.ndarray]
+    split: np.ndarray
+    trial_id: np.ndarray
+    condition: np.ndarray
+    truth: dict[str, np.ndarray]
+    task: dict[str, np.ndarray]
+    comm_matrix: list[list[int]]
+    provenance: dict[str, Any]
+    extra_files: dict[str, bytes] = field(default_factory=dict)
+
+    def writer_kwargs(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in (
+            "name", "regions", "obs_model", "bin_width_s", "ic_enc_seq_len", "x", "split",
+            "trial_id", "condition", "truth", "task", "comm_matrix", "provenance", "extra_files")}
+
+
+def _streams(seed: int) -> dict[str, np.random.Generator]:
+    children = np.random.SeedSequence(int(seed)).spawn(len(_STREAMS))
+    return {name: np.random.default_rng(c) for name, c in zip(_STREAMS, children)}
+
+
+def _loss_on(family, batch: TaskBatch, hidden, messages, readout) -> float:
+    with torch.no_grad():
+        return float(family.loss_fn(batch, *(torch.from_numpy(a).double()
+                                              for a in (hidden, messages, readout))))
+
+
+def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = "gaussian",
+             smoke_test: bool = False, n_bins: int | None = None,
+             progress: Progress | None = None) -> SimulatedData:
+    """Train the `kind` network (see the family modules) and simulate `trials` trials."""
+    if obs not in OBS_MODELS:
+        raise ValueError(f"obs: {obs!r} is not one of {list(OBS_MODELS)}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: must be an integer >= 0, got {seed!r}")
+    cfg = preset(kind, smoke_test, trials=trials, n_bins=n_bins)
+    rng = _streams(seed)
+    t0 = time.perf_counter()
+    with single_thread():
+        family = FAMILIES[kind].build(cfg, rng["network"])
+        spec = family.spec
+        net = MultiRegionRNN(spec, rng["weights"])
+        bins = cfg.n_bins if family.full_length_training else min(cfg.train.n_bins, cfg.n_bins)
+        train_cfg = dataclasses.replace(cfg.train, n_bins=bins)
+        fit = train_network(net, family.sample, family.loss_fn, train_cfg, rng["train_tasks"],
+                            int(rng["train_noise"].integers(2**31)), progress)
+        t_train = time.perf_counter() - t0
+        batch = family.sample(rng["trials"], cfg.n_trials, cfg.n_bins)
+        trial_id = np.arange(cfg.n_trials, dtype=np.int64)
+        noise_seed = int(rng["trial_noise"].integers(2**63))
+        hidden, messages, readout = run_trials(net, batch.inputs, trial_id, noise_seed)
+        fit["task_loss_generated"] = _loss_on(family, batch, hidden, messages, readout)
+    data = _assemble(kind, cfg, seed, obs, smoke_test, family, batch, trial_id, hidden, messages, rng)
+    data.provenance.update({
+        "training": fit, "train_config": dict(train_cfg.__dict__),
+        "seconds": {"train": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)}})
+    obs_params = {"poisson_base_hz": np.array(cfg.poisson_base_hz),
+                  "poisson_gain": np.array(cfg.poisson_gain),
+                  "bin_width_s": np.array(cfg.bin_width_s)}
+    data.extra_files["network.npz"] = to_npz(net, noise_seed, obs_params)
+    return data
+
+
+def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, family, batch: TaskBatch,
+              trial_id: np.ndarray, hidden: np.ndarray, messages: np.ndarray,
+              rng: dict[str, np.random.Generator]) -> SimulatedData:
+    """Per-region observations in stored neuron order, and every truth column."""
+    spec = family.spec
+    if obs == "poisson":
+        rates_all = observe.poisson_rates(hidden, cfg.poisson_base_hz, cfg.poisson_gain, cfg.bin_width_s)
+        counts_all = observe.poisson_counts(rates_all, rng["spikes"])
+    regions, x, truth = [], {}, {}
+    for name, sl, n_units in zip(spec.region_names, spec.unit_slices(), spec.n_units):
+        order, n_out = observe.heldout_order(n_units, cfg.heldout_frac, rng["heldout"])
+        idx = sl.start + order
+        regions.append(RegionSpec(name, n_units - n_out, n_out, tuple(str(i) for i in order)))
+        if obs == "poisson":
+            x[name], truth[f"truth/rates/{name}"] = counts_all[..., idx], rates_all[..., idx]
+        else:
+            x[name] = hidden[..., idx]
+            truth[f"truth/rates/{name}"] = x[name]
+    for p, sl in zip(spec.pathways, spec.msg_slices()):
+        truth[f"truth/messages/{spec.pathway_name(p)}"] = messages[..., sl]
+    start = 0
+    for name, width in zip(spec.region_names, spec.input_dims):
+        if width:
+            truth[f"truth/inputs/{name}"] = batch.inputs[..., start:start + width]
+        start += width
+    n = len(trial_id)
+    provenance = {
+        "generator": f"mrlfads.simulate/{kind}", "kind": kind, "seed": int(seed), "obs": obs,
+        "n_trials": n, "n_bins": cfg.n_bins, "units": dict(zip(spec.region_names, spec.n_units)),
+        "pathways": {spec.pathway_name(p): p.dim for p in spec.pathways},
+        "alpha": spec.alpha, "hidden_noise": spec.hidden_noise, "channel_noise": spec.channel_noise,
+        "nonlinearity": "tanh", "bin_width_s": cfg.bin_width_s, "smoke_test": bool(smoke_test),
+        "poisson": {"base_hz": cfg.poisson_base_hz, "gain": cfg.poisson_gain,
+                    "rates": "expected counts per bin"} if obs == "poisson" else None,
+        "family": family.description, "network_file": "extras/network.npz",
+        "neuron_ids": "index of the unit in the network (network.npz order)",
+    }
+    return SimulatedData(
+        name=f"{kind}-seed{seed}-{obs}", regions=tuple(regions), obs_model=obs,
+        bin_width_s=cfg.bin_width_s, ic_enc_seq_len=cfg.ic_enc_seq_len, x=x,
+        split=observe.train_valid_split(n, cfg.valid_frac, rng["split"]), trial_id=trial_id,
+        condition=np.asarray(batch.conditions, dtype=object), truth=truth,
+        task={k: v for k, v in batch.variables.items()}, comm_matrix=spec.comm_matrix(),
+        provenance=provenance)

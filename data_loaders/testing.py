@@ -1,0 +1,50 @@
+"""make_tiny_dataset: a small valid dataset for other packages' tests (seconds to write)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from data_loaders import schema
+from data_loaders.reader import ArrowDataset
+from data_loaders.writer import write_dataset
+
+MSG_DIM = 2  # true message dimension of the one pathway A -> B (first two regions)
+
+
+def make_tiny_dataset(
+    path: str | os.PathLike, *, regions: Sequence[tuple[str, int, int]] = (("A", 3, 1), ("B", 3, 1)),
+    n_trials: int = 24, n_bins: int = 12, ic_enc_seq_len: int = 4, obs_model: str = "poisson",
+    seed: int = 0, with_truth: bool = True, ext_dim: int = 0, rows_per_shard: int = 8,
+    overwrite: bool = False,
+) -> ArrowDataset:
+    """Random data: trials 0,4,8,... are 'valid' (25%), the rest 'train'; conditions c0/c1.
+    With truth: rates per region, inputs (1 dim) per region, and messages for the first two
+    regions' pathway only (regions[0] -> regions[1], MSG_DIM wide), comm_matrix to match."""
+    rng = np.random.default_rng(seed)
+    names = [r[0] for r in regions]
+    x, truth = {}, {}
+    for name, n_in, n_out in regions:
+        n = n_in + n_out
+        rates = rng.uniform(0.5, 3.0, size=(n_trials, n_bins, n)).astype(np.float32)
+        if obs_model == "poisson":
+            x[name] = rng.poisson(rates).astype(np.float32)
+        else:
+            x[name] = (rates + rng.normal(0, 0.5, size=rates.shape)).astype(np.float32)
+        truth[schema.truth_rates_col(name)] = rates
+        truth[schema.truth_inputs_col(name)] = rng.normal(size=(n_trials, n_bins, 1)).astype(np.float32)
+    if len(names) >= 2:
+        truth[schema.truth_messages_col(names[0], names[1])] = rng.normal(
+            size=(n_trials, n_bins, MSG_DIM)).astype(np.float32)
+    ext = ({n: rng.normal(size=(n_trials, n_bins, ext_dim)).astype(np.float32) for n in names}
+           if ext_dim > 0 else None)
+    split = np.where(np.arange(n_trials) % 4 == 0, "valid", "train")
+    condition = np.array([f"c{i % 2}" for i in range(n_trials)])
+    write_dataset(
+        path, name="tiny", regions=list(regions), obs_model=obs_model, bin_width_s=0.01,
+        ic_enc_seq_len=ic_enc_seq_len, x=x, split=split, condition=condition, ext=ext,
+        truth=truth if with_truth else None, rows_per_shard=rows_per_shard, overwrite=overwrite,
+        provenance={"generator": "data_loaders.testing.make_tiny_dataset", "seed": seed},
+    )
+    return ArrowDataset.open(path)

@@ -1,0 +1,211 @@
+"""Arrow dataset -> torch: a typed Batch, a map-style in-memory dataset, a sharded stream.
+
+TrialDataset keeps the split as zero-copy (read-only, memory-mapped) numpy views and copies
+only the rows of each batch. ShardStream reads one shard at a time and gives each
+DataLoader worker on each distributed rank a disjoint set of shards.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from data_loaders import schema
+from data_loaders.checks import check_observations
+from data_loaders.errors import DatasetError
+from data_loaders.manifest import DatasetManifest, ShardInfo
+from data_loaders.reader import ArrowDataset
+
+
+@dataclass(frozen=True)
+class Batch:
+    """B trials. heldin[r]: (B, T, n_heldin), heldout[r]: (B, T, n_heldout), ext[r]:
+    (B, T, D) for regions with inputs, truth[column]: (B, T, d) when asked for."""
+
+    heldin: dict[str, torch.Tensor]
+    heldout: dict[str, torch.Tensor]
+    ext: dict[str, torch.Tensor]
+    truth: dict[str, torch.Tensor]
+    trial_id: torch.Tensor
+    condition: list[str]
+
+    def __len__(self) -> int:
+        return int(self.trial_id.shape[0])
+
+    def _map(self, fn) -> Batch:
+        return dataclasses.replace(
+            self, **{f: {k: fn(v) for k, v in getattr(self, f).items()}
+                     for f in ("heldin", "heldout", "ext", "truth")},
+            trial_id=fn(self.trial_id))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True) for fast host -> GPU copies."""
+        return self._map(lambda t: t.pin_memory())
+
+
+def _columns(m: DatasetManifest, with_truth: bool) -> list[str]:
+    cols = [schema.TRIAL_ID, schema.CONDITION] + [schema.x_col(r) for r in m.region_names]
+    cols += [schema.ext_col(r) for r in m.region_names if m.ext_dims.get(r, 0) > 0]
+    return cols + (list(m.truth) if with_truth else [])
+
+
+def _make_batch(m: DatasetManifest, rows: dict[str, np.ndarray]) -> Batch:
+    """Batch from writable per-batch numpy arrays (the tensors share their memory)."""
+    heldin, heldout = {}, {}
+    for r in m.regions:
+        x = rows[schema.x_col(r.name)]  # (B, T, n_heldin + n_heldout), held-in first
+        heldin[r.name] = torch.from_numpy(np.ascontiguousarray(x[..., :r.n_heldin]))
+        heldout[r.name] = torch.from_numpy(np.ascontiguousarray(x[..., r.n_heldin:]))
+    ext = {c[4:]: torch.from_numpy(a) for c, a in rows.items() if c.startswith("ext/")}
+    truth = {c: torch.from_numpy(a) for c, a in rows.items() if schema.is_truth_col(c)}
+    return Batch(heldin, heldout, ext, truth, torch.from_numpy(rows[schema.TRIAL_ID].astype(np.int64)),
+                 [str(c) for c in rows[schema.CONDITION]])
+
+
+def _check_chunk(ds: ArrowDataset, shard: ShardInfo, arrays: dict[str, np.ndarray]) -> None:
+    for r in ds.manifest.region_names:
+        check_observations(arrays[schema.x_col(r)], ds.manifest.obs_model, schema.x_col(r),
+                           ds.shard_uri(shard), arrays[schema.TRIAL_ID])
+
+
+class TrialDataset(Dataset):
+    """Map-style: all trials of `split` in memory (zero-copy views), batches gathered by
+    `__getitems__` so a DataLoader with a batch_size yields Batch objects directly."""
+
+    def __init__(self, ds: ArrowDataset, split: str, with_truth: bool = False):
+        self.ds, self.split, self.with_truth = ds, split, with_truth
+        self.manifest = ds.manifest
+        self.columns = _columns(ds.manifest, with_truth)
+        shards = ds.manifest.shards_for(split)
+        self.chunks = ds.chunks(split, self.columns)
+        for shard, chunk in zip(shards, self.chunks):
+            _check_chunk(ds, shard, chunk)
+        sizes = [len(c[schema.TRIAL_ID]) for c in self.chunks]
+        self._chunk = np.repeat(np.arange(len(sizes)), sizes)  # (n,) chunk of each trial
+        self._row = np.concatenate([np.arange(s) for s in sizes]) if sizes else np.empty(0, int)
+        if len(self._row) == 0:
+            raise DatasetError(f"{ds.uri}: split {split!r} has no trials (splits: "
+                               f"{ds.manifest.splits}); pick another split or re-create the dataset")
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        idx = np.asarray(indices, dtype=np.int64)  # (B,)
+        rows = {}
+        for col in self.columns:
+            first = self.chunks[0][col]
+            out = np.empty((len(idx), *first.shape[1:]), dtype=first.dtype)  # copy: views are read-only
+            for c in np.unique(self._chunk[idx]):
+                sel = self._chunk[idx] == c
+                out[sel] = self.chunks[c][col][self._row[idx[sel]]]
+            rows[col] = out
+        return _make_batch(self.manifest, rows)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.__getitems__([i])
+
+    def all(self) -> Batch:
+        """The whole split as one Batch (e.g. for posterior-mean validation)."""
+        return self.__getitems__(range(len(self)))
+
+
+def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None or world_size is not None:
+        rank, world_size = rank or 0, world_size or 1
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        rank, world_size = 0, 1
+    if not 0 <= rank < world_size:
+        raise DatasetError(f"rank: {rank} must be in [0, world_size={world_size})")
+    return rank, world_size
+
+
+class ShardStream(IterableDataset):
+    """Streams Batches; consumer g = rank * num_workers + worker_id reads shards g, g + G, ...
+    (G = world_size * num_workers) of the split, so every trial is seen exactly once per epoch
+    across all ranks and workers. Shard order and rows within a shard are shuffled with
+    (seed, epoch, g); call set_epoch(e) each epoch. Fewer shards than consumers leaves some idle."""
+
+    def __init__(self, ds: ArrowDataset, split: str, batch_size: int = 16, *, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False, with_truth: bool = False,
+                 rank: int | None = None, world_size: int | None = None):
+        if batch_size < 1:
+            raise DatasetError(f"batch_size: must be >= 1, got {batch_size}")
+        self.ds, self.split, self.batch_size = ds, split, batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.columns = _columns(ds.manifest, with_truth)
+        self.rank, self.world_size = _rank_world(rank, world_size)
+        self.shards = ds.manifest.shards_for(split)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def my_shards(self, worker_id: int = 0, num_workers: int = 1) -> tuple[ShardInfo, ...]:
+        g = self.rank * num_workers + worker_id
+        return self.shards[g::self.world_size * num_workers]
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        shards = list(self.my_shards(wid, nw))
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank * nw + wid])
+        if self.shuffle:
+            shards = [shards[i] for i in rng.permutation(len(shards))]
+        pending: list[dict[str, np.ndarray]] = []
+        n_pending = 0
+        for shard in shards:
+            arrays = self.ds.shard_arrays(shard, self.split, self.columns)
+            _check_chunk(self.ds, shard, arrays)
+            n = len(arrays[schema.TRIAL_ID])
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            pending.append({c: a[order] for c, a in arrays.items()})  # copy: writable rows
+            n_pending += n
+            while n_pending >= self.batch_size:
+                rows, pending, n_pending = _take(pending, self.batch_size)
+                yield _make_batch(self.ds.manifest, rows)
+        if n_pending and not self.drop_last:
+            rows, _, _ = _take(pending, n_pending)
+            yield _make_batch(self.ds.manifest, rows)
+
+
+def _take(parts: list[dict[str, np.ndarray]], k: int):
+    """First k rows of the concatenated parts, and what is left."""
+    joined = {c: np.concatenate([p[c] for p in parts]) if len(parts) > 1 else parts[0][c]
+              for c in parts[0]}
+    n = len(joined[schema.TRIAL_ID])
+    head = {c: a[:k] for c, a in joined.items()}
+    rest = [{c: a[k:] for c, a in joined.items()}] if n > k else []
+    return head, rest, n - k
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+def make_loader(ds: ArrowDataset, split: str, batch_size: int, shuffle: bool = True,
+                seed: int = 0, streaming: bool = False, num_workers: int = 0,
+                drop_last: bool = False, *, with_truth: bool = False, pin_memory: bool = False,
+                rank: int | None = None, world_size: int | None = None) -> DataLoader:
+    """DataLoader yielding Batch. Map-style (default) shuffles all trials of the split with a
+    torch.Generator seeded by `seed`; streaming uses ShardStream (call
+    loader.dataset.set_epoch(e) per epoch to reshuffle)."""
+    if streaming:
+        stream = ShardStream(ds, split, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                             with_truth=with_truth, rank=rank, world_size=world_size)
+        return DataLoader(stream, batch_size=None, num_workers=num_workers,
+                          pin_memory=pin_memory, collate_fn=_identity)
+    data = TrialDataset(ds, split, with_truth=with_truth)
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory,
+                      collate_fn=_identity)

@@ -1,0 +1,290 @@
+"""write_dataset: arrays in memory -> an Arrow dataset directory (local or object store).
+
+Crash safety: shards are written under temporary names and renamed (object stores: a PUT
+is atomic), the manifest is written last (also tmp + rename), and on overwrite the old
+dataset's files are deleted only after the new manifest is in place. A directory without
+dataset.json is never read as a dataset, so an interrupted write is never mistaken for a
+complete one, and the old dataset stays readable until the new one is.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from data_loaders import fs as dfs
+from data_loaders import schema
+from data_loaders.checks import check_observations
+from data_loaders.errors import DatasetError
+from data_loaders.manifest import DatasetManifest, ExtraFile, RegionSpec, ShardInfo
+
+_EXTRA_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def make_split(n_trials: int, valid_frac: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Deterministic train/valid labels: the same (n, frac, seed) always gives the same split."""
+    if not 0 <= valid_frac < 1:
+        raise DatasetError(f"valid_frac: must be in [0, 1), got {valid_frac}")
+    labels = np.full(n_trials, "train", dtype=object)
+    n_valid = round(n_trials * valid_frac)
+    labels[np.random.default_rng(seed).permutation(n_trials)[:n_valid]] = "valid"
+    return labels
+
+
+def _region_specs(regions: Sequence[Any]) -> tuple[RegionSpec, ...]:
+    out = []
+    for i, r in enumerate(regions):
+        if isinstance(r, RegionSpec):
+            out.append(r)
+        elif isinstance(r, Mapping):
+            ids = r.get("neuron_ids")
+            out.append(RegionSpec(r["name"], r["n_heldin"], r.get("n_heldout", 0),
+                                  tuple(ids) if ids is not None else None))
+        elif isinstance(r, (tuple, list)) and len(r) in (2, 3):
+            out.append(RegionSpec(*r))
+        else:
+            raise DatasetError(f"regions[{i}]: expected RegionSpec, dict or (name, n_heldin, "
+                               f"n_heldout), got {r!r}")
+    for r in out:
+        schema.check_region_name(r.name, where="regions")
+    return tuple(out)
+
+
+def _tensor(arr: Any, arg: str, n: int, shape: tuple[int | None, ...]) -> np.ndarray:
+    """float32 (n, *shape) copy-free where possible; None in `shape` accepts any size."""
+    a = np.asarray(arr)
+    if a.dtype.kind not in "biuf":
+        raise DatasetError(f"{arg}: dtype {a.dtype} is not numeric; pass a float or integer array")
+    want = (n, *shape)
+    ok = a.ndim == len(want) and all(w is None or w == g for w, g in zip(want, a.shape))
+    if not ok:
+        pretty = tuple("any" if w is None else w for w in want)
+        raise DatasetError(f"{arg}: shape {a.shape}, expected {pretty} (trials, time bins, units)")
+    return a.astype(np.float32, copy=False)
+
+
+def _vector(arr: Any, arg: str, n: int, kind: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.shape != (n,):
+        raise DatasetError(f"{arg}: shape {a.shape}, expected ({n},) (one value per trial)")
+    if kind == "int" and a.dtype.kind not in "iu":
+        raise DatasetError(f"{arg}: dtype {a.dtype}, expected integers")
+    if kind == "bool" and a.dtype.kind != "b":
+        raise DatasetError(f"{arg}: dtype {a.dtype}, expected booleans")
+    return a
+
+
+def _comm_from_truth(names: tuple[str, ...], truth: Mapping[str, np.ndarray]) -> tuple:
+    cm = [[0] * len(names) for _ in names]
+    for col, arr in truth.items():
+        pair = schema.parse_message_col(col)
+        if pair:
+            cm[names.index(pair[1])][names.index(pair[0])] = int(arr.shape[-1])
+    return tuple(tuple(row) for row in cm)
+
+
+def _columns(
+    regions, n, T, x, split, trial_id, condition, perturbed, ext, truth, task, obs_model
+) -> dict[str, Any]:
+    """Validate every input and return column name -> array (n rows each)."""
+    names = tuple(r.name for r in regions)
+    if set(x) != set(names):
+        raise DatasetError(f"x: keys {sorted(x)} must be exactly the region names {list(names)}")
+    cols: dict[str, Any] = {}
+    tid = np.arange(n, dtype=np.int64) if trial_id is None else _vector(trial_id, "trial_id", n, "int")
+    if len(np.unique(tid)) != n:
+        raise DatasetError("trial_id: values must be unique (one id per trial)")
+    cols[schema.TRIAL_ID] = tid.astype(np.int64)
+    sp = np.asarray(split if not isinstance(split, str) else [split] * n, dtype=object)
+    if sp.shape != (n,):
+        raise DatasetError(f"split: {sp.shape[0] if sp.ndim else 'a scalar'} labels for {n} trials")
+    unknown = sorted(set(sp.tolist()) - set(schema.SPLITS))
+    if unknown:
+        raise DatasetError(f"split: unknown labels {unknown}; use {list(schema.SPLITS)} "
+                           "(make_split() gives a deterministic train/valid split)")
+    cols[schema.SPLIT] = sp
+    cond = np.full(n, "", dtype=object) if condition is None else np.asarray(condition).astype(str)
+    cols[schema.CONDITION] = _vector(cond, "condition", n, "str").astype(object)
+    if perturbed is not None:
+        cols[schema.PERTURBED] = _vector(perturbed, "perturbed", n, "bool")
+    for r in regions:
+        a = _tensor(x[r.name], f"x[{r.name!r}]", n, (T, r.n_neurons))
+        check_observations(a, obs_model, schema.x_col(r.name), f"x[{r.name!r}]", cols[schema.TRIAL_ID])
+        cols[schema.x_col(r.name)] = a
+    for reg, a in (ext or {}).items():
+        if reg not in names:
+            raise DatasetError(f"ext: key {reg!r} is not a region ({list(names)})")
+        cols[schema.ext_col(reg)] = _tensor(a, f"ext[{reg!r}]", n, (T, None))
+    for col, a in (truth or {}).items():
+        if not schema.is_truth_col(col):
+            raise DatasetError(f"truth: key {col!r} is not a truth column; use "
+                               "'truth/rates/<r>', 'truth/messages/<src>-><dst>' or 'truth/inputs/<r>'")
+        regs = [schema.truth_region(col)] if schema.truth_region(col) else list(schema.parse_message_col(col))
+        for reg in regs:
+            if reg not in names:
+                raise DatasetError(f"truth: key {col!r} names unknown region {reg!r} ({list(names)})")
+        n_units = {r.name: r.n_neurons for r in regions}
+        width = n_units[regs[0]] if col.startswith("truth/rates/") else None
+        cols[col] = _tensor(a, f"truth[{col!r}]", n, (T, width))
+    for key, a in (task or {}).items():
+        col = key if key.startswith("task/") else schema.task_col(key)
+        arr = np.asarray(a, dtype=np.float32)
+        if arr.shape[:1] != (n,):
+            raise DatasetError(f"task[{key!r}]: shape {arr.shape}, expected ({n}, ...)")
+        cols[col] = arr
+    return cols
+
+
+def _to_arrow(a: Any) -> pa.Array:
+    if isinstance(a, np.ndarray) and a.ndim >= 2:
+        return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(a))
+    if isinstance(a, np.ndarray) and a.dtype == object:
+        return pa.array(a.tolist(), type=pa.string())
+    return pa.array(a)
+
+
+def _serialize(table: pa.Table, fmt: str) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    if fmt == "arrow":
+        with pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table.combine_chunks())
+    else:
+        pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def _put(fs: pafs.FileSystem, path: str, data: pa.Buffer | bytes) -> None:
+    """Write `data` to `path` so that a reader sees all of it or nothing."""
+    if dfs.is_local(fs):
+        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
+        with open(tmp, "wb") as f:
+            f.write(memoryview(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        with fs.open_output_stream(path) as f:  # an object PUT is atomic
+            f.write(data)
+
+
+def _listing(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
+    return fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
+
+
+def _check_target(fs: pafs.FileSystem, root: str, uri: str, overwrite: bool) -> set[str]:
+    """Refuse to clobber; return the relative paths already present (to avoid name clashes)."""
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        raise DatasetError(f"{uri}: is a file; a dataset is a directory, choose another path")
+    existing = {os.path.relpath(i.path, root) if dfs.is_local(fs) else i.path[len(root) + 1:]
+                for i in _listing(fs, root) if i.type == pafs.FileType.File}
+    if existing and not overwrite:
+        if schema.MANIFEST_NAME in existing:
+            raise DatasetError(f"{uri}: a dataset already exists here ({schema.MANIFEST_NAME}); "
+                               "pass overwrite=True (--overwrite) to replace it, or choose another path")
+        raise DatasetError(f"{uri}: directory is not empty ({len(existing)} files, e.g. "
+                           f"{min(existing)!r}); choose an empty path or pass overwrite=True")
+    return existing
+
+
+def _free_name(rel: str, taken: set[str], token: str) -> str:
+    if rel not in taken:
+        return rel
+    stem, ext = os.path.splitext(rel)
+    return f"{stem}-{token}{ext}"
+
+
+def write_dataset(
+    uri: str | os.PathLike, *, name: str, regions: Sequence[Any], obs_model: str,
+    bin_width_s: float, ic_enc_seq_len: int, x: Mapping[str, Any], split: Any,
+    trial_id: Any = None, condition: Any = None, perturbed: Any = None,
+    ext: Mapping[str, Any] | None = None, truth: Mapping[str, Any] | None = None,
+    task: Mapping[str, Any] | None = None, comm_matrix: Sequence[Sequence[int]] | None = None,
+    provenance: Mapping[str, Any] | None = None, rows_per_shard: int = 512,
+    overwrite: bool = False, extra_files: Mapping[str, bytes] | None = None,
+    shard_format: Literal["arrow", "parquet"] | None = None,
+) -> DatasetManifest:
+    """Write one trial per row, grouped by split so readers of one split skip other shards.
+
+    x[region]: (trials, T, n_heldin + n_heldout), held-in neurons first. Rows are stored in
+    split order (train, valid, test, perturbed), input order within a split.
+    shard_format None: Arrow IPC locally (memory-mappable), Parquet on object stores.
+    """
+    uri = os.fspath(uri)
+    specs = _region_specs(regions)
+    if not x:
+        raise DatasetError("x: no regions given; pass {region: array (trials, T, N)}")
+    first = np.asarray(x[next(iter(x))])
+    if first.ndim != 3:
+        raise DatasetError(f"x[{next(iter(x))!r}]: shape {first.shape}, expected (trials, T, N)")
+    n, T = first.shape[:2]
+    if not isinstance(rows_per_shard, int) or rows_per_shard < 1:
+        raise DatasetError(f"rows_per_shard: must be an integer >= 1, got {rows_per_shard!r}")
+    if obs_model not in schema.OBS_MODELS:
+        raise DatasetError(f"obs_model: {obs_model!r} is not one of {list(schema.OBS_MODELS)}")
+    cols = _columns(specs, n, T, x, split, trial_id, condition, perturbed, ext, truth, task, obs_model)
+    names = tuple(r.name for r in specs)
+    truth_cols = tuple(c for c in cols if schema.is_truth_col(c))
+    try:
+        json.dumps(dict(provenance or {}))
+    except TypeError as e:
+        raise DatasetError(f"provenance: must be JSON-serialisable ({e})") from None
+    # Validate metadata before touching storage (n_heldin >= 1, n_bins > tau, ...).
+    draft = DatasetManifest(
+        name=name, regions=specs, bin_width_s=bin_width_s, n_bins=T, ic_enc_seq_len=ic_enc_seq_len,
+        obs_model=obs_model, splits={}, shards=(), truth=truth_cols,
+        ext_dims={reg: int(cols[schema.ext_col(reg)].shape[-1]) for reg in (ext or {})},
+        comm_matrix=(tuple(tuple(r) for r in comm_matrix) if comm_matrix is not None
+                     else _comm_from_truth(names, {c: cols[c] for c in truth_cols})),
+        provenance=dict(provenance or {}), task=tuple(c for c in cols if schema.is_task_col(c)),
+    )
+    fmt = shard_format or ("parquet" if dfs.is_remote(uri) else "arrow")
+    if fmt not in ("arrow", "parquet"):
+        raise DatasetError(f"shard_format: {fmt!r} is not 'arrow' or 'parquet'")
+    for key in extra_files or {}:
+        if not _EXTRA_NAME.match(key):
+            raise DatasetError(f"extra_files: {key!r} is not a plain file name (letters, digits, '_.-')")
+
+    fs, root = dfs.resolve(uri)
+    taken = _check_target(fs, root, uri, overwrite)
+    token = secrets.token_hex(4)
+    local = dfs.is_local(fs)  # object stores have no directories: skip the marker objects
+    if local:
+        fs.create_dir(dfs.join(root, schema.SHARDS_DIR), recursive=True)
+    shards = []
+    for sp in schema.SPLITS:
+        rows = np.flatnonzero(cols[schema.SPLIT] == sp)
+        for start in range(0, len(rows), rows_per_shard):
+            idx = rows[start:start + rows_per_shard]
+            table = pa.table({c: _to_arrow(a[idx]) for c, a in cols.items()})
+            data = _serialize(table, fmt)
+            rel = _free_name(f"{schema.SHARDS_DIR}/part-{len(shards):05d}.{fmt}", taken, token)
+            _put(fs, dfs.join(root, rel), data)
+            shards.append(ShardInfo(rel, len(idx), hashlib.sha256(data).hexdigest(), (sp,)))
+    extras = []
+    if extra_files and local:
+        fs.create_dir(dfs.join(root, schema.EXTRAS_DIR), recursive=True)
+    for key, blob in (extra_files or {}).items():
+        rel = _free_name(f"{schema.EXTRAS_DIR}/{key}", taken, token)
+        _put(fs, dfs.join(root, rel), bytes(blob))
+        extras.append(ExtraFile(key, rel, hashlib.sha256(blob).hexdigest(), len(blob)))
+    splits = {sp: int((cols[schema.SPLIT] == sp).sum()) for sp in schema.SPLITS
+              if (cols[schema.SPLIT] == sp).any()}
+    manifest = DatasetManifest(**{**draft.__dict__, "splits": splits, "shards": tuple(shards),
+                                  "extras": tuple(extras)})
+    _put(fs, dfs.join(root, schema.MANIFEST_NAME), manifest.to_json().encode())
+    # Only now is the old dataset unreachable: remove its shards/extras and stale temp files.
+    keep = {s.path for s in shards} | {e.path for e in extras} | {schema.MANIFEST_NAME}
+    for rel in taken - keep:
+        if rel.startswith((schema.SHARDS_DIR + "/", schema.EXTRAS_DIR + "/")):
+            fs.delete_file(dfs.join(root, rel))
+    return manifest

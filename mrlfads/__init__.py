@@ -1,0 +1,1 @@
+"""MR-LFADS: the model, its losses and metrics. Pure PyTorch + numpy; imports nothing of ours."""

@@ -1,0 +1,162 @@
+"""Frozen configs of the model and its loss (SPEC.md sections 2-5).
+
+Every dimension can differ per region (neurons, generator, factors, external inputs); the
+encoder/controller/message sizes are shared. Defaults are SPEC section 5.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from mrlfads.config_utils import ConfigError
+
+OBS_MODELS = ("poisson", "gaussian")
+MESSAGE_SOURCES = ("rates", "factors", "generator")
+_REGION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _check(errors: list[str], where: str) -> None:
+    if errors:
+        raise ConfigError(f"invalid {where}: " + "; ".join(errors))
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """One recorded region: held-in/held-out neuron counts, optional per-region sizes."""
+
+    name: str
+    n_heldin: int
+    n_heldout: int = 0
+    ext_dim: int = 0
+    gen_dim: int | None = None  # None -> 2 * n_heldin
+    fac_dim: int | None = None  # None -> n_heldin
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not isinstance(self.name, str) or not _REGION_NAME.match(self.name):
+            errors.append(f"name {self.name!r} must match {_REGION_NAME.pattern}")
+        if self.n_heldin < 1:
+            errors.append(f"n_heldin={self.n_heldin} must be >= 1")
+        for key in ("n_heldout", "ext_dim"):
+            if getattr(self, key) < 0:
+                errors.append(f"{key}={getattr(self, key)} must be >= 0")
+        for key in ("gen_dim", "fac_dim"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                errors.append(f"{key}={value} must be >= 1 (or null for the default)")
+        _check(errors, f"region {self.name!r}")
+
+    @property
+    def gen_size(self) -> int:
+        return self.gen_dim if self.gen_dim is not None else 2 * self.n_heldin
+
+    @property
+    def fac_size(self) -> int:
+        return self.fac_dim if self.fac_dim is not None else self.n_heldin
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole MR-LFADS model; saved in every checkpoint so it can be rebuilt alone."""
+
+    regions: tuple[RegionConfig, ...]
+    obs_model: str
+    ic_enc_seq_len: int = 10
+    ic_enc_dim: int = 64
+    ci_enc_dim: int = 64
+    con_dim: int = 128
+    co_dim: int = 6
+    ic_dim: int = 64
+    com_dim: int = 12
+    dropout: float = 0.3
+    cell_clip: float = 5.0
+    message_source: str = "rates"
+    inferred_inputs: bool = True
+    prior_var: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regions", tuple(self.regions))
+        errors = []
+        if len(self.regions) < 1:
+            errors.append("regions: need at least one region")
+        names = [r.name for r in self.regions]
+        if len(set(names)) != len(names):
+            errors.append(f"regions: names must be unique, got {names}")
+        if self.obs_model not in OBS_MODELS:
+            errors.append(f"obs_model={self.obs_model!r} must be one of {OBS_MODELS}")
+        if self.message_source not in MESSAGE_SOURCES:
+            errors.append(f"message_source={self.message_source!r} must be one of {MESSAGE_SOURCES}")
+        for key in ("ic_enc_seq_len", "ic_enc_dim", "ci_enc_dim", "con_dim", "co_dim", "ic_dim",
+                    "com_dim"):
+            if getattr(self, key) < 1:
+                errors.append(f"{key}={getattr(self, key)} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            errors.append(f"dropout={self.dropout} must be in [0, 1)")
+        if self.cell_clip <= 0:
+            errors.append(f"cell_clip={self.cell_clip} must be > 0")
+        if self.prior_var <= 0:
+            errors.append(f"prior_var={self.prior_var} must be > 0")
+        _check(errors, "model config")
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.regions)
+
+    @property
+    def pairs(self) -> tuple[tuple[int, int], ...]:
+        """Ordered (src, dst) pairs, grouped by destination then source: the message order."""
+        n = len(self.regions)
+        return tuple((s, r) for r in range(n) for s in range(n) if s != r)
+
+
+@dataclass(frozen=True)
+class RampConfig:
+    """KL/L2 warm-up: rho(e) = clip((e + 1 - start) / (length + 1), 0, 1)."""
+
+    start: int
+    length: int
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.start < 0:
+            errors.append(f"start={self.start} must be >= 0")
+        if self.length < 0:
+            errors.append(f"length={self.length} must be >= 0")
+        _check(errors, "ramp")
+
+    def __call__(self, epoch: int) -> float:
+        from mrlfads.ramps import ramp
+
+        return ramp(epoch, self.start, self.length)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights (the PBT-searched scales) and their ramps.
+
+    b_m = kl_co_scale / kl_com_ratio: the ratio >= 1 keeps communication cheaper than
+    unexplained inputs (the structured bottleneck, SPEC section 4).
+    """
+
+    kl_ic_scale: float = 1.0
+    kl_co_scale: float = 1.0
+    kl_com_ratio: float = 10.0
+    l2_scale: float = 1e4
+    ic_ramp: RampConfig = field(default_factory=lambda: RampConfig(20, 200))
+    co_ramp: RampConfig = field(default_factory=lambda: RampConfig(20, 200))
+    com_ramp: RampConfig = field(default_factory=lambda: RampConfig(150, 100))
+    l2_ramp: RampConfig = field(default_factory=lambda: RampConfig(100, 80))
+
+    def __post_init__(self) -> None:
+        errors = []
+        for key in ("kl_ic_scale", "kl_co_scale", "l2_scale"):
+            if getattr(self, key) < 0:
+                errors.append(f"{key}={getattr(self, key)} must be >= 0")
+        if not self.kl_com_ratio >= 1.0:
+            errors.append(f"kl_com_ratio={self.kl_com_ratio} must be >= 1 (messages must be "
+                          "cheaper than inferred inputs)")
+        _check(errors, "loss config")
+
+    @property
+    def kl_com_scale(self) -> float:
+        return self.kl_co_scale / self.kl_com_ratio

@@ -1,0 +1,107 @@
+"""The loss: negative ELBO with structured KL bottlenecks (SPEC section 4). Pure functions.
+
+Every term is summed over time, neurons and latent dims and averaged over trials. Only the
+reconstructed bins tau..T-1 count; ``compute_loss`` takes full-length (B, T, n) data and
+keeps the last T' bins, T' read from the model output.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from mrlfads.outputs import LossTerms, ModelOutput
+from mrlfads.ramps import loss_weights
+
+Tensor = torch.Tensor
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def poisson_nll(log_rate: Tensor, counts: Tensor) -> Tensor:
+    """Elementwise -log Poisson(counts | exp(log_rate)), with the log(counts!) term."""
+    return torch.exp(log_rate) - counts * log_rate + torch.lgamma(counts + 1.0)
+
+
+def gaussian_nll(mean: Tensor, logvar: Tensor, x: Tensor) -> Tensor:
+    """Elementwise -log N(x | mean, exp(logvar))."""
+    return 0.5 * (_LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+
+def kl_diag_gaussian(mean_q: Tensor, var_q: Tensor, logvar_p: Tensor,
+                     mean_p: Tensor | float = 0.0) -> Tensor:
+    """Elementwise KL(N(mean_q, var_q) || N(mean_p, exp(logvar_p)))."""
+    return 0.5 * (logvar_p - torch.log(var_q) + (var_q + (mean_q - mean_p) ** 2)
+                  * torch.exp(-logvar_p) - 1.0)
+
+
+def l2_weight_penalty(weights: Sequence[Tensor]) -> Tensor:
+    """Sum over matrices of 0.5 * ||W||^2 / numel (per-element normalised L2)."""
+    return sum(0.5 * w.pow(2).sum() / w.numel() for w in weights)
+
+
+def _trial_mean(x: Tensor) -> Tensor:
+    """Sum every axis but the first (trials), then average over trials."""
+    return x.reshape(x.shape[0], -1).sum(1).mean()
+
+
+def observation_nll(obs_model: str, readout: Tensor, logvar: Tensor | None, x: Tensor) -> Tensor:
+    """Per-trial-mean NLL of data x (B, T', n) under a readout (log-rate or mean)."""
+    if obs_model == "poisson":
+        return _trial_mean(poisson_nll(readout, x))
+    return _trial_mean(gaussian_nll(readout, logvar, x))
+
+
+def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
+                 heldout: Sequence[Tensor] | None) -> dict[str, list[Tensor]]:
+    """Unweighted per-region terms: recon, kl_ic, kl_co, kl_com, l2, heldout."""
+    Tp = out.readout[0].shape[1]
+    R = len(out.region_names)
+    terms: dict[str, list[Tensor]] = {k: [] for k in
+                                      ("recon", "kl_ic", "kl_co", "kl_com", "l2", "heldout")}
+    zero = out.readout[0].new_zeros(())
+    for r in range(R):
+        x = heldin[r][:, -Tp:]
+        terms["recon"].append(observation_nll(
+            out.obs_model, out.readout[r], out.obs_logvar[r] if out.obs_logvar else None, x))
+        terms["kl_ic"].append(_trial_mean(kl_diag_gaussian(out.ic_mean[r], out.ic_var[r],
+                                                           out.ic_prior_logvar[r])))
+        terms["kl_co"].append(zero if out.co_mean is None else _trial_mean(
+            kl_diag_gaussian(out.co_mean[r], out.co_var[r], out.co_prior_logvar[r])))
+        into_r = [p for p, (_, dst) in enumerate(out.pairs) if dst == r]
+        if out.msg_mean is None or not into_r:
+            terms["kl_com"].append(zero)
+        else:
+            idx = torch.tensor(into_r, device=out.msg_mean.device)
+            terms["kl_com"].append(_trial_mean(kl_diag_gaussian(
+                out.msg_mean[:, :, idx], out.msg_var[:, :, idx], out.com_prior_logvar[idx])))
+        terms["l2"].append(out.l2[r])
+        n_out = out.heldout_readout[r].shape[-1]
+        if heldout is None or n_out == 0:
+            terms["heldout"].append(zero)
+        else:
+            y = heldout[r][:, -Tp:]
+            lv = out.heldout_logvar[r] if out.heldout_logvar else None
+            terms["heldout"].append(observation_nll(out.obs_model, out.heldout_readout[r], lv, y))
+    return terms
+
+
+def compute_loss(out: ModelOutput, heldin: Sequence[Tensor], heldout: Sequence[Tensor] | None,
+                 loss_cfg, epoch: int | float) -> LossTerms:
+    """Training loss (ramped, weighted) and the true negative ELBO of one batch.
+
+    Per region: recon + w_ic KL(z0) + w_u sum_t KL(u_t) + w_m sum_t sum_s KL(m^{s->r})
+    + w_l2 L2 + heldout, with w = ramp(epoch) * scale; total = sum over regions.
+    """
+    terms = region_terms(out, heldin, heldout)
+    weights = loss_weights(loss_cfg, epoch)
+    total = sum(
+        terms["recon"][r] + weights["kl_ic"] * terms["kl_ic"][r]
+        + weights["kl_co"] * terms["kl_co"][r] + weights["kl_com"] * terms["kl_com"][r]
+        + weights["l2"] * terms["l2"][r] + terms["heldout"][r]
+        for r in range(len(out.region_names)))
+    neg_elbo = sum(terms["recon"][r] + terms["kl_ic"][r] + terms["kl_co"][r] + terms["kl_com"][r]
+                   for r in range(len(out.region_names)))
+    names = out.region_names
+    return LossTerms(**{k: dict(zip(names, v)) for k, v in terms.items()},
+                     total=total, neg_elbo=neg_elbo, weights=weights)

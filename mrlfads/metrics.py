@@ -1,0 +1,416 @@
+"""Metrics of SPEC section 6 as pure functions on arrays.
+
+Every function takes numpy arrays (torch tensors are accepted and converted; torch is never
+imported here) and returns plain floats / numpy arrays, so the training loop, the tracking
+code and offline analysis all score a model the same way. Shapes follow the data:
+``(trials, T, N)`` for per-region activity, ``(trials, T, d)`` for messages and inputs.
+Pathways are keyed ``(src, dst)``; the strings ``"src->dst"`` are accepted too.
+
+Conventions shared by the NLLs: summed over time and neurons, mean over trials (as the loss).
+R^2 here is always "variance weighted": ``1 - sum(SSE) / sum(SST)`` pooled over output
+columns, SST taken about each column's own mean (see :func:`r2`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "EMA",
+    "MetricsError",
+    "bits_per_spike",
+    "co_bps",
+    "effectome",
+    "effectome_cosine",
+    "effectome_metrics",
+    "gaussian_nll",
+    "inferred_input_r2",
+    "message_r2",
+    "poisson_nll",
+    "r2",
+    "rank_correlation",
+    "smoothed",
+]
+
+_LOG2PI = math.log(2.0 * math.pi)
+_NULL_RATE_FLOOR = 1e-9  # counts/bin; keeps a silent-in-training neuron's null LL finite
+
+
+class MetricsError(ValueError):
+    """A metric was given inputs it cannot score (wrong shape, missing key, bad value)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _np(x: Any, name: str) -> np.ndarray:
+    """numpy float64 copy-free view of an array or a torch tensor (detached, on CPU)."""
+    if hasattr(x, "detach"):  # torch.Tensor without importing torch
+        x = x.detach().cpu().numpy()
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise MetricsError(f"{name}: expected a numeric array, got {type(x).__name__} ({e})")
+
+
+def _same_shape(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
+    if a.shape != b.shape:
+        raise MetricsError(f"{na} has shape {a.shape} but {nb} has shape {b.shape}; "
+                           "they must match")
+
+
+def _trials_first(x: np.ndarray, name: str) -> np.ndarray:
+    """(trials, ...) -> (trials, rest) ; a 1-D array is one value per trial."""
+    if x.ndim == 0:
+        raise MetricsError(f"{name}: expected an array with a leading trials axis, got a scalar")
+    return x.reshape(x.shape[0], -1)  # (trials, T*N)
+
+
+def _klr(k: np.ndarray, log_rates: np.ndarray) -> np.ndarray:
+    """k * log_rate with 0 * -inf = 0 (a zero rate is fine where no spike was seen)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(k == 0, 0.0, k * log_rates)
+
+
+def _pair(key: Any) -> tuple[str, str]:
+    """Normalise a pathway key: ``(src, dst)`` or ``"src->dst"`` -> ``(src, dst)``."""
+    if isinstance(key, str):
+        parts = key.split("->")
+        if len(parts) == 2 and all(parts):
+            return parts[0], parts[1]
+    elif isinstance(key, tuple) and len(key) == 2:
+        return str(key[0]), str(key[1])
+    raise MetricsError(f"pathway key {key!r}: use a (src, dst) tuple or the string 'src->dst'")
+
+
+# ----------------------------------------------------------------------------- likelihoods
+def poisson_nll(counts: Any, log_rates: Any, full: bool = True) -> float:
+    """Poisson NLL of ``counts`` under ``exp(log_rates)``, both (trials, T, N) in counts/bin.
+
+    Summed over time and neurons, averaged over trials (the loss's convention). ``full``
+    includes the ``log(k!)`` term so the value is a true NLL; ``full=False`` drops it (as
+    ``torch.nn.functional.poisson_nll_loss`` does) - it does not depend on the model.
+    """
+    k, lr = _np(counts, "counts"), _np(log_rates, "log_rates")
+    _same_shape(k, lr, "counts", "log_rates")
+    nll = np.exp(lr) - _klr(k, lr)  # (trials, T, N)
+    if full:
+        from scipy.special import gammaln  # lazy: keeps `import mrlfads` light
+
+        nll = nll + gammaln(k + 1.0)
+    return float(_trials_first(nll, "counts").sum(axis=1).mean())
+
+
+def gaussian_nll(x: Any, mean: Any, logvar: Any) -> float:
+    """Gaussian NLL of ``x`` under N(mean, exp(logvar)), all (trials, T, N) (logvar may
+    broadcast, e.g. one per neuron). Full NLL including 0.5*log(2*pi); summed over time and
+    neurons, averaged over trials."""
+    x, mu, lv = _np(x, "x"), _np(mean, "mean"), _np(logvar, "logvar")
+    _same_shape(x, mu, "x", "mean")
+    try:
+        lv = np.broadcast_to(lv, x.shape)
+    except ValueError:
+        raise MetricsError(f"logvar has shape {lv.shape}, which does not broadcast to the "
+                           f"shape of x {x.shape}")
+    nll = 0.5 * (_LOG2PI + lv + (x - mu) ** 2 * np.exp(-lv))  # (trials, T, N)
+    return float(_trials_first(nll, "x").sum(axis=1).mean())
+
+
+# ----------------------------------------------------------------------------- R^2
+def r2(y_true: Any, y_pred: Any, multioutput: str = "variance_weighted") -> float | np.ndarray:
+    """Coefficient of determination; the last axis holds the outputs (neurons / dims).
+
+    Inputs are (..., N), e.g. (trials, T, N); all leading axes are pooled into samples.
+    Per neuron n: ``R2_n = 1 - SSE_n / SST_n`` with ``SST_n`` about neuron n's mean over all
+    samples. ``multioutput`` picks the summary:
+
+    - ``"variance_weighted"`` (default, the region's R^2 we log):
+      ``1 - sum_n SSE_n / sum_n SST_n``, i.e. per-neuron R^2 averaged with weights SST_n, so
+      high-variance neurons count more; a constant neuron adds its SSE but no variance.
+    - ``"uniform_average"``: plain mean of per-neuron R^2 over neurons with SST_n > 0.
+    - ``"raw_values"``: the (N,) per-neuron R^2, NaN where SST_n = 0.
+
+    Perfect prediction gives 1, predicting each neuron's mean gives 0, worse is negative.
+    NaN if no neuron varies (R^2 undefined).
+    """
+    yt, yp = _np(y_true, "y_true"), _np(y_pred, "y_pred")
+    _same_shape(yt, yp, "y_true", "y_pred")
+    if yt.ndim == 1:
+        yt, yp = yt[:, None], yp[:, None]
+    yt = yt.reshape(-1, yt.shape[-1])  # (samples, N)
+    yp = yp.reshape(-1, yp.shape[-1])  # (samples, N)
+    if yt.shape[0] < 2:
+        raise MetricsError(f"r2 needs at least 2 samples, got {yt.shape[0]}")
+    sse = ((yt - yp) ** 2).sum(axis=0)  # (N,)
+    sst = ((yt - yt.mean(axis=0)) ** 2).sum(axis=0)  # (N,)
+    if multioutput == "variance_weighted":
+        total = sst.sum()
+        return float(1.0 - sse.sum() / total) if total > 0 else float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.nan)
+    if multioutput == "raw_values":
+        return per
+    if multioutput == "uniform_average":
+        return float(np.nanmean(per)) if np.any(sst > 0) else float("nan")
+    raise MetricsError(f"multioutput={multioutput!r}: use 'variance_weighted', "
+                       "'uniform_average' or 'raw_values'")
+
+
+# ----------------------------------------------------------------------------- bits/spike
+def bits_per_spike(counts: Any, log_rates: Any, null_rates: Any = None) -> float:
+    """Information gain per spike of the model over a per-neuron mean-rate null.
+
+    ``bps = (LL_model - LL_null) / (n_spikes * ln 2)`` with Poisson log-likelihoods summed
+    over all trials, bins and neurons of ``counts`` (trials, T, N) and ``log_rates`` (same,
+    log counts/bin). The null predicts, for every bin, neuron n's mean count per bin:
+    ``null_rates`` (N,) if given (e.g. from the training split), else the mean of ``counts``
+    itself over trials and time. A model predicting exactly that mean scores 0; better is
+    positive. Null rates below 1e-9 are floored there so a neuron silent in the training
+    split does not make the score infinite. NaN if ``counts`` holds no spikes.
+    """
+    k, lr = _np(counts, "counts"), _np(log_rates, "log_rates")
+    _same_shape(k, lr, "counts", "log_rates")
+    if k.ndim < 2:
+        raise MetricsError(f"counts: expected (trials, T, N), got shape {k.shape}")
+    if np.any(k < 0):
+        raise MetricsError("counts: spike counts must be non-negative")
+    n_neurons = k.shape[-1]
+    k2 = k.reshape(-1, n_neurons)  # (trials*T, N)
+    if null_rates is None:
+        null = k2.mean(axis=0)  # (N,)
+    else:
+        null = _np(null_rates, "null_rates").reshape(-1)
+        if null.shape != (n_neurons,):
+            raise MetricsError(f"null_rates has {null.size} values but counts has {n_neurons} "
+                               "neurons; give one mean count per bin for each neuron")
+        if np.any(null < 0) or not np.all(np.isfinite(null)):
+            raise MetricsError("null_rates: mean rates must be finite and non-negative")
+    n_spikes = k2.sum()
+    if n_spikes <= 0:
+        return float("nan")
+    # log(k!) cancels between model and null, so it is left out of both.
+    ll_model = (_klr(k, lr) - np.exp(lr)).sum()
+    null_safe = np.maximum(null, _NULL_RATE_FLOOR)
+    ll_null = (k2 * np.log(null_safe) - null).sum()  # null broadcasts over (trials*T, N)
+    return float((ll_model - ll_null) / (n_spikes * math.log(2.0)))
+
+
+def co_bps(heldout_counts: Any, heldout_log_rates: Any, null_rates: Any = None) -> float:
+    """Co-smoothing bits/spike: :func:`bits_per_spike` on the held-out neurons, whose rates
+    the model predicts from held-in activity only (the model-selection signal)."""
+    return bits_per_spike(heldout_counts, heldout_log_rates, null_rates)
+
+
+# ----------------------------------------------------------------------------- effectome
+def effectome(messages: Mapping[Any, Any], regions: Sequence[str]) -> np.ndarray:
+    """Effectome: (R, R) matrix, ``E[r, s]`` = RMS of the message means s -> r.
+
+    ``messages`` maps ``(src, dst)`` to posterior message means (trials, T, com_dim);
+    ``E[dst, src] = sqrt(mean(m**2))`` over trials, time and dims, so rows are receivers
+    (indexed like the manifest's ``comm_matrix[dst][src]``). The diagonal is NaN: a region
+    sends no message to itself. Every ordered pair of distinct regions must be present.
+    """
+    regions = list(regions)
+    idx = {name: i for i, name in enumerate(regions)}
+    if len(idx) != len(regions):
+        raise MetricsError(f"regions {regions}: names must be unique")
+    E = np.full((len(regions), len(regions)), np.nan)
+    for key, m in messages.items():
+        src, dst = _pair(key)
+        for name in (src, dst):
+            if name not in idx:
+                raise MetricsError(f"messages[{key!r}]: region {name!r} is not in regions "
+                                   f"{regions}")
+        if src == dst:
+            raise MetricsError(f"messages[{key!r}]: a region does not message itself")
+        arr = _np(m, f"messages[{key!r}]")
+        if arr.size == 0:
+            raise MetricsError(f"messages[{key!r}] is empty (shape {arr.shape})")
+        E[idx[dst], idx[src]] = math.sqrt(float(np.mean(arr**2)))
+    missing = [f"{s}->{d}" for s in regions for d in regions
+               if s != d and np.isnan(E[idx[d], idx[s]])]
+    if missing:
+        raise MetricsError(f"messages: no entry for pathway(s) {', '.join(missing)}; "
+                           "give the message means of every ordered pair of regions")
+    return E
+
+
+def effectome_metrics(E: Any, regions: Sequence[str], prefix: str = "effectome/") -> dict:
+    """Flatten an effectome into metric keys ``<prefix><src>_to_<dst>`` (diagonal skipped),
+    the MLflow-safe names of DESIGN.md."""
+    E = _np(E, "E")
+    regions = list(regions)
+    if E.shape != (len(regions), len(regions)):
+        raise MetricsError(f"E has shape {E.shape} but there are {len(regions)} regions")
+    return {f"{prefix}{s}_to_{r}": float(E[i, j])
+            for i, r in enumerate(regions) for j, s in enumerate(regions) if i != j}
+
+
+def effectome_cosine(E: Any, true_comm: Any) -> float:
+    """Cosine similarity between the off-diagonal entries of ``E`` and of the true
+    communication matrix (both (R, R), indexed ``[dst][src]``; the diagonal is ignored).
+
+    1 means the same pattern up to scale, 0 means inferred communication only where there
+    is none (or vice versa). Returns NaN, with a RuntimeWarning giving the reason, when
+    either off-diagonal vector is all zero (e.g. a truth with no pathways, or messages that
+    collapsed to zero) or when R = 1: the cosine is undefined there, and 0 would wrongly
+    read as "orthogonal".
+    """
+    E, T = _np(E, "E"), _np(true_comm, "true_comm")
+    if E.ndim != 2 or E.shape[0] != E.shape[1]:
+        raise MetricsError(f"E must be a square (R, R) matrix, got shape {E.shape}")
+    if T.shape != E.shape:
+        raise MetricsError(f"true_comm has shape {T.shape} but E has shape {E.shape}; both "
+                           "must be (R, R) over the same regions in the same order")
+    off = ~np.eye(E.shape[0], dtype=bool)
+    a, b = E[off], T[off]  # (R*(R-1),)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise MetricsError("E / true_comm: off-diagonal entries must be finite")
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        which = "E" if na == 0 else "true_comm"
+        warnings.warn(f"effectome_cosine: off-diagonal of {which} is all zero (or R = 1); "
+                      "cosine undefined, returning NaN", RuntimeWarning, stacklevel=2)
+        return float("nan")
+    return float(a @ b / (na * nb))
+
+
+# ----------------------------------------------------------------------------- cross-validated linear R^2
+def _cv_linear_r2(X: np.ndarray, Y: np.ndarray, seed: int) -> float:
+    """Fit Y ~ X (with intercept) by least squares on half the trials (a seeded split),
+    return the variance-weighted R^2 on the other half. X (trials, T, dx), Y (trials, T, dy).
+    """
+    n = X.shape[0]
+    perm = np.random.default_rng(seed).permutation(n)
+    fit, test = perm[: n // 2], perm[n // 2:]
+
+    def design(idx: np.ndarray) -> np.ndarray:
+        x = X[idx].reshape(-1, X.shape[-1])  # (trials*T, dx)
+        return np.hstack([x, np.ones((x.shape[0], 1))])  # (trials*T, dx+1)
+
+    y_fit = Y[fit].reshape(-1, Y.shape[-1])  # (trials*T, dy)
+    y_test = Y[test].reshape(-1, Y.shape[-1])  # (trials*T, dy)
+    W, *_ = np.linalg.lstsq(design(fit), y_fit, rcond=None)  # (dx+1, dy)
+    return r2(y_test, design(test) @ W)
+
+
+def _cv_r2_dict(inferred: Mapping, true: Mapping, seed: int, what: str, norm) -> dict:
+    """Shared driver of message_r2 / inferred_input_r2: one score per key of ``true``."""
+    by_norm = {norm(k): v for k, v in inferred.items()}
+    out: dict = {}
+    for key, y in true.items():
+        nk = norm(key)
+        if nk not in by_norm:
+            raise MetricsError(f"{what}: ground truth has {key!r} but the inferred dict does "
+                               f"not (has {sorted(map(str, by_norm))})")
+        X = _np(by_norm[nk], f"inferred[{key!r}]")
+        Y = _np(y, f"true[{key!r}]")
+        if X.ndim == 2:
+            X = X[..., None]
+        if Y.ndim == 2:
+            Y = Y[..., None]
+        if X.ndim != 3 or Y.ndim != 3 or X.shape[:2] != Y.shape[:2]:
+            raise MetricsError(f"{what}[{key!r}]: inferred {X.shape} and true {Y.shape} must "
+                               "both be (trials, T, dims) with the same trials and T")
+        if X.shape[0] < 2:
+            raise MetricsError(f"{what}[{key!r}]: need at least 2 trials to split, got "
+                               f"{X.shape[0]}")
+        out[key] = float("nan") if Y.shape[-1] == 0 else _cv_linear_r2(X, Y, seed)
+    scored = [v for v in out.values() if np.isfinite(v)]
+    out["mean"] = float(np.mean(scored)) if scored else float("nan")
+    return out
+
+
+def message_r2(inferred: Mapping[Any, Any], true: Mapping[Any, Any], seed: int = 0) -> dict:
+    """Message-content R^2 per pathway, cross-validated over trials.
+
+    ``inferred[(src, dst)]`` is (trials, T, d_inf), ``true[(src, dst)]`` (trials, T, d_true).
+    For each pathway in ``true``: shuffle trials with ``seed``, fit a linear map with
+    intercept from inferred to true messages on the first half (``trials // 2``), and score
+    variance-weighted R^2 (over true dims) on the rest. Any invertible linear transform of
+    the truth scores 1; unrelated noise scores about 0 or below. Returns
+    ``{key: R^2, ..., "mean": mean over scored pathways}`` with the keys of ``true``. A
+    pathway whose true message has no dims or no variance on the test half is NaN and left
+    out of the mean (pass only present pathways, e.g. ``comm_matrix[dst][src] > 0``).
+    """
+    return _cv_r2_dict(inferred, true, seed, "message_r2", _pair)
+
+
+def inferred_input_r2(inferred_inputs: Mapping[str, Any], true_inputs: Mapping[str, Any],
+                      seed: int = 0) -> dict:
+    """Inferred-input R^2 per region against the true unobserved inputs, scored exactly as
+    :func:`message_r2` (seeded half-split of trials, linear map with intercept fit on one
+    half, variance-weighted R^2 on the other). ``inferred_inputs[r]`` is (trials, T,
+    co_dim), ``true_inputs[r]`` (trials, T, d). Returns ``{region: R^2, ..., "mean": ...}``.
+    """
+    return _cv_r2_dict(inferred_inputs, true_inputs, seed, "inferred_input_r2", str)
+
+
+# ----------------------------------------------------------------------------- perturbations
+def rank_correlation(predicted_effects: Any, measured_effects: Any) -> float:
+    """Spearman rank correlation between predicted and measured perturbation effects.
+
+    Arrays of equal shape (flattened), or dicts ``{name: effect}`` matched by key (e.g.
+    per-region mean |change of rate|). NaN if either side is constant (ranks undefined).
+    """
+    from scipy.stats import spearmanr  # lazy: keeps `import mrlfads` light
+
+    if isinstance(predicted_effects, Mapping) or isinstance(measured_effects, Mapping):
+        if not (isinstance(predicted_effects, Mapping) and isinstance(measured_effects, Mapping)):
+            raise MetricsError("rank_correlation: give two dicts or two arrays, not one of each")
+        if set(predicted_effects) != set(measured_effects):
+            raise MetricsError(f"rank_correlation: keys differ: predicted "
+                               f"{sorted(predicted_effects)} vs measured "
+                               f"{sorted(measured_effects)}")
+        keys = list(measured_effects)
+        predicted_effects = [float(_np(predicted_effects[k], str(k))) for k in keys]
+        measured_effects = [float(_np(measured_effects[k], str(k))) for k in keys]
+    p = _np(predicted_effects, "predicted_effects").reshape(-1)
+    m = _np(measured_effects, "measured_effects").reshape(-1)
+    _same_shape(p, m, "predicted_effects", "measured_effects")
+    if p.size < 2:
+        raise MetricsError(f"rank_correlation needs at least 2 effects, got {p.size}")
+    if np.all(p == p[0]) or np.all(m == m[0]):
+        return float("nan")
+    return float(spearmanr(p, m).statistic)
+
+
+# ----------------------------------------------------------------------------- smoothing
+def smoothed(values: Sequence[float], alpha: float) -> np.ndarray:
+    """Exponential moving average of a sequence, e.g. validation losses per epoch.
+
+    ``s_0 = v_0``, ``s_t = alpha * v_t + (1 - alpha) * s_{t-1}``: ``alpha`` in (0, 1] is
+    the weight of the newest value (pandas' ``ewm(alpha=..., adjust=False)``); 1 means no
+    smoothing, small values smooth more (about ``1/alpha`` epochs of memory). A NaN value
+    makes every later value NaN (a diverged trial stays visibly diverged).
+    """
+    ema = EMA(alpha)
+    return np.array([ema.update(v) for v in values], dtype=np.float64)
+
+
+class EMA:
+    """Running form of :func:`smoothed` for the training loop's objective; its state
+    (``state_dict``) goes in the checkpoint so resuming equals not stopping."""
+
+    def __init__(self, alpha: float):
+        if not (isinstance(alpha, (int, float)) and 0.0 < alpha <= 1.0):
+            raise MetricsError(f"alpha={alpha!r}: the EMA weight of the newest value must be "
+                               "in (0, 1]; 1 disables smoothing")
+        self.alpha = float(alpha)
+        self.value: float | None = None
+
+    def update(self, v: float) -> float:
+        """Fold in one value and return the smoothed value."""
+        v = float(v)
+        self.value = v if self.value is None else self.alpha * v + (1 - self.alpha) * self.value
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"alpha": self.alpha, "value": self.value}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore the running value (alpha stays this object's own, as PBT expects)."""
+        self.value = None if state.get("value") is None else float(state["value"])

@@ -1,0 +1,137 @@
+"""All of MR-LFADS's parameters, per-region modules plus padded in-loop stacks.
+
+Encoders run once over the whole sequence, so each region keeps its own torch modules
+(one fused C++/cuDNN call per region and encoder; packing regions into one call would need
+block-diagonal weights and R times the FLOPs). Everything used inside the time-step loop is
+stacked over regions (or ordered pairs) and padded to the largest region, in bmm layout
+``(R, in, out)``, with a 0/1 mask; ``masked()`` returns the weights times their masks.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mrlfads.config import ModelConfig
+from mrlfads.layers import block_mask, init_gru_stacked_, init_stacked_
+
+
+def _init_linear_(layer: nn.Linear) -> None:
+    nn.init.normal_(layer.weight, 0.0, 1.0 / math.sqrt(layer.in_features))
+    nn.init.zeros_(layer.bias)
+
+
+class Sizes:
+    """Per-region and padded sizes derived from a ModelConfig."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        regs = cfg.regions
+        self.R = len(regs)
+        self.N = [r.n_heldin for r in regs]
+        self.H = [r.n_heldout for r in regs]
+        self.G = [r.gen_size for r in regs]
+        self.F = [r.fac_size for r in regs]
+        self.D = [r.ext_dim for r in regs]
+        self.Nm, self.Hm, self.Gm = max(self.N), max(self.H), max(self.G)
+        self.Fm, self.Dm = max(self.F), max(self.D)
+        self.K = 2 if cfg.obs_model == "gaussian" else 1  # readout blocks: mean (+ logvar)
+        self.pairs = cfg.pairs
+        self.P = len(self.pairs)
+        self.src = {"rates": self.N, "factors": self.F, "generator": self.G}[cfg.message_source]
+        self.Sm = max(self.src)
+        self.U = cfg.co_dim if cfg.inferred_inputs else 0
+        self.gen_in = self.U + (self.R - 1) * cfg.com_dim  # [u, messages from each s != r]
+
+
+class ModelParams(nn.Module):
+    """Parameter container shared by the batched model and the oracle."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        s = self.sizes = Sizes(cfg)
+        Eic, Eci, Cn, U, Z, C = (cfg.ic_enc_dim, cfg.ci_enc_dim, cfg.con_dim, cfg.co_dim,
+                                 cfg.ic_dim, cfg.com_dim)
+        self.readin = nn.ModuleList(nn.Linear(n, n) for n in s.N)
+        self.ic_enc = nn.ModuleList(nn.GRU(n, Eic, batch_first=True, bidirectional=True)
+                                    for n in s.N)
+        self.ic_head = nn.ModuleList(nn.Linear(2 * Eic, 2 * Z) for _ in s.N)
+        self.ic_to_g0 = nn.ModuleList(nn.Linear(Z, g) for g in s.G)
+        for group in (self.readin, self.ic_head, self.ic_to_g0):
+            for layer in group:
+                _init_linear_(layer)
+        self._masked_names: list[str] = []
+        zeros = [0] * s.R
+        cn = [Cn] * s.R
+        if cfg.inferred_inputs:
+            self.ci_enc = nn.ModuleList(nn.GRU(n, Eci, batch_first=True) for n in s.N)
+            self._add("con_w_ie", block_mask(zeros, 0, cn, Cn, 3, in_offset=Eci), fan=[Eci + f for f in s.F])
+            self._add("con_w_if", block_mask(s.F, s.Fm, cn, Cn, 3), fan=[Eci + f for f in s.F])
+            self._add("con_w_hh", block_mask(zeros, 0, cn, Cn, 3, in_offset=Cn))
+            self._add("con_b_ih", torch.ones(s.R, 1, 3 * Cn))
+            self._add("con_b_hh", torch.ones(s.R, 1, 3 * Cn))
+            init_gru_stacked_(self.con_w_hh, self.con_b_ih, [Cn] * s.R, Cn)
+            self._add("co_w", torch.ones(s.R, Cn, 2 * U), fan=Cn)
+            self._add("co_b", torch.ones(s.R, 1, 2 * U))
+            self.co_prior_logvar = nn.Parameter(torch.full((s.R, U), math.log(cfg.prior_var)))
+        gen_fan = [s.gen_in + d for d in s.D]
+        if s.gen_in:
+            self._add("gen_w_iu", block_mask(zeros, 0, s.G, s.Gm, 3, in_offset=s.gen_in), fan=gen_fan)
+        if s.Dm:
+            self._add("gen_w_ie", block_mask(s.D, s.Dm, s.G, s.Gm, 3), fan=gen_fan)
+        self._add("gen_w_hh", block_mask(s.G, s.Gm, s.G, s.Gm, 3))
+        self._add("gen_b_ih", block_mask(zeros, 0, s.G, s.Gm, 3, in_offset=1))
+        self._add("gen_b_hh", block_mask(zeros, 0, s.G, s.Gm, 3, in_offset=1))
+        init_gru_stacked_(self.gen_w_hh, self.gen_b_ih, s.G, s.Gm)
+        self._add("fac_w", block_mask(s.G, s.Gm, s.F, s.Fm), fan=s.G)
+        self._add("ro_w", block_mask(s.F, s.Fm, s.N, s.Nm, s.K), fan=s.F)
+        self._add("ro_b", block_mask(zeros, 0, s.N, s.Nm, s.K, in_offset=1))
+        if s.Hm:
+            self._add("ho_w", block_mask(s.F, s.Fm, s.H, s.Hm, s.K), fan=s.F)
+            self._add("ho_b", block_mask(zeros, 0, s.H, s.Hm, s.K, in_offset=1))
+        self.ic_prior_logvar = nn.Parameter(torch.full((s.R, Z), math.log(cfg.prior_var)))
+        if s.P:
+            src_sizes = [s.src[a] for a, _ in s.pairs]
+            self._add("msg_w", block_mask(src_sizes, s.Sm, [2 * C] * s.P, 2 * C), fan=src_sizes)
+            self._add("msg_b", torch.ones(s.P, 1, 2 * C))
+            self.com_prior_logvar = nn.Parameter(torch.full((s.P, C), math.log(cfg.prior_var)))
+            self.register_buffer("src_index", torch.tensor([a for a, _ in s.pairs]), persistent=False)
+        with torch.no_grad():  # posterior variances start at the prior's
+            logv = math.log(cfg.prior_var)
+            for head in self.ic_head:
+                head.bias[Z:] = logv
+            if cfg.inferred_inputs:
+                self.co_b[..., U:] = logv
+            if s.P:
+                self.msg_b[..., C:] = logv
+            for name in self._masked_names:
+                getattr(self, name).mul_(getattr(self, name + "_mask"))
+
+    def _add(self, name: str, mask: torch.Tensor, fan=None) -> None:
+        """Register a padded parameter (zeros, or N(0, 1/fan) when ``fan``) and its mask."""
+        param = nn.Parameter(torch.zeros_like(mask))
+        if fan is not None:
+            init_stacked_(param, fan)
+        self.register_parameter(name, param)
+        self.register_buffer(name + "_mask", mask, persistent=False)
+        self._masked_names.append(name)
+
+    def masked(self) -> dict[str, torch.Tensor]:
+        """Padded weights with padding forced to zero (so it gets zero gradient too)."""
+        return {n: getattr(self, n) * getattr(self, n + "_mask") for n in self._masked_names}
+
+    def l2_terms(self) -> list[torch.Tensor]:
+        """Per region: sum over its recurrent matrices of 0.5 * ||W_hh||^2 / numel."""
+        s, cfg = self.sizes, self.cfg
+        out = []
+        for r in range(s.R):
+            w = self.gen_w_hh[r] * self.gen_w_hh_mask[r]
+            total = 0.5 * w.pow(2).sum() / (3 * s.G[r] ** 2)
+            mats = [self.ic_enc[r].weight_hh_l0, self.ic_enc[r].weight_hh_l0_reverse]
+            if cfg.inferred_inputs:
+                mats += [self.con_w_hh[r], self.ci_enc[r].weight_hh_l0]
+            for m in mats:
+                total = total + 0.5 * m.pow(2).sum() / m.numel()
+            out.append(total)
+        return out

@@ -1,0 +1,21 @@
+"""KL and L2 warm-up ramps (SPEC section 4): pure functions of the epoch."""
+from __future__ import annotations
+
+
+def ramp(epoch: int | float, start: int, length: int) -> float:
+    """rho(e) = clip((e + 1 - start) / (length + 1), 0, 1).
+
+    ``length=0`` gives a step to 1 at ``epoch = start``.
+    """
+    value = (float(epoch) + 1.0 - float(start)) / (float(length) + 1.0)
+    return min(max(value, 0.0), 1.0)
+
+
+def loss_weights(loss_cfg, epoch: int | float) -> dict[str, float]:
+    """Effective weights of every regularised term at ``epoch`` (ramp x scale)."""
+    return {
+        "kl_ic": loss_cfg.ic_ramp(epoch) * loss_cfg.kl_ic_scale,
+        "kl_co": loss_cfg.co_ramp(epoch) * loss_cfg.kl_co_scale,
+        "kl_com": loss_cfg.com_ramp(epoch) * loss_cfg.kl_com_scale,
+        "l2": loss_cfg.l2_ramp(epoch) * loss_cfg.l2_scale,
+    }

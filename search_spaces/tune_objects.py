@@ -1,0 +1,146 @@
+"""Turn a SearchSpace into Ray Tune objects: param_space, scheduler, searcher, resources.
+
+The trial config layout (what ``training.trainable.trainable`` reads) is built here:
+``{"run": RunConfig dict, "checkpoint_interval": int, "build": {path: value},
+"hparams": {path: value}}``. PBT spaces fill ``hparams`` (re-applied after every restore,
+perturbed by :class:`search_spaces.explore.SpaceExplorer`); Optuna spaces fill ``build``
+(structure fixed for the life of a trial). The checkpoint interval is the PBT perturbation
+interval, taken from the space in one place (:func:`checkpoint_interval`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any, Mapping
+
+from ray import tune
+
+from search_spaces.errors import SearchSpaceError
+from search_spaces.explore import SpaceExplorer
+from search_spaces.space import Hyperparameter, SearchSpace
+
+TIME_ATTR = "epoch"  # PBT/ASHA time: finished epochs, as the Trainer reports them
+
+
+def checkpoint_interval(space: SearchSpace) -> int:
+    """Epochs between checkpoints: the perturbation interval for PBT (so every exploit finds
+    a checkpoint of the epoch it ranked), the ASHA grace period for Optuna."""
+    if space.kind == "pbt":
+        return int(space.scheduler.perturbation_interval)
+    return int(space.scheduler.grace_period)
+
+
+def ramps_end(loss: Any) -> int:
+    """First epoch at which every ramp of a LossConfig (or its dict) has reached 1."""
+    items = (loss.items() if isinstance(loss, Mapping)
+             else ((f.name, getattr(loss, f.name)) for f in fields(loss)))
+    ends = []
+    for _, value in items:
+        start = value.get("start") if isinstance(value, Mapping) else getattr(value, "start", None)
+        length = value.get("length") if isinstance(value, Mapping) else getattr(value, "length", None)
+        if start is not None and length is not None:
+            ends.append(int(start) + int(length))
+    return max(ends, default=0)
+
+
+def resolve_burn_in(space: SearchSpace, loss: Any) -> int:
+    """Burn-in epochs, rounded up to a whole number of perturbation intervals so that
+    perturbations land on checkpoint epochs; 'ramps' covers every KL/L2 ramp."""
+    burn = space.scheduler.burn_in
+    burn = ramps_end(loss) if burn == "ramps" else int(burn)
+    interval = space.scheduler.perturbation_interval
+    return int(math.ceil(burn / interval) * interval)
+
+
+def domain(hp: Hyperparameter, *, initial: bool = False) -> Any:
+    """Tune domain of a hyperparameter; with ``initial``, PBT's starting distribution."""
+    if hp.type == "categorical":
+        return tune.choice(list(hp.choices))
+    low, high = hp.bounds
+    if hp.type == "int":
+        low, high = int(low), int(high)
+        return tune.lograndint(low, high + 1) if hp.scale == "log" else tune.randint(low, high + 1)
+    dist = hp.init_distribution if initial else ("loguniform" if hp.scale == "log" else "uniform")
+    if dist is None:
+        return float(hp.init)
+    return tune.loguniform(low, high) if dist == "loguniform" else tune.uniform(low, high)
+
+
+def param_space(space: SearchSpace, run: Mapping[str, Any]) -> dict[str, Any]:
+    """The Tuner's param_space for a base run-config dict (``RunConfig.to_dict()``)."""
+    searched = {hp.path: domain(hp, initial=space.kind == "pbt") for hp in space.hyperparameters}
+    return {
+        "run": dict(run),
+        "checkpoint_interval": checkpoint_interval(space),
+        "build": {} if space.kind == "pbt" else searched,
+        "hparams": searched if space.kind == "pbt" else {},
+    }
+
+
+def pbt_scheduler(space: SearchSpace, burn_in: int) -> tune.schedulers.PopulationBasedTraining:
+    """PBT that owns its explore step (bounded, log-unbiased) instead of Ray's x0.8/x1.2."""
+    _require(space, "pbt")
+    s = space.scheduler
+    return tune.schedulers.PopulationBasedTraining(
+        time_attr=TIME_ATTR,
+        metric=s.metric,
+        mode=s.mode,
+        perturbation_interval=s.perturbation_interval,
+        burn_in_period=burn_in,
+        quantile_fraction=s.quantile_fraction,
+        custom_explore_fn=SpaceExplorer(space, key="hparams"),
+        synch=s.synch,
+    )
+
+
+def optuna_search(space: SearchSpace):
+    """TPE (Optuna) proposing trials, at most ``max_concurrent`` at a time, seeded."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    _require(space, "optuna")
+    s = space.scheduler
+    sampler = optuna.samplers.TPESampler(seed=space.seed)
+    searcher = OptunaSearch(metric=s.metric, mode=s.mode, sampler=sampler)
+    return ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+
+
+def asha_scheduler(space: SearchSpace, max_epochs: int):
+    """ASHA stopping weak Optuna trials early, in epochs."""
+    _require(space, "optuna")
+    s = space.scheduler
+    if max_epochs < s.grace_period:
+        raise SearchSpaceError(f"`scheduler.grace_period`={s.grace_period} exceeds the run's "
+                               f"train.epochs={max_epochs}; lower the grace period")
+    return tune.schedulers.ASHAScheduler(
+        time_attr=TIME_ATTR, metric=s.metric, mode=s.mode, max_t=max_epochs,
+        grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+    )
+
+
+def tune_config(space: SearchSpace, *, max_epochs: int, burn_in: int | None = None,
+                reuse_actors: bool = True) -> tune.TuneConfig:
+    """TuneConfig for either kind: PBT with a seeded initial population, or TPE + ASHA."""
+    if space.kind == "pbt":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        if burn_in is None:
+            raise SearchSpaceError("internal: PBT needs a resolved burn-in")
+        return tune.TuneConfig(
+            scheduler=pbt_scheduler(space, burn_in),
+            search_alg=BasicVariantGenerator(random_state=space.seed),
+            num_samples=space.scheduler.population,
+            reuse_actors=reuse_actors,
+        )
+    return tune.TuneConfig(
+        scheduler=asha_scheduler(space, max_epochs),
+        search_alg=optuna_search(space),
+        num_samples=space.scheduler.num_samples,
+        reuse_actors=reuse_actors,
+    )
+
+
+def _require(space: SearchSpace, kind: str) -> None:
+    if space.kind != kind:
+        raise SearchSpaceError(f"this needs a `kind: {kind}` search space, got {space.kind!r}")

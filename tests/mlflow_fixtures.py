@@ -1,0 +1,46 @@
+"""Session-scoped MLflow fixtures: one SQLite store and one real ``mlflow server``.
+
+Why session scope: the first use of a SQLite store runs migrations (~7.5 s) and a server
+takes ~30 s to start here; every tracking test shares them (experiments keep tests apart).
+Loaded through ``pytest_plugins`` in tests/conftest.py.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite_uri(tmp_path_factory) -> str:
+    """``sqlite:///.../mlruns/mlflow.db`` with migrations already run."""
+    from mlflow.tracking import MlflowClient
+
+    from tracking.store import default_tracking_uri
+
+    uri = default_tracking_uri(tmp_path_factory.mktemp("mlflow_sqlite"))
+    MlflowClient(uri).search_experiments()  # runs the migrations once
+    return uri
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (free port) over its own SQLite store."""
+    from tracking.server import start_server
+    from tracking.store import artifact_root_for, default_tracking_uri
+
+    uri = default_tracking_uri(tmp_path_factory.mktemp("mlflow_server"))
+    handle = start_server(uri, artifact_root_for(uri))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def experiment_name(request) -> str:
+    """A fresh experiment name per test (shared stores, separate experiments)."""
+    import uuid
+
+    return f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,235 @@
+"""NWB -> Arrow ingest end to end: tiny pynwb files, bin counts checked against hand counts."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from data_loaders.nwb import IngestOptions, ingest
+from data_loaders.nwb.binning import bin_spikes, bin_timeseries, window_edges
+from data_loaders.nwb.export import write_nwb_from_arrays
+from data_loaders.nwb.read import sha256_file
+from data_loaders.nwb.testing import build_nwb
+from data_loaders.reader import ArrowDataset
+
+# Three 1 s trials; go cues at 0.5, 1.4, 2.6 s. With --align go_cue_time --window -0.2:0.3
+# and 100 ms bins the windows are [0.3,0.8), [1.2,1.7), [2.4,2.9), 5 bins each.
+TRIALS = [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
+GO = [0.5, 1.4, 2.6]
+SPIKES = [
+    [0.05, 0.31, 0.35, 0.79, 1.25, 1.69, 2.45, 2.95],  # ALM u0
+    [0.55, 0.65, 0.66, 1.45, 2.85],                     # ALM u1
+    [0.10, 1.31, 1.35, 2.52],                           # STR u2
+    [0.42],                                             # STR u3 (noise)
+]
+# Hand counts, (trial, bin) per unit, for the aligned window above.
+HAND = {
+    0: [[2, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 0]],
+    1: [[0, 0, 1, 2, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]],
+    2: [[0, 0, 0, 0, 0], [0, 2, 0, 0, 0], [0, 1, 0, 0, 0]],
+    3: [[0, 1, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+}
+ALIGNED = dict(bin_ms=100, align="go_cue_time", window=(-0.2, 0.3), ic_enc_seq_len=2)
+
+
+def make_session(path, **overrides):
+    kw = dict(spikes=SPIKES, locations=["ALM", "ALM", "STR", "STR"],
+              unit_columns={"quality": ["good", "good", "good", "noise"]}, trials=TRIALS,
+              trial_columns={"go_cue_time": GO, "photostim": [False, True, False],
+                             "condition": ["L", "R", "L"], "laser_mw": [0.0, 2.5, 0.0]})
+    kw.update(overrides)
+    return build_nwb(path, **kw)
+
+
+def by_trial(ds, col):
+    """{trial_id: row} of a column, whatever order the writer stored rows in."""
+    a = ds.arrays(columns=["trial_id", col])
+    return {int(t): a[col][i] for i, t in enumerate(a["trial_id"])}
+
+
+@pytest.fixture
+def nwb(tmp_path):
+    return make_session(tmp_path / "s1.nwb")
+
+
+def test_counts_match_hand_counts_with_alignment_and_perturbed_split(nwb, tmp_path):
+    o = IngestOptions(**ALIGNED, perturb_column="photostim", valid_fraction=0.0)
+    m = ingest([nwb], tmp_path / "ds", o)
+    assert m.n_bins == 5 and m.bin_width_s == pytest.approx(0.1)
+    assert [(r.name, r.n_heldin, r.n_heldout) for r in m.regions] == [("ALM", 2, 0), ("STR", 2, 0)]
+    assert m.splits == {"train": 2, "perturbed": 1}  # the photostim trial is never trained on
+    ds = ArrowDataset.open(tmp_path / "ds")
+    alm, strm = by_trial(ds, "x/ALM"), by_trial(ds, "x/STR")
+    for t in range(3):
+        np.testing.assert_array_equal(alm[t], np.array([HAND[0][t], HAND[1][t]]).T)
+        np.testing.assert_array_equal(strm[t], np.array([HAND[2][t], HAND[3][t]]).T)
+    split = by_trial(ds, "split")
+    assert (split[0], split[1], split[2]) == ("train", "perturbed", "train")
+    assert by_trial(ds, "condition") == {0: "L", 1: "R", 2: "L"}
+
+
+def test_default_window_is_trial_start_to_shortest_trial(nwb, tmp_path):
+    m = ingest([nwb], tmp_path / "ds", IngestOptions(bin_ms=250, ic_enc_seq_len=1))
+    assert m.n_bins == 4 and m.provenance["window_s"] == [0.0, 1.0]
+    alm = by_trial(ArrowDataset.open(tmp_path / "ds"), "x/ALM")
+    # unit 0, trial 0 = [0,1): 0.05 | 0.31 0.35 | - | 0.79 ; trial 2 = [2,3): 2.45 | - | - | 2.95
+    np.testing.assert_array_equal(alm[0][:, 0], [1, 2, 0, 1])
+    np.testing.assert_array_equal(alm[2][:, 0], [0, 1, 0, 1])
+
+
+def test_quality_filter_and_min_neurons_drop_region_with_warning(nwb, tmp_path):
+    o = IngestOptions(**ALIGNED, drop_quality=("noise",), min_neurons=2)
+    m = ingest([nwb], tmp_path / "ds", o)
+    assert m.region_names == ("ALM",)  # STR kept 1 unit after dropping the noise unit
+    warnings = " ".join(m.provenance["warnings"])
+    assert "'STR'" in warnings and "--min-neurons" in warnings and "noise" in warnings
+
+
+def test_region_map_merges_fine_labels_and_null_drops(tmp_path):
+    path = make_session(tmp_path / "s.nwb", locations=["ALM_l1", "ALM_l5", "CPu", "fiber"])
+    (tmp_path / "map.yaml").write_text("ALM_l1: ALM\nALM_l5: ALM\nCPu: STR\nfiber: null\n")
+    o = IngestOptions(**ALIGNED, region_map=str(tmp_path / "map.yaml"))
+    m = ingest([path], tmp_path / "ds", o)
+    assert [(r.name, r.n_neurons) for r in m.regions] == [("ALM", 2), ("STR", 1)]
+    assert m.provenance["region_map"]["fiber"] is None
+
+
+def test_region_column_without_electrodes(tmp_path):
+    path = make_session(tmp_path / "s.nwb", locations=None,
+                        unit_columns={"area": ["M1", "M1", "M1", "S1"]})
+    m = ingest([path], tmp_path / "ds", IngestOptions(**ALIGNED, region_column="area"))
+    assert [(r.name, r.n_neurons) for r in m.regions] == [("M1", 3), ("S1", 1)]
+
+
+def test_heldout_count_and_fraction_are_seeded_and_held_in_first(nwb, tmp_path):
+    many = build_nwb(tmp_path / "many.nwb", spikes=[[0.1 + 0.01 * i] for i in range(10)],
+                     locations=["A"] * 10, trials=[(0.0, 1.0), (1.0, 2.0)])
+    o = IngestOptions(bin_ms=100, ic_enc_seq_len=2, heldout=0.3, seed=3, valid_fraction=0.0)
+    m1 = ingest([many], tmp_path / "d1", o)
+    m2 = ingest([many], tmp_path / "d2", o)
+    assert (m1.regions[0].n_heldin, m1.regions[0].n_heldout) == (7, 3)  # floor(0.3 * 10)
+    assert m1.regions[0].neuron_ids == m2.regions[0].neuron_ids  # same seed, same choice
+    ids = [int(i) for i in m1.regions[0].neuron_ids]
+    assert sorted(ids[:7]) == ids[:7] and sorted(ids[7:]) == ids[7:] and sorted(ids) == list(range(10))
+    # Unit i spikes once at 0.1 + 0.01 i in trial 0, bin 1: column j holds unit ids[j].
+    x = by_trial(ArrowDataset.open(tmp_path / "d1"), "x/A")[0]
+    np.testing.assert_array_equal(x.sum(axis=0), np.ones(10))
+    m3 = ingest([nwb], tmp_path / "d3", IngestOptions(**ALIGNED, heldout=1))
+    assert [(r.n_heldin, r.n_heldout) for r in m3.regions] == [(1, 1), (1, 1)]
+
+
+def test_two_sessions_become_one_dataset(tmp_path):
+    a = make_session(tmp_path / "a.nwb")
+    shifted = [[t + 10.0 for t in s] for s in SPIKES]
+    b = make_session(tmp_path / "b.nwb", spikes=shifted, trials=[(s + 10, e + 10) for s, e in TRIALS],
+                     trial_columns={"go_cue_time": [g + 10 for g in GO],
+                                    "photostim": [False] * 3, "condition": ["L"] * 3})
+    m = ingest([a, b], tmp_path / "ds", IngestOptions(**ALIGNED, valid_fraction=0.0))
+    assert m.n_trials == 6 and len(m.provenance["sources"]) == 2
+    alm = by_trial(ArrowDataset.open(tmp_path / "ds"), "x/ALM")
+    assert sorted(alm) == [0, 1, 2, 3, 4, 5]  # ids of session b shifted by 3
+    for t in range(3):
+        np.testing.assert_array_equal(alm[t], alm[t + 3])
+        np.testing.assert_array_equal(alm[t][:, 0], HAND[0][t])
+
+
+def test_manifest_records_sources_and_options_to_repeat_exactly(nwb, tmp_path):
+    o = IngestOptions(**ALIGNED, heldout=1, seed=7, perturb_column="photostim")
+    m = ingest([nwb], tmp_path / "d1", o)
+    src = m.provenance["sources"][0]
+    assert src["sha256"] == sha256_file(nwb) and src["trial_ids"] == [0, 1, 2]
+    again = IngestOptions(**json.loads(json.dumps(m.provenance["options"])))
+    m2 = ingest([src["path"]], tmp_path / "d2", again)
+    a1, a2 = ArrowDataset.open(tmp_path / "d1").arrays(), ArrowDataset.open(tmp_path / "d2").arrays()
+    assert m2.regions == m.regions and m2.splits == m.splits
+    for col in a1:
+        np.testing.assert_array_equal(a1[col], a2[col])
+
+
+def test_ext_from_trials_column_and_timeseries(nwb, tmp_path):
+    m = ingest([nwb], tmp_path / "d1", IngestOptions(**ALIGNED, ext_column="laser_mw"))
+    assert m.ext_dims == {"ALM": 1, "STR": 1}
+    ext = by_trial(ArrowDataset.open(tmp_path / "d1"), "ext/STR")
+    np.testing.assert_array_equal(ext[1], np.full((5, 1), 2.5))
+    # A TimeSeries sampled every 50 ms with value = sample index: bins of 100 ms average
+    # two samples; the window of trial 0 starts at 0.3 s, before sample 6 -> means 6.5, 8.5, ...
+    times = np.arange(0, 3.0, 0.05) + 0.01  # off the bin edges
+    ts = make_session(tmp_path / "ts.nwb", timeseries={"laser": (times, np.arange(len(times)) * 1.0)})
+    ingest([ts], tmp_path / "d2", IngestOptions(**ALIGNED, ext_timeseries="laser"))
+    ext = by_trial(ArrowDataset.open(tmp_path / "d2"), "ext/ALM")
+    np.testing.assert_allclose(ext[0][:, 0], [6.5, 8.5, 10.5, 12.5, 14.5], atol=1e-5)
+
+
+def test_export_then_ingest_gives_back_the_same_counts(tmp_path):
+    rng = np.random.default_rng(0)
+    counts = {"A": rng.poisson(1.5, (6, 12, 4)), "B": rng.poisson(0.5, (6, 12, 3))}
+    perturbed = np.array([False, False, True, False, False, True])
+    path = write_nwb_from_arrays(tmp_path / "x.nwb", counts=counts, bin_width_s=0.02,
+                                 n_heldout={"A": 1}, perturbed=perturbed,
+                                 condition=np.array(list("abcabc")))
+    o = IngestOptions(bin_ms=20, heldout_column="heldout", perturb_column="perturbed",
+                      valid_fraction=0.25)
+    m = ingest([path], tmp_path / "ds", o)
+    assert [(r.name, r.n_heldin, r.n_heldout) for r in m.regions] == [("A", 3, 1), ("B", 3, 0)]
+    assert m.n_bins == 12 and m.splits == {"train": 3, "valid": 1, "perturbed": 2}
+    ds = ArrowDataset.open(tmp_path / "ds")
+    for r in ("A", "B"):
+        x = by_trial(ds, f"x/{r}")
+        np.testing.assert_array_equal(np.stack([x[t] for t in range(6)]), counts[r])
+    assert by_trial(ds, "condition")[4] == "b"
+
+
+def test_dataset_to_nwb_round_trip(tmp_path):
+    from data_loaders.nwb import dataset_to_nwb
+    from data_loaders.writer import write_dataset
+
+    rng = np.random.default_rng(1)
+    x = {"A": rng.poisson(2.0, (5, 15, 3)).astype(np.float32), "B": rng.poisson(1.0, (5, 15, 2))}
+    split = np.array(["train", "train", "valid", "train", "perturbed"], dtype=object)
+    write_dataset(tmp_path / "src", name="sim", regions=[("A", 2, 1), ("B", 2, 0)],
+                  obs_model="poisson", bin_width_s=0.01, ic_enc_seq_len=3, x=x, split=split,
+                  trial_id=np.arange(10, 15))
+    path = dataset_to_nwb(ArrowDataset.open(tmp_path / "src"), tmp_path / "sim.nwb")
+    o = IngestOptions(bin_ms=10, ic_enc_seq_len=3, heldout_column="heldout",
+                      perturb_column="perturbed")
+    m = ingest([path], tmp_path / "back", o)
+    assert m.splits["perturbed"] == 1 and [r.n_heldout for r in m.regions] == [1, 0]
+    src, back = ArrowDataset.open(tmp_path / "src"), ArrowDataset.open(tmp_path / "back")
+    for r in ("A", "B"):
+        a, b = by_trial(src, f"x/{r}"), by_trial(back, f"x/{r}")
+        assert sorted(a) == sorted(b) == list(range(10, 15))
+        for t in a:
+            np.testing.assert_array_equal(a[t], b[t])
+
+
+def test_bin_spikes_matches_histogram_per_trial():
+    rng = np.random.default_rng(0)
+    spikes = np.sort(rng.uniform(0, 20, 5000))
+    t0 = np.array([0.5, 3.0, 3.0 + 0.7 * 5, 11.0])  # third window touches the second
+    edges = window_edges(t0, 7, 0.1)
+    got = bin_spikes(spikes, edges)
+    want = np.stack([np.histogram(spikes[(spikes >= e[0]) & (spikes < e[-1])], e)[0] for e in edges])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_bin_timeseries_holds_last_sample_in_empty_bins():
+    edges = window_edges(np.array([0.0]), 4, 1.0)
+    times = np.array([-0.5, 0.2, 0.4, 2.5])
+    values = np.array([[9.0], [1.0], [3.0], [5.0]])
+    np.testing.assert_allclose(bin_timeseries(times, values, edges)[0, :, 0], [2.0, 3.0, 5.0, 5.0])
+
+
+def test_cli_ingest_prints_summary(nwb, tmp_path, capsys):
+    from training.cli import main
+
+    out = tmp_path / "ds"
+    rc = main(["ingest", str(nwb), "--out", str(out), "--bin-ms", "100", "--align", "go_cue_time",
+               "--window=-0.2:0.3", "--ic-enc-seq-len", "2", "--perturb-column", "photostim",
+               "--drop-quality", "noise", "--min-neurons", "2"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "ALM" in text and "perturbed" in text and "STR" in text  # STR named in the warning
+    assert ArrowDataset.open(out).manifest.splits["perturbed"] == 1
+    assert main(["ingest", str(nwb), "--out", str(out)]) == 2  # exists, no --overwrite
+    assert "--overwrite" in capsys.readouterr().err

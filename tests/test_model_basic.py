@@ -1,0 +1,166 @@
+"""The batched MR-LFADS model: shapes, sampling, dropout, configs and structural invariants."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mrlfads.config import LossConfig, ModelConfig, RegionConfig
+from mrlfads.config_utils import ConfigError, from_dict, to_dict, with_overrides
+from mrlfads.model import MRLFADS, InputError, compute_loss
+
+B, T, TAU = 3, 12, 4
+
+
+def tiny_cfg(obs="poisson", **kw) -> ModelConfig:
+    regions = kw.pop("regions", (RegionConfig("A", 3, n_heldout=1), RegionConfig("B", 3)))
+    return ModelConfig(regions=regions, obs_model=obs, ic_enc_seq_len=TAU, ic_enc_dim=4,
+                       ci_enc_dim=4, con_dim=5, co_dim=2, ic_dim=3, com_dim=2, **kw)
+
+
+def batch(cfg, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    heldin = [torch.poisson(torch.full((B, T, r.n_heldin), 2.0), generator=g) for r in cfg.regions]
+    heldout = [torch.poisson(torch.full((B, T, r.n_heldout), 2.0), generator=g) for r in cfg.regions]
+    return heldin, heldout
+
+
+@pytest.mark.parametrize("obs", ["poisson", "gaussian"])
+def test_output_shapes(obs):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(obs)
+    out = MRLFADS(cfg)(batch(cfg)[0], sample=True)
+    Tp = T - TAU
+    assert [tuple(x.shape) for x in out.readout] == [(B, Tp, 3), (B, Tp, 3)]
+    assert [tuple(x.shape) for x in out.factors] == [(B, Tp, 3), (B, Tp, 3)]
+    assert [tuple(x.shape) for x in out.heldout_readout] == [(B, Tp, 1), (B, Tp, 0)]
+    assert tuple(out.msg_mean.shape) == (B, Tp, 2, 2)
+    assert out.pairs == ((1, 0), (0, 1))
+    assert tuple(out.message_mean("A", "B").shape) == (B, Tp, 2)
+    assert (out.obs_logvar is None) == (obs == "poisson")
+    # factors are unit-norm projections: |f| <= |g| <= clip * sqrt(gen_dim)
+    assert all(float(f.detach().abs().max()) <= 5.0 * 6 ** 0.5 for f in out.factors)
+
+
+def test_means_are_deterministic_and_samples_are_not():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = MRLFADS(cfg).eval()
+    x, _ = batch(cfg)
+    a, b = model(x, sample=False), model(x, sample=False)
+    assert torch.equal(a.readout[0], b.readout[0])
+    assert torch.equal(a.inputs[0], a.co_mean[0])  # posterior mean used as u
+    c = model(x, sample=True)
+    assert not torch.equal(a.readout[0], c.readout[0])
+
+
+def test_set_dropout_changes_training_noise():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(dropout=0.5)
+    model = MRLFADS(cfg).train()
+    x, _ = batch(cfg)
+    assert not torch.equal(model(x, sample=False).readout[0], model(x, sample=False).readout[0])
+    model.set_dropout(0.0)
+    assert torch.equal(model(x, sample=False).readout[0], model(x, sample=False).readout[0])
+    with pytest.raises(ValueError, match="dropout"):
+        model.set_dropout(1.5)
+
+
+def test_heldout_loss_trains_only_the_predictor():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = MRLFADS(cfg)
+    x, y = batch(cfg)
+    out = model(x, sample=True)
+    terms = compute_loss(out, x, y, LossConfig(), epoch=0)
+    terms.heldout_loss.backward()
+    for name, p in model.named_parameters():
+        grad_is_zero = p.grad is None or float(p.grad.abs().sum()) == 0.0
+        assert grad_is_zero == (not name.startswith("ho_")), name
+
+
+def test_heldout_data_never_reaches_the_encoders():
+    """Changing held-out data changes only the held-out term and the predictor's gradient."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(dropout=0.0)
+    model = MRLFADS(cfg)
+    x, y = batch(cfg)
+    grads, noise = [], model.draw_noise(B, T - TAU, x[0])
+    for y_try in (y, [v * 0 + 7.0 for v in y]):
+        model.zero_grad()
+        out = model(x, sample=True, noise=noise)
+        terms = compute_loss(out, x, y_try, LossConfig(), epoch=500)
+        terms.total.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for name in grads[0]:
+        same = torch.allclose(grads[0][name], grads[1][name])
+        assert same == (not name.startswith("ho_")), name
+
+
+def test_padding_gets_no_gradient_and_stays_zero():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(regions=(RegionConfig("A", 2, ext_dim=1), RegionConfig("B", 4, gen_dim=3)))
+    model = MRLFADS(cfg)
+    x = [torch.poisson(torch.ones(B, T, n)) for n in (2, 4)]
+    out = model(x, [torch.randn(B, T, 1), None], sample=True)
+    compute_loss(out, x, None, LossConfig(), epoch=500).total.backward()
+    for name in model._masked_names:
+        pad = 1 - getattr(model, name + "_mask")
+        assert float((getattr(model, name) * pad).abs().sum()) == 0.0, name
+        assert float((getattr(model, name).grad * pad).abs().sum()) == 0.0, name
+
+
+def test_first_message_depends_on_initial_factors():
+    """m at t = tau is an affine map of the source's rates from f_0 = factors(g_0(z0))."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = MRLFADS(cfg).eval()
+    x, _ = batch(cfg)
+    base = model(x, sample=False).message_mean("A", "B")[:, 0]
+    with torch.no_grad():
+        model.ic_to_g0[0].bias += 1.0  # changes g_0 and f_0 of region A only
+    moved = model(x, sample=False)
+    assert not torch.allclose(base, moved.message_mean("A", "B")[:, 0])
+    # region B's own initial state is untouched, so B -> A's first message is unchanged
+    with torch.no_grad():
+        model.ic_to_g0[0].bias -= 1.0
+    assert torch.allclose(model(x, sample=False).message_mean("B", "A")[:, 0],
+                          moved.message_mean("B", "A")[:, 0])
+
+
+def test_zero_message_map_gives_exactly_zero_mean():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = MRLFADS(cfg).eval()
+    p = cfg.pairs.index((0, 1))
+    with torch.no_grad():
+        model.msg_w[p] = 0.0
+        model.msg_b[p, :, : cfg.com_dim] = 0.0
+    out = model(batch(cfg)[0], sample=False)
+    assert float(out.message_mean("A", "B").abs().max()) == 0.0
+    assert float(out.message_mean("B", "A").abs().max()) > 0.0
+
+
+def test_inputs_are_validated_with_names():
+    cfg = tiny_cfg(regions=(RegionConfig("A", 3, ext_dim=2), RegionConfig("B", 3)))
+    model = MRLFADS(cfg)
+    x, _ = batch(cfg)
+    with pytest.raises(InputError, match="ext\\[0\\].*'A'"):
+        model(x, None)
+    with pytest.raises(InputError, match="heldin\\[1\\].*'B'"):
+        model([x[0], x[1][..., :2]], [torch.zeros(B, T, 2), None])
+
+
+def test_configs_round_trip_and_validate():
+    cfg = tiny_cfg(message_source="factors", inferred_inputs=False)
+    again = from_dict(ModelConfig, to_dict(cfg))
+    assert again == cfg and MRLFADS(to_dict(cfg)).cfg == cfg
+    assert cfg.regions[0].gen_size == 6 and cfg.regions[0].fac_size == 3
+    with pytest.raises(ConfigError, match="kl_com_ratio"):
+        LossConfig(kl_com_ratio=0.5)
+    with pytest.raises(ConfigError, match="message_source"):
+        tiny_cfg(message_source="spikes")
+    with pytest.raises(ConfigError, match="name"):
+        RegionConfig("1bad", 3)
+    loss = with_overrides(LossConfig(), {"kl_co_scale": 2.0, "kl_com_ratio": 4.0})
+    assert loss.kl_com_scale == pytest.approx(0.5)
+    assert from_dict(LossConfig, to_dict(loss)) == loss

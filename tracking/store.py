@@ -1,0 +1,79 @@
+"""Where runs live: the embedded SQLite store by default, any server by URI.
+
+Default (no server to run): ``sqlite:///<workdir>/mlruns/mlflow.db`` with artifacts under
+``<workdir>/mlruns/artifacts/<experiment>``, created on first use. ``workdir`` is
+``$MRLFADS_HOME`` or the current directory. ``--tracking-uri`` beats
+``MLFLOW_TRACKING_URI`` beats the default.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tracking.errors import TrackingError
+
+STORE_DIR = "mlruns"
+DB_NAME = "mlflow.db"
+ARTIFACT_DIR = "artifacts"
+_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def workdir() -> Path:
+    """The project's working directory: $MRLFADS_HOME, else the current directory."""
+    return Path(os.environ.get("MRLFADS_HOME") or os.getcwd()).resolve()
+
+
+def default_tracking_uri(root: str | os.PathLike | None = None) -> str:
+    """``sqlite:///<root>/mlruns/mlflow.db`` (the folder is created)."""
+    base = Path(root).resolve() if root is not None else workdir()
+    store = base / STORE_DIR
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / DB_NAME}"
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Local artifact root beside a SQLite store; None for servers (they choose)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///"):])
+    return str(db.parent / ARTIFACT_DIR)
+
+
+def resolve_tracking_uri(flag: str | None = None) -> str:
+    """The URI to use: the flag, then MLFLOW_TRACKING_URI, then the embedded default."""
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if "://" not in uri or scheme not in _SCHEMES:
+        raise TrackingError(
+            f"tracking URI {uri!r} is not understood: use sqlite:///path/to/mlflow.db, "
+            "http://host:port (an MLflow server) or a database URI")
+    return uri
+
+
+def experiment_slug(name: str) -> str:
+    """A file-system-safe folder name for an experiment's artifacts."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "experiment"
+
+
+def ensure_experiment(client, name: str) -> str:
+    """The id of experiment ``name``, created on first use (artifact root set for SQLite).
+
+    Tolerates two processes creating it at once. ``client`` is an ``MlflowClient``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    root = artifact_root_for(client.tracking_uri)
+    location = Path(root, experiment_slug(name)).as_uri() if root else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id

@@ -1,0 +1,1 @@
+"""Training loop, checkpoints, the Ray Tune trainable, the sweep driver and the CLI."""

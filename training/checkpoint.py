@@ -1,0 +1,107 @@
+"""Checkpoints: one file holding everything needed to resume exactly or rebuild the model.
+
+Written atomically (temporary file in the same directory, fsync, os.replace), so a crash
+mid-write leaves the previous checkpoint intact. Loaded with ``weights_only=True``: a
+checkpoint holds only tensors and plain Python containers, never pickled objects.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mrlfads.config_utils import ConfigError
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or not an mrlfads checkpoint."""
+
+
+def save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``payload`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"format": CHECKPOINT_FORMAT, **payload}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; errors name the file and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist: pass a checkpoint file (e.g. RUN_DIR/best.pt) "
+            "or a models:/NAME@ALIAS URI"
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated/foreign files
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({type(exc).__name__}: {exc}); it is truncated "
+            "or not an mrlfads checkpoint: use another checkpoint from the run directory"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} is not an mrlfads checkpoint of format {CHECKPOINT_FORMAT}"
+        )
+    return payload
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG state as tensors/ints/lists so it loads under weights_only."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Rebuild the model from a checkpoint alone: ``(model, run_cfg_dict, manifest_dict)``."""
+    from mrlfads.config import ModelConfig
+    from mrlfads.config_utils import from_dict
+    from mrlfads.model import MRLFADS
+
+    payload = load(path, map_location)
+    try:
+        model_cfg = from_dict(ModelConfig, payload["run_config"]["model"], where="checkpoint.model")
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"checkpoint {path} holds no valid model config: {exc}") from exc
+    model = MRLFADS(model_cfg)
+    model.load_state_dict(payload["model"])
+    model.eval()
+    return model, payload["run_config"], payload.get("manifest", {})

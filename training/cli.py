@@ -1,0 +1,71 @@
+"""The `mrlfads` console script: one subcommand per module in training/commands/.
+
+Each command module exposes ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``. A user's mistake (any ValueError/OSError subclass raised with a
+message naming the input and the fix) prints as one line and exits 2; ``--debug`` shows the
+traceback instead. Heavy imports (torch, ray, mlflow) happen inside ``run`` so that
+``mrlfads --help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Order is the order shown in --help.
+COMMANDS = ["demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb", "ui", "import_metrics"]
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(f"training.commands.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"training.commands.{name}":
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mrlfads",
+        description="Multi-region LFADS: simulate or ingest data, train, sweep with PBT on Ray, "
+        "track in MLflow, promote, infer and perturb.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = _load(name)
+        if module is None:
+            continue
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

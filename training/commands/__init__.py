@@ -1,0 +1,1 @@
+"""One module per `mrlfads` subcommand; see training/cli.py."""

@@ -1,0 +1,66 @@
+"""`mrlfads infer`: posterior means of a trained model on every trial of a dataset."""
+from __future__ import annotations
+
+import argparse
+
+NAME = "infer"
+HELP = "write rates, factors, inferred inputs, messages and the effectome of a trained model"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint file (RUN/best.pt) or models:/NAME@ALIAS")
+    p.add_argument("--data", required=True, help="dataset directory or URI")
+    p.add_argument("--out", required=True, help="output directory (an Arrow dataset)")
+    p.add_argument("--splits", default="all", help="comma-separated splits, or all (default)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from data_loaders.reader import ArrowDataset
+    from mrlfads import metrics as M
+    from training.config import RunConfig, check_against_data
+    from training.data import load_split
+    from training.evaluate import collect_outputs, score
+    from training.infer_io import write_outputs
+    from training.loop import resolve_device
+    from training.model_source import load_any_model
+
+    model, run_cfg_dict, _ = load_any_model(args.model, args.tracking_uri)
+    cfg = RunConfig.from_dict(run_cfg_dict)
+    dataset = ArrowDataset.open(args.data)
+    m = dataset.manifest
+    splits = [s for s in m.splits if m.splits[s] > 0] if args.splits == "all" else args.splits.split(",")
+    cfg = cfg.with_overrides({"data.valid_split": splits[0] if "valid" not in splits else "valid",
+                              "data.train_split": "train" if "train" in m.splits else splits[0]})
+    check_against_data(cfg, m)
+    device = resolve_device(args.device)
+    model.to(device)
+    parts, metrics = [], {}
+    for split in splits:
+        data = load_split(dataset, split, device, with_truth=True)
+        outputs, terms = collect_outputs(model, data, cfg, epoch=cfg.train.epochs)
+        parts.append((split, data, outputs))
+        scores = score(outputs, data, cfg.model, m.comm_matrix)
+        # score() names keys valid/...; here each split gets its own prefix.
+        for key, value in {**{f"valid/{t}": v for t, v in terms.items()}, **scores}.items():
+            metrics[f"{split}/{key.removeprefix('valid/')}"] = value
+    keys = parts[0][2].keys()
+    outputs = {k: np.concatenate([p[2][k] for p in parts]) for k in keys}
+    trial_id = np.concatenate([p[1].trial_id for p in parts])
+    split_col = np.concatenate([np.full(p[1].n_trials, p[0]) for p in parts])
+    names = list(cfg.model.region_names)
+    messages = {tuple(k.split("/", 1)[1].split("->")): v for k, v in outputs.items()
+                if k.startswith("messages/")}
+    E = M.effectome(messages, names) if messages else None
+    info = {"regions": names, "pairs": [f"{s}->{d}" for s, d in messages],
+            "bins": [cfg.model.ic_enc_seq_len, m.n_bins], "obs_model": cfg.model.obs_model,
+            "model": args.model, "data": args.data, "splits": splits}
+    out = write_outputs(args.out, outputs, trial_id, split_col, info, E, metrics, args.overwrite)
+    print(f"wrote {len(trial_id)} trials ({', '.join(splits)}) to {out}")
+    for key in sorted(k for k in metrics if k.endswith(("effectome_cosine", "message_r2", "input_r2"))):
+        print(f"  {key} = {metrics[key]:.4f}")
+    return 0

@@ -1,0 +1,97 @@
+"""`mrlfads ingest FILE.nwb [FILE.nwb ...] --out DIR`: NWB sessions -> one Arrow dataset."""
+from __future__ import annotations
+
+import argparse
+
+NAME = "ingest"
+HELP = ("Bin NWB spike times into trials and write an Arrow dataset (validated first; "
+        "a failed ingest writes nothing).")
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        start, stop = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--window {text!r}: use START:STOP in seconds, e.g. -1.0:1.0")
+    return start, stop
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE.nwb", help="NWB sessions with the same regions")
+    p.add_argument("--out", required=True, help="dataset directory or s3:// URI to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    p.add_argument("--name", help="dataset name (default: first file's name)")
+    g = p.add_argument_group("time")
+    g.add_argument("--bin-ms", type=float, default=20.0, help="bin width in ms (default 20)")
+    g.add_argument("--align", metavar="EVENT", help="trials column to align to, e.g. go_cue_time "
+                   "(default: trial start)")
+    g.add_argument("--window", type=_window, metavar="START:STOP",
+                   help="seconds around the event, e.g. -1.0:1.0 (needed with --align; default "
+                   "without it: 0 to the shortest trial)")
+    g.add_argument("--ic-enc-seq-len", type=int, default=10, help="bins for the IC encoder (default 10)")
+    g = p.add_argument_group("units and regions")
+    g.add_argument("--regions", type=_names, metavar="A,B", help="regions to keep (default: all)")
+    g.add_argument("--min-neurons", type=int, default=1,
+                   help="drop regions with fewer units, with a warning (default 1)")
+    g.add_argument("--heldout", type=float, default=0.0, metavar="N|FRACTION",
+                   help="held-out neurons per region: a count, or a fraction in (0, 1)")
+    g.add_argument("--heldout-column", metavar="COL", help="boolean Units column marking held-out units")
+    g.add_argument("--region-column", metavar="COL",
+                   help="Units column with each unit's region (default: its electrode's location)")
+    g.add_argument("--region-map", metavar="FILE", help="YAML/JSON {fine label: region or null}")
+    g.add_argument("--drop-quality", type=_names, default=(), metavar="LABELS",
+                   help="drop units whose quality is one of these, e.g. noise,mua")
+    g.add_argument("--quality-column", default="quality", help="Units column for --drop-quality")
+    g = p.add_argument_group("trials")
+    g.add_argument("--perturb-column", metavar="COL",
+                   help="trials column flagging perturbed trials (own split, never trained on)")
+    g.add_argument("--condition", type=_names, metavar="COL,COL", dest="condition_columns",
+                   help="trials columns forming the condition (default: 'condition' if present)")
+    g.add_argument("--ext-column", metavar="COL", help="numeric trials column as external input")
+    g.add_argument("--ext-timeseries", metavar="NAME", help="TimeSeries as external input")
+    g.add_argument("--valid-fraction", type=float, default=0.2, help="valid share (default 0.2)")
+    g.add_argument("--seed", type=int, default=0, help="seeds held-out choice and split (default 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_loaders.nwb import IngestOptions, ingest
+
+    heldout = int(args.heldout) if args.heldout >= 1 and args.heldout == int(args.heldout) else args.heldout
+    options = IngestOptions(
+        bin_ms=args.bin_ms, align=args.align, window=args.window, regions=args.regions,
+        min_neurons=args.min_neurons, heldout=heldout, heldout_column=args.heldout_column,
+        region_column=args.region_column, region_map=args.region_map,
+        drop_quality=tuple(args.drop_quality), quality_column=args.quality_column,
+        perturb_column=args.perturb_column, condition_columns=args.condition_columns,
+        ext_column=args.ext_column, ext_timeseries=args.ext_timeseries,
+        valid_fraction=args.valid_fraction, seed=args.seed, ic_enc_seq_len=args.ic_enc_seq_len,
+        name=args.name)
+    manifest = ingest(args.files, args.out, options, overwrite=args.overwrite)
+    _summary(manifest, args.out)
+    return 0
+
+
+def _summary(m, out: str) -> None:
+    """Regions x units and trials per split, then the warnings, as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    regions = Table(title=f"{m.name}: {m.n_bins} bins of {m.bin_width_s * 1000:g} ms -> {out}")
+    for col in ("region", "held-in", "held-out", "ext dim"):
+        regions.add_column(col, justify="left" if col == "region" else "right")
+    for r in m.regions:
+        regions.add_row(r.name, str(r.n_heldin), str(r.n_heldout), str(m.ext_dims.get(r.name, 0)))
+    console.print(regions)
+    splits = Table(title="trials per split")
+    splits.add_column("split")
+    splits.add_column("trials", justify="right")
+    for s, n in m.splits.items():
+        splits.add_row(s, str(n))
+    console.print(splits)
+    for w in m.provenance.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {w}")

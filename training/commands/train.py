@@ -1,0 +1,80 @@
+"""`mrlfads train`: fit one model to one dataset, with checkpoints and per-epoch metrics."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+NAME = "train"
+HELP = "train one MR-LFADS model on an Arrow dataset (no search)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset directory or URI (from simulate/ingest)")
+    p.add_argument("--config", help="YAML with optional model/loss/train sections")
+    p.add_argument("--epochs", type=int, help="number of epochs (default: the config's, 350)")
+    p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override one config field, e.g. --set train.lr=1e-3 (repeatable)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: train.device)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--smoke-test", action="store_true", help="tiny model and few epochs")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI "
+                   "or the embedded SQLite store under the working directory)")
+    p.add_argument("--experiment", default="mrlfads-train", help="MLflow experiment name")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_sets(items: list[str]) -> dict[str, object]:
+    """``["train.lr=1e-3"]`` -> ``{"train.lr": 0.001}`` (values parsed as YAML scalars)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected PATH=VALUE, e.g. --set train.lr=1e-3")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_loaders.reader import ArrowDataset
+    from training.config import RunConfig, load_config_file
+    from training.fit import LAST, fit
+    from training.loop import NonFiniteLossError, Trainer
+    from training.tracking_glue import open_run_tracker
+
+    dataset = ArrowDataset.open(args.data)
+    overrides = parse_sets(args.set)
+    if args.device:
+        overrides["train.device"] = args.device
+    cfg = RunConfig.for_dataset(dataset.manifest, uri=args.data, user=load_config_file(args.config),
+                                overrides=overrides, smoke_test=args.smoke_test)
+    out = Path(args.out)
+    if args.resume:
+        trainer = Trainer.from_checkpoint(out / LAST, dataset, run_cfg=cfg)
+        print(f"resuming {out / LAST} at epoch {trainer.epoch}")
+    else:
+        if (out / LAST).exists():
+            raise ValueError(f"{out} already holds a run (last.pt): pass --resume to continue it "
+                             "or choose another --out")
+        trainer = Trainer(cfg, dataset)
+    tracker = None if args.no_tracking else open_run_tracker(
+        args.experiment, out.name, cfg, dataset.manifest, args.tracking_uri, out)
+    status = "FINISHED"
+    try:
+        metrics = fit(trainer, out, epochs=args.epochs, tracker=tracker, progress=not args.quiet)
+    except NonFiniteLossError as exc:
+        status = "FAILED"
+        print(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if tracker is not None:
+            tracker.end_run(status=status)
+    print(f"done: {trainer.epoch} epochs, objective {metrics.get('objective', float('nan')):.4g}; "
+          f"checkpoints in {out} (best.pt, last.pt), metrics in {out / 'metrics.jsonl'}")
+    return 0

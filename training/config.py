@@ -1,0 +1,235 @@
+"""The run configuration: model + loss + training + data, composed and checked against data.
+
+A run config is built from the dataset's manifest (regions, neuron counts, tau, observation
+model), then a user's YAML file and dotted-path overrides are merged on top. Anything that
+disagrees with the data is rejected before a single epoch runs, naming both sides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mrlfads.config import LossConfig, ModelConfig, RampConfig
+from mrlfads.config_utils import ConfigError, from_dict, to_dict, with_overrides
+
+OBJECTIVES = ("heldout", "recon")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule and loop settings (SPEC.md section 5 defaults)."""
+
+    epochs: int = 350
+    batch_size: int = 16
+    lr: float = 4e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 200.0
+    # ReduceLROnPlateau runs only when no search controls the learning rate.
+    lr_plateau: bool = True
+    plateau_factor: float = 0.95
+    plateau_patience: int = 6
+    plateau_min_lr: float = 1e-5
+    # The value PBT ranks: smoothed validation loss of held-out neurons, or reconstruction.
+    objective: str = "heldout"
+    smoothing: float = 0.7  # EMA weight on the previous smoothed value
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # bfloat16 autocast, CUDA only
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        errors = []
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                errors.append(f"train.{key}={getattr(self, key)} must be >= 1")
+        if not self.lr > 0:
+            errors.append(f"train.lr={self.lr} must be > 0")
+        if self.objective not in OBJECTIVES:
+            errors.append(f"train.objective={self.objective!r} must be one of {OBJECTIVES}")
+        if not 0.0 <= self.smoothing < 1.0:
+            errors.append(f"train.smoothing={self.smoothing} must be in [0, 1)")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            errors.append(f"train.device={self.device!r} must be auto, cpu, cuda or cuda:N")
+        if self.grad_clip <= 0:
+            errors.append(f"train.grad_clip={self.grad_clip} must be > 0")
+        if errors:
+            raise ConfigError("; ".join(errors))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the Arrow dataset lives and which splits train and validate."""
+
+    uri: str = ""
+    train_split: str = "train"
+    valid_split: str = "valid"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; what checkpoints and MLflow record."""
+
+    model: ModelConfig
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        return from_dict(cls, data, where="run")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "RunConfig":
+        return with_overrides(self, overrides)
+
+    @classmethod
+    def for_dataset(
+        cls,
+        manifest: Any,
+        *,
+        uri: str = "",
+        user: Mapping[str, Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        smoke_test: bool = False,
+    ) -> "RunConfig":
+        """The run config for ``manifest`` (a DatasetManifest), with a user's sections merged.
+
+        ``user`` is a parsed YAML file with optional ``model``, ``loss``, ``train``, ``data``
+        sections; its ``model.regions`` may override per-region sizes but must name the
+        dataset's regions with the dataset's neuron counts.
+        """
+        base = _defaults_from_manifest(manifest, uri, smoke_test)
+        merged = _deep_merge(base, dict(user or {}), manifest)
+        cfg = from_dict(cls, merged, where="run")
+        if overrides:
+            cfg = cfg.with_overrides(overrides)
+        check_against_data(cfg, manifest)
+        return cfg
+
+
+def smoke_sizes() -> dict[str, Any]:
+    """A model and schedule small enough for tests and `--smoke-test` (seconds per epoch)."""
+    return {
+        "model": {"ic_enc_dim": 8, "ci_enc_dim": 8, "con_dim": 8, "co_dim": 2, "ic_dim": 4,
+                  "com_dim": 2, "dropout": 0.05},
+        "loss": {
+            "ic_ramp": {"start": 0, "length": 3},
+            "co_ramp": {"start": 0, "length": 3},
+            "com_ramp": {"start": 1, "length": 3},
+            "l2_ramp": {"start": 1, "length": 3},
+        },
+        "train": {"epochs": 6, "batch_size": 8, "lr": 1e-2},
+    }
+
+
+def _defaults_from_manifest(manifest: Any, uri: str, smoke_test: bool) -> dict[str, Any]:
+    regions = [
+        {"name": r.name, "n_heldin": r.n_heldin, "n_heldout": r.n_heldout,
+         "ext_dim": int(manifest.ext_dims.get(r.name, 0))}
+        for r in manifest.regions
+    ]
+    base: dict[str, Any] = {
+        "model": {"regions": regions, "obs_model": manifest.obs_model,
+                  "ic_enc_seq_len": manifest.ic_enc_seq_len},
+        "data": {"uri": uri},
+    }
+    if smoke_test:
+        base = _merge_plain(base, smoke_sizes())
+    return base
+
+
+def _merge_plain(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge_plain(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], user: Mapping[str, Any], manifest: Any) -> dict[str, Any]:
+    """Merge a user's config; per-region entries merge by region name, never by position."""
+    user = dict(user)
+    user_model = dict(user.pop("model", {}) or {})
+    user_regions = user_model.pop("regions", None)
+    merged = _merge_plain(base, {"model": user_model, **user})
+    if user_regions is not None:
+        if not isinstance(user_regions, list):
+            raise ConfigError("model.regions must be a list of {name: ..., ...} entries")
+        by_name = {r["name"]: r for r in merged["model"]["regions"]}
+        data_names = list(by_name)
+        for entry in user_regions:
+            name = entry.get("name") if isinstance(entry, Mapping) else None
+            if name not in by_name:
+                raise ConfigError(
+                    f"config model.regions names region {name!r}, but the dataset has regions "
+                    f"{data_names}: use the dataset's region names (see its dataset.json)"
+                )
+            by_name[name] = {**by_name[name], **entry}
+        merged["model"]["regions"] = [by_name[n] for n in data_names]
+    return merged
+
+
+def check_against_data(cfg: RunConfig, manifest: Any) -> None:
+    """Reject a config that disagrees with the data, naming both sides."""
+    errors = []
+    cfg_names = [r.name for r in cfg.model.regions]
+    data_names = [r.name for r in manifest.regions]
+    if cfg_names != data_names:
+        errors.append(f"config regions {cfg_names} != dataset regions {data_names}")
+    else:
+        for rc, rd in zip(cfg.model.regions, manifest.regions):
+            if (rc.n_heldin, rc.n_heldout) != (rd.n_heldin, rd.n_heldout):
+                errors.append(
+                    f"region {rc.name}: config has {rc.n_heldin} held-in + {rc.n_heldout} held-out "
+                    f"neurons, dataset has {rd.n_heldin} + {rd.n_heldout}"
+                )
+            data_ext = int(manifest.ext_dims.get(rd.name, 0))
+            if rc.ext_dim != data_ext:
+                errors.append(f"region {rc.name}: config ext_dim={rc.ext_dim}, dataset has {data_ext}")
+    if cfg.model.obs_model != manifest.obs_model:
+        errors.append(f"config obs_model={cfg.model.obs_model!r}, dataset is {manifest.obs_model!r}")
+    if manifest.n_bins < cfg.model.ic_enc_seq_len + 1:
+        errors.append(
+            f"dataset has T={manifest.n_bins} bins, fewer than the IC window "
+            f"ic_enc_seq_len={cfg.model.ic_enc_seq_len} plus one"
+        )
+    for split in (cfg.data.train_split, cfg.data.valid_split):
+        if manifest.splits.get(split, 0) < 1:
+            errors.append(f"dataset has no trials in split {split!r} (splits: {dict(manifest.splits)})")
+    if errors:
+        raise ConfigError(
+            "the run config does not match the dataset:\n  " + "\n  ".join(errors)
+            + "\nFix the config file (or drop the conflicting keys so they come from the data)."
+        )
+
+
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    """Parse a YAML run-config file; a missing or malformed file names the path."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist: pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping with model/loss/train/data sections")
+    return data
+
+
+__all__ = [
+    "RunConfig", "TrainConfig", "DataConfig", "ModelConfig", "LossConfig", "RampConfig",
+    "check_against_data", "load_config_file", "smoke_sizes",
+]

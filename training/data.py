@@ -1,0 +1,70 @@
+"""A dataset split held as tensors on the training device, in the model's region order.
+
+MR-LFADS datasets are small next to the model's cost (2048 trials x 200 bins x 192 neurons
+is ~300 MB of float32), so each split is read from the Arrow shards once and batches are
+index slices: no per-trial Python work inside an epoch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from data_loaders import schema
+from data_loaders.reader import ArrowDataset
+
+
+@dataclass
+class SplitTensors:
+    """One split: per-region held-in/held-out tensors (trials, T, N) and optional truth."""
+
+    split: str
+    heldin: list[torch.Tensor]
+    heldout: list[torch.Tensor]
+    ext: list[torch.Tensor] | None
+    trial_id: np.ndarray
+    truth: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n_trials(self) -> int:
+        return int(self.heldin[0].shape[0])
+
+    def batch(self, idx: torch.Tensor):
+        """``(heldin, heldout, ext)`` lists for the trials at ``idx``."""
+        heldin = [x[idx] for x in self.heldin]
+        heldout = [x[idx] for x in self.heldout]
+        ext = [x[idx] for x in self.ext] if self.ext is not None else None
+        return heldin, heldout, ext
+
+
+def load_split(
+    dataset: ArrowDataset, split: str, device: torch.device, *, with_truth: bool = False
+) -> SplitTensors:
+    """Read ``split`` once; held-in neurons are the first n_heldin columns of ``x/<region>``."""
+    m = dataset.manifest
+    cols = [schema.TRIAL_ID] + [schema.x_col(r.name) for r in m.regions]
+    ext_regions = [r.name for r in m.regions if m.ext_dims.get(r.name, 0) > 0]
+    cols += [schema.ext_col(name) for name in ext_regions]
+    truth_cols = list(m.truth) if with_truth else []
+    arrays = dataset.arrays(split, cols + truth_cols)
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        # np.array copies: memory-mapped Arrow buffers are read-only.
+        return torch.from_numpy(np.array(a, dtype=np.float32)).to(device)
+
+    heldin, heldout = [], []
+    for r in m.regions:
+        x = arrays[schema.x_col(r.name)]  # (trials, T, n_heldin + n_heldout)
+        heldin.append(tensor(x[:, :, : r.n_heldin]))
+        heldout.append(tensor(x[:, :, r.n_heldin:]))
+    ext = None
+    if ext_regions:
+        ext = []
+        for r in m.regions:
+            if r.name in ext_regions:
+                ext.append(tensor(arrays[schema.ext_col(r.name)]))
+            else:  # a region without observed inputs gets a zero-width tensor
+                ext.append(torch.zeros(heldin[0].shape[0], m.n_bins, 0, device=device))
+    truth = {c: np.asarray(arrays[c]) for c in truth_cols}
+    return SplitTensors(split, heldin, heldout, ext, np.asarray(arrays[schema.TRIAL_ID]), truth)

@@ -1,0 +1,89 @@
+"""`mrlfads train` without the CLI: a run directory, checkpoints, metrics and a progress bar.
+
+Run directory layout:
+  config.yaml      the resolved run config (what to pass back with --config to repeat it)
+  metrics.jsonl    one JSON object per finished epoch
+  last.pt          the newest checkpoint (every epoch)
+  best.pt          the checkpoint with the lowest smoothed objective so far
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from training.loop import NonFiniteLossError, Trainer
+
+LAST = "last.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def fit(
+    trainer: Trainer,
+    out_dir: str | os.PathLike,
+    *,
+    epochs: int | None = None,
+    tracker: Any = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Train until ``epochs`` (default: the config's) are done; returns the last metrics.
+
+    Resumable: a trainer restored from ``last.pt`` continues where it stopped, and the
+    metrics file is truncated to the restored epoch so no epoch is written twice.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    total = epochs if epochs is not None else trainer.cfg.train.epochs
+    write_text_atomic(out / CONFIG, yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False))
+    write_text_atomic(out / METRICS, "".join(json.dumps(m) + "\n" for m in trainer.history))
+    best = trainer.best_objective
+    metrics: dict[str, float] = trainer.history[-1] if trainer.history else {}
+    bar = _progress(progress)
+    with bar:
+        task = bar.add_task("training", total=total, completed=trainer.epoch, status="")
+        while trainer.epoch < total:
+            try:
+                metrics = trainer.run_epoch()
+            except NonFiniteLossError as exc:
+                raise NonFiniteLossError(f"{exc} Last good checkpoint: {out / LAST}") from None
+            trainer.save_checkpoint(out / LAST)
+            if metrics["objective"] <= best:
+                best = metrics["objective"]
+                trainer.save_checkpoint(out / BEST)
+            with open(out / METRICS, "a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=int(metrics["epoch"]))
+            if on_epoch is not None:
+                on_epoch(metrics)
+            bar.update(task, completed=trainer.epoch, status=_status(metrics))
+    return metrics
+
+
+def _status(m: dict[str, float]) -> str:
+    return (f"loss {m['train/loss']:.3g}  valid elbo {m['valid/elbo']:.4g}  "
+            f"objective {m['objective']:.4g}  lr {m['lr']:.2g}")
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+        disable=not enabled or bool(os.environ.get("TQDM_DISABLE")),
+    )

@@ -1,0 +1,98 @@
+"""The output of `mrlfads infer`: an Arrow dataset directory of posterior means per trial.
+
+Layout (ARCHITECTURE.md "Output of inference"):
+  outputs.json           regions, pairs, bins covered (tau..T-1), source model and data
+  effectome.json         {"regions": [...], "matrix": E[dst][src]} (null on the diagonal)
+  metrics.json           validation metrics (with ground-truth scores when the data has them)
+  shards/part-00000.arrow  trial_id, split, rates/<r>, factors/<r>, inputs/<r>,
+                         messages/<src>-><dst>: fixed-shape tensors (T - tau, dim)
+Written into a temporary sibling directory and renamed into place, so a failed inference
+never leaves a half-written output, and never replaces a good one until the new one is whole.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+OUTPUT_PREFIXES = ("rates/", "factors/", "inputs/", "messages/")
+
+
+def _tensor_column(arr: np.ndarray) -> pa.Array:
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
+                  trial_id: np.ndarray, split: np.ndarray, info: Mapping[str, Any],
+                  effectome: np.ndarray | None, metrics: Mapping[str, float],
+                  overwrite: bool = False) -> Path:
+    """Write one inference output directory atomically; returns its path."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        cols = {"trial_id": pa.array(trial_id.astype(np.int64)), "split": pa.array(split.astype(str))}
+        for key in sorted(outputs):
+            if key.startswith(OUTPUT_PREFIXES):
+                cols[key] = _tensor_column(outputs[key])
+        table = pa.table(cols)
+        (tmp / "shards").mkdir()
+        with ipc.new_file(str(tmp / "shards" / "part-00000.arrow"), table.schema) as writer:
+            writer.write_table(table)
+        regions = list(info["regions"])
+        (tmp / "outputs.json").write_text(json.dumps(_json_safe(dict(info)), indent=2))
+        if effectome is not None:
+            matrix = [[None if r == s else float(effectome[r, s]) for s in range(len(regions))]
+                      for r in range(len(regions))]
+            (tmp / "effectome.json").write_text(json.dumps(
+                {"regions": regions, "matrix": matrix, "index": "matrix[dst][src]"}, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(_json_safe(dict(metrics)), indent=2))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_outputs(out_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Column -> numpy array of an inference output (tensor columns are (trials, T', dim))."""
+    path = Path(out_dir) / "shards" / "part-00000.arrow"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {out_dir} is not an `mrlfads infer` output")
+    with pa.memory_map(str(path)) as source:
+        table = ipc.open_file(source).read_all()
+    out = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if isinstance(col.type, pa.FixedShapeTensorType):
+            out[name] = col.to_numpy_ndarray().copy()
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out

@@ -1,0 +1,227 @@
+"""The explicit training loop: one Trainer owns model, optimiser, schedule, RNG and history.
+
+No trainer framework: PBT needs exact control of what a checkpoint restores (weights,
+optimiser moments, scheduler, RNG, smoothed objective) and of what is re-applied after a
+restore (the trial's own learning rate, KL/L2 weights and dropout). Ray never appears here;
+the Tune trainable and `mrlfads train` drive the same ``run_epoch``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from data_loaders.reader import ArrowDataset
+from mrlfads.config_utils import ConfigError
+from mrlfads.loss import compute_loss
+from mrlfads.metrics import EMA
+from mrlfads.model import MRLFADS
+from training import checkpoint as ckpt
+from training.config import RunConfig, check_against_data
+from training.data import SplitTensors, load_split
+from training.evaluate import evaluate_split
+
+# Hyperparameters that may change mid-run (PBT); everything else is fixed at build time.
+MUTABLE_PREFIXES = ("train.lr", "train.grad_clip", "train.weight_decay", "model.dropout", "loss.")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss went NaN/inf; the message names the epoch and the term."""
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` picks CUDA when present; anything else is taken as given."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA device is visible: use cpu or auto")
+    return torch.device(name)
+
+
+class Trainer:
+    """Train one MR-LFADS model on one dataset, epoch by epoch; see docs/DESIGN.md."""
+
+    def __init__(self, run_cfg: RunConfig, dataset: ArrowDataset, device: Any = None) -> None:
+        check_against_data(run_cfg, dataset.manifest)
+        self.cfg = run_cfg
+        self.dataset = dataset
+        self.device = resolve_device(device if device is not None else run_cfg.train.device)
+        if run_cfg.train.threads > 0:
+            torch.set_num_threads(run_cfg.train.threads)
+        torch.manual_seed(run_cfg.train.seed)
+        np.random.seed(run_cfg.train.seed)
+        self.model = MRLFADS(run_cfg.model).to(self.device)
+        t = run_cfg.train
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
+            weight_decay=t.weight_decay,
+        )
+        self.scheduler = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="min", factor=t.plateau_factor,
+                patience=t.plateau_patience, min_lr=t.plateau_min_lr)
+            if t.lr_plateau else None
+        )
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.smoother = EMA(1.0 - t.smoothing)
+        self.best_objective = math.inf
+        self.hparams: dict[str, float] = {}
+        self._train: SplitTensors | None = None
+        self._valid: SplitTensors | None = None
+
+    # ------------------------------------------------------------------ data
+    @property
+    def train_data(self) -> SplitTensors:
+        if self._train is None:
+            self._train = load_split(self.dataset, self.cfg.data.train_split, self.device)
+        return self._train
+
+    @property
+    def valid_data(self) -> SplitTensors:
+        if self._valid is None:
+            self._valid = load_split(self.dataset, self.cfg.data.valid_split, self.device,
+                                     with_truth=True)
+        return self._valid
+
+    # ------------------------------------------------------------------ hyperparameters
+    def apply_hparams(self, hparams: Mapping[str, Any]) -> None:
+        """Write a trial's own hyperparameters into config, optimiser and model.
+
+        Called after any checkpoint restore: the restored optimiser state carries the
+        donor's learning rate, which must not survive an exploit (the AutoLFADS bug).
+        """
+        bad = [p for p in hparams if not p.startswith(MUTABLE_PREFIXES)]
+        if bad:
+            raise ConfigError(
+                f"hyperparameters {bad} cannot change during training; only paths starting "
+                f"with {MUTABLE_PREFIXES} can (search the others with optuna.yaml)")
+        self.cfg = self.cfg.with_overrides(hparams)
+        self._sync_from_config()
+        self.hparams.update({k: float(v) for k, v in hparams.items()})
+
+    def _sync_from_config(self) -> None:
+        """Config -> live objects: lr and weight decay into every param group, dropout."""
+        t = self.cfg.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = t.lr
+            group["weight_decay"] = t.weight_decay
+        self.model.set_dropout(self.cfg.model.dropout)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------ epochs
+    def _autocast(self):
+        if self.cfg.train.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_one_epoch(self) -> dict[str, float]:
+        """One pass over the training split in a seeded order; returns mean loss terms."""
+        data, t = self.train_data, self.cfg.train
+        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(data.n_trials, generator=gen).to(self.device)
+        self.model.train()
+        totals: dict[str, float] = {}
+        for start in range(0, data.n_trials, t.batch_size):
+            idx = order[start:start + t.batch_size]
+            heldin, heldout, ext = data.batch(idx)
+            with self._autocast():
+                out = self.model(heldin, ext, sample=True)
+                terms = compute_loss(out, heldin, heldout, self.cfg.loss, self.epoch)
+            if not torch.isfinite(terms.total):
+                raise NonFiniteLossError(_nonfinite_message(self.epoch, terms.scalars()))
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+            n = int(idx.numel())
+            for key, value in terms.scalars().items():
+                totals[key] = totals.get(key, 0.0) + value * n
+        return {k: v / data.n_trials for k, v in totals.items()}
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, validate with posterior means, update schedule and history."""
+        train_terms = self.train_one_epoch()
+        metrics = evaluate_split(self.model, self.valid_data, self.cfg, self.epoch,
+                                 null_source=self.train_data,
+                                 comm_matrix=self.dataset.manifest.comm_matrix)
+        for key in ("loss", "elbo", "recon_loss", "heldout_loss"):
+            metrics[f"train/{key}"] = train_terms[key]
+        raw = metrics["valid/heldout_loss"] if self._objective_is_heldout() else metrics["valid/recon_loss"]
+        if not math.isfinite(raw):
+            raise NonFiniteLossError(_nonfinite_message(self.epoch, metrics))
+        metrics["objective_raw"] = raw
+        metrics["objective"] = self.smoother.update(raw)
+        metrics["lr"] = self.lr
+        for path, value in self.hparams.items():
+            metrics[f"hp/{path}"] = value
+        if self.scheduler is not None:
+            self.scheduler.step(metrics["objective"])
+        self.epoch += 1
+        metrics["epoch"] = float(self.epoch)
+        self.best_objective = min(self.best_objective, metrics["objective"])
+        self.history.append(metrics)
+        return metrics
+
+    def _objective_is_heldout(self) -> bool:
+        has_heldout = any(r.n_heldout > 0 for r in self.cfg.model.regions)
+        return self.cfg.train.objective == "heldout" and has_heldout
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "run_config": self.cfg.to_dict(),
+            "manifest": self.dataset.manifest.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": ckpt.rng_state(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "smoother": self.smoother.state_dict(),
+            "best_objective": self.best_objective,
+            "hparams": dict(self.hparams),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.smoother.load_state_dict(state["smoother"])
+        self.best_objective = float(state["best_objective"])
+        self.hparams = dict(state.get("hparams", {}))
+
+    def save_checkpoint(self, path) -> None:
+        ckpt.save(self.state_dict(), path)
+
+    @classmethod
+    def from_checkpoint(cls, path, dataset: ArrowDataset, device: Any = None,
+                        run_cfg: RunConfig | None = None) -> "Trainer":
+        """Rebuild from a checkpoint; ``run_cfg`` (e.g. a trial's own) replaces the saved one."""
+        state = ckpt.load(path, map_location="cpu")
+        cfg = run_cfg or RunConfig.from_dict(state["run_config"])
+        trainer = cls(cfg, dataset, device=device)
+        trainer.load_state_dict(state)
+        if run_cfg is not None:
+            # the restored param groups carry the saved lr: put this run's own back.
+            trainer._sync_from_config()
+        return trainer
+
+
+def _nonfinite_message(epoch: int, scalars: Mapping[str, float]) -> str:
+    bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
+    return (f"loss became non-finite at epoch {epoch} (terms: {', '.join(bad) or 'total'}); "
+            "training stopped and the last good checkpoint is kept. Lower train.lr or "
+            "raise the KL/L2 ramp lengths, then resume from the last checkpoint.")

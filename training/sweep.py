@@ -1,0 +1,355 @@
+"""The sweep driver: a search space + a dataset -> a Ray Tune experiment, resumable.
+
+``plan_sweep`` resolves everything that can be wrong before Ray starts (space, dataset,
+base run config, every range checked against RunConfig validation); ``run_sweep`` builds
+the Tuner (or restores one whose driver died), runs it with a live table and returns a
+``SweepSummary`` of the best trial. Local Ray by default; ``address`` joins a cluster.
+On several nodes ``storage`` must be shared (s3://... or a shared mount): that is where
+checkpoints move between trials when PBT exploits across nodes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from search_spaces.errors import SearchSpaceError
+from search_spaces.paths import set_paths
+from search_spaces.space import SearchSpace
+
+DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "pbt.yaml"
+PLAN_FILE = "mrlfads_sweep.json"  # the plan, saved in the experiment dir for --resume
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS_TO_KEEP = 5  # per trial; <= 2 lets PBT lose a donor's checkpoint mid-exploit
+SMOKE = {"population": 4, "interval": 2, "epochs": 8, "samples": 4}
+
+
+class SweepError(ValueError):
+    """A sweep cannot start or resume as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a sweep needs, JSON-able so --resume can rebuild it from storage."""
+
+    name: str
+    storage: str
+    space: SearchSpace
+    run: dict[str, Any]  # base RunConfig dict (data.uri inside)
+    burn_in: int
+    smoke_test: bool = False
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    @property
+    def epochs(self) -> int:
+        return int(self.run["train"]["epochs"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "storage": self.storage, "space": self.space.to_dict(),
+                "run": self.run, "burn_in": self.burn_in, "smoke_test": self.smoke_test}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SweepPlan":
+        return cls(d["name"], d["storage"], SearchSpace.from_dict(d["space"], source=PLAN_FILE),
+                   d["run"], int(d["burn_in"]), bool(d.get("smoke_test", False)))
+
+
+@dataclass
+class SweepSummary:
+    """The outcome: best trial, its lineage's hyperparameter history, metrics, effectome."""
+
+    experiment_path: str
+    best_trial: str | None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: epoch, hp/*, objective
+    effectome: dict[str, float] = field(default_factory=dict)  # "src_to_dst" -> RMS message
+    checkpoint: str | None = None
+    trials: dict[str, str] = field(default_factory=dict)  # trial id -> TERMINATED / ERROR: reason
+    exploits: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def smoke_space(space: SearchSpace) -> SearchSpace:
+    """A space small enough that a sweep with exploits finishes in about a minute."""
+    if space.kind == "pbt":
+        cpu = min(space.resources.cpu, 0.5)  # the whole population runs at once on 2 cores
+        small = space.with_scheduler(population=SMOKE["population"],
+                                     perturbation_interval=SMOKE["interval"], patience=2)
+    else:
+        cpu = space.resources.cpu
+        small = space.with_scheduler(num_samples=SMOKE["samples"], max_concurrent=2,
+                                     grace_period=SMOKE["interval"])
+    return replace(small, resources=replace(small.resources, cpu=cpu), max_failures=1)
+
+
+def _local_storage(storage: str | None) -> str:
+    if storage is None:
+        return str(Path.cwd() / "sweeps")
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def _check_ranges(space: SearchSpace, run: dict[str, Any]) -> None:
+    """Both ends of every range (and every choice) must be a valid RunConfig."""
+    from mrlfads.config_utils import ConfigError
+    from training.config import RunConfig
+
+    errors = []
+    for hp in space.hyperparameters:
+        values = hp.choices if hp.type == "categorical" else hp.bounds
+        for value in values:
+            try:
+                RunConfig.from_dict(set_paths(run, {hp.path: value}))
+            except (ConfigError, SearchSpaceError) as exc:
+                errors.append(f"`hyperparameters.{hp.path}` value {value!r}: {exc}")
+    if errors:
+        raise SearchSpaceError("the search space does not fit the run config:\n  "
+                               + "\n  ".join(errors))
+
+
+def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
+               name: str | None = None, storage: str | None = None,
+               run_overrides: dict[str, Any] | None = None, user_config: dict | None = None,
+               smoke_test: bool = False) -> SweepPlan:
+    """Validate the space and dataset and build the base run config; no Ray yet."""
+    from data_loaders.reader import ArrowDataset
+    from search_spaces.tune_objects import resolve_burn_in
+    from training.config import RunConfig
+
+    if not isinstance(space, SearchSpace):
+        space = SearchSpace.from_yaml(space or DEFAULT_SPACE)
+    if smoke_test:
+        space = smoke_space(space)
+    manifest = ArrowDataset.open(data).manifest
+    base = RunConfig.for_dataset(manifest, uri=str(data), user=user_config, smoke_test=smoke_test)
+    fixed = {"train.threads": max(1, int(math.floor(space.resources.cpu)))}
+    if smoke_test:
+        fixed["train.epochs"] = SMOKE["epochs"]
+    fixed.update(space.fixed)
+    fixed.update(run_overrides or {})
+    run = RunConfig.from_dict(set_paths(base.to_dict(), fixed)).to_dict()
+    _check_ranges(space, run)
+    burn_in = resolve_burn_in(space, RunConfig.from_dict(run).loss) if space.kind == "pbt" else 0
+    if space.kind == "pbt" and burn_in + space.scheduler.perturbation_interval > run["train"]["epochs"]:
+        raise SearchSpaceError(
+            f"burn-in ({burn_in} epochs) + one perturbation interval "
+            f"({space.scheduler.perturbation_interval}) exceeds train.epochs="
+            f"{run['train']['epochs']}: PBT would never exploit. Raise train.epochs (e.g. "
+            "`fixed: {train.epochs: ...}` in the space) or shorten burn_in")
+    name = name or f"{space.kind}-{manifest.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return SweepPlan(name, _local_storage(storage), space, run, burn_in, smoke_test)
+
+
+# ---------------------------------------------------------------------------------- Ray side
+def _filesystem(path: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    fs, p = _filesystem(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as out:
+        out.write(json.dumps(payload, indent=2, default=str).encode())
+
+
+def load_plan(storage: str | None, name: str) -> SweepPlan:
+    """The plan a sweep was started with, read back from its experiment directory."""
+    path = f"{_local_storage(storage).rstrip('/')}/{name}/{PLAN_FILE}"
+    try:
+        fs, p = _filesystem(path)
+        with fs.open_input_stream(p) as inp:
+            return SweepPlan.from_dict(json.loads(inp.read()))
+    except (OSError, FileNotFoundError) as exc:
+        raise SweepError(f"cannot resume sweep {name!r}: {path} is missing ({exc}); check "
+                         "--name and --storage (the values the sweep was started with)") from exc
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``address`` (auto | ray://HOST:PORT), or start a local Ray with no setup."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+             configure_logging=True, logging_level="WARNING")
+
+
+def reporter(plan: SweepPlan):
+    """The live table: trial, status, epoch, objective, key losses and each hyperparameter."""
+    from ray.tune import CLIReporter
+
+    metrics = {"epoch": "epoch", plan.space.scheduler.metric: plan.space.scheduler.metric,
+               "valid/heldout_loss": "heldout", "valid/recon_loss": "recon", "lr": "lr"}
+    group = "hparams" if plan.space.kind == "pbt" else "build"
+    params = {f"{group}/{p}": p.split(".")[-1] if "*" not in p else p.replace(".*.", "*.")
+              for p in plan.space.paths}
+    return CLIReporter(metric_columns=metrics, parameter_columns=params, max_report_frequency=10,
+                       sort_by_metric=True, metric=plan.space.scheduler.metric,
+                       mode=plan.space.scheduler.mode)
+
+
+def build_tuner(plan: SweepPlan, *, resume: bool = False, callbacks: Sequence[Any] = (),
+                reuse_actors: bool = True, verbose: int = 1):
+    """A new Tuner for ``plan``, or the restored one (``resume``) continuing where it died."""
+    from ray import tune
+
+    from search_spaces import tune_objects
+    from training.stopper import PopulationPlateauStopper
+    from training.trainable import trainable
+
+    space = plan.space
+    fn = tune.with_resources(trainable, space.resources.as_tune())
+    if resume:
+        if not tune.Tuner.can_restore(plan.experiment_path):
+            raise SweepError(f"no restorable sweep at {plan.experiment_path}: start it without "
+                             "--resume, or check --name/--storage")
+        return tune.Tuner.restore(plan.experiment_path, trainable=fn, resume_unfinished=True,
+                                  resume_errored=False)
+    stopper = None
+    if space.kind == "pbt":
+        s = space.scheduler
+        stopper = PopulationPlateauStopper(s.metric, s.mode, s.perturbation_interval,
+                                           s.patience, plan.burn_in, s.min_delta)
+    run_config = tune.RunConfig(
+        name=plan.name, storage_path=plan.storage, stop=stopper,
+        failure_config=tune.FailureConfig(max_failures=space.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+        callbacks=list(callbacks), progress_reporter=reporter(plan) if verbose else None,
+        verbose=verbose,
+    )
+    return tune.Tuner(
+        fn, param_space=tune_objects.param_space(space, plan.run),
+        tune_config=tune_objects.tune_config(space, max_epochs=plan.epochs, burn_in=plan.burn_in,
+                                             reuse_actors=reuse_actors),
+        run_config=run_config,
+    )
+
+
+def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = False,
+              callbacks: Sequence[Any] = (), tracking: bool = False,
+              reuse_actors: bool = True, verbose: int = 1) -> SweepSummary:
+    """Run (or resume) the sweep and summarise the best trial.
+
+    ``callbacks`` are extra Tune callbacks (e.g. tracking's MLflow LoggerCallback);
+    ``tracking`` is recorded in the plan file so a resumed sweep knows it was tracked.
+    """
+    from ray import tune
+
+    if verbose:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter draws the table
+    init_ray(address)
+    if not resume:
+        if tune.Tuner.can_restore(plan.experiment_path):
+            raise SweepError(f"sweep {plan.name!r} already exists at {plan.experiment_path}: "
+                             "pass --resume to continue it, or choose another --name")
+        _write_json(f"{plan.experiment_path}/{PLAN_FILE}", {**plan.to_dict(), "tracking": tracking})
+    tuner = build_tuner(plan, resume=resume, callbacks=callbacks, reuse_actors=reuse_actors,
+                        verbose=verbose)
+    results = tuner.fit()
+    summary = summarize(results, plan)
+    _write_json(f"{plan.experiment_path}/{SUMMARY_FILE}", summary.to_dict())
+    return summary
+
+
+def summarize(results, plan: SweepPlan) -> SweepSummary:
+    """Best finished trial by its last ``metric``; history from its checkpoint's lineage."""
+    metric, mode = plan.space.scheduler.metric, plan.space.scheduler.mode
+    sign = 1.0 if mode == "min" else -1.0
+    summary = SweepSummary(plan.experiment_path, None)
+    best = None
+    for r in results:
+        trial_id = (r.metrics or {}).get("trial_id", Path(r.path).name)
+        if r.error is not None:
+            summary.trials[trial_id] = "ERROR: " + str(r.error).strip().splitlines()[-1][:300]
+            continue
+        summary.trials[trial_id] = "TERMINATED"
+        value = (r.metrics or {}).get(metric)
+        if value is not None and math.isfinite(value) and (
+                best is None or sign * value < sign * best.metrics[metric]):
+            best = r
+    summary.exploits = _count_exploits(plan.experiment_path)
+    if best is None:
+        return summary
+    m = best.metrics
+    summary.best_trial = m.get("trial_id")
+    summary.best_metrics = {k: v for k, v in m.items()
+                            if isinstance(v, (int, float)) and not k.startswith(("config", "hp/"))}
+    summary.hparams = dict((best.config or {}).get("hparams") or (best.config or {}).get("build") or {})
+    summary.effectome = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("effectome/")}
+    if best.checkpoint is not None:
+        from training.trainable import CHECKPOINT_FILE
+
+        summary.checkpoint = f"{best.checkpoint.path.rstrip('/')}/{CHECKPOINT_FILE}"
+        summary.history = _lineage_history(best.checkpoint)
+    return summary
+
+
+def _lineage_history(checkpoint) -> list[dict[str, float]]:
+    """Per-epoch hyperparameters and objective of the model in ``checkpoint``: the Trainer
+    keeps its history through exploits, so this is the lineage, donors included."""
+    from training import checkpoint as ckpt
+    from training.trainable import CHECKPOINT_FILE
+
+    with checkpoint.as_directory() as d:
+        history = ckpt.load(os.path.join(d, CHECKPOINT_FILE)).get("history", [])
+    keep = ("epoch", "objective", "lr")
+    return [{k: float(v) for k, v in row.items() if k in keep or k.startswith("hp/")}
+            for row in history]
+
+
+def _count_exploits(experiment_path: str) -> int:
+    """Exploit events PBT logged (one line per exploit in pbt_global.txt), 0 if none."""
+    try:
+        fs, p = _filesystem(f"{experiment_path}/pbt_global.txt")
+        with fs.open_input_stream(p) as inp:
+            return sum(1 for line in inp.read().decode().splitlines() if line.strip())
+    except (OSError, FileNotFoundError):
+        return 0
+
+
+def format_summary(summary: SweepSummary) -> str:
+    """The end-of-sweep report a person reads."""
+    lines = [f"sweep: {summary.experiment_path}", f"trials: {len(summary.trials)}, "
+             f"exploits: {summary.exploits}"]
+    lines += [f"  {t}: {s}" for t, s in sorted(summary.trials.items()) if s != "TERMINATED"]
+    if summary.best_trial is None:
+        return "\n".join(lines + ["no trial finished: see the errors above"])
+    m = summary.best_metrics
+    lines.append(f"best trial: {summary.best_trial} (epoch {int(m.get('epoch', 0))}, "
+                 f"objective {m.get('objective', float('nan')):.5g})")
+    lines.append("hyperparameters: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.hparams.items()))
+    for key in sorted(k for k in m if k.startswith("valid/") and k.count("/") == 1):
+        lines.append(f"  {key}: {m[key]:.5g}")
+    if summary.effectome:
+        lines.append("effectome (RMS message, src_to_dst): " + ", ".join(
+            f"{k}={v:.3g}" for k, v in sorted(summary.effectome.items())))
+    if summary.history:
+        lines.append("hyperparameter history of the best model (epochs where they changed):")
+        hp_keys = sorted({k for row in summary.history for k in row if k.startswith("hp/")})
+        previous = None
+        for i, row in enumerate(summary.history):
+            values = [row.get(k) for k in hp_keys]
+            if values == previous and i != len(summary.history) - 1:
+                continue
+            previous = values
+            lines.append(f"  {int(row.get('epoch', 0)):4d}: " + ", ".join(
+                f"{k[3:]}={_fmt(row[k])}" for k in hp_keys if k in row))
+    lines.append(f"checkpoint: {summary.checkpoint}")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
