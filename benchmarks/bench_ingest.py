@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,20 +23,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
+
+def hwm_mb():  # peak RSS of this process image; unlike ru_maxrss it is not inherited via fork
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
 t = time.perf_counter()
 import pynwb  # imported before timing: ~2-5 s of one-off import is not ingest work
 from data_loaders.nwb import IngestOptions, ingest
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_mb()
 t_import = time.perf_counter() - t
 o = IngestOptions(bin_ms=20, align="go_cue_time", window=(-0.5, 0.5), perturb_column="photostim",
                   heldout=0.2)
 t = time.perf_counter()
 m = ingest([sys.argv[1]], sys.argv[2], o, overwrite=True)
 dt = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps(dict(seconds=dt, import_s=t_import, base_rss_mb=base / 1024,
-                      peak_rss_mb=peak / 1024, n_bins=m.n_bins, splits=m.splits)))
+peak = hwm_mb()
+print(json.dumps(dict(seconds=dt, import_s=t_import, base_rss_mb=base,
+                      peak_rss_mb=peak, n_bins=m.n_bins, splits=m.splits)))
 """
 
 

@@ -56,13 +56,18 @@ def _columns(m: DatasetManifest, with_truth: bool) -> list[str]:
     return cols + (list(m.truth) if with_truth else [])
 
 
-def _make_batch(m: DatasetManifest, rows: dict[str, np.ndarray]) -> Batch:
-    """Batch from writable per-batch numpy arrays (the tensors share their memory)."""
+def _make_batch(m: DatasetManifest, rows: dict[str, np.ndarray],
+                x_parts: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Batch:
+    """Batch from writable per-batch numpy arrays (the tensors share their memory).
+    x_parts[region] = (held-in, held-out) when the caller already split `x/<region>`."""
     heldin, heldout = {}, {}
     for r in m.regions:
-        x = rows[schema.x_col(r.name)]  # (B, T, n_heldin + n_heldout), held-in first
-        heldin[r.name] = torch.from_numpy(np.ascontiguousarray(x[..., :r.n_heldin]))
-        heldout[r.name] = torch.from_numpy(np.ascontiguousarray(x[..., r.n_heldin:]))
+        if x_parts is not None:
+            hin, hout = x_parts[r.name]
+        else:
+            x = rows[schema.x_col(r.name)]  # (B, T, n_heldin + n_heldout), held-in first
+            hin, hout = np.ascontiguousarray(x[..., :r.n_heldin]), np.ascontiguousarray(x[..., r.n_heldin:])
+        heldin[r.name], heldout[r.name] = torch.from_numpy(hin), torch.from_numpy(hout)
     ext = {c[4:]: torch.from_numpy(a) for c, a in rows.items() if c.startswith("ext/")}
     truth = {c: torch.from_numpy(a) for c, a in rows.items() if schema.is_truth_col(c)}
     return Batch(heldin, heldout, ext, truth, torch.from_numpy(rows[schema.TRIAL_ID].astype(np.int64)),
@@ -99,15 +104,25 @@ class TrialDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         idx = np.asarray(indices, dtype=np.int64)  # (B,)
-        rows = {}
-        for col in self.columns:
+        chunk_of = self._chunk[idx]
+        groups = [(c, chunk_of == c) for c in np.unique(chunk_of)]
+
+        def gather(col: str, last: slice | None = None) -> np.ndarray:
+            """Rows `idx` of `col` (last axis sliced): one copy, since mapped views are read-only."""
             first = self.chunks[0][col]
-            out = np.empty((len(idx), *first.shape[1:]), dtype=first.dtype)  # copy: views are read-only
-            for c in np.unique(self._chunk[idx]):
-                sel = self._chunk[idx] == c
-                out[sel] = self.chunks[c][col][self._row[idx[sel]]]
-            rows[col] = out
-        return _make_batch(self.manifest, rows)
+            if last is not None:
+                first = first[:, :, last]
+            out = np.empty((len(idx), *first.shape[1:]), dtype=first.dtype)
+            for c, sel in groups:
+                rows = self._row[idx[sel]]
+                out[sel] = self.chunks[c][col][rows] if last is None else self.chunks[c][col][rows, :, last]
+            return out
+
+        x_parts = {r.name: (gather(schema.x_col(r.name), slice(None, r.n_heldin)),
+                            gather(schema.x_col(r.name), slice(r.n_heldin, None)))
+                   for r in self.manifest.regions}
+        rows = {c: gather(c) for c in self.columns if not c.startswith("x/")}
+        return _make_batch(self.manifest, rows, x_parts)
 
     def __getitem__(self, i: int) -> Batch:
         return self.__getitems__([i])

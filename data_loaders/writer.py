@@ -146,7 +146,11 @@ def _columns(
 
 def _to_arrow(a: Any) -> pa.Array:
     if isinstance(a, np.ndarray) and a.ndim >= 2:
-        return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(a))
+        # Textbook C strides: numpy calls arrays with odd strides on size-1 axes contiguous
+        # (fancy indexing makes them), but Arrow's tensor conversion rejects or misreads them.
+        canonical = tuple(int(np.prod(a.shape[i + 1:])) * a.itemsize for i in range(a.ndim))
+        return pa.FixedShapeTensorArray.from_numpy_ndarray(
+            a if a.strides == canonical else a.copy(order="C"))
     if isinstance(a, np.ndarray) and a.dtype == object:
         return pa.array(a.tolist(), type=pa.string())
     return pa.array(a)

@@ -25,3 +25,4 @@ def _seed_everything():
         pass
     yield
 pytest_plugins = ["tests.mlflow_fixtures"]
+pytest_plugins += ["tests.ray_fixtures"]  # shared session Ray (search/sweep tests)

@@ -169,3 +169,12 @@ def test_crash_before_manifest_leaves_no_dataset(tmp_path, monkeypatch):
     assert len(os.listdir(tmp_path / "d" / "shards")) == 4  # every shard written...
     with pytest.raises(DatasetError, match="not an mrlfads dataset"):
         ArrowDataset.open(tmp_path / "d")  # ...but without a manifest it is not a dataset
+
+
+def test_size_one_axes_with_odd_strides_roundtrip(tmp_path):
+    kw = _inputs()
+    inputs = np.arange(10 * 6, dtype=np.float32).reshape(10, 1, 6).transpose(0, 2, 1)  # (10, 6, 1)
+    odd = np.lib.stride_tricks.as_strided(inputs, strides=(24, 4, 999))  # numpy: still "contiguous"
+    write_dataset(tmp_path / "d", truth={"truth/inputs/V1": odd}, **kw)
+    got = ArrowDataset.open(tmp_path / "d").arrays(None, ["truth/inputs/V1"])["truth/inputs/V1"]
+    np.testing.assert_array_equal(got, inputs)

@@ -30,14 +30,14 @@ HAND = {
     2: [[0, 0, 0, 0, 0], [0, 2, 0, 0, 0], [0, 1, 0, 0, 0]],
     3: [[0, 1, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
 }
-ALIGNED = dict(bin_ms=100, align="go_cue_time", window=(-0.2, 0.3), ic_enc_seq_len=2)
+ALIGNED = {"bin_ms": 100, "align": "go_cue_time", "window": (-0.2, 0.3), "ic_enc_seq_len": 2}
 
 
 def make_session(path, **overrides):
-    kw = dict(spikes=SPIKES, locations=["ALM", "ALM", "STR", "STR"],
-              unit_columns={"quality": ["good", "good", "good", "noise"]}, trials=TRIALS,
-              trial_columns={"go_cue_time": GO, "photostim": [False, True, False],
-                             "condition": ["L", "R", "L"], "laser_mw": [0.0, 2.5, 0.0]})
+    kw = {"spikes": SPIKES, "locations": ["ALM", "ALM", "STR", "STR"],
+              "unit_columns": {"quality": ["good", "good", "good", "noise"]}, "trials": TRIALS,
+              "trial_columns": {"go_cue_time": GO, "photostim": [False, True, False],
+                             "condition": ["L", "R", "L"], "laser_mw": [0.0, 2.5, 0.0]}}
     kw.update(overrides)
     return build_nwb(path, **kw)
 
@@ -140,6 +140,7 @@ def test_manifest_records_sources_and_options_to_repeat_exactly(nwb, tmp_path):
     src = m.provenance["sources"][0]
     assert src["sha256"] == sha256_file(nwb) and src["trial_ids"] == [0, 1, 2]
     again = IngestOptions(**json.loads(json.dumps(m.provenance["options"])))
+    assert again == o
     m2 = ingest([src["path"]], tmp_path / "d2", again)
     a1, a2 = ArrowDataset.open(tmp_path / "d1").arrays(), ArrowDataset.open(tmp_path / "d2").arrays()
     assert m2.regions == m.regions and m2.splits == m.splits
@@ -233,3 +234,11 @@ def test_cli_ingest_prints_summary(nwb, tmp_path, capsys):
     assert ArrowDataset.open(out).manifest.splits["perturbed"] == 1
     assert main(["ingest", str(nwb), "--out", str(out)]) == 2  # exists, no --overwrite
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_importing_ingest_does_not_import_pynwb():
+    import subprocess
+    import sys
+
+    code = "import sys, data_loaders.nwb; assert 'pynwb' not in sys.modules, 'pynwb imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,9 +10,9 @@ from data_loaders.nwb import IngestOptions, ingest
 from data_loaders.nwb.testing import build_nwb
 
 TRIALS = [(0.0, 1.0), (1.0, 2.0)]
-GOOD = dict(spikes=[[0.1, 0.5], [0.2, 1.5], [0.3]], locations=["ALM", "ALM", "STR"],
-            trials=TRIALS, trial_columns={"go_cue_time": [0.5, 1.5]})
-OPTS = dict(bin_ms=100, ic_enc_seq_len=2)
+GOOD = {"spikes": [[0.1, 0.5], [0.2, 1.5], [0.3]], "locations": ["ALM", "ALM", "STR"],
+            "trials": TRIALS, "trial_columns": {"go_cue_time": [0.5, 1.5]}}
+OPTS = {"bin_ms": 100, "ic_enc_seq_len": 2}
 
 
 def fails(tmp_path, files, options=None, *must_say, **kw):
@@ -154,3 +154,8 @@ def test_cli_reports_bad_input_as_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "s.nwb" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_nan_spike_times(tmp_path):
+    path = nwb(tmp_path, spikes=[[0.1, 0.5], [0.2, np.nan], [0.3]])
+    fails(tmp_path, [path], None, "s.nwb", "unit 1", "NaN")

@@ -49,7 +49,7 @@ def test_posterior_means_are_numpy_with_named_keys():
     np.testing.assert_allclose(res["messages/A->B"], out.message_mean("A", "B").detach().numpy(),
                                rtol=1e-5, atol=1e-6)
     again = posterior_means(model, x)
-    np.testing.assert_array_equal(again["rates/B"], res["rates/B"])  # means: deterministic
+    np.testing.assert_allclose(again["rates/B"], res["rates/B"], rtol=1e-5)  # means: no noise
 
 
 def test_silencing_changes_only_downstream():

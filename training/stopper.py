@@ -16,18 +16,25 @@ from ray import tune
 
 class PopulationPlateauStopper(tune.Stopper):
     """``stop_all()`` once ``patience`` generations pass without the population best
-    improving by more than ``min_delta``; single trials are never stopped here."""
+    improving by more than ``min_delta`` (``patience=None``: never).
 
-    def __init__(self, metric: str, mode: str, generation: int, patience: int,
-                 burn_in: int = 0, min_delta: float = 0.0, time_attr: str = "epoch"):
+    A single trial is stopped only when it reaches ``max_epochs``: stopping it there, before
+    the scheduler sees the result, keeps PBT from exploiting at the very last epoch (which
+    would restore a finished donor into a trial with nothing left to train).
+    """
+
+    def __init__(self, metric: str, mode: str, generation: int, patience: int | None,
+                 burn_in: int = 0, min_delta: float = 0.0, time_attr: str = "epoch",
+                 max_epochs: int | None = None):
         if mode not in ("min", "max"):
             raise ValueError(f"stopper mode must be 'min' or 'max', got {mode!r}")
-        if generation < 1 or patience < 1:
+        if generation < 1 or (patience is not None and patience < 1):
             raise ValueError(f"stopper generation ({generation}) and patience ({patience}) "
                              "must be >= 1")
         self.metric, self.time_attr = metric, time_attr
         self.sign = 1.0 if mode == "min" else -1.0
-        self.generation, self.patience = int(generation), int(patience)
+        self.generation, self.patience = int(generation), patience
+        self.max_epochs = max_epochs
         self.burn_in, self.min_delta = int(burn_in), float(min_delta)
         self.best: float | None = None  # sign-adjusted: lower is better
         self.best_generation = 0
@@ -35,18 +42,21 @@ class PopulationPlateauStopper(tune.Stopper):
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         value, time = result.get(self.metric), result.get(self.time_attr)
-        if value is None or time is None or time < self.burn_in:
+        if time is None:
             return False
+        finished = self.max_epochs is not None and time >= self.max_epochs
+        if value is None or time < self.burn_in:
+            return finished
         value = float(value)
         if not math.isfinite(value):
-            return False
+            return finished
         gen = int(time) // self.generation
         self.latest_generation = max(self.latest_generation, gen)
         score = self.sign * value
         if self.best is None or score < self.best - self.min_delta:
             self.best, self.best_generation = score, gen
-        return False
+        return finished
 
     def stop_all(self) -> bool:
-        return (self.best is not None
+        return (self.patience is not None and self.best is not None
                 and self.latest_generation - self.best_generation >= self.patience)

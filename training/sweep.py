@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,7 +84,8 @@ def smoke_space(space: SearchSpace) -> SearchSpace:
     """A space small enough that a sweep with exploits finishes in about a minute."""
     if space.kind == "pbt":
         cpu = min(space.resources.cpu, 0.5)  # the whole population runs at once on 2 cores
-        small = space.with_scheduler(population=SMOKE["population"],
+        # synch: every member ranks at the same epoch, so the first perturbation exploits
+        small = space.with_scheduler(population=SMOKE["population"], synch=True,
                                      perturbation_interval=SMOKE["interval"], patience=2)
     else:
         cpu = space.resources.cpu
@@ -192,13 +194,35 @@ def reporter(plan: SweepPlan):
     from ray.tune import CLIReporter
 
     metrics = {"epoch": "epoch", plan.space.scheduler.metric: plan.space.scheduler.metric,
-               "valid/heldout_loss": "heldout", "valid/recon_loss": "recon", "lr": "lr"}
+               "valid/heldout_loss": "heldout", "valid/recon_loss": "recon", "lr": "lr now"}
     group = "hparams" if plan.space.kind == "pbt" else "build"
-    params = {f"{group}/{p}": p.split(".")[-1] if "*" not in p else p.replace(".*.", "*.")
-              for p in plan.space.paths}
+    params = {f"{group}/{p}": p for p in plan.space.paths}
     return CLIReporter(metric_columns=metrics, parameter_columns=params, max_report_frequency=10,
                        sort_by_metric=True, metric=plan.space.scheduler.metric,
                        mode=plan.space.scheduler.mode)
+
+
+def make_stopper(plan: SweepPlan):
+    """Population plateau (PBT) and the per-trial stop at the last epoch."""
+    from training.stopper import PopulationPlateauStopper
+
+    s, pbt = plan.space.scheduler, plan.space.kind == "pbt"
+    return PopulationPlateauStopper(
+        s.metric, s.mode, s.perturbation_interval if pbt else 1, s.patience if pbt else None,
+        plan.burn_in, s.min_delta, max_epochs=plan.epochs)
+
+
+def make_run_config(plan: SweepPlan, *, callbacks: Sequence[Any] = (), verbose: int = 1):
+    """Where results go, how failures are retried (from the last checkpoint), what stops."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=plan.name, storage_path=plan.storage, stop=make_stopper(plan),
+        failure_config=tune.FailureConfig(max_failures=plan.space.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+        callbacks=list(callbacks), progress_reporter=reporter(plan) if verbose else None,
+        verbose=verbose,
+    )
 
 
 def build_tuner(plan: SweepPlan, *, resume: bool = False, callbacks: Sequence[Any] = (),
@@ -207,7 +231,6 @@ def build_tuner(plan: SweepPlan, *, resume: bool = False, callbacks: Sequence[An
     from ray import tune
 
     from search_spaces import tune_objects
-    from training.stopper import PopulationPlateauStopper
     from training.trainable import trainable
 
     space = plan.space
@@ -218,23 +241,11 @@ def build_tuner(plan: SweepPlan, *, resume: bool = False, callbacks: Sequence[An
                              "--resume, or check --name/--storage")
         return tune.Tuner.restore(plan.experiment_path, trainable=fn, resume_unfinished=True,
                                   resume_errored=False)
-    stopper = None
-    if space.kind == "pbt":
-        s = space.scheduler
-        stopper = PopulationPlateauStopper(s.metric, s.mode, s.perturbation_interval,
-                                           s.patience, plan.burn_in, s.min_delta)
-    run_config = tune.RunConfig(
-        name=plan.name, storage_path=plan.storage, stop=stopper,
-        failure_config=tune.FailureConfig(max_failures=space.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
-        callbacks=list(callbacks), progress_reporter=reporter(plan) if verbose else None,
-        verbose=verbose,
-    )
     return tune.Tuner(
         fn, param_space=tune_objects.param_space(space, plan.run),
         tune_config=tune_objects.tune_config(space, max_epochs=plan.epochs, burn_in=plan.burn_in,
                                              reuse_actors=reuse_actors),
-        run_config=run_config,
+        run_config=make_run_config(plan, callbacks=callbacks, verbose=verbose),
     )
 
 
@@ -271,7 +282,7 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
     summary = SweepSummary(plan.experiment_path, None)
     best = None
     for r in results:
-        trial_id = (r.metrics or {}).get("trial_id", Path(r.path).name)
+        trial_id = _trial_id(r.path)
         if r.error is not None:
             summary.trials[trial_id] = "ERROR: " + str(r.error).strip().splitlines()[-1][:300]
             continue
@@ -284,7 +295,7 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
     if best is None:
         return summary
     m = best.metrics
-    summary.best_trial = m.get("trial_id")
+    summary.best_trial = _trial_id(best.path)
     summary.best_metrics = {k: v for k, v in m.items()
                             if isinstance(v, (int, float)) and not k.startswith(("config", "hp/"))}
     summary.hparams = dict((best.config or {}).get("hparams") or (best.config or {}).get("build") or {})
@@ -295,6 +306,13 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
         summary.checkpoint = f"{best.checkpoint.path.rstrip('/')}/{CHECKPOINT_FILE}"
         summary.history = _lineage_history(best.checkpoint)
     return summary
+
+
+def _trial_id(path: str) -> str:
+    """Tune's trial id from a trial directory (``trainable_<id>_<n>_<tag>_<date>``): a
+    result's own ``trial_id`` can be its donor's after a late exploit."""
+    match = re.search(r"_([0-9a-f]+_\d{5})_", Path(path).name)
+    return match.group(1) if match else Path(path).name
 
 
 def _lineage_history(checkpoint) -> list[dict[str, float]]:

@@ -5,7 +5,7 @@ pynwb is imported lazily inside the functions, so importing this package stays c
 from data_loaders.nwb.ingest import ingest
 from data_loaders.nwb.options import IngestOptions
 
-__all__ = ["IngestOptions", "ingest", "dataset_to_nwb", "write_nwb_from_arrays"]
+__all__ = ["IngestOptions", "dataset_to_nwb", "ingest", "write_nwb_from_arrays"]
 
 
 def __getattr__(name):  # export pulls in pynwb: load it only when asked for

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -4,14 +4,17 @@ Rule for several files (sessions): they must have the same regions, and each reg
 number of kept units in every session; units are matched by position (sorted by unit id),
 as for chronic recordings of the same units. Sessions with different units are different
 datasets: ingest them separately. A mismatch is an IngestError naming files and regions.
+Trial ids: one file keeps its NWB trial ids; with several, file k's ids are shifted by the
+sum over earlier files of (their max id + 1), so ids stay unique and traceable
+(provenance.sources lists each file's original ids).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -63,8 +66,8 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
     for p in plans:  # every window inside its trial, before any spike is read
         t0 = p.event + window[0]
         check_window(p, t0, t0 + n_bins * bw, window)
-    x, ext = _bin_all(files, plans, layouts, window, n_bins, o)
     cols = _trial_columns(plans, o)
+    x, ext = _bin_all(files, plans, layouts, window, n_bins, o)
     sources = [_source(p, k, layouts) for k, p in enumerate(plans)]
     provenance = {
         "generator": "mrlfads ingest",
@@ -205,14 +208,14 @@ def _trial_columns(plans: list[FilePlan], o: IngestOptions) -> dict:
     split = np.full(len(trial_id), "perturbed", dtype=object)
     normal = np.ones(len(trial_id), bool) if perturbed is None else ~perturbed
     n = int(normal.sum())
-    n_valid = int(round(n * o.valid_fraction))
+    n_valid = round(n * o.valid_fraction)
     if n - n_valid < 1:
         raise IngestError(f"only {n} unperturbed trials in {[p.path for p in plans]}, none left for "
                           "training; lower --valid-fraction or check --perturb-column")
     labels = np.full(n, "train", dtype=object)
     labels[np.random.default_rng(o.seed).permutation(n)[:n_valid]] = "valid"
     split[normal] = labels
-    return dict(trial_id=trial_id, condition=condition, perturbed=perturbed, split=split)
+    return {"trial_id": trial_id, "condition": condition, "perturbed": perturbed, "split": split}
 
 
 def _source(p: FilePlan, k: int, layouts: list[RegionLayout]) -> dict:
@@ -220,7 +223,7 @@ def _source(p: FilePlan, k: int, layouts: list[RegionLayout]) -> dict:
     return {
         "path": os.path.abspath(p.path),
         "sha256": sha256_file(p.path),
-        "n_trials": int(len(p.trial_ids)),
+        "n_trials": len(p.trial_ids),
         "trial_ids": p.trial_ids.tolist(),
         "unit_ids": {L.name: p.unit_ids[L.rows[k]].tolist() for L in layouts},
     }

@@ -67,6 +67,10 @@ class IngestOptions:
     rows_per_shard: int = 512
 
     def __post_init__(self) -> None:
+        for name in ("window", "regions", "drop_quality", "condition_columns"):
+            value = getattr(self, name)  # lists from JSON/YAML -> tuples (hashable, frozen)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
         p = _problems(self)
         if p:
             raise IngestError("invalid ingest options:\n  " + "\n  ".join(p))
@@ -78,7 +82,7 @@ class IngestOptions:
     def n_heldout(self, n_units: int) -> int:
         """Held-out count for a region of `n_units` units (fraction rounds down)."""
         if 0.0 < self.heldout < 1.0:
-            return int(math.floor(self.heldout * n_units + 1e-9))
+            return math.floor(self.heldout * n_units + 1e-9)
         return int(self.heldout)
 
 
@@ -86,10 +90,9 @@ def _problems(o: IngestOptions) -> list[str]:
     p: list[str] = []
     if not (isinstance(o.bin_ms, (int, float)) and math.isfinite(o.bin_ms) and o.bin_ms > 0):
         p.append(f"--bin-ms: must be a positive number of milliseconds, got {o.bin_ms!r}")
-    if o.window is not None:
-        if len(o.window) != 2 or not all(math.isfinite(float(v)) for v in o.window) \
-                or not o.window[0] < o.window[1]:
-            p.append(f"--window: must be START:STOP seconds with START < STOP, got {o.window!r}")
+    if o.window is not None and (len(o.window) != 2 or not o.window[0] < o.window[1]
+                                 or not all(math.isfinite(float(v)) for v in o.window)):
+        p.append(f"--window: must be START:STOP seconds with START < STOP, got {o.window!r}")
     if o.align is not None and o.window is None:
         p.append(f"--window: needed with --align {o.align}; give e.g. --window -1.0:1.0 "
                  "(seconds around the event)")

@@ -122,9 +122,9 @@ def _trials(s: NWBSession, o: IngestOptions) -> dict:
                 f"{s.path}: alignment event {o.align!r} (--align) is missing (NaN) for "
                 f"{int(missing.sum())} trials, e.g. ids {ids[missing][:5].tolist()}; drop those "
                 "trials from the file or align to an event every trial has")
-    return dict(trial_ids=ids, start=start, stop=stop, event=event,
-                condition=_condition(s, o, order),
-                perturbed=_perturbed(s, o, ids, order), ext_value=_ext_value(s, o, ids, order))
+    return {"trial_ids": ids, "start": start, "stop": stop, "event": event,
+                "condition": _condition(s, o, order),
+                "perturbed": _perturbed(s, o, ids, order), "ext_value": _ext_value(s, o, ids, order)}
 
 
 def _numeric(s: NWBSession, col: str, flag: str, order: np.ndarray) -> np.ndarray:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def _strings(values) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def open_nwb(path: str | os.PathLike) -> Iterator["NWBSession"]:
+def open_nwb(path: str | os.PathLike) -> Iterator[NWBSession]:
     """Open `path` read-only as an NWBSession; a non-NWB file is an IngestError."""
     import pynwb
 

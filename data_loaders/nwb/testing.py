@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

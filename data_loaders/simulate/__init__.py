@@ -14,15 +14,29 @@ from data_loaders.simulate.generate import SimulatedData, generate
 if TYPE_CHECKING:
     from data_loaders.manifest import DatasetManifest
 
-__all__ = ["KINDS", "OBS_MODELS", "SimConfig", "SimulatedData", "generate", "preset", "simulate"]
+__all__ = ["KINDS", "OBS_MODELS", "SimConfig", "SimulatedData", "check_out", "generate", "preset",
+           "simulate"]
 
 
 def simulate(kind: str, *, out: str | os.PathLike, trials: int | None = None, seed: int = 0,
              obs: str = "gaussian", smoke_test: bool = False, n_bins: int | None = None,
-             overwrite: bool = False, progress=None) -> "DatasetManifest":
+             overwrite: bool = False, progress=None) -> DatasetManifest:
     """Generate the `kind` benchmark and write it to `out` (local path or s3:// URI)."""
     from data_loaders.writer import write_dataset
 
+    check_out(out, overwrite)
     data = generate(kind, trials=trials, seed=seed, obs=obs, smoke_test=smoke_test,
                     n_bins=n_bins, progress=progress)
     return write_dataset(out, **data.writer_kwargs(), overwrite=overwrite)
+
+
+def check_out(out: str | os.PathLike, overwrite: bool) -> None:
+    """Fail before minutes of training if `out` already holds a dataset and overwrite is off."""
+    from data_loaders import fs as dfs
+    from data_loaders import schema
+    from data_loaders.errors import DatasetError
+
+    fs, root = dfs.resolve(out)
+    if not overwrite and fs.get_file_info(dfs.join(root, schema.MANIFEST_NAME)).type.name == "File":
+        raise DatasetError(f"{os.fspath(out)}: a dataset already exists here ({schema.MANIFEST_NAME}); "
+                           "pass --overwrite (overwrite=True) to replace it, or choose another --out")

@@ -48,12 +48,12 @@ _DEFAULTS = {
     "memory-ring": SimConfig("memory-ring", 2048, 200, 64,
                              TrainConfig(steps=600, batch_size=32, n_bins=40, lr=3e-3)),
     "relay-decision": SimConfig("relay-decision", 2048, 100, 64,
-                                TrainConfig(steps=400, batch_size=32, n_bins=100, lr=3e-3)),
+                                TrainConfig(steps=250, batch_size=32, n_bins=100, lr=3e-3)),
     "random": SimConfig("random", 2048, 100, 64,
-                        TrainConfig(steps=700, batch_size=32, n_bins=100, lr=3e-3)),
+                        TrainConfig(steps=400, batch_size=32, n_bins=100, lr=3e-3)),
 }
-_SMOKE = dict(n_trials=64, n_bins=40, n_units=8, ic_enc_seq_len=5, max_msg_dim=2,
-              train=TrainConfig(steps=20, batch_size=8, n_bins=40, lr=1e-2))
+_SMOKE = {"n_trials": 64, "n_bins": 40, "n_units": 8, "ic_enc_seq_len": 5, "max_msg_dim": 2,
+              "train": TrainConfig(steps=20, batch_size=8, n_bins=40, lr=1e-2)}
 
 
 def preset(kind: str, smoke_test: bool = False, *, trials: int | None = None,

@@ -44,11 +44,19 @@ class SimulatedData:
     comm_matrix: list[list[int]]
     provenance: dict[str, Any]
     extra_files: dict[str, bytes] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of training / all
 
     def writer_kwargs(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
             "name", "regions", "obs_model", "bin_width_s", "ic_enc_seq_len", "x", "split",
             "trial_id", "condition", "truth", "task", "comm_matrix", "provenance", "extra_files")}
+
+
+def _canonical(a: np.ndarray) -> np.ndarray:
+    """C-ordered with textbook strides: fancy indexing can leave odd strides on size-1 axes,
+    which Arrow's fixed_shape_tensor conversion misreads."""
+    want = tuple(int(np.prod(a.shape[i + 1:])) * a.itemsize for i in range(a.ndim))
+    return a if a.strides == want else a.copy(order="C")
 
 
 def _streams(seed: int) -> dict[str, np.random.Generator]:
@@ -88,9 +96,9 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
         hidden, messages, readout = run_trials(net, batch.inputs, trial_id, noise_seed)
         fit["task_loss_generated"] = _loss_on(family, batch, hidden, messages, readout)
     data = _assemble(kind, cfg, seed, obs, smoke_test, family, batch, trial_id, hidden, messages, rng)
-    data.provenance.update({
-        "training": fit, "train_config": dict(train_cfg.__dict__),
-        "seconds": {"train": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)}})
+    data.provenance.update({"training": fit, "train_config": dict(train_cfg.__dict__)})
+    # timings stay out of provenance: the same seed must give byte-identical files
+    data.seconds = {"train": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)}
     obs_params = {"poisson_base_hz": np.array(cfg.poisson_base_hz),
                   "poisson_gain": np.array(cfg.poisson_gain),
                   "bin_width_s": np.array(cfg.bin_width_s)}
@@ -115,7 +123,7 @@ def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, 
             x[name], truth[f"truth/rates/{name}"] = counts_all[..., idx], rates_all[..., idx]
         else:
             x[name] = hidden[..., idx]
-            truth[f"truth/rates/{name}"] = x[name]
+            truth[f"truth/rates/{name}"] = None  # the same array as x (filled in below)
     for p, sl in zip(spec.pathways, spec.msg_slices()):
         truth[f"truth/messages/{spec.pathway_name(p)}"] = messages[..., sl]
     start = 0
@@ -135,10 +143,12 @@ def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, 
         "family": family.description, "network_file": "extras/network.npz",
         "neuron_ids": "index of the unit in the network (network.npz order)",
     }
+    x = {k: _canonical(v) for k, v in x.items()}
+    truth = {k: x[k[len("truth/rates/"):]] if v is None else _canonical(v) for k, v in truth.items()}
     return SimulatedData(
         name=f"{kind}-seed{seed}-{obs}", regions=tuple(regions), obs_model=obs,
         bin_width_s=cfg.bin_width_s, ic_enc_seq_len=cfg.ic_enc_seq_len, x=x,
         split=observe.train_valid_split(n, cfg.valid_frac, rng["split"]), trial_id=trial_id,
         condition=np.asarray(batch.conditions, dtype=object), truth=truth,
-        task={k: v for k, v in batch.variables.items()}, comm_matrix=spec.comm_matrix(),
+        task={k: _canonical(v) for k, v in batch.variables.items()}, comm_matrix=spec.comm_matrix(),
         provenance=provenance)

@@ -17,6 +17,7 @@ masks keep every weight inside its block, so the stacked form IS the region-wise
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,7 @@ class NetworkSpec:
 
 def slices(sizes) -> list[slice]:
     edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
 def _block_mask(rows: list[slice], cols: list[slice], pairs) -> torch.Tensor:

@@ -18,7 +18,7 @@ def heldout_order(n_units: int, frac: float, rng: np.random.Generator) -> tuple[
     """(unit order with held-in units first then held-out, both ascending; number held out).
 
     Keeps at least one held-in unit; holds out round(frac * n), at least 1 when frac > 0."""
-    n_out = int(round(frac * n_units))
+    n_out = round(frac * n_units)
     if frac > 0:
         n_out = max(1, n_out)
     n_out = min(n_out, n_units - 1)
@@ -29,7 +29,7 @@ def heldout_order(n_units: int, frac: float, rng: np.random.Generator) -> tuple[
 
 def train_valid_split(n_trials: int, valid_frac: float, rng: np.random.Generator) -> np.ndarray:
     """'train'/'valid' labels; round(valid_frac * n) seeded trials (>= 1) are 'valid'."""
-    n_valid = min(max(1, int(round(valid_frac * n_trials))), n_trials - 1)
+    n_valid = min(max(1, round(valid_frac * n_trials)), n_trials - 1)
     labels = np.full(n_trials, "train", dtype=object)
     labels[rng.permutation(n_trials)[:n_valid]] = "valid"
     return labels

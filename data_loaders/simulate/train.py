@@ -6,8 +6,8 @@ achieved is reported in the dataset's provenance instead of being driven to zero
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch

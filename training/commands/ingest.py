@@ -21,7 +21,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE.nwb", help="NWB sessions with the same regions")
+    p.add_argument("files", nargs="+", metavar="FILE.nwb", help="NWB sessions; several must have the same regions and the same unit count per "
+                   "region (units matched by position, e.g. chronic recordings)")
     p.add_argument("--out", required=True, help="dataset directory or s3:// URI to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     p.add_argument("--name", help="dataset name (default: first file's name)")

@@ -40,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from data_loaders.simulate import generate
+    from data_loaders.simulate import check_out, generate
     from data_loaders.writer import write_dataset
 
+    check_out(args.out, args.overwrite)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
@@ -74,3 +75,5 @@ def _report(manifest, data, out: str) -> None:
     print("  pathways: " + (", ".join(paths) if paths else "none"))
     print(f"  task loss on the simulated trials: {fit['task_loss_generated']:.3f} "
           f"(1 = learnt nothing; trained {fit['train_steps']} steps)")
+    print(f"  took {data.seconds.get('total', float('nan')):.1f} s "
+          f"(training {data.seconds.get('train', float('nan')):.1f} s) before writing")

@@ -1,0 +1,41 @@
+"""Shared Ray fixtures: ONE local Ray for the whole test session (start ~5 s / 700 MB).
+
+Load from tests/conftest.py with ``pytest_plugins = ["tests.ray_fixtures"]``. Token auth
+(on by default since Ray 2.59) is pinned off for tests: RAY_AUTH_MODE=disabled, so
+subprocess drivers joining the session cluster need no token. Tests that need their own
+cluster (ray.cluster_utils.Cluster) run it in a subprocess and never touch this one.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+RAY_CPUS = 2
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray with 2 logical CPUs shared by every test that needs one; yields the GCS
+    address so subprocess drivers (``mrlfads sweep --address``) can join it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_dir(tmp_path_factory) -> str:
+    """A small valid Arrow dataset (2 regions x 3+1 neurons, 12 bins), written once."""
+    from data_loaders.testing import make_tiny_dataset
+
+    path = tmp_path_factory.mktemp("sweep-data") / "tiny"
+    make_tiny_dataset(path)
+    return str(path)

@@ -1,0 +1,237 @@
+"""Simulated benchmarks: ground truth is what the stored network really did, and reproducible."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_loaders.reader import ArrowDataset
+from data_loaders.simulate import generate, memory_ring, preset, random_nets, simulate
+from data_loaders.simulate.network import MultiRegionRNN, load_npz, trial_noise
+from data_loaders.simulate.observe import heldout_order
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "ring"
+    simulate("memory-ring", out=out, seed=3, smoke_test=True)
+    return ArrowDataset.open(out)
+
+
+@pytest.fixture(scope="module")
+def rand_net(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "random"
+    simulate("random", out=out, seed=5, smoke_test=True)
+    return ArrowDataset.open(out)
+
+
+def _stored_network(ds):
+    """(npz dict, hidden per region in NETWORK unit order (n, T, N_r), all arrays sorted by id)."""
+    net = load_npz(ds.read_extra("network.npz"))
+    arr = ds.arrays()
+    order = np.argsort(arr["trial_id"])
+    arr = {k: v[order] for k, v in arr.items()}
+    hidden = {}
+    for r in ds.manifest.regions:
+        ids = np.array([int(i) for i in r.neuron_ids])
+        h = np.empty_like(arr[f"truth/rates/{r.name}"], dtype=np.float64)
+        h[..., ids] = arr[f"truth/rates/{r.name}"]
+        hidden[r.name] = h
+    return net, hidden, arr
+
+
+def _replay(ds, teacher_forced: bool):
+    """Feed the stored messages and inputs through the stored weights, region by region
+    (numpy, float64, independent of the generator's torch code), with the replayed noise."""
+    net, hidden, arr = _stored_network(ds)
+    names = [str(n) for n in net["region_names"]]
+    paths = [str(p) for p in net["pathways"]]
+    sizes = [int(n) for n in net["n_units"]]
+    n_tot, d_tot = sum(sizes), int(net["pathway_dims"].sum())
+    alpha, sh, sc = float(net["alpha"]), float(net["hidden_noise"]), float(net["channel_noise"])
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    mstarts = np.concatenate([[0], np.cumsum(net["pathway_dims"])])
+    T = ds.manifest.n_bins
+    noise = [trial_noise(int(net["noise_seed"]), tid, T, n_tot, d_tot) for tid in arr["trial_id"]]
+    zeta = np.stack([z for z, _, _ in noise])
+    eps_h = np.stack([e for _, e, _ in noise])
+    xi = np.stack([c for _, _, c in noise])
+    h_init = np.tanh(float(net["init_scale"]) * zeta)
+    err_h, err_m = 0.0, 0.0
+    for k, p in enumerate(paths):  # messages are the sender's linear readout + channel noise
+        src = names.index(p.split("->")[0])
+        prev = np.concatenate([h_init[:, None, starts[src]:starts[src + 1]], hidden[names[src]][:, :-1]], 1)
+        m = prev @ net[f"C/{p}"].T + sc * xi[..., mstarts[k]:mstarts[k + 1]]
+        err_m = max(err_m, np.abs(m - arr[f"truth/messages/{p}"]).max())
+    for i, r in enumerate(names):
+        sl = slice(starts[i], starts[i + 1])
+        drive = net[f"b/{r}"] + sh * eps_h[..., sl]
+        if f"truth/inputs/{r}" in arr:
+            drive = drive + arr[f"truth/inputs/{r}"] @ net[f"U/{r}"].T
+        for p in paths:
+            if p.endswith(f"->{r}"):
+                drive = drive + arr[f"truth/messages/{p}"] @ net[f"B/{p}"].T
+        h = h_init[:, sl]
+        for t in range(T):
+            h = (1 - alpha) * h + alpha * np.tanh(h @ net[f"W/{r}"].T + drive[:, t])
+            err_h = max(err_h, np.abs(h - hidden[r][:, t]).max())
+            if teacher_forced:
+                h = hidden[r][:, t]
+    return err_h, err_m
+
+
+def test_memory_ring_defaults_match_spec():
+    cfg = preset("memory-ring")
+    assert (cfg.n_trials, cfg.n_bins, cfg.n_units, cfg.ic_enc_seq_len) == (2048, 200, 64, 10)
+    spec = memory_ring.make_spec(cfg.n_units)
+    assert spec.region_names == ("A0", "A1", "A2") and spec.n_units == (64, 64, 64)
+    assert spec.input_dims == (2, 3, 4)
+    assert (spec.hidden_noise, spec.channel_noise) == (0.05, 0.01)
+    # only A0->A1->A2->A0; each message is the sender's stimulus: dim = its rank
+    assert spec.comm_matrix() == [[0, 0, 4], [2, 0, 0], [0, 3, 0]]
+    # remember 5 steps of [incoming message, own stimulus]
+    assert spec.output_dims == (5 * (4 + 2), 5 * (2 + 3), 5 * (3 + 4))
+
+
+def test_ring_dataset_layout(ring):
+    m = ring.manifest
+    assert m.region_names == ("A0", "A1", "A2")
+    assert m.comm_matrix == ((0, 0, 4), (2, 0, 0), (0, 3, 0))
+    assert m.splits == {"train": 51, "valid": 13}  # round(0.2 * 64) valid
+    assert (m.n_bins, m.ic_enc_seq_len, m.obs_model, m.bin_width_s) == (40, 5, "gaussian", 0.02)
+    msgs = sorted(c for c in m.truth if c.startswith("truth/messages/"))
+    assert msgs == ["truth/messages/A0->A1", "truth/messages/A1->A2", "truth/messages/A2->A0"]
+    for r in m.regions:  # 1 of 8 units held out, placed last; ids are a permutation
+        assert (r.n_heldin, r.n_heldout) == (7, 1)
+        ids = [int(i) for i in r.neuron_ids]
+        assert sorted(ids) == list(range(8)) and ids[:7] == sorted(ids[:7])
+    prov = m.provenance
+    assert prov["kind"] == "memory-ring" and prov["seed"] == 3
+    assert 0 <= prov["training"]["task_loss_generated"] < 10
+    ring.validate()
+
+
+def test_comm_matrix_matches_pathways_and_absent_messages_not_stored(rand_net):
+    m = rand_net.manifest
+    names = m.region_names
+    net = load_npz(rand_net.read_extra("network.npz"))
+    stored = {tuple(c[len("truth/messages/"):].split("->")) for c in m.truth if "messages" in c}
+    arr = rand_net.arrays(columns=[f"truth/messages/{s}->{d}" for s, d in stored])
+    for d, row in enumerate(m.comm_matrix):
+        for s, dim in enumerate(row):
+            key = f"{names[s]}->{names[d]}"
+            assert ((names[s], names[d]) in stored) == (dim > 0) == (f"C/{key}" in net)
+            if dim:
+                assert arr[f"truth/messages/{key}"].shape[-1] == dim == net[f"C/{key}"].shape[0]
+
+
+@pytest.mark.parametrize("kind", ["memory-ring", "random"])
+def test_absent_pathways_carry_exactly_zero(kind):
+    """Kicking a region changes another region's next state iff the pathway is present."""
+    cfg = preset(kind, smoke_test=True)
+    family = {"memory-ring": memory_ring, "random": random_nets}[kind].build(
+        cfg, np.random.default_rng(11))
+    spec = family.spec
+    net = MultiRegionRNN(spec, np.random.default_rng(0))
+    n_tot, d_tot, i_tot = sum(spec.n_units), sum(p.dim for p in spec.pathways), sum(spec.input_dims)
+    h0 = torch.rand(1, n_tot) - 0.5
+    args = (torch.zeros(1, 1, i_tot), torch.zeros(1, 1, n_tot), torch.zeros(1, 1, d_tot))
+    base = net(h0, *args)[0][0, 0]
+    present = {(p.src, p.dst) for p in spec.pathways}
+    us = spec.unit_slices()
+    for s in range(len(us)):
+        kicked = h0.clone()
+        kicked[0, us[s]] += 0.3
+        moved = net(kicked, *args)[0][0, 0]
+        for r in range(len(us)):
+            if r != s:
+                changed = not torch.equal(moved[us[r]], base[us[r]])
+                assert changed == ((s, r) in present), (s, r)
+    w = net.weights()
+    for k, p in enumerate(spec.pathways):  # a message reads only its source's units
+        others = torch.ones(n_tot, dtype=torch.bool)
+        others[us[p.src]] = False
+        assert torch.all(w["C"][spec.msg_slices()[k]][:, others] == 0)
+
+
+@pytest.mark.parametrize("fixture", ["ring", "rand_net"])
+def test_stored_messages_through_stored_network_reproduce_activity(fixture, request):
+    ds = request.getfixturevalue(fixture)
+    err_h, err_m = _replay(ds, teacher_forced=True)
+    assert err_m < 1e-5 and err_h < 1e-5
+    err_h, _ = _replay(ds, teacher_forced=False)  # free run per region, given only messages
+    assert err_h < 1e-3
+
+
+def test_same_seed_same_files_other_seed_differs(tmp_path):
+    runs = [simulate("relay-decision", out=tmp_path / name, seed=seed, smoke_test=True)
+            for name, seed in (("a", 7), ("b", 7), ("c", 8))]
+    sums = [([s.sha256 for s in m.shards], [e.sha256 for e in m.extras]) for m in runs]
+    assert sums[0] == sums[1]
+    assert (tmp_path / "a/dataset.json").read_bytes() == (tmp_path / "b/dataset.json").read_bytes()
+    assert sums[0][0] != sums[2][0] and sums[0][1] != sums[2][1]
+    split = [ArrowDataset.open(tmp_path / n).arrays(columns=["trial_id", "split"]) for n in "ab"]
+    assert np.array_equal(split[0]["trial_id"], split[1]["trial_id"])
+    assert list(split[0]["split"]) == list(split[1]["split"])
+
+
+def test_poisson_counts_are_spikes_from_the_same_hidden_units():
+    gauss = generate("relay-decision", seed=2, smoke_test=True, obs="gaussian")
+    pois = generate("relay-decision", seed=2, smoke_test=True, obs="poisson")
+    assert [r.neuron_ids for r in gauss.regions] == [r.neuron_ids for r in pois.regions]
+    cfg = preset("relay-decision", smoke_test=True)
+    for r in gauss.regions:
+        x = pois.x[r.name]
+        assert x.min() >= 0 and np.array_equal(x, np.round(x)) and x.sum() > 0
+        h = gauss.truth[f"truth/rates/{r.name}"]
+        expected = cfg.poisson_base_hz * cfg.bin_width_s * np.exp(cfg.poisson_gain * h.astype(np.float64))
+        np.testing.assert_allclose(pois.truth[f"truth/rates/{r.name}"], expected, rtol=1e-5)
+    # 12 Hz * exp(+-0.9) at 20 ms: every rate lies in (0.0976, 0.590) spikes per bin
+    rates = pois.truth["truth/rates/upstream"]
+    assert 0.0975 < rates.min() and rates.max() < 0.591
+
+
+def test_heldout_order_and_split_are_seeded():
+    order, n_out = heldout_order(64, 0.1, np.random.default_rng(1))
+    assert n_out == 6 and sorted(order) == list(range(64))
+    assert list(order[:58]) == sorted(order[:58]) and list(order[58:]) == sorted(order[58:])
+    again, _ = heldout_order(64, 0.1, np.random.default_rng(1))
+    assert np.array_equal(order, again)
+
+
+def test_random_network_is_drawn_by_the_seed():
+    cfg = preset("random", smoke_test=True)
+    specs = [random_nets.draw_network(cfg, np.random.default_rng(s))[0] for s in (0, 0, 1, 2, 3)]
+    assert specs[0] == specs[1]
+    assert len({(s.n_units, s.pathways) for s in specs}) > 2
+    for s in specs:
+        assert 3 <= len(s.region_names) <= 4 and sum(s.output_dims) == 1
+
+
+def test_cli_writes_and_refuses_to_clobber(tmp_path, capsys):
+    from training.cli import main
+
+    out = str(tmp_path / "relay")
+    assert main(["simulate", "relay-decision", "--out", out, "--smoke-test", "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "upstream->downstream (dim 1)" in text and "train 51, valid 13" in text
+    assert main(["simulate", "relay-decision", "--out", out, "--smoke-test"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["simulate", "relay-decision", "--out", out, "--smoke-test", "--overwrite",
+                 "--obs", "poisson"]) == 0
+    assert ArrowDataset.open(out).manifest.obs_model == "poisson"
+
+
+@pytest.mark.slow
+def test_default_memory_ring(tmp_path):
+    """The SPEC-sized memory ring: shapes, a trained network, and the stored truth replays."""
+    simulate("memory-ring", out=tmp_path / "ring", seed=0)
+    ds = ArrowDataset.open(tmp_path / "ring")
+    arr = ds.arrays(columns=["x/A0", "truth/messages/A2->A0", "truth/inputs/A2"])
+    assert arr["x/A0"].shape == (2048, 200, 64) and ds.manifest.splits == {"train": 1638, "valid": 410}
+    assert arr["truth/messages/A2->A0"].shape == (2048, 200, 4)
+    assert arr["truth/inputs/A2"].shape == (2048, 200, 4)
+    assert [(r.n_heldin, r.n_heldout) for r in ds.manifest.regions] == [(58, 6)] * 3
+    assert ds.manifest.provenance["training"]["task_loss_generated"] < 0.2
+    err_h, err_m = _replay(ds, teacher_forced=True)
+    assert err_m < 1e-5 and err_h < 1e-5

@@ -1,0 +1,246 @@
+"""The sweep: stopper, plan validation, Tune objects; slow: real PBT sweeps on the session
+Ray, a killed trial worker, a NaN trial and a killed driver resumed with --resume."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from search_spaces import tune_objects
+from search_spaces.errors import SearchSpaceError
+from search_spaces.space import SearchSpace
+from training import sweep
+from training.stopper import PopulationPlateauStopper
+from training.trainable import trainable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------- stopper
+def _feed(stopper, rows):
+    return [stopper(t, {"epoch": e, "objective": v}) for t, e, v in rows]
+
+
+def test_stopper_ends_the_sweep_after_patience_generations_without_improvement():
+    s = PopulationPlateauStopper("objective", "min", generation=2, patience=2, burn_in=2)
+    _feed(s, [("a", 1, 0.1)])  # before burn-in: ignored even though it is the lowest
+    _feed(s, [("a", 2, 5.0), ("b", 2, 4.0), ("a", 4, 3.0), ("b", 4, 3.5)])
+    assert (s.best, s.best_generation) == (3.0, 2) and not s.stop_all()
+    _feed(s, [("a", 6, 3.0), ("b", 6, 3.2)])  # generation 3: no better
+    assert not s.stop_all()
+    _feed(s, [("a", 8, 3.1)])  # generation 4: two generations since the best
+    assert s.stop_all()
+
+
+def test_stopper_keeps_going_with_a_dead_trial_and_ignores_nan_and_rewinds():
+    s = PopulationPlateauStopper("objective", "max", generation=1, patience=3)
+    _feed(s, [("a", 1, 1.0), ("dead", 1, 2.0), ("a", 2, float("nan"))])
+    # "dead" never reports again; "a" alone still moves the sweep along
+    _feed(s, [("a", 2, 1.5), ("a", 1, 9.0)])  # a rewound (exploit) result can still be best
+    assert s.best == -9.0 and s.best_generation == 1 and s.latest_generation == 2
+    _feed(s, [("a", 3, 2.0)])
+    assert not s.stop_all()
+    _feed(s, [("a", 4, 2.0)])
+    assert s.stop_all()
+
+
+def test_stopper_stops_a_trial_at_max_epochs_before_pbt_can_exploit_it():
+    s = PopulationPlateauStopper("objective", "min", generation=2, patience=None, max_epochs=6)
+    assert _feed(s, [("a", 5, 1.0), ("a", 6, 2.0), ("b", 6, math.nan)]) == [False, True, True]
+    _feed(s, [("a", 60, 9.0)])
+    assert not s.stop_all()  # patience=None: never a plateau stop
+
+
+# ------------------------------------------------------------------------------- plan
+def test_smoke_plan_shrinks_the_population_and_burns_in_over_the_ramps(tiny_dataset_dir, tmp_path):
+    plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, storage=str(tmp_path), name="p")
+    s = plan.space.scheduler
+    assert (s.population, s.perturbation_interval, s.synch) == (4, 2, True)
+    assert plan.space.resources.cpu == 0.5 and plan.epochs == 8
+    # smoke ramps: com starts at 1 and lasts 3 -> every ramp done at epoch 4
+    assert plan.burn_in == 4
+    assert plan.experiment_path == f"{tmp_path}/p"
+    assert sweep.SweepPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_a_range_the_run_config_rejects_is_named(tiny_dataset_dir):
+    space = SearchSpace.from_dict({"kind": "pbt", "hyperparameters": {
+        "model.dropout": {"bounds": [0.0, 1.0], "scale": "linear"}}})
+    with pytest.raises(SearchSpaceError, match=r"`hyperparameters.model.dropout` value 1.0"):
+        sweep.plan_sweep(tiny_dataset_dir, space=space, smoke_test=True)
+
+
+def test_burn_in_longer_than_training_is_refused(tiny_dataset_dir):
+    space = SearchSpace.from_yaml(ROOT / "search_spaces" / "pbt.yaml")
+    with pytest.raises(SearchSpaceError, match="PBT would never exploit"):
+        sweep.plan_sweep(tiny_dataset_dir, space=space, run_overrides={"train.epochs": 30})
+
+
+def test_param_space_layout_and_pbt_owns_its_explore_step(tiny_dataset_dir):
+    from search_spaces.explore import SpaceExplorer
+
+    plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True)
+    ps = tune_objects.param_space(plan.space, plan.run)
+    assert set(ps) == {"run", "checkpoint_interval", "build", "hparams"}
+    assert ps["checkpoint_interval"] == plan.space.scheduler.perturbation_interval == 2
+    assert set(ps["hparams"]) == set(plan.space.paths) and ps["build"] == {}
+    pbt = tune_objects.pbt_scheduler(plan.space, plan.burn_in)
+    assert isinstance(pbt._custom_explore_fn, SpaceExplorer) and pbt._hyperparam_mutations == {}
+    assert pbt._burn_in_period == 4 and pbt._synch is True
+
+
+def test_optuna_space_builds_tpe_and_asha(tiny_dataset_dir):
+    space = SearchSpace.from_yaml(ROOT / "search_spaces" / "optuna.yaml")
+    plan = sweep.plan_sweep(tiny_dataset_dir, space=space, smoke_test=True)
+    cfg = tune_objects.tune_config(plan.space, max_epochs=plan.epochs)
+    assert type(cfg.scheduler).__name__ == "AsyncHyperBandScheduler"
+    assert cfg.scheduler._max_t == plan.epochs and cfg.num_samples == 4
+    ps = tune_objects.param_space(plan.space, plan.run)
+    assert set(ps["build"]) == set(plan.space.paths) and ps["hparams"] == {}
+
+
+# ------------------------------------------------------------------------------- slow: real Ray
+def _rows(path: str) -> pd.DataFrame:
+    return pd.read_csv(Path(path) / "progress.csv")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_smoke_sweep_exploits_and_every_epoch_runs_at_the_trials_own_lr(
+        ray_session, tiny_dataset_dir, tmp_path):
+    plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, storage=str(tmp_path), name="smoke")
+    summary = sweep.run_sweep(plan, verbose=0)
+
+    assert len(summary.trials) == 4 and set(summary.trials.values()) == {"TERMINATED"}
+    assert summary.exploits >= 1  # synch PBT: the worst member exploits at epoch 4
+    assert summary.best_trial in summary.trials
+    assert Path(summary.checkpoint).is_file() and summary.checkpoint.startswith(str(tmp_path))
+    assert set(summary.effectome) == {"A_to_B", "B_to_A"}
+    assert summary.history and summary.history[-1]["epoch"] == plan.epochs
+    # the AutoLFADS bug, through real Ray: the optimiser's lr equals the trial's own at
+    # every reported epoch of every trial, before and after exploits
+    trial_dirs = [p for p in tmp_path.joinpath("smoke").iterdir() if (p / "progress.csv").is_file()]
+    rows = pd.concat([_rows(p) for p in trial_dirs])
+    assert len(rows) >= 4 * plan.epochs
+    assert (rows["lr"] == rows["hp/train.lr"]).all()
+    # exploited trials restarted from the donor's epoch (steps rewind), never from 0
+    assert (rows.groupby("trial_id")["epoch"].apply(lambda e: (e == 1).sum()) == 1).all()
+    text = sweep.format_summary(summary)
+    assert "best trial" in text and summary.checkpoint in text
+
+
+def _trial_workers() -> list[psutil.Process]:
+    """Our own Ray's trial processes: descendants of this pytest process only."""
+    out = []
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "ImplicitFunc" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_killed_worker_restarts_from_checkpoint_and_nan_trial_fails_with_reason(
+        ray_session, tiny_dataset_dir, tmp_path):
+    from ray import tune
+
+    plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, storage=str(tmp_path), name="faults")
+    plan = sweep.SweepPlan(plan.name, plan.storage, plan.space.with_scheduler(synch=False),
+                           plan.run, plan.burn_in, True)
+    # three members with chosen learning rates; lr=1e6 overflows the loss at epoch 0
+    param_space = tune_objects.param_space(plan.space, plan.run)
+    param_space["hparams"]["train.lr"] = tune.grid_search([3e-3, 1e-2, 1e6])
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, plan.space.resources.as_tune()), param_space=param_space,
+        tune_config=tune.TuneConfig(
+            scheduler=tune_objects.pbt_scheduler(plan.space, plan.burn_in), reuse_actors=False),
+        run_config=sweep.make_run_config(plan, verbose=0))
+
+    killed: list[int] = []
+
+    def kill_one_after_its_first_checkpoint():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            reported = set()
+            for csv in tmp_path.joinpath("faults").glob("*/progress.csv"):
+                if list(csv.parent.glob("checkpoint_000000")):
+                    reported |= set(_rows(csv.parent)["pid"])
+            victims = [p for p in _trial_workers() if p.pid in reported]
+            if victims:
+                time.sleep(1.0)  # mid-way through the next epoch
+                killed.append(victims[0].pid)
+                victims[0].send_signal(signal.SIGKILL)
+            time.sleep(0.3)
+
+    killer = threading.Thread(target=kill_one_after_its_first_checkpoint, daemon=True)
+    killer.start()
+    results = tuner.fit()
+    killer.join()
+    summary = sweep.summarize(results, plan)
+
+    assert killed, "no trial worker was found to kill"
+    errors = {t: s for t, s in summary.trials.items() if s.startswith("ERROR")}
+    assert len(summary.trials) == 3 and len(errors) == 1
+    (reason,) = errors.values()
+    assert "non-finite" in reason  # the NonFiniteLossError message, not a bare crash
+    finished = [r for r in results if r.error is None]
+    assert len(finished) == 2 and all(r.metrics["epoch"] == plan.epochs for r in finished)
+    rows = pd.concat([_rows(r.path) for r in finished])
+    assert (rows.groupby("trial_id")["epoch"].apply(lambda e: (e == 1).sum()) == 1).all()
+    # the killed worker's trial carried on in a new process from its checkpoint
+    victim = rows[rows["pid"] == killed[0]]["trial_id"].unique()
+    assert len(victim) == 1
+    victim_rows = rows[rows["trial_id"] == victim[0]]
+    assert victim_rows["pid"].nunique() >= 2 and victim_rows["epoch"].max() == plan.epochs
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.Popen([sys.executable, "-m", "training.cli", "sweep", *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(540)
+def test_killed_driver_resumes_without_restarting_any_trial_from_scratch(
+        ray_session, tiny_dataset_dir, tmp_path):
+    common = ["--name", "resume", "--storage", str(tmp_path), "--address", ray_session,
+              "--no-tracking", "--quiet"]
+    first = _cli("--data", tiny_dataset_dir, "--smoke-test", *common)
+    exp = tmp_path / "resume"
+    deadline = time.time() + 300
+    # kill once every member has a checkpoint and Tune has saved its experiment state
+    while time.time() < deadline:
+        if first.poll() is not None:
+            pytest.fail("the sweep finished before it could be killed:\n" + first.stdout.read())
+        if (len(list(exp.glob("*/checkpoint_000000"))) >= 4
+                and list(exp.glob("experiment_state*.json"))):
+            break
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+
+    second = _cli("--resume", *common)
+    out, _ = second.communicate(timeout=420)
+    assert second.returncode == 0, out
+    assert "best trial" in out and "checkpoint:" in out
+    summary = json.loads((exp / "summary.json").read_text())
+    assert len(summary["trials"]) == 4
+    assert set(summary["trials"].values()) == {"TERMINATED"}
+    rows = pd.concat([_rows(p) for p in exp.iterdir() if (p / "progress.csv").is_file()])
+    assert (rows.groupby("trial_id")["epoch"].apply(lambda e: (e == 1).sum()) == 1).all()
+    assert rows.groupby("trial_id")["epoch"].max().eq(8).all()

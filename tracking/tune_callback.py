@@ -1,0 +1,302 @@
+"""Ray Tune -> MLflow: one parent run per sweep, one child run per trial across PBT restarts.
+
+Why not Ray's MLflowLoggerCallback: it re-logs an exploited trial's changed config as params
+(MLflow refuses: the sweep aborts), and ``setup_mlflow`` makes a new run per restart. Here:
+- runs are keyed by trial id (a restarted/exploited trial keeps its run; steps may rewind);
+- the trial's starting config is logged once as params; every searched hyperparameter is a
+  step metric ``hp/<path>``, so PBT's changes show as curves;
+- an exploit is detected when the config a result was produced with (``result["config"]``)
+  differs from the previous one; the donor comes from PBT's policy file. Each event goes
+  to the trial as a tag, metrics (``pbt/exploit``, ``pbt/n_exploits``) and ``pbt/exploits.json``;
+- at the end the parent run gets the best trial, its lineage (``lineage.json``) and the
+  population's hyperparameter trajectories (PNG).
+Each trial's writes go through its own tracker with an outbox in the trial dir.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ray.tune.logger import LoggerCallback
+
+from tracking import figures
+from tracking.interface import Tracker, flatten
+from tracking.lineage import best_trial, changed, last_policy_line, lineage, orig_tag
+
+log = logging.getLogger(__name__)
+OUTBOX_NAME = "tracking-outbox.jsonl"
+# Ray bookkeeping that is not worth a metric curve.
+_SKIP = {"config", "trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done",
+         "experiment_tag", "should_checkpoint", "checkpoint_dir_name", "experiment_id"}
+_BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. :/]")
+ROLE, SWEEP, TRIAL_ID = "mrlfads.role", "mrlfads.sweep", "mrlfads.trial_id"
+
+
+def metric_key(key: str) -> str:
+    """MLflow allows letters, digits, ``_-. :/``; ``src->dst`` becomes ``src_to_dst``."""
+    return _BAD_KEY.sub("_", key.replace("->", "_to_"))
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _param_value(v: Any) -> str:
+    s = json.dumps(v, default=str) if isinstance(v, (list, tuple, dict)) else str(v)
+    return s if len(s) <= 500 else s[:497] + "..."
+
+
+class MlflowTuneCallback(LoggerCallback):
+    """Log a Tune sweep to MLflow (see the module docstring).
+
+    ``sweep_info``: what the parent run records (search space, scheduler, dataset manifest,
+    resolved config...): each top-level entry becomes ``<name>.json`` and flattened params.
+    ``hparams``: the searched config paths (dotted); default: every numeric config leaf.
+    ``regions``/``truth_comm``: for the end-of-trial effectome heatmap.
+    ``tracker_factory(outbox_path) -> Tracker``: default MlflowTracker on ``tracking_uri``.
+    """
+
+    def __init__(self, sweep: str, *, tracking_uri: str | None = None, metric: str = "objective",
+                 mode: str = "min", sweep_info: Mapping[str, Any] | None = None,
+                 hparams: Sequence[str] | None = None, regions: Sequence[str] | None = None,
+                 truth_comm: Sequence[Sequence[float]] | None = None,
+                 tracker_factory: Callable[[Path | None], Tracker] | None = None,
+                 resume: bool = False, system_metrics: bool = True) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode {mode!r} must be 'min' or 'max'")
+        self.sweep, self.tracking_uri, self.metric, self.mode = sweep, tracking_uri, metric, mode
+        self.sweep_info = dict(sweep_info or {})
+        self.hparams = list(hparams) if hparams is not None else None
+        self.regions, self.truth_comm = (list(regions) if regions else None), truth_comm
+        self.tracker_factory, self.resume, self.system_metrics = tracker_factory, resume, system_metrics
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parent: Tracker | None = None
+        self.parent_run_id: str | None = None
+        self.trackers: dict[str, Tracker] = {}
+        self.run_ids: dict[str, str] = {}
+        self.tag_to_trial: dict[str, str] = {}
+        self.last_hp: dict[str, dict[str, Any]] = {}
+        self.last_step: dict[str, int] = {}
+        self.last_metrics: dict[str, dict[str, float]] = {}
+        self.hp_history: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        self.exploits: dict[str, list[dict[str, Any]]] = {}
+        self._delivery = None
+        self._tmp = None
+
+    def __getstate__(self):  # Tune may pickle callbacks with the run config
+        state = self.__dict__.copy()
+        for key in ("parent", "trackers", "_delivery", "_tmp"):
+            state[key] = {} if key == "trackers" else None
+        return state
+
+    # -- trackers ---------------------------------------------------------------------
+    def _new_tracker(self, outbox: Path | None, system_metrics: bool = False) -> Tracker:
+        if self.tracker_factory is not None:
+            return self.tracker_factory(outbox)
+        from tracking.mlflow_tracker import MlflowTracker
+
+        t = MlflowTracker(self.tracking_uri, outbox_path=outbox, system_metrics=system_metrics,
+                          delivery=self._delivery)
+        self._delivery = t.delivery  # one client and one pending-run map for all trackers
+        return t
+
+    def _existing_runs(self, **tags: str) -> list:
+        """Runs of this sweep carrying ``tags`` (only on MLflow; for ``resume``)."""
+        delivery = getattr(self.parent, "delivery", None)
+        if delivery is None:
+            return []
+        try:
+            exp = delivery.client.get_experiment_by_name(self.sweep)
+            if exp is None:
+                return []
+            flt = " and ".join(f"tags.`{k.replace('__', '.')}` = '{v}'" for k, v in tags.items())
+            return delivery.client.search_runs([exp.experiment_id], flt, order_by=["attributes.start_time DESC"])
+        except Exception as exc:  # noqa: BLE001 - resume is best effort during an outage
+            log.warning("could not look up earlier runs of sweep %s: %s", self.sweep, exc)
+            return []
+
+    def setup(self, *args, **kwargs) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="mrlfads-tune-")
+        self.parent = self._new_tracker(None, system_metrics=self.system_metrics)
+        earlier = self._existing_runs(mrlfads__role="sweep", mrlfads__sweep=self.sweep) if self.resume else []
+        tags = {ROLE: "sweep", SWEEP: self.sweep, "mrlfads.metric": self.metric, "mrlfads.mode": self.mode}
+        rev = git_revision()
+        if rev:
+            tags["mlflow.source.git.commit"] = rev
+        self.parent_run_id = self.parent.start_run(
+            self.sweep, experiment=self.sweep, tags=tags,
+            run_id=earlier[0].info.run_id if earlier else None)
+        if earlier:
+            for run in self._existing_runs(mlflow__parentRunId=self.parent_run_id):
+                self.run_ids[run.data.tags.get(TRIAL_ID, "")] = run.info.run_id
+        params: dict[str, str] = {}
+        for name, value in self.sweep_info.items():
+            path = self._write(f"{name}.json", value)
+            self.parent.log_artifact(str(path), "sweep")
+            flat = flatten(value, prefix=f"{name}.") if isinstance(value, Mapping) else {name: value}
+            params.update({k: _param_value(v) for k, v in flat.items()})
+        self.parent.log_params(params)
+
+    def _write(self, name: str, obj: Any) -> Path:
+        path = Path(self._tmp.name, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
+        return path
+
+    # -- trials -----------------------------------------------------------------------
+    def log_trial_start(self, trial) -> None:
+        tid = trial.trial_id
+        self.tag_to_trial[orig_tag(trial.experiment_tag or "")] = tid
+        if tid in self.trackers:
+            return  # a PBT restart of a trial we already track: same run
+        outbox = Path(trial.local_path, OUTBOX_NAME) if trial.local_path else None
+        t = self._new_tracker(outbox)
+        self.trackers[tid] = t
+        config = flatten(trial.config or {})
+        self.last_hp[tid] = self._hp(config)
+        self.run_ids[tid] = t.start_run(
+            str(trial), experiment=self.sweep, parent_run_id=self.parent_run_id,
+            run_id=self.run_ids.get(tid),
+            tags={ROLE: "trial", SWEEP: self.sweep, TRIAL_ID: tid,
+                  "mrlfads.experiment_tag": orig_tag(trial.experiment_tag or "")})
+        t.log_params({k: _param_value(v) for k, v in config.items()})
+
+    def _hp(self, flat_config: Mapping[str, Any]) -> dict[str, float]:
+        keys = self.hparams if self.hparams is not None else [
+            k for k, v in flat_config.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+        return {k: float(flat_config[k]) for k in keys if k in flat_config}
+
+    def log_trial_result(self, iteration: int, trial, result: Mapping[str, Any]) -> None:
+        tid = trial.trial_id
+        if tid not in self.trackers:
+            self.log_trial_start(trial)
+        t = self.trackers[tid]
+        step = int(result.get("epoch", result.get("training_iteration", iteration)))
+        hp = self._hp(flatten(result.get("config") or trial.config or {}))
+        metrics = {metric_key(k): float(v) for k, v in result.items()
+                   if k not in _SKIP and isinstance(v, numbers.Real) and not isinstance(v, bool)
+                   and math.isfinite(float(v))}
+        for k, v in hp.items():
+            metrics.setdefault(f"hp/{k}", v)
+            self.hp_history.setdefault(tid, {}).setdefault(k, []).append((step, v))
+        if self.last_hp.get(tid) and hp != self.last_hp[tid] and tid in self.last_step:
+            metrics.update(self._exploit(trial, t, self.last_hp[tid], hp, step))
+        self.last_hp[tid], self.last_step[tid] = hp, step
+        self.last_metrics[tid] = metrics
+        t.log_metrics(metrics, step=step)
+        self._note_checkpoint(trial, t, step)
+
+    def _exploit(self, trial, t: Tracker, old_hp, new_hp, step: int) -> dict[str, float]:
+        tid = trial.trial_id
+        old, new = changed(old_hp, new_hp)
+        event: dict[str, Any] = {"epoch": self.last_step[tid], "resumed_at": step,
+                                 "donor_trial": None, "donor_epoch": None, "old": old, "new": new}
+        policy = Path(trial.local_experiment_path, f"pbt_policy_{tid}.txt")
+        row = last_policy_line(policy, orig_tag(trial.experiment_tag or ""))
+        if row is not None:
+            event["donor_trial"] = self.tag_to_trial.get(row[1], row[1])
+            event["donor_epoch"] = row[3]
+        events = self.exploits.setdefault(tid, [])
+        events.append(event)
+        t.set_tags({f"pbt.exploit.{len(events)}": json.dumps(event, default=str),
+                    "pbt.last_donor": event["donor_trial"] or "unknown"})
+        t.log_artifact(str(self._write(f"{tid}/exploits.json", events)), "pbt")
+        log.info("trial %s exploited %s at epoch %s: %s -> %s", tid, event["donor_trial"],
+                 event["epoch"], old, new)
+        return {"pbt/exploit": 1.0, "pbt/n_exploits": float(len(events))}
+
+    def _note_checkpoint(self, trial, t: Tracker, step: int) -> None:
+        ckpt = getattr(trial, "checkpoint", None)
+        path = getattr(ckpt, "path", None)
+        if path:
+            t.set_tags({"mrlfads.checkpoint": path, "mrlfads.checkpoint_epoch": step})
+
+    def log_trial_save(self, trial) -> None:
+        tid = trial.trial_id
+        if tid in self.trackers:
+            self._note_checkpoint(trial, self.trackers[tid], self.last_step.get(tid, 0))
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        tid = trial.trial_id
+        t = self.trackers.pop(tid, None)
+        if t is None:
+            return
+        try:
+            self._trial_figures(tid, t)
+            if failed:
+                t.set_tags({"mrlfads.error": self._error_text(trial)})
+            t.end_run("FAILED" if failed else "FINISHED")
+        finally:
+            t.close()
+
+    @staticmethod
+    def _error_text(trial) -> str:
+        try:
+            err = trial.get_error()
+        except Exception:  # noqa: BLE001
+            err = None
+        text = str(err or getattr(trial, "error_file", None) or "trial failed (no error text)")
+        return text[-4000:]
+
+    def _trial_figures(self, tid: str, t: Tracker) -> None:
+        if not self.regions or len(self.regions) < 2:
+            return
+        E = figures.effectome_from_metrics(self.last_metrics.get(tid, {}), self.regions)
+        if not (E == E).any():  # all NaN: the trial never reported its effectome
+            return
+        path = Path(self._tmp.name, tid, "effectome.png")
+        figures.effectome_heatmap(E, self.regions, path, truth=self.truth_comm)
+        t.log_artifact(str(path), "figures")
+
+    # -- the end ----------------------------------------------------------------------
+    def on_experiment_end(self, trials, **info) -> None:
+        for trial in trials:
+            if trial.trial_id in self.trackers:  # the driver stopped before this trial ended
+                t = self.trackers.pop(trial.trial_id)
+                t.end_run("KILLED")
+                t.close()
+        if self.parent is None:
+            return
+        try:
+            self._summarise()
+            self.parent.end_run("FINISHED")
+        finally:
+            self.parent.close()
+            self.parent = None
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+    def _summarise(self) -> None:
+        best = best_trial(self.last_metrics, metric_key(self.metric), self.mode)
+        if self.hp_history:
+            path = figures.hparam_trajectories(
+                self.hp_history, Path(self._tmp.name, "pbt_hparams.png"),
+                exploits={t: [e["epoch"] for e in evs] for t, evs in self.exploits.items()})
+            self.parent.log_artifact(str(path), "figures")
+        self.parent.log_artifact(str(self._write("exploits.json", self.exploits)), "pbt")
+        if best is None:
+            self.parent.set_tags({"mrlfads.best_trial_id": "none"})
+            return
+        chain = lineage(self.exploits, best)
+        self.parent.log_artifact(str(self._write("lineage.json", {"best_trial": best, "hops": chain})), "pbt")
+        self.parent.set_tags({
+            "mrlfads.best_trial_id": best, "mrlfads.best_run_id": self.run_ids.get(best, ""),
+            "mrlfads.best_lineage": " <- ".join([best] + [h["donor_trial"] for h in chain])[:5000]})
+        self.parent.log_metrics({f"best/{metric_key(self.metric)}":
+                                 self.last_metrics[best][metric_key(self.metric)],
+                                 "best/n_lineage_hops": float(len(chain))}, step=0)
