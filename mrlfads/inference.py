@@ -7,7 +7,7 @@ tau..T-1 (T' = T - tau).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -51,15 +51,15 @@ def posterior_means(model, heldin: Sequence, ext: Sequence | None = None,
     outs = _run(model, heldin, ext, batch_size)
     names, res = model.cfg.region_names, {}
     for r, name in enumerate(names):
-        res[f"rates/{name}"] = _cat(outs, lambda o: o.rates[r])
-        res[f"factors/{name}"] = _cat(outs, lambda o: o.factors[r])
+        res[f"rates/{name}"] = _cat(outs, lambda o, r=r: o.rates[r])
+        res[f"factors/{name}"] = _cat(outs, lambda o, r=r: o.factors[r])
         res[f"heldout_rates/{name}"] = _cat(
-            outs, lambda o: torch.exp(o.heldout_readout[r]) if o.obs_model == "poisson"
+            outs, lambda o, r=r: torch.exp(o.heldout_readout[r]) if o.obs_model == "poisson"
             else o.heldout_readout[r])
         if model.cfg.inferred_inputs:
-            res[f"inputs/{name}"] = _cat(outs, lambda o: o.co_mean[r])
+            res[f"inputs/{name}"] = _cat(outs, lambda o, r=r: o.co_mean[r])
     for p, (s, r) in enumerate(model.sizes.pairs):
-        res[f"messages/{names[s]}->{names[r]}"] = _cat(outs, lambda o: o.msg_mean[:, :, p])
+        res[f"messages/{names[s]}->{names[r]}"] = _cat(outs, lambda o, p=p: o.msg_mean[:, :, p])
     return res
 
 
@@ -78,6 +78,6 @@ def silence_effect(model, heldin: Sequence, ext: Sequence | None, region: str | 
         raise ValueError(f"silence window {window}: need start < stop (trial bins)")
     base = _run(model, heldin, ext, batch_size)
     cut = _run(model, heldin, ext, batch_size, silence={region: (start, stop)})
-    return {name: float(np.mean(np.abs(_cat(cut, lambda o: o.rates[r])
-                                       - _cat(base, lambda o: o.rates[r]))))
+    return {name: float(np.mean(np.abs(_cat(cut, lambda o, r=r: o.rates[r])
+                                       - _cat(base, lambda o, r=r: o.rates[r]))))
             for r, name in enumerate(names)}

@@ -7,7 +7,7 @@ in each forward keeps padding out of both the outputs and the gradients.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -25,11 +25,10 @@ def gru_update(xg: torch.Tensor, hg: torch.Tensor, h: torch.Tensor, clip: float)
 
     ``xg = W_ih x + b_ih`` and ``hg = W_hh h + b_hh``, both ``(..., 3H)``.
     """
-    xr, xz, xn = xg.chunk(3, -1)
-    hr, hz, hn = hg.chunk(3, -1)
-    r = torch.sigmoid(xr + hr)
-    z = torch.sigmoid(xz + hz)
-    n = torch.tanh(xn + r * hn)
+    H = h.shape[-1]
+    rz = torch.sigmoid(xg[..., : 2 * H] + hg[..., : 2 * H])  # both gates in one op
+    r, z = rz[..., :H], rz[..., H:]
+    n = torch.tanh(torch.addcmul(xg[..., 2 * H:], r, hg[..., 2 * H:]))
     return torch.clamp(n + z * (h - n), -clip, clip)
 
 

@@ -7,7 +7,7 @@ keeps the last T' bins, T' read from the model output.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -40,6 +40,11 @@ def l2_weight_penalty(weights: Sequence[Tensor]) -> Tensor:
     return sum(0.5 * w.pow(2).sum() / w.numel() for w in weights)
 
 
+def _f32(x: Tensor) -> Tensor:
+    """Upcast autocast's half/bfloat16 outputs so the loss is summed in float32."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _trial_mean(x: Tensor) -> Tensor:
     """Sum every axis but the first (trials), then average over trials."""
     return x.reshape(x.shape[0], -1).sum(1).mean()
@@ -47,9 +52,10 @@ def _trial_mean(x: Tensor) -> Tensor:
 
 def observation_nll(obs_model: str, readout: Tensor, logvar: Tensor | None, x: Tensor) -> Tensor:
     """Per-trial-mean NLL of data x (B, T', n) under a readout (log-rate or mean)."""
+    readout, x = _f32(readout), _f32(x)
     if obs_model == "poisson":
         return _trial_mean(poisson_nll(readout, x))
-    return _trial_mean(gaussian_nll(readout, logvar, x))
+    return _trial_mean(gaussian_nll(readout, _f32(logvar), x))
 
 
 def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
@@ -64,17 +70,18 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
         x = heldin[r][:, -Tp:]
         terms["recon"].append(observation_nll(
             out.obs_model, out.readout[r], out.obs_logvar[r] if out.obs_logvar else None, x))
-        terms["kl_ic"].append(_trial_mean(kl_diag_gaussian(out.ic_mean[r], out.ic_var[r],
-                                                           out.ic_prior_logvar[r])))
+        terms["kl_ic"].append(_trial_mean(kl_diag_gaussian(
+            _f32(out.ic_mean[r]), _f32(out.ic_var[r]), out.ic_prior_logvar[r])))
         terms["kl_co"].append(zero if out.co_mean is None else _trial_mean(
-            kl_diag_gaussian(out.co_mean[r], out.co_var[r], out.co_prior_logvar[r])))
+            kl_diag_gaussian(_f32(out.co_mean[r]), _f32(out.co_var[r]), out.co_prior_logvar[r])))
         into_r = [p for p, (_, dst) in enumerate(out.pairs) if dst == r]
         if out.msg_mean is None or not into_r:
             terms["kl_com"].append(zero)
         else:
             idx = torch.tensor(into_r, device=out.msg_mean.device)
             terms["kl_com"].append(_trial_mean(kl_diag_gaussian(
-                out.msg_mean[:, :, idx], out.msg_var[:, :, idx], out.com_prior_logvar[idx])))
+                _f32(out.msg_mean[:, :, idx]), _f32(out.msg_var[:, :, idx]),
+                out.com_prior_logvar[idx])))
         terms["l2"].append(out.l2[r])
         n_out = out.heldout_readout[r].shape[-1]
         if heldout is None or n_out == 0:
@@ -87,7 +94,7 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
 
 
 def compute_loss(out: ModelOutput, heldin: Sequence[Tensor], heldout: Sequence[Tensor] | None,
-                 loss_cfg, epoch: int | float) -> LossTerms:
+                 loss_cfg, epoch: float) -> LossTerms:
     """Training loss (ramped, weighted) and the true negative ELBO of one batch.
 
     Per region: recon + w_ic KL(z0) + w_u sum_t KL(u_t) + w_m sum_t sum_s KL(m^{s->r})

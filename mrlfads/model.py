@@ -10,10 +10,9 @@ never materialises the rates. ``mrlfads.oracle`` is the plain region-by-region r
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from mrlfads.config import ModelConfig
@@ -147,14 +146,16 @@ class MRLFADS(ModelParams):
         fac_w = unit_columns(w["fac_w"])  # (R, Gm, Fm), unit norm per factor
         f = torch.bmm(self._drop(g), fac_w)  # (R, B, Fm) = f_0
         # sequence-wide gate contributions (outside the loop)
-        ci_gates = (self._seq_gates(self._drop(e), w["con_w_ie"], w["con_b_ih"])
+        # unbind: one backward node for the whole sequence (indexing [i] would allocate a
+        # full-size zero gradient per step)
+        ci_gates = (self._seq_gates(self._drop(e), w["con_w_ie"], w["con_b_ih"]).unbind(0)
                     if cfg.inferred_inputs else None)
         if s.Dm:
             ext_seq = self._pad_stack([ext[r][:, tau:] if s.D[r] else
                                        x0.new_zeros(B, Tp, 0) for r in range(s.R)], s.Dm)
-            gen_x_gates = self._seq_gates(ext_seq, w["gen_w_ie"], w["gen_b_ih"])
+            gen_x_gates = self._seq_gates(ext_seq, w["gen_w_ie"], w["gen_b_ih"]).unbind(0)
         else:
-            gen_x_gates = w["gen_b_ih"].expand(Tp, s.R, B, -1)
+            gen_x_gates = [w["gen_b_ih"]] * Tp  # (R, 1, 3Gm), broadcast over trials
         msg_w = msg_b = None
         if s.P:
             msg_w, msg_b = w["msg_w"], w["msg_b"]

@@ -8,7 +8,7 @@ with dropout off.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -47,7 +47,7 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
     """Same contract as ``MRLFADS.forward``, computed one region at a time."""
     cfg, s = model.cfg, model.sizes
     B, T = model.check_inputs(heldin, ext)
-    tau, Tp, C, U, clip = cfg.ic_enc_seq_len, T - cfg.ic_enc_seq_len, cfg.com_dim, s.U, cfg.cell_clip
+    tau, Tp, U, clip = cfg.ic_enc_seq_len, T - cfg.ic_enc_seq_len, s.U, cfg.cell_clip
     if sample and noise is None:
         noise = model.draw_noise(B, Tp, heldin[0])
     W = [region_weights(model, r) for r in range(s.R)]

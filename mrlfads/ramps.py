@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-def ramp(epoch: int | float, start: int, length: int) -> float:
+def ramp(epoch: float, start: int, length: int) -> float:
     """rho(e) = clip((e + 1 - start) / (length + 1), 0, 1).
 
     ``length=0`` gives a step to 1 at ``epoch = start``.
@@ -11,7 +11,7 @@ def ramp(epoch: int | float, start: int, length: int) -> float:
     return min(max(value, 0.0), 1.0)
 
 
-def loss_weights(loss_cfg, epoch: int | float) -> dict[str, float]:
+def loss_weights(loss_cfg, epoch: float) -> dict[str, float]:
     """Effective weights of every regularised term at ``epoch`` (ramp x scale)."""
     return {
         "kl_ic": loss_cfg.ic_ramp(epoch) * loss_cfg.kl_ic_scale,

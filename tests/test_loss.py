@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from mrlfads.config import LossConfig
-from mrlfads.loss import (compute_loss, gaussian_nll, kl_diag_gaussian, l2_weight_penalty,
-                          poisson_nll)
+from mrlfads.loss import (
+    compute_loss,
+    gaussian_nll,
+    kl_diag_gaussian,
+    l2_weight_penalty,
+    poisson_nll,
+)
 from mrlfads.outputs import ModelOutput
 
 LOG01 = math.log(0.1)
@@ -44,7 +49,7 @@ def test_l2_is_normalised_per_element():
 def hand_output(obs="poisson", heldout_width=0):
     """2 regions, 2 trials, T' = 2, 3 neurons, ic_dim 2, co_dim 1, com_dim 1."""
     B, Tp = 2, 2
-    zeros = lambda *s: torch.zeros(*s)  # noqa: E731
+    zeros = lambda *s: torch.zeros(*s)
     return ModelOutput(
         obs_model=obs, region_names=("A", "B"), pairs=((1, 0), (0, 1)),
         readout=[zeros(B, Tp, 3), zeros(B, Tp, 3)],

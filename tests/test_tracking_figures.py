@@ -4,8 +4,13 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.image import imread
 
-from tracking.figures import (effectome_from_metrics, effectome_heatmap, hparam_trajectories,
-                              messages_over_time, rates_vs_data)
+from tracking.figures import (
+    effectome_from_metrics,
+    effectome_heatmap,
+    hparam_trajectories,
+    messages_over_time,
+    rates_vs_data,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

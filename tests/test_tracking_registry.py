@@ -11,8 +11,15 @@ from mrlfads.config_utils import to_dict
 from mrlfads.model import MRLFADS
 from tracking.errors import TrackingError
 from tracking.mlflow_tracker import MlflowTracker
-from tracking.registry import (SHA_TAG, download_checkpoint, find_best_trial, load_registered,
-                               promote, resolve_model_uri, sha256_file)
+from tracking.registry import (
+    SHA_TAG,
+    download_checkpoint,
+    find_best_trial,
+    load_registered,
+    promote,
+    resolve_model_uri,
+    sha256_file,
+)
 from training import checkpoint as ckpt
 
 T, TAU = 8, 3
@@ -85,7 +92,7 @@ def test_promote_registers_once_and_the_alias_loads_the_same_model(tmp_path, mlf
     mlflow.set_tracking_uri(mlflow_sqlite_uri)
     pyf = mlflow.pyfunc.load_model(p1.uri)
     assert pyf.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, T, 5)
-    np.testing.assert_allclose(pyf.predict(torch.cat(x, dim=-1).numpy()), want.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pyf.predict(torch.cat(x, dim=-1).numpy()), want.detach().numpy(), rtol=1e-5, atol=1e-6)
     # infer/perturb path: the exact checkpoint file, and the loader's triple
     assert sha256_file(download_checkpoint(p1.uri, tracking_uri=mlflow_sqlite_uri)) == sha256_file(path)
     m2, cfg2, man2 = load_registered(p1.uri, tracking_uri=mlflow_sqlite_uri)

@@ -6,27 +6,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
 ray = pytest.importorskip("ray")
-from mlflow.tracking import MlflowClient  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.schedulers import PopulationBasedTraining  # noqa: E402
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import PopulationBasedTraining
 
-from tracking.tune_callback import MlflowTuneCallback  # noqa: E402
+from tracking.tune_callback import MlflowTuneCallback
 
 EPOCHS, TRIALS, INTERVAL = 4, 4, 2
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def toy_trainable(config):
@@ -78,7 +69,7 @@ def _runs(client, name):
 
 
 @pytest.mark.slow
-def test_pbt_sweep_one_run_per_trial_with_exploits_and_lineage(tmp_path, ray_local, mlflow_sqlite_uri):
+def test_pbt_sweep_one_run_per_trial_with_exploits_and_lineage(tmp_path, ray_session, mlflow_sqlite_uri):
     name = "toy-pbt"
     pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=INTERVAL,
                                   hyperparam_mutations={"train.lr": tune.loguniform(0.01, 1.0)},
@@ -96,8 +87,8 @@ def test_pbt_sweep_one_run_per_trial_with_exploits_and_lineage(tmp_path, ray_loc
 
     # PBT's own record of exploits, to compare with ours
     # (an exploit PBT records at a trial's last epoch is moot: the trial has finished)
-    global_log = [row for line in open(os.path.join(str(tmp_path), name, "pbt_global.txt"))
-                  if (row := json.loads(line))[2] < EPOCHS]
+    lines = Path(tmp_path, name, "pbt_global.txt").read_text().splitlines()
+    global_log = [row for line in lines if (row := json.loads(line))[2] < EPOCHS]
     assert global_log, "the toy population should have exploited at least once"
     n_events = 0
     for r in trials:
@@ -127,12 +118,12 @@ def test_pbt_sweep_one_run_per_trial_with_exploits_and_lineage(tmp_path, ray_loc
     assert p.data.params["search_space.train.lr"] == "[0.01, 1.0]"
     p_arts = {a.path for d in ("pbt", "figures", "sweep") for a in client.list_artifacts(p.info.run_id, d)}
     assert {"pbt/lineage.json", "figures/pbt_hparams.png", "sweep/search_space.json"} <= p_arts
-    lineage = json.loads(open(client.download_artifacts(p.info.run_id, "pbt/lineage.json", str(tmp_path))).read())
+    lineage = json.loads(Path(client.download_artifacts(p.info.run_id, "pbt/lineage.json", str(tmp_path))).read_text())
     assert lineage["best_trial"] == best.data.tags["mrlfads.trial_id"]
 
 
 @pytest.mark.slow
-def test_failed_trial_is_marked_failed_with_its_error(tmp_path, ray_local, mlflow_sqlite_uri):
+def test_failed_trial_is_marked_failed_with_its_error(tmp_path, ray_session, mlflow_sqlite_uri):
     name = "toy-fail"
     results, client = _sweep(tmp_path, mlflow_sqlite_uri, name,
                              {"train.lr": 0.1, "fail_at": 3}, samples=1)

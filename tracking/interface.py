@@ -17,7 +17,8 @@ Contract (checked against every implementation by tests/test_tracking_contract.p
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 PARENT_TAG = "mlflow.parentRunId"
@@ -61,7 +62,7 @@ class Tracker(abc.ABC):
         if self.active_run_id is not None:
             self.end_run("FINISHED")
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

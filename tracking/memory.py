@@ -7,7 +7,8 @@ import dataclasses
 import os
 import time
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tracking.errors import TrackingError
 from tracking.interface import PARENT_TAG, Tracker, check_status, param_str

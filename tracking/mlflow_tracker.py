@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tracking.errors import TrackingError
 from tracking.interface import PARENT_TAG, Tracker, check_status, param_str
@@ -77,7 +78,7 @@ class MlflowTracker(Tracker):
                 return
         try:
             self.delivery.send(op)
-        except Exception as exc:  # noqa: BLE001 - classified by is_outage
+        except Exception as exc:
             if not is_outage(exc):
                 raise TrackingError(f"MLflow refused {op['op']} on run {op.get('run')}: {exc}") from exc
             log.warning("tracking store %s unreachable (%s); keeping %s in the outbox",
@@ -123,7 +124,7 @@ class MlflowTracker(Tracker):
         try:
             real = self.delivery.resolve(run_id, self._experiment)
             return dict(self.delivery.client.get_run(real).data.params) if real else {}
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not is_outage(exc):
                 raise TrackingError(f"run_id {run_id!r} cannot be re-opened: {exc}") from exc
             return {}

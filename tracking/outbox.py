@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tracking.errors import TrackingError
 
@@ -132,8 +134,12 @@ class Outbox:
 
     def keep(self, op: dict[str, Any]) -> None:
         """Queue ``op`` and append it to the file (artifacts copied beside it first)."""
-        if op["op"] == "log_artifact" and self.path is not None:
-            store = self.path.with_name(self.path.name + ".files") / uuid.uuid4().hex
+        if op["op"] == "log_artifact":  # the caller may delete its file (a temp dir) right after
+            if self.path is not None:
+                base = self.path.with_name(self.path.name + ".files")
+            else:
+                base = Path(tempfile.gettempdir(), "mrlfads-outbox-files")
+            store = base / uuid.uuid4().hex
             store.mkdir(parents=True, exist_ok=True)
             op = dict(op, path=shutil.copy2(op["path"], store))
         self.pending.append(op)
@@ -149,7 +155,7 @@ class Outbox:
             for op in self.pending:
                 delivery.send(op)
                 sent += 1
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:
             if not is_outage(exc):
                 bad = self.pending[sent]
                 self._drop(sent + 1, delivery)  # a bad op would block the queue forever

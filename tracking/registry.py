@@ -24,8 +24,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -181,14 +182,11 @@ def _log_and_register(client, sweep, best, model, run_cfg, manifest, checkpoint_
     tags = {SHA_TAG: sha, "mrlfads.sweep": sweep, "mrlfads.trial_id": best.trial_id,
             "mrlfads.metric": best.metric, f"metric.{best.metric}": repr(best.value)}
     tags.update({f"metric.{k}": repr(best.metrics[k]) for k in KEY_METRICS if k in best.metrics})
-    from mlflow.exceptions import MlflowException
+    import mlflow
 
-    try:
-        client.create_registered_model(name, description=f"MR-LFADS models promoted from sweep {sweep}")
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    version = client.create_model_version(name, source, run_id=best.run_id, tags=tags)
+    # register_model (not create_model_version) links MLflow 3's logged model id, which a
+    # tracking server requires for a models:/m-... source
+    version = mlflow.register_model(source, name, tags=tags)
     client.set_registered_model_alias(name, alias, version.version)
     return Promotion(name, str(version.version), alias, best.run_id, created=True)
 

@@ -22,9 +22,11 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 from ray.tune.logger import LoggerCallback
 
 from tracking import figures
@@ -47,11 +49,30 @@ def metric_key(key: str) -> str:
 
 def git_revision(cwd: str | os.PathLike | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=cwd, capture_output=True,
                              text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _safe(hook):
+    """A tracking problem is logged, never raised into Tune (it would abort the sweep)."""
+    import functools
+
+    @functools.wraps(hook)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("MLflow tracking: %s failed (%s: %s); the sweep goes on",
+                        hook.__name__, type(exc).__name__, exc)
+            return None
+    return wrapper
+
+
+def _params(flat: Mapping[str, Any]) -> dict[str, str]:
+    return {metric_key(k)[:250]: _param_value(v) for k, v in flat.items()}
 
 
 def _param_value(v: Any) -> str:
@@ -64,14 +85,16 @@ class MlflowTuneCallback(LoggerCallback):
 
     ``sweep_info``: what the parent run records (search space, scheduler, dataset manifest,
     resolved config...): each top-level entry becomes ``<name>.json`` and flattened params.
-    ``hparams``: the searched config paths (dotted); default: every numeric config leaf.
+    ``hparams``: the searched hyperparameters as flattened-config paths (dotted), or a mapping
+    path -> name (``{"hparams.train.lr": "train.lr"}``) giving metric ``hp/<name>``;
+    default: every numeric config leaf under its own path.
     ``regions``/``truth_comm``: for the end-of-trial effectome heatmap.
     ``tracker_factory(outbox_path) -> Tracker``: default MlflowTracker on ``tracking_uri``.
     """
 
     def __init__(self, sweep: str, *, tracking_uri: str | None = None, metric: str = "objective",
                  mode: str = "min", sweep_info: Mapping[str, Any] | None = None,
-                 hparams: Sequence[str] | None = None, regions: Sequence[str] | None = None,
+                 hparams: Sequence[str] | Mapping[str, str] | None = None, regions: Sequence[str] | None = None,
                  truth_comm: Sequence[Sequence[float]] | None = None,
                  tracker_factory: Callable[[Path | None], Tracker] | None = None,
                  resume: bool = False, system_metrics: bool = True) -> None:
@@ -79,7 +102,8 @@ class MlflowTuneCallback(LoggerCallback):
             raise ValueError(f"mode {mode!r} must be 'min' or 'max'")
         self.sweep, self.tracking_uri, self.metric, self.mode = sweep, tracking_uri, metric, mode
         self.sweep_info = dict(sweep_info or {})
-        self.hparams = list(hparams) if hparams is not None else None
+        self.hparams = (dict(hparams) if isinstance(hparams, Mapping) else {h: h for h in hparams}
+                        ) if hparams is not None else None
         self.regions, self.truth_comm = (list(regions) if regions else None), truth_comm
         self.tracker_factory, self.resume, self.system_metrics = tracker_factory, resume, system_metrics
         self._reset()
@@ -149,7 +173,7 @@ class MlflowTuneCallback(LoggerCallback):
             path = self._write(f"{name}.json", value)
             self.parent.log_artifact(str(path), "sweep")
             flat = flatten(value, prefix=f"{name}.") if isinstance(value, Mapping) else {name: value}
-            params.update({k: _param_value(v) for k, v in flat.items()})
+            params.update(_params(flat))
         self.parent.log_params(params)
 
     def _write(self, name: str, obj: Any) -> Path:
@@ -159,6 +183,7 @@ class MlflowTuneCallback(LoggerCallback):
         return path
 
     # -- trials -----------------------------------------------------------------------
+    @_safe
     def log_trial_start(self, trial) -> None:
         tid = trial.trial_id
         self.tag_to_trial[orig_tag(trial.experiment_tag or "")] = tid
@@ -174,13 +199,14 @@ class MlflowTuneCallback(LoggerCallback):
             run_id=self.run_ids.get(tid),
             tags={ROLE: "trial", SWEEP: self.sweep, TRIAL_ID: tid,
                   "mrlfads.experiment_tag": orig_tag(trial.experiment_tag or "")})
-        t.log_params({k: _param_value(v) for k, v in config.items()})
+        t.log_params(_params(config))
 
     def _hp(self, flat_config: Mapping[str, Any]) -> dict[str, float]:
-        keys = self.hparams if self.hparams is not None else [
-            k for k, v in flat_config.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)]
-        return {k: float(flat_config[k]) for k in keys if k in flat_config}
+        names = self.hparams if self.hparams is not None else {
+            k: k for k, v in flat_config.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+        return {name: float(flat_config[path]) for path, name in names.items() if path in flat_config}
 
+    @_safe
     def log_trial_result(self, iteration: int, trial, result: Mapping[str, Any]) -> None:
         tid = trial.trial_id
         if tid not in self.trackers:
@@ -226,11 +252,13 @@ class MlflowTuneCallback(LoggerCallback):
         if path:
             t.set_tags({"mrlfads.checkpoint": path, "mrlfads.checkpoint_epoch": step})
 
+    @_safe
     def log_trial_save(self, trial) -> None:
         tid = trial.trial_id
         if tid in self.trackers:
             self._note_checkpoint(trial, self.trackers[tid], self.last_step.get(tid, 0))
 
+    @_safe
     def log_trial_end(self, trial, failed: bool = False) -> None:
         tid = trial.trial_id
         t = self.trackers.pop(tid, None)
@@ -246,24 +274,30 @@ class MlflowTuneCallback(LoggerCallback):
 
     @staticmethod
     def _error_text(trial) -> str:
-        try:
-            err = trial.get_error()
-        except Exception:  # noqa: BLE001
-            err = None
-        text = str(err or getattr(trial, "error_file", None) or "trial failed (no error text)")
-        return text[-4000:]
+        """The trial's traceback: the driver-side error file, else Tune's stored copy."""
+        text = None
+        path = getattr(trial, "error_file", None)
+        if path and os.path.isfile(path):
+            text = Path(path).read_text(errors="replace")
+        if not text:
+            try:
+                text = str(trial.get_error() or "")
+            except Exception:  # noqa: BLE001
+                text = ""
+        return (text or "trial failed (no error text recorded)")[-4000:]
 
     def _trial_figures(self, tid: str, t: Tracker) -> None:
         if not self.regions or len(self.regions) < 2:
             return
         E = figures.effectome_from_metrics(self.last_metrics.get(tid, {}), self.regions)
-        if not (E == E).any():  # all NaN: the trial never reported its effectome
+        if not np.isfinite(E).any():  # all NaN: the trial never reported its effectome
             return
         path = Path(self._tmp.name, tid, "effectome.png")
         figures.effectome_heatmap(E, self.regions, path, truth=self.truth_comm)
         t.log_artifact(str(path), "figures")
 
     # -- the end ----------------------------------------------------------------------
+    @_safe
     def on_experiment_end(self, trials, **info) -> None:
         for trial in trials:
             if trial.trial_id in self.trackers:  # the driver stopped before this trial ended
@@ -300,3 +334,38 @@ class MlflowTuneCallback(LoggerCallback):
         self.parent.log_metrics({f"best/{metric_key(self.metric)}":
                                  self.last_metrics[best][metric_key(self.metric)],
                                  "best/n_lineage_hops": float(len(chain))}, step=0)
+
+
+def _read_manifest(data_uri: str | None) -> dict[str, Any]:
+    """The dataset manifest (local datasets); just the URI for remote ones."""
+    if not data_uri:
+        return {}
+    path = Path(data_uri.removeprefix("file://"), "dataset.json")
+    if "://" in data_uri and not data_uri.startswith("file://") or not path.is_file():
+        return {"uri": data_uri}
+    try:
+        return {"uri": data_uri, **json.loads(path.read_text(encoding="utf-8"))}
+    except (OSError, json.JSONDecodeError):
+        return {"uri": data_uri}
+
+
+def sweep_callbacks(plan, *, tracking_uri: str | None = None) -> list[MlflowTuneCallback]:
+    """The callbacks ``mrlfads sweep`` passes to Tune for a ``training.sweep.SweepPlan``.
+
+    Reads only the plan's public fields (name, space, run, burn_in, experiment_path), so
+    tracking does not import training. A resumed sweep (same name) re-opens its runs.
+    """
+    space = plan.space
+    sched = space.scheduler
+    searched = {hp.path for hp in space.hyperparameters}
+    key = "hparams" if space.kind == "pbt" else "build"
+    manifest = _read_manifest((plan.run.get("data") or {}).get("uri"))
+    regions = [r["name"] for r in (plan.run.get("model") or {}).get("regions", [])] or [
+        r["name"] for r in manifest.get("regions", [])]
+    info = {"search_space": space.to_dict(), "config": plan.run, "dataset": manifest,
+            "sweep": {"name": plan.name, "kind": space.kind, "burn_in": plan.burn_in,
+                      "storage": plan.experiment_path, "smoke_test": plan.smoke_test}}
+    return [MlflowTuneCallback(
+        plan.name, tracking_uri=tracking_uri, metric=sched.metric, mode=sched.mode,
+        sweep_info=info, hparams={f"{key}.{p}": p for p in sorted(searched)}, regions=regions,
+        truth_comm=manifest.get("comm_matrix"), resume=True)]

@@ -261,6 +261,9 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
 
     if verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter draws the table
+    # snapshot the experiment state every 2 s (Tune's default: 10 s), so a driver killed
+    # right after a checkpoint resumes from that checkpoint, not the one before
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     init_ray(address)
     if not resume:
         if tune.Tuner.can_restore(plan.experiment_path):

@@ -57,12 +57,13 @@ _SMOKE = {"n_trials": 64, "n_bins": 40, "n_units": 8, "ic_enc_seq_len": 5, "max_
 
 
 def preset(kind: str, smoke_test: bool = False, *, trials: int | None = None,
-           n_bins: int | None = None) -> SimConfig:
-    """The default (or smoke) config of `kind`, with optional trial count / length overrides."""
+           n_bins: int | None = None, n_units: int | None = None) -> SimConfig:
+    """The default (or smoke) config of `kind`, with optional trials / length / size overrides."""
     if kind not in _DEFAULTS:
         raise ValueError(f"kind: {kind!r} is not a simulated benchmark; choose one of {list(KINDS)}")
     cfg = _DEFAULTS[kind]
     if smoke_test:
         cfg = dataclasses.replace(cfg, **_SMOKE)
-    over = {k: v for k, v in (("n_trials", trials), ("n_bins", n_bins)) if v is not None}
+    over = {k: v for k, v in (("n_trials", trials), ("n_bins", n_bins), ("n_units", n_units))
+            if v is not None}
     return dataclasses.replace(cfg, **over) if over else cfg

@@ -71,14 +71,14 @@ def _loss_on(family, batch: TaskBatch, hidden, messages, readout) -> float:
 
 
 def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = "gaussian",
-             smoke_test: bool = False, n_bins: int | None = None,
+             smoke_test: bool = False, n_bins: int | None = None, n_units: int | None = None,
              progress: Progress | None = None) -> SimulatedData:
     """Train the `kind` network (see the family modules) and simulate `trials` trials."""
     if obs not in OBS_MODELS:
         raise ValueError(f"obs: {obs!r} is not one of {list(OBS_MODELS)}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: must be an integer >= 0, got {seed!r}")
-    cfg = preset(kind, smoke_test, trials=trials, n_bins=n_bins)
+    cfg = preset(kind, smoke_test, trials=trials, n_bins=n_bins, n_units=n_units)
     rng = _streams(seed)
     t0 = time.perf_counter()
     with single_thread():

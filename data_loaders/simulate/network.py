@@ -142,11 +142,13 @@ class MultiRegionRNN(nn.Module):
         w = {k: v.to(u.dtype) for k, v in self.weights().items()}
         s = self.spec
         drive = u @ w["U"].T + w["b"] + s.hidden_noise * eps_h  # (B, T, N_tot), all but h and m
+        xi = s.channel_noise * eps_c
+        wt, ct, bt = w["W"].T, w["C"].T, w["B"].T
         h, hs, ms = h_init, [], []
-        for t in range(u.shape[1]):
-            m = h @ w["C"].T + s.channel_noise * eps_c[:, t]
-            a = h @ w["W"].T + m @ w["B"].T + drive[:, t]
-            h = (1 - s.alpha) * h + s.alpha * torch.tanh(a)
+        for t in range(u.shape[1]):  # fused ops: the loop is per-op overhead bound
+            m = torch.addmm(xi[:, t], h, ct)
+            a = torch.addmm(torch.addmm(drive[:, t], h, wt), m, bt)
+            h = torch.lerp(h, torch.tanh(a), s.alpha)  # (1 - alpha) h + alpha tanh(a)
             hs.append(h)
             ms.append(m)
         hidden = torch.stack(hs, 1)
@@ -187,7 +189,12 @@ def run_trials(net: MultiRegionRNN, u: np.ndarray, trial_ids: np.ndarray, noise_
 
 
 def to_npz(net: MultiRegionRNN, noise_seed: int, extra: dict[str, np.ndarray] | None = None) -> bytes:
-    """network.npz: every weight per region/pathway (original unit order) and the noise recipe."""
+    """network.npz: every weight per region/pathway (network unit order) and the noise recipe.
+
+    Keys: region_names, n_units, input_dims, output_dims, pathways ("src->dst"), pathway_dims,
+    nonlinearity, alpha, hidden_noise, channel_noise, init_scale, noise_seed, equations;
+    per region W/<r>, b/<r>, U/<r>, D/<r>, d/<r>; per present pathway C/<src>-><dst>,
+    B/<src>-><dst>. Unit i of region r is neuron_ids "i" in the dataset manifest."""
     s = net.spec
     w = {k: v.detach().double().numpy() for k, v in net.weights().items()}
     us, ms = s.unit_slices(), s.msg_slices()

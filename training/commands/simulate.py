@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "drawn from them (default gaussian)")
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny network and dataset (seconds), to check the pipeline")
+    parser.add_argument("--bins", type=_positive, default=None,
+                        help="bins per trial (default: the family's, e.g. 200 for memory-ring)")
+    parser.add_argument("--units", type=_positive, default=None,
+                        help="units per region (default: the family's, 64)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already at --out")
 
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(task, completed=step, total=total, loss=loss)
 
         data = generate(args.kind, trials=args.trials, seed=args.seed, obs=args.obs,
-                        smoke_test=args.smoke_test, progress=progress)
+                        smoke_test=args.smoke_test, n_bins=args.bins, n_units=args.units,
+                        progress=progress)
     console.print("simulating done; writing dataset ...")
     manifest = write_dataset(args.out, **data.writer_kwargs(), overwrite=args.overwrite)
     _report(manifest, data, args.out)

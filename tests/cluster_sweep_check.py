@@ -1,0 +1,67 @@
+"""Run by tests/test_cluster_config.py in a subprocess (its own Ray, not the session one):
+a smoke PBT sweep on a 2-node ray.cluster_utils.Cluster whose nodes advertise one logical
+GPU each, trials asking for half a GPU. Prints one JSON line with what happened."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def main(data: str, storage: str) -> None:
+    import ray
+    from ray import tune
+    from ray.cluster_utils import Cluster
+
+    from search_spaces import tune_objects
+    from search_spaces.space import Resources
+    from training import sweep
+    from training.trainable import trainable
+
+    records = Path(storage) / "records"
+    records.mkdir(parents=True, exist_ok=True)
+
+    def recording_trainable(config):
+        """The real trainable, plus where it ran and what it restored (test harness)."""
+        ckpt = tune.get_checkpoint()
+        rec = {"trial": tune.get_context().get_trial_id(),
+               "node": ray.get_runtime_context().get_node_id(),
+               "gpus": [str(g) for g in ray.get_gpu_ids()], "start": time.time(),
+               "restored": ckpt.path if ckpt else None}
+        try:
+            trainable(config)
+        finally:
+            rec["end"] = time.time()
+            (records / f"{uuid.uuid4().hex}.json").write_text(json.dumps(rec))
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})
+    cluster.add_node(num_cpus=2, num_gpus=1)
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    plan = sweep.plan_sweep(data, smoke_test=True, storage=storage, name="cluster")
+    # half a GPU per trial; half the population exploits each round (more cross-node chances)
+    space = replace(plan.space.with_scheduler(quantile_fraction=0.5),
+                    resources=Resources(cpu=0.5, gpu=0.5))
+    plan = sweep.SweepPlan(plan.name, plan.storage, space, plan.run, plan.burn_in, True)
+    tuner = tune.Tuner(
+        tune.with_resources(recording_trainable, space.resources.as_tune()),
+        param_space=tune_objects.param_space(space, plan.run),
+        tune_config=tune_objects.tune_config(space, max_epochs=plan.epochs,
+                                             burn_in=plan.burn_in, reuse_actors=False),
+        run_config=sweep.make_run_config(plan, verbose=0))
+    summary = sweep.summarize(tuner.fit(), plan)
+    recs = [json.loads(p.read_text()) for p in records.glob("*.json")]
+    ray.shutdown()
+    cluster.shutdown()
+    print("RESULT " + json.dumps({"trials": summary.trials, "exploits": summary.exploits,
+                                  "records": recs}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

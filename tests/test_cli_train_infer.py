@@ -1,0 +1,89 @@
+"""`mrlfads train | infer | perturb` end to end on a tiny dataset (no tracking)."""
+import json
+
+import numpy as np
+import pytest
+
+from data_loaders.testing import make_tiny_dataset
+from data_loaders.writer import write_dataset
+from training.cli import main
+from training.infer_io import read_outputs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    make_tiny_dataset(root / "data")
+    code = main(["train", "--data", str(root / "data"), "--smoke-test", "--epochs", "2",
+                 "--out", str(root / "run"), "--no-tracking", "--quiet"])
+    assert code == 0
+    return root
+
+
+def test_train_writes_run_directory_and_resumes(trained, tmp_path):
+    run = trained / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "last.pt", "best.pt"}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1.0, 2.0]
+    # a second start on the same directory must not silently overwrite it
+    assert main(["train", "--data", str(trained / "data"), "--smoke-test", "--epochs", "2",
+                 "--out", str(run), "--no-tracking", "--quiet"]) == 2
+    # --resume continues from last.pt to the new epoch count, losing no epoch
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run")
+    assert main(["train", "--data", str(trained / "data"), "--smoke-test", "--epochs", "3",
+                 "--out", str(tmp_path / "run"), "--no-tracking", "--quiet", "--resume"]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1.0, 2.0, 3.0]
+
+
+def test_train_rejects_bad_input_with_exit_code_2(trained, capsys):
+    assert main(["train", "--data", str(trained / "nope"), "--no-tracking"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["train", "--data", str(trained / "data"), "--set", "train.lrr=1", "--no-tracking"]) == 2
+    assert "lrr" in capsys.readouterr().err
+
+
+def test_infer_writes_every_output_per_trial(trained, tmp_path):
+    out = tmp_path / "infer"
+    assert main(["infer", "--model", str(trained / "run" / "best.pt"), "--data",
+                 str(trained / "data"), "--out", str(out)]) == 0
+    cols = read_outputs(out)
+    n_trials, t_prime = 24, 12 - 4  # make_tiny_dataset: 24 trials, T=12, tau=4
+    assert cols["trial_id"].shape == (n_trials,)
+    assert sorted(set(cols["split"])) == ["train", "valid"]
+    assert cols["rates/A"].shape == (n_trials, t_prime, 3)
+    assert cols["factors/B"].shape == (n_trials, t_prime, 3)
+    assert cols["inputs/A"].shape == (n_trials, t_prime, 2)  # smoke co_dim
+    assert cols["messages/A->B"].shape == (n_trials, t_prime, 2)  # smoke com_dim
+    assert np.all(cols["rates/A"] > 0)  # Poisson rates
+    eff = json.loads((out / "effectome.json").read_text())
+    assert eff["regions"] == ["A", "B"] and eff["matrix"][0][0] is None
+    rms = np.sqrt(np.mean(cols["messages/A->B"] ** 2))
+    assert eff["matrix"][1][0] == pytest.approx(rms, rel=1e-5)  # E[dst][src]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "valid/effectome_cosine" in metrics and "valid/message_r2" in metrics
+    # an existing output is not replaced without --overwrite
+    assert main(["infer", "--model", str(trained / "run" / "best.pt"), "--data",
+                 str(trained / "data"), "--out", str(out)]) == 2
+
+
+def test_perturb_reports_effects_and_rank_correlation(trained, tmp_path):
+    rng = np.random.default_rng(1)
+    n, T = 30, 12
+    x = {r: rng.poisson(2.0, size=(n, T, 4)).astype(np.float32) for r in ("A", "B")}
+    split = np.array(["train"] * 10 + ["valid"] * 10 + ["perturbed"] * 10)
+    write_dataset(tmp_path / "pert", name="pert", regions=[("A", 3, 1), ("B", 3, 1)],
+                  obs_model="poisson", bin_width_s=0.01, ic_enc_seq_len=4, x=x, split=split)
+    report_path = tmp_path / "report.json"
+    assert main(["perturb", "--model", str(trained / "run" / "best.pt"), "--data",
+                 str(tmp_path / "pert"), "--silence", "A", "--window", "5:12",
+                 "--out", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert set(report["mean_abs_rate_change"]) == {"A", "B"}
+    assert report["mean_abs_rate_change"]["B"] > 0  # B listens to A
+    assert report["perturbed_trials"] == 10
+    assert -1.0 <= report["rank_correlation"] <= 1.0
+    assert main(["perturb", "--model", str(trained / "run" / "best.pt"), "--data",
+                 str(tmp_path / "pert"), "--silence", "A", "--window", "9:5"]) == 2

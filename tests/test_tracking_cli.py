@@ -1,0 +1,70 @@
+"""The tracking commands through the real CLI: import-metrics, promote's errors, ui."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tracking.mlflow_tracker import MlflowTracker
+from tracking.server import free_port
+from training.cli import main
+
+
+def test_import_metrics_delivers_an_outbox_file(tmp_path, mlflow_sqlite_uri, experiment_name, capsys):
+    box = tmp_path / "trial" / "tracking-outbox.jsonl"
+    t = MlflowTracker(f"http://127.0.0.1:{free_port()}", outbox_path=box)  # server down
+    t.start_run("trial_0", experiment=experiment_name)
+    for epoch in range(1, 4):
+        t.log_metrics({"objective": 1.0 / epoch}, step=epoch)
+    t.end_run()
+    assert main(["import-metrics", str(box), "--tracking-uri", mlflow_sqlite_uri]) == 0
+    assert "delivered 5 tracking ops" in capsys.readouterr().out
+    client = MlflowClient(mlflow_sqlite_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "objective")] == [1, 2, 3]
+    assert main(["import-metrics", str(box)]) == 2  # delivered files are gone: a clear error
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_promote_without_a_finished_trial_exits_2_with_the_reason(mlflow_sqlite_uri, experiment_name, capsys):
+    t = MlflowTracker(mlflow_sqlite_uri)
+    t.start_run("s", experiment=experiment_name, tags={"mrlfads.role": "sweep"})
+    t.end_run()
+    t.start_run("t", experiment=experiment_name, tags={"mrlfads.role": "trial"})
+    t.log_metrics({"objective": 1.0}, step=1)
+    t.end_run("FAILED")
+    assert main(["promote", "--sweep", experiment_name, "--tracking-uri", mlflow_sqlite_uri]) == 2
+    err = capsys.readouterr().err
+    assert "no finished trial" in err and "FAILED" in err
+
+
+@pytest.mark.slow
+def test_ui_starts_on_localhost_prints_its_address_and_stops(tmp_path):
+    env = dict(os.environ, MRLFADS_HOME=str(tmp_path), MLFLOW_DISABLE_TELEMETRY="true")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "ui"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        url, deadline = None, time.monotonic() + 240
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "mrlfads ui exited early"
+            m = re.search(r"MLflow UI: (http://127\.0\.0\.1:\d+)", line)
+            url = m.group(1) if m else None
+        assert url, "no address printed"
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as r:
+            assert r.status == 200
+        assert (tmp_path / "mlruns" / "mlflow.db").is_file()  # the project's embedded store
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    time.sleep(1)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/health", timeout=5)

@@ -1,0 +1,120 @@
+"""The real thing, slow: a smoke PBT sweep logged over HTTP to a real `mlflow server`,
+checked through MLflow's REST API, promoted with the CLI, and looked at in Chromium."""
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rest(url, path, body=None, **query):
+    full = f"{url}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(full, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def logged_sweep(mlflow_server, ray_session, tiny_dataset_dir, tmp_path_factory):
+    from tracking.tune_callback import sweep_callbacks
+    from training import sweep
+
+    name = f"smoke-{uuid.uuid4().hex[:6]}"
+    plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, name=name,
+                            storage=str(tmp_path_factory.mktemp("sweeps")))
+    summary = sweep.run_sweep(plan, callbacks=sweep_callbacks(plan, tracking_uri=mlflow_server.url),
+                              tracking=True, verbose=0)
+    return plan, summary
+
+
+def test_sweep_over_http_one_run_per_trial_no_metric_lost_exploits_and_promotion(
+        logged_sweep, mlflow_server, capsys):
+    from training.checkpoint import load_model
+    from training.cli import main
+
+    plan, summary = logged_sweep
+    url = mlflow_server.url
+    exp = rest(url, "experiments/get-by-name", experiment_name=plan.name)["experiment"]
+    runs = rest(url, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, t in zip(runs, tags) if t.get("mrlfads.role") == "sweep"]
+    children = [(r, t) for r, t in zip(runs, tags) if t.get("mrlfads.role") == "trial"]
+    assert len(parents) == 1
+    assert sorted(t["mrlfads.trial_id"] for _, t in children) == sorted(summary.trials)  # one each
+    n_exploit_events = 0
+    for run, t in children:
+        assert t["mlflow.parentRunId"] == parents[0]["info"]["run_id"]
+        trial_dir = next(Path(plan.experiment_path).glob(f"*_{t['mrlfads.trial_id']}_*"))
+        reported = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        hist = rest(url, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="objective")["metrics"]
+        assert len(hist) == len(reported)  # every epoch Tune saw is in MLflow: none lost
+        assert sorted(int(m["step"]) for m in hist) == sorted(int(r["epoch"]) for r in reported)
+        n_exploit_events += sum(k.startswith("pbt.exploit.") for k in t)
+        if run["info"]["status"] == "FINISHED":
+            lr = rest(url, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="hp/train.lr")
+            assert len(lr["metrics"]) == len(reported)
+    if summary.exploits:
+        assert n_exploit_events >= 1
+
+    # promote twice: one version, alias set, model equals the checkpoint's
+    assert main(["promote", "--sweep", plan.name, "--tracking-uri", url]) == 0
+    assert main(["promote", "--sweep", plan.name, "--tracking-uri", url]) == 0
+    out = capsys.readouterr().out
+    assert "registered as new" in out and "already registered" in out
+    name = f"mrlfads-{plan.name}"
+    versions = rest(url, "model-versions/search", filter=f"name='{name}'")["model_versions"]
+    assert len(versions) == 1
+    alias = rest(url, "registered-models/alias", name=name, alias="champion")["model_version"]
+    assert alias["version"] == versions[0]["version"]
+
+    from tracking.registry import download_checkpoint, resolve_model_uri
+
+    uri = f"models:/{name}@champion"
+    wrapped = resolve_model_uri(uri, tracking_uri=url, load=True)
+    model, run_cfg, _ = load_model(download_checkpoint(uri, tracking_uri=url))
+    T = int(json.loads((Path(plan.run["data"]["uri"]) / "dataset.json").read_text())["n_bins"])
+    x = [torch.rand(3, T, r["n_heldin"]) for r in run_cfg["model"]["regions"]]
+    with torch.no_grad():
+        want = torch.cat(model(x, sample=False).rates, dim=-1)
+    torch.testing.assert_close(wrapped(torch.cat(x, dim=-1)), want)
+
+
+def test_browser_finds_the_sweep_and_its_trials_in_the_mlflow_ui(logged_sweep, mlflow_server, tmp_path):
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    plan, summary = logged_sweep
+    exp = rest(mlflow_server.url, "experiments/get-by-name", experiment_name=plan.name)["experiment"]
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1600,1000", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        driver.get(f"{mlflow_server.url}/#/experiments/{exp['experiment_id']}")
+        trial_ids = list(summary.trials)
+        # the experiment's run table lists the trial runs (names contain their trial ids)
+        WebDriverWait(driver, 90).until(
+            lambda d: plan.name in d.page_source and all(t in d.page_source for t in trial_ids))
+        shot = tmp_path / "mlflow_ui.png"
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, REPO / "docs" / "img" / "mlflow_ui.png")
