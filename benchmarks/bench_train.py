@@ -140,7 +140,8 @@ def main() -> int:
     if args.paired:
         for batch in args.batches:
             cmd = [sys.executable, __file__, "--worker", "paired", str(batch), "--steps",
-                   str(args.steps)] + (["--smoke"] if args.smoke else [])
+                   str(args.steps)] + (["--smoke"] if args.smoke else []) + \
+                  (["--threads", str(args.threads)] if args.threads else [])
             res = json.loads(subprocess.run(cmd, check=True, capture_output=True,
                                             text=True).stdout.strip().splitlines()[-1])
             results.append(res)

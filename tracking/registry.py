@@ -195,15 +195,21 @@ def _log_and_register(client, sweep, best, model, run_cfg, manifest, checkpoint_
 def _global_uri(uri: str):
     """Point MLflow's global tracking and registry URIs at ``uri`` for a block, then restore."""
     import mlflow
+    from mlflow.tracking import fluent
 
     previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # a caller's set_experiment() would make start_run(run_id=<a trial's run>) refuse to
+    # re-open a run of another experiment; MLflow has no public way to unset it
+    previous_experiment = getattr(fluent, "_active_experiment_id", None)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    fluent._active_experiment_id = None
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
         mlflow.set_registry_uri(previous_registry)
+        fluent._active_experiment_id = previous_experiment
 
 
 def _log_model(best: BestTrial, model, run_cfg, manifest, checkpoint_file, sha) -> str:

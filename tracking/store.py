@@ -16,6 +16,8 @@ from tracking.errors import TrackingError
 STORE_DIR = "mlruns"
 DB_NAME = "mlflow.db"
 ARTIFACT_DIR = "artifacts"
+# MLflow 3's UI opens an experiment in its GenAI (traces) view unless told it holds models
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
@@ -71,7 +73,7 @@ def ensure_experiment(client, name: str) -> str:
     root = artifact_root_for(client.tracking_uri)
     location = Path(root, experiment_slug(name)).as_uri() if root else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:
         exp = client.get_experiment_by_name(name)
         if exp is None:

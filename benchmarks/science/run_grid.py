@@ -1,0 +1,115 @@
+"""Science grid: MR-LFADS and its ablations on the simulated benchmark (docs/RESULTS.md).
+
+    .venv/bin/python benchmarks/science/run_grid.py --out science_runs [--seeds 0 1] \
+        [--datasets memory-ring relay-decision random-0 random-1 random-2] [--epochs 30]
+
+For every dataset, variant and seed it simulates (once per dataset, cached), trains with
+benchmarks/science/reduced_ring.yaml plus the variant's overrides, and records the last
+epoch's validation metrics in OUT/results.jsonl (one line per run, appended as runs finish,
+so an interrupted grid keeps what it did). Then it prints a markdown table of mean +- std.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE / "reduced_ring.yaml"
+VARIANTS = {
+    "mr-lfads (rates)": {},
+    "messages from factors": {"model.message_source": "factors"},
+    "messages from generator": {"model.message_source": "generator"},
+    "no inferred inputs": {"model.inferred_inputs": False},
+}
+DATASETS = {  # name -> (kind, seed, simulate kwargs)
+    "memory-ring": ("memory-ring", 0, {"trials": 320, "n_bins": 60, "n_units": 16}),
+    "relay-decision": ("relay-decision", 0, {"trials": 320, "n_bins": 60, "n_units": 16}),
+    "random-0": ("random", 0, {"trials": 320, "n_bins": 60, "n_units": 16}),
+    "random-1": ("random", 1, {"trials": 320, "n_bins": 60, "n_units": 16}),
+    "random-2": ("random", 2, {"trials": 320, "n_bins": 60, "n_units": 16}),
+}
+COLUMNS = ["valid/effectome_cosine", "valid/message_r2", "valid/input_r2", "valid/r2_mean"]
+
+
+def dataset_path(out: Path, name: str) -> Path:
+    from data_loaders.simulate import simulate
+
+    path = out / "data" / name
+    if not (path / "dataset.json").exists():
+        kind, seed, kwargs = DATASETS[name]
+        simulate(kind, out=str(path), seed=seed, obs="gaussian", overwrite=True, **kwargs)
+    return path
+
+
+def train_once(data: Path, overrides: dict, seed: int, epochs: int) -> dict[str, float]:
+    from data_loaders.reader import ArrowDataset
+    from training.config import RunConfig, load_config_file
+    from training.loop import Trainer
+
+    ds = ArrowDataset.open(data)
+    cfg = RunConfig.for_dataset(ds.manifest, uri=str(data), user=load_config_file(CONFIG),
+                                overrides={**overrides, "train.seed": seed, "train.epochs": epochs})
+    trainer = Trainer(cfg, ds)
+    metrics: dict[str, float] = {}
+    while trainer.epoch < epochs:
+        metrics = trainer.run_epoch()
+    r2s = [v for k, v in metrics.items() if k.startswith("valid/r2/")]
+    metrics["valid/r2_mean"] = sum(r2s) / len(r2s)
+    return metrics
+
+
+def table(rows: list[dict]) -> str:
+    import numpy as np
+
+    lines = ["| dataset | variant | runs | " + " | ".join(c.split("/", 1)[1] for c in COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(COLUMNS)]
+    keys = sorted({(r["dataset"], r["variant"]) for r in rows},
+                  key=lambda k: (list(DATASETS).index(k[0]), list(VARIANTS).index(k[1])))
+    for ds, var in keys:
+        sel = [r for r in rows if r["dataset"] == ds and r["variant"] == var]
+        cells = []
+        for c in COLUMNS:
+            vals = np.array([r["metrics"].get(c, np.nan) for r in sel], dtype=float)
+            cells.append(f"{np.nanmean(vals):.3f} ± {np.nanstd(vals):.3f}" if np.isfinite(vals).any() else "n/a")
+        lines.append(f"| {ds} | {var} | {len(sel)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="science_runs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--epochs", type=int, default=30)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
+    seen = {(r["dataset"], r["variant"], r["seed"], r["epochs"]) for r in done}
+    for name in args.datasets:
+        data = dataset_path(out, name)
+        for variant in args.variants:
+            for seed in args.seeds:
+                if (name, variant, seed, args.epochs) in seen:
+                    continue
+                t0 = time.time()
+                metrics = train_once(data, VARIANTS[variant], seed, args.epochs)
+                row = {"dataset": name, "variant": variant, "seed": seed, "epochs": args.epochs,
+                       "seconds": round(time.time() - t0, 1),
+                       "metrics": {k: metrics.get(k) for k in COLUMNS}}
+                done.append(row)
+                with open(results, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    print(table([r for r in done if r["epochs"] == args.epochs]))
+
+
+if __name__ == "__main__":
+    main()
