@@ -6,7 +6,9 @@ or all ordered pairs at once; input projections that do not depend on the recurr
 controller-input encoder's and the external inputs' share of the gates) are computed for
 the whole sequence before the loop, and readouts after it. For rate-based messages the
 readout is folded into the message map (A (W f + c) + b = (A W) f + (A c + b)), so the loop
-never materialises the rates. ``mrlfads.oracle`` is the plain region-by-region reference.
+never materialises the rates. The loop itself is one autograd node with hand-written
+backprop through time (``mrlfads.recurrence``); dropout masks for all steps are drawn up
+front. ``mrlfads.oracle`` is the plain region-by-region reference.
 """
 from __future__ import annotations
 

@@ -8,8 +8,10 @@ forms every weight gradient at the end as ONE matmul over all T'*B rows. Same ma
 per-step formulation in ``MRLFADS``'s docstring and as ``mrlfads.oracle``, which the tests
 check to 1e-5 in float64 (outputs and gradients).
 
-Layouts: per-region tensors are ``(R, B, width)``, per-pair ``(P, B, width)``; sequences
-add a leading time axis ``T'``. Weights are the padded, masked bmm-layout ``(R, in, out)``.
+Layouts: per-step per-region tensors are ``(R, B, width)``, per-pair ``(P, B, width)``.
+Saved sequences and gradient buffers are region-major ``(R, T', B, width)`` and written in
+place step by step, so each weight gradient is a bmm over a free ``(R, T'*B, width)`` view
+(no stack or transpose copies). Weights are the padded, masked bmm layout ``(R, in, out)``.
 """
 from __future__ import annotations
 
@@ -102,7 +104,7 @@ class Recurrence(torch.autograd.Function):
         R, P, C, U, clip = spec.R, spec.P, spec.C, spec.U, spec.clip
         B, Gm, Fm = g.shape[1], g.shape[2], fac_w.shape[2]
         con, gx_seq = ci is not None, gx.dim() == 4
-        new = lambda *shape: g.new_empty(shape)  # noqa: E731
+        new = lambda *shape: g.new_empty(shape)
         empty = g.new_zeros(0)
         Gs = new(R, Tp + 1, B, Gm)  # generator states g_0..g_T'
         Gs[:, 0] = g
@@ -183,8 +185,8 @@ class Recurrence(torch.autograd.Function):
         gen_cache, con_cache = ctx.caches
         R, P, C, U = spec.R, spec.P, spec.C, spec.U
         B, Gm, Fm = Gs.shape[2], Gs.shape[3], fac_w.shape[2]
-        T_ = lambda w: w.transpose(1, 2)  # noqa: E731  (R, in, out) -> (R, out, in)
-        new = lambda *shape: Gs.new_empty(shape)  # noqa: E731
+        T_ = lambda w: w.transpose(1, 2)  # (R, in, out) -> (R, out, in)
+        new = lambda *shape: Gs.new_empty(shape)
         DF, DGX, DGH = new(R, Tp, B, Fm), new(R, Tp, B, 3 * Gm), new(R, Tp, B, 3 * Gm)
         if con:
             Cn = Hs.shape[3]

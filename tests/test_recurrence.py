@@ -7,19 +7,19 @@ import torch
 
 from mrlfads.recurrence import GRUSequence, LoopSpec, Recurrence
 
-R, B, T, G, FD, CN, U, C = 3, 2, 4, 3, 2, 3, 2, 2
+R, B, T, G, FD, CN, U, C = 3, 2, 3, 3, 2, 3, 2, 2
 P = R * (R - 1)
 
 
 def loop_inputs(src_is_g: bool, sample: bool, dropout: bool, silence: bool, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    rnd = lambda *s, grad=True: (0.5 * torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    rnd = lambda *s, grad=True: (0.5 * torch.randn(*s, generator=gen, dtype=torch.float64)
                                  ).requires_grad_(grad)
     S = G if src_is_g else FD
     # pairs ordered by destination, as the model's view (R, R-1, B, C) expects
     pairs = [(a, b) for b in range(R) for a in range(R) if a != b]
     src = torch.tensor([a for a, _ in pairs])
-    mask = lambda *s: ((torch.rand(*s, generator=gen) < 0.7).double() / 0.7)  # noqa: E731
+    mask = lambda *s: ((torch.rand(*s, generator=gen) < 0.7).double() / 0.7)
     keep = torch.ones(T, P, 1, 1, dtype=torch.float64)
     if silence:
         keep[1:3, :2] = 0.0

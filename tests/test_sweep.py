@@ -73,6 +73,15 @@ def test_smoke_plan_shrinks_the_population_and_burns_in_over_the_ramps(tiny_data
     assert sweep.SweepPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
 
+def test_a_relative_data_path_reaches_ray_workers_as_absolute(tiny_dataset_dir, monkeypatch):
+    import os
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(tiny_dataset_dir).parent)
+    plan = sweep.plan_sweep(os.path.basename(tiny_dataset_dir), smoke_test=True)
+    assert plan.run["data"]["uri"] == str(Path(tiny_dataset_dir).resolve())
+
+
 def test_a_range_the_run_config_rejects_is_named(tiny_dataset_dir):
     space = SearchSpace.from_dict({"kind": "pbt", "hyperparameters": {
         "model.dropout": {"bounds": [0.0, 1.0], "scale": "linear"}}})

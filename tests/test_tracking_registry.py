@@ -110,3 +110,18 @@ def test_no_finished_trial_and_unknown_sweep_are_clear_errors(mlflow_sqlite_uri,
         resolve_model_uri("models:/mrlfads-nope@champion", tracking_uri=mlflow_sqlite_uri)
     with pytest.raises(TrackingError, match="models:/"):
         resolve_model_uri("/some/path.pt")
+
+
+def test_resolving_a_model_does_not_leak_a_tracking_uri_into_the_environment(monkeypatch):
+    """Regression: restoring MLflow's *default* URI pinned sqlite:///mlflow.db (relative to
+    the cwd) in os.environ, so the next command in the same process used the wrong store."""
+    import os
+
+    from tracking.registry import _global_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with _global_uri("sqlite:////tmp/elsewhere.db"):
+        assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////tmp/elsewhere.db"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ

@@ -197,7 +197,11 @@ def _global_uri(uri: str):
     import mlflow
     from mlflow.tracking import fluent
 
-    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # mlflow.set_*_uri also write MLFLOW_*_URI into os.environ; restoring with get_*_uri()
+    # would pin MLflow's relative default (sqlite:///mlflow.db) for the rest of the process,
+    # so restore what the environment said (None unsets it).
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    previous_registry = os.environ.get("MLFLOW_REGISTRY_URI")
     # a caller's set_experiment() would make start_run(run_id=<a trial's run>) refuse to
     # re-open a run of another experiment; MLflow has no public way to unset it
     previous_experiment = getattr(fluent, "_active_experiment_id", None)
@@ -209,6 +213,8 @@ def _global_uri(uri: str):
     finally:
         mlflow.set_tracking_uri(previous)
         mlflow.set_registry_uri(previous_registry)
+        if previous_registry is None:
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
         fluent._active_experiment_id = previous_experiment
 
 

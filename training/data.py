@@ -30,6 +30,14 @@ class SplitTensors:
     def n_trials(self) -> int:
         return int(self.heldin[0].shape[0])
 
+    def head(self, n: int) -> "SplitTensors":
+        """The first ``n`` trials (views, no copy)."""
+        sl = slice(0, min(n, self.n_trials))
+        return SplitTensors(
+            self.split, [x[sl] for x in self.heldin], [x[sl] for x in self.heldout],
+            [x[sl] for x in self.ext] if self.ext is not None else None,
+            self.trial_id[sl], {k: v[sl] for k, v in self.truth.items()})
+
     def batch(self, idx: torch.Tensor):
         """``(heldin, heldout, ext)`` lists for the trials at ``idx``."""
         heldin = [x[idx] for x in self.heldin]

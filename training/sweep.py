@@ -131,6 +131,8 @@ def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
 
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_yaml(space or DEFAULT_SPACE)
+    if "://" not in str(data):
+        data = str(Path(data).resolve())  # Ray workers run in their own directories
     if smoke_test:
         space = smoke_space(space)
     manifest = ArrowDataset.open(data).manifest

@@ -51,6 +51,28 @@ def run(args: argparse.Namespace) -> int:
         model, run_cfg, manifest = load_model(path)
         done = promote(args.sweep, best, model=model, run_cfg=run_cfg, manifest=manifest,
                        checkpoint_file=path, alias=args.alias, tracking_uri=args.tracking_uri)
+    _log_figures(best.run_id, model, run_cfg, args.tracking_uri)
     state = "registered as new" if done.created else "already registered as"
     print(f"{state} {done.name} version {done.version}; alias {done.alias} -> {done.uri}")
     return 0
+
+
+def _log_figures(run_id: str, model, run_cfg: dict, tracking_uri: str | None) -> None:
+    """Effectome, rates and messages of the promoted model, on its trial's run."""
+    from mlflow import MlflowClient
+
+    from data_loaders.reader import ArrowDataset
+    from tracking.store import resolve_tracking_uri
+    from training.config import RunConfig
+    from training.report_figures import log_model_figures
+
+    cfg = RunConfig.from_dict(run_cfg)
+    try:
+        dataset = ArrowDataset.open(cfg.data.uri)
+    except (ValueError, OSError) as exc:  # the data may live elsewhere than the sweep ran
+        print(f"note: no figures ({exc})")
+        return
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    log_model_figures(lambda path, where: client.log_artifact(run_id, path, where),
+                      model, dataset, cfg)
+    print(f"logged figures to run {run_id} (artifacts/figures)")

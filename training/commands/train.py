@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     status = "FINISHED"
     try:
         metrics = fit(trainer, out, epochs=args.epochs, tracker=tracker, progress=not args.quiet)
+        if tracker is not None:
+            from training.report_figures import log_model_figures
+
+            log_model_figures(tracker.log_artifact, trainer.model, dataset, trainer.cfg)
     except NonFiniteLossError as exc:
         status = "FAILED"
         print(f"error: {exc}")

@@ -1,0 +1,80 @@
+"""Sweep overhead: wall time of a one-trial PBT sweep against the same training run bare.
+
+    .venv/bin/python benchmarks/bench_sweep_overhead.py --data DIR [--epochs 10] [--config FILE]
+
+Both run the same RunConfig for the same epochs on one CPU thread, in this process's
+machine, one after the other: first `Trainer.run_epoch` in a loop (plus the per-epoch
+checkpoint `mrlfads train` writes), then `mrlfads sweep`'s machinery (local Ray start,
+Tune, the trainable, checkpoints at the perturbation interval) with a population of one.
+Ray's start-up is reported separately: it is paid once per sweep, not per trial.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import replace
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def bare(data: str, cfg_file: str | None, epochs: int) -> float:
+    from data_loaders.reader import ArrowDataset
+    from training.config import RunConfig, load_config_file
+    from training.loop import Trainer
+
+    ds = ArrowDataset.open(data)
+    cfg = RunConfig.for_dataset(ds.manifest, uri=data, user=load_config_file(cfg_file),
+                                overrides={"train.epochs": epochs, "train.threads": 1})
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, ds)
+    with tempfile.TemporaryDirectory() as tmp:
+        while trainer.epoch < epochs:
+            trainer.run_epoch()
+            trainer.save_checkpoint(os.path.join(tmp, "last.pt"))
+    return time.perf_counter() - t0
+
+
+def swept(data: str, cfg_file: str | None, epochs: int) -> tuple[float, float]:
+    import ray
+
+    from search_spaces.space import SearchSpace
+    from training import sweep
+    from training.config import load_config_file
+
+    space = SearchSpace.from_yaml(sweep.DEFAULT_SPACE)
+    space = space.with_scheduler(population=1, perturbation_interval=max(1, epochs // 2),
+                                 burn_in=0)
+    space = replace(space, resources=replace(space.resources, cpu=1, gpu=0))
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = sweep.plan_sweep(data, space=space, name="overhead", storage=tmp,
+                                user_config=load_config_file(cfg_file),
+                                run_overrides={"train.epochs": epochs})
+        t0 = time.perf_counter()
+        sweep.init_ray(None)
+        t_ray = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        sweep.run_sweep(plan, verbose=0)
+        t_sweep = time.perf_counter() - t1
+    ray.shutdown()
+    return t_ray, t_sweep
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--config", default=None)
+    p.add_argument("--epochs", type=int, default=10)
+    args = p.parse_args()
+    t_bare = bare(args.data, args.config, args.epochs)
+    t_ray, t_sweep = swept(args.data, args.config, args.epochs)
+    print(f"bare training: {t_bare:.1f} s for {args.epochs} epochs")
+    print(f"ray start: {t_ray:.1f} s (once per sweep)")
+    print(f"sweep (1 trial): {t_sweep:.1f} s -> overhead {100 * (t_sweep / t_bare - 1):.1f}% "
+          f"excluding Ray start, {100 * ((t_sweep + t_ray) / t_bare - 1):.1f}% including it")
+
+
+if __name__ == "__main__":
+    main()
