@@ -170,9 +170,12 @@ class Recurrence(torch.autograd.Function):
             torch.bmm(gd, fac_w, out=f) if f.is_contiguous() else f.copy_(torch.bmm(gd, fac_w))
         ctx.spec, ctx.Tp, ctx.con, ctx.gx_seq = spec, Tp, con, gx_seq
         ctx.caches = (gen_cache, con_cache)
-        ctx.bufs = (Gs, GD, Xs, Hs, FD, CO, ST, MP)
+        # CO and MP are outputs: kept as ctx attributes they would form a reference cycle
+        # (output -> grad_fn -> ctx -> output) that Python's GC cannot see, leaking every
+        # step's buffers; save_for_backward is the leak-free way to keep outputs.
+        ctx.bufs = (Gs, GD, Xs, Hs, FD, ST)
         ctx.save_for_backward(src_index, msg_w, con_w_if, con_w_hh, co_w, gen_w_iu, gen_w_hh,
-                              fac_w, eps_msg, eps_co, keep, drop_f, drop_g)
+                              fac_w, eps_msg, eps_co, keep, drop_f, drop_g, CO, MP)
         ctx.set_materialize_grads(False)
         return Fs, CO, Us, MP, M
 
@@ -180,8 +183,8 @@ class Recurrence(torch.autograd.Function):
     def backward(ctx, gF, gCO, gU, gMP, gM):
         spec, Tp, con = ctx.spec, ctx.Tp, ctx.con
         (src_index, msg_w, con_w_if, con_w_hh, co_w, gen_w_iu, gen_w_hh, fac_w, eps_msg,
-         eps_co, keep, drop_f, drop_g) = ctx.saved_tensors
-        Gs, GD, Xs, Hs, FD, CO, ST, MP = ctx.bufs
+         eps_co, keep, drop_f, drop_g, CO, MP) = ctx.saved_tensors
+        Gs, GD, Xs, Hs, FD, ST = ctx.bufs
         gen_cache, con_cache = ctx.caches
         R, P, C, U = spec.R, spec.P, spec.C, spec.U
         B, Gm, Fm = Gs.shape[2], Gs.shape[3], fac_w.shape[2]

@@ -87,3 +87,18 @@ def test_perturb_reports_effects_and_rank_correlation(trained, tmp_path):
     assert -1.0 <= report["rank_correlation"] <= 1.0
     assert main(["perturb", "--model", str(trained / "run" / "best.pt"), "--data",
                  str(tmp_path / "pert"), "--silence", "A", "--window", "9:5"]) == 2
+
+
+def test_every_command_has_help_and_no_command_is_an_error(capsys):
+    from training.cli import build_parser
+
+    names = {"demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb", "ui",
+             "import-metrics"}
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == names
+    for name in names:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+        assert "usage: mrlfads " + name in capsys.readouterr().out
+    assert main([]) == 2

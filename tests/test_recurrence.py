@@ -65,3 +65,33 @@ def test_gru_sequence_matches_torch_gru():
     g_ref = torch.autograd.grad((ref * wts).sum(), [m.weight_hh_l0 for m in grus])
     for a, c in zip(g_ours, g_ref):
         torch.testing.assert_close(a, c)
+
+
+def test_training_step_frees_its_buffers():
+    """Regression: outputs kept as ctx attributes formed an output -> grad_fn -> ctx ->
+    output cycle that Python's GC cannot see, leaking ~145 MB per epoch at benchmark size."""
+    import gc
+    import weakref
+
+    from mrlfads.config import LossConfig, ModelConfig, RegionConfig
+    from mrlfads.loss import compute_loss
+    from mrlfads.model import MRLFADS
+
+    cfg = ModelConfig(regions=(RegionConfig("A", 3, 1), RegionConfig("B", 3, 1)),
+                      obs_model="poisson", ic_enc_seq_len=4, ic_enc_dim=4, ci_enc_dim=4,
+                      con_dim=4, co_dim=2, ic_dim=2, com_dim=2)
+    model = MRLFADS(cfg)
+    x = [torch.poisson(torch.ones(5, 12, 3)) for _ in range(2)]
+    y = [torch.poisson(torch.ones(5, 12, 1)) for _ in range(2)]
+    out = model(x, sample=True)
+    compute_loss(out, x, y, LossConfig(), 0).total.backward()
+
+    def base(t):
+        while t._base is not None:
+            t = t._base
+        return weakref.ref(t)
+
+    refs = [base(out.co_mean[0]), base(out.msg_mean), base(out.factors[0])]
+    del out
+    gc.collect()
+    assert all(r() is None for r in refs)

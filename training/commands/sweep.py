@@ -29,18 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no live table of trials")
 
 
-def _overrides(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        path, sep, value = item.partition("=")
-        if not sep or not path:
-            raise ValueError(f"--set {item!r}: expected PATH=VALUE, e.g. --set train.epochs=500")
-        out[path.strip()] = yaml.safe_load(value)
-    return out
-
-
 def tracking_callbacks(plan, args: argparse.Namespace) -> list:
     """Tune callbacks that log the sweep to MLflow, from the tracking package when it
     offers ``tracking.tune_callback.sweep_callbacks(plan, tracking_uri=...)``."""
@@ -55,6 +43,7 @@ def tracking_callbacks(plan, args: argparse.Namespace) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from training import sweep
+    from training.commands.train import parse_sets
     from training.config import load_config_file
 
     if args.resume:
@@ -67,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise sweep.SweepError("--data is required: the dataset directory or URI to sweep on")
         plan = sweep.plan_sweep(
             args.data, space=args.space, name=args.name, storage=args.storage,
-            run_overrides=_overrides(args.set), user_config=load_config_file(args.config),
+            run_overrides=parse_sets(args.set), user_config=load_config_file(args.config),
             smoke_test=args.smoke_test)
     print(f"sweep {plan.name}: {plan.space.kind}, "
           f"{plan.space.scheduler.population if plan.space.kind == 'pbt' else plan.space.scheduler.num_samples}"
