@@ -5,7 +5,7 @@
 
 Reports ingest units/s and spikes/s (file already written; time = reading + binning +
 writing the Arrow dataset), peak RSS of a fresh process doing only the ingest, and, side by
-side, the binning kernel against a per-trial np.histogram loop. Results: docs/perf/ingest.md.
+side, the binning kernel against a per-trial np.histogram loop. Results: docs/PERFORMANCE.md.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Local Arrow IPC shards are memory-mapped, so tensor columns come back as read-only numpy
 views of the page cache (no copy). Checksums: each shard's sha256 is verified the first
 time this object reads it (hashing a mapped file runs at ~1-2 GB/s and pulls in the pages
-that are read next anyway; see docs/perf/loader.md); `verify_checksums=False` skips that,
+that are read next anyway; see docs/PERFORMANCE.md); `verify_checksums=False` skips that,
 and `validate()` always checks everything.
 """
 from __future__ import annotations

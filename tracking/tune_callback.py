@@ -90,6 +90,9 @@ class MlflowTuneCallback(LoggerCallback):
     default: every numeric config leaf under its own path.
     ``regions``/``truth_comm``: for the end-of-trial effectome heatmap.
     ``tracker_factory(outbox_path) -> Tracker``: default MlflowTracker on ``tracking_uri``.
+    ``outbox_dir``: a local folder for the parent run's outbox (trials keep theirs in the
+    trial dir); without it the parent's writes during an outage live in memory only.
+    ``outbox_files``: after the sweep, the outbox files still undelivered (for import-metrics).
     """
 
     def __init__(self, sweep: str, *, tracking_uri: str | None = None, metric: str = "objective",
@@ -97,7 +100,8 @@ class MlflowTuneCallback(LoggerCallback):
                  hparams: Sequence[str] | Mapping[str, str] | None = None, regions: Sequence[str] | None = None,
                  truth_comm: Sequence[Sequence[float]] | None = None,
                  tracker_factory: Callable[[Path | None], Tracker] | None = None,
-                 resume: bool = False, system_metrics: bool = True) -> None:
+                 resume: bool = False, system_metrics: bool = True,
+                 outbox_dir: str | os.PathLike | None = None) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode {mode!r} must be 'min' or 'max'")
         self.sweep, self.tracking_uri, self.metric, self.mode = sweep, tracking_uri, metric, mode
@@ -106,6 +110,8 @@ class MlflowTuneCallback(LoggerCallback):
                         ) if hparams is not None else None
         self.regions, self.truth_comm = (list(regions) if regions else None), truth_comm
         self.tracker_factory, self.resume, self.system_metrics = tracker_factory, resume, system_metrics
+        self.outbox_dir = Path(outbox_dir) if outbox_dir is not None else None
+        self.outbox_files: list[str] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -119,13 +125,14 @@ class MlflowTuneCallback(LoggerCallback):
         self.last_metrics: dict[str, dict[str, float]] = {}
         self.hp_history: dict[str, dict[str, list[tuple[int, float]]]] = {}
         self.exploits: dict[str, list[dict[str, Any]]] = {}
+        self.undelivered: list[Tracker] = []  # ended trials whose outbox the store never took
         self._delivery = None
         self._tmp = None
 
     def __getstate__(self):  # Tune may pickle callbacks with the run config
         state = self.__dict__.copy()
-        for key in ("parent", "trackers", "_delivery", "_tmp"):
-            state[key] = {} if key == "trackers" else None
+        for key in ("parent", "trackers", "undelivered", "_delivery", "_tmp"):
+            state[key] = {} if key == "trackers" else [] if key == "undelivered" else None
         return state
 
     # -- trackers ---------------------------------------------------------------------
@@ -156,7 +163,9 @@ class MlflowTuneCallback(LoggerCallback):
 
     def setup(self, *args, **kwargs) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="mrlfads-tune-")
-        self.parent = self._new_tracker(None, system_metrics=self.system_metrics)
+        self.outbox_files = []
+        outbox = self.outbox_dir / OUTBOX_NAME if self.outbox_dir is not None else None
+        self.parent = self._new_tracker(outbox, system_metrics=self.system_metrics)
         earlier = self._existing_runs(mrlfads__role="sweep", mrlfads__sweep=self.sweep) if self.resume else []
         tags = {ROLE: "sweep", SWEEP: self.sweep, "mrlfads.metric": self.metric, "mrlfads.mode": self.mode}
         rev = git_revision()
@@ -271,6 +280,8 @@ class MlflowTuneCallback(LoggerCallback):
             t.end_run("FAILED" if failed else "FINISHED")
         finally:
             t.close()
+            if getattr(getattr(t, "outbox", None), "pending", None):
+                self.undelivered.append(t)  # ended during an outage: retried at the sweep's end
 
     @staticmethod
     def _error_text(trial) -> str:
@@ -311,9 +322,28 @@ class MlflowTuneCallback(LoggerCallback):
             self.parent.end_run("FINISHED")
         finally:
             self.parent.close()
+            if getattr(getattr(self.parent, "outbox", None), "pending", None):
+                self.undelivered.append(self.parent)
             self.parent = None
+            self._deliver_undelivered()
             if self._tmp is not None:
                 self._tmp.cleanup()
+
+    def _deliver_undelivered(self) -> None:
+        """One last try for trials that ended while the store was away; what still fails
+        stays in their outbox files for ``mrlfads import-metrics``."""
+        left = []
+        for t in self.undelivered:
+            try:
+                if not t.flush():
+                    left.append(t)
+            except Exception as exc:  # noqa: BLE001 - a refused op was dropped; go on
+                log.warning("MLflow tracking: delivering a finished trial's outbox failed: %s", exc)
+        self.outbox_files = [str(t.outbox.path) for t in left if t.outbox.path is not None]
+        for t in left:
+            log.warning("%d tracking ops undelivered; kept in %s (run `mrlfads import-metrics` on it "
+                        "once the server is back)", len(t.outbox.pending), t.outbox.path)
+        self.undelivered = []
 
     def _summarise(self) -> None:
         best = best_trial(self.last_metrics, metric_key(self.metric), self.mode)
@@ -368,4 +398,5 @@ def sweep_callbacks(plan, *, tracking_uri: str | None = None) -> list[MlflowTune
     return [MlflowTuneCallback(
         plan.name, tracking_uri=tracking_uri, metric=sched.metric, mode=sched.mode,
         sweep_info=info, hparams={f"{key}.{p}": p for p in sorted(searched)}, regions=regions,
-        truth_comm=manifest.get("comm_matrix"), resume=True)]
+        truth_comm=manifest.get("comm_matrix"), resume=True,
+        outbox_dir=None if "://" in plan.experiment_path else plan.experiment_path)]
