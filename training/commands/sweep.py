@@ -61,10 +61,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"sweep {plan.name}: {plan.space.kind}, "
           f"{plan.space.scheduler.population if plan.space.kind == 'pbt' else plan.space.scheduler.num_samples}"
           f" trials x {plan.epochs} epochs, storage {plan.experiment_path}", flush=True)
+    callbacks = tracking_callbacks(plan, args)
     summary = sweep.run_sweep(plan, address=args.address, resume=args.resume,
-                              callbacks=tracking_callbacks(plan, args),
+                              callbacks=callbacks,
                               tracking=not args.no_tracking, verbose=0 if args.quiet else 1)
     print(sweep.format_summary(summary), flush=True)
+    undelivered = [f for cb in callbacks for f in getattr(cb, "outbox_files", [])]
+    if undelivered:
+        print("the tracking server was unreachable at the end; deliver the queued metrics with:\n"
+              f"  mrlfads import-metrics {' '.join(map(str, undelivered))}", file=sys.stderr)
     if summary.best_trial is None:
         print("error: no trial finished", file=sys.stderr)
         return 1
