@@ -123,6 +123,17 @@ def _rows(path: str) -> pd.DataFrame:
     return pd.read_csv(Path(path) / "progress.csv")
 
 
+def _live_progress_files(experiment: Path) -> list[Path]:
+    """Trials' progress.csv while the sweep runs: Tune writes them in the driver's session
+    folder and copies them to the storage path only now and then (checkpoints go there at
+    once), so look in both places."""
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    return (list(experiment.glob("*/progress.csv"))
+            + list(session.glob(f"artifacts/*/{experiment.name}/driver_artifacts/*/progress.csv")))
+
+
 def _trial_workers() -> list[psutil.Process]:
     """Our own Ray's trial processes: descendants of this pytest process only."""
     out = []
@@ -141,8 +152,13 @@ def test_killed_worker_restarts_from_checkpoint_and_nan_trial_fails_with_reason(
         ray_session, tiny_dataset_dir, tmp_path):
     from ray import tune
 
-    plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, storage=str(tmp_path), name="faults")
-    plan = sweep.SweepPlan(plan.name, plan.storage, plan.space.with_scheduler(synch=False),
+    # enough epochs that a trial is still running when the killer finds its first checkpoint,
+    # however fast the machine (8 smoke epochs finished before it on an idle machine)
+    plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, storage=str(tmp_path), name="faults",
+                            run_overrides={"train.epochs": 30})
+    # patience: the population-plateau stopper must not end this sweep before the last epoch
+    plan = sweep.SweepPlan(plan.name, plan.storage,
+                           plan.space.with_scheduler(synch=False, patience=1000),
                            plan.run, plan.burn_in, True)
     # three members with chosen learning rates; lr=1e6 overflows the loss at epoch 0
     param_space = tune_objects.param_space(plan.space, plan.run)
@@ -159,8 +175,9 @@ def test_killed_worker_restarts_from_checkpoint_and_nan_trial_fails_with_reason(
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
             reported = set()
-            for csv in tmp_path.joinpath("faults").glob("*/progress.csv"):
-                if list(csv.parent.glob("checkpoint_000000")):
+            for csv in _live_progress_files(tmp_path / "faults"):
+                checkpointed = tmp_path / "faults" / csv.parent.name / "checkpoint_000000"
+                if checkpointed.is_dir():
                     reported |= set(_rows(csv.parent)["pid"])
             victims = [p for p in _trial_workers() if p.pid in reported]
             if victims:
