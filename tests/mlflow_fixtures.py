@@ -6,7 +6,10 @@ Loaded through ``pytest_plugins`` in tests/conftest.py.
 """
 from __future__ import annotations
 
+import json
 import os
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -44,3 +47,12 @@ def experiment_name(request) -> str:
     import uuid
 
     return f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}"
+
+
+def rest(url: str, path: str, body=None, **query):
+    """One call to a real MLflow server's REST API (GET with ``query``, POST with ``body``)."""
+    full = f"{url}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(full, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"{}")

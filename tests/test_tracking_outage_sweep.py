@@ -8,24 +8,15 @@ import json
 import re
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.mlflow_fixtures import rest
+
 pytestmark = pytest.mark.slow
 DOWN_S = 8.0  # several epochs of the tiny smoke model (~1 result/s here while it is down)
-
-
-def rest(url, path, body=None, **query):
-    full = f"{url}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(full, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read() or b"{}")
 
 
 def tune_results(experiment_path: str) -> dict[str, list[dict]]:

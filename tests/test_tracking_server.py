@@ -5,24 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.mlflow_fixtures import rest
 import torch
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-def rest(url, path, body=None, **query):
-    full = f"{url}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(full, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read() or b"{}")
 
 
 @pytest.fixture(scope="module")
