@@ -117,6 +117,14 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM"
 
 
+def _run_worker(args, mode: str, batch: int) -> dict:
+    """One measurement in a fresh process (so peak RSS is per configuration)."""
+    cmd = [sys.executable, __file__, "--worker", mode, str(batch), "--steps", str(args.steps)]
+    cmd += (["--smoke"] if args.smoke else []) + (["--threads", str(args.threads)] if args.threads else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
@@ -139,11 +147,7 @@ def main() -> int:
     results = []
     if args.paired:
         for batch in args.batches:
-            cmd = [sys.executable, __file__, "--worker", "paired", str(batch), "--steps",
-                   str(args.steps)] + (["--smoke"] if args.smoke else []) + \
-                  (["--threads", str(args.threads)] if args.threads else [])
-            res = json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                            text=True).stdout.strip().splitlines()[-1])
+            res = _run_worker(args, "paired", batch)
             results.append(res)
             print(f"paired batch {batch}: fast {res['trials_per_s']['fast']:.1f} trials/s, "
                   f"oracle {res['trials_per_s']['oracle']:.1f}, speedup {res['speedup']:.1f}x, "
@@ -151,11 +155,7 @@ def main() -> int:
         args.batches = [] if args.paired_only else args.batches
     for batch in args.batches:
         for impl in args.impls:
-            cmd = [sys.executable, __file__, "--worker", impl, str(batch), "--steps",
-                   str(args.steps)] + (["--smoke"] if args.smoke else []) + \
-                  (["--threads", str(args.threads)] if args.threads else [])
-            res = json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                            text=True).stdout.strip().splitlines()[-1])
+            res = _run_worker(args, impl, batch)
             results.append(res)
             print(f"{impl:6s} batch {batch:3d}: {res['trials_per_s']:7.1f} trials/s "
                   f"(best {res['trials_per_s_best']:.1f}), {res['achieved_gflops']:.1f} GFLOP/s "
