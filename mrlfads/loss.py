@@ -66,6 +66,10 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
     terms: dict[str, list[Tensor]] = {k: [] for k in
                                       ("recon", "kl_ic", "kl_co", "kl_com", "l2", "heldout")}
     zero = out.readout[0].new_zeros(())
+    # message KL per pair, (P,): one elementwise KL for all pairs, then plain integer
+    # indexing per receiving region (no index tensor built per step: CUDA-graph safe)
+    kl_pair = None if out.msg_mean is None else kl_diag_gaussian(
+        _f32(out.msg_mean), _f32(out.msg_var), out.com_prior_logvar).sum((1, 3)).mean(0)
     for r in range(R):
         x = heldin[r][:, -Tp:]
         terms["recon"].append(observation_nll(
@@ -75,13 +79,10 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
         terms["kl_co"].append(zero if out.co_mean is None else _trial_mean(
             kl_diag_gaussian(_f32(out.co_mean[r]), _f32(out.co_var[r]), out.co_prior_logvar[r])))
         into_r = [p for p, (_, dst) in enumerate(out.pairs) if dst == r]
-        if out.msg_mean is None or not into_r:
+        if kl_pair is None or not into_r:
             terms["kl_com"].append(zero)
         else:
-            idx = torch.tensor(into_r, device=out.msg_mean.device)
-            terms["kl_com"].append(_trial_mean(kl_diag_gaussian(
-                _f32(out.msg_mean[:, :, idx]), _f32(out.msg_var[:, :, idx]),
-                out.com_prior_logvar[idx])))
+            terms["kl_com"].append(sum((kl_pair[p] for p in into_r[1:]), kl_pair[into_r[0]]))
         terms["l2"].append(out.l2[r])
         n_out = out.heldout_readout[r].shape[-1]
         if heldout is None or n_out == 0:

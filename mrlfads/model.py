@@ -23,7 +23,7 @@ from mrlfads.layers import posterior_var, unit_columns
 from mrlfads.loss import compute_loss  # noqa: F401  (re-exported: the model's loss)
 from mrlfads.outputs import ModelOutput
 from mrlfads.params import ModelParams
-from mrlfads.recurrence import GRUSequence, LoopSpec, Recurrence
+from mrlfads.recurrence import GRUSequence, LoopSpec, Recurrence, apply_float32
 
 Tensor = torch.Tensor
 
@@ -131,7 +131,7 @@ class MRLFADS(ModelParams):
         xg = torch.stack(ci_x).permute(2, 0, 1, 3)  # (R, B, T', 3E) -> (T', R, B, 3E)
         w_hh = torch.stack([m.weight_hh_l0.T for m in self.ci_enc])  # (R, E, 3E)
         b_hh = torch.stack([m.bias_hh_l0 for m in self.ci_enc]).unsqueeze(1)  # (R, 1, 3E)
-        return ic_mean, ic_logvar, GRUSequence.apply(xg, w_hh, b_hh)
+        return ic_mean, ic_logvar, apply_float32(GRUSequence, xg, w_hh, b_hh)
 
     def _seq_gates(self, seq: Tensor, w: Tensor, b: Tensor) -> Tensor:
         """Input-to-gate projection of a whole sequence: (R, T', B, I) -> (T', R, B, out)."""
@@ -192,8 +192,8 @@ class MRLFADS(ModelParams):
         drop_f = self._drop_masks((Tp, s.R, B, s.Fm), x0) if cfg.inferred_inputs else None
         drop_g = self._drop_masks((Tp, s.R, B, s.Gm), x0)
         nz = noise if sample else {}
-        fac, co, u, mp, m = Recurrence.apply(
-            spec, getattr(self, "src_index", None), Tp, g, f, ci_gates, gen_x_gates, msg_w,
+        fac, co, u, mp, m = apply_float32(
+            Recurrence, spec, getattr(self, "src_index", None), Tp, g, f, ci_gates, gen_x_gates, msg_w,
             msg_b, w.get("con_w_if"), w.get("con_w_hh"), w.get("con_b_hh"), w.get("co_w"),
             w.get("co_b"), w.get("gen_w_iu"), w["gen_w_hh"], w["gen_b_hh"], fac_w,
             nz.get("msg") if s.P else None, nz.get("co") if cfg.inferred_inputs else None,

@@ -26,6 +26,20 @@ aten = torch.ops.aten
 Tensor = torch.Tensor
 
 
+def apply_float32(fn: type[torch.autograd.Function], *args):
+    """``fn.apply(*args)`` with autocast off and half-precision inputs upcast to float32.
+
+    The hand-written loops write into preallocated single-dtype buffers and their backward
+    mixes saved activations with float32 weights, so under bfloat16 autocast they ran mixed
+    dtypes and failed in backward. The loop runs in float32; encoders and readouts around
+    it still autocast."""
+    device = next(a.device.type for a in args if isinstance(a, Tensor))
+    args = tuple(a.float() if isinstance(a, Tensor) and a.dtype in (torch.float16, torch.bfloat16)
+                 else a for a in args)
+    with torch.autocast(device_type=device, enabled=False):
+        return fn.apply(*args)
+
+
 @dataclass(frozen=True)
 class LoopSpec:
     """Static facts about the loop (not tensors): sizes and switches."""

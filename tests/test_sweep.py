@@ -118,6 +118,25 @@ def test_optuna_space_builds_tpe_and_asha(tiny_dataset_dir):
     assert set(ps["build"]) == set(plan.space.paths) and ps["hparams"] == {}
 
 
+def test_prune_keeps_each_trials_newest_checkpoints_and_nothing_else_is_touched(tmp_path):
+    exp = tmp_path / "exp"
+    for trial, n in (("trainable_a_00000_0", 5), ("trainable_a_00001_1", 1)):
+        for i in range(n):
+            (exp / trial / f"checkpoint_{i:06d}").mkdir(parents=True)
+            (exp / trial / f"checkpoint_{i:06d}" / "checkpoint.pt").write_bytes(b"x")
+        (exp / trial / "progress.csv").write_text("epoch\n1\n")
+    (exp / "checkpoint_000000").mkdir()  # not inside a trial: not a trial's checkpoint
+    (exp / "experiment_state.json").write_text("{}")
+
+    assert sweep.prune_checkpoints(str(exp), keep=2) == 3
+    assert sorted(p.name for p in (exp / "trainable_a_00000_0").iterdir()) == [
+        "checkpoint_000003", "checkpoint_000004", "progress.csv"]
+    assert (exp / "trainable_a_00000_0" / "checkpoint_000004" / "checkpoint.pt").is_file()
+    assert [p.name for p in (exp / "trainable_a_00001_1").glob("checkpoint_*")] == ["checkpoint_000000"]
+    assert (exp / "checkpoint_000000").is_dir() and (exp / "experiment_state.json").is_file()
+    assert sweep.prune_checkpoints(str(tmp_path / "missing"), keep=2) == 0
+
+
 # ------------------------------------------------------------------------------- slow: real Ray
 def _rows(path: str) -> pd.DataFrame:
     return pd.read_csv(Path(path) / "progress.csv")
@@ -182,8 +201,11 @@ def test_killed_worker_restarts_from_checkpoint_and_nan_trial_fails_with_reason(
             victims = [p for p in _trial_workers() if p.pid in reported]
             if victims:
                 time.sleep(1.0)  # mid-way through the next epoch
-                killed.append(victims[0].pid)
-                victims[0].send_signal(signal.SIGKILL)
+                try:  # a PBT exploit may have just replaced the process: then look again
+                    victims[0].send_signal(signal.SIGKILL)
+                    killed.append(victims[0].pid)
+                except psutil.NoSuchProcess:
+                    pass
             time.sleep(0.3)
 
     killer = threading.Thread(target=kill_one_after_its_first_checkpoint, daemon=True)
@@ -256,3 +278,6 @@ def test_smoke_sweep_killed_driver_resumes_without_restarting_any_trial_from_scr
     assert Path(summary["checkpoint"]).is_file() and summary["checkpoint"].startswith(str(exp))
     assert set(summary["effectome"]) == {"A_to_B", "B_to_A"}
     assert summary["history"][-1]["epoch"] == 8
+    # the finished sweep kept only each trial's newest checkpoints, the summary's among them
+    for trial in (p for p in exp.iterdir() if (p / "progress.csv").is_file()):
+        assert 1 <= len(list(trial.glob("checkpoint_*"))) <= sweep.CHECKPOINTS_TO_KEEP

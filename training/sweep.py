@@ -25,7 +25,11 @@ from search_spaces.space import SearchSpace
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "pbt.yaml"
 PLAN_FILE = "mrlfads_sweep.json"  # the plan, saved in the experiment dir for --resume
 SUMMARY_FILE = "summary.json"
-CHECKPOINTS_TO_KEEP = 5  # per trial; <= 2 lets PBT lose a donor's checkpoint mid-exploit
+# Per trial, after the sweep has finished. While it runs every checkpoint is kept: an
+# asynchronous PBT member exploits its donor's checkpoint of some epochs ago, and a donor
+# that kept checkpointing meanwhile would have pruned it ("Could not recover from
+# checkpoint as it does not exist on storage anymore").
+CHECKPOINTS_TO_KEEP = 2
 SMOKE = {"population": 4, "interval": 2, "epochs": 8, "samples": 4}
 
 
@@ -221,7 +225,7 @@ def make_run_config(plan: SweepPlan, *, callbacks: Sequence[Any] = (), verbose: 
     return tune.RunConfig(
         name=plan.name, storage_path=plan.storage, stop=make_stopper(plan),
         failure_config=tune.FailureConfig(max_failures=plan.space.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # pruned after the sweep
         callbacks=list(callbacks), progress_reporter=reporter(plan) if verbose else None,
         verbose=verbose,
     )
@@ -277,7 +281,29 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
     results = tuner.fit()
     summary = summarize(results, plan)
     _write_json(f"{plan.experiment_path}/{SUMMARY_FILE}", summary.to_dict())
+    if results.num_terminated + results.num_errors == len(results):  # else --resume needs them
+        prune_checkpoints(plan.experiment_path, CHECKPOINTS_TO_KEEP)
     return summary
+
+
+def prune_checkpoints(experiment_path: str, keep: int) -> int:
+    """Delete all but the newest ``keep`` ``checkpoint_NNNNNN`` folders of every trial of
+    a finished sweep (local or remote storage); returns how many were deleted. The newest is
+    what summaries, ``promote`` and lineage read; older ones only served PBT exploits."""
+    import pyarrow.fs as pafs
+
+    fs, root = _filesystem(experiment_path)
+    deleted = 0
+    for trial in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if trial.type != pafs.FileType.Directory:
+            continue
+        found = fs.get_file_info(pafs.FileSelector(trial.path))
+        ckpts = sorted(i.path for i in found if i.type == pafs.FileType.Directory
+                       and re.fullmatch(r"checkpoint_\d+", i.base_name))
+        for path in ckpts[:max(len(ckpts) - keep, 0)]:
+            fs.delete_dir(path)
+            deleted += 1
+    return deleted
 
 
 def summarize(results, plan: SweepPlan) -> SweepSummary:

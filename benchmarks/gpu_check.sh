@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The checks a lent GPU machine gets, in order of value, each bounded in time, so that a
+# cut-off run still returns what it finished. Needs only torch, numpy, pyarrow, pyyaml
+# (no Ray, MLflow or pynwb: GPU images rarely have them). Results go to $OUT (default
+# /tmp/gpu_check); docs/PERFORMANCE.md records the last run.
+#
+#   OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}    # DEVICE=cpu BENCH_EXTRA=--smoke: a dry run of this script on a CPU
+BENCH_EXTRA=${BENCH_EXTRA:-}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE MPLBACKEND=Agg TQDM_DISABLE=1
+work=$(mktemp -d)
+bench() { timeout "$1" "$PY" benchmarks/bench_train.py --device "$DEVICE" $BENCH_EXTRA \
+              --out "$OUT/bench.jsonl" "${@:2}" 2>&1 | tee -a "$OUT/bench.txt"; }
+step() { echo "== $(date +%T) $*" | tee -a "$OUT/bench.txt"; }
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+  echo "cpus $(nproc)"; } > "$OUT/machine.txt" 2>&1
+
+# 1. the same numbers as on the CPU, and checkpoints that move between devices
+step "tests/test_cuda.py"
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
+
+# 2. the user's path: simulate, train on the GPU, infer from that checkpoint on the CPU
+step "cli: simulate, train --device cuda, infer on cpu"
+{ timeout 60 "$PY" -m training.cli simulate memory-ring --out "$work/ring" --smoke-test &&
+  timeout 90 "$PY" -m training.cli train --data "$work/ring" --smoke-test --epochs 8 --device "$DEVICE" \
+      --no-tracking --quiet --out "$work/run" &&
+  CUDA_VISIBLE_DEVICES="" timeout 60 "$PY" -m training.cli infer --model "$work/run/best.pt" \
+      --data "$work/ring" --out "$work/infer" && ls "$work/infer"; echo "cli rc=$?"; } > "$OUT/cli.txt" 2>&1
+
+# 3. speed at the SPEC size: eager fast vs oracle, whole-step CUDA graphs, bigger batches
+step "eager fast vs oracle"
+bench 150 --batches 16 64 --steps 20
+step "CUDA graph of the whole step"
+bench 120 --batches 16 64 256 1024 --modes graph --steps 20 --worker-timeout 60
+step "eager at big batches"
+bench 60 --batches 256 1024 --impls fast --steps 10 --worker-timeout 40
+# 4. trials per GPU: N processes training at once on the one GPU (what Ray's fractional
+#    GPUs do), batch 16, eager, one CPU thread each
+step "packing"
+bench 150 --batches 16 --pack 1 4 8 --pack-warmup 25 --pack-seconds 8 --threads 1
+# 5. bfloat16 autocast, then torch.compile (slow to compile; last, so a cut-off loses only it)
+step "amp"
+bench 40 --batches 64 --modes amp --steps 20 --worker-timeout 35
+step "compile"
+bench 130 --batches 64 --modes compile --steps 20 --worker-timeout 100
+step "done"
