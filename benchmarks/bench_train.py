@@ -15,8 +15,8 @@ SPEC size: 3 regions x 64 neurons, T=200, tau=10, gaussian, SPEC defaults. One t
 step = forward (posterior samples) + loss + backward + AdamW step. Each (impl, batch) runs in
 its own subprocess so its peak RSS (ru_maxrss) is its own; the dense fp32 matmul rate and
 the model's analytic FLOPs (FlopCounterMode over one step) are measured in that process.
-OMP_WAIT_POLICY defaults to PASSIVE: on a shared, oversubscribed CPU OpenMP's spin-waiting
-made the model's small matmuls 10-30x slower.
+OMP_WAIT_POLICY is left as the environment has it (`mrlfads train` leaves OpenMP's default):
+set OMP_WAIT_POLICY=PASSIVE to measure what a sweep's trials get on shared cores.
 """
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ import platform
 import subprocess
 import sys
 import time
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 AUTHORS_TRIALS_PER_S = {16: 3.4, 64: 6.3}
 
@@ -321,7 +319,7 @@ def main() -> int:
         print(json.dumps(res))
         return 0
     print(f"machine: {machine()}; load {os.getloadavg()}; OMP_WAIT_POLICY="
-          f"{os.environ['OMP_WAIT_POLICY']}; device {args.device}", flush=True)
+          f"{os.environ.get('OMP_WAIT_POLICY') or '(default)'}; device {args.device}", flush=True)
     results = []
 
     def record(res: dict) -> None:

@@ -1,5 +1,6 @@
 """`mrlfads train | infer | perturb` end to end on a tiny dataset (no tracking)."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -102,3 +103,16 @@ def test_every_command_has_help_and_no_command_is_an_error(capsys):
         assert exc.value.code == 0
         assert "usage: mrlfads " + name in capsys.readouterr().out
     assert main([]) == 2
+
+
+def test_openmp_waits_passively_only_where_processes_share_cores(monkeypatch):
+    from training.cli import set_openmp_wait_policy
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    set_openmp_wait_policy("train")  # one process on idle cores: OpenMP's default is faster
+    assert "OMP_WAIT_POLICY" not in os.environ
+    set_openmp_wait_policy("sweep")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    set_openmp_wait_policy("demo")
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins

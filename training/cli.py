@@ -47,14 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run several training processes on shared cores (a sweep's trials).
+SHARED_CPU_COMMANDS = ("sweep", "demo")
+
+
+def set_openmp_wait_policy(command: str | None) -> None:
+    """PASSIVE OpenMP waiting where processes share cores, the default everywhere else.
+
+    Threads that spin while waiting made small matmuls 10-30x slower on an oversubscribed
+    CPU; on idle cores the same PASSIVE policy made one 2-thread training run 2x slower
+    (docs/PERFORMANCE.md, "Threads and OMP_WAIT_POLICY"). Must run before torch is
+    imported (the OpenMP runtime reads it once); a value the user set wins."""
+    if command in SHARED_CPU_COMMANDS:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # OpenMP threads that spin while waiting made small matmuls 10-30x slower on a shared
-    # CPU (docs/PERFORMANCE.md); must be set before torch loads its OpenMP runtime.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_openmp_wait_policy(args.command)
     if not getattr(args, "_run", None):
         parser.print_help()
         return EXIT_USER_ERROR

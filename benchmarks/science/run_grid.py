@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# OpenMP's wait policy is left at its default: one training process, 2 threads, idle cores
+# (docs/PERFORMANCE.md, "Threads and OMP_WAIT_POLICY").
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "reduced_ring.yaml"
 VARIANTS = {
