@@ -143,6 +143,7 @@ def worker(impl: str, batch: int, steps: int, smoke: bool, threads: int | None,
         with FlopCounterMode(display=False) as counter:
             flop_step()
         flops = counter.get_total_flops()
+        del flop_step  # its model must not count in this mode's memory
     for _ in range(1 if start_at is None else 5):  # caches and allocator settle
         step()
     _sync(torch, device)
