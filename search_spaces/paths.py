@@ -39,3 +39,20 @@ def set_paths(config: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str,
             raise SearchSpaceError(f"config path {path!r}: '*' cannot be the last part")
         _set(out, parts, value, path)
     return out
+
+
+def get_path(config: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path; ``*`` reads the first element (a region's default is
+    the same for every region unless the user set them apart)."""
+    node: Any = config
+    for head in path.split("."):
+        if head == "*":
+            if not isinstance(node, list) or not node:
+                raise SearchSpaceError(f"config path {path!r}: '*' must stand for a non-empty list")
+            node = node[0]
+        elif isinstance(node, Mapping) and head in node:
+            node = node[head]
+        else:
+            known = sorted(node) if isinstance(node, Mapping) else []
+            raise SearchSpaceError(f"config path {path!r}: no field {head!r} here; known: {known}")
+    return node

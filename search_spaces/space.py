@@ -31,7 +31,7 @@ _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|\*))+$")
 _SCHEDULER_KEYS = {
     "common": {"metric", "mode"},
     "pbt": {"population", "perturbation_interval", "burn_in", "quantile_fraction", "synch",
-            "patience", "min_delta"},
+            "patience", "min_delta", "seed_with_defaults"},
     "optuna": {"num_samples", "max_concurrent", "grace_period", "reduction_factor"},
 }
 
@@ -137,6 +137,9 @@ class SchedulerSettings:
     synch: bool = False
     patience: int = 4  # generations without a better population best before the sweep ends
     min_delta: float = 0.0
+    # one member starts from the run config's own values (clipped to the bounds), so the
+    # search starts from the hand-set configuration as well as from random draws
+    seed_with_defaults: bool = True
     # Optuna + ASHA
     num_samples: int = 16
     max_concurrent: int = 4
@@ -163,8 +166,9 @@ class SchedulerSettings:
             q = self.quantile_fraction
             if not _is_real(q) or not 0 < q <= 0.5:
                 out.append(f"`{where}.quantile_fraction`: must be in (0, 0.5] (got {q!r})")
-            if not isinstance(self.synch, bool):
-                out.append(f"`{where}.synch`: must be true or false (got {self.synch!r})")
+            for key in ("synch", "seed_with_defaults"):
+                if not isinstance(getattr(self, key), bool):
+                    out.append(f"`{where}.{key}`: must be true or false (got {getattr(self, key)!r})")
             if not _is_real(self.min_delta) or self.min_delta < 0:
                 out.append(f"`{where}.min_delta`: must be a number >= 0 (got {self.min_delta!r})")
         elif not _is_real(self.reduction_factor) or self.reduction_factor <= 1:

@@ -17,6 +17,7 @@ from ray import tune
 
 from search_spaces.errors import SearchSpaceError
 from search_spaces.explore import SpaceExplorer
+from search_spaces.paths import get_path
 from search_spaces.space import Hyperparameter, SearchSpace
 
 TIME_ATTR = "epoch"  # PBT/ASHA time: finished epochs, as the Trainer reports them
@@ -119,17 +120,31 @@ def asha_scheduler(space: SearchSpace, max_epochs: int):
     )
 
 
+def default_member(space: SearchSpace, run: Mapping[str, Any]) -> dict[str, float]:
+    """The run config's own value of every searched hyperparameter, clipped to its bounds:
+    the population member that starts where a user without a search would."""
+    out = {}
+    for hp in space.hyperparameters:
+        low, high = hp.bounds
+        out[hp.path] = min(max(float(get_path(run, hp.path)), low), high)
+    return out
+
+
 def tune_config(space: SearchSpace, *, max_epochs: int, burn_in: int | None = None,
-                reuse_actors: bool = True) -> tune.TuneConfig:
-    """TuneConfig for either kind: PBT with a seeded initial population, or TPE + ASHA."""
+                reuse_actors: bool = True, run: Mapping[str, Any] | None = None) -> tune.TuneConfig:
+    """TuneConfig for either kind: PBT with a seeded initial population (with ``run`` and
+    ``scheduler.seed_with_defaults``, its first member at the run's own values), or TPE +
+    ASHA."""
     if space.kind == "pbt":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         if burn_in is None:
             raise SearchSpaceError("internal: PBT needs a resolved burn-in")
+        points = ([{"hparams": default_member(space, run)}]
+                  if run is not None and space.scheduler.seed_with_defaults else None)
         return tune.TuneConfig(
             scheduler=pbt_scheduler(space, burn_in),
-            search_alg=BasicVariantGenerator(random_state=space.seed),
+            search_alg=BasicVariantGenerator(random_state=space.seed, points_to_evaluate=points),
             num_samples=space.scheduler.population,
             reuse_actors=reuse_actors,
         )

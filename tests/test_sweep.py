@@ -108,6 +108,23 @@ def test_param_space_layout_and_pbt_owns_its_explore_step(tiny_dataset_dir):
     assert pbt._burn_in_period == 4 and pbt._synch is True
 
 
+def test_one_pbt_member_starts_at_the_run_configs_own_values_clipped_to_bounds(tiny_dataset_dir):
+    plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True)
+    member = tune_objects.default_member(plan.space, plan.run)
+    assert set(member) == set(plan.space.paths)
+    assert plan.run["train"]["lr"] == 1e-2 and member["train.lr"] == 5e-3  # upper bound
+    assert member["loss.kl_com_ratio"] == plan.run["loss"]["kl_com_ratio"] == 10.0
+    assert member["model.dropout"] == plan.run["model"]["dropout"]
+    cfg = tune_objects.tune_config(plan.space, max_epochs=plan.epochs, burn_in=plan.burn_in,
+                                   run=plan.run)
+    assert cfg.search_alg._points_to_evaluate == [{"hparams": member}]
+    off = plan.space.with_scheduler(seed_with_defaults=False)
+    cfg = tune_objects.tune_config(off, max_epochs=plan.epochs, burn_in=plan.burn_in, run=plan.run)
+    assert cfg.search_alg._points_to_evaluate == []
+    with pytest.raises(SearchSpaceError, match="seed_with_defaults"):
+        plan.space.with_scheduler(seed_with_defaults="yes")
+
+
 def test_optuna_space_builds_tpe_and_asha(tiny_dataset_dir):
     space = SearchSpace.from_yaml(ROOT / "search_spaces" / "optuna.yaml")
     plan = sweep.plan_sweep(tiny_dataset_dir, space=space, smoke_test=True)
@@ -275,6 +292,9 @@ def test_smoke_sweep_killed_driver_resumes_without_restarting_any_trial_from_scr
     # the optimiser ran at each trial's own lr at every reported epoch, exploits included
     assert summary["exploits"] >= 1
     assert (rows["lr"] == rows["hp/train.lr"]).all()
+    # one member started at the run config's own lr (the smoke 1e-2, clipped to 5e-3)
+    first = rows[rows["epoch"] == 1]
+    assert (first["hp/train.lr"] == 5e-3).sum() == 1
     assert Path(summary["checkpoint"]).is_file() and summary["checkpoint"].startswith(str(exp))
     assert set(summary["effectome"]) == {"A_to_B", "B_to_A"}
     assert summary["history"][-1]["epoch"] == 8

@@ -250,7 +250,7 @@ def build_tuner(plan: SweepPlan, *, resume: bool = False, callbacks: Sequence[An
     return tune.Tuner(
         fn, param_space=tune_objects.param_space(space, plan.run),
         tune_config=tune_objects.tune_config(space, max_epochs=plan.epochs, burn_in=plan.burn_in,
-                                             reuse_actors=reuse_actors),
+                                             reuse_actors=reuse_actors, run=plan.run),
         run_config=make_run_config(plan, callbacks=callbacks, verbose=verbose),
     )
 
