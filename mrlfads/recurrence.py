@@ -102,6 +102,17 @@ def _std_grad(d: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
     return d * eps * e / (2 * (e + VAR_FLOOR).sqrt())
 
 
+def _posterior_grad(out: Tensor, d: Tensor, params: Tensor, eps: Tensor | None) -> None:
+    """Write the gradient w.r.t. posterior params ``(mean, logvar)`` into ``out``, given the
+    gradient ``d`` w.r.t. the sample (or the mean when not sampling, ``eps`` None)."""
+    w = d.shape[-1]
+    out[..., :w] = d
+    if eps is None:
+        out[..., w:] = 0.0
+    else:
+        out[..., w:] = _std_grad(d, params[..., w:], eps)
+
+
 class Recurrence(torch.autograd.Function):
     """Inputs (None where absent): g0, f0 (R, B, G/F); ci (T', R, B, 3Cn) controller-input
     gates; gx (T', R, B, 3G) or (R, 1, 3G) generator gates from external inputs / bias;
@@ -225,11 +236,7 @@ class Recurrence(torch.autograd.Function):
                 if gU is not None:
                     du = du + gU[:, i]
                 dco = DCO[:, i]
-                dco[..., :U] = du
-                if spec.sample:
-                    dco[..., U:] = _std_grad(du, CO[:, i, :, U:], eps_co[i])
-                else:
-                    dco[..., U:] = 0.0
+                _posterior_grad(dco, du, CO[:, i], eps_co[i] if spec.sample else None)
                 if gCO is not None:
                     dco.add_(gCO[:, i])
                 dhn = torch.baddbmm(dh, dco, T_(co_w))
@@ -245,11 +252,7 @@ class Recurrence(torch.autograd.Function):
                 if keep is not None:
                     dm = dm * keep[i]
                 dmp = DMP[:, i]
-                dmp[..., :C] = dm
-                if spec.sample:
-                    dmp[..., C:] = _std_grad(dm, MP[:, i, :, C:], eps_msg[i])
-                else:
-                    dmp[..., C:] = 0.0
+                _posterior_grad(dmp, dm, MP[:, i], eps_msg[i] if spec.sample else None)
                 if gMP is not None:
                     gmp = gMP[:, i]
                     if keep is not None:
