@@ -60,6 +60,24 @@ def matmul_gflops_on(torch, device: str) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
+def capture_graph(torch, body, opt, error_mode: str = "global"):
+    """``body`` (one step without zero_grad) as a CUDA graph, PyTorch's "whole network
+    capture": warm up on a side stream, capture once with the gradients unset; each step
+    is then one ``graph.replay()``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph, capture_error_mode=error_mode):
+        body()
+    return graph
+
+
 def build_step(torch, impl: str, batch: int, smoke: bool, device: str, mode: str):
     """(step function, model, optimiser): one training step at the chosen size, impl, mode."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -98,18 +116,7 @@ def build_step(torch, impl: str, batch: int, smoke: bool, device: str, mode: str
 
     if mode != "graph":
         return step, model, opt
-    # whole-step CUDA graph (PyTorch's "whole network capture"): warm up on a side stream,
-    # capture once with the gradients unset, then every step is one replay
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        body()
+    graph = capture_graph(torch, body, opt)
 
     def replay():
         graph.replay()

@@ -23,7 +23,7 @@ PARTS = ("forward", "backward", "clip", "step")
 
 
 def attempt(torch, part: str, error_mode: str, batch: int, steps: int) -> str:
-    from benchmarks.bench_train import build_step
+    from benchmarks.bench_train import build_step, capture_graph
     from mrlfads.config import LossConfig
     from mrlfads.loss import compute_loss
 
@@ -41,17 +41,7 @@ def attempt(torch, part: str, error_mode: str, batch: int, steps: int) -> str:
         if part == "step":
             opt.step()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            opt.zero_grad(set_to_none=True)
-            body()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph, capture_error_mode=error_mode):
-        body()
+    graph = capture_graph(torch, body, opt, error_mode)
     graph.replay()
     torch.cuda.synchronize()
     t = time.perf_counter()
