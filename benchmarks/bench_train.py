@@ -230,6 +230,11 @@ def _worker_cmd(args, impl: str, batch: int, mode: str = "eager") -> list[str]:
     return cmd
 
 
+def _last_line(stderr: str) -> str:
+    """What a failed worker said last (its exception), for the results."""
+    return (stderr.strip().splitlines() or ["?"])[-1][:300]
+
+
 def _last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
@@ -245,7 +250,7 @@ def _run_worker(args, impl: str, batch: int, mode: str = "eager") -> dict:
                 "failed": f"did not finish in {args.worker_timeout} s"}
     if done.returncode != 0:
         return {"impl": impl, "batch": batch, "mode": mode, "device": args.device,
-                "failed": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
+                "failed": _last_line(done.stderr)}
     return _last_json(done.stdout)
 
 
@@ -259,7 +264,7 @@ def _run_pack(args, n: int, batch: int) -> dict:
     each = []
     for p, (out, err) in zip(procs, outs):
         if p.returncode != 0:
-            return {"pack": n, "batch": batch, "failed": (err.strip().splitlines() or ["?"])[-1][:300]}
+            return {"pack": n, "batch": batch, "failed": _last_line(err)}
         each.append(_last_json(out))
     late = [r["warmup_s"] for r in each if r["warmup_s"] > args.pack_warmup]
     return {"pack": n, "batch": batch, "device": args.device, "mode": args.modes[0],

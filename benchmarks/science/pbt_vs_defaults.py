@@ -15,29 +15,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-CONFIG = Path(__file__).resolve().parent / "reduced_ring.yaml"
+# the grid's config and training loop, so "defaults" here is a grid run with no overrides
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_grid import CONFIG, train_once
+
 KEYS = ["valid/heldout_loss", "objective", "valid/effectome_cosine", "valid/message_r2",
         "valid/input_r2"]
 
 
 def defaults(data: str, epochs: int) -> dict[str, float]:
-    from data_loaders.reader import ArrowDataset
-    from training.config import RunConfig, load_config_file
-    from training.loop import Trainer
-
-    ds = ArrowDataset.open(data)
-    cfg = RunConfig.for_dataset(ds.manifest, uri=data, user=load_config_file(CONFIG),
-                                overrides={"train.epochs": epochs})
-    trainer = Trainer(cfg, ds)
-    metrics: dict[str, float] = {}
-    while trainer.epoch < epochs:
-        metrics = trainer.run_epoch()
+    """One run at the config's own hyperparameters (train.seed 0, the config default)."""
+    metrics = train_once(Path(data), {}, seed=0, epochs=epochs)
     return {k: metrics.get(k) for k in KEYS}
 
 
