@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# torch pinned here: on these machines 2.13.0 resolves to a local CPU build.
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e '.[dev]'
+	# compile the CPU training loop now, not inside the first run (no compiler: Python loop)
+	$(PY) -m mrlfads.native
 	touch $(STAMP)
 
 demo: $(STAMP)

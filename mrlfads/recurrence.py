@@ -12,6 +12,10 @@ Layouts: per-step per-region tensors are ``(R, B, width)``, per-pair ``(P, B, wi
 Saved sequences and gradient buffers are region-major ``(R, T', B, width)`` and written in
 place step by step, so each weight gradient is a bmm over a free ``(R, T'*B, width)`` view
 (no stack or transpose copies). Weights are the padded, masked bmm layout ``(R, in, out)``.
+
+On float CPU tensors both loops run the compiled copy of these steps (``mrlfads.native``,
+``loop.cpp``) when it is available; the Python code here is the reference it is tested
+against and what runs on CUDA (where whole-step CUDA graphs are the fast path instead).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mrlfads import native
 from mrlfads.layers import VAR_FLOOR
 
 aten = torch.ops.aten
@@ -113,6 +118,17 @@ def _posterior_grad(out: Tensor, d: Tensor, params: Tensor, eps: Tensor | None) 
         out[..., w:] = _std_grad(d, params[..., w:], eps)
 
 
+USE_NATIVE = True  # tests switch this off to run the Python loop on the CPU
+
+
+def _native(t: Tensor):
+    return native.ops_for(t) if USE_NATIVE else None
+
+
+def _none_if_empty(ts):
+    return [t if t.numel() else None for t in ts]
+
+
 class Recurrence(torch.autograd.Function):
     """Inputs (None where absent): g0, f0 (R, B, G/F); ci (T', R, B, 3Cn) controller-input
     gates; gx (T', R, B, 3G) or (R, 1, 3G) generator gates from external inputs / bias;
@@ -126,6 +142,20 @@ class Recurrence(torch.autograd.Function):
     def forward(ctx, spec: LoopSpec, src_index, Tp, g, f, ci, gx, msg_w, msg_b, con_w_if,
                 con_w_hh, con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w,
                 eps_msg, eps_co, keep, drop_f, drop_g):
+        ops = _native(g)
+        if ops is not None:
+            outs = ops.recurrence_forward(
+                spec.R, spec.P, spec.C, spec.U, spec.clip, spec.src_is_g, spec.sample, VAR_FLOOR,
+                Tp, g, f, ci, gx, msg_w, msg_b, con_w_if, con_w_hh, con_b_hh, co_w, co_b,
+                gen_w_iu, gen_w_hh, gen_b_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g,
+                src_index)
+            Fs, CO, Us, MP, M = outs[:5]
+            ctx.native, ctx.gx_seq, ctx.spec, ctx.bufs = ops, gx.dim() == 4, spec, outs[5:]
+            ctx.save_for_backward(src_index, msg_w, con_w_if, con_w_hh, co_w, gen_w_iu,
+                                  gen_w_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g, CO, MP)
+            ctx.set_materialize_grads(False)
+            return Fs, CO, Us, MP, M
+        ctx.native = None
         R, P, C, U, clip = spec.R, spec.P, spec.C, spec.U, spec.clip
         B, Gm, Fm = g.shape[1], g.shape[2], fac_w.shape[2]
         con, gx_seq = ci is not None, gx.dim() == 4
@@ -206,6 +236,12 @@ class Recurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gF, gCO, gU, gMP, gM):
+        if ctx.native is not None:
+            s = ctx.spec
+            grads = ctx.native.recurrence_backward(
+                s.R, s.P, s.C, s.U, s.clip, s.src_is_g, s.sample, VAR_FLOOR, ctx.gx_seq,
+                gF, gCO, gU, gMP, gM, *ctx.saved_tensors, *ctx.bufs)
+            return (None, None, None, *_none_if_empty(grads), None, None, None, None, None)
         spec, Tp, con = ctx.spec, ctx.Tp, ctx.con
         (src_index, msg_w, con_w_if, con_w_hh, co_w, gen_w_iu, gen_w_hh, fac_w, eps_msg,
          eps_co, keep, drop_f, drop_g, CO, MP) = ctx.saved_tensors
@@ -298,6 +334,12 @@ class GRUSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xg, w_hh, b_hh):
+        ops = ctx.native = _native(xg)
+        if ops is not None:
+            Hs, *caches = ops.gru_sequence_forward(xg, w_hh, b_hh)
+            ctx.Hs, ctx.caches = Hs, caches
+            ctx.save_for_backward(w_hh)
+            return Hs[:, 1:]
         T, R, B, _ = xg.shape
         Hs = xg.new_empty(R, T + 1, B, w_hh.shape[1])
         Hs[:, 0] = 0.0
@@ -316,6 +358,8 @@ class GRUSequence(torch.autograd.Function):
     def backward(ctx, gH):
         (w_hh,) = ctx.saved_tensors
         Hs, caches = ctx.Hs, ctx.caches
+        if ctx.native is not None:
+            return tuple(ctx.native.gru_sequence_backward(gH, w_hh, Hs, *caches))
         R, T, B, H = gH.shape
         w_t = w_hh.transpose(1, 2)
         DX, DH = Hs.new_empty(R, T, B, 3 * H), Hs.new_empty(R, T, B, 3 * H)

@@ -27,3 +27,30 @@ def _seed_everything():
     yield
 pytest_plugins = ["tests.mlflow_fixtures"]
 pytest_plugins += ["tests.ray_fixtures"]  # shared session Ray (search/sweep tests)
+
+
+def require_native_loop():
+    """The compiled CPU loop, or a test failure: CI must exercise it, not silently skip it.
+    Only an explicit MRLFADS_NATIVE=0 skips."""
+    from mrlfads import native
+
+    if not native.enabled():
+        pytest.skip("MRLFADS_NATIVE=0: the compiled loop is turned off")
+    try:
+        native.build()
+    except native.NativeBuildError as err:
+        pytest.fail(f"the compiled CPU loop did not build: {err}")
+    ops = native.ops()
+    assert ops is not None
+    return ops
+
+
+@pytest.fixture(params=["native", "python"])
+def loop_impl(request, monkeypatch):
+    """Run the test once with the compiled CPU loop and once with the Python loop."""
+    from mrlfads import recurrence
+
+    if request.param == "native":
+        require_native_loop()
+    monkeypatch.setattr(recurrence, "USE_NATIVE", request.param == "native")
+    return request.param

@@ -1,4 +1,5 @@
-"""The batched model equals the region-by-region oracle: outputs and gradients, float64."""
+"""The batched model equals the region-by-region oracle: outputs and gradients, float64,
+with the compiled CPU loop and with the Python loop (``loop_impl``)."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,8 @@ from mrlfads.config import LossConfig, ModelConfig, RegionConfig
 from mrlfads.loss import compute_loss
 from mrlfads.model import MRLFADS
 from mrlfads.oracle import oracle_forward
+
+pytestmark = pytest.mark.usefixtures("loop_impl")
 
 B, T, TAU = 2, 12, 3
 UNEQUAL = (RegionConfig("A", 3, n_heldout=1, ext_dim=2),

@@ -1,11 +1,14 @@
 """Hand-written BPTT of the time loop agrees with finite differences (float64 gradcheck),
-including the dropout and silencing branches the oracle comparison cannot reach."""
+including the dropout and silencing branches the oracle comparison cannot reach; for both
+the compiled CPU loop and the Python loop (``loop_impl``)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from mrlfads.recurrence import GRUSequence, LoopSpec, Recurrence
+
+pytestmark = pytest.mark.usefixtures("loop_impl")
 
 R, B, T, G, FD, CN, U, C = 3, 2, 3, 3, 2, 3, 2, 2
 P = R * (R - 1)

@@ -1,0 +1,149 @@
+"""The compiled CPU time loop (``loop.cpp``): built on first use, cached, optional.
+
+Why: on a CPU the Python loop in ``mrlfads.recurrence`` spends most of a training step
+dispatching ~100 small ops per time bin; ``loop.cpp`` runs the same steps with the
+interpreter gone and one fused pass per GRU step (see its header). It is compiled with the
+machine's C++ compiler against the installed torch (no ninja, no build step in pip) into
+``$MRLFADS_NATIVE_CACHE`` (default ``~/.cache/mrlfads/native``), one file per hash of
+(source, torch version, flags), written atomically so concurrent trials never load a
+half-written library. ``make`` builds it at set-up (``python -m mrlfads.native``).
+
+Without a compiler everything still works: the Python loop runs and one warning says why.
+``MRLFADS_NATIVE=0`` turns the compiled loop off (no build, no warning).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("loop.cpp")
+LIBRARY = "mrlfads_native"
+_loaded: dict[str, object] = {}
+
+
+class NativeBuildError(RuntimeError):
+    """The C++ loop could not be compiled or loaded (the message says why and what to do)."""
+
+
+def enabled() -> bool:
+    """False when the user set MRLFADS_NATIVE=0 (or false/off/no)."""
+    return os.environ.get("MRLFADS_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("MRLFADS_NATIVE_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mrlfads" / "native"
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        raise NativeBuildError(f"no C++ compiler: {cxx!r} is not on PATH (install g++, e.g. "
+                               "`apt-get install g++`, or point CXX at one)")
+    return cxx
+
+
+def _command(cxx: str, out: str) -> list[str]:
+    from torch.utils import cpp_extension
+
+    simd = ["-mavx2", "-mfma"] if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") \
+        else []
+    includes = [arg for p in cpp_extension.include_paths() for arg in ("-isystem", p)]
+    libdirs = cpp_extension.library_paths()
+    return [cxx, "-O3", "-std=c++20", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", *simd,
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *includes,
+            str(SOURCE), "-o", out, *(f"-L{d}" for d in libdirs),
+            *(f"-Wl,-rpath,{d}" for d in libdirs), "-lc10", "-ltorch_cpu"]
+
+
+def library_path(cxx: str) -> Path:
+    """Where the library for this source, torch and compiler flags lives."""
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join(_command(cxx, "OUT")).encode())
+    key.update(torch.__version__.encode())
+    return cache_dir() / f"{LIBRARY}-{key.hexdigest()[:16]}.so"
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile ``loop.cpp`` unless its library is already cached; return the library path.
+
+    One process compiles while the others wait on a lock; the library appears by an atomic
+    rename, so a killed build leaves nothing half-written behind."""
+    cxx = _compiler()
+    target = library_path(cxx)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS if this process dies
+        if target.exists():
+            return target
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        os.close(fd)
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(_command(cxx, tmp), capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+                raise NativeBuildError(f"compiling {SOURCE} failed:\n{tail}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if verbose:
+            print(f"built {target} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return target
+
+
+def ops():
+    """``torch.ops.mrlfads_native``, building it on first use; None when turned off or
+    when it cannot be built (then one warning names the reason and the fix)."""
+    if not enabled():
+        return None
+    if "ops" not in _loaded:
+        try:
+            torch.ops.load_library(str(build()))
+            _loaded["ops"] = getattr(torch.ops, LIBRARY)
+        except (NativeBuildError, OSError) as err:
+            warnings.warn(f"mrlfads: the compiled CPU training loop is unavailable, so training "
+                          f"uses the slower Python loop. Reason: {err}. Fix: install a C++ "
+                          f"compiler, or set MRLFADS_NATIVE=0 to use the Python loop silently.",
+                          RuntimeWarning, stacklevel=2)
+            _loaded["ops"] = None
+    return _loaded["ops"]
+
+
+def ops_for(t: torch.Tensor):
+    """The compiled ops when they apply to ``t`` (a float32/float64 CPU tensor), else None."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        return None
+    return ops()
+
+
+def main() -> int:
+    """``python -m mrlfads.native``: build (or find) the library and say where it is."""
+    if not enabled():
+        print("MRLFADS_NATIVE=0: the compiled loop is off; nothing to build")
+        return 0
+    try:
+        path = build(verbose=True)
+    except NativeBuildError as err:
+        print(f"warning: {err}\ntraining will use the Python loop", file=sys.stderr)
+        return 0
+    print(f"mrlfads native loop: {path}")
+    return 0
+
