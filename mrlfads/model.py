@@ -209,9 +209,18 @@ class MRLFADS(ModelParams):
         fac_flat = fac.reshape(R, Tp * B, s.Fm)  # (R, T'*B, Fm), no copy
         ro = torch.baddbmm(w["ro_b"], fac_flat, w["ro_w"]).view(R, Tp, B, -1)
 
-        def per_region(x: Tensor, sizes, offset: int = 0) -> list[Tensor]:
-            # x: (R, T', B, width) -> [(B, T', n_r)]
-            return [x[r, :, :, offset: offset + n].transpose(0, 1) for r, n in enumerate(sizes)]
+        def per_region(x: Tensor, sizes, groups: int = 1) -> list[list[Tensor]]:
+            """(R, T', B, groups * w) -> per group, [(B, T', n_r)] (region r's first n_r of
+            each w-wide group). One unbind and one split per region: their backward nodes
+            gather the gradients, where a slice view per output each allocated and zeroed a
+            gradient the size of x (6 full-size zero fills per step for a gaussian readout)."""
+            w = x.shape[-1] // groups
+            out: list[list[Tensor]] = [[] for _ in range(groups)]
+            for xr, n in zip(x.unbind(0), sizes):
+                parts = xr.split_with_sizes([n, w - n] * groups, -1)
+                for k in range(groups):
+                    out[k].append(parts[2 * k].transpose(0, 1))
+            return out
 
         gauss = cfg.obs_model == "gaussian"
         if s.Hm:
@@ -220,22 +229,20 @@ class MRLFADS(ModelParams):
             ho = fac.new_zeros(R, Tp, B, s.K)
         co_mean = co_var = inputs = None
         if cfg.inferred_inputs:
-            co = rec["co"]  # (R, T', B, 2U)
-            co_mean = per_region(co[..., :U], [U] * R)
-            co_var = per_region(posterior_var(co[..., U:]), [U] * R)
-            inputs = per_region(rec["u"], [U] * R)
+            co_mean, co_logvar = per_region(rec["co"], [U] * R, 2)  # (R, T', B, 2U)
+            co_var = [posterior_var(lv) for lv in co_logvar]
+            (inputs,) = per_region(rec["u"], [U] * R)
         msg_mean = msg_var = messages = None
         if s.P:
             mp = rec["mp"].permute(2, 1, 0, 3)  # (P, T', B, 2C) -> (B, T', P, 2C)
             msg_mean, msg_var = mp[..., :C], posterior_var(mp[..., C:])
             messages = rec["m"].permute(2, 1, 0, 3)  # (P, T', B, C) -> (B, T', P, C)
+        readout, heldout = per_region(ro, s.N, 1 + gauss), per_region(ho, s.H, 1 + gauss)
         return ModelOutput(
             obs_model=cfg.obs_model, region_names=cfg.region_names, pairs=s.pairs,
-            readout=per_region(ro, s.N),
-            obs_logvar=per_region(ro, s.N, s.Nm) if gauss else None,
-            heldout_readout=per_region(ho, s.H),
-            heldout_logvar=per_region(ho, s.H, s.Hm) if gauss else None,
-            factors=per_region(fac, s.F),
+            readout=readout[0], obs_logvar=readout[1] if gauss else None,
+            heldout_readout=heldout[0], heldout_logvar=heldout[1] if gauss else None,
+            factors=per_region(fac, s.F)[0],
             ic_mean=ic_mean, ic_var=ic_var, ic_prior_logvar=list(self.ic_prior_logvar),
             co_mean=co_mean, co_var=co_var, inputs=inputs,
             co_prior_logvar=list(self.co_prior_logvar) if cfg.inferred_inputs else None,
