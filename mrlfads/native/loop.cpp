@@ -287,7 +287,8 @@ Tensor wgrad(const Tensor& x, const Tensor& dy) {
   return at::bmm(x.reshape({R, -1, x.size(3)}).transpose(1, 2), dy.reshape({R, -1, dy.size(3)}));
 }
 
-Tensor bgrad(const Tensor& dy) { return dy.sum(1).sum(1, true); }
+// (R, T', B, O) -> (R, 1, O): one reduction over the T'*B rows
+Tensor bgrad(const Tensor& dy) { return dy.reshape({dy.size(0), -1, dy.size(3)}).sum(1, true); }
 
 bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 
