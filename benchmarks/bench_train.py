@@ -1,10 +1,13 @@
 """Training speed of MR-LFADS: batched fast path vs the region-by-region oracle.
 
     .venv/bin/python benchmarks/bench_train.py                 # SPEC size, batch 16 and 64
+    .venv/bin/python benchmarks/bench_train.py --impls fast python oracle
     .venv/bin/python benchmarks/bench_train.py --smoke          # seconds, tiny sizes
     python benchmarks/bench_train.py --device cuda --modes eager amp graph compile
     python benchmarks/bench_train.py --device cuda --pack 1 2 4 8   # trials per GPU
 
+Impls: fast (the batched model; on a CPU its time loop is the compiled one,
+mrlfads/native), python (the batched model with the Python loop), oracle (region by region).
 Modes (CUDA): eager; amp (bfloat16 autocast); graph (the whole step, forward + loss +
 backward + clip + AdamW, captured once as a CUDA graph and replayed); compile
 (torch.compile of the model's forward, default inductor). ``--pack N`` starts N processes
