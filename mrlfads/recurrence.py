@@ -13,9 +13,10 @@ Saved sequences and gradient buffers are region-major ``(R, T', B, width)`` and 
 place step by step, so each weight gradient is a bmm over a free ``(R, T'*B, width)`` view
 (no stack or transpose copies). Weights are the padded, masked bmm layout ``(R, in, out)``.
 
-On float CPU tensors both loops run the compiled copy of these steps (``mrlfads.native``,
-``loop.cpp``) when it is available; the Python code here is the reference it is tested
-against and what runs on CUDA (where whole-step CUDA graphs are the fast path instead).
+On float32/float64 CPU tensors ``Recurrence`` and ``GRUSequence`` hand the same steps to
+their compiled copy (``mrlfads.native``, ``loop.cpp``; about 2x faster on the CPU) when it
+is available; the Python code here is the reference the tests hold it to, the fallback
+without a compiler, and what runs on CUDA.
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ def _posterior_grad(out: Tensor, d: Tensor, params: Tensor, eps: Tensor | None) 
         out[..., w:] = _std_grad(d, params[..., w:], eps)
 
 
-USE_NATIVE = True  # tests switch this off to run the Python loop on the CPU
+USE_NATIVE = True  # tests and benchmarks switch this off to run the Python loop on the CPU
 
 
 def _native(t: Tensor):

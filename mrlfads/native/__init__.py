@@ -63,7 +63,9 @@ def _command(cxx: str, out: str) -> list[str]:
         else []
     includes = [arg for p in cpp_extension.include_paths() for arg in ("-isystem", p)]
     libdirs = cpp_extension.library_paths()
-    return [cxx, "-O3", "-std=c++20", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", *simd,
+    # -fno-trapping-math lets GCC vectorise the fused GRU passes (~20 -> ~3 ns per element)
+    return [cxx, "-O3", "-std=c++20", "-fPIC", "-shared", "-fno-math-errno",
+            "-fno-trapping-math", *simd,
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *includes,
             str(SOURCE), "-o", out, *(f"-L{d}" for d in libdirs),
             *(f"-Wl,-rpath,{d}" for d in libdirs), "-lc10", "-ltorch_cpu"]
@@ -96,7 +98,7 @@ def build(verbose: bool = False) -> Path:
         os.close(fd)
         start = time.perf_counter()
         try:
-            proc = subprocess.run(_command(cxx, tmp), capture_output=True, text=True)
+            proc = subprocess.run(_command(cxx, tmp), capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
                 raise NativeBuildError(f"compiling {SOURCE} failed:\n{tail}")

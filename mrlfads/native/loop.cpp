@@ -328,7 +328,8 @@ std::vector<Tensor> recurrence_forward(
   // per-step gate pre-activations, written in place (fresh 100s-of-kB blocks every step
   // went back and forth to the OS)
   Tensor hg_g = buffer({R, B, 3 * G}, o), xg_g = buffer({R, B, 3 * G}, o);
-  Tensor hg_c = con ? buffer({R, B, 3 * Cn}, o) : none, xg_c = con ? buffer({R, B, 3 * Cn}, o) : none;
+  Tensor hg_c = con ? buffer({R, B, 3 * Cn}, o) : none;
+  Tensor xg_c = con ? buffer({R, B, 3 * Cn}, o) : none;
   Tensor f = f0;
   for (int64_t i = 0; i < Tp; ++i) {
     const Tensor g = Gs.select(1, i);
