@@ -9,6 +9,11 @@ trainable, checkpoints and one exploit at the perturbation interval) with the sm
 population PBT accepts, 2 trials of 1 CPU each, side by side on the 2 cores. On an otherwise
 idle 2-core machine the sweep's wall time would equal the bare run's with zero overhead.
 Ray's start-up is reported separately: it is paid once per sweep, not per trial.
+
+A third arm runs two bare runs at once, one per core, without Ray: the sweep's two trials
+minus the machinery. Both it and the sweep pay for two processes sharing caches and memory
+bandwidth, so sweep against it is the machinery's own overhead; sweep against one bare run
+also counts that sharing (which grew once the compiled CPU loop made steps faster).
 """
 from __future__ import annotations
 
@@ -36,6 +41,16 @@ def bare(data: str, cfg_file: str | None, epochs: int) -> float:
         while trainer.epoch < epochs:
             trainer.run_epoch()
             trainer.save_checkpoint(os.path.join(tmp, "last.pt"))
+    return time.perf_counter() - t0
+
+
+def bare_pair(data: str, cfg_file: str | None, epochs: int) -> float:
+    """Wall time of two bare runs started together in two fresh processes."""
+    import multiprocessing
+
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.starmap(bare, [(data, cfg_file, epochs)] * 2)
     return time.perf_counter() - t0
 
 
@@ -69,13 +84,25 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--config", default=None)
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--arms", nargs="+", default=["bare", "pair", "sweep"],
+                   choices=["bare", "pair", "sweep"])
     args = p.parse_args()
-    t_bare = bare(args.data, args.config, args.epochs)
-    t_ray, t_sweep = swept(args.data, args.config, args.epochs)
-    print(f"bare training: {t_bare:.1f} s for {args.epochs} epochs")
-    print(f"ray start: {t_ray:.1f} s (once per sweep)")
-    print(f"sweep (2 trials side by side): {t_sweep:.1f} s -> overhead {100 * (t_sweep / t_bare - 1):.1f}% "
-          f"excluding Ray start, {100 * ((t_sweep + t_ray) / t_bare - 1):.1f}% including it")
+    times = {}
+    if "bare" in args.arms:
+        times["bare"] = bare(args.data, args.config, args.epochs)
+        print(f"bare training: {times['bare']:.1f} s for {args.epochs} epochs")
+    if "pair" in args.arms:
+        times["pair"] = bare_pair(args.data, args.config, args.epochs)
+        print(f"two bare runs side by side, no Ray: {times['pair']:.1f} s")
+    if "sweep" in args.arms:
+        t_ray, t_sweep = swept(args.data, args.config, args.epochs)
+        print(f"ray start: {t_ray:.1f} s (once per sweep)")
+        print(f"sweep (2 trials side by side): {t_sweep:.1f} s")
+        for arm, label in (("bare", "one bare run"), ("pair", "two bare runs side by side")):
+            if arm in times:
+                print(f"  overhead against {label}: {100 * (t_sweep / times[arm] - 1):.1f}% "
+                      f"excluding Ray start, {100 * ((t_sweep + t_ray) / times[arm] - 1):.1f}% "
+                      "including it")
 
 
 if __name__ == "__main__":

@@ -123,8 +123,9 @@ def ops():
         except (NativeBuildError, OSError) as err:
             warnings.warn(f"mrlfads: the compiled CPU training loop is unavailable, so training "
                           f"uses the slower Python loop. Reason: {err}. Fix: install a C++ "
-                          f"compiler, or set MRLFADS_NATIVE=0 to use the Python loop silently.",
-                          RuntimeWarning, stacklevel=2)
+                          f"compiler (or set CXX), point MRLFADS_NATIVE_CACHE at a writable "
+                          f"folder if that is the problem, or set MRLFADS_NATIVE=0 to use the "
+                          f"Python loop silently.", RuntimeWarning, stacklevel=2)
             _loaded["ops"] = None
     return _loaded["ops"]
 
