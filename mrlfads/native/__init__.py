@@ -49,11 +49,13 @@ def cache_dir() -> Path:
 
 
 def _compiler() -> str:
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None:
-        raise NativeBuildError(f"no C++ compiler: {cxx!r} is not on PATH (install g++, e.g. "
-                               "`apt-get install g++`, or point CXX at one)")
-    return cxx
+    """$CXX if set, else the first of c++, g++, clang++ on PATH."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    for cxx in names:
+        if shutil.which(cxx) is not None:
+            return cxx
+    raise NativeBuildError(f"no C++ compiler: {' / '.join(repr(n) for n in names)} not on PATH "
+                           "(install g++, e.g. `apt-get install g++`, or point CXX at one)")
 
 
 def _command(cxx: str, out: str) -> list[str]:
