@@ -104,6 +104,7 @@ def build(verbose: bool = False) -> Path:
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
                 raise NativeBuildError(f"compiling {SOURCE} failed:\n{tail}")
+            os.chmod(tmp, 0o755)  # mkstemp's 0600 would hide it from other users of a cache
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
