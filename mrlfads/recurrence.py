@@ -143,23 +143,26 @@ class Recurrence(torch.autograd.Function):
     def forward(ctx, spec: LoopSpec, src_index, Tp, g, f, ci, gx, msg_w, msg_b, con_w_if,
                 con_w_hh, con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w,
                 eps_msg, eps_co, keep, drop_f, drop_g):
-        ops = _native(g)
+        ops = ctx.native = _native(g)
+        ctx.spec, ctx.gx_seq = spec, gx.dim() == 4
+        # CO and MP are outputs: kept as ctx attributes they would form a reference cycle
+        # (output -> grad_fn -> ctx -> output) that Python's GC cannot see, leaking every
+        # step's buffers; save_for_backward is the leak-free way to keep outputs.
+        inputs_kept = (src_index, msg_w, con_w_if, con_w_hh, co_w, gen_w_iu, gen_w_hh, fac_w,
+                       eps_msg, eps_co, keep, drop_f, drop_g)
+        ctx.set_materialize_grads(False)
         if ops is not None:
             outs = ops.recurrence_forward(
                 spec.R, spec.P, spec.C, spec.U, spec.clip, spec.src_is_g, spec.sample, VAR_FLOOR,
                 Tp, g, f, ci, gx, msg_w, msg_b, con_w_if, con_w_hh, con_b_hh, co_w, co_b,
                 gen_w_iu, gen_w_hh, gen_b_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g,
                 src_index)
-            Fs, CO, Us, MP, M = outs[:5]
-            ctx.native, ctx.gx_seq, ctx.spec, ctx.bufs = ops, gx.dim() == 4, spec, outs[5:]
-            ctx.save_for_backward(src_index, msg_w, con_w_if, con_w_hh, co_w, gen_w_iu,
-                                  gen_w_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g, CO, MP)
-            ctx.set_materialize_grads(False)
-            return Fs, CO, Us, MP, M
-        ctx.native = None
+            ctx.bufs = outs[5:]
+            ctx.save_for_backward(*inputs_kept, outs[1], outs[3])  # CO, MP
+            return tuple(outs[:5])  # Fs, CO, Us, MP, M
         R, P, C, U, clip = spec.R, spec.P, spec.C, spec.U, spec.clip
         B, Gm, Fm = g.shape[1], g.shape[2], fac_w.shape[2]
-        con, gx_seq = ci is not None, gx.dim() == 4
+        con, gx_seq = ci is not None, ctx.gx_seq
         new = lambda *shape: g.new_empty(shape)
         empty = g.new_zeros(0)
         Gs = new(R, Tp + 1, B, Gm)  # generator states g_0..g_T'
@@ -224,15 +227,10 @@ class Recurrence(torch.autograd.Function):
             gd = torch.mul(g, drop_g[i], out=GD[:, i]) if drop_g is not None else g
             f = Fs[:, i]
             torch.bmm(gd, fac_w, out=f) if f.is_contiguous() else f.copy_(torch.bmm(gd, fac_w))
-        ctx.spec, ctx.Tp, ctx.con, ctx.gx_seq = spec, Tp, con, gx_seq
+        ctx.Tp, ctx.con = Tp, con
         ctx.caches = (gen_cache, con_cache)
-        # CO and MP are outputs: kept as ctx attributes they would form a reference cycle
-        # (output -> grad_fn -> ctx -> output) that Python's GC cannot see, leaking every
-        # step's buffers; save_for_backward is the leak-free way to keep outputs.
         ctx.bufs = (Gs, GD, Xs, Hs, FD, ST)
-        ctx.save_for_backward(src_index, msg_w, con_w_if, con_w_hh, co_w, gen_w_iu, gen_w_hh,
-                              fac_w, eps_msg, eps_co, keep, drop_f, drop_g, CO, MP)
-        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*inputs_kept, CO, MP)
         return Fs, CO, Us, MP, M
 
     @staticmethod
