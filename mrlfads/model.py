@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.nn import functional as F
 
+from mrlfads import native
 from mrlfads.config import ModelConfig
 from mrlfads.config_utils import from_dict
 from mrlfads.layers import posterior_var, unit_columns
@@ -56,6 +57,10 @@ class MRLFADS(ModelParams):
         p = self.dropout_p
         if not (p > 0 and self.training):
             return None
+        ops = native.ops_for(like)
+        if ops is not None:  # drawn on all cores; the seed comes from torch's generator
+            seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
+            return ops.dropout_mask(list(shape), p, seed, like.dtype)
         # rand < keep is Bernoulli(keep) like F.dropout's bernoulli_, about 2x faster on CPU
         keep = torch.rand(shape, device=like.device, dtype=like.dtype) < (1 - p)
         return keep.to(like.dtype).div_(1 - p)

@@ -1,11 +1,13 @@
-"""The compiled CPU time loop (``loop.cpp``): built on first use, cached, optional.
+"""The compiled CPU time loop (``loop.cpp``) and dropout masks (``dropout.cpp``): built on
+first use, cached, optional.
 
 Why: on a CPU the Python loop in ``mrlfads.recurrence`` spends most of a training step
 dispatching ~100 small ops per time bin; ``loop.cpp`` runs the same steps with the
-interpreter gone and one fused pass per GRU step (see its header). It is compiled with the
+interpreter gone and one fused pass per GRU step (see its header); ``dropout.cpp`` draws
+dropout masks on all cores, where torch's CPU generator is serial. They are compiled with the
 machine's C++ compiler against the installed torch (no ninja, no build step in pip) into
 ``$MRLFADS_NATIVE_CACHE`` (default ``~/.cache/mrlfads/native``), one file per hash of
-(source, torch version, flags), written atomically so concurrent trials never load a
+(sources, torch version, flags), written atomically so concurrent trials never load a
 half-written library. ``make`` builds it at set-up (``python -m mrlfads.native``).
 
 Without a compiler everything still works: the Python loop runs and one warning says why.
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("loop.cpp")
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("loop.cpp", "dropout.cpp"))
 LIBRARY = "mrlfads_native"
 _loaded: dict[str, object] = {}
 
@@ -65,25 +67,28 @@ def _command(cxx: str, out: str) -> list[str]:
         else []
     includes = [arg for p in cpp_extension.include_paths() for arg in ("-isystem", p)]
     libdirs = cpp_extension.library_paths()
-    # -fno-trapping-math lets GCC vectorise the fused GRU passes (~20 -> ~3 ns per element)
+    # -fno-trapping-math lets GCC vectorise the fused GRU passes (~20 -> ~3 ns per element);
+    # -fopenmp turns at::parallel_for on (without it ATen's header runs the loop serially),
+    # on torch's own OpenMP runtime (libgomp.so.1, already loaded by torch)
     return [cxx, "-O3", "-std=c++20", "-fPIC", "-shared", "-fno-math-errno",
-            "-fno-trapping-math", *simd,
+            "-fno-trapping-math", "-fopenmp", *simd,
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *includes,
-            str(SOURCE), "-o", out, *(f"-L{d}" for d in libdirs),
+            *map(str, SOURCES), "-o", out, *(f"-L{d}" for d in libdirs),
             *(f"-Wl,-rpath,{d}" for d in libdirs), "-lc10", "-ltorch_cpu"]
 
 
 def library_path(cxx: str) -> Path:
     """Where the library for this source, torch and compiler flags lives."""
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for source in SOURCES:
+        key.update(source.read_bytes())
     key.update(" ".join(_command(cxx, "OUT")).encode())
     key.update(torch.__version__.encode())
     return cache_dir() / f"{LIBRARY}-{key.hexdigest()[:16]}.so"
 
 
 def build(verbose: bool = False) -> Path:
-    """Compile ``loop.cpp`` unless its library is already cached; return the library path.
+    """Compile the sources unless its library is already cached; return the library path.
 
     One process compiles while the others wait on a lock; the library appears by an atomic
     rename, so a killed build leaves nothing half-written behind."""
@@ -103,7 +108,7 @@ def build(verbose: bool = False) -> Path:
             proc = subprocess.run(_command(cxx, tmp), capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-                raise NativeBuildError(f"compiling {SOURCE} failed:\n{tail}")
+                raise NativeBuildError(f"compiling {', '.join(map(str, SOURCES))} failed:\n{tail}")
             os.chmod(tmp, 0o755)  # mkstemp's 0600 would hide it from other users of a cache
             os.replace(tmp, target)
         finally:
