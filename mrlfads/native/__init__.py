@@ -67,11 +67,14 @@ def _command(cxx: str, out: str) -> list[str]:
         else []
     includes = [arg for p in cpp_extension.include_paths() for arg in ("-isystem", p)]
     libdirs = cpp_extension.library_paths()
-    # -fno-trapping-math lets GCC vectorise the fused GRU passes (~20 -> ~3 ns per element);
     # -fopenmp turns at::parallel_for on (without it ATen's header runs the loop serially),
-    # on torch's own OpenMP runtime (libgomp.so.1, already loaded by torch)
+    # on torch's own OpenMP runtime (libgomp.so.1, already loaded by torch); Linux only,
+    # where torch's wheels use GNU OpenMP and the compiler takes the flag as is
+    omp = ["-fopenmp"] if sys.platform.startswith("linux") and \
+        torch.backends.openmp.is_available() else []
+    # -fno-trapping-math lets GCC vectorise the fused GRU passes (~20 -> ~3 ns per element)
     return [cxx, "-O3", "-std=c++20", "-fPIC", "-shared", "-fno-math-errno",
-            "-fno-trapping-math", "-fopenmp", *simd,
+            "-fno-trapping-math", *omp, *simd,
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *includes,
             *map(str, SOURCES), "-o", out, *(f"-L{d}" for d in libdirs),
             *(f"-Wl,-rpath,{d}" for d in libdirs), "-lc10", "-ltorch_cpu"]

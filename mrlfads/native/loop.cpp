@@ -254,29 +254,71 @@ void gru_backward(const Tensor& a_, const OptT& b_, const OptT& mask_, const Ten
   });
 }
 
-// Gradient w.r.t. posterior params (mean, logvar) written into `out`, given the gradient
-// `d` w.r.t. the sample (or w.r.t. the mean when not sampling: eps absent).
-void posterior_grad(const Tensor& out, const Tensor& d, const Tensor& params, const OptT& eps,
-                    double var_floor) {
-  const int64_t w = d.size(-1);
-  out.narrow(-1, 0, w).copy_(d);
-  if (!eps) {
-    out.narrow(-1, w, w).zero_();
+inline float exp_of(float x) { return exp_approx(x); }
+inline double exp_of(double x) { return std::exp(x); }
+
+// A posterior sample mean + sqrt(exp(logvar) + floor) * eps (or the mean) into `out`, from
+// params (R, B, 2w) = [mean | logvar]. One pass: the rows are narrow (w = com_dim or
+// co_dim), where separate exp / sqrt / addcmul ops cost ~6 ns per element each.
+void sample_into(const Tensor& out, const Tensor& params_, int64_t w, const OptT& eps_,
+                 double var_floor) {
+  const Tensor params = unit_last(params_);
+  if (!eps_) {
+    out.copy_(params.narrow(-1, 0, w));
     return;
   }
-  const Tensor e = params.narrow(-1, w, w).exp();
-  out.narrow(-1, w, w).copy_(d * *eps * e / (2 * (e + var_floor).sqrt()));
+  const Tensor eps = unit_last(*eps_);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "mrlfads_sample_into", [&] {
+    using T = scalar_t;
+    const auto PR = in_rows<T>(params), E = in_rows<T>(eps);
+    const auto O = out_rows<T>(out);
+    const T floor = static_cast<T>(var_floor);
+    for_rows(out.size(0), out.size(1), 2 * w, [&](int64_t r, int64_t b) {
+      const T* __restrict mp = PR.at(r, b);
+      const T* __restrict e = E.at(r, b);
+      T* __restrict o = O.at(r, b);
+      for (int64_t j = 0; j < w; ++j) o[j] = mp[j] + std::sqrt(exp_of(mp[w + j]) + floor) * e[j];
+    });
+  });
 }
 
-// A posterior sample mean + sqrt(exp(logvar) + floor) * eps (or the mean) into `out`.
-void sample_into(Tensor out, const Tensor& params, int64_t w, const OptT& eps,
-                 double var_floor) {
-  const Tensor mean = params.narrow(-1, 0, w);
-  if (eps) {
-    at::addcmul_out(out, mean, (params.narrow(-1, w, w).exp() + var_floor).sqrt(), *eps);
-  } else {
-    out.copy_(mean);
-  }
+// Gradient w.r.t. posterior params (mean, logvar) written into `out` (R, B, 2w), given the
+// gradient `d` w.r.t. the sample (or w.r.t. the mean when not sampling: eps absent), plus
+// `add`, a gradient that reaches the params directly, when given. One pass, as above.
+void posterior_grad(const Tensor& out, const Tensor& d_, const Tensor& params_,
+                    const OptT& eps_, const OptT& add_, double var_floor) {
+  const Tensor d = unit_last(d_), params = unit_last(params_);
+  const Tensor eps = eps_ ? unit_last(*eps_) : Tensor();
+  const Tensor add = add_ ? unit_last(*add_) : Tensor();
+  const int64_t w = d.size(2);
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "mrlfads_posterior_grad", [&] {
+    using T = scalar_t;
+    const Rows<const T> absent{nullptr, 0, 0};
+    const auto D = in_rows<T>(d), PR = in_rows<T>(params);
+    const auto E = eps.defined() ? in_rows<T>(eps) : absent;
+    const auto A = add.defined() ? in_rows<T>(add) : absent;
+    const auto O = out_rows<T>(out);
+    const T floor = static_cast<T>(var_floor);
+    for_rows(d.size(0), d.size(1), 2 * w, [&](int64_t r, int64_t b) {
+      const T* __restrict dp = D.at(r, b);
+      const T* __restrict lv = PR.at(r, b) + w;
+      T* __restrict o = O.at(r, b);
+      for (int64_t j = 0; j < w; ++j) o[j] = dp[j];
+      if (E.p) {
+        const T* __restrict e = E.at(r, b);
+        for (int64_t j = 0; j < w; ++j) {
+          const T v = exp_of(lv[j]);
+          o[w + j] = dp[j] * e[j] * v / (T(2) * std::sqrt(v + floor));
+        }
+      } else {
+        for (int64_t j = 0; j < w; ++j) o[w + j] = T(0);
+      }
+      if (A.p) {
+        const T* __restrict a = A.at(r, b);
+        for (int64_t j = 0; j < 2 * w; ++j) o[j] += a[j];
+      }
+    });
+  });
 }
 
 Tensor step(const OptT& t, int64_t i) { return t->select(0, i); }
@@ -336,8 +378,10 @@ std::vector<Tensor> recurrence_forward(
     if (P) {
       const Tensor st = ST.select(1, i);
       st.copy_((src_is_g ? g : f).index_select(0, *src_index));
-      const Tensor mp = at::baddbmm(*msg_b, st, *msg_w);  // (P, B, 2C)
       Tensor m = M.select(1, i), mpi = MP.select(1, i);
+      // (P, B, 2C); straight into MP unless silencing rewrites the means kept there
+      const Tensor mp = keep ? at::baddbmm(*msg_b, st, *msg_w)
+                             : at::baddbmm_out(mpi, *msg_b, st, *msg_w);
       sample_into(m, mp, C, sample ? std::optional(step(eps_msg, i)) : std::nullopt, var_floor);
       if (keep) {
         const Tensor k = step(keep, i);
@@ -345,8 +389,6 @@ std::vector<Tensor> recurrence_forward(
         Tensor kept_mean = mpi.narrow(-1, 0, C);
         at::mul_out(kept_mean, mp.narrow(-1, 0, C), k);
         mpi.narrow(-1, C, C).copy_(mp.narrow(-1, C, C));
-      } else {
-        mpi.copy_(mp);
       }
       // (P, B, C) -> (R_dst, R-1, B, C) -> (R_dst, B, R-1, C) into x's message slots
       Xs.select(1, i).narrow(-1, U, (R - 1) * C).view({R, B, R - 1, C})
@@ -364,8 +406,8 @@ std::vector<Tensor> recurrence_forward(
       at::baddbmm_out(hg_c, *con_b_hh, h, *con_w_hh);
       const Tensor h1 = Hs.select(1, i + 1);
       gru_forward(xg_c, hg_c, h, h1, CRZ.select(1, i), CN.select(1, i), CHN.select(1, i), clip);
-      const Tensor co = at::baddbmm(*co_b, h1, *co_w);  // (R, B, 2U)
-      CO.select(1, i).copy_(co);
+      Tensor co = CO.select(1, i);  // (R, B, 2U)
+      at::baddbmm_out(co, *co_b, h1, *co_w);
       Tensor u = Us.select(1, i);
       sample_into(u, co, U, sample ? std::optional(step(eps_co, i)) : std::nullopt, var_floor);
       Xs.select(1, i).narrow(-1, 0, U).copy_(u);
@@ -437,8 +479,8 @@ std::vector<Tensor> recurrence_backward(
       if (gU) du = du + gU->select(1, i);
       const Tensor dco = DCO.select(1, i);
       posterior_grad(dco, du, CO.select(1, i),
-                     sample ? std::optional(step(eps_co, i)) : std::nullopt, var_floor);
-      if (gCO) dco.add_(gCO->select(1, i));
+                     sample ? std::optional(step(eps_co, i)) : std::nullopt,
+                     gCO ? std::optional(gCO->select(1, i)) : std::nullopt, var_floor);
       const Tensor dhn = at::baddbmm(dh, dco, co_t);
       Tensor dhprev = at::empty({R, B, Cn}, o);
       gru_backward(dhn, std::nullopt, std::nullopt, CRZ.select(1, i), CN.select(1, i),
@@ -455,16 +497,15 @@ std::vector<Tensor> recurrence_backward(
       if (gM) dm = dm + gM->select(1, i);
       if (keep) dm = dm * step(keep, i);
       const Tensor dmp = DMP.select(1, i);
+      // gMP reaches the params directly; with silencing its mean part is masked first
+      const bool add_gmp = gMP && !keep;
       posterior_grad(dmp, dm, MP.select(1, i),
-                     sample ? std::optional(step(eps_msg, i)) : std::nullopt, var_floor);
-      if (gMP) {
+                     sample ? std::optional(step(eps_msg, i)) : std::nullopt,
+                     add_gmp ? std::optional(gMP->select(1, i)) : std::nullopt, var_floor);
+      if (gMP && keep) {
         const Tensor gmp = gMP->select(1, i);
-        if (keep) {
-          dmp.narrow(-1, 0, C).addcmul_(gmp.narrow(-1, 0, C), step(keep, i));
-          dmp.narrow(-1, C, C).add_(gmp.narrow(-1, C, C));
-        } else {
-          dmp.add_(gmp);
-        }
+        dmp.narrow(-1, 0, C).addcmul_(gmp.narrow(-1, 0, C), step(keep, i));
+        dmp.narrow(-1, C, C).add_(gmp.narrow(-1, C, C));
       }
       const Tensor dsrc = at::zeros({R, B, msg_w->size(1)}, o);
       dsrc.index_add_(0, *src_index, at::bmm(dmp, msg_t));
