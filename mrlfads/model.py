@@ -4,7 +4,7 @@ Per step (SPEC section 3): messages from the sources' previous rates -> controll
 generator -> factors. Inside the loop every op covers all regions (bmm over a region axis)
 or all ordered pairs at once; input projections that do not depend on the recurrence (the
 controller-input encoder's and the external inputs' share of the gates) are computed for
-the whole sequence before the loop, and readouts after it. For rate-based messages the
+the whole sequence in one GEMM before the loop starts, and readouts after it. For rate-based messages the
 readout is folded into the message map (A (W f + c) + b = (A W) f + (A c + b)), so the loop
 never materialises the rates. The loop itself is one autograd node with hand-written
 backprop through time (``mrlfads.recurrence``); dropout masks for all steps are drawn up
@@ -171,11 +171,9 @@ class MRLFADS(ModelParams):
         g = self._pad_stack([self.ic_to_g0[r](z) for r, z in enumerate(z0)], s.Gm)  # (R, B, Gm)
         fac_w = unit_columns(w["fac_w"])  # (R, Gm, Fm), unit norm per factor
         f = torch.bmm(self._drop(g), fac_w)  # (R, B, Fm) = f_0
-        # sequence-wide gate contributions (outside the loop)
-        # unbind: one backward node for the whole sequence (indexing [i] would allocate a
-        # full-size zero gradient per step)
-        ci_gates = (self._seq_gates(self._drop(e), w["con_w_ie"], w["con_b_ih"])
-                    if cfg.inferred_inputs else None)  # (T', R, B, 3Cn)
+        # the ci encoding goes to the loop, which forms the controller's input gates from it
+        # in one GEMM into a recycled buffer; the external inputs' gates are formed here
+        ce = self._drop(e) if cfg.inferred_inputs else None  # (R, T', B, E)
         if s.Dm:
             ext_seq = self._pad_stack([ext[r][:, tau:] if s.D[r] else
                                        x0.new_zeros(B, Tp, 0) for r in range(s.R)], s.Dm)
@@ -198,8 +196,8 @@ class MRLFADS(ModelParams):
         drop_g = self._drop_masks((Tp, s.R, B, s.Gm), x0)
         nz = noise if sample else {}
         fac, co, u, mp, m = apply_float32(
-            Recurrence, spec, getattr(self, "src_index", None), Tp, g, f, ci_gates, gen_x_gates, msg_w,
-            msg_b, w.get("con_w_if"), w.get("con_w_hh"), w.get("con_b_hh"), w.get("co_w"),
+            Recurrence, spec, getattr(self, "src_index", None), Tp, g, f, ce, w.get("con_w_ie"),
+            w.get("con_b_ih"), gen_x_gates, msg_w, msg_b, w.get("con_w_if"), w.get("con_w_hh"), w.get("con_b_hh"), w.get("co_w"),
             w.get("co_b"), w.get("gen_w_iu"), w["gen_w_hh"], w["gen_b_hh"], fac_w,
             nz.get("msg") if s.P else None, nz.get("co") if cfg.inferred_inputs else None,
             keep, drop_f, drop_g)

@@ -131,8 +131,9 @@ def _none_if_empty(ts):
 
 
 class Recurrence(torch.autograd.Function):
-    """Inputs (None where absent): g0, f0 (R, B, G/F); ci (T', R, B, 3Cn) controller-input
-    gates; gx (T', R, B, 3G) or (R, 1, 3G) generator gates from external inputs / bias;
+    """Inputs (None where absent): g0, f0 (R, B, G/F); ce (R, T', B, E) the ci encoder's
+    output (after dropout) with its weights to the controller's gates, con_w_ie (R, E, 3Cn)
+    and con_b_ih (R, 1, 3Cn); gx (T', R, B, 3G) or (R, 1, 3G) generator gates from external inputs / bias;
     the loop's weights; eps_msg (T', P, B, C), eps_co (T', R, B, U); keep (T', P, 1, 1);
     drop_f (T', R, B, F) and drop_g (T', R, B, G) scaled dropout masks.
     Outputs, region- or pair-major (the layout the weight gradients need): factors
@@ -140,21 +141,21 @@ class Recurrence(torch.autograd.Function):
     (P, T', B, 2C) and messages (P, T', B, C); empty tensors where absent."""
 
     @staticmethod
-    def forward(ctx, spec: LoopSpec, src_index, Tp, g, f, ci, gx, msg_w, msg_b, con_w_if,
-                con_w_hh, con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w,
+    def forward(ctx, spec: LoopSpec, src_index, Tp, g, f, ce, con_w_ie, con_b_ih, gx, msg_w,
+                msg_b, con_w_if, con_w_hh, con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w,
                 eps_msg, eps_co, keep, drop_f, drop_g):
         ops = ctx.native = _native(g)
         ctx.spec, ctx.gx_seq = spec, gx.dim() == 4
         # CO and MP are outputs: kept as ctx attributes they would form a reference cycle
         # (output -> grad_fn -> ctx -> output) that Python's GC cannot see, leaking every
         # step's buffers; save_for_backward is the leak-free way to keep outputs.
-        inputs_kept = (src_index, msg_w, con_w_if, con_w_hh, co_w, gen_w_iu, gen_w_hh, fac_w,
-                       eps_msg, eps_co, keep, drop_f, drop_g)
+        inputs_kept = (src_index, msg_w, ce, con_w_ie, con_w_if, con_w_hh, co_w, gen_w_iu,
+                       gen_w_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g)
         ctx.set_materialize_grads(False)
         if ops is not None:
             outs = ops.recurrence_forward(
                 spec.R, spec.P, spec.C, spec.U, spec.clip, spec.src_is_g, spec.sample, VAR_FLOOR,
-                Tp, g, f, ci, gx, msg_w, msg_b, con_w_if, con_w_hh, con_b_hh, co_w, co_b,
+                Tp, g, f, ce, con_w_ie, con_b_ih, gx, msg_w, msg_b, con_w_if, con_w_hh, con_b_hh, co_w, co_b,
                 gen_w_iu, gen_w_hh, gen_b_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g,
                 src_index)
             ctx.bufs = outs[5:]
@@ -162,7 +163,7 @@ class Recurrence(torch.autograd.Function):
             return tuple(outs[:5])  # Fs, CO, Us, MP, M
         R, P, C, U, clip = spec.R, spec.P, spec.C, spec.U, spec.clip
         B, Gm, Fm = g.shape[1], g.shape[2], fac_w.shape[2]
-        con, gx_seq = ci is not None, ctx.gx_seq
+        con, gx_seq = ce is not None, ctx.gx_seq
         new = lambda *shape: g.new_empty(shape)
         empty = g.new_zeros(0)
         Gs = new(R, Tp + 1, B, Gm)  # generator states g_0..g_T'
@@ -177,6 +178,8 @@ class Recurrence(torch.autograd.Function):
         MP, M = (new(P, Tp, B, 2 * C), new(P, Tp, B, C)) if P else (empty, empty)
         if con:
             Hs[:, 0] = 0.0
+            # the controller's input gates from the ci encoder, whole sequence at once
+            ci = torch.baddbmm(con_b_ih, ce.reshape(R, Tp * B, -1), con_w_ie).view(R, Tp, B, -1)
         gen_cache, con_cache = [], []
         for i in range(Tp):
             g = Gs[:, i]
@@ -202,7 +205,7 @@ class Recurrence(torch.autograd.Function):
             if con:
                 h = Hs[:, i]
                 fd = torch.mul(f, drop_f[i], out=FD[:, i]) if drop_f is not None else FD[:, i].copy_(f)
-                xg = torch.baddbmm(ci[i], fd, con_w_if)
+                xg = torch.baddbmm(ci[:, i], fd, con_w_if)
                 hg = torch.baddbmm(con_b_hh, h, con_w_hh)
                 h, cache = _gru_fwd(xg, hg, h, clip)
                 Hs[:, i + 1] = h
@@ -242,8 +245,8 @@ class Recurrence(torch.autograd.Function):
                 gF, gCO, gU, gMP, gM, *ctx.saved_tensors, *ctx.bufs)
             return (None, None, None, *_none_if_empty(grads), None, None, None, None, None)
         spec, Tp, con = ctx.spec, ctx.Tp, ctx.con
-        (src_index, msg_w, con_w_if, con_w_hh, co_w, gen_w_iu, gen_w_hh, fac_w, eps_msg,
-         eps_co, keep, drop_f, drop_g, CO, MP) = ctx.saved_tensors
+        (src_index, msg_w, ce, con_w_ie, con_w_if, con_w_hh, co_w, gen_w_iu, gen_w_hh, fac_w,
+         eps_msg, eps_co, keep, drop_f, drop_g, CO, MP) = ctx.saved_tensors
         Gs, GD, Xs, Hs, FD, ST = ctx.bufs
         gen_cache, con_cache = ctx.caches
         R, P, C, U = spec.R, spec.P, spec.C, spec.U
@@ -303,21 +306,24 @@ class Recurrence(torch.autograd.Function):
                     df = dsrc if df is None else df + dsrc
             if df is None:
                 df = Gs.new_zeros(R, B, Fm)
-        out = dict.fromkeys(("ci", "msg_w", "msg_b", "con_w_if", "con_w_hh", "con_b_hh",
-                             "co_w", "co_b", "gen_w_iu"))
+        out = dict.fromkeys(("ce", "con_w_ie", "con_b_ih", "msg_w", "msg_b", "con_w_if",
+                             "con_w_hh", "con_b_hh", "co_w", "co_b", "gen_w_iu"))
         out["fac_w"] = _wgrad(GD, DF)
         out["gen_w_hh"], out["gen_b_hh"] = _wgrad(Gs[:, :Tp], DGH), _bgrad(DGH)
         out["gx"] = DGX.transpose(0, 1) if ctx.gx_seq else _bgrad(DGX)
         if Xs is not None:
             out["gen_w_iu"] = _wgrad(Xs, DGX)
         if con:
-            out["ci"] = DCX.transpose(0, 1)  # (T', R, B, 3Cn)
+            dcx = DCX.reshape(R, Tp * B, -1)
+            out["ce"] = torch.bmm(dcx, T_(con_w_ie)).view(R, Tp, B, -1)
+            out["con_w_ie"], out["con_b_ih"] = _wgrad(ce, DCX), _bgrad(DCX)
             out["con_w_if"] = _wgrad(FD, DCX)
             out["con_w_hh"], out["con_b_hh"] = _wgrad(Hs[:, :Tp], DCH), _bgrad(DCH)
             out["co_w"], out["co_b"] = _wgrad(Hs[:, 1:], DCO), _bgrad(DCO)
         if P:
             out["msg_w"], out["msg_b"] = _wgrad(ST, DMP), _bgrad(DMP)
-        return (None, None, None, dg, df, out["ci"], out["gx"], out["msg_w"], out["msg_b"],
+        return (None, None, None, dg, df, out["ce"], out["con_w_ie"], out["con_b_ih"],
+                out["gx"], out["msg_w"], out["msg_b"],
                 out["con_w_if"], out["con_w_hh"], out["con_b_hh"], out["co_w"], out["co_b"],
                 out["gen_w_iu"], out["gen_w_hh"], out["gen_b_hh"], out["fac_w"],
                 None, None, None, None, None)

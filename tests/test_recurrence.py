@@ -10,7 +10,7 @@ from mrlfads.recurrence import GRUSequence, LoopSpec, Recurrence
 
 pytestmark = pytest.mark.usefixtures("loop_impl")
 
-R, B, T, G, FD, CN, U, C = 3, 2, 3, 3, 2, 3, 2, 2
+R, B, T, G, FD, CN, U, C, E = 3, 2, 3, 3, 2, 3, 2, 2, 2
 P = R * (R - 1)
 
 
@@ -27,7 +27,8 @@ def loop_inputs(src_is_g: bool, sample: bool, dropout: bool, silence: bool, seed
     if silence:
         keep[1:3, :2] = 0.0
     spec = LoopSpec(R=R, P=P, C=C, U=U, clip=0.8, src_is_g=src_is_g, sample=sample)
-    tensors = [rnd(R, B, G), rnd(R, B, FD), rnd(T, R, B, 3 * CN), rnd(T, R, B, 3 * G),
+    tensors = [rnd(R, B, G), rnd(R, B, FD), rnd(R, T, B, E), rnd(R, E, 3 * CN),
+               rnd(R, 1, 3 * CN), rnd(T, R, B, 3 * G),
                rnd(P, S, 2 * C), rnd(P, 1, 2 * C), rnd(R, FD, 3 * CN), rnd(R, CN, 3 * CN),
                rnd(R, 1, 3 * CN), rnd(R, CN, 2 * U), rnd(R, 1, 2 * U),
                rnd(R, U + (R - 1) * C, 3 * G), rnd(R, G, 3 * G), rnd(R, 1, 3 * G),

@@ -7,6 +7,7 @@ For every dataset, variant and seed it simulates (once per dataset, cached), tra
 benchmarks/science/reduced_ring.yaml plus the variant's overrides, and records the last
 epoch's validation metrics in OUT/results.jsonl (one line per run, appended as runs finish,
 so an interrupted grid keeps what it did). Then it prints a markdown table of mean +- std.
+``--datasets memory-ring-1280-trials memory-ring-64-units`` runs the size study.
 """
 from __future__ import annotations
 
@@ -31,7 +32,11 @@ DATASETS = {  # name -> (kind, seed, simulate kwargs)
     "random-0": ("random", 0, {"trials": 320, "n_bins": 60, "n_units": 16}),
     "random-1": ("random", 1, {"trials": 320, "n_bins": 60, "n_units": 16}),
     "random-2": ("random", 2, {"trials": 320, "n_bins": 60, "n_units": 16}),
+    # the size study (RESULTS.md, "The gap"): 4x the trials, or 4x the units per region
+    "memory-ring-1280-trials": ("memory-ring", 0, {"trials": 1280, "n_bins": 60, "n_units": 16}),
+    "memory-ring-64-units": ("memory-ring", 0, {"trials": 320, "n_bins": 60, "n_units": 64}),
 }
+GRID = ("memory-ring", "relay-decision", "random-0", "random-1", "random-2")  # the default
 COLUMNS = ["valid/effectome_cosine", "valid/message_r2", "valid/input_r2", "valid/r2_mean"]
 
 
@@ -83,7 +88,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="science_runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--datasets", nargs="+", default=list(GRID), choices=list(DATASETS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--epochs", type=int, default=30)
     args = p.parse_args()
