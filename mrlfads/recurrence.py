@@ -133,8 +133,8 @@ def _none_if_empty(ts):
 class Recurrence(torch.autograd.Function):
     """Inputs (None where absent): g0, f0 (R, B, G/F); ce (R, T', B, E) the ci encoder's
     output (after dropout) with its weights to the controller's gates, con_w_ie (R, E, 3Cn)
-    and con_b_ih (R, 1, 3Cn); gx (T', R, B, 3G) or (R, 1, 3G) generator gates from external inputs / bias;
-    the loop's weights; eps_msg (T', P, B, C), eps_co (T', R, B, U); keep (T', P, 1, 1);
+    and con_b_ih (R, 1, 3Cn); gx (T', R, B, 3G) or (R, 1, 3G) generator gates from external
+    inputs / bias; the loop's weights; eps_msg (T', P, B, C), eps_co (T', R, B, U); keep (T', P, 1, 1);
     drop_f (T', R, B, F) and drop_g (T', R, B, G) scaled dropout masks.
     Outputs, region- or pair-major (the layout the weight gradients need): factors
     (R, T', B, F), co (R, T', B, 2U), u (R, T', B, U), message posterior params
@@ -142,8 +142,8 @@ class Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec: LoopSpec, src_index, Tp, g, f, ce, con_w_ie, con_b_ih, gx, msg_w,
-                msg_b, con_w_if, con_w_hh, con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w,
-                eps_msg, eps_co, keep, drop_f, drop_g):
+                msg_b, con_w_if, con_w_hh, con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh,
+                fac_w, eps_msg, eps_co, keep, drop_f, drop_g):
         ops = ctx.native = _native(g)
         ctx.spec, ctx.gx_seq = spec, gx.dim() == 4
         # CO and MP are outputs: kept as ctx attributes they would form a reference cycle
@@ -155,8 +155,8 @@ class Recurrence(torch.autograd.Function):
         if ops is not None:
             outs = ops.recurrence_forward(
                 spec.R, spec.P, spec.C, spec.U, spec.clip, spec.src_is_g, spec.sample, VAR_FLOOR,
-                Tp, g, f, ce, con_w_ie, con_b_ih, gx, msg_w, msg_b, con_w_if, con_w_hh, con_b_hh, co_w, co_b,
-                gen_w_iu, gen_w_hh, gen_b_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g,
+                Tp, g, f, ce, con_w_ie, con_b_ih, gx, msg_w, msg_b, con_w_if, con_w_hh,
+                con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g,
                 src_index)
             ctx.bufs = outs[5:]
             ctx.save_for_backward(*inputs_kept, outs[1], outs[3])  # CO, MP

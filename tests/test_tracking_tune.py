@@ -68,13 +68,27 @@ def _runs(client, name):
     return parent, trials
 
 
+def _ray_epochs(results, trial_id: str) -> list[int]:
+    """The epochs Ray delivered for a trial, in order.
+
+    Seen in session 4, about once in 10 runs: with synchronous PBT, Ray's own record of one
+    trial (its progress) ends at epoch 3 of 4, MLflow's agreeing, and PBT's log shows the
+    sync at iteration 4 cloning a donor at iteration 3. A likely cause, not confirmed in
+    Ray's code: pausing a function trainable saves the worker's newest checkpoint, which can
+    be one epoch ahead of the last result the driver processed; the restored trial then ends
+    without reporting that epoch, so no callback ever sees it."""
+    (trial,) = [t for t in results._experiment_analysis.trials if t.trial_id == trial_id]
+    # Ray's JSON logger sees the same results as callbacks; a Result's own metrics are no
+    # guide here: after an exploit they carry the donor's trial_id
+    lines = Path(trial.local_path, "result.json").read_text().splitlines()
+    return [int(json.loads(line)["epoch"]) for line in lines if line.strip()]
+
+
 def _diagnosis(trial_id: str, steps: list[int], results, exp_dir: Path) -> str:
-    """What Ray itself saw of a trial whose MLflow history has gaps (a rare flake, once in
-    ~10 runs in session 3: steps [1, 2, 3]), so a CI failure says whose side lost a result."""
-    ray_rows = [res.metrics_dataframe[["training_iteration", "epoch", "objective"]].to_dict("records")
-                for res in results if res.metrics and res.metrics.get("trial_id") == trial_id]
+    """What Ray itself saw of a trial whose MLflow history disagrees with it."""
     logs = {p.name: p.read_text()[-2000:] for p in exp_dir.glob("pbt_*.txt")}
-    return f"trial {trial_id}: MLflow steps {steps}; Ray's results {ray_rows}; PBT logs {logs}"
+    return (f"trial {trial_id}: MLflow steps {steps}; Ray's epochs "
+            f"{_ray_epochs(results, trial_id)}; PBT logs {logs}")
 
 
 @pytest.mark.slow
@@ -102,10 +116,14 @@ def test_pbt_sweep_one_run_per_trial_with_exploits_and_lineage(tmp_path, ray_ses
     n_events = 0
     for r in trials:
         assert r.info.status == "FINISHED"
-        hist = client.get_metric_history(r.info.run_id, "objective")
-        steps = sorted(m.step for m in hist)
-        assert steps == list(range(1, EPOCHS + 1)), _diagnosis(  # no gaps, no dupes
-            r.data.tags["mrlfads.trial_id"], steps, results, Path(tmp_path, name))
+        # every epoch Ray delivered for the trial, once: no gaps, no duplicates across PBT
+        # pauses and restarts. (Not always all EPOCHS: about once in 10 runs Ray's own
+        # results for one trial end an epoch early; see _ray_epochs.)
+        tid = r.data.tags["mrlfads.trial_id"]
+        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "objective"))
+        assert steps == _ray_epochs(results, tid), _diagnosis(tid, steps, results,
+                                                              Path(tmp_path, name))
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= INTERVAL + 1
         lr = sorted(client.get_metric_history(r.info.run_id, "hp/train.lr"), key=lambda m: m.timestamp)
         events = [json.loads(v) for k, v in r.data.tags.items() if k.startswith("pbt.exploit.")]
         n_events += len(events)

@@ -338,8 +338,9 @@ bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 std::vector<Tensor> recurrence_forward(
     int64_t R, int64_t P, int64_t C, int64_t U, double clip, bool src_is_g, bool sample,
     double var_floor, int64_t Tp, const Tensor& g0, const Tensor& f0, const OptT& ce,
-    const OptT& con_w_ie, const OptT& con_b_ih, const Tensor& gx, const OptT& msg_w, const OptT& msg_b, const OptT& con_w_if,
-    const OptT& con_w_hh, const OptT& con_b_hh, const OptT& co_w, const OptT& co_b,
+    const OptT& con_w_ie, const OptT& con_b_ih, const Tensor& gx, const OptT& msg_w,
+    const OptT& msg_b, const OptT& con_w_if, const OptT& con_w_hh, const OptT& con_b_hh,
+    const OptT& co_w, const OptT& co_b,
     const OptT& gen_w_iu, const Tensor& gen_w_hh, const Tensor& gen_b_hh, const Tensor& fac_w,
     const OptT& eps_msg, const OptT& eps_co, const OptT& keep, const OptT& drop_f,
     const OptT& drop_g, const OptT& src_index) {
@@ -443,8 +444,8 @@ std::vector<Tensor> recurrence_backward(
     double var_floor, bool gx_seq, const OptT& gF, const OptT& gCO, const OptT& gU,
     const OptT& gMP, const OptT& gM, const OptT& src_index, const OptT& msg_w, const OptT& ce,
     const OptT& con_w_ie, const OptT& con_w_if, const OptT& con_w_hh, const OptT& co_w,
-    const OptT& gen_w_iu,
-    const Tensor& gen_w_hh, const Tensor& fac_w, const OptT& eps_msg, const OptT& eps_co,
+    const OptT& gen_w_iu, const Tensor& gen_w_hh, const Tensor& fac_w, const OptT& eps_msg,
+    const OptT& eps_co,
     const OptT& keep, const OptT& drop_f, const OptT& drop_g, const Tensor& CO,
     const Tensor& MP, const Tensor& Gs, const Tensor& GD, const Tensor& Xs, const Tensor& Hs,
     const Tensor& FD, const Tensor& ST, const Tensor& GRZ, const Tensor& GN, const Tensor& GHN,
