@@ -7,7 +7,8 @@ For every dataset, variant and seed it simulates (once per dataset, cached), tra
 benchmarks/science/reduced_ring.yaml plus the variant's overrides, and records the last
 epoch's validation metrics in OUT/results.jsonl (one line per run, appended as runs finish,
 so an interrupted grid keeps what it did). Then it prints a markdown table of mean +- std.
-``--datasets memory-ring-1280-trials memory-ring-64-units`` runs the size study.
+``--datasets memory-ring-1280-trials memory-ring-64-units`` runs the size study; ``--set
+loss.kl_co_scale=4 ...`` adds config overrides to every run.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+import yaml
 
 # OpenMP's wait policy is left at its default: one training process, 2 threads, idle cores
 # (docs/PERFORMANCE.md, "Threads and OMP_WAIT_POLICY").
@@ -73,7 +76,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| dataset | variant | runs | " + " | ".join(c.split("/", 1)[1] for c in COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(COLUMNS)]
     keys = sorted({(r["dataset"], r["variant"]) for r in rows},
-                  key=lambda k: (list(DATASETS).index(k[0]), list(VARIANTS).index(k[1])))
+                  key=lambda k: (list(DATASETS).index(k[0]),
+                                 list(VARIANTS).index(k[1].split(" + ")[0]), k[1]))
     for ds, var in keys:
         sel = [r for r in rows if r["dataset"] == ds and r["variant"] == var]
         cells = []
@@ -91,7 +95,11 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=list(GRID), choices=list(DATASETS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides for every run, e.g. loss.kl_co_scale=4 (YAML "
+                        "values); the variant's label records them")
     args = p.parse_args()
+    extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
@@ -99,12 +107,13 @@ def main() -> None:
     seen = {(r["dataset"], r["variant"], r["seed"], r["epochs"]) for r in done}
     for name in args.datasets:
         data = dataset_path(out, name)
-        for variant in args.variants:
+        for base in args.variants:
+            variant = " + ".join([base, *args.set])
             for seed in args.seeds:
                 if (name, variant, seed, args.epochs) in seen:
                     continue
                 t0 = time.time()
-                metrics = train_once(data, VARIANTS[variant], seed, args.epochs)
+                metrics = train_once(data, {**VARIANTS[base], **extra}, seed, args.epochs)
                 row = {"dataset": name, "variant": variant, "seed": seed, "epochs": args.epochs,
                        "seconds": round(time.time() - t0, 1),
                        "metrics": {k: metrics.get(k) for k in COLUMNS}}

@@ -4,8 +4,8 @@ first use, cached, optional.
 Why: on a CPU the Python loop in ``mrlfads.recurrence`` spends most of a training step
 dispatching ~100 small ops per time bin; ``loop.cpp`` runs the same steps with the
 interpreter gone and one fused pass per GRU step (see its header); ``dropout.cpp`` draws
-dropout masks on all cores, where torch's CPU generator is serial. They are compiled with the
-machine's C++ compiler against the installed torch (no ninja, no build step in pip) into
+dropout masks on all cores, where torch's CPU generator is serial. Both are compiled with
+the machine's C++ compiler against the installed torch (no ninja, no build step in pip) into
 ``$MRLFADS_NATIVE_CACHE`` (default ``~/.cache/mrlfads/native``), one file per hash of
 (sources, torch version, flags), written atomically so concurrent trials never load a
 half-written library. ``make`` builds it at set-up (``python -m mrlfads.native``).
@@ -81,7 +81,7 @@ def _command(cxx: str, out: str) -> list[str]:
 
 
 def library_path(cxx: str) -> Path:
-    """Where the library for this source, torch and compiler flags lives."""
+    """Where the library for these sources, torch and compiler flags lives."""
     key = hashlib.sha256()
     for source in SOURCES:
         key.update(source.read_bytes())
@@ -91,7 +91,7 @@ def library_path(cxx: str) -> Path:
 
 
 def build(verbose: bool = False) -> Path:
-    """Compile the sources unless its library is already cached; return the library path.
+    """Compile the sources unless their library is already cached; return its path.
 
     One process compiles while the others wait on a lock; the library appears by an atomic
     rename, so a killed build leaves nothing half-written behind."""
@@ -111,7 +111,8 @@ def build(verbose: bool = False) -> Path:
             proc = subprocess.run(_command(cxx, tmp), capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-                raise NativeBuildError(f"compiling {', '.join(map(str, SOURCES))} failed:\n{tail}")
+                names = ", ".join(map(str, SOURCES))
+                raise NativeBuildError(f"compiling {names} failed:\n{tail}")
             os.chmod(tmp, 0o755)  # mkstemp's 0600 would hide it from other users of a cache
             os.replace(tmp, target)
         finally:
