@@ -157,6 +157,25 @@ def test_failed_compile_names_the_source_and_leaves_no_partial_library(tmp_path)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [".build.lock"]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not native._openmp_wanted(), reason="built without OpenMP here anyway")
+def test_compiler_without_openmp_still_gives_the_compiled_loop(tmp_path):
+    """A compiler that refuses -fopenmp (clang without libomp, say) costs the parallel row
+    passes, not the whole compiled loop; the serial library is then reused, not rebuilt."""
+    real, calls = native._compiler(), tmp_path / "calls.log"
+    cxx = tmp_path / "c++"
+    cxx.write_text(f'#!/bin/sh\necho call >> {calls}\n'
+                   'case " $* " in *" -fopenmp "*) echo "unsupported option -fopenmp" >&2; '
+                   f'exit 1;; esac\nexec {real} "$@"\n')
+    cxx.chmod(0o755)
+    for n_calls in (2, 2):  # with -fopenmp, then without; the second run compiles nothing
+        res = _run_isolated(FALLBACK_PROBE, tmp_path, CXX=str(cxx))
+        assert res == {"ops": True, "warnings": []}
+        libs = sorted(p.name for p in (tmp_path / "cache").glob("*.so"))
+        assert libs == [native.library_path(str(cxx), openmp=False).name]
+        assert len(calls.read_text().splitlines()) == n_calls
+
+
 def test_turned_off_by_environment_without_a_warning(tmp_path):
     res = _run_isolated(FALLBACK_PROBE, tmp_path, MRLFADS_NATIVE="0")
     assert res == {"ops": False, "warnings": []}
