@@ -21,7 +21,7 @@ def ops():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.8])
-def test_mask_has_dropouts_law(ops, dtype, p):
+def test_mask_follows_dropouts_law(ops, dtype, p):
     mask = ops.dropout_mask([N], p, 12345, dtype)
     assert mask.dtype == dtype and mask.shape == (N,)
     scale = torch.tensor(1.0, dtype=dtype) / torch.tensor(1.0 - p, dtype=dtype)
