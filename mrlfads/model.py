@@ -5,10 +5,11 @@ generator -> factors. Inside the loop every op covers all regions (bmm over a re
 or all ordered pairs at once; input projections that do not depend on the recurrence (the
 controller-input encoder's and the external inputs' share of the gates) are computed for
 the whole sequence in one GEMM before the steps start, and readouts after them. For
-rate-based messages the readout is folded into the message map (A (W f + c) + b = (A W) f + (A c + b)), so the loop
-never materialises the rates. The loop itself is one autograd node with hand-written
-backprop through time (``mrlfads.recurrence``); dropout masks for all steps are drawn up
-front. ``mrlfads.oracle`` is the plain region-by-region reference.
+rate-based messages the readout is folded into the message map
+(A (W f + c) + b = (A W) f + (A c + b)), so the loop never materialises the rates. The
+loop itself is one autograd node with hand-written backprop through time
+(``mrlfads.recurrence``); dropout masks for all steps are drawn up front.
+``mrlfads.oracle`` is the plain region-by-region reference.
 """
 from __future__ import annotations
 
@@ -198,7 +199,8 @@ class MRLFADS(ModelParams):
         fac, co, u, mp, m = apply_float32(
             Recurrence, spec, getattr(self, "src_index", None), Tp, g, f, ce, w.get("con_w_ie"),
             w.get("con_b_ih"), gen_x_gates, msg_w, msg_b, w.get("con_w_if"), w.get("con_w_hh"),
-            w.get("con_b_hh"), w.get("co_w"), w.get("co_b"), w.get("gen_w_iu"), w["gen_w_hh"], w["gen_b_hh"], fac_w,
+            w.get("con_b_hh"), w.get("co_w"), w.get("co_b"), w.get("gen_w_iu"), w["gen_w_hh"],
+            w["gen_b_hh"], fac_w,
             nz.get("msg") if s.P else None, nz.get("co") if cfg.inferred_inputs else None,
             keep, drop_f, drop_g)
         rec = {"f": fac, "co": co, "u": u, "mp": mp, "m": m}

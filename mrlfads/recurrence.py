@@ -134,8 +134,8 @@ class Recurrence(torch.autograd.Function):
     """Inputs (None where absent): g0, f0 (R, B, G/F); ce (R, T', B, E) the ci encoder's
     output (after dropout) with its weights to the controller's gates, con_w_ie (R, E, 3Cn)
     and con_b_ih (R, 1, 3Cn); gx (T', R, B, 3G) or (R, 1, 3G) generator gates from external
-    inputs / bias; the loop's weights; eps_msg (T', P, B, C), eps_co (T', R, B, U); keep (T', P, 1, 1);
-    drop_f (T', R, B, F) and drop_g (T', R, B, G) scaled dropout masks.
+    inputs / bias; the loop's weights; eps_msg (T', P, B, C), eps_co (T', R, B, U);
+    keep (T', P, 1, 1); drop_f (T', R, B, F) and drop_g (T', R, B, G) scaled dropout masks.
     Outputs, region- or pair-major (the layout the weight gradients need): factors
     (R, T', B, F), co (R, T', B, 2U), u (R, T', B, U), message posterior params
     (P, T', B, 2C) and messages (P, T', B, C); empty tensors where absent."""
@@ -156,8 +156,8 @@ class Recurrence(torch.autograd.Function):
             outs = ops.recurrence_forward(
                 spec.R, spec.P, spec.C, spec.U, spec.clip, spec.src_is_g, spec.sample, VAR_FLOOR,
                 Tp, g, f, ce, con_w_ie, con_b_ih, gx, msg_w, msg_b, con_w_if, con_w_hh,
-                con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g,
-                src_index)
+                con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w, eps_msg, eps_co, keep,
+                drop_f, drop_g, src_index)
             ctx.bufs = outs[5:]
             ctx.save_for_backward(*inputs_kept, outs[1], outs[3])  # CO, MP
             return tuple(outs[:5])  # Fs, CO, Us, MP, M

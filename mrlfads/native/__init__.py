@@ -82,9 +82,8 @@ def _command(cxx: str, out: str, openmp: bool) -> list[str]:
             *(f"-Wl,-rpath,{d}" for d in libdirs), "-lc10", "-ltorch_cpu"]
 
 
-def library_path(cxx: str, openmp: bool | None = None) -> Path:
+def library_path(cxx: str, openmp: bool) -> Path:
     """Where the library for these sources, torch and compiler flags lives."""
-    openmp = _openmp_wanted() if openmp is None else openmp
     key = hashlib.sha256()
     for source in SOURCES:
         key.update(source.read_bytes())
@@ -100,24 +99,24 @@ def build(verbose: bool = False) -> Path:
     libomp), without it: the same library with its row passes on one thread, ~10% slower,
     rather than no compiled loop at all. Either library, once built, is used from then on."""
     cxx = _compiler()
-    openmp = _openmp_wanted()
-    for path in (library_path(cxx, openmp), library_path(cxx, False)):
+    variants = [(omp, library_path(cxx, omp)) for omp in
+                ((True, False) if _openmp_wanted() else (False,))]  # best first
+    for _, path in variants:
         if path.exists():
             return path
-    if openmp:
+    for openmp, path in variants[:-1]:
         try:
-            return _compile(cxx, True, verbose)
+            return _compile(cxx, openmp, path, verbose)
         except NativeBuildError as err:
             if verbose:
                 print(f"compiling with -fopenmp failed; retrying without it:\n{err}",
                       file=sys.stderr)
-    return _compile(cxx, False, verbose)
+    return _compile(cxx, *variants[-1], verbose)
 
 
-def _compile(cxx: str, openmp: bool, verbose: bool) -> Path:
+def _compile(cxx: str, openmp: bool, target: Path, verbose: bool) -> Path:
     """One process compiles while the others wait on a lock; the library appears by an
     atomic rename, so a killed build leaves nothing half-written behind."""
-    target = library_path(cxx, openmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS if this process dies
