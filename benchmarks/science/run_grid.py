@@ -99,6 +99,9 @@ def main() -> None:
                    help="extra config overrides for every run, e.g. loss.kl_co_scale=4 (YAML "
                         "values); the variant's label records them")
     args = p.parse_args()
+    bad = [kv for kv in args.set if "=" not in kv]
+    if bad:
+        p.error(f"--set {bad[0]!r}: expected KEY=VALUE, e.g. loss.kl_co_scale=4")
     extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
