@@ -1,6 +1,8 @@
 """Simulated benchmarks: ground truth is what the stored network really did, and reproducible."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -177,18 +179,41 @@ def test_same_seed_same_files_other_seed_differs(tmp_path):
 
 def test_poisson_counts_are_spikes_from_the_same_hidden_units():
     gauss = generate("relay-decision", seed=2, smoke_test=True, obs="gaussian")
-    pois = generate("relay-decision", seed=2, smoke_test=True, obs="poisson")
+    pois = generate("relay-decision", seed=2, smoke_test=True, obs="poisson", rate_hz=8.0,
+                    bin_ms=10)
     assert [r.neuron_ids for r in gauss.regions] == [r.neuron_ids for r in pois.regions]
+    assert pois.bin_width_s == pytest.approx(0.01)
     cfg = preset("relay-decision", smoke_test=True)
+    npz = np.load(io.BytesIO(pois.extra_files["network.npz"]))
+    base = npz["poisson_base_hz"]  # one rate per network unit
+    assert base.shape == (sum(npz["n_units"]),) and np.all(base > 0)
+    rates = []
     for r in gauss.regions:
         x = pois.x[r.name]
         assert x.min() >= 0 and np.array_equal(x, np.round(x)) and x.sum() > 0
         h = gauss.truth[f"truth/rates/{r.name}"]
-        expected = cfg.poisson_base_hz * cfg.bin_width_s * np.exp(cfg.poisson_gain * h.astype(np.float64))
+        unit = np.array([int(i) for i in r.neuron_ids]) + (0 if r.name == "upstream" else npz["n_units"][0])
+        expected = base[unit] * 0.01 * np.exp(cfg.poisson_gain * h.astype(np.float64))
         np.testing.assert_allclose(pois.truth[f"truth/rates/{r.name}"], expected, rtol=1e-5)
-    # 12 Hz * exp(+-0.9) at 20 ms: every rate lies in (0.0976, 0.590) spikes per bin
-    rates = pois.truth["truth/rates/upstream"]
-    assert 0.0975 < rates.min() and rates.max() < 0.591
+        rates.append(pois.truth[f"truth/rates/{r.name}"].reshape(-1, x.shape[-1]))
+    # the mean over units, trials and bins is the asked-for 8 Hz: 0.08 spikes per 10 ms bin
+    assert np.concatenate(rates, 1).mean() == pytest.approx(0.08, rel=1e-4)
+    # units differ in base rate (log-normal spread), as recorded units do
+    assert base.max() / base.min() > 1.5
+
+
+def test_rate_and_bin_flags_reach_the_dataset(tmp_path, capsys):
+    from training.cli import main
+
+    out = str(tmp_path / "spikes")
+    assert main(["simulate", "relay-decision", "--out", out, "--smoke-test", "--obs", "poisson",
+                 "--rate-hz", "2", "--bin-ms", "5"]) == 0
+    assert "spikes: mean rate 2 Hz (0.01 per bin)" in capsys.readouterr().out
+    assert ArrowDataset.open(out).manifest.bin_width_s == pytest.approx(0.005)
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it, naming the flag
+        main(["simulate", "relay-decision", "--out", out, "--smoke-test", "--obs", "poisson",
+              "--rate-hz", "0", "--overwrite"])
+    assert stop.value.code == 2 and "--rate-hz: must be > 0" in capsys.readouterr().err
 
 
 def test_heldout_order_and_split_are_seeded():

@@ -23,8 +23,12 @@ class SimConfig:
     ic_enc_seq_len: int = 10
     valid_frac: float = 0.2
     heldout_frac: float = 0.1
-    poisson_base_hz: float = 12.0  # rate at h = 0; h in (-1, 1) gives ~4.9-29.5 Hz
-    poisson_gain: float = 0.9      # rate_hz = base * exp(gain * h)
+    # Poisson spikes: unit i fires base_i * exp(gain * h_i(t)) Hz. The base rates are
+    # log-normal across units (rate_spread: sd of log base) and scaled so that the mean
+    # over units, trials and bins is exactly rate_hz, as in a recording's summary.
+    rate_hz: float = 5.0
+    rate_spread: float = 0.5
+    poisson_gain: float = 0.9
     max_msg_dim: int = 4           # random networks draw message dims from 1..max_msg_dim
 
     def __post_init__(self) -> None:
@@ -40,6 +44,12 @@ class SimConfig:
             errs.append(f"n_units: need >= 2 units per region, got {self.n_units}")
         if not 0 < self.valid_frac < 1 or not 0 <= self.heldout_frac < 1:
             errs.append("valid_frac must be in (0, 1) and heldout_frac in [0, 1)")
+        if not self.rate_hz > 0:
+            errs.append(f"rate_hz: the mean firing rate must be > 0 Hz, got {self.rate_hz}")
+        if not self.bin_width_s > 0:
+            errs.append(f"bin width: must be > 0 s, got {self.bin_width_s}")
+        if self.rate_spread < 0:
+            errs.append(f"rate_spread: must be >= 0, got {self.rate_spread}")
         if errs:
             raise ValueError("simulation settings: " + "; ".join(errs))
 
@@ -57,13 +67,16 @@ _SMOKE = {"n_trials": 64, "n_bins": 40, "n_units": 8, "ic_enc_seq_len": 5, "max_
 
 
 def preset(kind: str, smoke_test: bool = False, *, trials: int | None = None,
-           n_bins: int | None = None, n_units: int | None = None) -> SimConfig:
-    """The default (or smoke) config of `kind`, with optional trials / length / size overrides."""
+           n_bins: int | None = None, n_units: int | None = None, rate_hz: float | None = None,
+           bin_ms: float | None = None) -> SimConfig:
+    """The default (or smoke) config of `kind`, with optional trials / length / size / mean
+    firing rate / bin width overrides."""
     if kind not in _DEFAULTS:
         raise ValueError(f"kind: {kind!r} is not a simulated benchmark; choose one of {list(KINDS)}")
     cfg = _DEFAULTS[kind]
     if smoke_test:
         cfg = dataclasses.replace(cfg, **_SMOKE)
-    over = {k: v for k, v in (("n_trials", trials), ("n_bins", n_bins), ("n_units", n_units))
-            if v is not None}
+    width = None if bin_ms is None else bin_ms / 1000.0
+    over = {k: v for k, v in (("n_trials", trials), ("n_bins", n_bins), ("n_units", n_units),
+                              ("rate_hz", rate_hz), ("bin_width_s", width)) if v is not None}
     return dataclasses.replace(cfg, **over) if over else cfg

@@ -23,7 +23,7 @@ from data_loaders.simulate.train import Progress, TaskBatch, single_thread, trai
 
 FAMILIES = {"memory-ring": memory_ring, "relay-decision": relay_decision, "random": random_nets}
 _STREAMS = ("network", "weights", "train_tasks", "train_noise", "trials", "trial_noise",
-            "heldout", "split", "spikes")
+            "heldout", "split", "spikes", "unit_rates")
 
 
 @dataclass
@@ -72,13 +72,18 @@ def _loss_on(family, batch: TaskBatch, hidden, messages, readout) -> float:
 
 def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = "gaussian",
              smoke_test: bool = False, n_bins: int | None = None, n_units: int | None = None,
+             rate_hz: float | None = None, bin_ms: float | None = None,
              progress: Progress | None = None) -> SimulatedData:
-    """Train the `kind` network (see the family modules) and simulate `trials` trials."""
+    """Train the `kind` network (see the family modules) and simulate `trials` trials.
+
+    ``rate_hz`` (mean firing rate of the Poisson spikes) and ``bin_ms`` (bin width) default to
+    the preset's 5 Hz and 20 ms."""
     if obs not in OBS_MODELS:
         raise ValueError(f"obs: {obs!r} is not one of {list(OBS_MODELS)}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: must be an integer >= 0, got {seed!r}")
-    cfg = preset(kind, smoke_test, trials=trials, n_bins=n_bins, n_units=n_units)
+    cfg = preset(kind, smoke_test, trials=trials, n_bins=n_bins, n_units=n_units,
+                 rate_hz=rate_hz, bin_ms=bin_ms)
     rng = _streams(seed)
     t0 = time.perf_counter()
     with single_thread():
@@ -95,24 +100,26 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
         noise_seed = int(rng["trial_noise"].integers(2**63))
         hidden, messages, readout = run_trials(net, batch.inputs, trial_id, noise_seed)
         fit["task_loss_generated"] = _loss_on(family, batch, hidden, messages, readout)
-    data = _assemble(kind, cfg, seed, obs, smoke_test, family, batch, trial_id, hidden, messages, rng)
+    base_hz = observe.unit_base_rates(hidden, cfg.rate_hz, cfg.rate_spread, cfg.poisson_gain,
+                                      rng["unit_rates"])
+    data = _assemble(kind, cfg, seed, obs, smoke_test, family, batch, trial_id, hidden, messages,
+                     base_hz, rng)
     data.provenance.update({"training": fit, "train_config": dict(train_cfg.__dict__)})
     # timings stay out of provenance: the same seed must give byte-identical files
     data.seconds = {"train": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)}
-    obs_params = {"poisson_base_hz": np.array(cfg.poisson_base_hz),
-                  "poisson_gain": np.array(cfg.poisson_gain),
+    obs_params = {"poisson_base_hz": base_hz, "poisson_gain": np.array(cfg.poisson_gain),
                   "bin_width_s": np.array(cfg.bin_width_s)}
     data.extra_files["network.npz"] = to_npz(net, noise_seed, obs_params)
     return data
 
 
 def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, family, batch: TaskBatch,
-              trial_id: np.ndarray, hidden: np.ndarray, messages: np.ndarray,
+              trial_id: np.ndarray, hidden: np.ndarray, messages: np.ndarray, base_hz: np.ndarray,
               rng: dict[str, np.random.Generator]) -> SimulatedData:
     """Per-region observations in stored neuron order, and every truth column."""
     spec = family.spec
     if obs == "poisson":
-        rates_all = observe.poisson_rates(hidden, cfg.poisson_base_hz, cfg.poisson_gain, cfg.bin_width_s)
+        rates_all = observe.poisson_rates(hidden, base_hz, cfg.poisson_gain, cfg.bin_width_s)
         counts_all = observe.poisson_counts(rates_all, rng["spikes"])
     regions, x, truth = [], {}, {}
     for name, sl, n_units in zip(spec.region_names, spec.unit_slices(), spec.n_units):
@@ -138,7 +145,8 @@ def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, 
         "pathways": {spec.pathway_name(p): p.dim for p in spec.pathways},
         "alpha": spec.alpha, "hidden_noise": spec.hidden_noise, "channel_noise": spec.channel_noise,
         "nonlinearity": "tanh", "bin_width_s": cfg.bin_width_s, "smoke_test": bool(smoke_test),
-        "poisson": {"base_hz": cfg.poisson_base_hz, "gain": cfg.poisson_gain,
+        "poisson": {"mean_rate_hz": cfg.rate_hz, "base_rate_spread": cfg.rate_spread,
+                    "gain": cfg.poisson_gain, "base_hz": "per unit, extras/network.npz",
                     "rates": "expected counts per bin"} if obs == "poisson" else None,
         "family": family.description, "network_file": "extras/network.npz",
         "neuron_ids": "index of the unit in the network (network.npz order)",

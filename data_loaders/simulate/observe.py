@@ -4,9 +4,25 @@ from __future__ import annotations
 import numpy as np
 
 
-def poisson_rates(hidden: np.ndarray, base_hz: float, gain: float, bin_width_s: float) -> np.ndarray:
-    """Expected spike counts per bin: base_hz * exp(gain * h) * bin width (h in (-1, 1))."""
-    return (base_hz * bin_width_s * np.exp(gain * hidden.astype(np.float64))).astype(np.float32)
+def unit_base_rates(hidden: np.ndarray, mean_hz: float, spread: float, gain: float,
+                    rng: np.random.Generator) -> np.ndarray:
+    """(units,) base rates in Hz: log-normal across units (sd ``spread`` of log rate), scaled
+    so that ``base * exp(gain * h)`` averages exactly ``mean_hz`` over units, trials and bins.
+
+    Recorded units differ in rate by an order of magnitude; one shared base would hide the
+    per-neuron offsets a model must learn."""
+    n = hidden.shape[-1]
+    shape = np.exp(spread * rng.standard_normal(n))  # (units,)
+    modulation = np.exp(gain * hidden.astype(np.float64)).reshape(-1, n).mean(0)  # (units,)
+    return shape * mean_hz / float(np.mean(shape * modulation))
+
+
+def poisson_rates(hidden: np.ndarray, base_hz: np.ndarray | float, gain: float,
+                  bin_width_s: float) -> np.ndarray:
+    """Expected spike counts per bin: base_hz * exp(gain * h) * bin width (h in (-1, 1));
+    ``base_hz`` is one rate per unit (last axis of ``hidden``) or one for all."""
+    rate = np.asarray(base_hz, np.float64) * np.exp(gain * hidden.astype(np.float64))
+    return (rate * bin_width_s).astype(np.float32)
 
 
 def poisson_counts(rates: np.ndarray, rng: np.random.Generator) -> np.ndarray:

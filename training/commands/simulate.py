@@ -19,6 +19,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS, help="which network family to simulate")
     parser.add_argument("--out", required=True,
@@ -30,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--obs", choices=("gaussian", "poisson"), default="gaussian",
                         help="observations: the hidden units themselves, or Poisson spikes "
                              "drawn from them (default gaussian)")
+    parser.add_argument("--rate-hz", type=_positive_float, default=None,
+                        help="Poisson spikes: mean firing rate over units, trials and bins; "
+                             "units' base rates vary log-normally around it (default 5)")
+    parser.add_argument("--bin-ms", type=_positive_float, default=None,
+                        help="bin width in ms (default 20); with --obs poisson, sets the "
+                             "spikes per bin (rate x width)")
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny network and dataset (seconds), to check the pipeline")
     parser.add_argument("--bins", type=_positive, default=None,
@@ -59,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
         data = generate(args.kind, trials=args.trials, seed=args.seed, obs=args.obs,
                         smoke_test=args.smoke_test, n_bins=args.bins, n_units=args.units,
-                        progress=progress)
+                        rate_hz=args.rate_hz, bin_ms=args.bin_ms, progress=progress)
     console.print("simulating done; writing dataset ...")
     manifest = write_dataset(args.out, **data.writer_kwargs(), overwrite=args.overwrite)
     _report(manifest, data, args.out)
@@ -67,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(manifest, data, out: str) -> None:
+    import numpy as np
+
     fit = data.provenance["training"]
     names = manifest.region_names
     print(f"wrote {manifest.name} to {out}")
@@ -74,6 +92,13 @@ def _report(manifest, data, out: str) -> None:
           f"{manifest.bin_width_s * 1000:g} ms, ic_enc_seq_len {manifest.ic_enc_seq_len}")
     for r in manifest.regions:
         print(f"  region {r.name}: {r.n_heldin} held-in + {r.n_heldout} held-out neurons")
+    if manifest.obs_model == "poisson":
+        def mean(arrays) -> float:
+            return float(np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays], 1).mean())
+
+        rate = mean([data.truth[f"truth/rates/{n}"] for n in names])
+        print(f"  spikes: mean rate {rate / manifest.bin_width_s:.3g} Hz ({rate:.3g} per bin); "
+              f"{mean(data.x.values()):.3g} per bin drawn")
     print("  trials: " + ", ".join(f"{k} {v}" for k, v in manifest.splits.items()))
     paths = [f"{names[s]}->{names[d]} (dim {manifest.comm_matrix[d][s]})"
              for d in range(len(names)) for s in range(len(names)) if manifest.comm_matrix[d][s]]
