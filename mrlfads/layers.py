@@ -13,11 +13,27 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-VAR_FLOOR = 1e-4  # posterior std = sqrt(exp(logvar) + VAR_FLOOR) (SPEC section 3)
+VAR_FLOOR = 1e-4  # posterior std = sqrt(exp(logvar) + VAR_FLOOR) (docs/MODEL.md)
+# Posterior log-variances are bounded above, smoothly: a posterior far wider than the prior
+# (variance 0.1 at the start) explains nothing, while an unbounded one let a message's
+# variance reach e^24 on sparse spikes before its KL weight had ramped up, and the
+# unweighted KL then overflowed (docs/MODEL.md, "Numerical safeguards").
+LOGVAR_MAX = 5.0
+
+
+def bounded_logvar(logvar: torch.Tensor) -> torch.Tensor:
+    """LOGVAR_MAX - softplus(LOGVAR_MAX - logvar): the identity well below the bound (within
+    1e-3 at logvar <= -2), never above it, with a gradient that never vanishes."""
+    return LOGVAR_MAX - F.softplus(LOGVAR_MAX - logvar)
+
+
+def bounded_logvar_grad(logvar: torch.Tensor) -> torch.Tensor:
+    """d bounded_logvar / d logvar = sigmoid(LOGVAR_MAX - logvar)."""
+    return torch.sigmoid(LOGVAR_MAX - logvar)
 
 
 def posterior_var(logvar: torch.Tensor) -> torch.Tensor:
-    return torch.exp(logvar) + VAR_FLOOR
+    return torch.exp(bounded_logvar(logvar)) + VAR_FLOOR
 
 
 def gru_update(xg: torch.Tensor, hg: torch.Tensor, h: torch.Tensor, clip: float) -> torch.Tensor:

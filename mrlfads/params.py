@@ -108,6 +108,42 @@ class ModelParams(nn.Module):
             for name in self._masked_names:
                 getattr(self, name).mul_(getattr(self, name + "_mask"))
 
+    @torch.no_grad()
+    def init_readout_from_data(self, heldin: list[tuple[torch.Tensor, torch.Tensor]],
+                               heldout: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Start every readout at its neuron's statistics in the training data.
+
+        ``heldin[r]`` / ``heldout[r]`` are ``(mean, var)`` of region r's neurons over trials
+        and bins. Poisson: log-rate bias = log(mean count per bin); gaussian: mean bias =
+        the mean, log-variance bias = log(var). With zero biases a neuron firing 0.05
+        spikes per bin starts at 1 spike per bin, and the first updates drove factors and
+        log-rates to extremes (docs/MODEL.md, "Initialisation from the data").
+
+        Rate-based messages read the log-rates, so their bias is shifted by the same
+        amount: A (W f + c) + b - A c = A W f + b, i.e. at the start each message sees its
+        source's rates relative to the source's baseline, whatever that baseline is."""
+        s, gauss = self.sizes, self.cfg.obs_model == "gaussian"
+
+        def write(bias: torch.Tensor, stats, widths, width_max: int) -> None:
+            for r, ((mean, var), n) in enumerate(zip(stats, widths)):
+                if n == 0:
+                    continue
+                mean, var = mean.to(bias), var.to(bias)
+                if gauss:
+                    bias[r, 0, :n] = mean
+                    bias[r, 0, width_max: width_max + n] = torch.log(var.clamp_min(1e-6))
+                else:
+                    bias[r, 0, :n] = torch.log(mean.clamp_min(1e-8))
+
+        if s.P and self.cfg.message_source == "rates":
+            before = self.ro_b[:, :, : s.Nm].clone()
+        write(self.ro_b, heldin, s.N, s.Nm)
+        if s.Hm:
+            write(self.ho_b, heldout, s.H, s.Hm)
+        if s.P and self.cfg.message_source == "rates":
+            shift = (self.ro_b[:, :, : s.Nm] - before)[self.src_index]  # (P, 1, Nm)
+            self.msg_b.sub_(torch.bmm(shift, self.msg_w * self.msg_w_mask))
+
     def _add(self, name: str, mask: torch.Tensor, fan=None) -> None:
         """Register a padded parameter (zeros, or N(0, 1/fan) when ``fan``) and its mask."""
         param = nn.Parameter(torch.zeros_like(mask))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from mrlfads import native
-from mrlfads.layers import VAR_FLOOR
+from mrlfads.layers import LOGVAR_MAX, VAR_FLOOR, bounded_logvar, bounded_logvar_grad
 
 aten = torch.ops.aten
 
@@ -102,10 +102,15 @@ def _bgrad(dy: Tensor) -> Tensor:
     return dy.sum(1).sum(1, keepdim=True)
 
 
+def _std(logvar: Tensor) -> Tensor:
+    """Posterior std from raw log-variance: sqrt(exp(bounded(logvar)) + floor)."""
+    return (bounded_logvar(logvar).exp() + VAR_FLOOR).sqrt()
+
+
 def _std_grad(d: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
-    """d/dlogvar of eps * sqrt(exp(logvar) + floor), times the incoming gradient d."""
-    e = logvar.exp()
-    return d * eps * e / (2 * (e + VAR_FLOOR).sqrt())
+    """d/dlogvar of eps * sqrt(exp(bounded(logvar)) + floor), times the incoming gradient d."""
+    e = bounded_logvar(logvar).exp()
+    return d * eps * e * bounded_logvar_grad(logvar) / (2 * (e + VAR_FLOOR).sqrt())
 
 
 def _posterior_grad(out: Tensor, d: Tensor, params: Tensor, eps: Tensor | None) -> None:
@@ -155,6 +160,7 @@ class Recurrence(torch.autograd.Function):
         if ops is not None:
             outs = ops.recurrence_forward(
                 spec.R, spec.P, spec.C, spec.U, spec.clip, spec.src_is_g, spec.sample, VAR_FLOOR,
+                LOGVAR_MAX,
                 Tp, g, f, ce, con_w_ie, con_b_ih, gx, msg_w, msg_b, con_w_if, con_w_hh,
                 con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w, eps_msg, eps_co, keep,
                 drop_f, drop_g, src_index)
@@ -191,7 +197,7 @@ class Recurrence(torch.autograd.Function):
                 m_mean, m_lv = mp[..., :C], mp[..., C:]
                 m = M[:, i]
                 if spec.sample:
-                    torch.addcmul(m_mean, (m_lv.exp() + VAR_FLOOR).sqrt(), eps_msg[i], out=m)
+                    torch.addcmul(m_mean, _std(m_lv), eps_msg[i], out=m)
                 else:
                     m.copy_(m_mean)
                 if keep is not None:
@@ -214,7 +220,7 @@ class Recurrence(torch.autograd.Function):
                 CO[:, i] = co
                 u = Us[:, i]
                 if spec.sample:
-                    torch.addcmul(co[..., :U], (co[..., U:].exp() + VAR_FLOOR).sqrt(), eps_co[i], out=u)
+                    torch.addcmul(co[..., :U], _std(co[..., U:]), eps_co[i], out=u)
                 else:
                     u.copy_(co[..., :U])
                 Xs[:, i, :, :U] = u
@@ -241,7 +247,7 @@ class Recurrence(torch.autograd.Function):
         if ctx.native is not None:
             s = ctx.spec
             grads = ctx.native.recurrence_backward(
-                s.R, s.P, s.C, s.U, s.clip, s.src_is_g, s.sample, VAR_FLOOR, ctx.gx_seq,
+                s.R, s.P, s.C, s.U, s.clip, s.src_is_g, s.sample, VAR_FLOOR, LOGVAR_MAX, ctx.gx_seq,
                 gF, gCO, gU, gMP, gM, *ctx.saved_tensors, *ctx.bufs)
             return (None, None, None, *_none_if_empty(grads), None, None, None, None, None)
         spec, Tp, con = ctx.spec, ctx.Tp, ctx.con

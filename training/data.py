@@ -38,6 +38,22 @@ class SplitTensors:
             [x[sl] for x in self.ext] if self.ext is not None else None,
             self.trial_id[sl], {k: v[sl] for k, v in self.truth.items()})
 
+    def neuron_stats(self, counts: bool) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], ...]:
+        """Per region, (mean, variance) of each held-in and each held-out neuron over trials
+        and bins: what the readouts start from (``MRLFADS.init_readout_from_data``).
+
+        With ``counts`` (Poisson data), means are add-half estimates, (spikes + 0.5) / samples, so a neuron silent
+        in this split starts at a small finite rate instead of log(0)."""
+        def stats(xs: list[torch.Tensor]):
+            out = []
+            for x in xs:
+                flat = x.reshape(-1, x.shape[-1]).double()  # (trials * T, n)
+                mean = (flat.sum(0) + 0.5) / flat.shape[0] if counts else flat.mean(0)
+                out.append((mean.float(), flat.var(0, correction=0).float()))
+            return out
+
+        return stats(self.heldin), stats(self.heldout)
+
     def batch(self, idx: torch.Tensor):
         """``(heldin, heldout, ext)`` lists for the trials at ``idx``."""
         heldin = [x[idx] for x in self.heldin]

@@ -257,11 +257,23 @@ void gru_backward(const Tensor& a_, const OptT& b_, const OptT& mask_, const Ten
 inline float exp_of(float x) { return exp_approx(x); }
 inline double exp_of(double x) { return std::exp(x); }
 
-// A posterior sample mean + sqrt(exp(logvar) + floor) * eps (or the mean) into `out`, from
-// params (R, B, 2w) = [mean | logvar]. One pass: the rows are narrow (w = com_dim or
-// co_dim), where separate exp / sqrt / addcmul ops cost ~6 ns per element each.
+// The posterior log-variance bound of layers.bounded_logvar: hi - softplus(hi - x), and
+// its derivative sigmoid(hi - x). softplus(y) = y for y > 20 (log1p(exp(y)) - y < 3e-9).
+template <typename T>
+inline T bounded_logvar(T x, T hi) {
+  const T y = hi - x;
+  return y > T(20) ? x : hi - std::log1p(std::exp(y));
+}
+template <typename T>
+inline T bounded_logvar_grad(T x, T hi) {
+  return T(1) / (T(1) + std::exp(x - hi));
+}
+
+// A posterior sample mean + sqrt(exp(bounded(logvar)) + floor) * eps (or the mean) into
+// `out`, from params (R, B, 2w) = [mean | logvar]. One pass: the rows are narrow (w =
+// com_dim or co_dim), where separate exp / sqrt / addcmul ops cost ~6 ns per element each.
 void sample_into(const Tensor& out, const Tensor& params_, int64_t w, const OptT& eps_,
-                 double var_floor) {
+                 double var_floor, double logvar_max) {
   const Tensor params = unit_last(params_);
   if (!eps_) {
     out.copy_(params.narrow(-1, 0, w));
@@ -272,12 +284,13 @@ void sample_into(const Tensor& out, const Tensor& params_, int64_t w, const OptT
     using T = scalar_t;
     const auto PR = in_rows<T>(params), E = in_rows<T>(eps);
     const auto O = out_rows<T>(out);
-    const T floor = static_cast<T>(var_floor);
+    const T floor = static_cast<T>(var_floor), hi = static_cast<T>(logvar_max);
     for_rows(out.size(0), out.size(1), 2 * w, [&](int64_t r, int64_t b) {
       const T* __restrict mp = PR.at(r, b);
       const T* __restrict e = E.at(r, b);
       T* __restrict o = O.at(r, b);
-      for (int64_t j = 0; j < w; ++j) o[j] = mp[j] + std::sqrt(exp_of(mp[w + j]) + floor) * e[j];
+      for (int64_t j = 0; j < w; ++j)
+        o[j] = mp[j] + std::sqrt(exp_of(bounded_logvar(mp[w + j], hi)) + floor) * e[j];
     });
   });
 }
@@ -286,7 +299,7 @@ void sample_into(const Tensor& out, const Tensor& params_, int64_t w, const OptT
 // gradient `d` w.r.t. the sample (or w.r.t. the mean when not sampling: eps absent), plus
 // `add`, a gradient that reaches the params directly, when given. One pass, as above.
 void posterior_grad(const Tensor& out, const Tensor& d_, const Tensor& params_,
-                    const OptT& eps_, const OptT& add_, double var_floor) {
+                    const OptT& eps_, const OptT& add_, double var_floor, double logvar_max) {
   const Tensor d = unit_last(d_), params = unit_last(params_);
   const Tensor eps = eps_ ? unit_last(*eps_) : Tensor();
   const Tensor add = add_ ? unit_last(*add_) : Tensor();
@@ -298,7 +311,7 @@ void posterior_grad(const Tensor& out, const Tensor& d_, const Tensor& params_,
     const auto E = eps.defined() ? in_rows<T>(eps) : absent;
     const auto A = add.defined() ? in_rows<T>(add) : absent;
     const auto O = out_rows<T>(out);
-    const T floor = static_cast<T>(var_floor);
+    const T floor = static_cast<T>(var_floor), hi = static_cast<T>(logvar_max);
     for_rows(d.size(0), d.size(1), 2 * w, [&](int64_t r, int64_t b) {
       const T* __restrict dp = D.at(r, b);
       const T* __restrict lv = PR.at(r, b) + w;
@@ -307,8 +320,8 @@ void posterior_grad(const Tensor& out, const Tensor& d_, const Tensor& params_,
       if (E.p) {
         const T* __restrict e = E.at(r, b);
         for (int64_t j = 0; j < w; ++j) {
-          const T v = exp_of(lv[j]);
-          o[w + j] = dp[j] * e[j] * v / (T(2) * std::sqrt(v + floor));
+          const T v = exp_of(bounded_logvar(lv[j], hi));
+          o[w + j] = dp[j] * e[j] * v * bounded_logvar_grad(lv[j], hi) / (T(2) * std::sqrt(v + floor));
         }
       } else {
         for (int64_t j = 0; j < w; ++j) o[w + j] = T(0);
@@ -337,7 +350,7 @@ bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 // ---------------------------------------------------------------- the MR-LFADS loop
 std::vector<Tensor> recurrence_forward(
     int64_t R, int64_t P, int64_t C, int64_t U, double clip, bool src_is_g, bool sample,
-    double var_floor, int64_t Tp, const Tensor& g0, const Tensor& f0, const OptT& ce,
+    double var_floor, double logvar_max, int64_t Tp, const Tensor& g0, const Tensor& f0, const OptT& ce,
     const OptT& con_w_ie, const OptT& con_b_ih, const Tensor& gx, const OptT& msg_w,
     const OptT& msg_b, const OptT& con_w_if, const OptT& con_w_hh, const OptT& con_b_hh,
     const OptT& co_w, const OptT& co_b,
@@ -391,7 +404,8 @@ std::vector<Tensor> recurrence_forward(
       // (P, B, 2C); straight into MP unless silencing rewrites the means kept there
       const Tensor mp = keep ? at::baddbmm(*msg_b, st, *msg_w)
                              : at::baddbmm_out(mpi, *msg_b, st, *msg_w);
-      sample_into(m, mp, C, sample ? std::optional(step(eps_msg, i)) : std::nullopt, var_floor);
+      sample_into(m, mp, C, sample ? std::optional(step(eps_msg, i)) : std::nullopt, var_floor,
+                     logvar_max);
       if (keep) {
         const Tensor k = step(keep, i);
         m.mul_(k);
@@ -419,7 +433,8 @@ std::vector<Tensor> recurrence_forward(
       Tensor co = CO.select(1, i);  // (R, B, 2U)
       at::baddbmm_out(co, *co_b, h1, *co_w);
       Tensor u = Us.select(1, i);
-      sample_into(u, co, U, sample ? std::optional(step(eps_co, i)) : std::nullopt, var_floor);
+      sample_into(u, co, U, sample ? std::optional(step(eps_co, i)) : std::nullopt, var_floor,
+                     logvar_max);
       Xs.select(1, i).narrow(-1, 0, U).copy_(u);
     }
     const Tensor gxi = seq ? gx.select(0, i) : gx;
@@ -441,7 +456,7 @@ std::vector<Tensor> recurrence_forward(
 
 std::vector<Tensor> recurrence_backward(
     int64_t R, int64_t P, int64_t C, int64_t U, double clip, bool src_is_g, bool sample,
-    double var_floor, bool gx_seq, const OptT& gF, const OptT& gCO, const OptT& gU,
+    double var_floor, double logvar_max, bool gx_seq, const OptT& gF, const OptT& gCO, const OptT& gU,
     const OptT& gMP, const OptT& gM, const OptT& src_index, const OptT& msg_w, const OptT& ce,
     const OptT& con_w_ie, const OptT& con_w_if, const OptT& con_w_hh, const OptT& co_w,
     const OptT& gen_w_iu, const Tensor& gen_w_hh, const Tensor& fac_w, const OptT& eps_msg,
@@ -491,7 +506,8 @@ std::vector<Tensor> recurrence_backward(
       const Tensor dco = DCO.select(1, i);
       posterior_grad(dco, du, CO.select(1, i),
                      sample ? std::optional(step(eps_co, i)) : std::nullopt,
-                     gCO ? std::optional(gCO->select(1, i)) : std::nullopt, var_floor);
+                     gCO ? std::optional(gCO->select(1, i)) : std::nullopt, var_floor,
+                     logvar_max);
       const Tensor dhn = at::baddbmm(dh, dco, co_t);
       Tensor dhprev = at::empty({R, B, Cn}, o);
       gru_backward(dhn, std::nullopt, std::nullopt, CRZ.select(1, i), CN.select(1, i),
@@ -512,7 +528,8 @@ std::vector<Tensor> recurrence_backward(
       const bool add_gmp = gMP && !keep;
       posterior_grad(dmp, dm, MP.select(1, i),
                      sample ? std::optional(step(eps_msg, i)) : std::nullopt,
-                     add_gmp ? std::optional(gMP->select(1, i)) : std::nullopt, var_floor);
+                     add_gmp ? std::optional(gMP->select(1, i)) : std::nullopt, var_floor,
+                     logvar_max);
       if (gMP && keep) {
         const Tensor gmp = gMP->select(1, i);
         dmp.narrow(-1, 0, C).addcmul_(gmp.narrow(-1, 0, C), step(keep, i));
@@ -601,7 +618,7 @@ std::vector<Tensor> gru_sequence_backward(const Tensor& gH, const Tensor& w_hh,
 TORCH_LIBRARY(mrlfads_native, m) {
   m.def(
       "recurrence_forward(int R, int P, int C, int U, float clip, bool src_is_g, bool sample, "
-      "float var_floor, int Tp, Tensor g, Tensor f, Tensor? ce, Tensor? con_w_ie, "
+      "float var_floor, float logvar_max, int Tp, Tensor g, Tensor f, Tensor? ce, Tensor? con_w_ie, "
       "Tensor? con_b_ih, Tensor gx, Tensor? msg_w, "
       "Tensor? msg_b, Tensor? con_w_if, Tensor? con_w_hh, Tensor? con_b_hh, Tensor? co_w, "
       "Tensor? co_b, Tensor? gen_w_iu, Tensor gen_w_hh, Tensor gen_b_hh, Tensor fac_w, "
@@ -609,7 +626,7 @@ TORCH_LIBRARY(mrlfads_native, m) {
       "Tensor? src_index) -> Tensor[]");
   m.def(
       "recurrence_backward(int R, int P, int C, int U, float clip, bool src_is_g, bool sample, "
-      "float var_floor, bool gx_seq, Tensor? gF, Tensor? gCO, Tensor? gU, Tensor? gMP, "
+      "float var_floor, float logvar_max, bool gx_seq, Tensor? gF, Tensor? gCO, Tensor? gU, Tensor? gMP, "
       "Tensor? gM, Tensor? src_index, Tensor? msg_w, Tensor? ce, Tensor? con_w_ie, "
       "Tensor? con_w_if, Tensor? con_w_hh, "
       "Tensor? co_w, Tensor? gen_w_iu, Tensor gen_w_hh, Tensor fac_w, Tensor? eps_msg, "
