@@ -160,3 +160,15 @@ class LossConfig:
     @property
     def kl_com_scale(self) -> float:
         return self.kl_co_scale / self.kl_com_ratio
+
+    @property
+    def ramps(self) -> dict[str, RampConfig]:
+        return {"ic_ramp": self.ic_ramp, "co_ramp": self.co_ramp, "com_ramp": self.com_ramp,
+                "l2_ramp": self.l2_ramp}
+
+    @property
+    def ramps_end(self) -> int:
+        """The first (0-based) epoch at which every KL/L2 ramp has reached 1: before it the
+        objective is not the one the model is meant to minimise, so no model selection
+        (best.pt, PBT exploits, the best trial) may pick an earlier epoch."""
+        return max(r.start + r.length for r in self.ramps.values())

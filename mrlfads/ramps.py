@@ -1,6 +1,18 @@
 """KL and L2 warm-up ramps (SPEC section 4): pure functions of the epoch."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+# Per-epoch metric: 1.0 once every KL/L2 ramp has reached full weight. Every best-of
+# selection (best.pt, the sweep's best trial, promote) ignores epochs where it is 0.
+RAMPS_DONE = "ramps_done"
+
+
+def selectable(metrics: Mapping[str, float]) -> bool:
+    """Whether an epoch's metrics may be chosen as a best model (ramps done; metrics
+    recorded before this flag existed count as selectable)."""
+    return float(metrics.get(RAMPS_DONE, 1.0)) >= 1.0
+
 
 def ramp(epoch: float, start: int, length: int) -> float:
     """rho(e) = clip((e + 1 - start) / (length + 1), 0, 1).

@@ -10,7 +10,6 @@ interval, taken from the space in one place (:func:`checkpoint_interval`).
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from typing import Any, Mapping
 
 from ray import tune
@@ -31,24 +30,11 @@ def checkpoint_interval(space: SearchSpace) -> int:
     return int(space.scheduler.grace_period)
 
 
-def ramps_end(loss: Any) -> int:
-    """First epoch at which every ramp of a LossConfig (or its dict) has reached 1."""
-    items = (loss.items() if isinstance(loss, Mapping)
-             else ((f.name, getattr(loss, f.name)) for f in fields(loss)))
-    ends = []
-    for _, value in items:
-        start = value.get("start") if isinstance(value, Mapping) else getattr(value, "start", None)
-        length = value.get("length") if isinstance(value, Mapping) else getattr(value, "length", None)
-        if start is not None and length is not None:
-            ends.append(int(start) + int(length))
-    return max(ends, default=0)
-
-
 def resolve_burn_in(space: SearchSpace, loss: Any) -> int:
     """Burn-in epochs, rounded up to a whole number of perturbation intervals so that
     perturbations land on checkpoint epochs; 'ramps' covers every KL/L2 ramp."""
     burn = space.scheduler.burn_in
-    burn = ramps_end(loss) if burn == "ramps" else int(burn)
+    burn = loss.ramps_end if burn == "ramps" else int(burn)
     interval = space.scheduler.perturbation_interval
     return int(math.ceil(burn / interval) * interval)
 

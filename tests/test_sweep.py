@@ -67,8 +67,8 @@ def test_smoke_plan_shrinks_the_population_and_burns_in_over_the_ramps(tiny_data
     s = plan.space.scheduler
     assert (s.population, s.perturbation_interval, s.synch) == (4, 2, True)
     assert plan.space.resources.cpu == 0.5 and plan.epochs == 8
-    # smoke ramps: com starts at 1 and lasts 3 -> every ramp done at epoch 4
-    assert plan.burn_in == 4
+    # smoke ramps: every ramp done at epoch 1, rounded up to the 2-epoch interval
+    assert plan.burn_in == 2
     assert plan.experiment_path == f"{tmp_path}/p"
     assert sweep.SweepPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
@@ -105,7 +105,7 @@ def test_param_space_layout_and_pbt_owns_its_explore_step(tiny_dataset_dir):
     assert set(ps["hparams"]) == set(plan.space.paths) and ps["build"] == {}
     pbt = tune_objects.pbt_scheduler(plan.space, plan.burn_in)
     assert isinstance(pbt._custom_explore_fn, SpaceExplorer) and pbt._hyperparam_mutations == {}
-    assert pbt._burn_in_period == 4 and pbt._synch is True
+    assert pbt._burn_in_period == 2 and pbt._synch is True  # smoke ramps end at 1
 
 
 def test_one_pbt_member_starts_at_the_run_configs_own_values_clipped_to_bounds(tiny_dataset_dir):

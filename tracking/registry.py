@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from mrlfads.ramps import selectable
 from tracking.errors import TrackingError
 from tracking.store import resolve_tracking_uri
 
@@ -125,13 +126,13 @@ def find_best_trial(sweep: str, *, metric: str | None = None, mode: str | None =
         raise TrackingError(f"--mode {mode!r} must be min or max")
     trials = [r for r in runs if r.data.tags.get("mrlfads.role") == "trial"]
     ok = [r for r in trials if r.info.status == "FINISHED"
-          and math.isfinite(r.data.metrics.get(metric, math.nan))]
+          and math.isfinite(r.data.metrics.get(metric, math.nan)) and selectable(r.data.metrics)]
     if not ok:
         seen = ", ".join(sorted({f"{r.info.status}" for r in trials})) or "none"
         raise TrackingError(
-            f"sweep {sweep!r} has no finished trial with metric {metric!r} "
-            f"({len(trials)} trial runs; statuses: {seen}): let the sweep finish (or resume it), "
-            "or pick another --metric")
+            f"sweep {sweep!r} has no finished trial with metric {metric!r} after its KL/L2 "
+            f"ramps ({len(trials)} trial runs; statuses: {seen}): let the sweep finish (or "
+            "resume it), or pick another --metric")
     best = (min if mode == "min" else max)(ok, key=lambda r: r.data.metrics[metric])
     return BestTrial(best.info.run_id, best.data.tags.get("mrlfads.trial_id", ""), metric,
                      float(best.data.metrics[metric]), best.data.tags.get("mrlfads.checkpoint"),

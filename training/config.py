@@ -6,7 +6,7 @@ disagrees with the data is rejected before a single epoch runs, naming both side
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -111,8 +111,59 @@ class RunConfig:
         cfg = from_dict(cls, merged, where="run")
         if overrides:
             cfg = cfg.with_overrides(overrides)
+        cfg = fit_ramps(cfg, explicit=smoke_test or sets_ramps(user, overrides))
         check_against_data(cfg, manifest)
         return cfg
+
+
+DEFAULT_EPOCHS = TrainConfig.epochs  # the default ramps are laid out for a run this long
+
+
+def sets_ramps(user: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None) -> bool:
+    """Whether a user's config file or overrides set any KL/L2 ramp themselves."""
+    loss = dict((user or {}).get("loss") or {})
+    in_file = any(key.endswith("_ramp") for key in loss)
+    in_overrides = any(path.startswith("loss.") and "_ramp" in path for path in overrides or {})
+    return in_file or in_overrides
+
+
+def fit_ramps(cfg: RunConfig, *, explicit: bool) -> RunConfig:
+    """Lay the KL/L2 ramps out over ``train.epochs``, or refuse a run too short for them.
+
+    The default ramps (docs/MODEL.md) are written for a 350-epoch run; a run of N epochs
+    without ramps of its own gets each default start and length times N / 350, so the
+    bottlenecks act in every run. Ramps a user set are kept as they are. Either way every
+    ramp must end before the last epoch: model selection (best.pt, PBT, the best trial) only
+    looks at epochs after the ramps, and a run that never reaches one has nothing to pick.
+    """
+    epochs = cfg.train.epochs
+    if not explicit and epochs != DEFAULT_EPOCHS:
+        factor = epochs / DEFAULT_EPOCHS
+        scaled = {name: RampConfig(round(r.start * factor), round(r.length * factor))
+                  for name, r in LossConfig().ramps.items()}
+        cfg = replace(cfg, loss=replace(cfg.loss, **scaled))
+    end = cfg.loss.ramps_end
+    if end >= epochs:
+        ramps = ", ".join(f"{k} {r.start}+{r.length}" for k, r in cfg.loss.ramps.items())
+        how = ("set train.epochs (or --epochs) to more than that, or shorten the ramps you set"
+               if explicit else f"use at least {_min_epochs()} epochs")
+        raise ConfigError(
+            f"train.epochs={epochs} is too short for the KL/L2 ramps (start+length: {ramps}), "
+            f"which end at epoch {end}: best.pt and every other model selection only consider "
+            f"epochs after the ramps, so this run would have none. {how.capitalize()}.")
+    return cfg
+
+
+def _min_epochs() -> int:
+    """The shortest run whose scaled default ramps end before its last epoch."""
+    epochs = 1
+    while True:
+        factor = epochs / DEFAULT_EPOCHS
+        end = max(round(r.start * factor) + round(r.length * factor)
+                  for r in LossConfig().ramps.values())
+        if end < epochs:
+            return epochs
+        epochs += 1
 
 
 def smoke_sizes() -> dict[str, Any]:
@@ -120,11 +171,11 @@ def smoke_sizes() -> dict[str, Any]:
     return {
         "model": {"ic_enc_dim": 8, "ci_enc_dim": 8, "con_dim": 8, "co_dim": 2, "ic_dim": 4,
                   "com_dim": 2, "dropout": 0.05},
-        "loss": {
-            "ic_ramp": {"start": 0, "length": 3},
-            "co_ramp": {"start": 0, "length": 3},
-            "com_ramp": {"start": 1, "length": 3},
-            "l2_ramp": {"start": 1, "length": 3},
+        "loss": {  # every ramp done after epoch 1, so a 2-epoch smoke run has a best epoch
+            "ic_ramp": {"start": 0, "length": 1},
+            "co_ramp": {"start": 0, "length": 1},
+            "com_ramp": {"start": 0, "length": 1},
+            "l2_ramp": {"start": 0, "length": 1},
         },
         "train": {"epochs": 6, "batch_size": 8, "lr": 1e-2},
     }

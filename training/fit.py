@@ -4,7 +4,10 @@ Run directory layout:
   config.yaml      the resolved run config (what to pass back with --config to repeat it)
   metrics.jsonl    one JSON object per finished epoch
   last.pt          the newest checkpoint (every epoch)
-  best.pt          the checkpoint with the lowest smoothed objective so far
+  best.pt          the checkpoint with the lowest smoothed objective so far, among epochs
+                   where every KL/L2 ramp had finished (earlier epochs optimise another
+                   objective: a model from before the message bottleneck acts can look
+                   better on held-out data while its communication is wrong)
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
+from mrlfads.ramps import selectable
 from training.loop import NonFiniteLossError, Trainer
 
 LAST = "last.pt"
@@ -61,7 +65,7 @@ def fit(
             except NonFiniteLossError as exc:
                 raise NonFiniteLossError(f"{exc} Last good checkpoint: {out / LAST}") from None
             trainer.save_checkpoint(out / LAST)
-            if metrics["objective"] <= best:
+            if selectable(metrics) and metrics["objective"] <= best:
                 best = metrics["objective"]
                 trainer.save_checkpoint(out / BEST)
             with open(out / METRICS, "a") as fh:

@@ -19,6 +19,7 @@ from mrlfads.config_utils import ConfigError
 from mrlfads.loss import compute_loss
 from mrlfads.metrics import EMA
 from mrlfads.model import MRLFADS
+from mrlfads.ramps import RAMPS_DONE
 from training import checkpoint as ckpt
 from training.config import RunConfig, check_against_data
 from training.data import SplitTensors, load_split
@@ -55,7 +56,12 @@ class Trainer:
             torch.set_num_threads(run_cfg.train.threads)
         torch.manual_seed(run_cfg.train.seed)
         np.random.seed(run_cfg.train.seed)
+        self._train: SplitTensors | None = None
+        self._valid: SplitTensors | None = None
         self.model = MRLFADS(run_cfg.model).to(self.device)
+        # readouts start at the data's per-neuron statistics (a restore overwrites them)
+        self.model.init_readout_from_data(
+            *self.train_data.neuron_stats(counts=run_cfg.model.obs_model == "poisson"))
         t = run_cfg.train
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
@@ -72,8 +78,6 @@ class Trainer:
         self.smoother = EMA(1.0 - t.smoothing)
         self.best_objective = math.inf
         self.hparams: dict[str, float] = {}
-        self._train: SplitTensors | None = None
-        self._valid: SplitTensors | None = None
 
     # ------------------------------------------------------------------ data
     @property
@@ -160,6 +164,8 @@ class Trainer:
             raise NonFiniteLossError(_nonfinite_message(self.epoch, metrics))
         metrics["objective_raw"] = raw
         metrics["objective"] = self.smoother.update(raw)
+        # 1 once every KL/L2 ramp is at full weight: only such epochs may be selected
+        metrics[RAMPS_DONE] = float(self.epoch >= self.cfg.loss.ramps_end)
         metrics["lr"] = self.lr
         for path, value in self.hparams.items():
             metrics[f"hp/{path}"] = value
@@ -167,7 +173,8 @@ class Trainer:
             self.scheduler.step(metrics["objective"])
         self.epoch += 1
         metrics["epoch"] = float(self.epoch)
-        self.best_objective = min(self.best_objective, metrics["objective"])
+        if metrics[RAMPS_DONE]:
+            self.best_objective = min(self.best_objective, metrics["objective"])
         self.history.append(metrics)
         return metrics
 

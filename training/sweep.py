@@ -131,7 +131,7 @@ def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
     """Validate the space and dataset and build the base run config; no Ray yet."""
     from data_loaders.reader import ArrowDataset
     from search_spaces.tune_objects import resolve_burn_in
-    from training.config import RunConfig
+    from training.config import RunConfig, fit_ramps, sets_ramps
 
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_yaml(space or DEFAULT_SPACE)
@@ -146,7 +146,9 @@ def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
         fixed["train.epochs"] = SMOKE["epochs"]
     fixed.update(space.fixed)
     fixed.update(run_overrides or {})
-    run = RunConfig.from_dict(set_paths(base.to_dict(), fixed)).to_dict()
+    explicit_ramps = smoke_test or sets_ramps(user_config, fixed)
+    run = fit_ramps(RunConfig.from_dict(set_paths(base.to_dict(), fixed)),
+                    explicit=explicit_ramps).to_dict()
     _check_ranges(space, run)
     burn_in = resolve_burn_in(space, RunConfig.from_dict(run).loss) if space.kind == "pbt" else 0
     if space.kind == "pbt" and burn_in + space.scheduler.perturbation_interval > run["train"]["epochs"]:
@@ -308,6 +310,8 @@ def prune_checkpoints(experiment_path: str, keep: int) -> int:
 
 def summarize(results, plan: SweepPlan) -> SweepSummary:
     """Best finished trial by its last ``metric``; history from its checkpoint's lineage."""
+    from mrlfads.ramps import selectable
+
     metric, mode = plan.space.scheduler.metric, plan.space.scheduler.mode
     sign = 1.0 if mode == "min" else -1.0
     summary = SweepSummary(plan.experiment_path, None)
@@ -319,7 +323,7 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
             continue
         summary.trials[trial_id] = "TERMINATED"
         value = (r.metrics or {}).get(metric)
-        if value is not None and math.isfinite(value) and (
+        if value is not None and math.isfinite(value) and selectable(r.metrics) and (
                 best is None or sign * value < sign * best.metrics[metric]):
             best = r
     summary.exploits = _count_exploits(plan.experiment_path)

@@ -13,7 +13,9 @@ HELP = "train one MR-LFADS model on an Arrow dataset (no search)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset directory or URI (from simulate/ingest)")
     p.add_argument("--config", help="YAML with optional model/loss/train sections")
-    p.add_argument("--epochs", type=int, help="number of epochs (default: the config's, 350)")
+    p.add_argument("--epochs", type=_epochs, help="number of epochs (default: the config's, "
+                   "350); the default KL/L2 ramps are stretched to fit, ramps you set must "
+                   "end before the last epoch")
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override one config field, e.g. --set train.lr=1e-3 (repeatable)")
@@ -25,6 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or the embedded SQLite store under the working directory)")
     p.add_argument("--experiment", default="mrlfads-train", help="MLflow experiment name")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _epochs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of epochs, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"need at least 1 epoch, got {value}")
+    return value
 
 
 def parse_sets(items: list[str]) -> dict[str, object]:
@@ -40,7 +52,8 @@ def parse_sets(items: list[str]) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     from data_loaders.reader import ArrowDataset
-    from training.config import RunConfig, load_config_file
+    from training import checkpoint as ckpt
+    from training.config import RunConfig, fit_ramps, load_config_file
     from training.fit import LAST, fit
     from training.loop import NonFiniteLossError, Trainer
     from training.tracking_glue import open_run_tracker
@@ -49,22 +62,31 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_sets(args.set)
     if args.device:
         overrides["train.device"] = args.device
-    cfg = RunConfig.for_dataset(dataset.manifest, uri=args.data, user=load_config_file(args.config),
-                                overrides=overrides, smoke_test=args.smoke_test)
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
     out = Path(args.out)
     if args.resume:
+        # a resumed run keeps its own config (sizes, ramps); only --set / --epochs change it
+        saved = RunConfig.from_dict(ckpt.load(out / LAST)["run_config"])
+        cfg = fit_ramps(saved.with_overrides(overrides), explicit=True)
+        if args.config:
+            print(f"note: --resume keeps the config saved in {out / LAST}; --config is ignored "
+                  "(use --set PATH=VALUE to change a field)")
         trainer = Trainer.from_checkpoint(out / LAST, dataset, run_cfg=cfg)
         print(f"resuming {out / LAST} at epoch {trainer.epoch}")
     else:
         if (out / LAST).exists():
             raise ValueError(f"{out} already holds a run (last.pt): pass --resume to continue it "
                              "or choose another --out")
+        cfg = RunConfig.for_dataset(dataset.manifest, uri=args.data,
+                                    user=load_config_file(args.config), overrides=overrides,
+                                    smoke_test=args.smoke_test)
         trainer = Trainer(cfg, dataset)
     tracker = None if args.no_tracking else open_run_tracker(
         args.experiment, out.name, cfg, dataset.manifest, args.tracking_uri, out)
     status = "FINISHED"
     try:
-        metrics = fit(trainer, out, epochs=args.epochs, tracker=tracker, progress=not args.quiet)
+        metrics = fit(trainer, out, tracker=tracker, progress=not args.quiet)
         if tracker is not None:
             from training.report_figures import log_model_figures
 
