@@ -191,7 +191,9 @@ def test_poisson_counts_are_spikes_from_the_same_hidden_units():
     for r in gauss.regions:
         x = pois.x[r.name]
         assert x.min() >= 0 and np.array_equal(x, np.round(x)) and x.sum() > 0
-        h = gauss.truth[f"truth/rates/{r.name}"]
+        # the network steps every 20 ms: a 10 ms bin holds its step's rate (two bins a step)
+        h = np.repeat(gauss.truth[f"truth/rates/{r.name}"], 2, axis=1)
+        assert x.shape[1] == 2 * gauss.x[r.name].shape[1] == 80  # the same 0.8 s trial
         unit = np.array([int(i) for i in r.neuron_ids]) + (0 if r.name == "upstream" else npz["n_units"][0])
         expected = base[unit] * 0.01 * np.exp(cfg.poisson_gain * h.astype(np.float64))
         np.testing.assert_allclose(pois.truth[f"truth/rates/{r.name}"], expected, rtol=1e-5)
@@ -209,7 +211,15 @@ def test_rate_and_bin_flags_reach_the_dataset(tmp_path, capsys):
     assert main(["simulate", "relay-decision", "--out", out, "--smoke-test", "--obs", "poisson",
                  "--rate-hz", "2", "--bin-ms", "5"]) == 0
     assert "spikes: mean rate 2 Hz (0.01 per bin)" in capsys.readouterr().out
-    assert ArrowDataset.open(out).manifest.bin_width_s == pytest.approx(0.005)
+    m = ArrowDataset.open(out).manifest
+    assert m.bin_width_s == pytest.approx(0.005) and m.n_bins == 160  # 40 steps of 20 ms
+    # bins pool whole steps too; a width that does neither is refused, naming the fix
+    assert main(["simulate", "relay-decision", "--out", out, "--smoke-test", "--bin-ms", "40",
+                 "--overwrite"]) == 0
+    assert ArrowDataset.open(out).manifest.n_bins == 20
+    assert main(["simulate", "relay-decision", "--out", out, "--smoke-test", "--bin-ms", "15",
+                 "--overwrite"]) == 2
+    assert "must divide the networks' 20 ms step" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:  # argparse refuses it, naming the flag
         main(["simulate", "relay-decision", "--out", out, "--smoke-test", "--obs", "poisson",
               "--rate-hz", "0", "--overwrite"])

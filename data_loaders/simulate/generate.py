@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 
 from data_loaders.manifest import RegionSpec
 from data_loaders.simulate import memory_ring, observe, random_nets, relay_decision
-from data_loaders.simulate.config import OBS_MODELS, SimConfig, preset
+from data_loaders.simulate.config import OBS_MODELS, STEP_S, SimConfig, preset
 from data_loaders.simulate.network import MultiRegionRNN, run_trials, to_npz
 from data_loaders.simulate.train import Progress, TaskBatch, single_thread, train_network
 
@@ -90,12 +91,13 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
         family = FAMILIES[kind].build(cfg, rng["network"])
         spec = family.spec
         net = MultiRegionRNN(spec, rng["weights"])
-        bins = cfg.n_bins if family.full_length_training else min(cfg.train.n_bins, cfg.n_bins)
-        train_cfg = dataclasses.replace(cfg.train, n_bins=bins)
+        steps = cfg.n_steps  # the network runs in its own steps; bins come at the end
+        train_steps = steps if family.full_length_training else min(cfg.train.n_bins, steps)
+        train_cfg = dataclasses.replace(cfg.train, n_bins=train_steps)
         fit = train_network(net, family.sample, family.loss_fn, train_cfg, rng["train_tasks"],
                             int(rng["train_noise"].integers(2**31)), progress)
         t_train = time.perf_counter() - t0
-        batch = family.sample(rng["trials"], cfg.n_trials, cfg.n_bins)
+        batch = family.sample(rng["trials"], cfg.n_trials, steps)
         trial_id = np.arange(cfg.n_trials, dtype=np.int64)
         noise_seed = int(rng["trial_noise"].integers(2**63))
         hidden, messages, readout = run_trials(net, batch.inputs, trial_id, noise_seed)
@@ -108,7 +110,7 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
     # timings stay out of provenance: the same seed must give byte-identical files
     data.seconds = {"train": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)}
     obs_params = {"poisson_base_hz": base_hz, "poisson_gain": np.array(cfg.poisson_gain),
-                  "bin_width_s": np.array(cfg.bin_width_s)}
+                  "bin_width_s": np.array(cfg.bin_width_s), "step_s": np.array(STEP_S)}
     data.extra_files["network.npz"] = to_npz(net, noise_seed, obs_params)
     return data
 
@@ -116,11 +118,14 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
 def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, family, batch: TaskBatch,
               trial_id: np.ndarray, hidden: np.ndarray, messages: np.ndarray, base_hz: np.ndarray,
               rng: dict[str, np.random.Generator]) -> SimulatedData:
-    """Per-region observations in stored neuron order, and every truth column."""
+    """Per-region observations in stored neuron order, and every truth column, in bins."""
     spec = family.spec
+    to_bins = partial(observe.steps_to_bins, steps_per_bin=cfg.steps_per_bin)
     if obs == "poisson":
-        rates_all = observe.poisson_rates(hidden, base_hz, cfg.poisson_gain, cfg.bin_width_s)
+        rates_all = to_bins(observe.poisson_rates(hidden, base_hz, cfg.poisson_gain,
+                                                  cfg.bin_width_s))
         counts_all = observe.poisson_counts(rates_all, rng["spikes"])
+    hidden, messages = to_bins(hidden), to_bins(messages)
     regions, x, truth = [], {}, {}
     for name, sl, n_units in zip(spec.region_names, spec.unit_slices(), spec.n_units):
         order, n_out = observe.heldout_order(n_units, cfg.heldout_frac, rng["heldout"])
@@ -136,12 +141,14 @@ def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, 
     start = 0
     for name, width in zip(spec.region_names, spec.input_dims):
         if width:
-            truth[f"truth/inputs/{name}"] = batch.inputs[..., start:start + width]
+            truth[f"truth/inputs/{name}"] = to_bins(batch.inputs[..., start:start + width])
         start += width
     n = len(trial_id)
     provenance = {
         "generator": f"mrlfads.simulate/{kind}", "kind": kind, "seed": int(seed), "obs": obs,
-        "n_trials": n, "n_bins": cfg.n_bins, "units": dict(zip(spec.region_names, spec.n_units)),
+        "n_trials": n, "n_bins": cfg.n_bins, "n_steps": cfg.n_steps, "step_s": STEP_S,
+        "task_times": "task/* times count network steps of step_s",
+        "units": dict(zip(spec.region_names, spec.n_units)),
         "pathways": {spec.pathway_name(p): p.dim for p in spec.pathways},
         "alpha": spec.alpha, "hidden_noise": spec.hidden_noise, "channel_noise": spec.channel_noise,
         "nonlinearity": "tanh", "bin_width_s": cfg.bin_width_s, "smoke_test": bool(smoke_test),
@@ -158,5 +165,6 @@ def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, 
         bin_width_s=cfg.bin_width_s, ic_enc_seq_len=cfg.ic_enc_seq_len, x=x,
         split=observe.train_valid_split(n, cfg.valid_frac, rng["split"]), trial_id=trial_id,
         condition=np.asarray(batch.conditions, dtype=object), truth=truth,
-        task={k: _canonical(v) for k, v in batch.variables.items()}, comm_matrix=spec.comm_matrix(),
+        task={k: _canonical(to_bins(v) if v.ndim > 1 else v) for k, v in batch.variables.items()},
+        comm_matrix=spec.comm_matrix(),
         provenance=provenance)

@@ -25,6 +25,17 @@ def poisson_rates(hidden: np.ndarray, base_hz: np.ndarray | float, gain: float,
     return (rate * bin_width_s).astype(np.float32)
 
 
+def steps_to_bins(a: np.ndarray, steps_per_bin: float) -> np.ndarray:
+    """(trials, steps, ...) -> (trials, bins, ...): a bin that splits a step in k holds the
+    step's value (k copies); a bin that pools m steps holds their mean."""
+    if steps_per_bin < 1:
+        return np.repeat(a, round(1 / steps_per_bin), axis=1)
+    m = round(steps_per_bin)
+    if m == 1:
+        return a
+    return a.reshape(a.shape[0], a.shape[1] // m, m, *a.shape[2:]).mean(2).astype(a.dtype)
+
+
 def poisson_counts(rates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Spike counts (float32 holding non-negative integers) drawn from per-bin rates."""
     return rng.poisson(rates.astype(np.float64)).astype(np.float32)

@@ -44,12 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Poisson spikes: mean firing rate over units, trials and bins; "
                              "units' base rates vary log-normally around it (default 5)")
     parser.add_argument("--bin-ms", type=_positive_float, default=None,
-                        help="bin width in ms (default 20); with --obs poisson, sets the "
-                             "spikes per bin (rate x width)")
+                        help="bin width in ms (default 20). The networks step every 20 ms "
+                             "whatever the bins: 5 or 10 ms bins split a step, 40 ms bins pool "
+                             "two")
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny network and dataset (seconds), to check the pipeline")
     parser.add_argument("--bins", type=_positive, default=None,
-                        help="bins per trial (default: the family's, e.g. 200 for memory-ring)")
+                        help="bins per trial (default: the family's trial length, e.g. 200 "
+                             "bins of 20 ms for memory-ring)")
     parser.add_argument("--units", type=_positive, default=None,
                         help="units per region (default: the family's, 64)")
     parser.add_argument("--overwrite", action="store_true",
