@@ -14,7 +14,7 @@ backward + clip + AdamW, captured once as a CUDA graph and replayed); compile
 that train at once on the one device, each its own model, the way Ray packs fractional-GPU
 trials, and reports the sum of their trials/s over a common time window.
 
-SPEC size: 3 regions x 64 neurons, T=200, tau=10, gaussian, SPEC defaults. One training
+Default size: 3 regions x 64 neurons, T=200, tau=10, gaussian, docs/MODEL.md defaults. One training
 step = forward (posterior samples) + loss + backward + AdamW step. Each (impl, batch) runs in
 its own subprocess so its peak RSS (ru_maxrss) is its own; the dense fp32 matmul rate and
 the model's analytic FLOPs (FlopCounterMode over one step) are measured in that process.

@@ -2,11 +2,12 @@
 
     python benchmarks/cuda_graph_probe.py [--batch 16] [--steps 20]
 
-Tries, at the SPEC size, capturing (1) the forward, (2) forward + loss + backward, (3) plus
-gradient clipping, (4) plus the AdamW step, with capture_error_mode "global" (the whole
-step also "relaxed"), each in its own process; prints per attempt either the replay speed (trials/s) or the first lines of the
-error and the innermost frame of this project's code. Used to find what keeps the whole
-step out of a graph (bench_train.py --modes graph times the whole-step variant).
+Tries, at the default size (docs/MODEL.md), capturing (1) the forward, (2) forward + loss +
+backward, (3) plus gradient clipping, (4) plus the AdamW step, with capture_error_mode
+"global" (the whole step also "relaxed"), each in its own process; prints per attempt either
+the replay speed (trials/s) or the first lines of the error and the innermost frame of this
+project's code. Used to find what keeps the whole step out of a graph (bench_train.py
+--modes graph times the whole-step variant).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Frozen configs of the model and its loss (SPEC.md sections 2-5).
+"""Frozen configs of the model and its loss (docs/MODEL.md, "Generative model" to "Loss").
 
 Every dimension can differ per region (neurons, generator, factors, external inputs); the
-encoder/controller/message sizes are shared. Defaults are SPEC section 5.
+encoder/controller/message sizes are shared. Defaults: docs/MODEL.md, "Defaults".
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ class LossConfig:
     """Loss weights (the PBT-searched scales) and their ramps.
 
     b_m = kl_co_scale / kl_com_ratio: the ratio >= 1 keeps communication cheaper than
-    unexplained inputs (the structured bottleneck, SPEC section 4).
+    unexplained inputs (the structured bottleneck, docs/MODEL.md, "Loss").
     """
 
     kl_ic_scale: float = 1.0

@@ -1,4 +1,4 @@
-"""The loss: negative ELBO with structured KL bottlenecks (SPEC section 4). Pure functions.
+"""The loss: negative ELBO with structured KL bottlenecks (docs/MODEL.md, "Loss"). Pure functions.
 
 Every term is summed over time, neurons and latent dims and averaged over trials. Only the
 reconstructed bins tau..T-1 count; ``compute_loss`` takes full-length (B, T, n) data and

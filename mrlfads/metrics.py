@@ -1,4 +1,4 @@
-"""Metrics of SPEC section 6 as pure functions on arrays.
+"""The metrics of docs/MODEL.md, "Metrics", as pure functions on arrays.
 
 Every function takes numpy arrays (torch tensors are accepted and converted; torch is never
 imported here) and returns plain floats / numpy arrays, so the training loop, the tracking

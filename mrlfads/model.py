@@ -1,6 +1,6 @@
 """MR-LFADS, the fast path: all regions advance together, one batched step per time bin.
 
-Per step (SPEC section 3): messages from the sources' previous rates -> controller -> u_t ->
+Per step: messages from the sources' previous rates -> controller -> u_t ->
 generator -> factors. Inside the loop every op covers all regions (bmm over a region axis)
 or all ordered pairs at once; input projections that do not depend on the recurrence (the
 controller-input encoder's and the external inputs' share of the gates) are computed for
@@ -9,7 +9,8 @@ rate-based messages the readout is folded into the message map
 (A (W f + c) + b = (A W) f + (A c + b)), so the loop never materialises the rates. The
 loop itself is one autograd node with hand-written backprop through time
 (``mrlfads.recurrence``); dropout masks for all steps are drawn up front.
-``mrlfads.oracle`` is the plain region-by-region reference.
+``mrlfads.oracle`` is the plain region-by-region reference. The model itself:
+docs/MODEL.md, "Generative model" and "Inference network".
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plain region-by-region reference implementation of MR-LFADS (SPEC sections 2-3).
+"""Region-by-region reference MR-LFADS (docs/MODEL.md, "Generative model", "Inference network").
 
 Slow and obvious on purpose: one region and one ordered pair at a time, rates computed
 explicitly and fed to the message maps, torch's own ``gru_cell`` kernel. It reads the live

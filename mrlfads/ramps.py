@@ -1,4 +1,4 @@
-"""KL and L2 warm-up ramps (SPEC section 4): pure functions of the epoch."""
+"""KL and L2 warm-up ramps of the epoch (docs/MODEL.md, "Ramps and model selection")."""
 from __future__ import annotations
 
 from collections.abc import Mapping

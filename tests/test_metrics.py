@@ -1,4 +1,4 @@
-"""Metrics checked on arrays small enough to work out by hand (SPEC section 6)."""
+"""Metrics checked on arrays small enough to work out by hand (docs/MODEL.md, "Metrics")."""
 
 import math
 import subprocess

@@ -259,7 +259,8 @@ def test_cli_writes_and_refuses_to_clobber(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_default_memory_ring(tmp_path):
-    """The SPEC-sized memory ring: shapes, a trained network, and the stored truth replays."""
+    """The default-size memory ring (docs/MODEL.md, "The simulated benchmark"): shapes, a
+    trained network, and the stored truth replays."""
     simulate("memory-ring", out=tmp_path / "ring", seed=0)
     ds = ArrowDataset.open(tmp_path / "ring")
     arr = ds.arrays(columns=["x/A0", "truth/messages/A2->A0", "truth/inputs/A2"])

@@ -20,7 +20,7 @@ OBJECTIVES = ("heldout", "recon")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser, schedule and loop settings (SPEC.md section 5 defaults)."""
+    """Optimiser, schedule and loop settings (defaults: docs/MODEL.md, "Defaults")."""
 
     epochs: int = 350
     batch_size: int = 16

@@ -4,7 +4,7 @@
         [--population 8] [--out science_runs/pbt]
 
 Both arms use benchmarks/science/reduced_ring.yaml and the same epochs. Defaults: one run
-at the config's hyperparameters (SPEC.md values for the KL/L2 scales). PBT: search_spaces/
+at the config's hyperparameters (the default KL/L2 scales, docs/MODEL.md). PBT: search_spaces/
 pbt.yaml with a synchronous population (every member on the 2 cores at once, 0.25 CPU each),
 perturbation every 5 epochs after the KL/L2 ramps. Reports, for the default run and the
 best PBT trial (ranked by its smoothed held-out loss, as a user would rank), the held-out

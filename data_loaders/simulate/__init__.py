@@ -1,4 +1,4 @@
-"""Simulated multi-region benchmarks (SPEC section 7): task-trained RNNs with known messages.
+"""Task-trained multi-region RNNs with known messages (docs/MODEL.md, "The simulated benchmark").
 
 `generate(kind, ...)` returns the arrays; `simulate(kind, out=..., ...)` also writes them as
 an Arrow dataset with every truth column and the network itself (extras/network.npz).

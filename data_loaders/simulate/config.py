@@ -1,4 +1,5 @@
-"""Sizes of each simulated benchmark: the SPEC section 7 defaults and a seconds-long smoke preset."""
+"""Sizes of each simulated benchmark: the defaults of docs/MODEL.md, "The simulated benchmark",
+and a seconds-long smoke preset."""
 from __future__ import annotations
 
 import dataclasses

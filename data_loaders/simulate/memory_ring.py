@@ -1,4 +1,4 @@
-"""Memory ring (SPEC section 7): three regions A0 -> A1 -> A2 -> A0 passing white noise around.
+"""Memory ring (docs/MODEL.md, "The simulated benchmark"): A0 -> A1 -> A2 -> A0 pass white noise.
 
 Region Ai gets a private white-noise stimulus u_i (rank 2, 3, 4) and must
   * send it one step delayed through its outgoing channel: m_{Ai->Aj}[t] ~ u_i[t-1]

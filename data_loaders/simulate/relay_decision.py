@@ -1,4 +1,5 @@
-"""Relay-decision (SPEC section 7): computation must be found in the right region.
+"""Relay-decision (docs/MODEL.md, "The simulated benchmark"): computation must be found in the
+right region.
 
 `upstream` receives a noisy stimulus (coherence c + N(0, 0.5^2) per bin, inside a stimulus
 window) and must only relay it: its 1-d channel to `downstream` must carry the stimulus

@@ -1,7 +1,7 @@
 """`mrlfads perturb`: in-silico silencing of one region's outgoing messages.
 
 Predicted effect of silencing region s over bins [start, stop): per region, the mean absolute
-change of rates (SPEC.md section 6). When the dataset holds trials flagged as perturbed
+change of rates (docs/MODEL.md, "Metrics"). When the dataset holds trials flagged as perturbed
 (split ``perturbed``, e.g. photoinhibition kept out of training), the measured effect per
 neuron is |trial-averaged activity of perturbed trials - that of unperturbed trials| from
 ``start`` to the end of the trial, and the report adds the Spearman rank correlation between
