@@ -98,20 +98,33 @@ class MRLFADS(ModelParams):
                 "msg": torch.randn(Tp, max(s.P, 1), B, cfg.com_dim, **opts)}
 
     def silence_keep(self, silence, Tp: int, like: Tensor) -> Tensor | None:
-        """(T', P, 1, 1) 0/1 factor: 0 where the pair's source is silenced at that bin."""
+        """(T', P, 1, 1) 0/1 factor: 0 where a silenced pathway carries no message.
+
+        Keys of ``silence`` are a region (every message it sends) or one pathway
+        ``"src->dst"``; values are trial bins ``(start, stop)``."""
         if not silence:
             return None
         names, tau = self.cfg.region_names, self.cfg.ic_enc_seq_len
         keep = torch.ones(Tp, self.sizes.P, 1, 1, device=like.device, dtype=like.dtype)
-        for region, (start, stop) in silence.items():
-            if isinstance(region, str) and region not in names:
-                raise InputError(f"silence: unknown region {region!r}; regions are {names}")
-            src = names.index(region) if isinstance(region, str) else int(region)
+        for key, (start, stop) in silence.items():
             lo, hi = max(int(start) - tau, 0), max(int(stop) - tau, 0)
-            for p, (a, _) in enumerate(self.sizes.pairs):
-                if a == src:
-                    keep[lo:hi, p] = 0.0
+            for p in self._silenced_pairs(key):
+                keep[lo:hi, p] = 0.0
         return keep
+
+    def _silenced_pairs(self, key) -> list[int]:
+        """Indices (into ``sizes.pairs``) of the pathways a ``silence`` key names."""
+        names = self.cfg.region_names
+        if isinstance(key, str) and "->" in key:
+            src, _, dst = key.partition("->")
+            if src not in names or dst not in names or src == dst:
+                raise InputError(f"silence: unknown pathway {key!r}; use 'SRC->DST' with two "
+                                 f"different regions of {names}")
+            return [self.sizes.pairs.index((names.index(src), names.index(dst)))]
+        if isinstance(key, str) and key not in names:
+            raise InputError(f"silence: unknown region {key!r}; regions are {names}")
+        src = names.index(key) if isinstance(key, str) else int(key)
+        return [p for p, (a, _) in enumerate(self.sizes.pairs) if a == src]
 
     # ---------------------------------------------------------------- encoders
     def encode(self, heldin: Sequence[Tensor]):
@@ -158,7 +171,8 @@ class MRLFADS(ModelParams):
         """Run every region; ``sample`` draws posterior samples, else uses posterior means.
 
         ``silence={region: (start, stop)}`` zeroes all messages the region sends over trial
-        bins [start, stop). ``noise`` (from ``draw_noise``) fixes the samples for tests.
+        bins [start, stop); a key ``"src->dst"`` zeroes that one pathway. ``noise`` (from
+        ``draw_noise``) fixes the samples for tests.
         """
         B, T = self.check_inputs(heldin, ext)
         cfg, s, w = self.cfg, self.sizes, self.masked()

@@ -1,0 +1,80 @@
+"""Effectomes that measure a pathway by what it does to its target (docs/MODEL.md, "Metrics").
+
+The paper's effectome (``metrics.effectome``) is the RMS of the message means. A message's
+scale is not identified: the target's generator reads it through its own input weights W,
+so a message a*m read through W/a fits the data exactly as well as m through W, and the
+RMS of m can rank pathways in any order. Two measures that do not have this freedom:
+
+- **drive**: the RMS of W m, the message's contribution to the target generator's gate
+  pre-activations. Invariant to any invertible linear map of the message (m -> A m,
+  W -> W A^-1). Computed from the posterior means and the weights, so it is free at every
+  epoch.
+- **cut**: the RMS change of the target's readout (log-rates, or means for gaussian data)
+  when that one pathway is silenced for the whole trial; everything else runs as fitted.
+  One extra forward pass per pathway, so it is computed at the end of training, by
+  ``mrlfads infer`` and in the sweep's report, not every epoch.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mrlfads.layers import block_columns
+
+Pair = tuple[str, str]
+
+
+def message_input_weights(model) -> dict[Pair, np.ndarray]:
+    """For every pathway (src, dst): the target generator's weights on that message, (C, 3G)
+    over the live gate columns (r, z, n) of the target region."""
+    cfg, s = model.cfg, model.sizes
+    names, C, U = cfg.region_names, cfg.com_dim, s.U
+    out: dict[Pair, np.ndarray] = {}
+    with torch.no_grad():
+        w = model.gen_w_iu * model.gen_w_iu_mask  # (R, U + (R-1) C, 3 Gm)
+        for src, dst in s.pairs:
+            slot = [a for a in range(s.R) if a != dst].index(src)  # the order of x's slots
+            rows = w[dst, U + slot * C: U + (slot + 1) * C]  # (C, 3 Gm)
+            cols = block_columns(s.G[dst], s.Gm, 3)
+            out[(names[src], names[dst])] = rows[:, cols].double().cpu().numpy()
+    return out
+
+
+def drive_effectome(messages: Mapping[Pair, np.ndarray], weights: Mapping[Pair, np.ndarray],
+                    regions: Sequence[str]) -> np.ndarray:
+    """(R, R) matrix, ``E[dst, src]`` = RMS over trials, bins and gate units of ``m W``.
+
+    ``messages[(src, dst)]`` are posterior message means (trials, T, C), ``weights`` the
+    matching ``message_input_weights``. The diagonal is NaN."""
+    idx = {name: i for i, name in enumerate(regions)}
+    E = np.full((len(regions), len(regions)), np.nan)
+    for (src, dst), m in messages.items():
+        W = weights[(src, dst)]  # (C, 3G)
+        drive = np.asarray(m, np.float64).reshape(-1, W.shape[0]) @ W  # (trials*T, 3G)
+        E[idx[dst], idx[src]] = math.sqrt(float(np.mean(drive**2)))
+    return E
+
+
+@torch.no_grad()
+def cut_effectome(model, heldin: Sequence[torch.Tensor], ext=None,
+                  batch_size: int = 256) -> np.ndarray:
+    """(R, R) matrix, ``E[dst, src]`` = RMS change of dst's readout (log-rate or mean, over
+    trials, reconstructed bins and held-in neurons) when pathway src -> dst is silenced over
+    the whole trial. Posterior means throughout, so the only change is the cut."""
+    from mrlfads.inference import _run  # inference imports this module's users, not us
+
+    names, s = model.cfg.region_names, model.sizes
+    T = heldin[0].shape[1]
+    base = _run(model, heldin, ext, batch_size)
+    E = np.full((s.R, s.R), np.nan)
+    for src, dst in s.pairs:
+        cut = _run(model, heldin, ext, batch_size,
+                   silence={f"{names[src]}->{names[dst]}": (0, T)})
+        sq = sum(float(((c.readout[dst] - b.readout[dst]).double() ** 2).sum())
+                 for b, c in zip(base, cut))
+        count = sum(b.readout[dst].numel() for b in base)
+        E[dst, src] = math.sqrt(sq / count)
+    return E

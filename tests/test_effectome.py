@@ -1,0 +1,91 @@
+"""Effectomes that measure a pathway by its effect on the target: identified, unlike the RMS
+of the messages, whose scale the target's input weights can absorb."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mrlfads import metrics as M
+from mrlfads.effectome import cut_effectome, drive_effectome, message_input_weights
+from mrlfads.inference import posterior_means
+from mrlfads.model import InputError
+from tests.test_model_inference import TAU, T, chain_model
+
+
+def _messages(model, x):
+    res = posterior_means(model, x)
+    return {tuple(k.split("/", 1)[1].split("->")): v for k, v in res.items()
+            if k.startswith("messages/")}
+
+
+def test_one_pathway_can_be_silenced_alone():
+    model, x = chain_model()
+    xt = [torch.as_tensor(v) for v in x]
+    with torch.no_grad():
+        base = model.eval()(xt, sample=False)
+        cut = model(xt, sample=False, silence={"A->B": (TAU + 2, T)})
+        both = model(xt, sample=False, silence={"A": (TAU + 2, T)})
+    p_ab, p_ac = base.pair_index("A", "B"), base.pair_index("A", "C")
+    assert float(cut.msg_mean[:, 2:, p_ab].abs().max()) == 0.0
+    # the other pathway from A keeps its (here bias-only) message; silencing A cuts both
+    torch.testing.assert_close(cut.msg_mean[:, :, p_ac], base.msg_mean[:, :, p_ac])
+    torch.testing.assert_close(cut.readout[1], both.readout[1])
+    with pytest.raises(InputError, match="unknown pathway 'A->Z'"):
+        model(xt, sample=False, silence={"A->Z": (0, T)})
+    with pytest.raises(InputError, match="unknown pathway 'A->A'"):
+        model(xt, sample=False, silence={"A->A": (0, T)})
+
+
+def test_cut_effectome_is_zero_where_nothing_is_sent_and_positive_on_the_live_pathway():
+    model, x = chain_model()
+    E = cut_effectome(model, [torch.as_tensor(v) for v in x])
+    names = ["A", "B", "C"]
+    assert np.isnan(np.diag(E)).all()
+    live = E[names.index("B"), names.index("A")]
+    assert live > 0.0
+    # every other pathway carries an all-zero message (no weights, zero mean bias): cut = 0
+    others = [E[d, s] for d in range(3) for s in range(3) if d != s and (s, d) != (0, 1)]
+    assert max(others) == 0.0
+
+
+def test_cut_equals_the_readout_change_computed_by_hand():
+    model, x = chain_model("gaussian")
+    xt = [torch.as_tensor(v) for v in x]
+    with torch.no_grad():
+        base = model.eval()(xt, sample=False).readout[1]
+        cut = model(xt, sample=False, silence={"A->B": (0, T)}).readout[1]
+    E = cut_effectome(model, xt, batch_size=2)  # two chunks must pool to the same RMS
+    assert E[1, 0] == pytest.approx(float(((cut - base) ** 2).mean().sqrt()), rel=1e-6)
+
+
+def test_drive_and_cut_do_not_move_when_a_message_is_rescaled_but_its_norm_does():
+    """m -> a m with the target's input weights W -> W / a is the same model: the RMS of
+    the messages scales by a, the drive and the cut effectomes do not."""
+    model, x = chain_model("gaussian")
+    names = ["A", "B", "C"]
+    xt = [torch.as_tensor(v) for v in x]
+    before = (M.effectome(_messages(model, x), names),
+              drive_effectome(_messages(model, x), message_input_weights(model), names),
+              cut_effectome(model, xt))
+    a, C, U = 3.0, model.cfg.com_dim, model.sizes.U
+    with torch.no_grad():
+        p = model.cfg.pairs.index((0, 1))
+        model.msg_w[p, :, :C] *= a  # message mean a times larger (log-variance untouched:
+        model.msg_b[p, :, :C] *= a  # posterior means are used, no sampling)
+        slot = [s for s in range(3) if s != 1].index(0)
+        model.gen_w_iu[1, U + slot * C: U + (slot + 1) * C] /= a
+    after = (M.effectome(_messages(model, x), names),
+             drive_effectome(_messages(model, x), message_input_weights(model), names),
+             cut_effectome(model, xt))
+    assert after[0][1, 0] == pytest.approx(a * before[0][1, 0], rel=1e-5)
+    assert after[1][1, 0] == pytest.approx(before[1][1, 0], rel=1e-5)
+    assert after[2][1, 0] == pytest.approx(before[2][1, 0], rel=1e-4, abs=1e-7)
+
+
+def test_drive_effectome_by_hand():
+    W = {("A", "B"): np.array([[1.0, 0.0, 2.0]]), ("B", "A"): np.array([[0.0, 0.0, 0.0]])}
+    m = {("A", "B"): np.full((2, 3, 1), 2.0), ("B", "A"): np.ones((2, 3, 1))}
+    E = drive_effectome(m, W, ["A", "B"])
+    # m W = [2, 0, 4] everywhere: RMS = sqrt((4 + 0 + 16) / 3)
+    assert E[1, 0] == pytest.approx(np.sqrt(20 / 3)) and E[0, 1] == 0.0
