@@ -50,17 +50,37 @@ def _trial_mean(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).sum(1).mean()
 
 
-def observation_nll(obs_model: str, readout: Tensor, logvar: Tensor | None, x: Tensor) -> Tensor:
-    """Per-trial-mean NLL of data x (B, T', n) under a readout (log-rate or mean)."""
+def observation_nll(obs_model: str, readout: Tensor, logvar: Tensor | None, x: Tensor,
+                    weight: Tensor | None = None) -> Tensor:
+    """Per-trial-mean NLL of data x (B, T', n) under a readout (log-rate or mean).
+
+    ``weight`` (broadcastable to x) multiplies each element's NLL before the sum: 0 leaves
+    an element out (coordinated dropout, sample validation), 1/fraction rescales the rest.
+    """
     readout, x = _f32(readout), _f32(x)
     if obs_model == "poisson":
-        return _trial_mean(poisson_nll(readout, x))
-    return _trial_mean(gaussian_nll(readout, _f32(logvar), x))
+        nll = poisson_nll(readout, x)
+    else:
+        nll = gaussian_nll(readout, _f32(logvar), x)
+    return _trial_mean(nll if weight is None else nll * weight)
+
+
+def recon_terms(out: ModelOutput, heldin: Sequence[Tensor],
+                weight: Sequence[Tensor | None] | None = None) -> list[Tensor]:
+    """Per-region reconstruction NLL of the held-in data (bins tau..T-1), each element
+    weighted by ``weight[r]`` (B, T', N_r) when given."""
+    Tp = out.readout[0].shape[1]
+    return [observation_nll(out.obs_model, out.readout[r],
+                            out.obs_logvar[r] if out.obs_logvar else None,
+                            heldin[r][:, -Tp:], None if weight is None else weight[r])
+            for r in range(len(out.region_names))]
 
 
 def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
-                 heldout: Sequence[Tensor] | None) -> dict[str, list[Tensor]]:
-    """Unweighted per-region terms: recon, kl_ic, kl_co, kl_com, l2, heldout."""
+                 heldout: Sequence[Tensor] | None,
+                 recon_weight: Sequence[Tensor | None] | None = None) -> dict[str, list[Tensor]]:
+    """Per-region terms: recon, kl_ic, kl_co, kl_com, l2, heldout (unweighted by the loss
+    weights; ``recon_weight`` weights the reconstruction's elements, see recon_terms)."""
     Tp = out.readout[0].shape[1]
     R = len(out.region_names)
     terms: dict[str, list[Tensor]] = {k: [] for k in
@@ -70,10 +90,8 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
     # indexing per receiving region (no index tensor built per step: CUDA-graph safe)
     kl_pair = None if out.msg_mean is None else kl_diag_gaussian(
         _f32(out.msg_mean), _f32(out.msg_var), out.com_prior_logvar).sum((1, 3)).mean(0)
+    terms["recon"] = recon_terms(out, heldin, recon_weight)
     for r in range(R):
-        x = heldin[r][:, -Tp:]
-        terms["recon"].append(observation_nll(
-            out.obs_model, out.readout[r], out.obs_logvar[r] if out.obs_logvar else None, x))
         terms["kl_ic"].append(_trial_mean(kl_diag_gaussian(
             _f32(out.ic_mean[r]), _f32(out.ic_var[r]), out.ic_prior_logvar[r])))
         terms["kl_co"].append(zero if out.co_mean is None else _trial_mean(
@@ -95,13 +113,17 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
 
 
 def compute_loss(out: ModelOutput, heldin: Sequence[Tensor], heldout: Sequence[Tensor] | None,
-                 loss_cfg, epoch: float) -> LossTerms:
+                 loss_cfg, epoch: float,
+                 recon_weight: Sequence[Tensor | None] | None = None) -> LossTerms:
     """Training loss (ramped, weighted) and the true negative ELBO of one batch.
 
     Per region: recon + w_ic KL(z0) + w_u sum_t KL(u_t) + w_m sum_t sum_s KL(m^{s->r})
     + w_l2 L2 + heldout, with w = ramp(epoch) * scale; total = sum over regions.
+    ``recon_weight[r]`` (B, T', N_r) weights each held-in element's NLL in recon: the
+    coordinated-dropout and sample-validation masks (training/masks.py); ``heldin`` is
+    always the unmasked data.
     """
-    terms = region_terms(out, heldin, heldout)
+    terms = region_terms(out, heldin, heldout, recon_weight)
     weights = loss_weights(loss_cfg, epoch)
     total = sum(
         terms["recon"][r] + weights["kl_ic"] * terms["kl_ic"][r]

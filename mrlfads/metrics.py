@@ -25,6 +25,7 @@ __all__ = [
     "MetricsError",
     "bits_per_spike",
     "co_bps",
+    "condition_groups",
     "effectome",
     "effectome_cosine",
     "effectome_metrics",
@@ -32,13 +33,14 @@ __all__ = [
     "inferred_input_r2",
     "message_r2",
     "poisson_nll",
+    "psth_r2",
     "r2",
     "rank_correlation",
     "smoothed",
 ]
 
 _LOG2PI = math.log(2.0 * math.pi)
-_NULL_RATE_FLOOR = 1e-9  # counts/bin; keeps a silent-in-training neuron's null LL finite
+_NULL_RATE_FLOOR = 1e-9  # counts/bin; keeps log(null) finite for a silent neuron
 
 
 class MetricsError(ValueError):
@@ -160,16 +162,20 @@ def r2(y_true: Any, y_pred: Any, multioutput: str = "variance_weighted") -> floa
 
 
 # ----------------------------------------------------------------------------- bits/spike
-def bits_per_spike(counts: Any, log_rates: Any, null_rates: Any = None) -> float:
-    """Information gain per spike of the model over a per-neuron mean-rate null.
+def bits_per_spike(counts: Any, log_rates: Any) -> float:
+    """Bits per spike, the Neural Latents Benchmark's definition
+    (``nlb_tools.evaluation.bits_per_spike``): the model's Poisson log-likelihood gain over
+    a per-neuron mean-rate null, per spike.
 
-    ``bps = (LL_model - LL_null) / (n_spikes * ln 2)`` with Poisson log-likelihoods summed
-    over all trials, bins and neurons of ``counts`` (trials, T, N) and ``log_rates`` (same,
-    log counts/bin). The null predicts, for every bin, neuron n's mean count per bin:
-    ``null_rates`` (N,) if given (e.g. from the training split), else the mean of ``counts``
-    itself over trials and time. A model predicting exactly that mean scores 0; better is
-    positive. Null rates below 1e-9 are floored there so a neuron silent in the training
-    split does not make the score infinite. NaN if ``counts`` holds no spikes.
+    ``bps = (LL_model - LL_null) / (n_spikes * ln 2)``, Poisson log-likelihoods summed over
+    every trial, bin and neuron of ``counts`` (trials, T, N); ``log_rates`` is the model's
+    log count per bin, same shape. The null predicts, in every bin, neuron n's mean count per
+    bin over these same trials and bins: the evaluated data, never another split. A model
+    predicting exactly that mean scores 0, better is positive. Several regions pool by
+    concatenating their neurons (NLB scores all held-out neurons as one array), which weights
+    each region by its spikes. NLB takes rates and adds 1e-9 inside the log; here the
+    log-rates are used as given (the same for any rate far above 1e-9). NaN if ``counts``
+    holds no spikes.
     """
     k, lr = _np(counts, "counts"), _np(log_rates, "log_rates")
     _same_shape(k, lr, "counts", "log_rates")
@@ -179,29 +185,67 @@ def bits_per_spike(counts: Any, log_rates: Any, null_rates: Any = None) -> float
         raise MetricsError("counts: spike counts must be non-negative")
     n_neurons = k.shape[-1]
     k2 = k.reshape(-1, n_neurons)  # (trials*T, N)
-    if null_rates is None:
-        null = k2.mean(axis=0)  # (N,)
-    else:
-        null = _np(null_rates, "null_rates").reshape(-1)
-        if null.shape != (n_neurons,):
-            raise MetricsError(f"null_rates has {null.size} values but counts has {n_neurons} "
-                               "neurons; give one mean count per bin for each neuron")
-        if np.any(null < 0) or not np.all(np.isfinite(null)):
-            raise MetricsError("null_rates: mean rates must be finite and non-negative")
+    null = k2.mean(axis=0)  # (N,) mean count per bin over the evaluated trials and bins
     n_spikes = k2.sum()
     if n_spikes <= 0:
         return float("nan")
-    # log(k!) cancels between model and null, so it is left out of both.
+    # log(k!) cancels between model and null, so it is left out of both. A neuron with no
+    # spike here has null rate 0 and adds 0 to LL_null (k log 0 = 0): the floor keeps it so.
     ll_model = (_klr(k, lr) - np.exp(lr)).sum()
-    null_safe = np.maximum(null, _NULL_RATE_FLOOR)
-    ll_null = (k2 * np.log(null_safe) - null).sum()  # null broadcasts over (trials*T, N)
+    ll_null = (_klr(k2, np.log(np.maximum(null, _NULL_RATE_FLOOR))) - null).sum()
     return float((ll_model - ll_null) / (n_spikes * math.log(2.0)))
 
 
-def co_bps(heldout_counts: Any, heldout_log_rates: Any, null_rates: Any = None) -> float:
+def co_bps(heldout_counts: Any, heldout_log_rates: Any) -> float:
     """Co-smoothing bits/spike: :func:`bits_per_spike` on the held-out neurons, whose rates
     the model predicts from held-in activity only (the model-selection signal)."""
-    return bits_per_spike(heldout_counts, heldout_log_rates, null_rates)
+    return bits_per_spike(heldout_counts, heldout_log_rates)
+
+
+# ----------------------------------------------------------------------------- PSTH R^2
+PSTH_MIN_TRIALS = 3  # trials a condition needs for its empirical PSTH to be scored
+
+
+def condition_groups(conditions: Any, min_trials: int = PSTH_MIN_TRIALS) -> list[np.ndarray]:
+    """Trial indices of each condition with at least ``min_trials`` trials, conditions in
+    sorted order. The empty label (a dataset without conditions) is never a condition."""
+    labels = np.asarray(conditions).astype(str).reshape(-1)
+    groups = []
+    for label in sorted(set(labels.tolist()) - {""}):
+        idx = np.flatnonzero(labels == label)
+        if idx.size >= min_trials:
+            groups.append(idx)
+    return groups
+
+
+def psth_r2(data: Any, rates: Any, conditions: Any, min_trials: int = PSTH_MIN_TRIALS) -> float:
+    """R^2 of the model's condition-averaged rates against the data's PSTHs.
+
+    ``data`` and ``rates`` are (trials, T, N) in the same units (counts per bin and predicted
+    counts per bin for Poisson; values and predicted means for Gaussian); ``conditions``
+    holds one label per trial. For each condition c with at least ``min_trials`` trials,
+    ``D_c`` = mean of ``data`` over c's trials and ``P_c`` = mean of ``rates`` over them,
+    both (T, N). The kept conditions' PSTHs are stacked over time into (C*T, N) arrays D and
+    P, and ``R^2 = 1 - sum_n SSE_n / sum_n SST_n`` with ``SSE_n = sum (D - P)^2`` and
+    ``SST_n`` about neuron n's mean of D: variance-weighted over neurons (as NLB's psth R^2
+    concatenates condition PSTHs; the data PSTHs are not smoothed here, so trial-to-trial
+    noise left in them caps the score below 1). NaN when fewer than 2 conditions have
+    ``min_trials`` trials: condition structure is what this scores.
+    """
+    d, p = _np(data, "data"), _np(rates, "rates")
+    _same_shape(d, p, "data", "rates")
+    if d.ndim != 3:
+        raise MetricsError(f"data: expected (trials, T, N), got shape {d.shape}")
+    labels = np.asarray(conditions).reshape(-1)
+    if labels.shape[0] != d.shape[0]:
+        raise MetricsError(f"conditions has {labels.shape[0]} labels but data has "
+                           f"{d.shape[0]} trials; give one condition per trial")
+    groups = condition_groups(labels, min_trials)
+    if len(groups) < 2 or d.shape[-1] == 0:
+        return float("nan")
+    true = np.concatenate([d[idx].mean(axis=0) for idx in groups])  # (C*T, N)
+    pred = np.concatenate([p[idx].mean(axis=0) for idx in groups])  # (C*T, N)
+    return float(r2(true, pred))
 
 
 # ----------------------------------------------------------------------------- effectome

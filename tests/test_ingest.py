@@ -119,6 +119,22 @@ def test_heldout_count_and_fraction_are_seeded_and_held_in_first(nwb, tmp_path):
     assert [(r.n_heldin, r.n_heldout) for r in m3.regions] == [(1, 1), (1, 1)]
 
 
+def test_default_holds_out_a_tenth_at_least_one_per_region_of_five_units(tmp_path):
+    # A: 10 units -> floor(0.1 * 10) = 1; B: 4 units (< 5) -> none; C: 6 units -> at least 1
+    locations = ["A"] * 10 + ["B"] * 4 + ["C"] * 6
+    path = build_nwb(tmp_path / "r.nwb", spikes=[[0.1 + 0.01 * i] for i in range(20)],
+                     locations=locations, trials=[(0.0, 1.0), (1.0, 2.0)])
+    m = ingest([path], tmp_path / "d", IngestOptions(bin_ms=100, ic_enc_seq_len=2,
+                                                     valid_fraction=0.0))
+    assert [(r.name, r.n_heldin, r.n_heldout) for r in m.regions] == [
+        ("A", 9, 1), ("B", 4, 0), ("C", 5, 1)]
+    assert m.provenance["options"]["heldout"] == 0.1  # the resolved value: repeatable
+    none = ingest([path], tmp_path / "d0", IngestOptions(bin_ms=100, ic_enc_seq_len=2,
+                                                         valid_fraction=0.0, heldout=0))
+    assert [r.n_heldout for r in none.regions] == [0, 0, 0]
+    assert IngestOptions(heldout_column="heldout").heldout == 0.0  # the column decides
+
+
 def test_two_sessions_become_one_dataset(tmp_path):
     a = make_session(tmp_path / "a.nwb")
     shifted = [[t + 10.0 for t in s] for s in SPIKES]

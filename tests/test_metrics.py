@@ -88,15 +88,14 @@ def test_bps_hand_value_2x2x1():
     assert M.co_bps(counts, np.log(rates)) == pytest.approx(expected)
 
 
-def test_bps_given_null_rates():
+def test_bps_null_is_the_evaluated_data_mean():
     counts = _counts_2x2x1()
-    # model = null = 2 spikes/bin: zero when the null is given, not the data's mean
+    # a model at 2 spikes/bin is scored against the data's own mean (1/bin), never another
+    # split's: LL_model = 4 ln2 - 8, LL_null = -4
     lr = np.full(counts.shape, LN2)
-    assert M.bits_per_spike(counts, lr, null_rates=[2.0]) == pytest.approx(0.0, abs=1e-12)
-    # against the data's own mean (1/bin): LL_model = 4 ln2 - 8, LL_null = -4
     assert M.bits_per_spike(counts, lr) == pytest.approx((4 * LN2 - 4) / (4 * LN2))
-    with pytest.raises(M.MetricsError, match="null_rates"):
-        M.bits_per_spike(counts, lr, null_rates=[1.0, 2.0])
+    with pytest.raises(TypeError):
+        M.bits_per_spike(counts, lr, null_rates=[2.0])  # one definition: no other null
 
 
 def test_bps_no_spikes_is_nan_and_torch_accepted():

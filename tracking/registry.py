@@ -35,8 +35,12 @@ from tracking.errors import TrackingError
 from tracking.store import resolve_tracking_uri
 
 SHA_TAG = "mrlfads.checkpoint_sha256"
+# What a registered version is tagged with and `mrlfads promote` prints: the objective, the
+# losses, the field's comparable scores (co-bps pooled over regions with the NLB null, PSTH
+# R^2) and, with ground truth, the recovery scores.
 KEY_METRICS = ("objective", "valid/loss", "valid/elbo", "valid/heldout_loss", "valid/recon_loss",
-               "valid/effectome_cosine", "valid/message_r2", "epoch")
+               "valid/sv_recon_loss", "valid/co_bps", "valid/bps", "valid/psth_r2",
+               "valid/heldout_psth_r2", "valid/effectome_cosine", "valid/message_r2", "epoch")
 RUN_CONFIG_FILE, MANIFEST_FILE = "run_config.json", "dataset.json"
 
 

@@ -15,7 +15,7 @@ import yaml
 from mrlfads.config import LossConfig, ModelConfig, RampConfig
 from mrlfads.config_utils import ConfigError, from_dict, to_dict, with_overrides
 
-OBJECTIVES = ("heldout", "recon")
+OBJECTIVES = ("heldout", "sv", "recon")
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,14 @@ class TrainConfig:
     plateau_factor: float = 0.95
     plateau_patience: int = 6
     plateau_min_lr: float = 1e-5
-    # The value PBT ranks: smoothed validation loss of held-out neurons, or reconstruction.
+    # The value PBT ranks (training/objective.py): heldout = held-out neurons' loss, else
+    # the sample-validation reconstruction; sv = that one; recon = plain reconstruction.
     objective: str = "heldout"
+    # Coordinated dropout and sample validation (training/masks.py): fractions of held-in
+    # data elements hidden from the encoders. cd_rate only changes training steps (PBT may
+    # change it); sv_rate fixes which elements are validation data (never mutable).
+    cd_rate: float = 0.0
+    sv_rate: float = 0.0
     smoothing: float = 0.7  # EMA weight on the previous smoothed value
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -52,6 +58,12 @@ class TrainConfig:
             errors.append(f"train.lr={self.lr} must be > 0")
         if self.objective not in OBJECTIVES:
             errors.append(f"train.objective={self.objective!r} must be one of {OBJECTIVES}")
+        for key in ("cd_rate", "sv_rate"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                errors.append(f"train.{key}={getattr(self, key)} must be in [0, 1)")
+        if self.objective == "sv" and not self.sv_rate > 0:
+            errors.append("train.objective='sv' ranks on sample-validation elements: set "
+                          "train.sv_rate > 0 (e.g. 0.1) too")
         if not 0.0 <= self.smoothing < 1.0:
             errors.append(f"train.smoothing={self.smoothing} must be in [0, 1)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

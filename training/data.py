@@ -17,7 +17,8 @@ from data_loaders.reader import ArrowDataset
 
 @dataclass
 class SplitTensors:
-    """One split: per-region held-in/held-out tensors (trials, T, N) and optional truth."""
+    """One split: per-region held-in/held-out tensors (trials, T, N), optional truth, and
+    each trial's condition label ('' where the dataset has none; PSTH R^2 groups by it)."""
 
     split: str
     heldin: list[torch.Tensor]
@@ -25,6 +26,7 @@ class SplitTensors:
     ext: list[torch.Tensor] | None
     trial_id: np.ndarray
     truth: dict[str, np.ndarray] = field(default_factory=dict)
+    condition: np.ndarray | None = None  # (trials,) str
 
     @property
     def n_trials(self) -> int:
@@ -36,7 +38,8 @@ class SplitTensors:
         return SplitTensors(
             self.split, [x[sl] for x in self.heldin], [x[sl] for x in self.heldout],
             [x[sl] for x in self.ext] if self.ext is not None else None,
-            self.trial_id[sl], {k: v[sl] for k, v in self.truth.items()})
+            self.trial_id[sl], {k: v[sl] for k, v in self.truth.items()},
+            None if self.condition is None else self.condition[sl])
 
     def neuron_stats(self, counts: bool) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], ...]:
         """Per region, (mean, variance) of each held-in and each held-out neuron over trials
@@ -47,9 +50,11 @@ class SplitTensors:
         def stats(xs: list[torch.Tensor]):
             out = []
             for x in xs:
-                flat = x.reshape(-1, x.shape[-1]).double()  # (trials * T, n)
+                flat = x.reshape(x.shape[0] * x.shape[1], x.shape[-1]).double()  # (trials*T, n)
                 mean = (flat.sum(0) + 0.5) / flat.shape[0] if counts else flat.mean(0)
-                out.append((mean.float(), flat.var(0, correction=0).float()))
+                # a region without held-out neurons: (0,) stats, no 0/0 variance warning
+                var = flat.var(0, correction=0) if flat.shape[1] else flat.new_zeros(0)
+                out.append((mean.float(), var.float()))
             return out
 
         return stats(self.heldin), stats(self.heldout)
@@ -67,7 +72,7 @@ def load_split(
 ) -> SplitTensors:
     """Read ``split`` once; held-in neurons are the first n_heldin columns of ``x/<region>``."""
     m = dataset.manifest
-    cols = [schema.TRIAL_ID] + [schema.x_col(r.name) for r in m.regions]
+    cols = [schema.TRIAL_ID, schema.CONDITION] + [schema.x_col(r.name) for r in m.regions]
     ext_regions = [r.name for r in m.regions if m.ext_dims.get(r.name, 0) > 0]
     cols += [schema.ext_col(name) for name in ext_regions]
     truth_cols = list(m.truth) if with_truth else []
@@ -91,4 +96,6 @@ def load_split(
             else:  # a region without observed inputs gets a zero-width tensor
                 ext.append(torch.zeros(heldin[0].shape[0], m.n_bins, 0, device=device))
     truth = {c: np.asarray(arrays[c]) for c in truth_cols}
-    return SplitTensors(split, heldin, heldout, ext, np.asarray(arrays[schema.TRIAL_ID]), truth)
+    condition = np.asarray(arrays[schema.CONDITION]).astype(str)
+    return SplitTensors(split, heldin, heldout, ext, np.asarray(arrays[schema.TRIAL_ID]), truth,
+                        condition)

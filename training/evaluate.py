@@ -1,4 +1,5 @@
-"""Validation: posterior-mean outputs over a split, the loss terms and every metric.
+"""Validation: outputs over a split (posterior means, or averaged posterior samples), the
+loss terms and every metric.
 
 Used each epoch by the Trainer and by `mrlfads infer`; the metric keys are the ones in
 docs/DESIGN.md, which tracking logs unchanged.
@@ -13,73 +14,137 @@ import torch
 
 from data_loaders import schema
 from mrlfads import metrics as M
-from mrlfads.loss import compute_loss
+from mrlfads.loss import compute_loss, recon_terms
 from mrlfads.model import MRLFADS
 from training.data import SplitTensors
+from training.masks import validation_inputs
 
 EVAL_BATCH = 256
 
 
 @torch.no_grad()
 def collect_outputs(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int,
-                    batch_size: int = EVAL_BATCH) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Posterior-mean outputs of every trial as numpy, plus trial-weighted mean loss terms.
+                    batch_size: int = EVAL_BATCH, *, samples: int = 0,
+                    sv_hidden: list[torch.Tensor] | None = None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Outputs of every trial as numpy, plus trial-weighted mean loss terms.
 
-    Output keys: ``readout/<r>``, ``rates/<r>``, ``heldout/<r>``, ``factors/<r>``,
-    ``inputs/<r>`` (when the model has inferred inputs), ``messages/<src>-><dst>``; all
-    (trials, T - tau, dim).
+    ``samples=0`` (the default) runs the model once with posterior means. ``samples=N >= 1``
+    runs it N times drawing posterior samples (dropout off) and averages each output over
+    the runs (lfads-torch's posterior averaging): rates, held-out rates, factors, inputs and
+    messages are the N-run means, ``readout``/``heldout`` the log of the mean rates
+    (Poisson) or the mean of the means (Gaussian), and the loss terms the N-run means.
+    ``sv_hidden`` (the split's sample-validation masks, training/masks.py) hides those
+    elements from the encoders and adds the terms ``sv_recon/<r>`` and ``sv_recon_loss``.
+
+    Output keys: ``readout/<r>``, ``rates/<r>``, ``heldout/<r>``, ``heldout_rates/<r>``,
+    ``factors/<r>``, ``inputs/<r>`` (when the model has inferred inputs),
+    ``messages/<src>-><dst>``; all (trials, T - tau, dim).
     """
+    if samples < 0:
+        raise ValueError(f"samples={samples}: use 0 for posterior means or N >= 1 posterior "
+                         "samples to average")
     was_training = model.training
     model.eval()
     names = model.cfg.region_names
+    poisson = model.cfg.obs_model == "poisson"
+    sv_rate = float(getattr(run_cfg.train, "sv_rate", 0.0)) if sv_hidden is not None else 0.0
+    passes = max(samples, 1)
     parts: dict[str, list[np.ndarray]] = {}
     totals: dict[str, float] = {}
 
-    def keep(key: str, value: torch.Tensor) -> None:
-        parts.setdefault(key, []).append(value.detach().float().cpu().numpy())
+    def numpy(value: torch.Tensor) -> np.ndarray:
+        return value.detach().float().cpu().numpy()
 
     for start in range(0, data.n_trials, batch_size):
         idx = torch.arange(start, min(start + batch_size, data.n_trials), device=data.heldin[0].device)
         heldin, heldout, ext = data.batch(idx)
-        out = model(heldin, ext, sample=False)
-        terms = compute_loss(out, heldin, heldout, run_cfg.loss, epoch)
-        for key, value in terms.scalars().items():
-            totals[key] = totals.get(key, 0.0) + value * len(idx)
-        for r, name in enumerate(names):
-            keep(f"readout/{name}", out.readout[r])
-            keep(f"rates/{name}", out.rates[r])
-            keep(f"heldout/{name}", out.heldout_readout[r])
-            keep(f"factors/{name}", out.factors[r])
-            if out.co_mean is not None:
-                keep(f"inputs/{name}", out.co_mean[r])
-        if out.msg_mean is not None:
-            for p, (s, d) in enumerate(out.pairs):
-                keep(f"messages/{names[s]}->{names[d]}", out.msg_mean[:, :, p])
+        shown, weight, sv_weight = validation_inputs(
+            heldin, sv_rate, None if sv_hidden is None else [m[idx] for m in sv_hidden])
+        sums: dict[str, np.ndarray] = {}
+        for _ in range(passes):
+            out = model(shown, ext, sample=samples > 0)
+            terms = compute_loss(out, heldin, heldout, run_cfg.loss, epoch, recon_weight=weight)
+            scalars = terms.scalars()
+            if sv_weight is not None:
+                sv_terms = recon_terms(out, heldin, sv_weight)
+                scalars.update({f"sv_recon/{n}": float(v) for n, v in zip(names, sv_terms)})
+                scalars["sv_recon_loss"] = float(sum(sv_terms))
+            for key, value in scalars.items():
+                totals[key] = totals.get(key, 0.0) + value * len(idx) / passes
+            batch = {}
+            for r, name in enumerate(names):
+                batch[f"rates/{name}"] = out.rates[r]
+                ho = out.heldout_readout[r]
+                batch[f"heldout_rates/{name}"] = torch.exp(ho) if poisson else ho
+                batch[f"factors/{name}"] = out.factors[r]
+                if out.co_mean is not None:
+                    batch[f"inputs/{name}"] = out.co_mean[r]
+                if passes == 1:  # exact posterior-mean readouts (no log(exp(x)) round trip)
+                    batch[f"readout/{name}"] = out.readout[r]
+                    batch[f"heldout/{name}"] = ho
+            if out.msg_mean is not None:
+                for p, (s, d) in enumerate(out.pairs):
+                    batch[f"messages/{names[s]}->{names[d]}"] = out.msg_mean[:, :, p]
+            for key, value in batch.items():
+                v = numpy(value)
+                sums[key] = v if key not in sums else sums[key] + v
+        for key, value in sums.items():
+            parts.setdefault(key, []).append(value / passes if passes > 1 else value)
+        if passes > 1:
+            for name in names:
+                for rate_key, key in ((f"rates/{name}", f"readout/{name}"),
+                                      (f"heldout_rates/{name}", f"heldout/{name}")):
+                    mean = parts[rate_key][-1]
+                    parts.setdefault(key, []).append(np.log(mean) if poisson else mean)
     model.train(was_training)
     outputs = {k: np.concatenate(v) for k, v in parts.items()}
     return outputs, {k: v / data.n_trials for k, v in totals.items()}
 
 
 def score(outputs: dict[str, np.ndarray], data: SplitTensors, model_cfg: Any,
-          comm_matrix: Any = None, null_source: SplitTensors | None = None) -> dict[str, float]:
-    """Reconstruction, held-out, effectome and (with ground truth) recovery metrics."""
+          comm_matrix: Any = None) -> dict[str, float]:
+    """Reconstruction, held-out, PSTH, effectome and (with ground truth) recovery metrics.
+
+    Poisson data: ``valid/bps/<r>`` (held-in) and ``valid/co_bps/<r>`` (held-out) are
+    ``mrlfads.metrics.bits_per_spike`` with the Neural Latents Benchmark's null (each
+    neuron's mean over the trials scored here); ``valid/bps`` and ``valid/co_bps`` pool
+    every region's neurons the same way (spike-weighted). Gaussian data: ``valid/r2/<r>``
+    and ``valid/heldout_r2/<r>``. With at least 2 conditions of ``PSTH_MIN_TRIALS`` trials:
+    ``valid/psth_r2/<r>`` and ``valid/heldout_psth_r2/<r>`` (``mrlfads.metrics.psth_r2``),
+    and the pooled ``valid/psth_r2`` and ``valid/heldout_psth_r2``.
+    """
     tau = model_cfg.ic_enc_seq_len
     names = list(model_cfg.region_names)
+    poisson = model_cfg.obs_model == "poisson"
     out: dict[str, float] = {}
+    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    conditions = data.condition
+    use_psth = conditions is not None and len(M.condition_groups(conditions)) >= 2
     for r, name in enumerate(names):
         x = data.heldin[r][:, tau:].cpu().numpy()  # (trials, T', N)
         y = data.heldout[r][:, tau:].cpu().numpy()  # (trials, T', H)
-        if model_cfg.obs_model == "gaussian":
-            out[f"valid/r2/{name}"] = float(M.r2(x, outputs[f"readout/{name}"]))
-            if y.shape[-1]:
-                out[f"valid/heldout_r2/{name}"] = float(M.r2(y, outputs[f"heldout/{name}"]))
+        scored = [("", x, f"readout/{name}", f"rates/{name}")]
+        if y.shape[-1]:
+            scored.append(("heldout_", y, f"heldout/{name}", f"heldout_rates/{name}"))
+        for prefix, d, readout_key, rates_key in scored:
+            if poisson:
+                key = "valid/co_bps" if prefix else "valid/bps"
+                out[f"{key}/{name}"] = float(M.bits_per_spike(d, outputs[readout_key]))
+                pooled.setdefault(key, []).append((d, outputs[readout_key]))
+            else:
+                out[f"valid/{prefix}r2/{name}"] = float(M.r2(d, outputs[readout_key]))
+            if use_psth:
+                key = f"valid/{prefix}psth_r2"
+                out[f"{key}/{name}"] = float(M.psth_r2(d, outputs[rates_key], conditions))
+                pooled.setdefault(key, []).append((d, outputs[rates_key]))
+    for key, pairs in pooled.items():
+        d = np.concatenate([p[0] for p in pairs], axis=-1)  # every region's neurons
+        pred = np.concatenate([p[1] for p in pairs], axis=-1)
+        if key.endswith("bps"):
+            out[key] = float(M.bits_per_spike(d, pred))
         else:
-            src = null_source if null_source is not None else data
-            null_in = src.heldin[r][:, tau:].mean(dim=(0, 1)).cpu().numpy()
-            out[f"valid/bps/{name}"] = float(M.bits_per_spike(x, outputs[f"readout/{name}"], null_in))
-            if y.shape[-1]:
-                null_out = src.heldout[r][:, tau:].mean(dim=(0, 1)).cpu().numpy()
-                out[f"valid/co_bps/{name}"] = float(M.co_bps(y, outputs[f"heldout/{name}"], null_out))
+            out[key] = float(M.psth_r2(d, pred, conditions))
     if len(names) > 1 and any(k.startswith("messages/") for k in outputs):
         messages = {tuple(k.split("/", 1)[1].split("->")): v
                     for k, v in outputs.items() if k.startswith("messages/")}
@@ -116,10 +181,14 @@ def _truth_scores(E, messages, outputs, data, names, tau, comm_matrix) -> dict[s
 
 
 def evaluate_split(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int,
-                   null_source: SplitTensors | None = None,
-                   comm_matrix: Any = None) -> dict[str, float]:
-    """The per-epoch validation metrics (keys of docs/DESIGN.md)."""
-    outputs, terms = collect_outputs(model, data, run_cfg, epoch)
+                   comm_matrix: Any = None,
+                   sv_hidden: list[torch.Tensor] | None = None) -> dict[str, float]:
+    """The per-epoch validation metrics (keys of docs/DESIGN.md), posterior means.
+
+    With sample validation (``sv_hidden``) every metric is of the model run with those
+    elements hidden, as in training; ``valid/sv_recon_loss`` scores exactly them.
+    """
+    outputs, terms = collect_outputs(model, data, run_cfg, epoch, sv_hidden=sv_hidden)
     metrics = {f"valid/{k}": v for k, v in terms.items()}
-    metrics.update(score(outputs, data, run_cfg.model, comm_matrix, null_source))
+    metrics.update(score(outputs, data, run_cfg.model, comm_matrix))
     return metrics

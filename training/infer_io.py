@@ -4,8 +4,11 @@ Layout (ARCHITECTURE.md "Output of inference"):
   outputs.json           regions, pairs, bins covered (tau..T-1), source model and data
   effectome.json         {"regions": [...], "matrix": E[dst][src]} (null on the diagonal)
   metrics.json           validation metrics (with ground-truth scores when the data has them)
-  shards/part-00000.arrow  trial_id, split, rates/<r>, factors/<r>, inputs/<r>,
+  shards/part-00000.arrow  trial_id, split, rates/<r>, heldout_rates/<r> (regions with
+                         held-out neurons), factors/<r>, inputs/<r>,
                          messages/<src>-><dst>: fixed-shape tensors (T - tau, dim)
+Rates are in counts per bin (Poisson) or data units (Gaussian): posterior means, or the
+average over `--samples N` posterior samples (outputs.json says which).
 Written into a temporary sibling directory and renamed into place, so a failed inference
 never leaves a half-written output, and never replaces a good one until the new one is whole.
 """
@@ -23,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-OUTPUT_PREFIXES = ("rates/", "factors/", "inputs/", "messages/")
+OUTPUT_PREFIXES = ("rates/", "heldout_rates/", "factors/", "inputs/", "messages/")
 
 
 def _tensor_column(arr: np.ndarray) -> pa.Array:
@@ -53,7 +56,8 @@ def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
     try:
         cols = {"trial_id": pa.array(trial_id.astype(np.int64)), "split": pa.array(split.astype(str))}
         for key in sorted(outputs):
-            if key.startswith(OUTPUT_PREFIXES):
+            # zero-width outputs (a region without held-out neurons) are left out
+            if key.startswith(OUTPUT_PREFIXES) and outputs[key].shape[-1] > 0:
                 cols[key] = _tensor_column(outputs[key])
         table = pa.table(cols)
         (tmp / "shards").mkdir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,9 +25,18 @@ from training import checkpoint as ckpt
 from training.config import RunConfig, check_against_data
 from training.data import SplitTensors, load_split
 from training.evaluate import evaluate_split
+from training.masks import sample_validation_hidden, training_inputs
+from training.objective import resolve_objective, unprotected_warning
 
 # Hyperparameters that may change mid-run (PBT); everything else is fixed at build time.
-MUTABLE_PREFIXES = ("train.lr", "train.grad_clip", "train.weight_decay", "model.dropout", "loss.")
+# train.cd_rate only changes how a training step masks its inputs; train.sv_rate is not
+# here: it fixes which data elements are validation data.
+MUTABLE_PREFIXES = ("train.lr", "train.grad_clip", "train.weight_decay", "train.cd_rate",
+                    "model.dropout", "loss.")
+
+
+class UnprotectedObjectiveWarning(UserWarning):
+    """The run is selected on a score a model copying its input can win."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,6 +88,10 @@ class Trainer:
         self.smoother = EMA(1.0 - t.smoothing)
         self.best_objective = math.inf
         self.hparams: dict[str, float] = {}
+        self._sv_hidden: dict[str, list[torch.Tensor]] = {}  # split -> sample-validation masks
+        warning = unprotected_warning(resolve_objective(run_cfg))
+        if warning:
+            warnings.warn(warning, UnprotectedObjectiveWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ data
     @property
@@ -92,6 +106,18 @@ class Trainer:
             self._valid = load_split(self.dataset, self.cfg.data.valid_split, self.device,
                                      with_truth=True)
         return self._valid
+
+    def sv_hidden(self, data: SplitTensors) -> list[torch.Tensor] | None:
+        """The split's sample-validation masks (training/masks.py), drawn once; None
+        without sample validation."""
+        if self.cfg.train.sv_rate <= 0:
+            return None
+        if data.split not in self._sv_hidden:
+            Tp = data.heldin[0].shape[1] - self.cfg.model.ic_enc_seq_len
+            self._sv_hidden[data.split] = sample_validation_hidden(
+                data.trial_id, [x.shape[-1] for x in data.heldin], Tp,
+                self.cfg.train.sv_rate, self.device)
+        return self._sv_hidden[data.split]
 
     # ------------------------------------------------------------------ hyperparameters
     def apply_hparams(self, hparams: Mapping[str, Any]) -> None:
@@ -134,12 +160,18 @@ class Trainer:
         order = torch.randperm(data.n_trials, generator=gen).to(self.device)
         self.model.train()
         totals: dict[str, float] = {}
+        sv = self.sv_hidden(data)
+        Tp = data.heldin[0].shape[1] - self.cfg.model.ic_enc_seq_len
         for start in range(0, data.n_trials, t.batch_size):
             idx = order[start:start + t.batch_size]
             heldin, heldout, ext = data.batch(idx)
+            # coordinated dropout / sample validation: what the encoders see, what recon scores
+            shown, weight = training_inputs(heldin, Tp, t.cd_rate, t.sv_rate,
+                                            None if sv is None else [m[idx] for m in sv])
             with self._autocast():
-                out = self.model(heldin, ext, sample=True)
-                terms = compute_loss(out, heldin, heldout, self.cfg.loss, self.epoch)
+                out = self.model(shown, ext, sample=True)
+                terms = compute_loss(out, heldin, heldout, self.cfg.loss, self.epoch,
+                                     recon_weight=weight)
             if not torch.isfinite(terms.total):
                 raise NonFiniteLossError(_nonfinite_message(self.epoch, terms.scalars()))
             self.optimizer.zero_grad(set_to_none=True)
@@ -155,11 +187,11 @@ class Trainer:
         """Train one epoch, validate with posterior means, update schedule and history."""
         train_terms = self.train_one_epoch()
         metrics = evaluate_split(self.model, self.valid_data, self.cfg, self.epoch,
-                                 null_source=self.train_data,
-                                 comm_matrix=self.dataset.manifest.comm_matrix)
+                                 comm_matrix=self.dataset.manifest.comm_matrix,
+                                 sv_hidden=self.sv_hidden(self.valid_data))
         for key in ("loss", "elbo", "recon_loss", "heldout_loss"):
             metrics[f"train/{key}"] = train_terms[key]
-        raw = metrics["valid/heldout_loss"] if self._objective_is_heldout() else metrics["valid/recon_loss"]
+        raw = metrics[resolve_objective(self.cfg).metric]  # training/objective.py
         if not math.isfinite(raw):
             raise NonFiniteLossError(_nonfinite_message(self.epoch, metrics))
         metrics["objective_raw"] = raw
@@ -177,10 +209,6 @@ class Trainer:
             self.best_objective = min(self.best_objective, metrics["objective"])
         self.history.append(metrics)
         return metrics
-
-    def _objective_is_heldout(self) -> bool:
-        has_heldout = any(r.n_heldout > 0 for r in self.cfg.model.regions)
-        return self.cfg.train.objective == "heldout" and has_heldout
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -79,6 +79,7 @@ class SweepSummary:
     checkpoint: str | None = None
     trials: dict[str, str] = field(default_factory=dict)  # trial id -> TERMINATED / ERROR: reason
     exploits: int = 0
+    objective: str = ""  # what `objective` is (training/objective.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -124,6 +125,46 @@ def _check_ranges(space: SearchSpace, run: dict[str, Any]) -> None:
                                + "\n  ".join(errors))
 
 
+def _least_protected(space: SearchSpace, cfg):
+    """(cfg with the smallest train.cd_rate any trial may run at, whether the space searches
+    it): a searched coordinated dropout protects every trial only as far as that value."""
+    cd = [min(float(v) for v in (hp.choices if hp.type == "categorical" else hp.bounds))
+          for hp in space.hyperparameters if hp.path == "train.cd_rate"]
+    if not cd:
+        return cfg, False
+    return replace(cfg, train=replace(cfg.train, cd_rate=min(cd))), True
+
+
+def _check_protected(space: SearchSpace, cfg) -> None:
+    """Refuse a search that could promote a model copying its input (training/objective.py):
+    its ranking metric must be protected for every trial, and PBT may only mutate what can
+    change mid-run."""
+    from training.loop import MUTABLE_PREFIXES
+    from training.objective import FIX, metric_protection
+
+    if space.kind == "pbt":
+        fixed = [p for p in space.paths if not p.startswith(MUTABLE_PREFIXES)]
+        if fixed:
+            raise SweepError(
+                f"the PBT space searches {fixed}, which cannot change during training (only "
+                f"paths starting with {MUTABLE_PREFIXES} can; train.sv_rate fixes which data "
+                "elements are validation data): move them under `fixed:` in the space, or "
+                "search them with an optuna space")
+    cfg, searched = _least_protected(space, cfg)
+    metric = space.scheduler.metric
+    if metric_protection(metric, cfg) is None:
+        where = (f"a train.cd_rate range reaching {cfg.train.cd_rate}" if searched
+                 else "train.cd_rate=0")
+        n_out = sum(r.n_heldout for r in cfg.model.regions)
+        why = (f"train.objective={cfg.train.objective!r}, {n_out} held-out neurons, "
+               f"train.sv_rate={cfg.train.sv_rate}, {where}" if metric == "objective"
+               else f"it scores held-in elements the encoders saw, {where}")
+        raise SweepError(
+            f"this search ranks trials on {metric!r}, an unprotected reconstruction ({why}): "
+            f"it would pick models that copy their input to their output. To protect it, "
+            f"{FIX}.")
+
+
 def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
                name: str | None = None, storage: str | None = None,
                run_overrides: dict[str, Any] | None = None, user_config: dict | None = None,
@@ -150,6 +191,7 @@ def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
     run = fit_ramps(RunConfig.from_dict(set_paths(base.to_dict(), fixed)),
                     explicit=explicit_ramps).to_dict()
     _check_ranges(space, run)
+    _check_protected(space, RunConfig.from_dict(run))
     burn_in = resolve_burn_in(space, RunConfig.from_dict(run).loss) if space.kind == "pbt" else 0
     if space.kind == "pbt" and burn_in + space.scheduler.perturbation_interval > run["train"]["epochs"]:
         raise SearchSpaceError(
@@ -315,6 +357,7 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
     metric, mode = plan.space.scheduler.metric, plan.space.scheduler.mode
     sign = 1.0 if mode == "min" else -1.0
     summary = SweepSummary(plan.experiment_path, None)
+    summary.objective = _objective_text(plan)
     best = None
     for r in results:
         trial_id = _trial_id(r.path)
@@ -341,6 +384,14 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
         summary.checkpoint = f"{best.checkpoint.path.rstrip('/')}/{CHECKPOINT_FILE}"
         summary.history = _lineage_history(best.checkpoint)
     return summary
+
+
+def _objective_text(plan: SweepPlan) -> str:
+    from training.config import RunConfig
+    from training.objective import resolve_objective
+
+    cfg, _ = _least_protected(plan.space, RunConfig.from_dict(plan.run))
+    return resolve_objective(cfg).describe()
 
 
 def _trial_id(path: str) -> str:
@@ -383,6 +434,8 @@ def format_summary(summary: SweepSummary) -> str:
     m = summary.best_metrics
     lines.append(f"best trial: {summary.best_trial} (epoch {int(m.get('epoch', 0))}, "
                  f"objective {m.get('objective', float('nan')):.5g})")
+    if summary.objective:
+        lines.append(f"objective: {summary.objective}")
     lines.append("hyperparameters: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.hparams.items()))
     for key in sorted(k for k in m if k.startswith("valid/") and k.count("/") == 1):
         lines.append(f"  {key}: {m[key]:.5g}")

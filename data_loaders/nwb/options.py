@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from data_loaders.errors import IngestError
 from data_loaders.schema import REGION_RE
 
+# Held-out neurons unless the user says otherwise: model selection ranks on them, a score a
+# model cannot win by copying its input to its output (docs/DESIGN.md, "Model selection").
+# 10%, less than the Neural Latents Benchmark's quarter: a region often has only 20-60
+# units, the encoders need them, and a few held-out units per region suffice to rank models.
+DEFAULT_HELDOUT = 0.1
+MIN_UNITS_FOR_HELDOUT = 5  # a fraction holds out at least 1 unit of regions this large
+
 
 @dataclass(frozen=True)
 class IngestOptions:
@@ -26,8 +33,11 @@ class IngestOptions:
     min_neurons [--min-neurons]: regions with fewer units (after quality filtering) are
         dropped with a warning naming them.
     heldout [--heldout N|FRACTION]: held-out neurons per region: a value strictly between 0
-        and 1 is a fraction of the region's units (rounded down), otherwise an integer count.
-        Chosen at random with `seed`, unless `heldout_column` marks them.
+        and 1 is a fraction of the region's units (rounded down, but at least 1 in a region
+        of MIN_UNITS_FOR_HELDOUT units or more), otherwise an integer count (0: none).
+        Chosen at random with `seed`, unless `heldout_column` marks them. None (the
+        default) means DEFAULT_HELDOUT (0.1), or 0 with `heldout_column`; the manifest
+        records the resolved value.
     heldout_column [--heldout-column]: boolean Units column marking held-out units.
     region_column [--region-column]: Units column holding each unit's region label
         (default: the location of the unit's first electrode).
@@ -50,7 +60,7 @@ class IngestOptions:
     window: tuple[float, float] | None = None
     regions: tuple[str, ...] | None = None
     min_neurons: int = 1
-    heldout: float = 0.0
+    heldout: float | None = None
     heldout_column: str | None = None
     region_column: str | None = None
     region_map: str | None = None
@@ -71,6 +81,9 @@ class IngestOptions:
             value = getattr(self, name)  # lists from JSON/YAML -> tuples (hashable, frozen)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        if self.heldout is None:
+            object.__setattr__(self, "heldout",
+                               0.0 if self.heldout_column is not None else DEFAULT_HELDOUT)
         p = _problems(self)
         if p:
             raise IngestError("invalid ingest options:\n  " + "\n  ".join(p))
@@ -80,9 +93,11 @@ class IngestOptions:
         return self.bin_ms / 1000.0
 
     def n_heldout(self, n_units: int) -> int:
-        """Held-out count for a region of `n_units` units (fraction rounds down)."""
+        """Held-out count for a region of `n_units` units: a fraction rounds down, with at
+        least 1 in a region of MIN_UNITS_FOR_HELDOUT units or more."""
         if 0.0 < self.heldout < 1.0:
-            return math.floor(self.heldout * n_units + 1e-9)
+            n = math.floor(self.heldout * n_units + 1e-9)
+            return max(n, 1) if n_units >= MIN_UNITS_FOR_HELDOUT else n
         return int(self.heldout)
 
 

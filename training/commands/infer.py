@@ -1,4 +1,5 @@
-"""`mrlfads infer`: posterior means of a trained model on every trial of a dataset."""
+"""`mrlfads infer`: a trained model's outputs on every trial of a dataset: posterior means,
+or the average of N posterior samples (--samples N)."""
 from __future__ import annotations
 
 import argparse
@@ -12,13 +13,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset directory or URI")
     p.add_argument("--out", required=True, help="output directory (an Arrow dataset)")
     p.add_argument("--splits", default="all", help="comma-separated splits, or all (default)")
+    p.add_argument("--samples", type=_samples, default=0, metavar="N",
+                   help="0 (default): posterior means; N >= 1: average the outputs of N runs "
+                   "drawing posterior samples (lfads-torch's posterior averaging)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the posterior samples (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
+def _samples(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of samples, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--samples {value}: use 0 (posterior means) or N >= 1")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
+    import torch
 
     from data_loaders.reader import ArrowDataset
     from mrlfads import metrics as M
@@ -39,10 +56,12 @@ def run(args: argparse.Namespace) -> int:
     check_against_data(cfg, m)
     device = resolve_device(args.device)
     model.to(device)
+    torch.manual_seed(args.seed)
     parts, metrics = [], {}
     for split in splits:
         data = load_split(dataset, split, device, with_truth=True)
-        outputs, terms = collect_outputs(model, data, cfg, epoch=cfg.train.epochs)
+        outputs, terms = collect_outputs(model, data, cfg, epoch=cfg.train.epochs,
+                                         samples=args.samples)
         parts.append((split, data, outputs))
         scores = score(outputs, data, cfg.model, m.comm_matrix)
         # score() names keys valid/...; here each split gets its own prefix.
@@ -58,9 +77,12 @@ def run(args: argparse.Namespace) -> int:
     E = M.effectome(messages, names) if messages else None
     info = {"regions": names, "pairs": [f"{s}->{d}" for s, d in messages],
             "bins": [cfg.model.ic_enc_seq_len, m.n_bins], "obs_model": cfg.model.obs_model,
-            "model": args.model, "data": args.data, "splits": splits}
+            "model": args.model, "data": args.data, "splits": splits,
+            "samples": args.samples, "seed": args.seed,
+            "heldout": {r.name: r.n_heldout for r in m.regions}}
     out = write_outputs(args.out, outputs, trial_id, split_col, info, E, metrics, args.overwrite)
     print(f"wrote {len(trial_id)} trials ({', '.join(splits)}) to {out}")
-    for key in sorted(k for k in metrics if k.endswith(("effectome_cosine", "message_r2", "input_r2"))):
+    shown = ("co_bps", "/bps", "psth_r2", "effectome_cosine", "message_r2", "input_r2")
+    for key in sorted(k for k in metrics if k.count("/") == 1 and k.endswith(shown)):
         print(f"  {key} = {metrics[key]:.4f}")
     return 0

@@ -38,8 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--regions", type=_names, metavar="A,B", help="regions to keep (default: all)")
     g.add_argument("--min-neurons", type=int, default=1,
                    help="drop regions with fewer units, with a warning (default 1)")
-    g.add_argument("--heldout", type=float, default=0.0, metavar="N|FRACTION",
-                   help="held-out neurons per region: a count, or a fraction in (0, 1)")
+    g.add_argument("--heldout", type=float, default=None, metavar="N|FRACTION",
+                   help="held-out neurons per region: a count, or a fraction in (0, 1), at "
+                   "least 1 in regions of 5+ units (default 0.1; 0 for none). Model selection "
+                   "ranks on them: the score a model cannot win by copying its input")
     g.add_argument("--heldout-column", metavar="COL", help="boolean Units column marking held-out units")
     g.add_argument("--region-column", metavar="COL",
                    help="Units column with each unit's region (default: its electrode's location)")
@@ -61,7 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from data_loaders.nwb import IngestOptions, ingest
 
-    heldout = int(args.heldout) if args.heldout >= 1 and args.heldout == int(args.heldout) else args.heldout
+    heldout = args.heldout
+    if heldout is not None and heldout >= 1 and heldout == int(heldout):
+        heldout = int(heldout)
     options = IngestOptions(
         bin_ms=args.bin_ms, align=args.align, window=args.window, regions=args.regions,
         min_neurons=args.min_neurons, heldout=heldout, heldout_column=args.heldout_column,

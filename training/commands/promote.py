@@ -37,7 +37,7 @@ def local_checkpoint(path: str):
 
 def run(args: argparse.Namespace) -> int:
     from tracking.errors import TrackingError
-    from tracking.registry import find_best_trial, promote
+    from tracking.registry import KEY_METRICS, find_best_trial, promote
     from training.checkpoint import load_model
 
     best = find_best_trial(args.sweep, metric=args.metric, mode=args.mode,
@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
                             "recorded no checkpoint (tag mrlfads.checkpoint): was it logged by "
                             "mrlfads sweep with checkpoints on?")
     print(f"best finished trial: {best.trial_id} ({best.metric} = {best.value:.6g})", flush=True)
+    for key in (k for k in KEY_METRICS if k in best.metrics and k not in (best.metric, "epoch")):
+        print(f"  {key} = {best.metrics[key]:.6g}")
     with local_checkpoint(best.checkpoint) as path:
         model, run_cfg, manifest = load_model(path)
         done = promote(args.sweep, best, model=model, run_cfg=run_cfg, manifest=manifest,
