@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mrlfads.config_utils import ConfigError
+from mrlfads.config_utils import ConfigError, type_problems
 
 OBS_MODELS = ("poisson", "gaussian")
 MESSAGE_SOURCES = ("rates", "factors", "generator")
@@ -32,6 +32,7 @@ class RegionConfig:
     fac_dim: int | None = None  # None -> n_heldin
 
     def __post_init__(self) -> None:
+        _check(type_problems(self), f"region {self.name!r}")  # before any comparison
         errors = []
         if not isinstance(self.name, str) or not _REGION_NAME.match(self.name):
             errors.append(f"name {self.name!r} must match {_REGION_NAME.pattern}")
@@ -76,6 +77,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "regions", tuple(self.regions))
+        _check(type_problems(self), "model config")  # before any comparison
         errors = []
         if len(self.regions) < 1:
             errors.append("regions: need at least one region")
@@ -117,6 +119,7 @@ class RampConfig:
     length: int
 
     def __post_init__(self) -> None:
+        _check(type_problems(self), "ramp")  # before any comparison
         errors = []
         if self.start < 0:
             errors.append(f"start={self.start} must be >= 0")
@@ -148,6 +151,7 @@ class LossConfig:
     l2_ramp: RampConfig = field(default_factory=lambda: RampConfig(100, 80))
 
     def __post_init__(self) -> None:
+        _check(type_problems(self), "loss config")  # before any comparison
         errors = []
         for key in ("kl_ic_scale", "kl_co_scale", "l2_scale"):
             if getattr(self, key) < 0:

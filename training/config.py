@@ -277,14 +277,17 @@ def check_against_data(cfg: RunConfig, manifest: Any) -> None:
 
 
 def load_config_file(path: str | Path | None) -> dict[str, Any]:
-    """Parse a YAML run-config file; a missing or malformed file names the path."""
+    """Parse a YAML run-config file as YAML 1.2 (``lr: 1e-3`` is a number, as on the command
+    line: training/yaml12.py); a missing or malformed file names the path."""
+    from training.yaml12 import load
+
     if path is None:
         return {}
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist: pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -17,8 +17,6 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
 # OpenMP's wait policy is left at its default: one training process, 2 threads, idle cores
 # (docs/PERFORMANCE.md, "Threads and OMP_WAIT_POLICY").
 HERE = Path(__file__).resolve().parent
@@ -96,13 +94,16 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="extra config overrides for every run, e.g. loss.kl_co_scale=4 (YAML "
+                   help="extra config overrides for every run, e.g. loss.kl_co_scale=4 (YAML 1.2 "
                         "values); the variant's label records them")
     args = p.parse_args()
-    bad = [kv for kv in args.set if "=" not in kv]
-    if bad:
-        p.error(f"--set {bad[0]!r}: expected KEY=VALUE, e.g. loss.kl_co_scale=4")
-    extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    from mrlfads.config_utils import ConfigError
+    from training.yaml12 import parse_sets
+
+    try:  # YAML 1.2 values, as `mrlfads train --set` reads them
+        extra = parse_sets(args.set)
+    except ConfigError as exc:
+        p.error(str(exc))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"

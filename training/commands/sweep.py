@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "shared storage (s3://... or a shared mount) on several nodes")
     p.add_argument("--config", help="run-config YAML (model/loss/train sections) for every trial")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a run-config field for every trial, e.g. train.epochs=500")
+                   help="override a run-config field for every trial, e.g. train.epochs=500 "
+                   "(repeatable; values are read as YAML 1.2: 1e-3, .5, true, null)")
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep --name whose driver died, from its checkpoints")
     p.add_argument("--smoke-test", action="store_true",
@@ -41,23 +42,30 @@ def tracking_callbacks(plan, args: argparse.Namespace) -> list:
     return list(sweep_callbacks(plan, tracking_uri=args.tracking_uri))
 
 
-def run(args: argparse.Namespace) -> int:
+def make_plan(args: argparse.Namespace):
+    """The sweep's plan from the command line (no Ray yet): a new one, or the one --resume
+    continues; --set and --config values are read as YAML 1.2 (training/yaml12.py)."""
     from training import sweep
-    from training.commands.train import parse_sets
     from training.config import load_config_file
+    from training.yaml12 import parse_sets
 
     if args.resume:
         if not args.name:
             raise sweep.SweepError("--resume needs --name: the name of the sweep to continue "
                                    "(a directory under --storage)")
-        plan = sweep.load_plan(args.storage, args.name)
-    else:
-        if not args.data:
-            raise sweep.SweepError("--data is required: the dataset directory or URI to sweep on")
-        plan = sweep.plan_sweep(
-            args.data, space=args.space, name=args.name, storage=args.storage,
-            run_overrides=parse_sets(args.set), user_config=load_config_file(args.config),
-            smoke_test=args.smoke_test)
+        return sweep.load_plan(args.storage, args.name)
+    if not args.data:
+        raise sweep.SweepError("--data is required: the dataset directory or URI to sweep on")
+    return sweep.plan_sweep(
+        args.data, space=args.space, name=args.name, storage=args.storage,
+        run_overrides=parse_sets(args.set), user_config=load_config_file(args.config),
+        smoke_test=args.smoke_test)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training import sweep
+
+    plan = make_plan(args)
     print(f"sweep {plan.name}: {plan.space.kind}, "
           f"{plan.space.scheduler.population if plan.space.kind == 'pbt' else plan.space.scheduler.num_samples}"
           f" trials x {plan.epochs} epochs, storage {plan.experiment_path}", flush=True)

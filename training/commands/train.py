@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 NAME = "train"
 HELP = "train one MR-LFADS model on an Arrow dataset (no search)"
 
@@ -18,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "end before the last epoch")
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override one config field, e.g. --set train.lr=1e-3 (repeatable)")
+                   help="override one config field, e.g. --set train.lr=1e-3 (repeatable; "
+                   "values are read as YAML 1.2: 1e-3, .5, true, null, [1, 2])")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: train.device)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--smoke-test", action="store_true", help="tiny model and few epochs")
@@ -40,14 +39,11 @@ def _epochs(text: str) -> int:
 
 
 def parse_sets(items: list[str]) -> dict[str, object]:
-    """``["train.lr=1e-3"]`` -> ``{"train.lr": 0.001}`` (values parsed as YAML scalars)."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected PATH=VALUE, e.g. --set train.lr=1e-3")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    """``["train.lr=1e-3"]`` -> ``{"train.lr": 0.001}``: values read as YAML 1.2
+    (training/yaml12.py), the grammar of every command's --set and of --config files."""
+    from training.yaml12 import parse_sets as parse
+
+    return parse(items)
 
 
 def run(args: argparse.Namespace) -> int:
