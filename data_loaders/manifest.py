@@ -64,6 +64,10 @@ class DatasetManifest:
     shards: tuple[ShardInfo, ...]
     ext_dims: dict[str, int] = field(default_factory=dict)
     truth: tuple[str, ...] = ()
+    # comm_matrix[dst][src]: true message dimension of src -> dst, 0 where absent; None
+    # (null in dataset.json) where nobody knows it (recordings). A matrix without a single
+    # pathway is read as None too: format-1 ingests wrote zeros for "unknown", and no truth
+    # metric is defined against a network in which no region talks to another.
     comm_matrix: tuple[tuple[int, ...], ...] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     task: tuple[str, ...] = ()
@@ -71,9 +75,8 @@ class DatasetManifest:
     format_version: int = schema.FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.comm_matrix is None:
-            r = len(self.regions)
-            object.__setattr__(self, "comm_matrix", tuple((0,) * r for _ in range(r)))
+        if self.comm_matrix is not None and not any(v for row in self.comm_matrix for v in row):
+            object.__setattr__(self, "comm_matrix", None)
         problems = _problems(self)
         if problems:
             raise DatasetError(
@@ -118,6 +121,8 @@ class DatasetManifest:
             return (t, self.region(col[len("truth/rates/"):]).n_neurons)
         pair = schema.parse_message_col(col)
         if pair is not None:
+            if self.comm_matrix is None:
+                return (t, None)
             names = self.region_names
             d = self.comm_matrix[names.index(pair[1])][names.index(pair[0])]
             return (t, d if d > 0 else None)
@@ -134,7 +139,7 @@ class DatasetManifest:
         ]
         d["shards"] = [{**dataclasses.asdict(s), "splits": list(s.splits)} for s in self.shards]
         d["truth"], d["task"] = list(self.truth), list(self.task)
-        d["comm_matrix"] = [list(row) for row in self.comm_matrix]
+        d["comm_matrix"] = None if self.comm_matrix is None else [list(r) for r in self.comm_matrix]
         d["extras"] = [dataclasses.asdict(e) for e in self.extras]
         return d
 
@@ -268,6 +273,8 @@ def _problems(m: DatasetManifest) -> list[str]:
         if not schema.is_task_col(col):
             p.append(f"key 'task': {col!r} is not a task column name ('task/<name>')")
     cm = m.comm_matrix
+    if cm is None:
+        return p
     if len(cm) != len(m.regions) or any(len(row) != len(m.regions) for row in cm):
         p.append(f"key 'comm_matrix': must be {len(m.regions)} x {len(m.regions)} (regions x regions)")
     elif any(not _is_int(v) or v < 0 for row in cm for v in row):

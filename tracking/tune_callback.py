@@ -8,6 +8,11 @@ Why not Ray's MLflowLoggerCallback: it re-logs an exploited trial's changed conf
 - an exploit is detected when the config a result was produced with (``result["config"]``)
   differs from the previous one; the donor comes from PBT's policy file. Each event goes
   to the trial as a tag, metrics (``pbt/exploit``, ``pbt/n_exploits``) and ``pbt/exploits.json``;
+- a trial that restarted after a non-finite loss (training/trainable.py) reports
+  ``nonfinite/events``: each event becomes a tag ``mrlfads.nonfinite.<n>`` and goes to
+  ``nonfinite/events.json``; ``hp/*`` curves show the values the trial really ran with;
+- a trial that ends in error ends its run FAILED with tags ``mrlfads.error_cause`` (the
+  exception line) and ``mrlfads.error`` (the traceback's tail), and ``error.txt`` (all of it);
 - at the end the parent run gets the best trial, its lineage (``lineage.json``) and the
   population's hyperparameter trajectories (PNG).
 Each trial's writes go through its own tracker with an outbox in the trial dir.
@@ -125,6 +130,7 @@ class MlflowTuneCallback(LoggerCallback):
         self.last_metrics: dict[str, dict[str, float]] = {}
         self.hp_history: dict[str, dict[str, list[tuple[int, float]]]] = {}
         self.exploits: dict[str, list[dict[str, Any]]] = {}
+        self.nonfinite: dict[str, list[dict[str, Any]]] = {}
         self.undelivered: list[Tracker] = []  # ended trials whose outbox the store never took
         self._delivery = None
         self._tmp = None
@@ -227,14 +233,29 @@ class MlflowTuneCallback(LoggerCallback):
                    if k not in _SKIP and isinstance(v, numbers.Real) and not isinstance(v, bool)
                    and math.isfinite(float(v))}
         for k, v in hp.items():
-            metrics.setdefault(f"hp/{k}", v)
+            # the trial's own hp/* (after a non-finite restart it runs other values than
+            # the config Tune holds) win over the config's
+            v = metrics.setdefault(metric_key(f"hp/{k}"), v)
             self.hp_history.setdefault(tid, {}).setdefault(k, []).append((step, v))
         if self.last_hp.get(tid) and hp != self.last_hp[tid] and tid in self.last_step:
             metrics.update(self._exploit(trial, t, self.last_hp[tid], hp, step))
         self.last_hp[tid], self.last_step[tid] = hp, step
         self.last_metrics[tid] = metrics
         t.log_metrics(metrics, step=step)
+        if result.get("nonfinite/events"):
+            self._nonfinite(tid, t, result["nonfinite/events"])
         self._note_checkpoint(trial, t, step)
+
+    def _nonfinite(self, tid: str, t: Tracker, text: str) -> None:
+        """Restarts after a non-finite loss: one tag per event and the list as JSON."""
+        events = self.nonfinite.setdefault(tid, [])
+        for event in json.loads(text):
+            events.append(event)
+            t.set_tags({f"mrlfads.nonfinite.{event.get('restart', len(events))}":
+                        json.dumps(event, default=str)[:5000]})
+            log.warning("trial %s: non-finite loss in epoch %s; restarted from %s with %s",
+                        tid, event.get("epoch"), event.get("from"), event.get("new"))
+        t.log_artifact(str(self._write(f"{tid}/nonfinite/events.json", events)), "nonfinite")
 
     def _exploit(self, trial, t: Tracker, old_hp, new_hp, step: int) -> dict[str, float]:
         tid = trial.trial_id
@@ -276,7 +297,12 @@ class MlflowTuneCallback(LoggerCallback):
         try:
             self._trial_figures(tid, t)
             if failed:
-                t.set_tags({"mrlfads.error": self._error_text(trial)})
+                text = self._error_text(trial)
+                t.set_tags({"mrlfads.error": text[-4000:], "mrlfads.error_cause": _cause(text)})
+                path = Path(self._tmp.name, tid, "error.txt")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+                t.log_artifact(str(path))
             t.end_run("FAILED" if failed else "FINISHED")
         finally:
             t.close()
@@ -295,7 +321,7 @@ class MlflowTuneCallback(LoggerCallback):
                 text = str(trial.get_error() or "")
             except Exception:  # noqa: BLE001
                 text = ""
-        return (text or "trial failed (no error text recorded)")[-4000:]
+        return text or "trial failed (no error text recorded)"
 
     def _trial_figures(self, tid: str, t: Tracker) -> None:
         if not self.regions or len(self.regions) < 2:
@@ -366,6 +392,25 @@ class MlflowTuneCallback(LoggerCallback):
                                  "best/n_lineage_hops": float(len(chain))}, step=0)
 
 
+_EXC_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt)\w*): (.+)$", re.M)
+
+
+def _cause(text: str) -> str:
+    """The last exception line of a traceback (``NonFiniteLossError: loss became ...``)."""
+    found = _EXC_LINE.findall(text)
+    if found:
+        return f"{found[-1][0]}: {found[-1][1]}"[:5000]
+    lines = text.strip().splitlines()
+    return lines[-1][:5000] if lines else ""
+
+
+def known_comm(manifest: Mapping[str, Any]) -> list | None:
+    """A manifest's true communication matrix, or None where it is unknown: null, or all
+    zeros (what datasets written before null existed hold for "unknown")."""
+    cm = manifest.get("comm_matrix")
+    return cm if cm and any(any(row) for row in cm) else None
+
+
 def _read_manifest(data_uri: str | None) -> dict[str, Any]:
     """The dataset manifest (local datasets); just the URI for remote ones."""
     if not data_uri:
@@ -398,5 +443,5 @@ def sweep_callbacks(plan, *, tracking_uri: str | None = None) -> list[MlflowTune
     return [MlflowTuneCallback(
         plan.name, tracking_uri=tracking_uri, metric=sched.metric, mode=sched.mode,
         sweep_info=info, hparams={f"{key}.{p}": p for p in sorted(searched)}, regions=regions,
-        truth_comm=manifest.get("comm_matrix"), resume=True,
+        truth_comm=known_comm(manifest), resume=True,
         outbox_dir=None if "://" in plan.experiment_path else plan.experiment_path)]

@@ -63,7 +63,7 @@ def fit(
             try:
                 metrics = trainer.run_epoch()
             except NonFiniteLossError as exc:
-                raise NonFiniteLossError(f"{exc} Last good checkpoint: {out / LAST}") from None
+                raise NonFiniteLossError(_where_to_go_on(exc, trainer, out)) from None
             trainer.save_checkpoint(out / LAST)
             if selectable(metrics) and metrics["objective"] <= best:
                 best = metrics["objective"]
@@ -76,6 +76,17 @@ def fit(
                 on_epoch(metrics)
             bar.update(task, completed=trainer.epoch, status=_status(metrics))
     return metrics
+
+
+def _where_to_go_on(exc: Exception, trainer: Trainer, out: Path) -> str:
+    """The loop's message plus a checkpoint that exists and a learning rate to try: a
+    lower one is the usual cure (a quarter of the optimiser's, as a start)."""
+    lower = f"--set train.lr={trainer.lr / 4:.2g} (the optimiser was at lr {trainer.lr:.2g})"
+    if trainer.epoch > 0 and (out / LAST).is_file():  # written after every epoch
+        return (f"{exc} Last good checkpoint (epoch {trainer.epoch}): {out / LAST}. Continue "
+                f"from it with a lower learning rate (the usual cure): --resume {lower}.")
+    return (f"{exc} {out} holds no checkpoint of this run to continue from: start again with "
+            f"a lower learning rate (the usual cure), e.g. {lower}.")
 
 
 def _status(m: dict[str, float]) -> str:

@@ -40,7 +40,9 @@ class UnprotectedObjectiveWarning(UserWarning):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss went NaN/inf; the message names the epoch and the term."""
+    """The loss went NaN/inf; the message names the epoch and the terms. The epoch does not
+    count (``Trainer.epoch`` stays), but its earlier steps may have changed the weights:
+    restore a checkpoint to go on."""
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
@@ -256,7 +258,11 @@ class Trainer:
 
 
 def _nonfinite_message(epoch: int, scalars: Mapping[str, float]) -> str:
-    bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
-    return (f"loss became non-finite at epoch {epoch} (terms: {', '.join(bad) or 'total'}); "
-            "training stopped and the last good checkpoint is kept. Lower train.lr or "
-            "raise the KL/L2 ramp lengths, then resume from the last checkpoint.")
+    """Names the epoch (1-based, as metrics.jsonl counts: ``epoch`` epochs had finished)
+    and the non-finite terms, per-region ones (``kl_com/B``) before the sums they spoil.
+    Where to go on from is the caller's to say (training/fit.py, training/trainable.py)."""
+    bad = sorted((k for k, v in scalars.items() if not math.isfinite(v)),
+                 key=lambda k: ("/" not in k.removeprefix("valid/"), k))
+    what = "validation loss" if bad and all(k.startswith("valid/") for k in bad) else "loss"
+    return (f"the {what} became non-finite in epoch {epoch + 1} "
+            f"(non-finite terms: {', '.join(bad) or 'total'}).")

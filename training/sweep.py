@@ -281,10 +281,11 @@ def build_tuner(plan: SweepPlan, *, resume: bool = False, callbacks: Sequence[An
     from ray import tune
 
     from search_spaces import tune_objects
-    from training.trainable import trainable
+    from training.trainable import trainable_for
 
     space = plan.space
-    fn = tune.with_resources(trainable, space.resources.as_tune())
+    # the space travels with the trainable: its explore step restarts non-finite trials
+    fn = tune.with_resources(trainable_for(space), space.resources.as_tune())
     if resume:
         if not tune.Tuner.can_restore(plan.experiment_path):
             raise SweepError(f"no restorable sweep at {plan.experiment_path}: start it without "

@@ -17,17 +17,33 @@ the smoothed objective and the donor's optimiser param groups (its learning rate
 trial's own ``hparams`` are applied *after* that restore, so the optimiser runs at this
 trial's learning rate, not the donor's (the AutoLFADS bug); tests/test_trainable.py pins it.
 
-A loss that goes NaN raises ``NonFiniteLossError``: Tune retries the trial from its last
-checkpoint up to ``max_failures`` times (a deterministic NaN recurs), then marks it ERROR
-with that message; the rest of the population carries on.
+A loss that goes NaN or inf (``NonFiniteLossError``) never passes silently. In a PBT sweep
+the trial restarts from its last good checkpoint (the last one it reported, or the one it
+started from; from scratch before it has one) with its next explore step: the space's own
+bounded step (search_spaces/explore.py) applied to the values it was running, seeded by
+those values, so a rerun takes the same steps. Each restart shows as the metric
+``nonfinite_restarts`` and, on the next result, ``nonfinite/events`` (JSON: epoch, cause,
+old and new values), which tracking turns into tags; the ``hp/*`` metrics show the values
+really used. Tune's ``trial.config`` keeps the values PBT gave: Tune has no public way for
+a trial to change it, so a later exploit of this trial explores around those. After
+``NONFINITE_RESTARTS`` restarts the trial raises, naming every step, and ends ERROR (its
+MLflow run FAILED with the cause); the file ``nonfinite.json`` in the trial directory
+makes Tune's own retries (``max_failures``) fail at once instead of replaying the same
+steps. Without a PBT space (``trainable``, Optuna spaces) a non-finite loss fails the trial.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
-from typing import Any, Mapping
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 CHECKPOINT_FILE = "checkpoint.pt"  # inside each Tune checkpoint directory
+NONFINITE_RESTARTS = 3  # explore steps a trial may take away from non-finite losses
+STATE_FILE = "nonfinite.json"  # in the trial directory: restarts so far (survives retries)
 
 
 def trial_run_config(config: Mapping[str, Any]):
@@ -63,23 +79,134 @@ def should_checkpoint(epoch: int, interval: int, epochs: int) -> bool:
     return epoch % interval == 0 or epoch >= epochs
 
 
-def trainable(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable; see the module docstring for the config layout."""
-    from ray import tune
+def nonfinite_explore(values: Mapping[str, float], space: Any, restart: int) -> dict[str, float]:
+    """The explore step a trial takes away from a non-finite loss: the space's PBT step,
+    seeded by (space seed, the values, restart number), hence the same in every rerun."""
+    import numpy as np
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        trainer = build_trainer(config, None)
-    else:
-        with checkpoint.as_directory() as ckpt_dir:
-            trainer = build_trainer(config, ckpt_dir)
+    from search_spaces.explore import explore
+
+    key = zlib.crc32(json.dumps(dict(values), sort_keys=True).encode())
+    return explore(values, space, np.random.default_rng([int(space.seed), key, int(restart)]))
+
+
+def _load_state(path: Path | None, config_hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """This trial's restart record, if it belongs to the values PBT gave it; after an
+    exploit (new values) the trial starts a fresh record."""
+    fresh = {"config_hparams": dict(config_hparams), "hparams": dict(config_hparams),
+             "restarts": 0, "events": [], "failed": None}
+    if path is None or not path.is_file():
+        return fresh
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return fresh
+    return state if state.get("config_hparams") == fresh["config_hparams"] else fresh
+
+
+def _save_state(path: Path | None, state: Mapping[str, Any]) -> None:
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, path)
+
+
+def _give_up_message(exc: Exception, state: Mapping[str, Any]) -> str:
+    steps = "; ".join(f"epoch {e['epoch']}: {e['new']}" for e in state["events"])
+    return (f"{exc} The trial restarted {state['restarts']} times from its last good "
+            f"checkpoint with explored hyperparameters ({steps}) and the loss went non-finite "
+            f"every time: the trial ends as failed. Narrow the search space (e.g. the upper "
+            f"bound of train.lr) if other trials fail too.")
+
+
+def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], None], *,
+                space: Any = None, restore_dir: str | None = None,
+                state_path: Path | None = None, dataset: Any = None,
+                max_restarts: int = NONFINITE_RESTARTS) -> None:
+    """The trial's epochs, Ray-free: ``report(metrics, checkpoint_dir or None)`` once per
+    epoch; non-finite losses restart as the module docstring says (``space``: a PBT
+    SearchSpace, or None to fail at once). ``state_path``: the trial's restart record."""
+    from training.loop import NonFiniteLossError
+
+    state = _load_state(state_path, config.get("hparams", {}))
+    if state["failed"]:  # Tune retrying a trial that already gave up: same steps, same end
+        raise NonFiniteLossError(state["failed"])
+    can_restart = space is not None and space.kind == "pbt" and bool(state["hparams"])
+    trainer = build_trainer({**config, "hparams": state["hparams"]}, restore_dir, dataset)
     interval = int(config["checkpoint_interval"])
     epochs = int(trainer.cfg.train.epochs)
-    while trainer.epoch < epochs:
-        metrics = trainer.run_epoch()  # NonFiniteLossError propagates: the trial fails
-        if should_checkpoint(trainer.epoch, interval, epochs):
-            with tempfile.TemporaryDirectory(prefix="mrlfads-ckpt-") as tmp:
-                trainer.save_checkpoint(os.path.join(tmp, CHECKPOINT_FILE))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        else:
+    pending: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="mrlfads-good-") as keep:
+        good = None  # epoch of the last good checkpoint (a copy in `keep`); None: none yet
+        if restore_dir is not None:
+            shutil.copy2(os.path.join(restore_dir, CHECKPOINT_FILE), keep)
+            good = trainer.epoch
+        while trainer.epoch < epochs:
+            try:
+                metrics = trainer.run_epoch()
+            except NonFiniteLossError as exc:
+                if not can_restart:
+                    raise
+                if state["restarts"] >= max_restarts:
+                    state["failed"] = _give_up_message(exc, state)
+                    _save_state(state_path, state)
+                    raise NonFiniteLossError(state["failed"]) from None
+                new = nonfinite_explore(state["hparams"], space, state["restarts"])
+                event = {"restart": state["restarts"] + 1, "epoch": trainer.epoch + 1,
+                         "cause": str(exc), "old": state["hparams"], "new": new,
+                         "from": "scratch" if good is None else f"checkpoint of epoch {good}"}
+                state.update(restarts=event["restart"], hparams=new,
+                             events=[*state["events"], event])
+                _save_state(state_path, state)
+                pending.append(event)
+                trainer = build_trainer({**config, "hparams": new},
+                                        None if good is None else keep, trainer.dataset)
+                continue
+            metrics["nonfinite_restarts"] = float(state["restarts"])
+            if pending:
+                metrics["nonfinite/events"] = json.dumps(pending)
+                pending = []
+            if should_checkpoint(trainer.epoch, interval, epochs):
+                with tempfile.TemporaryDirectory(prefix="mrlfads-ckpt-") as tmp:
+                    trainer.save_checkpoint(os.path.join(tmp, CHECKPOINT_FILE))
+                    shutil.copy2(os.path.join(tmp, CHECKPOINT_FILE), keep)
+                    good = trainer.epoch
+                    report(metrics, tmp)
+            else:
+                report(metrics, None)
+
+
+def _tune_run(config: Mapping[str, Any], space: Any) -> None:
+    from ray import tune
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is None:
             tune.report(metrics)
+        else:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+    trial_dir = tune.get_context().get_trial_dir()
+    state_path = Path(trial_dir, STATE_FILE) if trial_dir else None
+    checkpoint = tune.get_checkpoint()
+    with tempfile.TemporaryDirectory(prefix="mrlfads-restore-") as local:
+        if checkpoint is not None:  # a local copy: Tune's may be a download it deletes
+            with checkpoint.as_directory() as ckpt_dir:
+                shutil.copy2(os.path.join(ckpt_dir, CHECKPOINT_FILE), local)
+        train_trial(config, report, space=space, state_path=state_path,
+                    restore_dir=None if checkpoint is None else local)
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable without a search space: a non-finite loss fails the
+    trial (Tune then retries it from its last checkpoint up to ``max_failures``)."""
+    _tune_run(config, None)
+
+
+def trainable_for(space: Any) -> Callable[[dict[str, Any]], None]:
+    """The trainable a sweep over ``space`` runs: with a PBT space, a trial whose loss goes
+    non-finite restarts with the space's explore step (module docstring)."""
+
+    def trainable(config: dict[str, Any]) -> None:
+        _tune_run(config, space)
+
+    return trainable

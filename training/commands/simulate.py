@@ -102,8 +102,9 @@ def _report(manifest, data, out: str) -> None:
         print(f"  spikes: mean rate {rate / manifest.bin_width_s:.3g} Hz ({rate:.3g} per bin); "
               f"{mean(data.x.values()):.3g} per bin drawn")
     print("  trials: " + ", ".join(f"{k} {v}" for k, v in manifest.splits.items()))
-    paths = [f"{names[s]}->{names[d]} (dim {manifest.comm_matrix[d][s]})"
-             for d in range(len(names)) for s in range(len(names)) if manifest.comm_matrix[d][s]]
+    cm = manifest.comm_matrix or [[0] * len(names)] * len(names)  # None: no pathway at all
+    paths = [f"{names[s]}->{names[d]} (dim {cm[d][s]})"
+             for d in range(len(names)) for s in range(len(names)) if cm[d][s]]
     print("  pathways: " + (", ".join(paths) if paths else "none"))
     print(f"  task loss on the simulated trials: {fit['task_loss_generated']:.3f} "
           f"(1 = learnt nothing; trained {fit['train_steps']} steps)")
