@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from data_loaders.testing import make_tiny_dataset
 from data_loaders.writer import write_dataset
@@ -62,9 +63,23 @@ def test_infer_writes_every_output_per_trial(trained, tmp_path):
     eff = json.loads((out / "effectome.json").read_text())
     assert eff["regions"] == ["A", "B"] and eff["matrix"][0][0] is None
     rms = np.sqrt(np.mean(cols["messages/A->B"] ** 2))
-    assert eff["matrix"][1][0] == pytest.approx(rms, rel=1e-5)  # E[dst][src]
+    assert eff["message_rms"][1][0] == pytest.approx(rms, rel=1e-5)  # E[dst][src]
+    # "matrix" is the cut effectome over every trial written (splits pooled)
+    from data_loaders.reader import ArrowDataset
+    from mrlfads.effectome import cut_effectome
+    from training.checkpoint import load_model
+    from training.data import load_split
+
+    model, _, _ = load_model(trained / "run" / "best.pt")
+    ds = ArrowDataset.open(trained / "data")
+    splits = [load_split(ds, name, torch.device("cpu")) for name in ("train", "valid")]
+    heldin = [torch.cat([sp.heldin[r] for sp in splits]) for r in range(2)]
+    E = cut_effectome(model, heldin)
+    assert eff["definition"].startswith("cut") and eff["matrix"][1][0] > 0
+    assert eff["matrix"][1][0] == pytest.approx(E[1, 0], rel=1e-4)
     metrics = json.loads((out / "metrics.json").read_text())
     assert "valid/effectome_cosine" in metrics and "valid/message_r2" in metrics
+    assert "valid/effectome_cut_cosine" in metrics and "valid/effectome_cut/A_to_B" in metrics
     # an existing output is not replaced without --overwrite
     assert main(["infer", "--model", str(trained / "run" / "best.pt"), "--data",
                  str(trained / "data"), "--out", str(out)]) == 2

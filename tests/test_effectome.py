@@ -89,3 +89,37 @@ def test_drive_effectome_by_hand():
     E = drive_effectome(m, W, ["A", "B"])
     # m W = [2, 0, 4] everywhere: RMS = sqrt((4 + 0 + 16) / 3)
     assert E[1, 0] == pytest.approx(np.sqrt(20 / 3)) and E[0, 1] == 0.0
+
+
+def test_the_trainer_reports_the_cut_effectome_once_the_ramps_are_done(tmp_path):
+    from data_loaders.testing import make_tiny_dataset
+    from training.config import RunConfig
+    from training.loop import Trainer
+
+    ds = make_tiny_dataset(tmp_path / "d")
+    cfg = RunConfig.for_dataset(ds.manifest, smoke_test=True, overrides={"train.epochs": 3})
+    assert cfg.loss.ramps_end == 1  # smoke ramps
+    trainer = Trainer(cfg, ds)
+    first, second = trainer.run_epoch(), trainer.run_epoch()
+    assert first["ramps_done"] == 0.0 and not any(k.startswith("effectome_cut/") for k in first)
+    assert second["ramps_done"] == 1.0
+    assert set(k for k in second if k.startswith("effectome_cut/")) == {
+        "effectome_cut/A_to_B", "effectome_cut/B_to_A"}
+    # the logged values are the cut effectome of the validation trials, by hand
+    valid = trainer.valid_data
+    E = cut_effectome(trainer.model, valid.heldin, valid.ext)
+    assert second["effectome_cut/A_to_B"] == pytest.approx(E[1, 0], rel=1e-5)
+    # the tiny dataset's only true pathway is A -> B: both truth scores are reported
+    assert "valid/effectome_cut_cosine" in second and "valid/effectome_cut_separation" in second
+    sep = second["valid/effectome_cut_separation"]
+    assert sep == pytest.approx(E[1, 0] / E[0, 1], rel=1e-5)
+
+
+def test_the_sweep_report_leads_with_the_cut_effectome():
+    from training.sweep import SweepSummary, format_summary
+
+    summary = SweepSummary("/x", "t1", best_metrics={"epoch": 5.0, "objective": 1.0},
+                           effectome={"A_to_B": 0.5}, effectome_message_rms={"A_to_B": 2.0})
+    text = format_summary(summary)
+    cut, rms = text.index("effectome (cut"), text.index("effectome (RMS message")
+    assert cut < rms and "A_to_B=0.5" in text[cut:rms] and "A_to_B=2" in text[rms:]

@@ -23,8 +23,15 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return p
 
 
-def effectome_from_metrics(metrics: Mapping[str, float], regions: Sequence[str]) -> np.ndarray:
-    """E[r, s] from the ``effectome/<s>_to_<r>`` metric keys (NaN where absent or r == s).
+# The effectome figures and reports show by default: the cut effectome (a pathway's effect
+# on its target; docs/MODEL.md, "Identifiable effectome"), else the message RMS.
+EFFECTOME_PREFIXES = {"effectome_cut/": "effectome (cut: target readout change)",
+                      "effectome/": "effectome (message RMS)"}
+
+
+def effectome_from_metrics(metrics: Mapping[str, float], regions: Sequence[str],
+                           prefix: str = "effectome/") -> np.ndarray:
+    """E[r, s] from the ``<prefix><s>_to_<r>`` metric keys (NaN where absent or r == s).
 
     Looked up pair by pair, so region names with underscores stay unambiguous.
     """
@@ -32,15 +39,26 @@ def effectome_from_metrics(metrics: Mapping[str, float], regions: Sequence[str])
     E = np.full((R, R), np.nan)
     for r, dst in enumerate(regions):
         for s, src in enumerate(regions):
-            key = f"effectome/{src}_to_{dst}"
+            key = f"{prefix}{src}_to_{dst}"
             if s != r and key in metrics:
                 E[r, s] = float(metrics[key])
     return E
 
 
+def default_effectome(metrics: Mapping[str, float],
+                      regions: Sequence[str]) -> tuple[np.ndarray, str]:
+    """The effectome a person should look at, and its title: the first of
+    EFFECTOME_PREFIXES that the metrics hold."""
+    for prefix, title in EFFECTOME_PREFIXES.items():
+        E = effectome_from_metrics(metrics, regions, prefix)
+        if np.isfinite(E).any():
+            return E, title
+    return E, title
+
+
 def _heat(ax, M: np.ndarray, regions: Sequence[str], title: str) -> None:
     shown = np.where(np.eye(len(regions), dtype=bool), np.nan, M)
-    im = ax.imshow(shown, cmap="viridis")
+    im = ax.imshow(shown, cmap="viridis", vmin=0.0)  # magnitudes: the scale starts at 0
     ax.set_xticks(range(len(regions)), labels=list(regions), rotation=45, ha="right")
     ax.set_yticks(range(len(regions)), labels=list(regions))
     ax.set_xlabel("source region s")
@@ -54,7 +72,7 @@ def _heat(ax, M: np.ndarray, regions: Sequence[str], title: str) -> None:
 
 def effectome_heatmap(effectome: np.ndarray, regions: Sequence[str], path: str | os.PathLike,
                       truth: np.ndarray | None = None, title: str = "inferred effectome") -> Path:
-    """Heatmap of E[r, s] (RMS message s -> r); the true communication matrix beside it."""
+    """Heatmap of E[r, s] (pathway s -> r); the true communication matrix beside it."""
     E = np.asarray(effectome, dtype=float)
     R = len(regions)
     assert E.shape == (R, R), f"effectome shape {E.shape} != ({R}, {R})"

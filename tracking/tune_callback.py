@@ -326,11 +326,11 @@ class MlflowTuneCallback(LoggerCallback):
     def _trial_figures(self, tid: str, t: Tracker) -> None:
         if not self.regions or len(self.regions) < 2:
             return
-        E = figures.effectome_from_metrics(self.last_metrics.get(tid, {}), self.regions)
+        E, title = figures.default_effectome(self.last_metrics.get(tid, {}), self.regions)
         if not np.isfinite(E).any():  # all NaN: the trial never reported its effectome
             return
         path = Path(self._tmp.name, tid, "effectome.png")
-        figures.effectome_heatmap(E, self.regions, path, truth=self.truth_comm)
+        figures.effectome_heatmap(E, self.regions, path, truth=self.truth_comm, title=title)
         t.log_artifact(str(path), "figures")
 
     # -- the end ----------------------------------------------------------------------

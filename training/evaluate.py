@@ -14,12 +14,16 @@ import torch
 
 from data_loaders import schema
 from mrlfads import metrics as M
+from mrlfads.effectome import cut_effectome
 from mrlfads.loss import compute_loss, recon_terms
 from mrlfads.model import MRLFADS
 from training.data import SplitTensors
 from training.masks import validation_inputs
 
 EVAL_BATCH = 256
+# The cut effectome costs one forward pass per pathway: it is computed on this many
+# validation trials, which pin an RMS over trials x bins x neurons down well.
+EFFECT_TRIALS = 64
 
 
 @torch.no_grad()
@@ -150,17 +154,49 @@ def score(outputs: dict[str, np.ndarray], data: SplitTensors, model_cfg: Any,
                     for k, v in outputs.items() if k.startswith("messages/")}
         E = M.effectome(messages, names)
         out.update(M.effectome_metrics(E, names))
-        out.update(_truth_scores(E, messages, outputs, data, names, tau, comm_matrix))
+        out.update(effectome_truth_scores(E, comm_matrix, "effectome"))
+        out.update(_truth_scores(messages, outputs, data, names, tau))
     return out
 
 
-def _truth_scores(E, messages, outputs, data, names, tau, comm_matrix) -> dict[str, float]:
-    """Effectome cosine, message R^2 and inferred-input R^2 where the data has ground truth."""
+def effectome_truth_scores(E: np.ndarray, comm_matrix: Any, name: str) -> dict[str, float]:
+    """``valid/<name>_cosine`` with the true communication matrix and
+    ``valid/<name>_separation`` = weakest present pathway / strongest absent one (above 1:
+    every present pathway ranks above every absent one); nothing when the truth is unknown."""
+    if comm_matrix is None or not np.any(np.asarray(comm_matrix)):
+        return {}
+    truth = np.asarray(comm_matrix, dtype=float)
+    off = ~np.eye(len(truth), dtype=bool)
     out: dict[str, float] = {}
-    if comm_matrix is not None and np.any(np.asarray(comm_matrix)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out["valid/effectome_cosine"] = float(M.effectome_cosine(E, np.asarray(comm_matrix)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out[f"valid/{name}_cosine"] = float(M.effectome_cosine(E, truth))
+    present, absent = E[off & (truth > 0)], E[off & (truth == 0)]
+    if len(absent) and np.all(np.isfinite(E[off])):
+        weakest, strongest = float(present.min()), float(absent.max())
+        out[f"valid/{name}_separation"] = (weakest / strongest if strongest > 0
+                                           else float("inf") if weakest > 0 else float("nan"))
+    return out
+
+
+def cut_effectome_metrics(model: MRLFADS, data: SplitTensors, comm_matrix: Any = None,
+                          max_trials: int = EFFECT_TRIALS) -> dict[str, float]:
+    """The cut effectome (``mrlfads.effectome.cut_effectome``: the target's readout change
+    when one pathway is silenced) on the split's first ``max_trials`` trials, as
+    ``effectome_cut/<s>_to_<r>`` plus its truth scores. One forward pass per pathway."""
+    names = list(model.cfg.region_names)
+    if len(names) < 2:
+        return {}
+    head = data.head(max_trials)
+    E = cut_effectome(model, head.heldin, head.ext)
+    out = M.effectome_metrics(E, names, prefix="effectome_cut/")
+    out.update(effectome_truth_scores(E, comm_matrix, "effectome_cut"))
+    return out
+
+
+def _truth_scores(messages, outputs, data, names, tau) -> dict[str, float]:
+    """Message R^2 and inferred-input R^2 where the data has ground truth."""
+    out: dict[str, float] = {}
     true_msgs = {}
     for col, arr in data.truth.items():
         pair = schema.parse_message_col(col)
@@ -182,13 +218,17 @@ def _truth_scores(E, messages, outputs, data, names, tau, comm_matrix) -> dict[s
 
 def evaluate_split(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int,
                    comm_matrix: Any = None,
-                   sv_hidden: list[torch.Tensor] | None = None) -> dict[str, float]:
+                   sv_hidden: list[torch.Tensor] | None = None,
+                   cut_effectome: bool = False) -> dict[str, float]:
     """The per-epoch validation metrics (keys of docs/DESIGN.md), posterior means.
 
     With sample validation (``sv_hidden``) every metric is of the model run with those
     elements hidden, as in training; ``valid/sv_recon_loss`` scores exactly them.
+    ``cut_effectome`` adds the cut effectome (``cut_effectome_metrics``).
     """
     outputs, terms = collect_outputs(model, data, run_cfg, epoch, sv_hidden=sv_hidden)
     metrics = {f"valid/{k}": v for k, v in terms.items()}
     metrics.update(score(outputs, data, run_cfg.model, comm_matrix))
+    if cut_effectome:
+        metrics.update(cut_effectome_metrics(model, data, comm_matrix))
     return metrics

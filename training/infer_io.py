@@ -2,7 +2,10 @@
 
 Layout (ARCHITECTURE.md "Output of inference"):
   outputs.json           regions, pairs, bins covered (tau..T-1), source model and data
-  effectome.json         {"regions": [...], "matrix": E[dst][src]} (null on the diagonal)
+  effectome.json         {"regions": [...], "matrix": E[dst][src] (null on the diagonal),
+                          "definition": "cut", "message_rms": the paper's E[dst][src]}:
+                         "matrix" is the cut effectome (docs/MODEL.md, "Identifiable
+                         effectome"), "message_rms" the RMS of the message means
   metrics.json           validation metrics (with ground-truth scores when the data has them)
   shards/part-00000.arrow  trial_id, split, rates/<r>, heldout_rates/<r> (regions with
                          held-out neurons), factors/<r>, inputs/<r>,
@@ -46,8 +49,9 @@ def _json_safe(value: Any) -> Any:
 def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
                   trial_id: np.ndarray, split: np.ndarray, info: Mapping[str, Any],
                   effectome: np.ndarray | None, metrics: Mapping[str, float],
-                  overwrite: bool = False) -> Path:
-    """Write one inference output directory atomically; returns its path."""
+                  overwrite: bool = False, message_rms: np.ndarray | None = None) -> Path:
+    """Write one inference output directory atomically; returns its path. ``effectome``
+    is the cut effectome, ``message_rms`` the paper's message-norm one."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite")
@@ -66,10 +70,15 @@ def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
         regions = list(info["regions"])
         (tmp / "outputs.json").write_text(json.dumps(_json_safe(dict(info)), indent=2))
         if effectome is not None:
-            matrix = [[None if r == s else float(effectome[r, s]) for s in range(len(regions))]
-                      for r in range(len(regions))]
-            (tmp / "effectome.json").write_text(json.dumps(
-                {"regions": regions, "matrix": matrix, "index": "matrix[dst][src]"}, indent=2))
+            def rows(E: np.ndarray) -> list[list[float | None]]:
+                return [[None if r == s else float(E[r, s]) for s in range(len(regions))]
+                        for r in range(len(regions))]
+
+            payload = {"regions": regions, "matrix": rows(effectome), "index": "matrix[dst][src]",
+                       "definition": "cut: RMS change of dst's readout when src->dst is silenced"}
+            if message_rms is not None:
+                payload["message_rms"] = rows(message_rms)
+            (tmp / "effectome.json").write_text(json.dumps(payload, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(_json_safe(dict(metrics)), indent=2))
         if out.exists():
             old = out.with_name(f".{out.name}.old")

@@ -188,9 +188,12 @@ class Trainer:
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch, validate with posterior means, update schedule and history."""
         train_terms = self.train_one_epoch()
+        ramps_done = self.epoch >= self.cfg.loss.ramps_end
+        # the cut effectome (one pass per pathway) only where an epoch can be selected
         metrics = evaluate_split(self.model, self.valid_data, self.cfg, self.epoch,
                                  comm_matrix=self.dataset.manifest.comm_matrix,
-                                 sv_hidden=self.sv_hidden(self.valid_data))
+                                 sv_hidden=self.sv_hidden(self.valid_data),
+                                 cut_effectome=ramps_done)
         for key in ("loss", "elbo", "recon_loss", "heldout_loss"):
             metrics[f"train/{key}"] = train_terms[key]
         raw = metrics[resolve_objective(self.cfg).metric]  # training/objective.py
@@ -199,7 +202,7 @@ class Trainer:
         metrics["objective_raw"] = raw
         metrics["objective"] = self.smoother.update(raw)
         # 1 once every KL/L2 ramp is at full weight: only such epochs may be selected
-        metrics[RAMPS_DONE] = float(self.epoch >= self.cfg.loss.ramps_end)
+        metrics[RAMPS_DONE] = float(ramps_done)
         metrics["lr"] = self.lr
         for path, value in self.hparams.items():
             metrics[f"hp/{path}"] = value

@@ -1,4 +1,5 @@
-"""The figures a person looks at after a fit: effectome (truth beside it), rates vs data,
+"""The figures a person looks at after a fit: effectomes (cut, the default, and message RMS;
+truth beside them), rates vs data,
 messages over time. Drawn from posterior means on validation trials; tracking/figures.py
 does the drawing, this module only gathers what to draw.
 """
@@ -12,6 +13,7 @@ import numpy as np
 
 from data_loaders import schema
 from mrlfads import metrics as M
+from mrlfads.effectome import cut_effectome
 from training.data import load_split
 from training.evaluate import collect_outputs
 
@@ -33,8 +35,12 @@ def make_model_figures(model: Any, dataset: Any, run_cfg: Any, out_dir: str | Pa
                 if k.startswith("messages/")}
     if messages:
         truth = np.asarray(m.comm_matrix, dtype=float) if np.any(m.comm_matrix) else None
-        paths.append(figures.effectome_heatmap(M.effectome(messages, names), names,
-                                               out / "effectome.png", truth=truth))
+        cut = cut_effectome(model, data.heldin, data.ext)
+        paths.append(figures.effectome_heatmap(cut, names, out / "effectome.png", truth=truth,
+                                               title=figures.EFFECTOME_PREFIXES["effectome_cut/"]))
+        paths.append(figures.effectome_heatmap(
+            M.effectome(messages, names), names, out / "effectome_message_rms.png", truth=truth,
+            title=figures.EFFECTOME_PREFIXES["effectome/"]))
         true_msgs = {f"{s}->{d}": data.truth[schema.truth_messages_col(s, d)][0, tau:]
                      for s, d in messages if schema.truth_messages_col(s, d) in data.truth}
         paths.append(figures.messages_over_time(

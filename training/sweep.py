@@ -30,6 +30,7 @@ SUMMARY_FILE = "summary.json"
 # that kept checkpointing meanwhile would have pruned it ("Could not recover from
 # checkpoint as it does not exist on storage anymore").
 CHECKPOINTS_TO_KEEP = 2
+EFFECTOME_CUT = "effectome_cut/"  # metric prefix of the default effectome
 SMOKE = {"population": 4, "interval": 2, "epochs": 8, "samples": 4}
 
 
@@ -75,7 +76,9 @@ class SweepSummary:
     best_metrics: dict[str, float] = field(default_factory=dict)
     hparams: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: epoch, hp/*, objective
-    effectome: dict[str, float] = field(default_factory=dict)  # "src_to_dst" -> RMS message
+    # "src_to_dst" -> the cut effectome (target readout change when the pathway is silenced)
+    effectome: dict[str, float] = field(default_factory=dict)
+    effectome_message_rms: dict[str, float] = field(default_factory=dict)  # the paper's
     checkpoint: str | None = None
     trials: dict[str, str] = field(default_factory=dict)  # trial id -> TERMINATED / ERROR: reason
     exploits: int = 0
@@ -378,7 +381,10 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
     summary.best_metrics = {k: v for k, v in m.items()
                             if isinstance(v, (int, float)) and not k.startswith(("config", "hp/"))}
     summary.hparams = dict((best.config or {}).get("hparams") or (best.config or {}).get("build") or {})
-    summary.effectome = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("effectome/")}
+    summary.effectome = {k.split("/", 1)[1]: v for k, v in m.items()
+                         if k.startswith(EFFECTOME_CUT)}
+    summary.effectome_message_rms = {k.split("/", 1)[1]: v for k, v in m.items()
+                                     if k.startswith("effectome/")}
     if best.checkpoint is not None:
         from training.trainable import CHECKPOINT_FILE
 
@@ -441,8 +447,12 @@ def format_summary(summary: SweepSummary) -> str:
     for key in sorted(k for k in m if k.startswith("valid/") and k.count("/") == 1):
         lines.append(f"  {key}: {m[key]:.5g}")
     if summary.effectome:
+        lines.append("effectome (cut: RMS change of the target's readout when the pathway is "
+                     "silenced, src_to_dst): " + ", ".join(
+                         f"{k}={v:.3g}" for k, v in sorted(summary.effectome.items())))
+    if summary.effectome_message_rms:
         lines.append("effectome (RMS message, src_to_dst): " + ", ".join(
-            f"{k}={v:.3g}" for k, v in sorted(summary.effectome.items())))
+            f"{k}={v:.3g}" for k, v in sorted(summary.effectome_message_rms.items())))
     if summary.history:
         lines.append("hyperparameter history of the best model (epochs where they changed):")
         hp_keys = sorted({k for row in summary.history for k in row if k.startswith("hp/")})

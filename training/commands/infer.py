@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from mrlfads import metrics as M
     from training.config import RunConfig, check_against_data
     from training.data import load_split
-    from training.evaluate import collect_outputs, score
+    from training.evaluate import collect_outputs, cut_effectome_metrics, score
     from training.infer_io import write_outputs
     from training.loop import resolve_device
     from training.model_source import load_any_model
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
                                          samples=args.samples)
         parts.append((split, data, outputs))
         scores = score(outputs, data, cfg.model, m.comm_matrix)
+        scores.update(cut_effectome_metrics(model, data, m.comm_matrix, max_trials=data.n_trials))
         # score() names keys valid/...; here each split gets its own prefix.
         for key, value in {**{f"valid/{t}": v for t, v in terms.items()}, **scores}.items():
             metrics[f"{split}/{key.removeprefix('valid/')}"] = value
@@ -74,15 +75,24 @@ def run(args: argparse.Namespace) -> int:
     names = list(cfg.model.region_names)
     messages = {tuple(k.split("/", 1)[1].split("->")): v for k, v in outputs.items()
                 if k.startswith("messages/")}
-    E = M.effectome(messages, names) if messages else None
+    E_rms = M.effectome(messages, names) if messages else None
+    # the cut effectome over every trial written: per split it is an RMS, so pool squares
+    E_cut = None
+    if messages:
+        weights = [p[1].n_trials for p in parts]
+        squares = [np.array([[metrics.get(f"{p[0]}/effectome_cut/{s}_to_{d}", np.nan) ** 2
+                              for s in names] for d in names]) for p in parts]
+        E_cut = np.sqrt(sum(w * q for w, q in zip(weights, squares)) / sum(weights))
     info = {"regions": names, "pairs": [f"{s}->{d}" for s, d in messages],
             "bins": [cfg.model.ic_enc_seq_len, m.n_bins], "obs_model": cfg.model.obs_model,
             "model": args.model, "data": args.data, "splits": splits,
             "samples": args.samples, "seed": args.seed,
             "heldout": {r.name: r.n_heldout for r in m.regions}}
-    out = write_outputs(args.out, outputs, trial_id, split_col, info, E, metrics, args.overwrite)
+    out = write_outputs(args.out, outputs, trial_id, split_col, info, E_cut, metrics,
+                        args.overwrite, message_rms=E_rms)
     print(f"wrote {len(trial_id)} trials ({', '.join(splits)}) to {out}")
-    shown = ("co_bps", "/bps", "psth_r2", "effectome_cosine", "message_r2", "input_r2")
+    shown = ("co_bps", "/bps", "psth_r2", "effectome_cosine", "effectome_cut_cosine",
+             "effectome_cut_separation", "message_r2", "input_r2")
     for key in sorted(k for k in metrics if k.count("/") == 1 and k.endswith(shown)):
         print(f"  {key} = {metrics[key]:.4f}")
     return 0
