@@ -137,7 +137,7 @@ class MRLFADS(ModelParams):
         tau, cfg = self.cfg.ic_enc_seq_len, self.cfg
         ic_mean, ic_logvar, ci_x = [], [], []
         for r, x in enumerate(heldin):
-            xi = self._drop(self.readin[r](x))  # (B, T, N_r)
+            xi = self._drop(self.read_in(r, x))  # (B, T, N_r)
             _, hn = self.ic_enc[r](xi[:, :tau])  # hn: (2, B, E_ic) final fwd / bwd states
             h = self._drop(torch.cat([hn[0], hn[1]], -1))
             mean, logvar = self.ic_head[r](h).chunk(2, -1)
@@ -201,8 +201,10 @@ class MRLFADS(ModelParams):
         if s.P:
             msg_w, msg_b = w["msg_w"], w["msg_b"]
             if cfg.message_source == "rates":  # fold the rate readout into the message map
+                # messages read each source neuron's readout minus its baseline
                 ro_w = w["ro_w"][:, :, : s.Nm][self.src_index]  # (P, Fm, Nm)
-                ro_b = w["ro_b"][:, :, : s.Nm][self.src_index]  # (P, 1, Nm)
+                ro_b = (w["ro_b"][:, :, : s.Nm]
+                        - self.source_baseline.unsqueeze(1))[self.src_index]  # (P, 1, Nm)
                 msg_b = torch.baddbmm(msg_b, ro_b, msg_w)  # (P, 1, 2C)
                 msg_w = torch.bmm(ro_w, msg_w)  # (P, Fm, 2C)
         keep = self.silence_keep(silence, Tp, x0) if s.P else None

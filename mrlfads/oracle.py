@@ -54,7 +54,7 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
     drop = model._drop
     ic_mean, ic_var, g, f, h_con, enc = [], [], [], [], [], []
     for r in range(s.R):
-        xi = drop(model.readin[r](heldin[r]))
+        xi = drop(model.read_in(r, heldin[r]))
         _, hn = model.ic_enc[r](xi[:, :tau])
         mean, logvar = model.ic_head[r](drop(torch.cat([hn[0], hn[1]], -1))).chunk(2, -1)
         var = posterior_var(logvar)
@@ -73,7 +73,8 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
         msgs = []
         for p, (a, r) in enumerate(s.pairs):
             if cfg.message_source == "rates":
-                source = F.linear(f[a], W[a]["ro"], W[a]["ro_b"])[:, : s.N[a]]  # rho: mean part
+                rho = F.linear(f[a], W[a]["ro"], W[a]["ro_b"])[:, : s.N[a]]  # mean part
+                source = rho - model.source_baseline[a, : s.N[a]]  # relative to baseline
             else:
                 source = f[a] if cfg.message_source == "factors" else g[a]
             A, b = model.msg_w[p, : s.src[a]].T, model.msg_b[p, 0]

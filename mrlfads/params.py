@@ -54,6 +54,12 @@ class ModelParams(nn.Module):
         Eic, Eci, Cn, U, Z, C = (cfg.ic_enc_dim, cfg.ci_enc_dim, cfg.con_dim, cfg.co_dim,
                                  cfg.ic_dim, cfg.com_dim)
         self.readin = nn.ModuleList(nn.Linear(n, n) for n in s.N)
+        # Data statistics the model reads its inputs and its messages against, set by
+        # ``init_from_data`` (neutral until then, and for checkpoints that predate them):
+        # each held-in neuron's mean and scale (the encoders see (x - mean) / scale), and the
+        # baseline of each neuron's readout (rate-based messages read readout - baseline).
+        for name, value in (("input_mean", 0.0), ("input_scale", 1.0), ("source_baseline", 0.0)):
+            self.register_buffer(name, torch.full((s.R, s.Nm), value))
         self.ic_enc = nn.ModuleList(nn.GRU(n, Eic, batch_first=True, bidirectional=True)
                                     for n in s.N)
         self.ic_head = nn.ModuleList(nn.Linear(2 * Eic, 2 * Z) for _ in s.N)
@@ -109,22 +115,26 @@ class ModelParams(nn.Module):
                 getattr(self, name).mul_(getattr(self, name + "_mask"))
 
     @torch.no_grad()
-    def init_readout_from_data(self, heldin: list[tuple[torch.Tensor, torch.Tensor]],
-                               heldout: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Start every readout at its neuron's statistics in the training data.
+    def init_from_data(self, heldin: list[tuple[torch.Tensor, torch.Tensor]],
+                       heldout: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Fit the model's scales to the data's (docs/MODEL.md, "Initialisation from the data").
 
         ``heldin[r]`` / ``heldout[r]`` are ``(mean, var)`` of region r's neurons over trials
-        and bins. Poisson: log-rate bias = log(mean count per bin); gaussian: mean bias =
-        the mean, log-variance bias = log(var). With zero biases a neuron firing 0.05
-        spikes per bin starts at 1 spike per bin, and the first updates drove factors and
-        log-rates to extremes (docs/MODEL.md, "Initialisation from the data").
+        and bins. Three things follow from them:
 
-        Rate-based messages read the log-rates, so their bias is shifted by the same
-        amount: A (W f + c) + b - A c = A W f + b, i.e. at the start each message sees its
-        source's rates relative to the source's baseline, whatever that baseline is."""
+        - readout biases: Poisson log-rate = log(mean count per bin); gaussian mean = the mean,
+          log-variance = log(var). With zero biases a neuron firing 0.05 spikes per bin starts
+          at 1 spike per bin, and the first updates drove factors and log-rates to extremes.
+        - the encoders read standardised inputs, (x - mean) / scale, so their first layer sees
+          the same scale at 1 Hz or 20 Hz, in 5 or 20 ms bins.
+        - rate-based messages read each source neuron's readout minus its starting value.
+          Log-rates of sparse spikes sit near -4; uncentred, every weight of a message map
+          received a gradient of the same sign, and Adam moved a 300-input map's output by
+          ~5 per step: message means reached +-40 in the first epoch.
+        """
         s, gauss = self.sizes, self.cfg.obs_model == "gaussian"
 
-        def write(bias: torch.Tensor, stats, widths, width_max: int) -> None:
+        def readout_bias(bias: torch.Tensor, stats, widths, width_max: int) -> None:
             for r, ((mean, var), n) in enumerate(zip(stats, widths)):
                 if n == 0:
                     continue
@@ -135,14 +145,31 @@ class ModelParams(nn.Module):
                 else:
                     bias[r, 0, :n] = torch.log(mean.clamp_min(1e-8))
 
-        if s.P and self.cfg.message_source == "rates":
-            before = self.ro_b[:, :, : s.Nm].clone()
-        write(self.ro_b, heldin, s.N, s.Nm)
+        readout_bias(self.ro_b, heldin, s.N, s.Nm)
         if s.Hm:
-            write(self.ho_b, heldout, s.H, s.Hm)
-        if s.P and self.cfg.message_source == "rates":
-            shift = (self.ro_b[:, :, : s.Nm] - before)[self.src_index]  # (P, 1, Nm)
-            self.msg_b.sub_(torch.bmm(shift, self.msg_w * self.msg_w_mask))
+            readout_bias(self.ho_b, heldout, s.H, s.Hm)
+        for r, (mean, var) in enumerate(heldin):
+            n = s.N[r]
+            mean, std = mean.to(self.input_mean), var.to(self.input_mean).sqrt()
+            # a neuron that never varies in training must not blow up on a spike later:
+            # counts are floored at their Poisson scale, continuous data at 1e-3 of the
+            # region's typical scale
+            floor = mean.clamp_min(0).sqrt() if not gauss else 1e-3 * std.mean() + 1e-8
+            self.input_mean[r, :n] = mean
+            self.input_scale[r, :n] = torch.maximum(std, torch.as_tensor(floor).to(std))
+            self.source_baseline[r, :n] = self.ro_b[r, 0, :n]
+
+    def read_in(self, r: int, x: torch.Tensor) -> torch.Tensor:
+        """Region r's read-in layer on its standardised held-in data (B, T, N_r)."""
+        n = self.sizes.N[r]
+        return self.readin[r]((x - self.input_mean[r, :n]) / self.input_scale[r, :n])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before the data statistics existed load with neutral ones
+        (mean 0, scale 1, baseline 0): exactly the model they were trained as."""
+        for name, value in (("input_mean", 0.0), ("input_scale", 1.0), ("source_baseline", 0.0)):
+            state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _add(self, name: str, mask: torch.Tensor, fan=None) -> None:
         """Register a padded parameter (zeros, or N(0, 1/fan) when ``fan``) and its mask."""

@@ -37,6 +37,11 @@ def build(case: str, regions=UNEQUAL, seed=0):
             p.add_(0.3 * torch.randn_like(p))
             if name in model._masked_names:
                 p.mul_(getattr(model, name + "_mask"))
+        # non-neutral data statistics: both paths must standardise inputs and centre the
+        # message sources the same way
+        model.input_mean.add_(torch.rand_like(model.input_mean))
+        model.input_scale.mul_(0.5 + torch.rand_like(model.input_scale))
+        model.source_baseline.add_(torch.randn_like(model.source_baseline))
     g = torch.Generator().manual_seed(seed + 1)
     heldin = [torch.poisson(torch.full((B, T, r.n_heldin), 1.5), generator=g).double()
               for r in regions]

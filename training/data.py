@@ -43,7 +43,7 @@ class SplitTensors:
 
     def neuron_stats(self, counts: bool) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], ...]:
         """Per region, (mean, variance) of each held-in and each held-out neuron over trials
-        and bins: what the readouts start from (``MRLFADS.init_readout_from_data``).
+        and bins: what the readouts start from (``MRLFADS.init_from_data``).
 
         With ``counts`` (Poisson data), means are add-half estimates, (spikes + 0.5) / samples, so a neuron silent
         in this split starts at a small finite rate instead of log(0)."""

@@ -71,8 +71,8 @@ class Trainer:
         self._train: SplitTensors | None = None
         self._valid: SplitTensors | None = None
         self.model = MRLFADS(run_cfg.model).to(self.device)
-        # readouts start at the data's per-neuron statistics (a restore overwrites them)
-        self.model.init_readout_from_data(
+        # readouts, input scales and message baselines from the data (a restore overwrites)
+        self.model.init_from_data(
             *self.train_data.neuron_stats(counts=run_cfg.model.obs_model == "poisson"))
         t = run_cfg.train
         self.optimizer = torch.optim.AdamW(
