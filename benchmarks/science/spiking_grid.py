@@ -1,0 +1,199 @@
+"""Spiking benchmark: every network as Poisson spikes, the defaults and the PBT best
+(docs/RESULTS.md, "Spikes").
+
+    .venv/bin/python benchmarks/science/spiking_grid.py --out spiking_runs [--seeds 0 1] \
+        [--arms defaults pbt] [--datasets memory-ring ...] [--epochs 100] [--rate-hz 5] \
+        [--bin-ms 10] [--population 4]
+
+Each network is simulated once (cached under OUT/data) as spikes at ``--rate-hz`` in
+``--bin-ms`` bins: 48 units in the largest region, 480 trials of 60 network steps (1.2 s).
+``defaults`` trains the default configuration for ``--epochs`` epochs (the ramps stretched
+to fit, as `mrlfads train --epochs` does) and scores ``best.pt``'s model: the checkpoint a
+user is told to use. ``pbt`` runs search_spaces/pbt.yaml (a synchronous population,
+perturbation every 10 epochs after the ramps) and scores the sweep's best trial. Scores on
+the validation trials: both effectomes (cut, the default, and message RMS) against the
+true communication matrix, message R^2, inferred-input R^2 and co-bps; beside them, what
+the data allows: the co-bps of the true rates and the cross-validated R^2 of a linear
+decoder from the spikes around each message to the message. One JSON line per run goes
+to OUT/results.jsonl; the table is printed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+DATASETS = {  # name -> (kind, network seed)
+    "memory-ring": ("memory-ring", 0), "relay-decision": ("relay-decision", 0),
+    "random-0": ("random", 0), "random-1": ("random", 1), "random-2": ("random", 2),
+}
+UNITS, TRIALS, STEPS = 48, 480, 60
+COLUMNS = ["effectome_cut_cosine", "effectome_cut_separation", "effectome_cosine",
+           "effectome_separation", "message_r2", "input_r2", "co_bps"]
+
+
+def dataset(out: Path, name: str, rate_hz: float, bin_ms: float) -> Path:
+    from data_loaders.simulate import simulate
+
+    path = out / "data" / f"{name}-{rate_hz:g}hz-{bin_ms:g}ms"
+    if not (path / "dataset.json").exists():
+        kind, seed = DATASETS[name]
+        simulate(kind, out=str(path), seed=seed, obs="poisson", rate_hz=rate_hz, bin_ms=bin_ms,
+                 n_units=UNITS, trials=TRIALS, n_bins=round(STEPS * 20 / bin_ms), overwrite=True)
+    return path
+
+
+def ceilings(path: Path) -> dict[str, float]:
+    """What the spikes allow: co-bps of the true rates, and a ridge decoder's R^2 from the
+    source's and target's spikes at lags -1..+5 bins to each true message (half/half)."""
+    from data_loaders.reader import ArrowDataset
+    from mrlfads import metrics as M
+
+    ds = ArrowDataset.open(path)
+    m, tau = ds.manifest, ds.manifest.ic_enc_seq_len
+    cols = [f"x/{r.name}" for r in m.regions] + [c for c in m.truth if c.startswith("truth/")]
+    a = ds.arrays("valid", cols)
+    spikes = np.concatenate([a[f"x/{r.name}"][:, tau:, r.n_heldin:] for r in m.regions], -1)
+    rates = np.concatenate([a[f"truth/rates/{r.name}"][:, tau:, r.n_heldin:] for r in m.regions], -1)
+    out = {"true_rates_co_bps": float(M.bits_per_spike(spikes, np.log(rates)))}
+    r2 = []
+    for col in (c for c in a if c.startswith("truth/messages/")):
+        src, dst = col.rsplit("/", 1)[1].split("->")
+        feats = [np.roll(a[f"x/{r}"], lag, axis=1) for lag in range(-5, 2) for r in (src, dst)]
+        X = np.concatenate(feats, -1)[:, tau:-6]  # (trials, T', features)
+        r2.append(_ridge_r2(X, a[col][:, tau:-6]))
+    out["decoder_message_r2"] = float(np.mean(r2)) if r2 else float("nan")
+    return out
+
+
+def _ridge_r2(X: np.ndarray, Y: np.ndarray, lam: float = 10.0) -> float:
+    """Fit Y ~ X by ridge regression on the first half of the trials, variance-weighted R^2
+    on the second half; X (trials, T, dx), Y (trials, T, dy)."""
+    half = X.shape[0] // 2
+    flat = [A.reshape(-1, A.shape[-1]) for A in (X[:half], X[half:], Y[:half], Y[half:])]
+    Xf, Xt, Yf, Yt = [np.hstack([A, np.ones((len(A), 1))]) if i < 2 else A
+                      for i, A in enumerate(flat)]
+    W = np.linalg.solve(Xf.T @ Xf + lam * np.eye(Xf.shape[1]), Xf.T @ Yf)
+    return float(1 - ((Yt - Xt @ W) ** 2).sum() / ((Yt - Yt.mean(0)) ** 2).sum())
+
+
+def score(checkpoint: str, path: Path) -> dict[str, float]:
+    """The metrics of a saved model on the validation trials, as training logs them."""
+    import torch
+
+    from data_loaders.reader import ArrowDataset
+    from training.checkpoint import load_model
+    from training.config import RunConfig
+    from training.data import load_split
+    from training.evaluate import collect_outputs, cut_effectome_metrics, score as score_split
+
+    model, run, _ = load_model(checkpoint)
+    cfg = RunConfig.from_dict(run)
+    ds = ArrowDataset.open(path)
+    valid = load_split(ds, "valid", torch.device("cpu"), with_truth=True)
+    outputs, _ = collect_outputs(model, valid, cfg, epoch=cfg.train.epochs)
+    metrics = score_split(outputs, valid, cfg.model, ds.manifest.comm_matrix)
+    metrics.update(cut_effectome_metrics(model, valid, ds.manifest.comm_matrix,
+                                         max_trials=valid.n_trials))
+    return {c: float(metrics.get(f"valid/{c}", np.nan)) for c in COLUMNS}
+
+
+def run_defaults(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str, float]:
+    from data_loaders.reader import ArrowDataset
+    from training.config import RunConfig
+    from training.fit import BEST, fit
+    from training.loop import Trainer
+
+    ds = ArrowDataset.open(path)
+    cfg = RunConfig.for_dataset(ds.manifest, uri=str(path), overrides={
+        "train.seed": seed, "train.epochs": epochs, "train.threads": 1})
+    fit(Trainer(cfg, ds), run_dir, progress=False)
+    return score(str(run_dir / BEST), path)
+
+
+def run_pbt(path: Path, seed: int, epochs: int, population: int, out: Path) -> dict:
+    from dataclasses import replace
+
+    from search_spaces.space import SearchSpace
+    from training import sweep
+
+    space = SearchSpace.from_yaml(sweep.DEFAULT_SPACE)
+    space = replace(space.with_scheduler(population=population, perturbation_interval=10,
+                                         synch=True, patience=100), seed=seed)
+    space = replace(space, resources=replace(space.resources, cpu=2 / population))
+    plan = sweep.plan_sweep(str(path), space=space, name=f"pbt-{path.name}-s{seed}",
+                            storage=str(out / "sweeps"),
+                            run_overrides={"train.epochs": epochs, "train.seed": seed})
+    summary = sweep.run_sweep(plan, verbose=0)
+    result = score(summary.checkpoint, path)
+    return {**result, "hparams": summary.hparams, "exploits": summary.exploits}
+
+
+def table(rows: list[dict]) -> str:
+    head = "| network | arm | runs | " + " | ".join(COLUMNS) + " | decoder R^2 | true co-bps |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
+    for name in DATASETS:
+        for arm in ("defaults", "pbt"):
+            sel = [r for r in rows if r["dataset"] == name and r["arm"] == arm]
+            if not sel:
+                continue
+            cells = []
+            for c in COLUMNS:
+                v = np.array([r["metrics"][c] for r in sel], dtype=float)
+                cells.append(f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}" if np.isfinite(v).any()
+                             else "n/a")
+            ceil = sel[0]["ceilings"]
+            lines.append(f"| {name} | {arm} | {len(sel)} | " + " | ".join(cells)
+                         + f" | {ceil['decoder_message_r2']:.3f} | {ceil['true_rates_co_bps']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="spiking_runs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--arms", nargs="+", default=["defaults"], choices=["defaults", "pbt"])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--rate-hz", type=float, default=5.0)
+    p.add_argument("--bin-ms", type=float, default=10.0)
+    p.add_argument("--population", type=int, default=4)
+    args = p.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    rows = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
+    seen = {(r["dataset"], r["arm"], r["seed"], r["epochs"]) for r in rows}
+    for name in args.datasets:
+        path = dataset(out, name, args.rate_hz, args.bin_ms)
+        ceil = ceilings(path)
+        for arm in args.arms:
+            for seed in args.seeds:
+                if (name, arm, seed, args.epochs) in seen:
+                    continue
+                t0 = time.time()
+                if arm == "defaults":
+                    metrics = run_defaults(path, seed, args.epochs,
+                                           out / "runs" / f"{path.name}-s{seed}")
+                else:
+                    metrics = run_pbt(path, seed, args.epochs, args.population, out)
+                row = {"dataset": name, "arm": arm, "seed": seed, "epochs": args.epochs,
+                       "rate_hz": args.rate_hz, "bin_ms": args.bin_ms,
+                       "seconds": round(time.time() - t0), "metrics": metrics, "ceilings": ceil}
+                rows.append(row)
+                with open(results, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    print(table([r for r in rows if r["epochs"] == args.epochs]))
+
+
+if __name__ == "__main__":
+    main()
