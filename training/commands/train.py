@@ -14,7 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_epochs, help="number of epochs (default: the config's, "
                    "350); the default KL/L2 ramps are stretched to fit, ramps you set must "
                    "end before the last epoch")
-    p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
+    p.add_argument("--out", default="runs/train",
+                   help="run directory (default: runs/train): last.pt every epoch, best.pt = "
+                        "the lowest smoothed objective among epochs after every KL/L2 ramp "
+                        "has finished (earlier epochs are never selected)")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override one config field, e.g. --set train.lr=1e-3 (repeatable; "
                    "values are read as YAML 1.2: 1e-3, .5, true, null, [1, 2])")

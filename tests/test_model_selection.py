@@ -1,0 +1,107 @@
+"""Model selection waits for the KL/L2 ramps (docs/MODEL.md, "Ramps and model selection"):
+a model from before the message bottleneck acts can look better on held-out neurons while
+its communication is wrong, so no best-of choice may pick such an epoch."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from data_loaders.testing import make_tiny_dataset
+from mrlfads.config import LossConfig, RampConfig
+from mrlfads.config_utils import ConfigError
+from mrlfads.ramps import RAMPS_DONE, selectable
+from training import checkpoint as ckpt
+from training.config import RunConfig, fit_ramps
+from training.fit import BEST, fit
+from training.loop import Trainer
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_tiny_dataset(tmp_path / "d")
+
+
+def test_ramps_end_is_the_first_epoch_with_every_weight_at_full(tiny):
+    loss = LossConfig()
+    assert loss.ramps_end == 250  # messages: start 150 + length 100
+    for e in (249, 250):
+        full = all(r(e) == 1.0 for r in loss.ramps.values())
+        assert full == (e >= loss.ramps_end)
+
+
+def test_best_pt_ignores_a_better_epoch_from_before_the_ramps(tiny, tmp_path, monkeypatch):
+    """The scripted objective is lowest at epoch 1, during the ramps; best.pt must hold the
+    best epoch after them (epoch 4: 2.0), not epoch 1 (0.5)."""
+    cfg = RunConfig.for_dataset(tiny.manifest, smoke_test=True, overrides={
+        "train.epochs": 5, "loss.com_ramp": {"start": 1, "length": 2}})
+    assert cfg.loss.ramps_end == 3
+    trainer = Trainer(cfg, tiny)
+    real = trainer.run_epoch
+    scripted = iter([3.0, 0.5, 1.0, 2.5, 2.0])
+
+    def run_epoch():
+        m = real()
+        value = next(scripted)
+        m["objective"] = value
+        trainer.history[-1]["objective"] = value
+        return m
+
+    monkeypatch.setattr(trainer, "run_epoch", run_epoch)
+    fit(trainer, tmp_path / "run", progress=False)
+    flags = [m[RAMPS_DONE] for m in trainer.history]
+    assert flags == [0.0, 0.0, 0.0, 1.0, 1.0]
+    best = ckpt.load(tmp_path / "run" / BEST)
+    assert best["epoch"] == 5  # epochs 4 and 5 were eligible; 2.0 < 2.5
+
+
+def test_selectable_reads_the_flag_and_accepts_older_records():
+    assert selectable({RAMPS_DONE: 1.0}) and not selectable({RAMPS_DONE: 0.0})
+    assert selectable({"objective": 1.0})  # written before the flag existed
+
+
+def test_best_trial_skips_trials_whose_last_epoch_was_during_the_ramps():
+    from tracking.lineage import best_trial
+
+    last = {"a": {"objective": 1.0, RAMPS_DONE: 0.0}, "b": {"objective": 2.0, RAMPS_DONE: 1.0},
+            "c": {"objective": math.nan, RAMPS_DONE: 1.0}}
+    assert best_trial(last, "objective") == "b"
+
+
+def test_epochs_stretch_the_default_ramps(tiny):
+    cfg = RunConfig.for_dataset(tiny.manifest, overrides={"train.epochs": 100})
+    # every default start and length times 100 / 350, rounded
+    assert cfg.loss.ic_ramp == RampConfig(6, 57) and cfg.loss.co_ramp == RampConfig(6, 57)
+    assert cfg.loss.com_ramp == RampConfig(43, 29) and cfg.loss.l2_ramp == RampConfig(29, 23)
+    assert cfg.loss.ramps_end == 72 < 100
+    # the same config from a YAML file's train.epochs, and the default length unchanged
+    from_file = RunConfig.for_dataset(tiny.manifest, user={"train": {"epochs": 100}})
+    assert from_file.loss == cfg.loss
+    assert RunConfig.for_dataset(tiny.manifest).loss == LossConfig()
+
+
+def test_ramps_a_user_set_are_kept_or_the_run_is_refused(tiny):
+    own = {f"loss.{name}": {"start": 5, "length": 20} for name in LossConfig().ramps}
+    kept = RunConfig.for_dataset(tiny.manifest, overrides={"train.epochs": 100, **own})
+    assert all(r == RampConfig(5, 20) for r in kept.loss.ramps.values())  # not stretched
+    # one ramp set, the others default: they end at 220 > 100 epochs, so it is refused
+    with pytest.raises(ConfigError, match=r"train.epochs=100 is too short.*end at epoch 220"):
+        RunConfig.for_dataset(tiny.manifest, overrides={
+            "train.epochs": 100, "loss.com_ramp": {"start": 10, "length": 20}})
+    with pytest.raises(ConfigError, match="shorten the ramps you set"):
+        fit_ramps(kept.with_overrides({"train.epochs": 25}), explicit=True)
+    with pytest.raises(ConfigError, match="Use at least 3 epochs"):
+        RunConfig.for_dataset(tiny.manifest, overrides={"train.epochs": 2})
+    short = RunConfig.for_dataset(tiny.manifest, overrides={"train.epochs": 3})
+    assert short.loss.ramps_end < 3
+
+
+def test_train_cli_refuses_a_run_too_short_for_its_ramps(tiny, tmp_path, capsys):
+    from training.cli import main
+
+    code = main(["train", "--data", str(tmp_path / "d"), "--epochs", "2", "--out",
+                 str(tmp_path / "run"), "--no-tracking", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "too short for the KL/L2 ramps" in err and "Use at least 3 epochs" in err
+    assert not (tmp_path / "run" / "last.pt").exists()
