@@ -271,3 +271,14 @@ def test_default_memory_ring(tmp_path):
     assert ds.manifest.provenance["training"]["task_loss_generated"] < 0.2
     err_h, err_m = _replay(ds, teacher_forced=True)
     assert err_m < 1e-5 and err_h < 1e-5
+
+
+def test_steps_to_bins_splits_or_pools_by_hand():
+    from data_loaders.simulate.observe import steps_to_bins
+
+    a = np.arange(12, dtype=np.float32).reshape(1, 6, 2)  # (trials, steps, units)
+    split = steps_to_bins(a, 0.5)  # 10 ms bins: every step held over two bins
+    assert split.shape == (1, 12, 2) and np.array_equal(split[0, :4], [[0, 1], [0, 1], [2, 3], [2, 3]])
+    pooled = steps_to_bins(a, 3.0)  # 60 ms bins: the mean of three steps
+    assert pooled.shape == (1, 2, 2) and np.array_equal(pooled[0], [[2, 3], [8, 9]])
+    assert steps_to_bins(a, 1.0) is a
