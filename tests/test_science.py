@@ -31,3 +31,6 @@ def test_reduced_memory_ring_effectome_cosine(tmp_path):
     present = [last["effectome/A0_to_A1"], last["effectome/A1_to_A2"], last["effectome/A2_to_A0"]]
     absent = [last["effectome/A1_to_A0"], last["effectome/A2_to_A1"], last["effectome/A0_to_A2"]]
     assert max(absent) < min(present)
+    # the default effectome (cut: the target's readout change when one pathway is silenced)
+    assert last["valid/effectome_cut_cosine"] >= 0.9
+    assert last["valid/effectome_cut_separation"] > 1.0
