@@ -38,7 +38,9 @@ DATASETS = {  # name -> (kind, seed, simulate kwargs)
     "memory-ring-64-units": ("memory-ring", 0, {"trials": 320, "n_bins": 60, "n_units": 64}),
 }
 GRID = ("memory-ring", "relay-decision", "random-0", "random-1", "random-2")  # the default
-COLUMNS = ["valid/effectome_cosine", "valid/message_r2", "valid/input_r2", "valid/r2_mean"]
+COLUMNS = ["valid/effectome_cut_cosine", "valid/effectome_cut_separation",
+           "valid/effectome_cosine", "valid/effectome_separation", "valid/message_r2",
+           "valid/input_r2", "valid/r2_mean"]
 
 
 def dataset_path(out: Path, name: str) -> Path:
