@@ -36,3 +36,28 @@ def test_bench_train_smoke_writes_fast_oracle_paired_and_packing_results(tmp_pat
     assert single["oracle"]["flops_per_step"] == pytest.approx(single["fast"]["flops_per_step"], rel=0.15)
     assert len(packed) == 1 and len(packed[0]["trials_per_s_each"]) == 2
     assert packed[0]["trials_per_s_total"] == pytest.approx(sum(packed[0]["trials_per_s_each"]))
+
+
+def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
+    """benchmarks/science/spiking_grid.py's pieces on a tiny dataset: the ceilings are
+    finite and bounded, and a saved model scores with the keys the table reads."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "science"))
+    try:
+        import spiking_grid as grid
+    finally:
+        sys.path.pop(0)
+    from data_loaders.testing import make_tiny_dataset
+    from training.config import RunConfig
+    from training.fit import BEST, fit
+    from training.loop import Trainer
+
+    ds = make_tiny_dataset(tmp_path / "d", n_trials=40, n_bins=16)
+    ceil = grid.ceilings(tmp_path / "d")
+    assert ceil["true_rates_co_bps"] < 1.0 and ceil["decoder_message_r2"] <= 1.0
+    cfg = RunConfig.for_dataset(ds.manifest, smoke_test=True, overrides={"train.epochs": 3})
+    fit(Trainer(cfg, ds), tmp_path / "run", progress=False)
+    scores = grid.score(str(tmp_path / "run" / BEST), tmp_path / "d")
+    assert set(scores) == set(grid.COLUMNS)
+    assert -1.0 <= scores["effectome_cut_cosine"] <= 1.0 and scores["effectome_cut_separation"] > 0
+    row = {"dataset": "random-0", "arm": "defaults", "metrics": scores, "ceilings": ceil}
+    assert "| random-0 | defaults | 1 |" in grid.table([row])
