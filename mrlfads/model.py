@@ -104,7 +104,7 @@ class MRLFADS(ModelParams):
         ``"src->dst"``; values are trial bins ``(start, stop)``."""
         if not silence:
             return None
-        names, tau = self.cfg.region_names, self.cfg.ic_enc_seq_len
+        tau = self.cfg.ic_enc_seq_len
         keep = torch.ones(Tp, self.sizes.P, 1, 1, device=like.device, dtype=like.dtype)
         for key, (start, stop) in silence.items():
             lo, hi = max(int(start) - tau, 0), max(int(stop) - tau, 0)

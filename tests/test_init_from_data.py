@@ -80,7 +80,8 @@ def test_checkpoints_without_the_statistics_load_as_the_model_they_were():
     fresh = _model()
     fresh.init_from_data(*_stats())
     fresh.load_state_dict(state)  # strict: the missing statistics are filled in
-    assert float(fresh.input_mean.abs().max()) == 0.0 and float(fresh.source_baseline.abs().max()) == 0
+    assert float(fresh.input_mean.abs().max()) == 0.0
+    assert float(fresh.source_baseline.abs().max()) == 0.0
     assert torch.all(fresh.input_scale == 1.0)
 
 

@@ -194,7 +194,8 @@ def test_poisson_counts_are_spikes_from_the_same_hidden_units():
         # the network steps every 20 ms: a 10 ms bin holds its step's rate (two bins a step)
         h = np.repeat(gauss.truth[f"truth/rates/{r.name}"], 2, axis=1)
         assert x.shape[1] == 2 * gauss.x[r.name].shape[1] == 80  # the same 0.8 s trial
-        unit = np.array([int(i) for i in r.neuron_ids]) + (0 if r.name == "upstream" else npz["n_units"][0])
+        offset = 0 if r.name == "upstream" else npz["n_units"][0]  # network unit order
+        unit = np.array([int(i) for i in r.neuron_ids]) + offset
         expected = base[unit] * 0.01 * np.exp(cfg.poisson_gain * h.astype(np.float64))
         np.testing.assert_allclose(pois.truth[f"truth/rates/{r.name}"], expected, rtol=1e-5)
         rates.append(pois.truth[f"truth/rates/{r.name}"].reshape(-1, x.shape[-1]))
@@ -278,7 +279,8 @@ def test_steps_to_bins_splits_or_pools_by_hand():
 
     a = np.arange(12, dtype=np.float32).reshape(1, 6, 2)  # (trials, steps, units)
     split = steps_to_bins(a, 0.5)  # 10 ms bins: every step held over two bins
-    assert split.shape == (1, 12, 2) and np.array_equal(split[0, :4], [[0, 1], [0, 1], [2, 3], [2, 3]])
+    assert split.shape == (1, 12, 2)
+    assert np.array_equal(split[0, :4], [[0, 1], [0, 1], [2, 3], [2, 3]])
     pooled = steps_to_bins(a, 3.0)  # 60 ms bins: the mean of three steps
     assert pooled.shape == (1, 2, 2) and np.array_equal(pooled[0], [[2, 3], [8, 9]])
     assert steps_to_bins(a, 1.0) is a

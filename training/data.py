@@ -45,8 +45,8 @@ class SplitTensors:
         """Per region, (mean, variance) of each held-in and each held-out neuron over trials
         and bins: what the readouts start from (``MRLFADS.init_from_data``).
 
-        With ``counts`` (Poisson data), means are add-half estimates, (spikes + 0.5) / samples, so a neuron silent
-        in this split starts at a small finite rate instead of log(0)."""
+        With ``counts`` (Poisson data), means are add-half estimates, (spikes + 0.5) /
+        samples, so a neuron silent in this split starts at a small finite rate, not log(0)."""
         def stats(xs: list[torch.Tensor]):
             out = []
             for x in xs:

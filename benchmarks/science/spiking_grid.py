@@ -62,7 +62,8 @@ def ceilings(path: Path) -> dict[str, float]:
     cols = [f"x/{r.name}" for r in m.regions] + [c for c in m.truth if c.startswith("truth/")]
     a = ds.arrays("valid", cols)
     spikes = np.concatenate([a[f"x/{r.name}"][:, tau:, r.n_heldin:] for r in m.regions], -1)
-    rates = np.concatenate([a[f"truth/rates/{r.name}"][:, tau:, r.n_heldin:] for r in m.regions], -1)
+    rates = np.concatenate([a[f"truth/rates/{r.name}"][:, tau:, r.n_heldin:]
+                            for r in m.regions], -1)
     out = {"true_rates_co_bps": float(M.bits_per_spike(spikes, np.log(rates)))}
     r2 = []
     for col in (c for c in a if c.startswith("truth/messages/")):
@@ -151,8 +152,8 @@ def table(rows: list[dict]) -> str:
                 cells.append(f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}" if np.isfinite(v).any()
                              else "n/a")
             ceil = sel[0]["ceilings"]
-            lines.append(f"| {name} | {arm} | {len(sel)} | " + " | ".join(cells)
-                         + f" | {ceil['decoder_message_r2']:.3f} | {ceil['true_rates_co_bps']:.3f} |")
+            bounds = f" | {ceil['decoder_message_r2']:.3f} | {ceil['true_rates_co_bps']:.3f} |"
+            lines.append(f"| {name} | {arm} | {len(sel)} | " + " | ".join(cells) + bounds)
     return "\n".join(lines)
 
 

@@ -321,7 +321,8 @@ void posterior_grad(const Tensor& out, const Tensor& d_, const Tensor& params_,
         const T* __restrict e = E.at(r, b);
         for (int64_t j = 0; j < w; ++j) {
           const T v = exp_of(bounded_logvar(lv[j], hi));
-          o[w + j] = dp[j] * e[j] * v * bounded_logvar_grad(lv[j], hi) / (T(2) * std::sqrt(v + floor));
+          const T slope = bounded_logvar_grad(lv[j], hi);
+          o[w + j] = dp[j] * e[j] * v * slope / (T(2) * std::sqrt(v + floor));
         }
       } else {
         for (int64_t j = 0; j < w; ++j) o[w + j] = T(0);
@@ -350,7 +351,8 @@ bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 // ---------------------------------------------------------------- the MR-LFADS loop
 std::vector<Tensor> recurrence_forward(
     int64_t R, int64_t P, int64_t C, int64_t U, double clip, bool src_is_g, bool sample,
-    double var_floor, double logvar_max, int64_t Tp, const Tensor& g0, const Tensor& f0, const OptT& ce,
+    double var_floor, double logvar_max, int64_t Tp, const Tensor& g0, const Tensor& f0,
+    const OptT& ce,
     const OptT& con_w_ie, const OptT& con_b_ih, const Tensor& gx, const OptT& msg_w,
     const OptT& msg_b, const OptT& con_w_if, const OptT& con_w_hh, const OptT& con_b_hh,
     const OptT& co_w, const OptT& co_b,
@@ -456,7 +458,8 @@ std::vector<Tensor> recurrence_forward(
 
 std::vector<Tensor> recurrence_backward(
     int64_t R, int64_t P, int64_t C, int64_t U, double clip, bool src_is_g, bool sample,
-    double var_floor, double logvar_max, bool gx_seq, const OptT& gF, const OptT& gCO, const OptT& gU,
+    double var_floor, double logvar_max, bool gx_seq, const OptT& gF, const OptT& gCO,
+    const OptT& gU,
     const OptT& gMP, const OptT& gM, const OptT& src_index, const OptT& msg_w, const OptT& ce,
     const OptT& con_w_ie, const OptT& con_w_if, const OptT& con_w_hh, const OptT& co_w,
     const OptT& gen_w_iu, const Tensor& gen_w_hh, const Tensor& fac_w, const OptT& eps_msg,
@@ -618,7 +621,8 @@ std::vector<Tensor> gru_sequence_backward(const Tensor& gH, const Tensor& w_hh,
 TORCH_LIBRARY(mrlfads_native, m) {
   m.def(
       "recurrence_forward(int R, int P, int C, int U, float clip, bool src_is_g, bool sample, "
-      "float var_floor, float logvar_max, int Tp, Tensor g, Tensor f, Tensor? ce, Tensor? con_w_ie, "
+      "float var_floor, float logvar_max, int Tp, Tensor g, Tensor f, Tensor? ce, "
+      "Tensor? con_w_ie, "
       "Tensor? con_b_ih, Tensor gx, Tensor? msg_w, "
       "Tensor? msg_b, Tensor? con_w_if, Tensor? con_w_hh, Tensor? con_b_hh, Tensor? co_w, "
       "Tensor? co_b, Tensor? gen_w_iu, Tensor gen_w_hh, Tensor gen_b_hh, Tensor fac_w, "
@@ -626,7 +630,8 @@ TORCH_LIBRARY(mrlfads_native, m) {
       "Tensor? src_index) -> Tensor[]");
   m.def(
       "recurrence_backward(int R, int P, int C, int U, float clip, bool src_is_g, bool sample, "
-      "float var_floor, float logvar_max, bool gx_seq, Tensor? gF, Tensor? gCO, Tensor? gU, Tensor? gMP, "
+      "float var_floor, float logvar_max, bool gx_seq, Tensor? gF, Tensor? gCO, Tensor? gU, "
+      "Tensor? gMP, "
       "Tensor? gM, Tensor? src_index, Tensor? msg_w, Tensor? ce, Tensor? con_w_ie, "
       "Tensor? con_w_if, Tensor? con_w_hh, "
       "Tensor? co_w, Tensor? gen_w_iu, Tensor gen_w_hh, Tensor fac_w, Tensor? eps_msg, "

@@ -35,7 +35,8 @@ def _epochs(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of epochs, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of epochs, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"need at least 1 epoch, got {value}")
     return value
