@@ -19,6 +19,7 @@ from typing import Any
 
 from tracking.errors import TrackingError
 from tracking.interface import PARENT_TAG, Tracker, check_status, param_str
+from tracking.redact import redact_text, redact_uri
 from tracking.outbox import Delivery, Outbox, is_outage, new_pending_key
 from tracking.store import resolve_tracking_uri
 
@@ -50,7 +51,8 @@ class MlflowTracker(Tracker):
                     os.environ.setdefault(key, value)
             delivery = Delivery(MlflowClient(uri))
         self.delivery = delivery
-        self.tracking_uri: str = delivery.client.tracking_uri
+        # what ops, logs and messages show: never the credentials (tracking/redact.py)
+        self.tracking_uri: str = redact_uri(delivery.client.tracking_uri)
         self.outbox = Outbox(outbox_path)
         self.system_metrics = system_metrics
         self._run_id: str | None = None
@@ -80,7 +82,8 @@ class MlflowTracker(Tracker):
             self.delivery.send(op)
         except Exception as exc:
             if not is_outage(exc):
-                raise TrackingError(f"MLflow refused {op['op']} on run {op.get('run')}: {exc}") from exc
+                raise TrackingError(f"MLflow refused {op['op']} on run {op.get('run')}: "
+                                    f"{redact_text(str(exc))}") from exc
             log.warning("tracking store %s unreachable (%s); keeping %s in the outbox",
                         self.tracking_uri, type(exc).__name__, op["op"])
             self.outbox.failed()
@@ -137,7 +140,7 @@ class MlflowTracker(Tracker):
 
         try:
             self._monitor = SystemMetricsMonitor(run_id, resume_logging=resume,
-                                                 tracking_uri=self.tracking_uri)
+                                                 tracking_uri=self.delivery.client.tracking_uri)
             self._monitor.start()
         except Exception as exc:  # noqa: BLE001 - system metrics are a nicety
             log.warning("system metrics not started: %s", exc)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking.errors import TrackingError
+from tracking.redact import redact_uri, same_store_from_env
 
 LOCAL_KEY_TAG = "mrlfads.local_key"
 PENDING_PREFIX = "pending-"
@@ -140,12 +141,12 @@ class Outbox:
             else:
                 base = Path(tempfile.gettempdir(), "mrlfads-outbox-files")
             store = base / uuid.uuid4().hex
-            store.mkdir(parents=True, exist_ok=True)
+            store.mkdir(mode=0o700, parents=True, exist_ok=True)
             op = dict(op, path=shutil.copy2(op["path"], store))
         self.pending.append(op)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
+            with _private_open(self.path, "a") as f:
                 f.write(json.dumps(op) + "\n")
 
     def flush(self, delivery: Delivery) -> bool:
@@ -179,8 +180,18 @@ class Outbox:
             self.path.unlink(missing_ok=True)
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(op) + "\n" for op in self.pending), encoding="utf-8")
+        with _private_open(tmp, "w") as f:
+            f.write("".join(json.dumps(op) + "\n" for op in self.pending))
         os.replace(tmp, self.path)
+
+
+def _private_open(path: Path, mode: str):
+    """Open for writing, creating the file readable by its owner only (0600): the ops hold
+    run names, params and paths that are nobody else's business."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an older version may be world-readable
+    return os.fdopen(fd, mode, encoding="utf-8")
 
 
 def _with_resolved_ids(op: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
@@ -223,7 +234,7 @@ def import_outbox(path: str | os.PathLike, tracking_uri: str | None = None) -> i
     if not ops:
         Path(path).unlink(missing_ok=True)
         return 0
-    uri = tracking_uri or ops[0].get("tracking_uri")
+    uri = tracking_uri or same_store_from_env(ops[0].get("tracking_uri"))
     if not uri:
         raise TrackingError(f"{path}: no tracking URI recorded; pass --tracking-uri")
     box = Outbox(path)
@@ -231,6 +242,8 @@ def import_outbox(path: str | os.PathLike, tracking_uri: str | None = None) -> i
     delivery = Delivery(MlflowClient(uri))
     if not box.flush(delivery):
         done = len(ops) - len(box.pending)
-        raise TrackingError(f"{path}: delivered {done} of {len(ops)} ops, then {uri} stopped "
-                            "answering; start the tracking server and run the import again")
+        raise TrackingError(f"{path}: delivered {done} of {len(ops)} ops, then "
+                            f"{redact_uri(uri)} stopped answering; start the tracking server "
+                            "and run the import again")
     return len(ops)
+

@@ -32,6 +32,7 @@ import torch
 
 from mrlfads.ramps import selectable
 from tracking.errors import TrackingError
+from tracking.redact import redact_uri
 from tracking.store import resolve_tracking_uri
 
 SHA_TAG = "mrlfads.checkpoint_sha256"
@@ -119,7 +120,8 @@ def find_best_trial(sweep: str, *, metric: str | None = None, mode: str | None =
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(sweep)
     if exp is None:
-        raise TrackingError(f"no sweep named {sweep!r} in {client.tracking_uri}: check --sweep "
+        raise TrackingError(f"no sweep named {sweep!r} in {redact_uri(client.tracking_uri)}: "
+                            "check --sweep "
                             "(the sweep's --name) and --tracking-uri / MLFLOW_TRACKING_URI")
     runs = client.search_runs([exp.experiment_id], max_results=5000)
     parents = [r for r in runs if r.data.tags.get("mrlfads.role") == "sweep"]

@@ -37,6 +37,7 @@ from ray.tune.logger import LoggerCallback
 from tracking import figures
 from tracking.interface import Tracker, flatten
 from tracking.lineage import best_trial, changed, last_policy_line, lineage, orig_tag
+from tracking.redact import redact_text, redact_uri, same_store_from_env
 
 log = logging.getLogger(__name__)
 OUTBOX_NAME = "tracking-outbox.jsonl"
@@ -71,7 +72,7 @@ def _safe(hook):
             return hook(self, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001
             log.warning("MLflow tracking: %s failed (%s: %s); the sweep goes on",
-                        hook.__name__, type(exc).__name__, exc)
+                        hook.__name__, type(exc).__name__, redact_text(str(exc)))
             return None
     return wrapper
 
@@ -139,6 +140,8 @@ class MlflowTuneCallback(LoggerCallback):
         state = self.__dict__.copy()
         for key in ("parent", "trackers", "undelivered", "_delivery", "_tmp"):
             state[key] = {} if key == "trackers" else [] if key == "undelivered" else None
+        if self.tracking_uri:  # tuner.pkl lands on the sweep's storage: no credentials there
+            state["tracking_uri"] = redact_uri(self.tracking_uri)
         return state
 
     # -- trackers ---------------------------------------------------------------------
@@ -147,8 +150,8 @@ class MlflowTuneCallback(LoggerCallback):
             return self.tracker_factory(outbox)
         from tracking.mlflow_tracker import MlflowTracker
 
-        t = MlflowTracker(self.tracking_uri, outbox_path=outbox, system_metrics=system_metrics,
-                          delivery=self._delivery)
+        t = MlflowTracker(same_store_from_env(self.tracking_uri), outbox_path=outbox,
+                          system_metrics=system_metrics, delivery=self._delivery)
         self._delivery = t.delivery  # one client and one pending-run map for all trackers
         return t
 

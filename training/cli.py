@@ -13,6 +13,8 @@ import importlib
 import os
 import sys
 
+from tracking.redact import credentials_to_env, redact_text
+
 # Order is the order shown in --help.
 COMMANDS = ["demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb", "ui", "import_metrics"]
 
@@ -62,6 +64,20 @@ def set_openmp_wait_policy(command: str | None) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def credentials_off_the_command_line(args: argparse.Namespace) -> None:
+    """Every URI argument (and MLFLOW_TRACKING_URI) typed with credentials gives them to the
+    environment its client reads and goes on without them, so no config, param, manifest,
+    outbox or message downstream can hold them (tracking/redact.py)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = credentials_to_env(os.environ["MLFLOW_TRACKING_URI"])
+    for name, value in vars(args).items():
+        if isinstance(value, str) and "://" in value:
+            setattr(args, name, credentials_to_env(value))
+        elif isinstance(value, list) and any(isinstance(v, str) and "://" in v for v in value):
+            setattr(args, name, [credentials_to_env(v) if isinstance(v, str) else v
+                                 for v in value])
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -72,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
+        credentials_off_the_command_line(args)
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -79,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

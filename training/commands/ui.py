@@ -18,12 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tracking.errors import TrackingError
+    from tracking.redact import redact_uri
     from tracking.server import start_server
     from tracking.store import artifact_root_for, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
-        print(f"the tracking store is already a server: open {uri}")
+        print(f"the tracking store is already a server: open {redact_uri(uri)}")
         return 0
     root = artifact_root_for(uri)
     if root is None:
