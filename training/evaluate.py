@@ -168,11 +168,16 @@ def effectome_truth_scores(E: np.ndarray, comm_matrix: Any, name: str) -> dict[s
     truth = np.asarray(comm_matrix, dtype=float)
     off = ~np.eye(len(truth), dtype=bool)
     out: dict[str, float] = {}
+    present, absent = E[off & (truth > 0)], E[off & (truth == 0)]
+    if not np.all(np.isfinite(E[off])):  # not computed: NaN, so every epoch has the same keys
+        out[f"valid/{name}_cosine"] = float("nan")
+        if len(absent):
+            out[f"valid/{name}_separation"] = float("nan")
+        return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         out[f"valid/{name}_cosine"] = float(M.effectome_cosine(E, truth))
-    present, absent = E[off & (truth > 0)], E[off & (truth == 0)]
-    if len(absent) and np.all(np.isfinite(E[off])):
+    if len(absent):
         weakest, strongest = float(present.min()), float(absent.max())
         out[f"valid/{name}_separation"] = (weakest / strongest if strongest > 0
                                            else float("inf") if weakest > 0 else float("nan"))
@@ -180,15 +185,23 @@ def effectome_truth_scores(E: np.ndarray, comm_matrix: Any, name: str) -> dict[s
 
 
 def cut_effectome_metrics(model: MRLFADS, data: SplitTensors, comm_matrix: Any = None,
-                          max_trials: int = EFFECT_TRIALS) -> dict[str, float]:
+                          max_trials: int = EFFECT_TRIALS,
+                          compute: bool = True) -> dict[str, float]:
     """The cut effectome (``mrlfads.effectome.cut_effectome``: the target's readout change
     when one pathway is silenced) on the split's first ``max_trials`` trials, as
-    ``effectome_cut/<s>_to_<r>`` plus its truth scores. One forward pass per pathway."""
+    ``effectome_cut/<s>_to_<r>`` plus its truth scores. One forward pass per pathway.
+
+    ``compute=False`` gives the same keys, all NaN, at no cost: Tune's progress.csv takes
+    its columns from a trial's first report (and, on resume, from the first report after
+    it), so every epoch must report the same keys."""
     names = list(model.cfg.region_names)
     if len(names) < 2:
         return {}
-    head = data.head(max_trials)
-    E = cut_effectome(model, head.heldin, head.ext)
+    if compute:
+        head = data.head(max_trials)
+        E = cut_effectome(model, head.heldin, head.ext)
+    else:
+        E = np.full((len(names), len(names)), np.nan)
     out = M.effectome_metrics(E, names, prefix="effectome_cut/")
     out.update(effectome_truth_scores(E, comm_matrix, "effectome_cut"))
     return out
@@ -224,11 +237,11 @@ def evaluate_split(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int,
 
     With sample validation (``sv_hidden``) every metric is of the model run with those
     elements hidden, as in training; ``valid/sv_recon_loss`` scores exactly them.
-    ``cut_effectome`` adds the cut effectome (``cut_effectome_metrics``).
+    ``cut_effectome`` computes the cut effectome (``cut_effectome_metrics``); without it
+    its keys are NaN, so that every epoch reports the same keys.
     """
     outputs, terms = collect_outputs(model, data, run_cfg, epoch, sv_hidden=sv_hidden)
     metrics = {f"valid/{k}": v for k, v in terms.items()}
     metrics.update(score(outputs, data, run_cfg.model, comm_matrix))
-    if cut_effectome:
-        metrics.update(cut_effectome_metrics(model, data, comm_matrix))
+    metrics.update(cut_effectome_metrics(model, data, comm_matrix, compute=cut_effectome))
     return metrics

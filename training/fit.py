@@ -12,6 +12,7 @@ Run directory layout:
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -70,8 +71,9 @@ def fit(
                 trainer.save_checkpoint(out / BEST)
             with open(out / METRICS, "a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
-            if tracker is not None:
-                tracker.log_metrics(metrics, step=int(metrics["epoch"]))
+            if tracker is not None:  # NaN placeholders (e.g. the cut effectome pre-ramp) skipped
+                tracker.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)},
+                                    step=int(metrics["epoch"]))
             if on_epoch is not None:
                 on_epoch(metrics)
             bar.update(task, completed=trainer.epoch, status=_status(metrics))

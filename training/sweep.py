@@ -382,7 +382,7 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
                             if isinstance(v, (int, float)) and not k.startswith(("config", "hp/"))}
     summary.hparams = dict((best.config or {}).get("hparams") or (best.config or {}).get("build") or {})
     summary.effectome = {k.split("/", 1)[1]: v for k, v in m.items()
-                         if k.startswith(EFFECTOME_CUT)}
+                         if k.startswith(EFFECTOME_CUT) and math.isfinite(v)}
     summary.effectome_message_rms = {k.split("/", 1)[1]: v for k, v in m.items()
                                      if k.startswith("effectome/")}
     if best.checkpoint is not None:

@@ -163,9 +163,9 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
                                         None if good is None else keep, trainer.dataset)
                 continue
             metrics["nonfinite_restarts"] = float(state["restarts"])
-            if pending:
-                metrics["nonfinite/events"] = json.dumps(pending)
-                pending = []
+            # always present (empty without events): every report must have the same keys
+            metrics["nonfinite/events"] = json.dumps(pending) if pending else ""
+            pending = []
             if should_checkpoint(trainer.epoch, interval, epochs):
                 with tempfile.TemporaryDirectory(prefix="mrlfads-ckpt-") as tmp:
                     trainer.save_checkpoint(os.path.join(tmp, CHECKPOINT_FILE))
