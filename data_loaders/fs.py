@@ -69,3 +69,12 @@ def join(*parts: str) -> str:
 
 def is_local(fs: pafs.FileSystem) -> bool:
     return isinstance(fs, pafs.LocalFileSystem)
+
+
+def inside(fs: pafs.FileSystem, root: str, path: str) -> bool:
+    """Whether `path` stays under `root` once resolved: symlinks locally, '.' and '..' on
+    object stores (which have no links). Guards every read and delete a manifest names."""
+    if is_local(fs):
+        real_root = os.path.realpath(root)
+        return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+    return posixpath.normpath(path).startswith(root.rstrip("/") + "/")

@@ -198,6 +198,12 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _short(v: Any) -> str:
+    """repr of a manifest value, cut so one hostile entry cannot flood an error line."""
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _problems(m: DatasetManifest) -> list[str]:
     """Every inconsistency in `m`, each naming its key and the fix."""
     p: list[str] = []
@@ -218,6 +224,11 @@ def _problems(m: DatasetManifest) -> list[str]:
                      "the encoders need at least 1 (move neurons from held-out to held-in or drop the region)")
         if not _is_int(r.n_heldout) or r.n_heldout < 0:
             p.append(f"key '{k}.n_heldout': must be an integer >= 0, got {r.n_heldout!r}")
+        if _is_int(r.n_heldin) and _is_int(r.n_heldout) \
+                and r.n_heldin + r.n_heldout > schema.MAX_NEURONS_PER_REGION:
+            p.append(f"key '{k}': region {r.name!r} declares {r.n_heldin + r.n_heldout} neurons, "
+                     f"more than the {schema.MAX_NEURONS_PER_REGION} a region may have (the "
+                     "model's read-in layer is neurons x neurons); split the region")
         if r.neuron_ids is not None and _is_int(r.n_heldin) and _is_int(r.n_heldout) \
                 and len(r.neuron_ids) != r.n_heldin + r.n_heldout:
             p.append(f"key '{k}.neuron_ids': {len(r.neuron_ids)} ids for {r.n_heldin + r.n_heldout} neurons")
@@ -235,8 +246,9 @@ def _problems(m: DatasetManifest) -> list[str]:
     for r, d in m.ext_dims.items():
         if r not in names:
             p.append(f"key 'ext_dims.{r}': no such region (regions are {names})")
-        if not _is_int(d) or d < 0:
-            p.append(f"key 'ext_dims.{r}': must be an integer >= 0, got {d!r}")
+        if not _is_int(d) or not 0 <= d <= schema.MAX_EXT_DIM:
+            p.append(f"key 'ext_dims.{r}': must be an integer in [0, {schema.MAX_EXT_DIM}], "
+                     f"got {d!r}")
     for s, n in m.splits.items():
         if s not in schema.SPLITS:
             p.append(f"key 'splits.{s}': unknown split (use {list(schema.SPLITS)})")
@@ -246,6 +258,10 @@ def _problems(m: DatasetManifest) -> list[str]:
     for i, s in enumerate(m.shards):
         if not _is_int(s.rows) or s.rows < 0:
             p.append(f"key 'shards[{i}].rows': must be an integer >= 0, got {s.rows!r}")
+        if not isinstance(s.path, str) or not schema.SHARD_PATH_RE.match(s.path):
+            p.append(f"key 'shards[{i}].path': {_short(s.path)} is not a shard name the writer "
+                     f"makes ('{schema.SHARDS_DIR}/part-NNNNN.arrow' or '.parquet'); a dataset "
+                     "reads only its own files, never absolute paths or '..'")
         if not isinstance(s.sha256, str) or len(s.sha256) != 64:
             p.append(f"key 'shards[{i}].sha256': must be a 64-hex-digit sha256")
         for sp in s.splits:
@@ -260,6 +276,13 @@ def _problems(m: DatasetManifest) -> list[str]:
     for sp, n in m.splits.items():
         if n > 0 and sp not in per_split:
             p.append(f"key 'shards': no shard lists split {sp!r}, which has {n} trials")
+    for i, e in enumerate(m.extras):
+        if not isinstance(e.name, str) or not schema.EXTRA_NAME_RE.match(e.name):
+            p.append(f"key 'extras[{i}].name': {_short(e.name)} is not a plain file name")
+        if not isinstance(e.path, str) or not schema.EXTRA_PATH_RE.match(e.path):
+            p.append(f"key 'extras[{i}].path': {_short(e.path)} is not a file directly under "
+                     f"'{schema.EXTRAS_DIR}/'; a dataset reads only its own files, never "
+                     "absolute paths or '..'")
     for col in m.truth:
         if not schema.is_truth_col(col):
             p.append(f"key 'truth': {col!r} is not a truth column name")

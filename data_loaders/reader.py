@@ -34,6 +34,7 @@ class ArrowDataset:
         self.uri, self.fs, self.root, self.manifest = uri, fs, root, manifest
         self.verify_checksums = verify_checksums
         self._verified: set[str] = set()
+        self._values_checked: set[tuple[str, str]] = set()  # (shard path, column)
 
     @classmethod
     def open(cls, uri: str | os.PathLike, *, verify_checksums: bool = True) -> ArrowDataset:
@@ -64,16 +65,25 @@ class ArrowDataset:
         return DatasetError(f"{self.shard_uri(shard)}: shard listed in {schema.MANIFEST_NAME} is "
                             f"missing, so the dataset is incomplete; restore the file or {_REMAKE}")
 
+    def _inside(self, rel: str) -> str:
+        """Full path of `rel`, refused unless it stays under the dataset root once resolved
+        (symlinks locally, '.'/'..' everywhere): the manifest check's second line of defence."""
+        path = dfs.join(self.root, rel)
+        if not dfs.inside(self.fs, self.root, path):
+            raise DatasetError(f"{self.uri.rstrip('/')}/{rel}: resolves to a file outside "
+                               "the dataset directory (a link or '..'), which is never read; "
+                               f"{_REMAKE}")
+        return path
+
     def _check_sum(self, shard: ShardInfo, digest: str) -> None:
-        if digest != shard.sha256:
+        if digest != shard.sha256:  # the file's own digest is never printed
             raise DatasetError(
-                f"{self.shard_uri(shard)}: sha256 {digest[:12]}... does not match "
-                f"{schema.MANIFEST_NAME} ({shard.sha256[:12]}...): the file is corrupt or was "
-                f"changed after writing; restore it or {_REMAKE}")
+                f"{self.shard_uri(shard)}: sha256 does not match {schema.MANIFEST_NAME}: the "
+                f"file is corrupt or was changed after writing; restore it or {_REMAKE}")
         self._verified.add(shard.path)
 
     def _read_table(self, shard: ShardInfo, columns: list[str] | None, verify: bool) -> pa.Table:
-        path = dfs.join(self.root, shard.path)
+        path = self._inside(shard.path)
         verify = verify and shard.path not in self._verified
         try:
             if shard.path.endswith(".parquet"):
@@ -134,7 +144,7 @@ class ArrowDataset:
         return table
 
     def _schema(self, shard: ShardInfo) -> pa.Schema:
-        path = dfs.join(self.root, shard.path)
+        path = self._inside(shard.path)
         try:
             if shard.path.endswith(".parquet"):
                 return pq.read_schema(path, filesystem=self.fs)
@@ -165,11 +175,26 @@ class ArrowDataset:
         cols = list(columns)
         mixed = split is not None and tuple(shard.splits) != (split,)
         read = cols + ([schema.SPLIT] if mixed and schema.SPLIT not in cols else [])
+        observed = [c for c in cols if (c.startswith(("x/", "ext/")))
+                    and (shard.path, c) not in self._values_checked]
+        if observed and schema.TRIAL_ID not in read:
+            read.append(schema.TRIAL_ID)
         table = self.read_shard(shard, read)
+        self._check_values(shard, table, observed)
         keep = None
         if mixed:
             keep = table.column(schema.SPLIT).to_numpy(zero_copy_only=False) == split
         return {c: _to_numpy(table.column(c), keep) for c in cols}
+
+    def _check_values(self, shard: ShardInfo, table: pa.Table, cols: list[str]) -> None:
+        """NaN/inf anywhere, and negative or fractional Poisson counts, in the observed
+        columns: a matching checksum proves the file is what was written, not that it is
+        data a model can train on. Once per shard and column (two reductions if clean)."""
+        tid = table.column(schema.TRIAL_ID).to_numpy() if cols else None
+        for col in cols:
+            obs = self.manifest.obs_model if col.startswith("x/") else "gaussian"
+            check_observations(_to_numpy(table.column(col)), obs, col, self.shard_uri(shard), tid)
+            self._values_checked.add((shard.path, col))
 
     def arrays(self, split: str | None = None,
                columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -189,7 +214,7 @@ class ArrowDataset:
             if e.name == name:
                 where = f"{self.uri.rstrip('/')}/{e.path}"
                 try:
-                    with self.fs.open_input_stream(dfs.join(self.root, e.path)) as f:
+                    with self.fs.open_input_stream(self._inside(e.path)) as f:
                         blob = f.read()
                 except FileNotFoundError:
                     raise DatasetError(f"{where}: extra file listed in {schema.MANIFEST_NAME} is "

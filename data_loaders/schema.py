@@ -27,6 +27,31 @@ REGION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _MSG_RE = re.compile(r"^truth/messages/([A-Za-z][A-Za-z0-9_]*)->([A-Za-z][A-Za-z0-9_]*)$")
 _TASK_RE = re.compile(r"^task/[A-Za-z][A-Za-z0-9_]*$")
 
+# The only file names the writer produces (data_loaders/writer.py): a manifest naming anything
+# else (an absolute path, '..', another folder) is refused, so a dataset can never make a
+# reader open, hash or an overwrite delete a file outside its own directory.
+SHARD_PATH_RE = re.compile(rf"^{SHARDS_DIR}/part-[0-9]{{5}}(-[0-9a-f]{{8}})?\.(arrow|parquet)$")
+EXTRA_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+EXTRA_PATH_RE = re.compile(rf"^{EXTRAS_DIR}/[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Temporary files of an interrupted write: '.NAME.tmp-PID-HEX' next to the final NAME.
+TMP_NAME_RE = re.compile(r"^\.[^/]+\.tmp-[0-9]+-[0-9a-f]+$")
+
+# Largest region (neurons) and external input (dims) a dataset may declare. The model's
+# read-in layer is N x N per region (mrlfads/params.py), so 16384 neurons is 1 GiB of
+# float32 weights (4 GiB with gradients and Adam's two moments): beyond any recording made
+# today (a few thousand units per region across several probes), and a manifest that claims
+# more is refused before anything is allocated for it.
+MAX_NEURONS_PER_REGION = 16384
+MAX_EXT_DIM = 16384
+
+
+def is_writer_file(rel: str) -> bool:
+    """Whether `rel` (relative to a dataset root) is a name the writer makes."""
+    name = rel.rsplit("/", 1)[-1]
+    return (rel == MANIFEST_NAME or bool(SHARD_PATH_RE.match(rel) or EXTRA_PATH_RE.match(rel))
+            or (rel.count("/") <= 1 and rel.split("/")[0] in (name, SHARDS_DIR, EXTRAS_DIR)
+                and bool(TMP_NAME_RE.match(name))))
+
 
 def check_region_name(name: object, where: str = "region name") -> str:
     """Return `name` if it is a valid region name, else raise DatasetError naming `where`."""

@@ -89,7 +89,7 @@ def test_checksum_mismatch_names_the_file(tiny):
     raw = bytearray((tiny / shard.path).read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # flip one byte in the data
     (tiny / shard.path).write_bytes(bytes(raw))
-    with pytest.raises(DatasetError, match=rf"{shard.path}: sha256 .* does not match dataset.json"):
+    with pytest.raises(DatasetError, match=rf"{shard.path}: sha256 does not match dataset.json"):
         ds.arrays("train")
     with pytest.raises(DatasetError, match="sha256"):
         ArrowDataset.open(tiny, verify_checksums=False).validate()  # validate always checks
@@ -128,7 +128,8 @@ def test_bad_poisson_counts_in_a_shard(tiny, bad, what):
         return t.set_column(t.schema.get_field_index("x/B"), "x/B", _tensor(x))
     path = _rewrite_shard(tiny, 0, poison)
     ds = ArrowDataset.open(tiny)
-    trial = int(ds.arrays("train")["trial_id"][2])
+    with pa.memory_map(path) as src:
+        trial = int(pa.ipc.open_file(src).read_all().column("trial_id")[2].as_py())
     with pytest.raises(DatasetError, match=rf"{path}: column 'x/B' has {what}.*trial_id {trial}, bin 5, neuron 1"):
         ds.validate()
     with pytest.raises(DatasetError, match=what):
