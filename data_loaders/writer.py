@@ -1,17 +1,16 @@
 """write_dataset: arrays in memory -> an Arrow dataset directory (local or object store).
 
 Crash safety: shards are written under temporary names and renamed (object stores: a PUT
-is atomic), the manifest is written last (also tmp + rename), and on overwrite the old
-dataset's files are deleted only after the new manifest is in place. A directory without
-dataset.json is never read as a dataset, so an interrupted write is never mistaken for a
-complete one, and the old dataset stays readable until the new one is.
+is atomic), the manifest is written last (also tmp + rename), and on overwrite the files
+the old manifest lists (and only those) are deleted after the new manifest is in place. A
+directory without dataset.json is never read as a dataset, so an interrupted write is never
+mistaken for a complete one, and the old dataset stays readable until the new one is.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -26,8 +25,6 @@ from data_loaders import schema
 from data_loaders.checks import check_observations
 from data_loaders.errors import DatasetError
 from data_loaders.manifest import DatasetManifest, ExtraFile, RegionSpec, ShardInfo
-
-_EXTRA_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def make_split(n_trials: int, valid_frac: float = 0.2, seed: int = 0) -> np.ndarray:
@@ -184,20 +181,50 @@ def _listing(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
     return fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
 
 
-def _check_target(fs: pafs.FileSystem, root: str, uri: str, overwrite: bool) -> set[str]:
-    """Refuse to clobber; return the relative paths already present (to avoid name clashes)."""
+def check_target(uri: str | os.PathLike, overwrite: bool) -> None:
+    """Fail at once, before any simulating or binning, where write_dataset would refuse."""
+    uri = os.fspath(uri)
+    _check_target(*dfs.resolve(uri), uri, overwrite)
+
+
+def _check_target(fs: pafs.FileSystem, root: str, uri: str,
+                  overwrite: bool) -> tuple[set[str], set[str]]:
+    """(relative paths present, the old dataset's own files that an overwrite replaces).
+
+    Only a complete dataset is replaced, and only the files its manifest lists are deleted:
+    a folder with other files, a write that never finished, or an unreadable dataset.json
+    is refused, since mrlfads cannot tell which of those files are its own."""
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
         raise DatasetError(f"{uri}: is a file; a dataset is a directory, choose another path")
     existing = {os.path.relpath(i.path, root) if dfs.is_local(fs) else i.path[len(root) + 1:]
                 for i in _listing(fs, root) if i.type == pafs.FileType.File}
-    if existing and not overwrite:
-        if schema.MANIFEST_NAME in existing:
+    if not existing:
+        return existing, set()
+    if schema.MANIFEST_NAME in existing:
+        if not overwrite:
             raise DatasetError(f"{uri}: a dataset already exists here ({schema.MANIFEST_NAME}); "
-                               "pass overwrite=True (--overwrite) to replace it, or choose another path")
-        raise DatasetError(f"{uri}: directory is not empty ({len(existing)} files, e.g. "
-                           f"{min(existing)!r}); choose an empty path or pass overwrite=True")
-    return existing
+                               "pass --overwrite to replace it, or choose another path")
+        try:
+            with fs.open_input_stream(dfs.join(root, schema.MANIFEST_NAME)) as f:
+                old = DatasetManifest.from_json(f.read(), source=schema.MANIFEST_NAME)
+        except (DatasetError, OSError) as e:
+            raise DatasetError(
+                f"{uri}: --overwrite refused, {schema.MANIFEST_NAME} there is not a valid "
+                f"mrlfads manifest ({e}), so which files are the dataset's is unknown; nothing "
+                "was deleted: remove the folder yourself or choose another path") from None
+        return existing, {s.path for s in old.shards} | {e.path for e in old.extras}
+    partial = sorted(r for r in existing if schema.is_writer_file(r))
+    if len(partial) == len(existing):
+        raise DatasetError(
+            f"{uri}: holds {len(partial)} file(s) of a dataset write that never finished (no "
+            f"{schema.MANIFEST_NAME}, e.g. {partial[0]!r}): a killed or failed run left them; "
+            "delete the folder or choose another path (--overwrite replaces only a complete "
+            "dataset)")
+    raise DatasetError(
+        f"{uri}: directory is not empty ({len(existing)} files, e.g. {min(existing)!r}) and "
+        f"holds no dataset ({schema.MANIFEST_NAME}); choose an empty path (--overwrite "
+        "replaces only a complete mrlfads dataset, never other files)")
 
 
 def _free_name(rel: str, taken: set[str], token: str) -> str:
@@ -255,11 +282,11 @@ def write_dataset(
     if fmt not in ("arrow", "parquet"):
         raise DatasetError(f"shard_format: {fmt!r} is not 'arrow' or 'parquet'")
     for key in extra_files or {}:
-        if not _EXTRA_NAME.match(key):
+        if not schema.EXTRA_NAME_RE.match(key):
             raise DatasetError(f"extra_files: {key!r} is not a plain file name (letters, digits, '_.-')")
 
     fs, root = dfs.resolve(uri)
-    taken = _check_target(fs, root, uri, overwrite)
+    taken, replaced = _check_target(fs, root, uri, overwrite)
     token = secrets.token_hex(4)
     local = dfs.is_local(fs)  # object stores have no directories: skip the marker objects
     if local:
@@ -286,9 +313,11 @@ def write_dataset(
     manifest = DatasetManifest(**{**draft.__dict__, "splits": splits, "shards": tuple(shards),
                                   "extras": tuple(extras)})
     _put(fs, dfs.join(root, schema.MANIFEST_NAME), manifest.to_json().encode())
-    # Only now is the old dataset unreachable: remove its shards/extras and stale temp files.
-    keep = {s.path for s in shards} | {e.path for e in extras} | {schema.MANIFEST_NAME}
-    for rel in taken - keep:
-        if rel.startswith((schema.SHARDS_DIR + "/", schema.EXTRAS_DIR + "/")):
-            fs.delete_file(dfs.join(root, rel))
+    # Only now is the old dataset unreachable: remove the files its manifest listed (names
+    # the manifest check allows: shards/part-*, extras/*), nothing else in the folder.
+    keep = {s.path for s in shards} | {e.path for e in extras}
+    for rel in sorted(replaced & taken - keep):
+        path = dfs.join(root, rel)
+        if dfs.inside(fs, root, path):
+            fs.delete_file(path)
     return manifest

@@ -116,7 +116,7 @@ def test_extra_files_and_provenance(tmp_path):
 
 def test_refuses_to_overwrite_without_flag(tmp_path):
     make_tiny_dataset(tmp_path / "d")
-    with pytest.raises(DatasetError, match="already exists.*overwrite=True"):
+    with pytest.raises(DatasetError, match="already exists.*pass --overwrite"):
         make_tiny_dataset(tmp_path / "d")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from data_loaders import fs as dfs
 from data_loaders import schema
-from data_loaders.errors import IngestError
+from data_loaders.errors import DatasetError, IngestError
 from data_loaders.manifest import DatasetManifest, RegionSpec
 from data_loaders.nwb import binning
 from data_loaders.nwb.options import IngestOptions
@@ -248,12 +247,13 @@ def _versions() -> dict:
 
 # -- output -----------------------------------------------------------------------------------
 def _check_out(out: str, overwrite: bool) -> None:
-    """Refuse an existing dataset early, before minutes of binning."""
-    fs, root = dfs.resolve(out)
-    info = fs.get_file_info(dfs.join(root, schema.MANIFEST_NAME))
-    if info.type != pafs.FileType.NotFound and not overwrite:
-        raise IngestError(f"{out}: a dataset already exists here; pass --overwrite to replace it "
-                          "or choose another --out")
+    """Refuse, before minutes of binning, any --out the writer would refuse after them."""
+    from data_loaders.writer import check_target
+
+    try:
+        check_target(out, overwrite)
+    except DatasetError as e:
+        raise IngestError(str(e)) from None
 
 
 def _write(out: str, overwrite: bool, **kwargs) -> DatasetManifest:

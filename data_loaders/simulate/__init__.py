@@ -33,12 +33,8 @@ def simulate(kind: str, *, out: str | os.PathLike, trials: int | None = None, se
 
 
 def check_out(out: str | os.PathLike, overwrite: bool) -> None:
-    """Fail before minutes of training if `out` already holds a dataset and overwrite is off."""
-    from data_loaders import fs as dfs
-    from data_loaders import schema
-    from data_loaders.errors import DatasetError
+    """Fail before minutes of training where the write would fail after them: a dataset
+    already there without overwrite, a folder of other files, or a killed run's leftovers."""
+    from data_loaders.writer import check_target
 
-    fs, root = dfs.resolve(out)
-    if not overwrite and fs.get_file_info(dfs.join(root, schema.MANIFEST_NAME)).type.name == "File":
-        raise DatasetError(f"{os.fspath(out)}: a dataset already exists here ({schema.MANIFEST_NAME}); "
-                           "pass --overwrite (overwrite=True) to replace it, or choose another --out")
+    check_target(out, overwrite)
