@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,34 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     return payload
 
 
+@contextmanager
+def restoring(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a state dict that does not fit (missing or foreign keys, wrong shapes, not a
+    dict) into a CheckpointError naming the file, instead of a traceback from torch."""
+    try:
+        yield
+    except (KeyError, RuntimeError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model ({type(exc).__name__}: {detail}); it "
+            "was written by another model or damaged: use another checkpoint from the run "
+            "directory") from None
+
+
+def run_config(payload: dict[str, Any], path: str | os.PathLike):
+    """The RunConfig saved in ``payload``, or a CheckpointError naming the file."""
+    from training.config import RunConfig
+
+    saved = payload.get("run_config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} holds no run config: it is not a checkpoint "
+                              "written by `mrlfads train` or `mrlfads sweep`")
+    try:
+        return RunConfig.from_dict(saved)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} holds no valid run config: {exc}") from None
+
+
 def rng_state() -> dict[str, Any]:
     """All RNG state as tensors/ints/lists so it loads under weights_only."""
     np_state = np.random.get_state()
@@ -99,9 +129,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     payload = load(path, map_location)
     try:
         model_cfg = from_dict(ModelConfig, payload["run_config"]["model"], where="checkpoint.model")
-    except (KeyError, ConfigError) as exc:
+    except (KeyError, TypeError, ConfigError) as exc:  # TypeError: a section is no mapping
         raise CheckpointError(f"checkpoint {path} holds no valid model config: {exc}") from exc
     model = MRLFADS(model_cfg)
-    model.load_state_dict(payload["model"])
+    with restoring(path):
+        model.load_state_dict(payload["model"])
     model.eval()
     return model, payload["run_config"], payload.get("manifest", {})

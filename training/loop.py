@@ -70,10 +70,12 @@ class Trainer:
         np.random.seed(run_cfg.train.seed)
         self._train: SplitTensors | None = None
         self._valid: SplitTensors | None = None
+        # data first: its shapes and values are checked against the manifest before a model
+        # sized from that manifest is allocated
+        stats = self.train_data.neuron_stats(counts=run_cfg.model.obs_model == "poisson")
         self.model = MRLFADS(run_cfg.model).to(self.device)
         # readouts, input scales and message baselines from the data (a restore overwrites)
-        self.model.init_from_data(
-            *self.train_data.neuron_stats(counts=run_cfg.model.obs_model == "poisson"))
+        self.model.init_from_data(*stats)
         t = run_cfg.train
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
@@ -251,9 +253,10 @@ class Trainer:
                         run_cfg: RunConfig | None = None) -> "Trainer":
         """Rebuild from a checkpoint; ``run_cfg`` (e.g. a trial's own) replaces the saved one."""
         state = ckpt.load(path, map_location="cpu")
-        cfg = run_cfg or RunConfig.from_dict(state["run_config"])
+        cfg = run_cfg or ckpt.run_config(state, path)
         trainer = cls(cfg, dataset, device=device)
-        trainer.load_state_dict(state)
+        with ckpt.restoring(path):
+            trainer.load_state_dict(state)
         if run_cfg is not None:
             # the restored param groups carry the saved lr: put this run's own back.
             trainer._sync_from_config()

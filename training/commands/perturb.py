@@ -28,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
 
 
-def parse_window(text: str, n_bins: int) -> tuple[int, int]:
+def parse_window(text: str, n_bins: int, first_bin: int = 0) -> tuple[int, int]:
+    """(start, stop) trial bins. ``first_bin`` is the model's ic_enc_seq_len: bins before it
+    only feed the initial-condition encoder, no message is sent there, so a window starting
+    earlier would report (partly or wholly) zero effect for bins it never changed."""
     try:
         start, stop = (int(v) for v in text.split(":"))
     except ValueError:
@@ -36,6 +39,12 @@ def parse_window(text: str, n_bins: int) -> tuple[int, int]:
     if not 0 <= start < stop <= n_bins:
         raise ValueError(f"--window {text!r}: need 0 <= START < STOP <= {n_bins} (the trial has "
                          f"{n_bins} bins)")
+    if start < first_bin:
+        raise ValueError(
+            f"--window {text!r}: bins 0-{first_bin - 1} feed the model's initial-condition "
+            f"encoder (ic_enc_seq_len={first_bin}) and carry no messages, so silencing there "
+            f"changes nothing; the first bin a window may start at is {first_bin} "
+            f"(e.g. --window {first_bin}:{n_bins})")
     return start, stop
 
 
@@ -58,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     names = list(cfg.model.region_names)
     if args.silence not in names:
         raise ValueError(f"--silence {args.silence!r}: not a region of the model; choose from {names}")
-    window = parse_window(args.window, m.n_bins)
+    window = parse_window(args.window, m.n_bins, cfg.model.ic_enc_seq_len)
     device = resolve_device(args.device)
     model.to(device)
     data = load_split(dataset, args.split, device)

@@ -67,7 +67,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.resume:
         # a resumed run keeps its own config (sizes, ramps); only --set / --epochs change it
-        saved = RunConfig.from_dict(ckpt.load(out / LAST)["run_config"])
+        state = ckpt.load(out / LAST)
+        saved = ckpt.run_config(state, out / LAST)
+        done = state.get("epoch")
+        if args.epochs is not None and isinstance(done, int) and args.epochs <= done:
+            raise ValueError(f"--epochs {args.epochs}: the run in {out} has already trained "
+                             f"{done} epochs; pass more than {done} to continue it")
         cfg = fit_ramps(saved.with_overrides(overrides), explicit=True)
         if args.config:
             print(f"note: --resume keeps the config saved in {out / LAST}; --config is ignored "
