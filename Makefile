@@ -6,7 +6,6 @@ STAMP  := $(VENV)/.installed
 
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
-export RAY_AUTH_MODE := disabled
 
 .PHONY: demo test test-fast venv clean
 

@@ -1,9 +1,10 @@
 """Shared Ray fixtures: ONE local Ray for the whole test session (start ~5 s / 700 MB).
 
 Load from tests/conftest.py with ``pytest_plugins = ["tests.ray_fixtures"]``. Token auth
-(on by default since Ray 2.59) is pinned off for tests: RAY_AUTH_MODE=disabled, so
-subprocess drivers joining the session cluster need no token. Tests that need their own
-cluster (ray.cluster_utils.Cluster) run it in a subprocess and never touch this one.
+(on by default since Ray 2.59) is turned off by ``ray_session`` only, for the session
+cluster: subprocess drivers joining it (``mrlfads sweep --address``) then need no token.
+Everything else keeps Ray's default. Tests that need their own cluster
+(ray.cluster_utils.Cluster) run it in a subprocess and never touch this one.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import os
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
@@ -22,6 +22,10 @@ RAY_CPUS = 2
 def ray_session():
     """A local Ray with 2 logical CPUs shared by every test that needs one; yields the GCS
     address so subprocess drivers (``mrlfads sweep --address``) can join it."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # inherited by the drivers that join it
+    from training.sweep import local_ray_on_loopback
+
+    local_ray_on_loopback()
     import ray
 
     if not ray.is_initialized():

@@ -29,8 +29,8 @@ def test_cluster_yaml_passes_rays_schema_validation(cluster_cfg):
 
 def test_cluster_yaml_starts_with_the_exact_commands():
     first = (ROOT / "cluster.yaml").read_text().splitlines()[0]
-    assert first.startswith("# ray up cluster.yaml")
-    assert "ray job submit --address http://localhost:8265" in first
+    assert first.startswith("# ray get-auth-token --generate && ray up cluster.yaml")
+    assert "RAY_AUTH_MODE=token ray job submit --address http://localhost:8265" in first
     assert "-- mrlfads sweep --data s3://" in first and "--storage s3://" in first
     assert "--address auto" in first
 
@@ -47,6 +47,15 @@ def test_cluster_has_a_cpu_head_and_1_and_4_gpu_workers_that_install_the_project
     assert sum(t.get("max_workers", 0) for t in types.values()) <= cluster_cfg["max_workers"]
     mounted = list(cluster_cfg["file_mounts"])[0]
     assert any(f"pip install -e {mounted}" in c for c in cluster_cfg["setup_commands"])
+
+
+def test_every_node_runs_ray_with_token_auth_and_no_public_dashboard(cluster_cfg):
+    """The token made on the user's machine goes to every node; nothing binds 0.0.0.0."""
+    assert cluster_cfg["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+    starts = cluster_cfg["head_start_ray_commands"] + cluster_cfg["worker_start_ray_commands"]
+    assert [c for c in starts if "ray start" in c and "RAY_AUTH_MODE=token ray start" not in c] == []
+    assert "0.0.0.0" not in (ROOT / "cluster.yaml").read_text()
+    assert "RAY_AUTH_MODE := disabled" not in (ROOT / "Makefile").read_text()
 
 
 @pytest.mark.slow

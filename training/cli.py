@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     set_openmp_wait_policy(args.command)
+    if args.command in SHARED_CPU_COMMANDS and not getattr(args, "address", None):
+        from training.sweep import local_ray_on_loopback
+
+        local_ray_on_loopback()  # before anything imports ray
     if not getattr(args, "_run", None):
         parser.print_help()
         return EXIT_USER_ERROR

@@ -232,8 +232,22 @@ def load_plan(storage: str | None, name: str) -> SweepPlan:
                          "--name and --storage (the values the sweep was started with)") from exc
 
 
+# Ray reads this once, when it is imported: "0" makes a local Ray take the loopback address
+# as its node address, so its GCS, raylet and workers listen on 127.0.0.1 only (by default
+# they listen on every interface). Token auth (Ray's default) stays on either way.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def local_ray_on_loopback() -> None:
+    """Keep the next local Ray on 127.0.0.1; call before ``ray`` is imported (the CLI does)."""
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
 def init_ray(address: str | None = None) -> None:
-    """Connect to ``address`` (auto | ray://HOST:PORT), or start a local Ray with no setup."""
+    """Connect to ``address`` (auto | ray://HOST:PORT), or start a local Ray with no setup,
+    on 127.0.0.1 (``local_ray_on_loopback``) and with Ray's token auth."""
+    if address is None:
+        local_ray_on_loopback()
     import ray
 
     if ray.is_initialized():

@@ -1,0 +1,51 @@
+"""The local Ray a sweep starts listens on 127.0.0.1 only, with Ray's token auth on.
+
+Runs in a subprocess: the session Ray of tests/ray_fixtures.py has auth off on purpose, and
+the loopback choice is read when ray is imported.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = r"""
+import json, os, subprocess, sys, psutil
+from training.sweep import init_ray
+init_ray()
+import ray
+gcs = ray.get_runtime_context().gcs_address
+tree = [psutil.Process()] + psutil.Process().children(recursive=True)
+pids = {p.pid: p.name() for p in tree}
+listen = sorted({(pids[c.pid][:24], c.laddr.ip) for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in pids})
+env = dict(os.environ, RAY_AUTH_MODE="disabled")
+status = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "status",
+                         "--address", gcs], env=env, capture_output=True, text=True, timeout=60)
+print(json.dumps({"gcs": gcs, "listen": listen, "no_token_rc": status.returncode,
+                  "no_token_out": (status.stdout + status.stderr)[-400:]}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow  # ~30 s: a Ray start, and a refused client that retries
+def test_local_ray_binds_loopback_and_refuses_a_client_without_the_token():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["gcs"].startswith("127.0.0.1:")
+    assert got["listen"], "the probe found no listening Ray process"
+    public = [(name, ip) for name, ip in got["listen"]
+              if ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert public == []
+    assert got["no_token_rc"] != 0 and "auth" in got["no_token_out"].lower(), got["no_token_out"]
