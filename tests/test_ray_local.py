@@ -1,4 +1,5 @@
-"""The local Ray a sweep starts listens on 127.0.0.1 only, with Ray's token auth on.
+"""The local Ray a sweep starts listens on 127.0.0.1 only, with Ray's token auth on, and
+SIGTERM still takes the Ctrl-C path after ray.init.
 
 Runs in a subprocess: the session Ray of tests/ray_fixtures.py has auth off on purpose, and
 the loopback choice is read when ray is imported.
@@ -17,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = r"""
 import json, os, subprocess, sys, psutil
+from training.signals import installed, interrupt_on_termination
 from training.sweep import init_ray
+interrupt_on_termination()  # as the CLI does
 init_ray()
 import ray
 gcs = ray.get_runtime_context().gcs_address
@@ -28,7 +31,8 @@ listen = sorted({(pids[c.pid][:24], c.laddr.ip) for c in psutil.net_connections(
 env = dict(os.environ, RAY_AUTH_MODE="disabled")
 status = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "status",
                          "--address", gcs], env=env, capture_output=True, text=True, timeout=60)
-print(json.dumps({"gcs": gcs, "listen": listen, "no_token_rc": status.returncode,
+print(json.dumps({"sigterm_is_ours": installed(), "gcs": gcs, "listen": listen,
+                  "no_token_rc": status.returncode,
                   "no_token_out": (status.stdout + status.stderr)[-400:]}))
 ray.shutdown()
 """
@@ -44,6 +48,7 @@ def test_local_ray_binds_loopback_and_refuses_a_client_without_the_token():
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["gcs"].startswith("127.0.0.1:")
+    assert got["sigterm_is_ours"]  # ray.init's own SIGTERM handler did not replace Ctrl-C's path
     assert got["listen"], "the probe found no listening Ray process"
     public = [(name, ip) for name, ip in got["listen"]
               if ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]

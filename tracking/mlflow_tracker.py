@@ -19,6 +19,7 @@ from typing import Any
 
 from tracking.errors import TrackingError
 from tracking.interface import PARENT_TAG, Tracker, check_status, param_str
+from tracking.liveness import owner_tags
 from tracking.redact import redact_text, redact_uri
 from tracking.outbox import Delivery, Outbox, is_outage, new_pending_key
 from tracking.store import resolve_tracking_uri
@@ -106,7 +107,9 @@ class MlflowTracker(Tracker):
                 f"run {self.active_run_id} is still active on this tracker: end_run() it first, "
                 "or use another tracker for a second run")
         self._experiment = experiment
-        str_tags = {k: param_str(v) for k, v in (tags or {}).items()}
+        # host + pid of the process logging: a later process ends the run as KILLED once
+        # that process is gone (tracking/liveness.py)
+        str_tags = {**owner_tags(), **{k: param_str(v) for k, v in (tags or {}).items()}}
         if run_id is not None:
             self._run_id = run_id
             self._params = self._existing_params(run_id)
@@ -122,6 +125,11 @@ class MlflowTracker(Tracker):
                           "parent": parent_run_id, "start_time": _now_ms()})
         self._start_system_metrics(resume=run_id is not None)
         return self.active_run_id  # type: ignore[return-value]
+
+    @property
+    def logged_params(self) -> dict[str, str]:
+        """The params the active run holds (a reopened run's earlier ones included)."""
+        return dict(self._params)
 
     def _existing_params(self, run_id: str) -> dict[str, str]:
         try:

@@ -3,7 +3,8 @@
 Why a module: ``mrlfads ui`` and the tests both need a server over the project's store that
 is healthy before anyone talks to it (~30 s to start here) and that really goes away when
 stopped (its workers outlive a SIGTERM by ~50 s), so it runs in its own process group and
-the whole group is killed.
+the whole group is killed, and under ``tracking.server_guard``, which kills that group when
+the process that started the server dies, even by SIGKILL.
 """
 from __future__ import annotations
 
@@ -91,11 +92,14 @@ def start_server(backend_store_uri: str, artifacts_destination: str | os.PathLik
     dest.mkdir(parents=True, exist_ok=True)
     log_file = Path(log_path) if log_path else dest.parent / f"mlflow-server-{port}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
-           "--artifacts-destination", str(dest), "--host", host, "--port", str(port),
-           "--workers", str(workers)]
+    guard = [sys.executable, "-m", "tracking.server_guard", str(os.getpid()), "--"]
+    cmd = guard + [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                   backend_store_uri, "--artifacts-destination", str(dest), "--host", host,
+                   "--port", str(port), "--workers", str(workers)]
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
     env.pop("MLFLOW_TRACKING_URI", None)
+    root = str(Path(__file__).resolve().parents[1])  # the guard's module, from any cwd
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)

@@ -14,6 +14,7 @@ import os
 import sys
 
 from tracking.redact import credentials_to_env, redact_text
+from training.signals import interrupt_on_termination
 
 # Order is the order shown in --help.
 COMMANDS = ["demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb", "ui", "import_metrics"]
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    interrupt_on_termination()  # SIGTERM/SIGHUP end like Ctrl-C (training/signals.py)
     try:
         credentials_off_the_command_line(args)
         return int(args._run(args) or 0)

@@ -252,8 +252,13 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    from training.signals import installed, interrupt_on_termination
+
+    ours = installed()
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              configure_logging=True, logging_level="WARNING")
+    if ours:  # ray.init replaces the SIGTERM handler; keep SIGTERM on Ctrl-C's path
+        interrupt_on_termination()
 
 
 def reporter(plan: SweepPlan):

@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override one config field, e.g. --set train.lr=1e-3 (repeatable; "
                    "values are read as YAML 1.2: 1e-3, .5, true, null, [1, 2])")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: train.device)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (and "
+                   "its MLflow run, named in OUT/tracking.json)")
     p.add_argument("--smoke-test", action="store_true", help="tiny model and few epochs")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI "
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from training.config import RunConfig, fit_ramps, load_config_file
     from training.fit import LAST, fit
     from training.loop import NonFiniteLossError, Trainer
-    from training.tracking_glue import open_run_tracker
+    from training.tracking_glue import open_run_tracker, save_run_id
 
     dataset = ArrowDataset.open(args.data)
     overrides = parse_sets(args.set)
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                                     smoke_test=args.smoke_test)
         trainer = Trainer(cfg, dataset)
     tracker = None if args.no_tracking else open_run_tracker(
-        args.experiment, out.name, cfg, dataset.manifest, args.tracking_uri, out)
+        args.experiment, out.name, cfg, dataset.manifest, args.tracking_uri, out,
+        resume=args.resume)
     status = "FINISHED"
     try:
         metrics = fit(trainer, out, tracker=tracker, progress=not args.quiet)
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         if tracker is not None:
+            save_run_id(tracker, out)  # the real id, if the run was created during an outage
             tracker.end_run(status=status)
     print(f"done: {trainer.epoch} epochs, objective {metrics.get('objective', float('nan')):.4g}; "
           f"checkpoints in {out} (best.pt, last.pt), metrics in {out / 'metrics.jsonl'}")

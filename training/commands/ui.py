@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from tracking.store import artifact_root_for, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    _end_dead_runs(uri)
     if uri.startswith(("http://", "https://")):
         print(f"the tracking store is already a server: open {redact_uri(uri)}")
         return 0
@@ -40,3 +41,20 @@ def run(args: argparse.Namespace) -> int:
                             f"its log: {server.log_path}")
     finally:
         server.stop()
+
+
+def _end_dead_runs(uri: str) -> None:
+    """Runs left RUNNING by a process that is gone show as KILLED (tracking/liveness.py)."""
+    from mlflow.tracking import MlflowClient
+
+    from tracking.liveness import end_dead_runs
+    from tracking.outbox import is_outage
+
+    try:
+        ended = end_dead_runs(MlflowClient(uri))
+    except Exception as exc:  # noqa: BLE001 - the UI still opens over a store it cannot fix
+        if not is_outage(exc):
+            raise
+        return
+    if ended:
+        print(f"{len(ended)} run(s) whose process is gone are now KILLED")
