@@ -141,3 +141,26 @@ def test_ui_server_dies_with_ui_on_sigterm_and_on_sigkill(tmp_path):
     proc.kill()  # no handler runs: the guard sees its parent die
     proc.wait(timeout=30)
     _wait_for(lambda: not _group(pgid), 20, "the server's processes to end after SIGKILL")
+
+
+@pytest.mark.slow  # one `mlflow server` start (~30-50 s here)
+@pytest.mark.timeout(300)
+def test_a_server_started_from_a_thread_outlives_the_thread(tmp_path):
+    """The guard follows the process, not the thread that started it (the PBT outage test
+    restarts its server from a thread that then ends)."""
+    import threading
+
+    from tracking.server import start_server
+    from tracking.store import default_tracking_uri
+
+    uri = default_tracking_uri(tmp_path / "store")
+    box = []
+    worker = threading.Thread(target=lambda: box.append(start_server(uri, tmp_path / "art")))
+    worker.start()
+    worker.join(timeout=240)
+    (server,) = box
+    try:
+        time.sleep(2.0)  # a guard tied to the thread ends its group at once; polling: 0.5 s
+        assert server.healthy(), "the server died with the thread that started it"
+    finally:
+        server.stop()
