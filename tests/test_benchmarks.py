@@ -60,4 +60,9 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
     assert set(scores) == set(grid.COLUMNS)
     assert -1.0 <= scores["effectome_cut_cosine"] <= 1.0 and scores["effectome_cut_separation"] > 0
     row = {"dataset": "random-0", "arm": "defaults", "metrics": scores, "ceilings": ceil}
-    assert "| random-0 | defaults | 1 |" in grid.table([row])
+    line = next(x for x in grid.table([row]).splitlines() if x.startswith("| random-0"))
+    # one run: its values, no spread
+    assert line.startswith("| random-0 | defaults | 1 | ") and "±" not in line
+    assert f"| {scores['effectome_cut_cosine']:.3f} |" in line
+    two = grid.table([row, {**row, "metrics": {**scores, "co_bps": scores["co_bps"] + 0.02}}])
+    assert f"{scores['co_bps'] + 0.01:.3f} ± 0.010" in two  # mean and std over the runs

@@ -149,8 +149,12 @@ def table(rows: list[dict]) -> str:
             cells = []
             for c in COLUMNS:
                 v = np.array([r["metrics"][c] for r in sel], dtype=float)
-                cells.append(f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}" if np.isfinite(v).any()
-                             else "n/a")
+                if not np.isfinite(v).any():
+                    cells.append("n/a")
+                elif len(v) == 1:  # one run: no spread to show
+                    cells.append(f"{v[0]:.3f}")
+                else:
+                    cells.append(f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}")
             ceil = sel[0]["ceilings"]
             bounds = f" | {ceil['decoder_message_r2']:.3f} | {ceil['true_rates_co_bps']:.3f} |"
             lines.append(f"| {name} | {arm} | {len(sel)} | " + " | ".join(cells) + bounds)
