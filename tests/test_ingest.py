@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -155,9 +156,10 @@ def test_manifest_records_sources_and_options_to_repeat_exactly(nwb, tmp_path):
     m = ingest([nwb], tmp_path / "d1", o)
     src = m.provenance["sources"][0]
     assert src["sha256"] == sha256_file(nwb) and src["trial_ids"] == [0, 1, 2]
+    assert (src["name"], src["size"]) == ("s1.nwb", os.path.getsize(nwb)) and "path" not in src
     again = IngestOptions(**json.loads(json.dumps(m.provenance["options"])))
     assert again == o
-    m2 = ingest([src["path"]], tmp_path / "d2", again)
+    m2 = ingest([tmp_path / src["name"]], tmp_path / "d2", again)
     a1, a2 = ArrowDataset.open(tmp_path / "d1").arrays(), ArrowDataset.open(tmp_path / "d2").arrays()
     assert m2.regions == m.regions and m2.splits == m.splits
     for col in a1:

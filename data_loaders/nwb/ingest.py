@@ -6,7 +6,7 @@ as for chronic recordings of the same units. Sessions with different units are d
 datasets: ingest them separately. A mismatch is an IngestError naming files and regions.
 Trial ids: one file keeps its NWB trial ids; with several, file k's ids are shifted by the
 sum over earlier files of (their max id + 1), so ids stay unique and traceable
-(provenance.sources lists each file's original ids).
+(provenance.sources lists each file's name, size, sha256 and original ids).
 """
 from __future__ import annotations
 
@@ -218,10 +218,13 @@ def _trial_columns(plans: list[FilePlan], o: IngestOptions) -> dict:
 
 
 def _source(p: FilePlan, k: int, layouts: list[RegionLayout]) -> dict:
-    """What file `k` contributed: checksum, trials, and the unit ids behind each column."""
+    """What file `k` contributed: checksum, trials, and the unit ids behind each column.
+    The file is named, not located: the manifest is shared, and an absolute path would show
+    the user's directories; name, size and sha256 find the file wherever a copy lives."""
     return {
-        "path": os.path.abspath(p.path),
+        "name": os.path.basename(p.path),
         "sha256": sha256_file(p.path),
+        "size": os.path.getsize(p.path),
         "n_trials": len(p.trial_ids),
         "trial_ids": p.trial_ids.tolist(),
         "unit_ids": {L.name: p.unit_ids[L.rows[k]].tolist() for L in layouts},
@@ -229,8 +232,12 @@ def _source(p: FilePlan, k: int, layouts: list[RegionLayout]) -> dict:
 
 
 def _options_dict(o: IngestOptions) -> dict:
-    """JSON-ready options (tuples as lists): IngestOptions(**d) repeats the ingest."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(o).items()}
+    """JSON-ready options (tuples as lists): IngestOptions(**d) repeats the ingest. The
+    region map file is kept by name (its contents are in provenance.region_map)."""
+    d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(o).items()}
+    if d.get("region_map") is not None:
+        d["region_map"] = os.path.basename(d["region_map"])
+    return d
 
 
 def _versions() -> dict:
