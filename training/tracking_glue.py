@@ -33,7 +33,8 @@ RUN_FILE = "tracking.json"  # in the run directory: which MLflow run --resume re
 def open_run_tracker(experiment: str, run_name: str, run_cfg: Any, manifest: Any,
                      tracking_uri: str | None = None, out_dir: str | Path | None = None,
                      resume: bool = False) -> Tracker:
-    """Start an MLflow run for one training run and log its config and dataset manifest.
+    """Start an MLflow run for one training run and log its config and dataset manifest,
+    with the data named by folder name and manifest digest (``data.digest``), not its path.
 
     The run id is kept in ``out_dir/tracking.json``; ``resume`` reopens that run (a run
     killed with SIGKILL included) instead of starting a second one. Runs of this host whose
@@ -42,6 +43,8 @@ def open_run_tracker(experiment: str, run_name: str, run_cfg: Any, manifest: Any
     from tracking.liveness import end_dead_runs
     from tracking.mlflow_tracker import MlflowTracker
     from tracking.outbox import is_outage
+    from tracking.shareable import (DIGEST_PARAM, DIGEST_TAG, manifest_digest, shared_manifest,
+                                    shared_run_config)
 
     outbox = Path(out_dir) / "outbox.jsonl" if out_dir is not None else None
     tracker = MlflowTracker(tracking_uri, outbox_path=outbox, system_metrics=True)
@@ -50,8 +53,12 @@ def open_run_tracker(experiment: str, run_name: str, run_cfg: Any, manifest: Any
     except Exception as exc:  # noqa: BLE001 - an unreachable store must not stop training
         if not is_outage(exc):
             raise
+    # what leaves the machine names the data by folder name + manifest digest, never by a
+    # local path (tracking/shareable.py); the run directory's checkpoints keep the real path
+    shared_cfg = shared_run_config(run_cfg.to_dict())
+    digest = manifest_digest(manifest.to_dict())
     tags = {"mrlfads.kind": "train", "mrlfads.git_revision": git_revision(),
-            "mrlfads.dataset": manifest.name}
+            "mrlfads.dataset": manifest.name, DIGEST_TAG: digest}
     earlier = _saved_run(out_dir, tracker.tracking_uri) if resume else None
     try:
         tracker.start_run(run_name, experiment=experiment, tags=tags, run_id=earlier)
@@ -60,15 +67,15 @@ def open_run_tracker(experiment: str, run_name: str, run_cfg: Any, manifest: Any
         tracker = MlflowTracker(tracking_uri, outbox_path=outbox, system_metrics=True)
         tracker.start_run(run_name, experiment=experiment, tags=tags)
     save_run_id(tracker, out_dir)
-    flat = flatten(run_cfg.to_dict())
+    flat = {**flatten(shared_cfg), DIGEST_PARAM: digest}
     old = tracker.logged_params
     changed = {k: v for k, v in flat.items() if k in old and old[k] != param_str(v)}
     if changed:  # params cannot change: what --resume --set changed goes in a tag
         tracker.set_tags({"mrlfads.resumed_with": json.dumps(changed, default=str)})
     tracker.log_params({k: v for k, v in flat.items() if k not in changed})
     with tempfile.TemporaryDirectory() as tmp:
-        for name, payload in (("run_config.json", run_cfg.to_dict()),
-                              ("dataset.json", manifest.to_dict())):
+        for name, payload in (("run_config.json", shared_cfg),
+                              ("dataset.json", shared_manifest(manifest.to_dict()))):
             path = Path(tmp) / name
             path.write_text(json.dumps(payload, indent=2))
             tracker.log_artifact(str(path))
