@@ -10,9 +10,12 @@ per-region tensors, which a pyfunc signature cannot express, so the wrapper take
 
 (``mlflow.pyfunc.load_model(uri).predict(np_array)`` works.) The checkpoint itself, the run
 config and the dataset manifest travel inside the model as extra files, so
-``download_checkpoint`` gives back the exact file ``training.checkpoint.load_model`` reads.
-Versions are tagged with the checkpoint's sha256: promoting the same checkpoint again only
-re-points the alias.
+``download_checkpoint`` gives back a file ``training.checkpoint.load_model`` reads. Those
+copies name the dataset by folder name and manifest digest (tag ``mrlfads.dataset_digest``),
+never by a local path (tracking/shareable.py): the checkpoint copy is rewritten when its run
+config or manifest held one, so `infer` and `perturb` take the data from ``--data``.
+Versions are tagged with the trial checkpoint's sha256: promoting the same checkpoint again
+only re-points the alias.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import torch
 from mrlfads.ramps import selectable
 from tracking.errors import TrackingError
 from tracking.redact import redact_uri
+from tracking.shareable import DIGEST_TAG, manifest_digest, shared_manifest, shared_run_config
 from tracking.store import resolve_tracking_uri
 
 SHA_TAG = "mrlfads.checkpoint_sha256"
@@ -187,7 +191,8 @@ def _log_and_register(client, sweep, best, model, run_cfg, manifest, checkpoint_
     name = model_name(sweep)
     source = _log_model(best, model, run_cfg, manifest, checkpoint_file, sha)
     tags = {SHA_TAG: sha, "mrlfads.sweep": sweep, "mrlfads.trial_id": best.trial_id,
-            "mrlfads.metric": best.metric, f"metric.{best.metric}": repr(best.value)}
+            "mrlfads.metric": best.metric, f"metric.{best.metric}": repr(best.value),
+            DIGEST_TAG: manifest_digest(manifest)}
     tags.update({f"metric.{k}": repr(best.metrics[k]) for k in KEY_METRICS if k in best.metrics})
     import mlflow
 
@@ -238,12 +243,14 @@ def _log_model(best: BestTrial, model, run_cfg, manifest, checkpoint_file, sha) 
     example = torch.zeros(2, T, width)  # (B, T, sum N): a shape, not data
     sig = infer_signature(example.numpy(), wrapped(example).numpy())
     regions = [r["name"] for r in run_cfg["model"]["regions"]]
+    digest = manifest_digest(manifest)
     with tempfile.TemporaryDirectory() as tmp:
         files = []
-        for fname, obj in ((RUN_CONFIG_FILE, run_cfg), (MANIFEST_FILE, manifest)):
+        for fname, obj in ((RUN_CONFIG_FILE, shared_run_config(run_cfg)),
+                           (MANIFEST_FILE, shared_manifest(manifest))):
             (Path(tmp) / fname).write_text(json.dumps(obj, indent=2, default=str))
             files.append(str(Path(tmp) / fname))
-        files.append(str(shutil.copy(checkpoint_file, Path(tmp) / "checkpoint.pt")))
+        files.append(_shared_checkpoint(checkpoint_file, Path(tmp) / "checkpoint.pt"))
         with mlflow.start_run(run_id=best.run_id, nested=mlflow.active_run() is not None):
             info = mlflow.pytorch.log_model(
                 wrapped, name=f"model-{sha[:12]}", signature=sig, extra_files=files,
@@ -254,9 +261,23 @@ def _log_model(best: BestTrial, model, run_cfg, manifest, checkpoint_file, sha) 
                           "ext_sizes": wrapped.ext_sizes, "obs_model": run_cfg["model"].get("obs_model"),
                           "input": "(B, T, sum N_heldin [+ sum ext_dim]) regions in order",
                           "output": "(B, T - ic_enc_seq_len, sum N_heldin) posterior-mean rates",
-                          "dataset": manifest.get("name"), SHA_TAG: sha,
+                          "dataset": manifest.get("name"), "dataset_digest": digest,
+                          SHA_TAG: sha,
                           "trial_id": best.trial_id})
     return info.model_uri
+
+
+def _shared_checkpoint(src: str | os.PathLike, dst: Path) -> str:
+    """``src`` copied to ``dst``, rewritten (run config and manifest through
+    tracking/shareable.py) when they record a local path; byte for byte otherwise."""
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    cfg, man = payload.get("run_config"), payload.get("manifest")
+    new_cfg = shared_run_config(cfg) if isinstance(cfg, dict) else cfg
+    new_man = shared_manifest(man) if isinstance(man, dict) else man
+    if new_cfg == cfg and new_man == man:
+        return str(shutil.copy(src, dst))
+    torch.save({**payload, "run_config": new_cfg, "manifest": new_man}, dst)
+    return str(dst)
 
 
 # -- resolving models:/ URIs ---------------------------------------------------------------
