@@ -38,6 +38,8 @@ from tracking import figures
 from tracking.interface import Tracker, flatten
 from tracking.lineage import best_trial, changed, last_policy_line, lineage, orig_tag
 from tracking.redact import redact_text, redact_uri, same_store_from_env
+from tracking.shareable import (DIGEST_PARAM, contract_home, home_relative, manifest_digest,
+                                shared_manifest, shared_run_config, shared_uri)
 
 log = logging.getLogger(__name__)
 OUTBOX_NAME = "tracking-outbox.jsonl"
@@ -78,7 +80,13 @@ def _safe(hook):
 
 
 def _params(flat: Mapping[str, Any]) -> dict[str, str]:
-    return {metric_key(k)[:250]: _param_value(v) for k, v in flat.items()}
+    return {metric_key(k)[:250]: _param_value(_shared(k, v)) for k, v in flat.items()}
+
+
+def _shared(key: str, value: Any) -> Any:
+    """A ``*.uri`` value (the trials' ``run.data.uri``) as a dataset name, never a local path
+    (tracking/shareable.py)."""
+    return shared_uri(value) if isinstance(value, str) and key.endswith("uri") else value
 
 
 def _param_value(v: Any) -> str:
@@ -217,7 +225,9 @@ class MlflowTuneCallback(LoggerCallback):
             run_id=self.run_ids.get(tid),
             tags={ROLE: "trial", SWEEP: self.sweep, TRIAL_ID: tid,
                   "mrlfads.experiment_tag": orig_tag(trial.experiment_tag or "")})
-        t.log_params(_params(config))
+        ds = self.sweep_info.get("dataset")
+        digest = ds.get("digest") if isinstance(ds, Mapping) else None
+        t.log_params({**_params(config), **({DIGEST_PARAM: digest} if digest else {})})
 
     def _hp(self, flat_config: Mapping[str, Any]) -> dict[str, float]:
         names = self.hparams if self.hparams is not None else {
@@ -283,7 +293,8 @@ class MlflowTuneCallback(LoggerCallback):
         ckpt = getattr(trial, "checkpoint", None)
         path = getattr(ckpt, "path", None)
         if path:
-            t.set_tags({"mrlfads.checkpoint": path, "mrlfads.checkpoint_epoch": step})
+            # promote finds the checkpoint on this machine; others see ~, not the home path
+            t.set_tags({"mrlfads.checkpoint": home_relative(path), "mrlfads.checkpoint_epoch": step})
 
     @_safe
     def log_trial_save(self, trial) -> None:
@@ -300,7 +311,7 @@ class MlflowTuneCallback(LoggerCallback):
         try:
             self._trial_figures(tid, t)
             if failed:
-                text = self._error_text(trial)
+                text = contract_home(self._error_text(trial))
                 t.set_tags({"mrlfads.error": text[-4000:], "mrlfads.error_cause": _cause(text)})
                 path = Path(self._tmp.name, tid, "error.txt")
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -440,9 +451,15 @@ def sweep_callbacks(plan, *, tracking_uri: str | None = None) -> list[MlflowTune
     manifest = _read_manifest((plan.run.get("data") or {}).get("uri"))
     regions = [r["name"] for r in (plan.run.get("model") or {}).get("regions", [])] or [
         r["name"] for r in manifest.get("regions", [])]
-    info = {"search_space": space.to_dict(), "config": plan.run, "dataset": manifest,
+    # the parent run names the data by folder name + manifest digest, not its local path
+    shared = shared_manifest(manifest)
+    if len(manifest) > 1:  # more than the uri: the manifest was read
+        shared["digest"] = manifest_digest({k: v for k, v in manifest.items() if k != "uri"})
+    info = {"search_space": space.to_dict(), "config": shared_run_config(plan.run),
+            "dataset": shared,
             "sweep": {"name": plan.name, "kind": space.kind, "burn_in": plan.burn_in,
-                      "storage": plan.experiment_path, "smoke_test": plan.smoke_test}}
+                      "storage": home_relative(plan.experiment_path),
+                      "smoke_test": plan.smoke_test}}
     return [MlflowTuneCallback(
         plan.name, tracking_uri=tracking_uri, metric=sched.metric, mode=sched.mode,
         sweep_info=info, hparams={f"{key}.{p}": p for p in sorted(searched)}, regions=regions,

@@ -21,9 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @contextlib.contextmanager
 def local_checkpoint(path: str):
-    """A local checkpoint file for a Tune checkpoint directory (local or s3://...)."""
+    """A local checkpoint file for a Tune checkpoint directory (local or s3://...). A path
+    under the home directory is tagged ``~/...`` (tracking/shareable.py)."""
     from training.checkpoint import CHECKPOINT_NAME
 
+    path = os.path.expanduser(path) if path.startswith("~") else path
     if os.path.isfile(path):
         yield path
     elif "://" not in path or path.startswith("file://"):
