@@ -1,10 +1,14 @@
 """make_tiny_dataset: a small valid dataset for other packages' tests (seconds to write)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from data_loaders import schema
 from data_loaders.reader import ArrowDataset
@@ -48,3 +52,23 @@ def make_tiny_dataset(
         provenance={"generator": "data_loaders.testing.make_tiny_dataset", "seed": seed},
     )
     return ArrowDataset.open(path)
+
+
+def rewrite_shard(root: str | os.PathLike, index: int,
+                  fn: Callable[[pa.Table], pa.Table]) -> str:
+    """Replace shard ``index`` of the dataset at ``root`` with ``fn(table)`` and fix its
+    checksum in dataset.json, so that only ``fn``'s change is wrong (for tests of what the
+    reader and training check beyond the checksum). Returns the shard's path."""
+    root = Path(root)
+    data = json.loads((root / "dataset.json").read_text())
+    shard = root / data["shards"][index]["path"]
+    with pa.memory_map(str(shard)) as src:
+        table = pa.ipc.open_file(src).read_all()
+    table = fn(table)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    shard.write_bytes(sink.getvalue().to_pybytes())
+    data["shards"][index]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    (root / "dataset.json").write_text(json.dumps(data))
+    return str(shard)

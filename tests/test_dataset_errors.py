@@ -1,7 +1,6 @@
 """Every user-facing dataset error: names the file (and column/key) and says what to do."""
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 
 from data_loaders.errors import DatasetError, IngestError
 from data_loaders.reader import ArrowDataset
-from data_loaders.testing import make_tiny_dataset
+from data_loaders.testing import make_tiny_dataset, rewrite_shard
 from data_loaders.torch_data import TrialDataset
 from data_loaders.writer import write_dataset
 
@@ -26,22 +25,6 @@ def _edit_manifest(root, fn):
     data = json.loads(path.read_text())
     fn(data)
     path.write_text(json.dumps(data))
-
-
-def _rewrite_shard(root, index, fn):
-    """Replace shard `index` with fn(table) and fix its checksum so only fn's change is wrong."""
-    data = json.loads((root / "dataset.json").read_text())
-    shard = root / data["shards"][index]["path"]
-    with pa.memory_map(str(shard)) as src:
-        table = pa.ipc.open_file(src).read_all()
-    table = fn(table)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema) as w:
-        w.write_table(table)
-    shard.write_bytes(sink.getvalue().to_pybytes())
-    data["shards"][index]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
-    (root / "dataset.json").write_text(json.dumps(data))
-    return str(shard)
 
 
 def _tensor(arr):
@@ -96,7 +79,7 @@ def test_checksum_mismatch_names_the_file(tiny):
 
 
 def test_shard_missing_a_column(tiny):
-    path = _rewrite_shard(tiny, 0, lambda t: t.drop_columns(["x/B"]))
+    path = rewrite_shard(tiny, 0, lambda t: t.drop_columns(["x/B"]))
     with pytest.raises(DatasetError, match=rf"{path}: column 'x/B' is missing"):
         ArrowDataset.open(tiny).arrays("train", ["x/B"])
 
@@ -106,7 +89,7 @@ def test_shard_with_wrong_tensor_shape(tiny):
         x = t.column("x/A").chunks[0].to_numpy_ndarray()  # (8, 12, 4)
         i = t.schema.get_field_index("x/A")
         return t.set_column(i, "x/A", _tensor(np.concatenate([x, x[..., :1]], axis=-1)))
-    path = _rewrite_shard(tiny, 0, widen)
+    path = rewrite_shard(tiny, 0, widen)
     with pytest.raises(DatasetError, match=rf"{path}: column 'x/A' has shape \(12, 5\).*\(12, 4\)"):
         ArrowDataset.open(tiny).arrays("train")
 
@@ -126,7 +109,7 @@ def test_bad_poisson_counts_in_a_shard(tiny, bad, what):
         x = t.column("x/B").chunks[0].to_numpy_ndarray().copy()
         x[2, 5, 1] = bad
         return t.set_column(t.schema.get_field_index("x/B"), "x/B", _tensor(x))
-    path = _rewrite_shard(tiny, 0, poison)
+    path = rewrite_shard(tiny, 0, poison)
     ds = ArrowDataset.open(tiny)
     with pa.memory_map(path) as src:
         trial = int(pa.ipc.open_file(src).read_all().column("trial_id")[2].as_py())
@@ -156,7 +139,7 @@ def test_nan_in_gaussian_shard(tmp_path):
         x = t.column("x/A").chunks[0].to_numpy_ndarray().copy()
         x[0, 0, 0] = np.nan
         return t.set_column(t.schema.get_field_index("x/A"), "x/A", _tensor(x))
-    path = _rewrite_shard(tmp_path / "g", 3, poison)
+    path = rewrite_shard(tmp_path / "g", 3, poison)
     with pytest.raises(DatasetError, match=rf"{path}: column 'x/A' has NaN"):
         ArrowDataset.open(tmp_path / "g").validate()
 

@@ -3,15 +3,15 @@ checksum matches, a manifest's sizes, a checkpoint's state dict and numeric flag
 input is one line naming it and exit code 2, never a traceback, a NaN loss or a silent 0."""
 from __future__ import annotations
 
-import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
-from data_loaders.testing import make_tiny_dataset
+from data_loaders.testing import make_tiny_dataset, rewrite_shard
 from training import checkpoint as ckpt
 from training.cli import main
 
@@ -33,22 +33,19 @@ def _train(data, out, *extra):
 
 
 def _poison_shard(root, index, col, row, value):
-    """Set one entry of `col` in shard `index` and fix the manifest's checksum to match."""
-    data = json.loads((root / "dataset.json").read_text())
-    shard = root / data["shards"][index]["path"]
-    with pa.memory_map(str(shard)) as src:
-        table = pa.ipc.open_file(src).read_all()
-    x = table.column(col).chunks[0].to_numpy_ndarray().copy()
-    x[row, 5, 1] = value
-    arr = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(x))
-    table = table.set_column(table.schema.get_field_index(col), col, arr)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema) as w:
-        w.write_table(table)
-    shard.write_bytes(sink.getvalue().to_pybytes())
-    data["shards"][index]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
-    (root / "dataset.json").write_text(json.dumps(data))
-    return data["shards"][index]["path"], int(table.column("trial_id")[row].as_py())
+    """Set one entry of `col` in shard `index` and fix the manifest's checksum to match;
+    returns the shard's path in the manifest and the poisoned trial's id."""
+    trial = []
+
+    def poison(table):
+        x = table.column(col).chunks[0].to_numpy_ndarray().copy()
+        x[row, 5, 1] = value
+        arr = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(x))
+        trial.append(int(table.column("trial_id")[row].as_py()))
+        return table.set_column(table.schema.get_field_index(col), col, arr)
+
+    shard = rewrite_shard(root, index, poison)
+    return str(Path(shard).relative_to(root)), trial[0]
 
 
 @pytest.mark.parametrize("value,what", [(np.nan, "NaN or infinite values"),
