@@ -16,14 +16,20 @@ from training.loop import Trainer
 CONFIG = Path(__file__).resolve().parents[1] / "benchmarks" / "science" / "reduced_ring.yaml"
 
 
-@pytest.mark.slow
-def test_reduced_memory_ring_effectome_cosine(tmp_path):
-    simulate("memory-ring", out=tmp_path / "ring", trials=320, n_bins=60, n_units=16, seed=0)
+def _fit_reduced_ring(tmp_path, **simulate_kw) -> list[dict[str, float]]:
+    """Simulate the reduced memory ring (320 trials of 60 bins, seed 0) and train
+    reduced_ring.yaml on it for 25 epochs; returns every epoch's metrics."""
+    simulate("memory-ring", out=tmp_path / "ring", trials=320, n_bins=60, seed=0, **simulate_kw)
     ds = ArrowDataset.open(tmp_path / "ring")
     cfg = RunConfig.for_dataset(ds.manifest, uri=str(tmp_path / "ring"),
                                 user=load_config_file(CONFIG), overrides={"train.epochs": 25})
     trainer = Trainer(cfg, ds)
-    history = [trainer.run_epoch() for _ in range(cfg.train.epochs)]
+    return [trainer.run_epoch() for _ in range(cfg.train.epochs)]
+
+
+@pytest.mark.slow
+def test_reduced_memory_ring_effectome_cosine(tmp_path):
+    history = _fit_reduced_ring(tmp_path, n_units=16)
     last = history[-1]
     assert last["valid/effectome_cosine"] >= 0.9, [h["valid/effectome_cosine"] for h in history]
     assert last["valid/message_r2"] >= 0.5
@@ -45,14 +51,8 @@ def test_spiking_ring_ranks_every_present_pathway_above_every_absent_one(tmp_pat
     three pathways above the three absent ones by a factor 3-5 over training seeds 0-2, but
     underestimates the loop's return pathway A2->A0: its cosine with the message
     dimensions is 0.65-0.69, not the 0.9 of the gaussian ring (docs/RESULTS.md)."""
-    simulate("memory-ring", out=tmp_path / "ring", trials=320, n_bins=60, n_units=32, seed=0,
-             obs="poisson", rate_hz=100.0, bin_ms=20.0)
-    ds = ArrowDataset.open(tmp_path / "ring")
-    cfg = RunConfig.for_dataset(ds.manifest, uri=str(tmp_path / "ring"),
-                                user=load_config_file(CONFIG), overrides={"train.epochs": 25})
-    trainer = Trainer(cfg, ds)
-    history = [trainer.run_epoch() for _ in range(cfg.train.epochs)]
-    last = history[-1]
+    last = _fit_reduced_ring(tmp_path, n_units=32, obs="poisson", rate_hz=100.0,
+                             bin_ms=20.0)[-1]
     assert last["valid/effectome_cut_separation"] > 2.0, last["valid/effectome_cut_separation"]
     assert last["valid/effectome_cut_cosine"] >= 0.6
     assert last["valid/message_r2"] >= 0.2
