@@ -14,6 +14,12 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Ray reads this when it is first imported, which a test module may do before any fixture
+# runs: set here (plugin load, before collection), the session cluster and every driver that
+# joins it agree on 127.0.0.1, as they do under the CLI.
+from training.sweep import local_ray_on_loopback  # noqa: E402  (imports no ray)
+
+local_ray_on_loopback()
 
 RAY_CPUS = 2
 
@@ -23,9 +29,6 @@ def ray_session():
     """A local Ray with 2 logical CPUs shared by every test that needs one; yields the GCS
     address so subprocess drivers (``mrlfads sweep --address``) can join it."""
     os.environ["RAY_AUTH_MODE"] = "disabled"  # inherited by the drivers that join it
-    from training.sweep import local_ray_on_loopback
-
-    local_ray_on_loopback()
     import ray
 
     if not ray.is_initialized():

@@ -23,6 +23,8 @@ from training import sweep
 from training.stopper import PopulationPlateauStopper
 from training.trainable import trainable
 
+from tests.ray_fixtures import RAY_CPUS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -275,9 +277,21 @@ def test_smoke_sweep_killed_driver_resumes_without_restarting_any_trial_from_scr
         time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
     first.wait(30)
+    # Ray ends a dead driver's job: its trial actors must give back every CPU they held
+    import ray
+
+    freed = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < RAY_CPUS and time.time() < freed:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == RAY_CPUS, (
+        f"the killed driver's trials still hold CPUs: {ray.available_resources()}")
 
     second = _cli("--resume", *common)
-    out, _ = second.communicate(timeout=420)
+    try:
+        out, _ = second.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        second.kill()
+        pytest.fail("the resumed sweep did not finish in 420 s:\n" + second.communicate()[0][-6000:])
     assert second.returncode == 0, out
     assert "best trial" in out and "checkpoint:" in out
     summary = json.loads((exp / "summary.json").read_text())
