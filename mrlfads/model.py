@@ -98,18 +98,48 @@ class MRLFADS(ModelParams):
                 "msg": torch.randn(Tp, max(s.P, 1), B, cfg.com_dim, **opts)}
 
     def silence_keep(self, silence, Tp: int, like: Tensor) -> Tensor | None:
-        """(T', P, 1, 1) 0/1 factor: 0 where a silenced pathway carries no message.
+        """(T', P, 1, 1) 0/1 factor: 0 where a silenced pathway carries no message, or
+        (T', P, 1, com_dim) when a value names channels.
 
         Keys of ``silence`` are a region (every message it sends) or one pathway
-        ``"src->dst"``; values are trial bins ``(start, stop)``."""
+        ``"src->dst"``; values are trial bins ``(start, stop)``, or ``(start, stop,
+        channels)`` to silence only those message dimensions."""
         if not silence:
             return None
-        tau = self.cfg.ic_enc_seq_len
-        keep = torch.ones(Tp, self.sizes.P, 1, 1, device=like.device, dtype=like.dtype)
-        for key, (start, stop) in silence.items():
-            lo, hi = max(int(start) - tau, 0), max(int(stop) - tau, 0)
-            for p in self._silenced_pairs(key):
-                keep[lo:hi, p] = 0.0
+        tau, C = self.cfg.ic_enc_seq_len, self.cfg.com_dim
+        parsed = [(self._silenced_pairs(k), *_window_channels(f"silence[{k!r}]", v, C, "com_dim"))
+                  for k, v in silence.items()]
+        width = C if any(ch is not None for *_, ch in parsed) else 1
+        keep = torch.ones(Tp, self.sizes.P, 1, width, device=like.device, dtype=like.dtype)
+        for pairs, start, stop, channels in parsed:
+            lo, hi = max(start - tau, 0), max(stop - tau, 0)
+            for p in pairs:
+                if channels is None:
+                    keep[lo:hi, p] = 0.0
+                else:
+                    keep[lo:hi, p, :, channels] = 0.0
+        return keep
+
+    def input_keep(self, silence_inputs, Tp: int, like: Tensor) -> Tensor | None:
+        """(T', R, 1, co_dim) 0/1 factor on the inferred inputs u_t the generators receive.
+
+        Keys of ``silence_inputs`` are regions; values ``(start, stop)`` trial bins, or
+        ``(start, stop, channels)`` to silence only those input dimensions."""
+        if not silence_inputs:
+            return None
+        names = self.cfg.region_names
+        if not self.cfg.inferred_inputs:
+            raise InputError(f"silence_inputs: this model has no inferred inputs "
+                             f"(model.inferred_inputs is false), so there is nothing to silence "
+                             f"in {sorted(silence_inputs)}; silence messages instead")
+        tau, U = self.cfg.ic_enc_seq_len, self.sizes.U
+        keep = torch.ones(Tp, self.sizes.R, 1, U, device=like.device, dtype=like.dtype)
+        for key, value in silence_inputs.items():
+            if key not in names:
+                raise InputError(f"silence_inputs: unknown region {key!r}; regions are {names}")
+            start, stop, channels = _window_channels(f"silence_inputs[{key!r}]", value, U, "co_dim")
+            lo, hi = max(start - tau, 0), max(stop - tau, 0)
+            keep[lo:hi, names.index(key), :, slice(None) if channels is None else channels] = 0.0
         return keep
 
     def _silenced_pairs(self, key) -> list[int]:
@@ -167,12 +197,17 @@ class MRLFADS(ModelParams):
     # ---------------------------------------------------------------- forward
     def forward(self, heldin: Sequence[Tensor], ext: Sequence[Tensor | None] | None = None,
                 sample: bool = True, silence: Mapping | None = None,
-                noise: dict[str, Tensor] | None = None) -> ModelOutput:
+                noise: dict[str, Tensor] | None = None,
+                silence_inputs: Mapping | None = None) -> ModelOutput:
         """Run every region; ``sample`` draws posterior samples, else uses posterior means.
 
         ``silence={region: (start, stop)}`` zeroes all messages the region sends over trial
-        bins [start, stop); a key ``"src->dst"`` zeroes that one pathway. ``noise`` (from
-        ``draw_noise``) fixes the samples for tests.
+        bins [start, stop); a key ``"src->dst"`` zeroes that one pathway; a value
+        ``(start, stop, channels)`` zeroes only those message dimensions.
+        ``silence_inputs={region: (start, stop[, channels])}`` zeroes the inferred inputs
+        that region's generator receives (the controller's posterior, ``co_mean``, is left
+        as inferred; ``inputs`` shows the zeros). ``noise`` (from ``draw_noise``) fixes the
+        samples for tests.
         """
         B, T = self.check_inputs(heldin, ext)
         cfg, s, w = self.cfg, self.sizes, self.masked()
@@ -208,6 +243,7 @@ class MRLFADS(ModelParams):
                 msg_b = torch.baddbmm(msg_b, ro_b, msg_w)  # (P, 1, 2C)
                 msg_w = torch.bmm(ro_w, msg_w)  # (P, Fm, 2C)
         keep = self.silence_keep(silence, Tp, x0) if s.P else None
+        keep_u = self.input_keep(silence_inputs, Tp, x0)
         spec = LoopSpec(R=s.R, P=s.P, C=C, U=s.U, clip=clip, sample=sample,
                         src_is_g=cfg.message_source == "generator")
         drop_f = self._drop_masks((Tp, s.R, B, s.Fm), x0) if cfg.inferred_inputs else None
@@ -219,7 +255,7 @@ class MRLFADS(ModelParams):
             w.get("con_b_hh"), w.get("co_w"), w.get("co_b"), w.get("gen_w_iu"), w["gen_w_hh"],
             w["gen_b_hh"], fac_w,
             nz.get("msg") if s.P else None, nz.get("co") if cfg.inferred_inputs else None,
-            keep, drop_f, drop_g)
+            keep, drop_f, drop_g, keep_u)
         rec = {"f": fac, "co": co, "u": u, "mp": mp, "m": m}
         return self._collect(rec, w, ic_mean, ic_var, B, Tp)
 
@@ -272,3 +308,24 @@ class MRLFADS(ModelParams):
             com_prior_logvar=self.com_prior_logvar if s.P else None,
             l2=self.l2_terms(),
         )
+
+
+def _window_channels(what: str, value, width: int, dim_name: str):
+    """``(start, stop)`` or ``(start, stop, channels)`` -> (start, stop, sorted channel list
+    or None for all), each channel checked against ``width`` (the model's ``dim_name``)."""
+    try:
+        start, stop, *rest = value
+        start, stop = int(start), int(stop)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: expected (start, stop) or (start, stop, channels), "
+                         f"got {value!r}") from None
+    if len(rest) > 1:
+        raise InputError(f"{what}: expected (start, stop) or (start, stop, channels), got {value!r}")
+    if not rest or rest[0] is None:
+        return start, stop, None
+    channels = sorted({int(c) for c in rest[0]})
+    bad = [c for c in channels if not 0 <= c < width]
+    if not channels or bad:
+        raise InputError(f"{what}: channels {list(rest[0])} must be a non-empty subset of "
+                         f"0..{width - 1} ({dim_name}={width})")
+    return start, stop, channels

@@ -43,7 +43,8 @@ def region_weights(model, r: int) -> dict[str, Tensor]:
 
 
 def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = True,
-                   silence: Mapping | None = None, noise: dict | None = None) -> ModelOutput:
+                   silence: Mapping | None = None, noise: dict | None = None,
+                   silence_inputs: Mapping | None = None) -> ModelOutput:
     """Same contract as ``MRLFADS.forward``, computed one region at a time."""
     cfg, s = model.cfg, model.sizes
     B, T = model.check_inputs(heldin, ext)
@@ -67,6 +68,7 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
         if cfg.inferred_inputs:
             enc.append(model.ci_enc[r](xi[:, tau:])[0])
     keep = model.silence_keep(silence, Tp, heldin[0]) if s.P else None
+    keep_u = model.input_keep(silence_inputs, Tp, heldin[0])
     rec = {k: [[] for _ in range(s.R)] for k in ("f", "rho", "co", "u")}
     mrec = {k: [[] for _ in range(s.P)] for k in ("mean", "var", "m")}
     for i in range(Tp):
@@ -94,6 +96,8 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
                                             W[r]["con_bih"], W[r]["con_bhh"], clip)
                 co = F.linear(h_con[r], W[r]["co"], W[r]["co_b"])
                 u = co[:, :U] + posterior_var(co[:, U:]).sqrt() * noise["co"][i, r] if sample else co[:, :U]
+                if keep_u is not None:
+                    u = u * keep_u[i, r]
                 rec["co"][r].append(co)
                 rec["u"][r].append(u)
                 gen_in.append(u)

@@ -140,7 +140,9 @@ class Recurrence(torch.autograd.Function):
     output (after dropout) with its weights to the controller's gates, con_w_ie (R, E, 3Cn)
     and con_b_ih (R, 1, 3Cn); gx (T', R, B, 3G) or (R, 1, 3G) generator gates from external
     inputs / bias; the loop's weights; eps_msg (T', P, B, C), eps_co (T', R, B, U);
-    keep (T', P, 1, 1); drop_f (T', R, B, F) and drop_g (T', R, B, G) scaled dropout masks.
+    keep (T', P, 1, 1 or C); drop_f (T', R, B, F) and drop_g (T', R, B, G) scaled dropout
+    masks; keep_u (T', R, 1, U) zeroes inferred inputs (silencing them runs the Python loop:
+    the compiled loop has no such factor).
     Outputs, region- or pair-major (the layout the weight gradients need): factors
     (R, T', B, F), co (R, T', B, 2U), u (R, T', B, U), message posterior params
     (P, T', B, 2C) and messages (P, T', B, C); empty tensors where absent."""
@@ -148,14 +150,14 @@ class Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: LoopSpec, src_index, Tp, g, f, ce, con_w_ie, con_b_ih, gx, msg_w,
                 msg_b, con_w_if, con_w_hh, con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh,
-                fac_w, eps_msg, eps_co, keep, drop_f, drop_g):
-        ops = ctx.native = _native(g)
+                fac_w, eps_msg, eps_co, keep, drop_f, drop_g, keep_u=None):
+        ops = ctx.native = _native(g) if keep_u is None else None
         ctx.spec, ctx.gx_seq = spec, gx.dim() == 4
         # CO and MP are outputs: kept as ctx attributes they would form a reference cycle
         # (output -> grad_fn -> ctx -> output) that Python's GC cannot see, leaking every
         # step's buffers; save_for_backward is the leak-free way to keep outputs.
         inputs_kept = (src_index, msg_w, ce, con_w_ie, con_w_if, con_w_hh, co_w, gen_w_iu,
-                       gen_w_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g)
+                       gen_w_hh, fac_w, eps_msg, eps_co, keep, drop_f, drop_g, keep_u)
         ctx.set_materialize_grads(False)
         if ops is not None:
             outs = ops.recurrence_forward(
@@ -165,7 +167,7 @@ class Recurrence(torch.autograd.Function):
                 con_b_hh, co_w, co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w, eps_msg, eps_co, keep,
                 drop_f, drop_g, src_index)
             ctx.bufs = outs[5:]
-            ctx.save_for_backward(*inputs_kept, outs[1], outs[3])  # CO, MP
+            ctx.save_for_backward(*inputs_kept[:-1], outs[1], outs[3])  # CO, MP (no keep_u)
             return tuple(outs[:5])  # Fs, CO, Us, MP, M
         R, P, C, U, clip = spec.R, spec.P, spec.C, spec.U, spec.clip
         B, Gm, Fm = g.shape[1], g.shape[2], fac_w.shape[2]
@@ -223,6 +225,8 @@ class Recurrence(torch.autograd.Function):
                     torch.addcmul(co[..., :U], _std(co[..., U:]), eps_co[i], out=u)
                 else:
                     u.copy_(co[..., :U])
+                if keep_u is not None:
+                    u.mul_(keep_u[i])
                 Xs[:, i, :, :U] = u
             gxi = gx[i] if gx_seq else gx
             if Xs is not None:
@@ -249,10 +253,10 @@ class Recurrence(torch.autograd.Function):
             grads = ctx.native.recurrence_backward(
                 s.R, s.P, s.C, s.U, s.clip, s.src_is_g, s.sample, VAR_FLOOR, LOGVAR_MAX, ctx.gx_seq,
                 gF, gCO, gU, gMP, gM, *ctx.saved_tensors, *ctx.bufs)
-            return (None, None, None, *_none_if_empty(grads), None, None, None, None, None)
+            return (None, None, None, *_none_if_empty(grads), None, None, None, None, None, None)
         spec, Tp, con = ctx.spec, ctx.Tp, ctx.con
         (src_index, msg_w, ce, con_w_ie, con_w_if, con_w_hh, co_w, gen_w_iu, gen_w_hh, fac_w,
-         eps_msg, eps_co, keep, drop_f, drop_g, CO, MP) = ctx.saved_tensors
+         eps_msg, eps_co, keep, drop_f, drop_g, keep_u, CO, MP) = ctx.saved_tensors
         Gs, GD, Xs, Hs, FD, ST = ctx.bufs
         gen_cache, con_cache = ctx.caches
         R, P, C, U = spec.R, spec.P, spec.C, spec.U
@@ -279,6 +283,8 @@ class Recurrence(torch.autograd.Function):
                 du = dx[..., :U]
                 if gU is not None:
                     du = du + gU[:, i]
+                if keep_u is not None:
+                    du = du * keep_u[i]
                 dco = DCO[:, i]
                 _posterior_grad(dco, du, CO[:, i], eps_co[i] if spec.sample else None)
                 if gCO is not None:
@@ -332,7 +338,7 @@ class Recurrence(torch.autograd.Function):
                 out["gx"], out["msg_w"], out["msg_b"],
                 out["con_w_if"], out["con_w_hh"], out["con_b_hh"], out["co_w"], out["co_b"],
                 out["gen_w_iu"], out["gen_w_hh"], out["gen_b_hh"], out["fac_w"],
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 class GRUSequence(torch.autograd.Function):
