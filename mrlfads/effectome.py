@@ -13,6 +13,10 @@ RMS of m can rank pathways in any order. Two measures that do not have this free
   when that one pathway is silenced for the whole trial; everything else runs as fitted.
   One extra forward pass per pathway, so it is computed at the end of training, by
   ``mrlfads infer`` and in the sweep's report, not every epoch.
+
+The inferred inputs (what regions nobody recorded send) get the same two views per region:
+their RMS (``input_rms``) and the cut (``input_cut_effectome``: the region's readout
+change when its inputs are silenced).
 """
 from __future__ import annotations
 
@@ -77,4 +81,34 @@ def cut_effectome(model, heldin: Sequence[torch.Tensor], ext=None,
                  for b, c in zip(base, cut))
         count = sum(b.readout[dst].numel() for b in base)
         E[dst, src] = math.sqrt(sq / count)
+    return E
+
+
+def input_rms(inputs: Mapping[str, np.ndarray], regions: Sequence[str]) -> np.ndarray:
+    """(R,) RMS over trials, bins and dimensions of each region's inferred inputs (posterior
+    means, ``inputs[region]`` (trials, T, co_dim)): the message RMS's counterpart for the
+    unobserved regions, with the same unidentified scale. NaN for a region not given."""
+    return np.array([math.sqrt(float(np.mean(np.asarray(inputs[r], np.float64) ** 2)))
+                     if r in inputs else np.nan for r in regions])
+
+
+@torch.no_grad()
+def input_cut_effectome(model, heldin: Sequence[torch.Tensor], ext=None,
+                        batch_size: int = 256) -> np.ndarray:
+    """(R,) RMS change of each region's readout (as in ``cut_effectome``) when the inferred
+    inputs it receives are silenced over the whole trial. All NaN without inferred inputs."""
+    from mrlfads.inference import _run
+
+    names, s = model.cfg.region_names, model.sizes
+    E = np.full(s.R, np.nan)
+    if not model.cfg.inferred_inputs:
+        return E
+    T = heldin[0].shape[1]
+    # an empty window: the Python loop that silenced inputs run, with nothing silenced
+    base = _run(model, heldin, ext, batch_size, silence_inputs={names[0]: (0, 0)})
+    for r, name in enumerate(names):
+        cut = _run(model, heldin, ext, batch_size, silence_inputs={name: (0, T)})
+        sq = sum(float(((c.readout[r] - b.readout[r]).double() ** 2).sum())
+                 for b, c in zip(base, cut))
+        E[r] = math.sqrt(sq / sum(b.readout[r].numel() for b in base))
     return E

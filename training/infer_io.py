@@ -3,9 +3,15 @@
 Layout (ARCHITECTURE.md "Output of inference"):
   outputs.json           regions, pairs, bins covered (tau..T-1), source model and data
   effectome.json         {"regions": [...], "matrix": E[dst][src] (null on the diagonal),
-                          "definition": "cut", "message_rms": the paper's E[dst][src]}:
+                          "definition": "cut", "message_rms": the paper's E[dst][src],
+                          "inputs": {"cut": [per region], "rms": [per region]}}:
                          "matrix" is the cut effectome (docs/MODEL.md, "Identifiable
-                         effectome"), "message_rms" the RMS of the message means
+                         effectome"), "message_rms" the RMS of the message means; "inputs"
+                         the inferred-input effectome in region order (absent without
+                         inferred inputs): readout change when a region's inputs are
+                         silenced, and the RMS of the inputs
+  source_dataset.json    the dataset's manifest (NWB sources by name, size and sha256,
+                         bin width, trial alignment), for `mrlfads export-nwb`
   metrics.json           validation metrics (with ground-truth scores when the data has them)
   shards/part-00000.arrow  trial_id, split, rates/<r>, heldout_rates/<r> (regions with
                          held-out neurons), factors/<r>, inputs/<r>,
@@ -49,9 +55,13 @@ def _json_safe(value: Any) -> Any:
 def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
                   trial_id: np.ndarray, split: np.ndarray, info: Mapping[str, Any],
                   effectome: np.ndarray | None, metrics: Mapping[str, float],
-                  overwrite: bool = False, message_rms: np.ndarray | None = None) -> Path:
+                  overwrite: bool = False, message_rms: np.ndarray | None = None,
+                  inputs_effectome: Mapping[str, np.ndarray] | None = None,
+                  source_manifest: Mapping[str, Any] | None = None) -> Path:
     """Write one inference output directory atomically; returns its path. ``effectome``
-    is the cut effectome, ``message_rms`` the paper's message-norm one."""
+    is the cut effectome, ``message_rms`` the paper's message-norm one,
+    ``inputs_effectome`` {"cut": (R,), "rms": (R,)} the inferred inputs' one and
+    ``source_manifest`` the dataset's manifest (without local paths)."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite")
@@ -78,8 +88,19 @@ def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
                        "definition": "cut: RMS change of dst's readout when src->dst is silenced"}
             if message_rms is not None:
                 payload["message_rms"] = rows(message_rms)
+            if inputs_effectome is not None:
+                payload["inputs"] = {
+                    k: [None if not math.isfinite(float(v)) else float(v) for v in inputs_effectome[k]]
+                    for k in ("cut", "rms")}
+                payload["inputs"]["index"] = "inputs[cut|rms][region]"
+                payload["inputs"]["definition"] = (
+                    "cut: RMS change of a region's readout when the inferred inputs it "
+                    "receives are silenced; rms: RMS of the inferred inputs")
             (tmp / "effectome.json").write_text(json.dumps(payload, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(_json_safe(dict(metrics)), indent=2))
+        if source_manifest is not None:
+            (tmp / "source_dataset.json").write_text(
+                json.dumps(dict(source_manifest), indent=2, sort_keys=True) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

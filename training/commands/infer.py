@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     from data_loaders.reader import ArrowDataset
     from mrlfads import metrics as M
+    from mrlfads.effectome import input_cut_effectome, input_rms
+    from tracking.shareable import manifest_digest, shared_manifest
     from training.config import RunConfig, check_against_data
     from training.data import load_split
     from training.evaluate import collect_outputs, cut_effectome_metrics, score
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model.to(device)
     torch.manual_seed(args.seed)
-    parts, metrics = [], {}
+    parts, metrics, input_cuts = [], {}, []
     for split in splits:
         data = load_split(dataset, split, device, with_truth=True)
         outputs, terms = collect_outputs(model, data, cfg, epoch=cfg.train.epochs,
@@ -65,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         parts.append((split, data, outputs))
         scores = score(outputs, data, cfg.model, m.comm_matrix)
         scores.update(cut_effectome_metrics(model, data, m.comm_matrix, max_trials=data.n_trials))
+        if cfg.model.inferred_inputs:
+            input_cuts.append(input_cut_effectome(model, data.heldin, data.ext))
+            scores.update({f"valid/effectome_inputs_cut/{r}": float(v)
+                           for r, v in zip(cfg.model.region_names, input_cuts[-1])})
         # score() names keys valid/...; here each split gets its own prefix.
         for key, value in {**{f"valid/{t}": v for t, v in terms.items()}, **scores}.items():
             metrics[f"{split}/{key.removeprefix('valid/')}"] = value
@@ -83,13 +89,21 @@ def run(args: argparse.Namespace) -> int:
         squares = [np.array([[metrics.get(f"{p[0]}/effectome_cut/{s}_to_{d}", np.nan) ** 2
                               for s in names] for d in names]) for p in parts]
         E_cut = np.sqrt(sum(w * q for w, q in zip(weights, squares)) / sum(weights))
+    E_inputs = None
+    if input_cuts:  # pooled over splits like the cut effectome: mean of squares by trials
+        weights = [p[1].n_trials for p in parts]
+        E_inputs = {"cut": np.sqrt(sum(w * q**2 for w, q in zip(weights, input_cuts))
+                                   / sum(weights)),
+                    "rms": input_rms({r: outputs[f"inputs/{r}"] for r in names}, names)}
     info = {"regions": names, "pairs": [f"{s}->{d}" for s, d in messages],
             "bins": [cfg.model.ic_enc_seq_len, m.n_bins], "obs_model": cfg.model.obs_model,
             "model": args.model, "data": args.data, "splits": splits,
             "samples": args.samples, "seed": args.seed,
-            "heldout": {r.name: r.n_heldout for r in m.regions}}
+            "heldout": {r.name: r.n_heldout for r in m.regions},
+            "dataset": m.name, "dataset_digest": manifest_digest(m.to_dict())}
     out = write_outputs(args.out, outputs, trial_id, split_col, info, E_cut, metrics,
-                        args.overwrite, message_rms=E_rms)
+                        args.overwrite, message_rms=E_rms, inputs_effectome=E_inputs,
+                        source_manifest=shared_manifest(m.to_dict()))
     print(f"wrote {len(trial_id)} trials ({', '.join(splits)}) to {out}")
     shown = ("co_bps", "/bps", "psth_r2", "effectome_cosine", "effectome_cut_cosine",
              "effectome_cut_separation", "message_r2", "input_r2")
