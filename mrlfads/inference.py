@@ -8,6 +8,7 @@ tau..T-1 (T' = T - tau).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,6 +44,12 @@ def _run(model, heldin, ext, batch_size: int, **kw) -> list[ModelOutput]:
 
 def _cat(outs: list[ModelOutput], get) -> np.ndarray:
     return torch.cat([get(o) for o in outs]).detach().cpu().numpy()
+
+
+def _all_rates(o: ModelOutput, r: int) -> torch.Tensor:
+    """Region r's held-in then held-out rates (the dataset's column order), (B, T', N)."""
+    held = torch.exp(o.heldout_readout[r]) if o.obs_model == "poisson" else o.heldout_readout[r]
+    return torch.cat([o.rates[r], held], dim=-1)
 
 
 def posterior_means(model, heldin: Sequence, ext: Sequence | None = None,
@@ -81,3 +88,73 @@ def silence_effect(model, heldin: Sequence, ext: Sequence | None, region: str | 
     return {name: float(np.mean(np.abs(_cat(cut, lambda o, r=r: o.rates[r])
                                        - _cat(base, lambda o, r=r: o.rates[r]))))
             for r, name in enumerate(names)}
+
+
+KINDS = ("silence", "cut", "inputs")
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One in-silico perturbation over trial bins [start, stop).
+
+    ``kind``: "silence" (every message region ``target`` sends), "cut" (the one pathway
+    ``target`` = "SRC->DST") or "inputs" (the inferred inputs region ``target`` receives).
+    ``channels``: only these message dimensions (silence, cut) or input dimensions
+    (inputs); None for all of them."""
+
+    kind: str
+    target: str
+    window: tuple[int, int]
+    channels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"perturbation kind {self.kind!r}: use one of {KINDS}")
+        if self.kind == "cut" and "->" not in self.target:
+            raise ValueError(f"cut {self.target!r}: name one pathway as 'SRC->DST'")
+        start, stop = (int(v) for v in self.window)
+        if not start < stop:
+            raise ValueError(f"perturbation window {self.window}: need start < stop (trial bins)")
+
+    def forward_kwargs(self) -> dict:
+        """The ``silence`` / ``silence_inputs`` arguments of ``MRLFADS.forward``."""
+        value = (*self.window, list(self.channels)) if self.channels else tuple(self.window)
+        key = "silence_inputs" if self.kind == "inputs" else "silence"
+        return {key: {self.target: value}}
+
+
+def same_loop(perturbation: Perturbation) -> dict:
+    """Forward arguments that perturb nothing but run the same loop as ``perturbation``:
+    silenced inputs run the Python loop, so the unperturbed pass must too, or the
+    difference would hold the two loops' rounding besides the perturbation."""
+    if perturbation.kind == "inputs":
+        return {"silence_inputs": {perturbation.target: (0, 0)}}
+    return {}
+
+
+def perturbation_effects(model, heldin: Sequence, ext: Sequence | None,
+                         perturbation: Perturbation,
+                         batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Per region, what the perturbation does to every neuron's predicted rate.
+
+    Neurons are held-in then held-out (the dataset's column order); bins are the
+    reconstructed ones, tau..T-1. Keys, each per ``<region>``:
+      ``base/<r>``      (T', N) trial-mean rate of the unperturbed model
+      ``delta/<r>``     (T', N) trial mean of perturbed - unperturbed rate (signed)
+      ``abs_delta/<r>`` (T', N) trial mean of |perturbed - unperturbed rate|
+      ``effect/<r>``    (N,)   mean of ``abs_delta`` from the window's start to the trial's
+                               end (a silenced pathway's effect outlasts the window)
+    Posterior means throughout, so the only difference is the perturbation."""
+    tau = model.cfg.ic_enc_seq_len
+    start = max(int(perturbation.window[0]) - tau, 0)
+    base = _run(model, heldin, ext, batch_size, **same_loop(perturbation))
+    cut = _run(model, heldin, ext, batch_size, **perturbation.forward_kwargs())
+    res = {}
+    for r, name in enumerate(model.cfg.region_names):
+        b = _cat(base, lambda o, r=r: _all_rates(o, r)).astype(np.float64)
+        c = _cat(cut, lambda o, r=r: _all_rates(o, r)).astype(np.float64)
+        res[f"base/{name}"] = b.mean(axis=0)
+        res[f"delta/{name}"] = (c - b).mean(axis=0)
+        res[f"abs_delta/{name}"] = np.abs(c - b).mean(axis=0)
+        res[f"effect/{name}"] = res[f"abs_delta/{name}"][start:].mean(axis=0)
+    return res

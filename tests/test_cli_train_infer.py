@@ -92,11 +92,11 @@ def test_perturb_reports_effects_and_rank_correlation(trained, tmp_path):
     split = np.array(["train"] * 10 + ["valid"] * 10 + ["perturbed"] * 10)
     write_dataset(tmp_path / "pert", name="pert", regions=[("A", 3, 1), ("B", 3, 1)],
                   obs_model="poisson", bin_width_s=0.01, ic_enc_seq_len=4, x=x, split=split)
-    report_path = tmp_path / "report.json"
+    out = tmp_path / "perturb"
     assert main(["perturb", "--model", str(trained / "run" / "best.pt"), "--data",
                  str(tmp_path / "pert"), "--silence", "A", "--window", "5:12",
-                 "--out", str(report_path)]) == 0
-    report = json.loads(report_path.read_text())
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
     assert set(report["mean_abs_rate_change"]) == {"A", "B"}
     assert report["mean_abs_rate_change"]["B"] > 0  # B listens to A
     assert report["perturbed_trials"] == 10

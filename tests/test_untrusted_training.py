@@ -148,8 +148,9 @@ def test_perturb_window_in_the_ic_encoder_bins_is_refused(trained, capsys, windo
 
 
 def test_perturb_window_from_the_first_allowed_bin_runs(trained, tmp_path):
-    out = tmp_path / "report.json"
+    out = tmp_path / "perturb"
     assert main(["perturb", "--model", str(trained / "run" / "best.pt"), "--data",
                  str(trained / "data"), "--silence", "A", "--window", f"{TAU}:{T}",
                  "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["mean_abs_rate_change"]["B"] > 0  # B listens to A
+    report = json.loads((out / "report.json").read_text())
+    assert report["mean_abs_rate_change"]["B"] > 0  # B listens to A

@@ -171,3 +171,28 @@ def hparam_trajectories(history: Mapping[str, Mapping[str, Sequence[tuple[int, f
     fig.suptitle("PBT hyperparameters over the population (dots: exploits)")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def perturbation_scatter(predicted: Mapping[str, np.ndarray], measured: Mapping[str, np.ndarray],
+                         path: str | os.PathLike, title: str = "perturbation effect per neuron",
+                         rho: Mapping[str, float] | None = None) -> Path:
+    """Predicted against measured effect, one dot per neuron, one colour per region.
+
+    Axes start at 0 (effects are magnitudes); ``rho`` (per region, and "all") goes into the
+    legend and title, since the two sides are on different scales and only ranks compare."""
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    for i, region in enumerate(predicted):
+        p, m = np.asarray(predicted[region]), np.asarray(measured[region])
+        label = region if rho is None or region not in rho else f"{region} (rho {rho[region]:.2f})"
+        ax.scatter(p, m, s=14, color=f"C{i}", alpha=0.8, label=label)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("predicted mean |rate change|")
+    ax.set_ylabel("measured mean |activity change|")
+    if rho is not None and "all" in rho:
+        title = f"{title}\nSpearman rho (all neurons) = {rho['all']:.3f}"
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
