@@ -108,7 +108,8 @@ def test_perturb_reports_effects_and_rank_correlation(trained, tmp_path):
 def test_every_command_has_help_and_no_command_is_an_error(capsys):
     from training.cli import build_parser
 
-    names = {"demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb", "ui",
+    names = {"demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb",
+             "export-nwb", "ui",
              "import-metrics"}
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == names

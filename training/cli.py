@@ -17,7 +17,8 @@ from tracking.redact import credentials_to_env, redact_text
 from training.signals import interrupt_on_termination
 
 # Order is the order shown in --help.
-COMMANDS = ["demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb", "ui", "import_metrics"]
+COMMANDS = ["demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb", "export_nwb",
+            "ui", "import_metrics"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
