@@ -196,3 +196,14 @@ def test_session_tables_copy_plain_columns_and_name_the_ones_left_out(tmp_path):
         trials = f.trials.to_dataframe()
         assert list(trials.index) == [3, 4] and list(trials["choice"]) == ["left", "right"]
         assert list(trials.loc[3, "tags"]) == ["a", "b"]
+
+
+def test_trials_of_a_later_session_get_their_own_ids_back():
+    from training.commands.export_nwb import source_trial_ids
+
+    # ingest shifts file k's ids by the sum over earlier files of (max id + 1): 0..2 -> +0,
+    # then 5, 9 -> +3 (8, 12 in the dataset)
+    sources = [{"trial_ids": [0, 1, 2]}, {"trial_ids": [5, 9]}]
+    assert source_trial_ids(sources, 0) == (0, {0, 1, 2})
+    assert source_trial_ids(sources, 1) == (3, {5, 9})
+    assert source_trial_ids(sources[1:], 0) == (0, {5, 9})  # one file: ids unchanged

@@ -125,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
                                        f"{what} of region {r}"))
             if cols_offset is not None:
                 ids_r = units.get(r, [])
+                if len(ids_r) < cols_offset + cols[key].shape[-1]:
+                    raise ValueError(
+                        f"--infer {infer}: its dataset does not record which units of "
+                        f"{source.get('name')} are region {r}'s columns; re-ingest the NWB file "
+                        "with this version of `mrlfads ingest`, then infer again")
                 for j in range(cols[key].shape[-1]):
                     neurons.append({"series": name, "column": j, "region": r,
                                     "unit_id": int(ids_r[cols_offset + j]),
