@@ -23,6 +23,10 @@ class MemoryView:
     def n_runs(self, experiment):
         return len(self.t.store.runs_in(experiment))
 
+    def inputs(self, run_id):
+        return [(d["name"], d["digest"], d["source_type"], d["source"], d["context"])
+                for d in self.t.store.runs[run_id].inputs]
+
 
 class MlflowView:
     def __init__(self, tracker):
@@ -42,6 +46,11 @@ class MlflowView:
         return {"status": r.info.status, "params": r.data.params, "tags": r.data.tags,
                 "name": r.info.run_name, "metrics": metrics,
                 "artifacts": sorted(a for a in arts if "." in a)}
+
+    def inputs(self, run_id):
+        return [(i.dataset.name, i.dataset.digest, i.dataset.source_type, i.dataset.source,
+                 {t.key: t.value for t in i.tags}.get("mlflow.data.context"))
+                for i in self.c.get_run(run_id).inputs.dataset_inputs]
 
     def n_runs(self, experiment):
         exp = self.c.get_experiment_by_name(experiment)
@@ -158,3 +167,30 @@ def test_null_tracker_accepts_everything():
     t.set_tags({"k": "v"})
     t.end_run()
     assert run_id.startswith("null-") and t.active_run_id is None
+
+
+def test_log_input_records_the_dataset_by_name_and_digest_once(tracker_and_view, experiment_name):
+    import hashlib
+    import json
+
+    from tracking.inputs import dataset_input
+    from tracking.shareable import manifest_digest
+
+    t, view = tracker_and_view
+    manifest = {"name": "ring", "n_bins": 12, "regions": [{"name": "A", "n_heldin": 3,
+                                                           "n_heldout": 1}]}
+    local = dataset_input(manifest, "/home/alice/data/ring-v2")
+    remote = dataset_input({"uri": "s3://KEY:SECRET@bucket/ring"}, None)
+    run_id = t.start_run("r", experiment=experiment_name)
+    for ds in (local, local, remote):  # the same dataset twice is one input
+        t.log_input(ds)
+    t.end_run()
+    sha = manifest_digest(manifest)
+    assert sha == hashlib.sha256((json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+                                 .encode()).hexdigest()
+    url_sha = hashlib.sha256(b"s3://bucket/ring").hexdigest()
+    assert sorted(view.inputs(run_id)) == sorted([
+        ("ring", sha[:36], "local", '{"uri": "ring-v2"}', "training"),
+        ("ring", url_sha[:36], "s3", '{"uri": "s3://bucket/ring"}', "training")])
+    assert json.loads(local["schema"])["mlflow_tensorspec"]["features"] == json.dumps(
+        [{"name": "x/A", "type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 12, 4]}}])

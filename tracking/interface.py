@@ -11,6 +11,8 @@ Contract (checked against every implementation by tests/test_tracking_contract.p
 - ``log_params`` may repeat a key with the same value; a different value raises
   TrackingError (MLflow forbids it): log changing hyperparameters as ``hp/<path>`` metrics.
 - ``log_metrics`` accepts repeated and rewound steps (PBT restores rewind epochs).
+- ``log_input`` records the run's dataset (tracking/inputs.py); the same dataset twice is
+  once. Trackers that keep nothing may ignore it (the default).
 - Nothing here touches MLflow's global "active run", so a run someone else started with
   ``mlflow.start_run()`` is left alone.
 """
@@ -47,6 +49,9 @@ class Tracker(abc.ABC):
     @abc.abstractmethod
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set (or overwrite) tags on the active run."""
+
+    def log_input(self, dataset: Mapping[str, Any]) -> None:
+        """Record the dataset the active run reads (a ``tracking.inputs.dataset_input`` dict)."""
 
     @abc.abstractmethod
     def end_run(self, status: str = "FINISHED") -> None:

@@ -25,6 +25,7 @@ class MemoryRun:
     # key -> [(step, value), ...] in logging order (repeats and rewinds kept, like MLflow)
     metrics: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
     artifacts: dict[str, str] = dataclasses.field(default_factory=dict)  # artifact path -> local
+    inputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # datasets, once each
 
     def latest(self, key: str) -> float:
         """The value at the largest step (MLflow's "latest" metric)."""
@@ -100,6 +101,11 @@ class InMemoryTracker(Tracker):
             raise TrackingError(f"artifact {local_path!r} is not a file")
         name = os.path.basename(local_path)
         run.artifacts[f"{artifact_path}/{name}" if artifact_path else name] = local_path
+
+    def log_input(self, dataset: Mapping[str, Any]) -> None:
+        run = self._active()
+        if not any((d["name"], d["digest"]) == (dataset["name"], dataset["digest"]) for d in run.inputs):
+            run.inputs.append(dict(dataset))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._active().tags.update({k: param_str(v) for k, v in tags.items()})

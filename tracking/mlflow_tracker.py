@@ -184,6 +184,9 @@ class MlflowTracker(Tracker):
         self._submit({"op": "log_artifact", "run": run, "path": os.path.abspath(local_path),
                       "artifact_path": artifact_path})
 
+    def log_input(self, dataset: Mapping[str, Any]) -> None:
+        self._submit({"op": "log_inputs", "run": self._active(), "datasets": [dict(dataset)]})
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         run = self._active()
         items = [(k, param_str(v)) for k, v in tags.items()]

@@ -105,12 +105,25 @@ class Delivery:
                                       params=params if i == 0 else [], tags=tags if i == 0 else [])
         elif kind == "log_artifact":
             self.client.log_artifact(run_id, op["path"], op.get("artifact_path"))
+        elif kind == "log_inputs":
+            self.client.log_inputs(run_id, datasets=[_dataset_input(d) for d in op["datasets"]])
         elif kind == "end_run":
             self.client.set_terminated(run_id, status=op["status"], end_time=op.get("end_time"))
         elif kind == "reopen_run":
             self.client.update_run(run_id, status="RUNNING")
         else:
             raise TrackingError(f"unknown outbox op {kind!r}")
+
+
+def _dataset_input(d: dict[str, Any]):
+    """A tracking/inputs.py dict as MLflow's DatasetInput (its context as the input tag)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from tracking.inputs import CONTEXT_TAG
+
+    ds = Dataset(d["name"], d["digest"], d["source_type"], d["source"], d.get("schema"),
+                 d.get("profile"))
+    return DatasetInput(ds, [InputTag(CONTEXT_TAG, d["context"])] if d.get("context") else [])
 
 
 class Outbox:

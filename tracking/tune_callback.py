@@ -35,6 +35,7 @@ import numpy as np
 from ray.tune.logger import LoggerCallback
 
 from tracking import figures
+from tracking.inputs import dataset_input
 from tracking.interface import Tracker, flatten
 from tracking.lineage import best_trial, changed, last_policy_line, lineage, orig_tag
 from tracking.redact import redact_text, redact_uri, same_store_from_env
@@ -107,6 +108,8 @@ class MlflowTuneCallback(LoggerCallback):
     ``outbox_dir``: a local folder for the parent run's outbox (trials keep theirs in the
     trial dir); without it the parent's writes during an outage live in memory only.
     ``outbox_files``: after the sweep, the outbox files still undelivered (for import-metrics).
+    ``dataset``: the data as an MLflow input (``tracking.inputs.dataset_input``), logged on
+    the parent run and every trial run.
     """
 
     def __init__(self, sweep: str, *, tracking_uri: str | None = None, metric: str = "objective",
@@ -115,7 +118,8 @@ class MlflowTuneCallback(LoggerCallback):
                  truth_comm: Sequence[Sequence[float]] | None = None,
                  tracker_factory: Callable[[Path | None], Tracker] | None = None,
                  resume: bool = False, system_metrics: bool = True,
-                 outbox_dir: str | os.PathLike | None = None) -> None:
+                 outbox_dir: str | os.PathLike | None = None,
+                 dataset: Mapping[str, Any] | None = None) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode {mode!r} must be 'min' or 'max'")
         self.sweep, self.tracking_uri, self.metric, self.mode = sweep, tracking_uri, metric, mode
@@ -126,6 +130,7 @@ class MlflowTuneCallback(LoggerCallback):
         self.tracker_factory, self.resume, self.system_metrics = tracker_factory, resume, system_metrics
         self.outbox_dir = Path(outbox_dir) if outbox_dir is not None else None
         self.outbox_files: list[str] = []
+        self.dataset = dict(dataset) if dataset else None
         self._reset()
 
     def _reset(self) -> None:
@@ -201,6 +206,8 @@ class MlflowTuneCallback(LoggerCallback):
             flat = flatten(value, prefix=f"{name}.") if isinstance(value, Mapping) else {name: value}
             params.update(_params(flat))
         self.parent.log_params(params)
+        if self.dataset:
+            self.parent.log_input(self.dataset)
 
     def _write(self, name: str, obj: Any) -> Path:
         path = Path(self._tmp.name, name)
@@ -228,6 +235,8 @@ class MlflowTuneCallback(LoggerCallback):
         ds = self.sweep_info.get("dataset")
         digest = ds.get("digest") if isinstance(ds, Mapping) else None
         t.log_params({**_params(config), **({DIGEST_PARAM: digest} if digest else {})})
+        if self.dataset:
+            t.log_input(self.dataset)
 
     def _hp(self, flat_config: Mapping[str, Any]) -> dict[str, float]:
         names = self.hparams if self.hparams is not None else {
@@ -464,4 +473,5 @@ def sweep_callbacks(plan, *, tracking_uri: str | None = None) -> list[MlflowTune
         plan.name, tracking_uri=tracking_uri, metric=sched.metric, mode=sched.mode,
         sweep_info=info, hparams={f"{key}.{p}": p for p in sorted(searched)}, regions=regions,
         truth_comm=known_comm(manifest), resume=True,
-        outbox_dir=None if "://" in plan.experiment_path else plan.experiment_path)]
+        outbox_dir=None if "://" in plan.experiment_path else plan.experiment_path,
+        dataset=dataset_input(manifest, manifest.get("uri")) if manifest else None)]

@@ -40,6 +40,7 @@ def open_run_tracker(experiment: str, run_name: str, run_cfg: Any, manifest: Any
     killed with SIGKILL included) instead of starting a second one. Runs of this host whose
     process is gone are ended as KILLED first (tracking/liveness.py)."""
     from tracking.errors import TrackingError
+    from tracking.inputs import dataset_input
     from tracking.liveness import end_dead_runs
     from tracking.mlflow_tracker import MlflowTracker
     from tracking.outbox import is_outage
@@ -73,6 +74,7 @@ def open_run_tracker(experiment: str, run_name: str, run_cfg: Any, manifest: Any
     if changed:  # params cannot change: what --resume --set changed goes in a tag
         tracker.set_tags({"mrlfads.resumed_with": json.dumps(changed, default=str)})
     tracker.log_params({k: v for k, v in flat.items() if k not in changed})
+    tracker.log_input(dataset_input(manifest.to_dict(), run_cfg.data.uri))
     with tempfile.TemporaryDirectory() as tmp:
         for name, payload in (("run_config.json", shared_cfg),
                               ("dataset.json", shared_manifest(manifest.to_dict()))):
