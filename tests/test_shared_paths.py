@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from data_loaders.nwb import IngestOptions, ingest
 from data_loaders.nwb.testing import synthetic_session
+from tracking.memory import InMemoryTracker, MemoryStore
 from tracking.registry import BestTrial, download_checkpoint, promote, resolve_model_uri
 from tracking.shareable import (
     DIGEST_PARAM,
@@ -79,10 +81,19 @@ def test_train_and_promote_share_no_local_path(dataset, tmp_path, mlflow_sqlite_
     assert run.data.params[DIGEST_PARAM] == run.data.tags[DIGEST_TAG] == digest
     for key, value in {**run.data.params, **run.data.tags}.items():
         assert _leaks(value, *secret) == [], key
-    # every artifact the run logged (run_config.json, dataset.json, figures)
+    # the run's MLflow input: the manifest's name, the folder's name and the digest
+    (inp,) = run.inputs.dataset_inputs
+    logged = inp.dataset
+    name = json.loads((ds / "dataset.json").read_text())["name"]
+    assert (logged.name, logged.source_type, logged.source) == (name, "local",
+                                                               '{"uri": "session-ds"}')
+    assert logged.digest == digest[:36] and json.loads(logged.profile)["sha256"] == digest
+    for field in (logged.name, logged.digest, logged.source, logged.schema, logged.profile):
+        assert _leaks(field or "", *secret) == [], field
+    # every artifact the run logged (run_config.json, dataset.json, figures, best.pt)
     arts = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl-run")))
     files = [p for p in arts.rglob("*") if p.is_file()]
-    assert {"run_config.json", "dataset.json"} <= {p.name for p in files}
+    assert {"run_config.json", "dataset.json", "best.pt"} <= {p.name for p in files}
     for p in files:
         assert _leaks(p.read_bytes(), *secret) == [], p.name
     # the run directory keeps the real path: --resume reads the data from it
@@ -130,6 +141,16 @@ def test_sweep_parent_and_trial_params_name_the_data(dataset, tmp_path, monkeypa
     assert cb.sweep_info["sweep"]["storage"].startswith("~/sweeps")
     digest = hashlib.sha256((ds / "dataset.json").read_bytes()).hexdigest()
     assert cb.sweep_info["dataset"]["digest"] == digest
+    # the MLflow input the parent and every trial run log
+    assert _leaks(json.dumps(cb.dataset), str(tmp_path)) == []
+    assert cb.dataset["source"] == '{"uri": "session-ds"}' and cb.dataset["digest"] == digest[:36]
+    store = MemoryStore()  # the callback's hooks without Ray: parent and trial log the input
+    cb.tracker_factory, cb.system_metrics = (lambda outbox: InMemoryTracker(store)), False
+    cb.setup()
+    cb.log_trial_start(SimpleNamespace(trial_id="t0", experiment_tag="0", local_path=None,
+                                       config={"run": plan.run}))
+    assert sorted(r.tags.get("mrlfads.role") for r in store.runs.values()) == ["sweep", "trial"]
+    assert [r.inputs for r in store.runs.values()] == [[cb.dataset], [cb.dataset]]
     assert _params({"run.data.uri": str(ds)}) == {"run.data.uri": "session-ds"}
 
 

@@ -45,6 +45,37 @@ def test_promote_without_a_finished_trial_exits_2_with_the_reason(mlflow_sqlite_
     assert "no finished trial" in err and "FAILED" in err
 
 
+def test_promote_run_refuses_unfinished_checkpointless_unknown_and_sweep_runs(
+        mlflow_sqlite_uri, experiment_name, capsys):
+    t = MlflowTracker(mlflow_sqlite_uri)
+    parent = t.start_run("s", experiment=experiment_name,
+                         tags={"mrlfads.role": "sweep", "mrlfads.sweep": experiment_name})
+    t.end_run()
+    running = t.start_run("r", experiment=experiment_name, tags={"mrlfads.kind": "train"})
+    t._run_id = None  # left RUNNING, as a run still training is
+    bare = t.start_run("b", experiment=experiment_name, tags={"mrlfads.kind": "train"})
+    t.log_metrics({"objective": 1.0, "ramps_done": 1.0}, step=1)
+    t.end_run()
+
+    def promote(*extra):
+        code = main(["promote", *extra, "--tracking-uri", mlflow_sqlite_uri])
+        return code, capsys.readouterr().err
+
+    code, err = promote("--run", running)
+    assert code == 2 and f"run {running} is RUNNING, not FINISHED" in err
+    code, err = promote("--run", bare)
+    assert code == 2 and f"run {bare} has no checkpoint to promote" in err
+    code, err = promote("--run", "0123456789abcdef0123456789abcdef")
+    assert code == 2 and "no run '0123456789abcdef0123456789abcdef'" in err
+    code, err = promote("--run", parent)
+    assert code == 2 and "parent run of sweep" in err and "--sweep" in err
+    code, err = promote("--run", bare, "--metric", "valid/loss")
+    assert code == 2 and "--metric and --mode rank a sweep's trials" in err
+    with pytest.raises(SystemExit):  # argparse: one of --sweep / --run, not both
+        main(["promote", "--run", bare, "--sweep", experiment_name])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_ui_starts_on_localhost_prints_its_address_and_stops(tmp_path):
     env = dict(os.environ, MRLFADS_HOME=str(tmp_path), MLFLOW_DISABLE_TELEMETRY="true")

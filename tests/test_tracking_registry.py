@@ -79,25 +79,27 @@ def test_promote_registers_once_and_the_alias_loads_the_same_model(tmp_path, mlf
     assert str(client.get_model_version_by_alias(p1.name, "prod").version) == "1"
     assert v.tags["metric.objective"] == "0.3" and v.tags[SHA_TAG] == sha256_file(path)
 
-    # the alias resolves to a model that gives the checkpoint's outputs
+    # the alias resolves to a pyfunc that gives the checkpoint's posterior means
     x = [torch.randn(2, T, 3), torch.randn(2, T, 2)]
-    want = torch.cat(model(x, sample=False).rates, dim=-1)  # (2, T - TAU, 5)
-    wrapped = resolve_model_uri(p1.uri, tracking_uri=mlflow_sqlite_uri, load=True)
-    got = wrapped(torch.cat(x, dim=-1))
-    assert got.shape == (2, T - TAU, 5)
-    torch.testing.assert_close(got, want)
-    import mlflow.pyfunc
-
-    mlflow.set_registry_uri(mlflow_sqlite_uri)
-    mlflow.set_tracking_uri(mlflow_sqlite_uri)
-    pyf = mlflow.pyfunc.load_model(p1.uri)
-    assert pyf.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, T, 5)
-    np.testing.assert_allclose(pyf.predict(torch.cat(x, dim=-1).numpy()), want.detach().numpy(), rtol=1e-5, atol=1e-6)
-    # infer/perturb path: the exact checkpoint file, and the loader's triple
-    assert sha256_file(download_checkpoint(p1.uri, tracking_uri=mlflow_sqlite_uri)) == sha256_file(path)
+    with torch.no_grad():
+        out = model(x, sample=False)
+    pyf = resolve_model_uri(p1.uri, tracking_uri=mlflow_sqlite_uri, load=True)
+    got = pyf.predict({"A": x[0].numpy(), "B": x[1].numpy()})
+    assert got["rates/A"].shape == (2, T - TAU, 3) and got["heldout_rates/A"].shape == (2, T - TAU, 1)
+    np.testing.assert_allclose(got["rates/B"], out.rates[1].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["heldout_rates/A"], out.heldout_readout[0].numpy(), rtol=0, atol=1e-6)
+    sig = pyf.metadata.signature
+    assert [(i["name"], i["tensor-spec"]["shape"]) for i in sig.inputs.to_dict()] == [
+        ("A", (-1, -1, 3)), ("B", (-1, -1, 2))]
+    assert {o["name"] for o in sig.outputs.to_dict()} == set(got)
+    # infer/perturb path: the model part of the checkpoint, and the loader's triple
+    shared = ckpt.load(download_checkpoint(p1.uri, tracking_uri=mlflow_sqlite_uri))
+    assert set(shared) == {"format", "model", "run_config", "manifest"}
+    torch.testing.assert_close(shared["model"], model.state_dict())
     m2, cfg2, man2 = load_registered(p1.uri, tracking_uri=mlflow_sqlite_uri)
     assert cfg2 == run_cfg and man2 == manifest
-    torch.testing.assert_close(torch.cat(m2(x, sample=False).rates, dim=-1), want)
+    torch.testing.assert_close(torch.cat(m2(x, sample=False).rates, dim=-1),
+                               torch.cat(out.rates, dim=-1))
 
 
 def test_no_finished_trial_and_unknown_sweep_are_clear_errors(mlflow_sqlite_uri, experiment_name):

@@ -1,21 +1,22 @@
-"""Promote a sweep's best trial to the MLflow Model Registry, and resolve ``models:/`` URIs.
+"""Promote a sweep's best trial, or one training run, to the MLflow Model Registry, and
+resolve ``models:/`` URIs.
 
-The logged model is an ``mlflow.pytorch`` model in the *pickle* format (the traced default
-loads back as another class). Its module is ``RatesModule``: MRLFADS.forward takes a list of
-per-region tensors, which a pyfunc signature cannot express, so the wrapper takes ONE tensor
+The logged model is an MLflow pyfunc written as code (tracking/pyfunc_model.py), not a
+pickle: its artifacts are the checkpoint (state dict, run config and dataset manifest, no
+optimiser state), ``run_config.json`` and ``dataset.json``; the ``mrlfads`` package travels
+with it as ``code_paths``; its requirements are torch, numpy and MLflow. So
 
-    x: (B, T, sum_r N_heldin_r [+ sum_r ext_dim_r])  float32, regions in model-config order,
-       all held-in columns first, then the external inputs (if any) in the same order
-    -> (B, T - ic_enc_seq_len, sum_r N_heldin_r)     posterior-mean rates, same column order
+    mlflow.pyfunc.load_model("models:/mrlfads-ring@champion").predict({"A": xa, "B": xb})
 
-(``mlflow.pyfunc.load_model(uri).predict(np_array)`` works.) The checkpoint itself, the run
-config and the dataset manifest travel inside the model as extra files, so
-``download_checkpoint`` gives back a file ``training.checkpoint.load_model`` reads. Those
-copies name the dataset by folder name and manifest digest (tag ``mrlfads.dataset_digest``),
-never by a local path (tracking/shareable.py): the checkpoint copy is rewritten when its run
-config or manifest held one, so `infer` and `perturb` take the data from ``--data``.
-Versions are tagged with the trial checkpoint's sha256: promoting the same checkpoint again
-only re-points the alias.
+works in a Python environment without this repository: one float32 array of held-in
+counts ``(trials, bins, n_heldin)`` per region in, ``rates/<region>``,
+``heldout_rates/<region>``, ``factors/<region>``, ``inputs/<region>`` and
+``messages/<src>-><dst>`` out (the model's signature lists them). ``download_checkpoint``
+gives back the checkpoint file for ``training.checkpoint.load_model`` (infer, perturb).
+The copies inside the model name the dataset by folder name and manifest digest (tag
+``mrlfads.dataset_digest``), never by a local path (tracking/shareable.py). Versions are
+tagged with the source checkpoint's sha256: promoting the same checkpoint again only
+re-points the alias.
 """
 from __future__ import annotations
 
@@ -46,38 +47,10 @@ SHA_TAG = "mrlfads.checkpoint_sha256"
 KEY_METRICS = ("objective", "valid/loss", "valid/elbo", "valid/heldout_loss", "valid/recon_loss",
                "valid/sv_recon_loss", "valid/co_bps", "valid/bps", "valid/psth_r2",
                "valid/heldout_psth_r2", "valid/effectome_cosine", "valid/message_r2", "epoch")
-RUN_CONFIG_FILE, MANIFEST_FILE = "run_config.json", "dataset.json"
-
-
-class RatesModule(torch.nn.Module):
-    """One concatenated input tensor in, concatenated posterior-mean rates out (see module doc)."""
-
-    def __init__(self, model: torch.nn.Module, heldin_sizes: list[int], ext_sizes: list[int] | None = None):
-        super().__init__()
-        self.model = model
-        self.heldin_sizes = [int(n) for n in heldin_sizes]
-        self.ext_sizes = [int(n) for n in (ext_sizes or [0] * len(heldin_sizes))]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = torch.split(x, self.heldin_sizes + self.ext_sizes, dim=-1)  # each (B, T, n)
-        R = len(self.heldin_sizes)
-        heldin = list(parts[:R])
-        ext = [p if p.shape[-1] else None for p in parts[R:]] if any(self.ext_sizes) else None
-        with torch.no_grad():
-            out = self.model(heldin, ext, sample=False)
-        return torch.cat(list(out.rates), dim=-1)  # (B, T', sum N_heldin)
-
-
-def wrap_model(model: torch.nn.Module, run_cfg: Mapping[str, Any]) -> RatesModule:
-    """The pyfunc-friendly wrapper, sized from the run config's ``model.regions``."""
-    try:
-        regions = run_cfg["model"]["regions"]
-        heldin = [int(r["n_heldin"]) for r in regions]
-        ext = [int(r.get("ext_dim", 0) or 0) for r in regions]
-    except (KeyError, TypeError) as exc:
-        raise TrackingError(f"run config has no model.regions with n_heldin ({exc}): "
-                            "is this an mrlfads checkpoint?") from exc
-    return RatesModule(model.eval(), heldin, ext)
+RUN_CONFIG_FILE, MANIFEST_FILE, CHECKPOINT_FILE = "run_config.json", "dataset.json", "checkpoint.pt"
+PYFUNC_FILE = "pyfunc_model.py"  # the model's code, beside this module
+# where `mrlfads train` logs its best checkpoint (model part only) among the run's artifacts
+RUN_CHECKPOINT_DIR, RUN_CHECKPOINT = "checkpoint", "checkpoint/best.pt"
 
 
 def model_name(sweep: str) -> str:
@@ -170,29 +143,37 @@ def _existing_version(client, name: str, run_id: str, sha: str):
     return None
 
 
-def promote(sweep: str, best: BestTrial, *, model: torch.nn.Module, run_cfg: Mapping[str, Any],
-            manifest: Mapping[str, Any], checkpoint_file: str | os.PathLike,
-            alias: str = "champion", tracking_uri: str | None = None) -> Promotion:
-    """Log ``model`` (rebuilt from ``checkpoint_file``) into the trial's run, register a
-    version of ``mrlfads-<sweep>``, tag it with the key metrics and point ``alias`` at it.
-    Idempotent: a version from the same run and checkpoint is reused."""
+def promote(sweep: str | None, best: BestTrial, *, model: torch.nn.Module,
+            run_cfg: Mapping[str, Any], manifest: Mapping[str, Any],
+            checkpoint_file: str | os.PathLike, alias: str = "champion",
+            tracking_uri: str | None = None, name: str | None = None) -> Promotion:
+    """Log ``model`` (rebuilt from ``checkpoint_file``) into ``best``'s run, register a
+    version of ``name`` (default ``mrlfads-<sweep>``), tag it with the key metrics and point
+    ``alias`` at it. Idempotent: a version from the same run and checkpoint is reused."""
+    if name is None:
+        if not sweep:
+            raise TrackingError("promote needs a sweep or a model name")
+        name = model_name(sweep)
     client = _client(tracking_uri)
-    name, sha = model_name(sweep), sha256_file(checkpoint_file)
+    sha = sha256_file(checkpoint_file)
     existing = _existing_version(client, name, best.run_id, sha)
     if existing is not None:
         client.set_registered_model_alias(name, alias, existing.version)
         return Promotion(name, str(existing.version), alias, best.run_id, created=False)
     with _global_uri(client.tracking_uri):  # MLflow 3 resolves models:/m-... through the globals
-        return _log_and_register(client, sweep, best, model, run_cfg, manifest, checkpoint_file,
-                                 sha, alias)
+        return _log_and_register(client, name, sweep, best, model, run_cfg, manifest,
+                                 checkpoint_file, sha, alias)
 
 
-def _log_and_register(client, sweep, best, model, run_cfg, manifest, checkpoint_file, sha, alias):
-    name = model_name(sweep)
+def _log_and_register(client, name, sweep, best, model, run_cfg, manifest, checkpoint_file,
+                      sha, alias):
     source = _log_model(best, model, run_cfg, manifest, checkpoint_file, sha)
-    tags = {SHA_TAG: sha, "mrlfads.sweep": sweep, "mrlfads.trial_id": best.trial_id,
-            "mrlfads.metric": best.metric, f"metric.{best.metric}": repr(best.value),
+    tags = {SHA_TAG: sha, "mrlfads.metric": best.metric, f"metric.{best.metric}": repr(best.value),
             DIGEST_TAG: manifest_digest(manifest)}
+    if sweep:
+        tags["mrlfads.sweep"] = sweep
+    if best.trial_id:
+        tags["mrlfads.trial_id"] = best.trial_id
     tags.update({f"metric.{k}": repr(best.metrics[k]) for k in KEY_METRICS if k in best.metrics})
     import mlflow
 
@@ -231,52 +212,103 @@ def _global_uri(uri: str):
 
 
 def _log_model(best: BestTrial, model, run_cfg, manifest, checkpoint_file, sha) -> str:
-    """Log the wrapped model (pickle format, signature, extra files) into the trial's run."""
+    """Log the pyfunc (code, artifacts, signature, requirements) into ``best``'s run."""
     import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
+    import mlflow.pyfunc
+    import numpy as np
 
-    wrapped = wrap_model(model, run_cfg)
-    T = int(manifest.get("n_bins") or run_cfg.get("data", {}).get("n_bins") or 0) or (
-        int(run_cfg["model"].get("ic_enc_seq_len", 10)) + 2)
-    width = sum(wrapped.heldin_sizes) + sum(wrapped.ext_sizes)
-    example = torch.zeros(2, T, width)  # (B, T, sum N): a shape, not data
-    sig = infer_signature(example.numpy(), wrapped(example).numpy())
-    regions = [r["name"] for r in run_cfg["model"]["regions"]]
+    regions = run_cfg["model"]["regions"]
     digest = manifest_digest(manifest)
     with tempfile.TemporaryDirectory() as tmp:
-        files = []
-        for fname, obj in ((RUN_CONFIG_FILE, shared_run_config(run_cfg)),
-                           (MANIFEST_FILE, shared_manifest(manifest))):
+        arts = {"checkpoint": model_checkpoint(checkpoint_file, Path(tmp) / CHECKPOINT_FILE)}
+        for key, fname, obj in (("run_config", RUN_CONFIG_FILE, shared_run_config(run_cfg)),
+                                ("dataset", MANIFEST_FILE, shared_manifest(manifest))):
             (Path(tmp) / fname).write_text(json.dumps(obj, indent=2, default=str))
-            files.append(str(Path(tmp) / fname))
-        files.append(_shared_checkpoint(checkpoint_file, Path(tmp) / "checkpoint.pt"))
+            arts[key] = str(Path(tmp) / fname)
         with mlflow.start_run(run_id=best.run_id, nested=mlflow.active_run() is not None):
-            info = mlflow.pytorch.log_model(
-                wrapped, name=f"model-{sha[:12]}", signature=sig, extra_files=files,
-                serialization_format="pickle",
+            info = mlflow.pyfunc.log_model(
+                name=f"model-{sha[:12]}", python_model=str(Path(__file__).with_name(PYFUNC_FILE)),
+                artifacts=arts, code_paths=[_model_package(Path(tmp) / "code")],
+                signature=model_signature(model, run_cfg), input_example=input_example(run_cfg),
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                  f"mlflow=={mlflow.__version__}"],
-                metadata={"regions": regions, "heldin_sizes": wrapped.heldin_sizes,
-                          "ext_sizes": wrapped.ext_sizes, "obs_model": run_cfg["model"].get("obs_model"),
-                          "input": "(B, T, sum N_heldin [+ sum ext_dim]) regions in order",
-                          "output": "(B, T - ic_enc_seq_len, sum N_heldin) posterior-mean rates",
+                                  f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+                metadata={"regions": [r["name"] for r in regions],
+                          "n_heldin": [int(r["n_heldin"]) for r in regions],
+                          "n_heldout": [int(r.get("n_heldout", 0) or 0) for r in regions],
+                          "ext_dim": [int(r.get("ext_dim", 0) or 0) for r in regions],
+                          "obs_model": run_cfg["model"].get("obs_model"),
+                          "input": "{region: float32 (trials, bins, n_heldin)} [+ ext/<region>]",
+                          "output": "posterior means over bins ic_enc_seq_len.. (rates/<region>, "
+                                    "heldout_rates/<region>, factors/, inputs/, messages/)",
                           "dataset": manifest.get("name"), "dataset_digest": digest,
-                          SHA_TAG: sha,
-                          "trial_id": best.trial_id})
+                          SHA_TAG: sha, "source_run": best.run_id, "trial_id": best.trial_id})
     return info.model_uri
 
 
-def _shared_checkpoint(src: str | os.PathLike, dst: Path) -> str:
-    """``src`` copied to ``dst``, rewritten (run config and manifest through
-    tracking/shareable.py) when they record a local path; byte for byte otherwise."""
+def model_signature(model, run_cfg: Mapping[str, Any]):
+    """Named float32 tensors: one input per region (and ``ext/<region>``), every output of
+    ``mrlfads.inference.posterior_means``; trials and bins are free (-1)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from mrlfads.inference import posterior_means
+
+    regions = run_cfg["model"]["regions"]
+    example = input_example(run_cfg)
+    ext_dims = [int(r.get("ext_dim", 0) or 0) for r in regions]
+    ext = [example.get(f"ext/{r['name']}") for r in regions] if any(ext_dims) else None
+    out = posterior_means(model, [example[r["name"]] for r in regions], ext)  # shapes only
+
+    def spec(name, dim):
+        return TensorSpec(np.dtype(np.float32), (-1, -1, int(dim)), name)
+
+    inputs = [spec(r["name"], r["n_heldin"]) for r in regions]
+    inputs += [spec(f"ext/{r['name']}", d) for r, d in zip(regions, ext_dims) if d]
+    return ModelSignature(Schema(inputs), Schema([spec(k, v.shape[-1]) for k, v in out.items()]))
+
+
+def input_example(run_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """No spikes in two bins past the IC window, one trial: the shape of an input."""
+    import numpy as np
+
+    regions = run_cfg["model"]["regions"]
+    T = int(run_cfg["model"].get("ic_enc_seq_len", 0)) + 2
+    out = {r["name"]: np.zeros((1, T, int(r["n_heldin"])), np.float32) for r in regions}
+    out.update({f"ext/{r['name']}": np.zeros((1, T, int(r["ext_dim"])), np.float32)
+                for r in regions if int(r.get("ext_dim", 0) or 0)})
+    return out
+
+
+def _model_package(dst: Path) -> str:
+    """A copy of the ``mrlfads`` package (sources only) for the model's ``code_paths``."""
+    import mrlfads
+
+    target = dst / "mrlfads"
+    shutil.copytree(Path(mrlfads.__file__).parent, target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "build"))
+    return str(target)
+
+
+def model_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """The model part of checkpoint ``src`` written to ``dst``: state dict, run config and
+    manifest (through tracking/shareable.py: no local path), the epoch and that epoch's
+    metrics; no optimiser, RNG or history. ``training.checkpoint.load_model`` reads it."""
     payload = torch.load(src, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise TrackingError(f"{os.path.basename(os.fspath(src))} is not an mrlfads checkpoint "
+                            "(no model state)")
     cfg, man = payload.get("run_config"), payload.get("manifest")
-    new_cfg = shared_run_config(cfg) if isinstance(cfg, dict) else cfg
-    new_man = shared_manifest(man) if isinstance(man, dict) else man
-    if new_cfg == cfg and new_man == man:
-        return str(shutil.copy(src, dst))
-    torch.save({**payload, "run_config": new_cfg, "manifest": new_man}, dst)
+    history = payload.get("history") or []
+    out = {"format": payload.get("format"), "model": payload["model"],
+           "run_config": shared_run_config(cfg) if isinstance(cfg, dict) else cfg,
+           "manifest": shared_manifest(man) if isinstance(man, dict) else man}
+    if "epoch" in payload:
+        out["epoch"] = payload["epoch"]
+    metrics = payload.get("metrics") or (history[-1] if history else None)
+    if isinstance(metrics, dict):
+        out["metrics"] = metrics
+    torch.save(out, dst)
     return str(dst)
 
 
@@ -288,7 +320,7 @@ def _check_uri(uri: str) -> None:
 
 def resolve_model_uri(uri: str, *, tracking_uri: str | None = None, load: bool = False,
                       dst: str | os.PathLike | None = None):
-    """``models:/NAME@ALIAS`` -> a local model directory, or (``load=True``) the RatesModule."""
+    """``models:/NAME@ALIAS`` -> a local model directory, or (``load=True``) the pyfunc."""
     from mlflow.exceptions import MlflowException
 
     _check_uri(uri)
@@ -297,37 +329,102 @@ def resolve_model_uri(uri: str, *, tracking_uri: str | None = None, load: bool =
         with _global_uri(resolved):
             return _resolve(uri, load, dst)
     except MlflowException as exc:
-        raise TrackingError(f"cannot resolve {uri} in {resolved}: {exc.message.splitlines()[0]}; "
-                            "check the name and alias (mrlfads promote sets them) and "
-                            "--tracking-uri / MLFLOW_TRACKING_URI") from exc
+        raise TrackingError(f"cannot resolve {uri} in {redact_uri(resolved)}: "
+                            f"{exc.message.splitlines()[0]}; check the name and alias (mrlfads "
+                            "promote sets them) and --tracking-uri / MLFLOW_TRACKING_URI") from exc
 
 
 def _resolve(uri: str, load: bool, dst):
     import mlflow
 
     if load:
-        import mlflow.pytorch
+        import mlflow.pyfunc
 
-        return mlflow.pytorch.load_model(uri, map_location="cpu")
+        return mlflow.pyfunc.load_model(uri, dst_path=None if dst is None else str(dst))
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
                                                     dst_path=None if dst is None else str(dst)))
 
 
+def _model_file(local: Path, name: str) -> Path | None:
+    """``name`` inside a downloaded model: under ``artifacts/`` (pyfunc), or ``extra_files/``
+    (models registered as pickled torch modules by earlier versions)."""
+    for sub in ("artifacts", "extra_files"):
+        if (local / sub / name).is_file():
+            return local / sub / name
+    return None
+
+
 def download_checkpoint(uri: str, *, tracking_uri: str | None = None) -> Path:
     """The checkpoint file inside a registered model (for ``training.checkpoint.load_model``)."""
-    path = resolve_model_uri(uri, tracking_uri=tracking_uri) / "extra_files" / "checkpoint.pt"
-    if not path.is_file():
+    path = _model_file(resolve_model_uri(uri, tracking_uri=tracking_uri), CHECKPOINT_FILE)
+    if path is None:
         raise TrackingError(f"{uri} holds no checkpoint.pt: it was not registered by mrlfads promote")
     return path
 
 
 def load_registered(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.Module, dict, dict]:
     """``(model, run_cfg_dict, manifest_dict)`` like ``training.checkpoint.load_model``."""
-    local = resolve_model_uri(uri, tracking_uri=tracking_uri)
-    import mlflow.pytorch
+    from mrlfads.config import ModelConfig
+    from mrlfads.config_utils import from_dict
+    from mrlfads.model import MRLFADS
 
-    wrapped = mlflow.pytorch.load_model(str(local), map_location="cpu")
-    extra = local / "extra_files"
-    run_cfg = json.loads((extra / RUN_CONFIG_FILE).read_text())
-    manifest = json.loads((extra / MANIFEST_FILE).read_text())
-    return wrapped.model.eval(), run_cfg, manifest
+    payload = torch.load(download_checkpoint(uri, tracking_uri=tracking_uri), map_location="cpu",
+                         weights_only=True)
+    model = MRLFADS(from_dict(ModelConfig, payload["run_config"]["model"], where="checkpoint.model"))
+    model.load_state_dict(payload["model"])
+    return model.eval(), payload["run_config"], payload.get("manifest", {})
+
+
+# -- one training run ----------------------------------------------------------------------
+def find_run(run_id: str, *, tracking_uri: str | None = None) -> BestTrial:
+    """A finished `mrlfads train` run (or a sweep's trial run) as a promotion candidate.
+
+    Its checkpoint is the run's ``checkpoint/best.pt`` artifact (``runs:/`` URI) when train
+    logged one, else the trial's ``mrlfads.checkpoint`` tag; errors say which is missing."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    where = redact_uri(client.tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(f"no run {run_id!r} in {where}: check --run (`mrlfads train` prints "
+                            "the run id; RUN_DIR/tracking.json holds it) and --tracking-uri / "
+                            "MLFLOW_TRACKING_URI") from exc
+    tags, metrics = run.data.tags, dict(run.data.metrics)
+    if tags.get("mrlfads.role") == "sweep":
+        raise TrackingError(f"run {run_id} is the parent run of sweep {tags.get('mrlfads.sweep')!r}: "
+                            "promote its best trial with --sweep NAME")
+    if run.info.status != "FINISHED":
+        raise TrackingError(f"run {run_id} is {run.info.status}, not FINISHED: only a finished "
+                            "run can be promoted (let it finish; `mrlfads train --resume --out "
+                            "RUN_DIR` continues a killed run)")
+    names = {a.path for a in client.list_artifacts(run_id, RUN_CHECKPOINT_DIR)}
+    if RUN_CHECKPOINT in names:
+        checkpoint = f"runs:/{run_id}/{RUN_CHECKPOINT}"
+    elif tags.get("mrlfads.checkpoint") and selectable(metrics):
+        checkpoint = tags["mrlfads.checkpoint"]
+    else:
+        raise TrackingError(
+            f"run {run_id} has no checkpoint to promote: no {RUN_CHECKPOINT} artifact (`mrlfads "
+            "train` logs best.pt there once an epoch after its KL/L2 ramps is done: train more "
+            "epochs) and no trial checkpoint after the ramps (tag mrlfads.checkpoint)")
+    value = metrics.get("objective", math.nan)
+    return BestTrial(run_id, tags.get("mrlfads.trial_id", ""), "objective", float(value),
+                     checkpoint, metrics)
+
+
+def download_run_checkpoint(uri: str, dst: str | os.PathLike, *,
+                            tracking_uri: str | None = None) -> Path:
+    """A ``runs:/RUN_ID/checkpoint/best.pt`` artifact as a local file under ``dst``."""
+    import mlflow
+
+    with _global_uri(resolve_tracking_uri(tracking_uri)):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+
+
+def log_run_checkpoint(log_artifact, src: str | os.PathLike) -> None:
+    """Log the model part of checkpoint ``src`` as the run's ``checkpoint/best.pt`` (what
+    ``mrlfads promote --run`` registers) through ``log_artifact(path, artifact_dir)``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log_artifact(model_checkpoint(src, Path(tmp) / "best.pt"), RUN_CHECKPOINT_DIR)

@@ -1,4 +1,5 @@
-"""`mrlfads promote --sweep NAME`: register a sweep's best finished trial as an MLflow model."""
+"""`mrlfads promote --sweep NAME | --run RUN_ID`: register a sweep's best finished trial, or
+one finished training run, as an MLflow model that loads without this repository."""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +7,19 @@ import contextlib
 import os
 
 NAME = "promote"
-HELP = ("register the best finished trial of a sweep as a version of the MLflow model "
-        "mrlfads-<sweep> and point an alias (default: champion) at it")
+HELP = ("register the best finished trial of a sweep (or one finished `mrlfads train` run) "
+        "as a version of an MLflow model and point an alias (default: champion) at it")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sweep", required=True, help="the sweep's name (its MLflow experiment)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sweep", help="the sweep's name (its MLflow experiment); registers "
+                       "its best finished trial as mrlfads-<sweep>")
+    which.add_argument("--run", metavar="RUN_ID", help="the MLflow run id of a finished "
+                       "`mrlfads train` run (printed at its end; RUN_DIR/tracking.json); "
+                       "registers its best.pt as mrlfads-<run name>")
+    p.add_argument("--name", help="registered model name (default: mrlfads-<sweep> or "
+                   "mrlfads-<run name>)")
     p.add_argument("--metric", help="metric that ranks trials (default: the sweep's objective)")
     p.add_argument("--mode", choices=["min", "max"], help="default: the sweep's mode (min)")
     p.add_argument("--alias", default="champion", help="registry alias to set (default: champion)")
@@ -39,9 +47,13 @@ def local_checkpoint(path: str):
 
 def run(args: argparse.Namespace) -> int:
     from tracking.errors import TrackingError
-    from tracking.registry import KEY_METRICS, find_best_trial, promote
-    from training.checkpoint import load_model
+    from tracking.registry import find_best_trial
 
+    if args.run:
+        if args.metric or args.mode:
+            raise TrackingError("--metric and --mode rank a sweep's trials: use them with "
+                                "--sweep, not --run")
+        return _promote_run(args)
     best = find_best_trial(args.sweep, metric=args.metric, mode=args.mode,
                            tracking_uri=args.tracking_uri)
     if not best.checkpoint:
@@ -49,16 +61,70 @@ def run(args: argparse.Namespace) -> int:
                             "recorded no checkpoint (tag mrlfads.checkpoint): was it logged by "
                             "mrlfads sweep with checkpoints on?")
     print(f"best finished trial: {best.trial_id} ({best.metric} = {best.value:.6g})", flush=True)
+    _print_metrics(best)
+    with local_checkpoint(best.checkpoint) as path:
+        model, run_cfg, done = _register(args, args.sweep, best, path)
+    _log_figures(best.run_id, model, run_cfg, args.tracking_uri)
+    _print_done(done)
+    return 0
+
+
+def _promote_run(args: argparse.Namespace) -> int:
+    """One finished run: its logged best.pt, or a trial's own checkpoint."""
+    import dataclasses
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from tracking.registry import download_run_checkpoint, find_run
+    from tracking.store import resolve_tracking_uri
+    from training import checkpoint as ckpt
+
+    best = find_run(args.run, tracking_uri=args.tracking_uri)
+    run = MlflowClient(resolve_tracking_uri(args.tracking_uri)).get_run(args.run)
+    sweep = run.data.tags.get("mrlfads.sweep")
+    name = args.name or (f"mrlfads-{sweep}" if sweep else f"mrlfads-{run.info.run_name}")
+    with contextlib.ExitStack() as stack:
+        if best.checkpoint.startswith("runs:/"):
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mrlfads-promote-"))
+            path = str(download_run_checkpoint(best.checkpoint, tmp, tracking_uri=args.tracking_uri))
+            saved = ckpt.load(path).get("metrics")
+            if isinstance(saved, dict):  # the metrics of the epoch best.pt holds, not the last
+                best = dataclasses.replace(best, metrics={**best.metrics, **saved},
+                                           value=float(saved.get("objective", best.value)))
+        else:
+            path = stack.enter_context(local_checkpoint(best.checkpoint))
+        print(f"run {best.run_id} ({run.info.run_name}): objective = {best.value:.6g}", flush=True)
+        _print_metrics(best)
+        model, run_cfg, done = _register(args, sweep, best, path, name=name)
+    if not best.checkpoint.startswith("runs:/"):  # `mrlfads train` logged its figures itself
+        _log_figures(best.run_id, model, run_cfg, args.tracking_uri)
+    _print_done(done)
+    return 0
+
+
+def _register(args, sweep, best, path, name=None):
+    from tracking.registry import promote
+    from training.checkpoint import load_model
+
+    model, run_cfg, manifest = load_model(path)
+    done = promote(sweep, best, model=model, run_cfg=run_cfg, manifest=manifest,
+                   checkpoint_file=path, alias=args.alias, tracking_uri=args.tracking_uri,
+                   name=name or args.name)
+    return model, run_cfg, done
+
+
+def _print_metrics(best) -> None:
+    from tracking.registry import KEY_METRICS
+
     for key in (k for k in KEY_METRICS if k in best.metrics and k not in (best.metric, "epoch")):
         print(f"  {key} = {best.metrics[key]:.6g}")
-    with local_checkpoint(best.checkpoint) as path:
-        model, run_cfg, manifest = load_model(path)
-        done = promote(args.sweep, best, model=model, run_cfg=run_cfg, manifest=manifest,
-                       checkpoint_file=path, alias=args.alias, tracking_uri=args.tracking_uri)
-    _log_figures(best.run_id, model, run_cfg, args.tracking_uri)
+
+
+def _print_done(done) -> None:
     state = "registered as new" if done.created else "already registered as"
     print(f"{state} {done.name} version {done.version}; alias {done.alias} -> {done.uri}")
-    return 0
+    print(f"load it anywhere: mlflow.pyfunc.load_model({done.uri!r})")
 
 
 def _log_figures(run_id: str, model, run_cfg: dict, tracking_uri: str | None) -> None:

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from data_loaders.reader import ArrowDataset
     from training import checkpoint as ckpt
     from training.config import RunConfig, fit_ramps, load_config_file
-    from training.fit import LAST, fit
+    from training.fit import BEST, LAST, fit
     from training.loop import NonFiniteLossError, Trainer
     from training.tracking_glue import open_run_tracker, save_run_id
 
@@ -91,13 +91,18 @@ def run(args: argparse.Namespace) -> int:
     tracker = None if args.no_tracking else open_run_tracker(
         args.experiment, out.name, cfg, dataset.manifest, args.tracking_uri, out,
         resume=args.resume)
-    status = "FINISHED"
+    status, run_id = "FINISHED", None
     try:
         metrics = fit(trainer, out, tracker=tracker, progress=not args.quiet)
         if tracker is not None:
             from training.report_figures import log_model_figures
 
             log_model_figures(tracker.log_artifact, trainer.model, dataset, trainer.cfg)
+            if (out / BEST).is_file():  # what `mrlfads promote --run` registers
+                from tracking.registry import log_run_checkpoint
+
+                log_run_checkpoint(tracker.log_artifact, out / BEST)
+                run_id = tracker.active_run_id
     except NonFiniteLossError as exc:
         status = "FAILED"
         print(f"error: {exc}")
@@ -111,4 +116,6 @@ def run(args: argparse.Namespace) -> int:
             tracker.end_run(status=status)
     print(f"done: {trainer.epoch} epochs, objective {metrics.get('objective', float('nan')):.4g}; "
           f"checkpoints in {out} (best.pt, last.pt), metrics in {out / 'metrics.jsonl'}")
+    if run_id and not run_id.startswith("pending-"):
+        print(f"MLflow run {run_id}; register its best.pt with: mrlfads promote --run {run_id}")
     return 0
