@@ -3,6 +3,7 @@
 Configs travel as JSON/YAML (checkpoints, MLflow params, Ray trial configs), so each
 component's dataclass must round-trip through dicts and reject unknown keys loudly
 (torchtune style): a typo in a sweep file must not silently fall back to a default.
+``with_overrides`` is the one way to change a config by dotted path (``get_path`` reads one).
 """
 from __future__ import annotations
 
@@ -169,37 +170,193 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-def get_path(cfg: Any, path: str) -> Any:
-    """Value at a dotted field path, e.g. ``get_path(run_cfg, "train.lr")``."""
-    value = cfg
-    for part in path.split("."):
-        if not dataclasses.is_dataclass(value) or part not in {f.name for f in dataclasses.fields(value)}:
-            raise ConfigError(f"config path {path!r}: no field {part!r} in {type(value).__name__}")
-        value = getattr(value, part)
-    return value
+# ------------------------------------------------------------------------ dotted paths
+# One syntax names a config field everywhere: --set, config files, search spaces (their
+# hyperparameters and `fixed:`) and PBT's values. Parts are field names; inside a list of
+# named sections (model.regions) a part is ``*`` (every element) or an element's name,
+# never a list position, so a path survives reordering.
+PATH_SYNTAX = ("a dotted path of field names such as train.lr; in a list of named sections "
+               "a part is '*' (every element) or an element's name: model.regions.*.gen_dim")
+
+_Item = tuple  # (remaining parts, value, the full path as the user wrote it)
+
+
+def _section_list(tp: Any) -> type | None:
+    """The element type of a ``tuple[SomeDataclass, ...]`` field, else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple and args and _is_dataclass_type(args[0]):
+        return args[0]
+    return None
+
+
+def _known(node: Any) -> list[str]:
+    """A dataclass's (or its instance's) field names, sorted: what an error lists."""
+    return sorted(f.name for f in dataclasses.fields(node) if f.init)
+
+
+def _element_names(elements: tuple) -> list[Any]:
+    return [getattr(e, "name", None) for e in elements]
+
+
+def _no_field(path: str, part: str, node: Any, where: str) -> str:
+    what = f"{where} ({type(node).__name__})" if where else type(node).__name__
+    if part == "*":
+        return (f"config path {path!r}: '*' stands for every element of a list of sections, "
+                f"and {what} is not one; its fields: {_known(node)}")
+    return f"config path {path!r}: no field {part!r} in {what}; known: {_known(node)}"
+
+
+def _split(path: Any, errors: list[str]) -> list[str] | None:
+    parts = path.split(".") if isinstance(path, str) else []
+    if not parts or not all(parts):
+        errors.append(f"config path {path!r}: expected {PATH_SYNTAX}")
+        return None
+    return parts
+
+
+def _apply(node: Any, items: list[_Item], where: str, errors: list[str]) -> Any:
+    """``node`` (a dataclass instance) with ``items`` applied; each touched dataclass is
+    rebuilt once, with all its changes, so its validation sees them together."""
+    types = _field_types(type(node))
+    known = _known(node)
+    groups: dict[str, list[_Item]] = {}
+    for parts, value, path in items:
+        head = parts[0]
+        if head not in known:
+            errors.append(_no_field(path, head, node, where))
+            continue
+        groups.setdefault(head, []).append((parts[1:], value, path))
+    before = len(errors)
+    changes = {name: _apply_field(types[name], getattr(node, name), sub,
+                                  f"{where}.{name}" if where else name, errors)
+               for name, sub in groups.items()}
+    if len(errors) > before or not changes:
+        return node  # never validate values that failed: one message per path
+    try:
+        return dataclasses.replace(node, **changes)
+    except (ConfigError, ValueError, TypeError) as exc:
+        paths = sorted({path for sub in groups.values() for _, _, path in sub})
+        errors.append(f"{', '.join(paths)}: {exc}")
+        return node
+
+
+def _apply_field(tp: Any, current: Any, items: list[_Item], where: str,
+                 errors: list[str]) -> Any:
+    if _is_dataclass_type(tp):
+        sub: list[_Item] = []
+        for rest, value, path in items:
+            if rest:
+                sub.append((rest, value, path))
+            elif isinstance(value, Mapping):  # a mapping sets the fields it names
+                sub += [(str(k).split("."), v, f"{path}.{k}") for k, v in value.items()]
+            else:
+                errors.append(f"config path {path!r}: {where} is a section of {tp.__name__} "
+                              f"fields ({_known(current)}), not a value; set one of them, "
+                              f"e.g. {path}.{_known(tp)[0]}, or give a mapping")
+        return _apply(current, sub, where, errors) if sub else current
+    element_tp = _section_list(tp)
+    if element_tp is not None:
+        return _apply_elements(element_tp, current, items, where, errors)
+    for rest, value, path in items:
+        if rest:
+            errors.append(f"config path {path!r}: {where} is a value, not a section: it has "
+                          f"no field {rest[0]!r}")
+        else:
+            current = _convert(tp, value, path, errors)
+    return current
+
+
+def _apply_elements(element_tp: type, current: tuple, items: list[_Item], where: str,
+                    errors: list[str]) -> tuple:
+    """A list of named sections: ``*`` or a name selects elements; a list value sets, entry
+    by entry, the fields of the element its ``name`` names (never by position)."""
+    names = _element_names(current)
+    per: list[list[_Item]] = [[] for _ in current]
+    for rest, value, path in items:
+        if not rest:
+            if not isinstance(value, (list, tuple)):
+                errors.append(f"config path {path!r}: {where} is a list of {element_tp.__name__} "
+                              f"entries; give a list of {{name: ..., field: value}} entries or "
+                              f"set one field, e.g. {path}.*.FIELD")
+                continue
+            for entry in value:
+                entry = to_dict(entry) if dataclasses.is_dataclass(entry) else entry
+                name = entry.get("name") if isinstance(entry, Mapping) else None
+                if name not in names:
+                    errors.append(f"config path {path!r}: entry {entry!r} must name one of the "
+                                  f"elements {names} (its `name`)")
+                    continue
+                fields = {k: v for k, v in entry.items() if k != "name"}
+                per[names.index(name)].append(([], fields, f"{path}.{name}"))
+            continue
+        selector, tail = rest[0], rest[1:]
+        if not tail and not isinstance(value, Mapping):
+            errors.append(f"config path {path!r}: selects whole {element_tp.__name__} entries; "
+                          f"set one field, e.g. {path}.{_known(element_tp)[0]}, or give "
+                          "a mapping")
+            continue
+        if selector == "*":
+            targets = range(len(current))
+        elif selector in names:
+            targets = [names.index(selector)]
+        else:
+            errors.append(f"config path {path!r}: no element {selector!r} in {where}; known: "
+                          f"{names}, or '*' for every element")
+            continue
+        for i in targets:
+            per[i].append((tail, value, path))
+    return tuple(_apply_field(element_tp, element, sub, f"{where}.{names[i]}", errors)
+                 if sub else element for i, (element, sub) in enumerate(zip(current, per)))
 
 
 def with_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
-    """A copy of ``cfg`` with dotted-path overrides applied and re-validated.
+    """A copy of ``cfg`` with each dotted path set: the one override function behind --set,
+    config files, search spaces (searched values and ``fixed:``) and PBT.
 
-    ``with_overrides(run_cfg, {"train.lr": 1e-3, "model.dropout": 0.2})``. Unknown paths
-    raise ConfigError naming the path; the result passes each dataclass's __post_init__.
+    ``with_overrides(run_cfg, {"train.lr": 1e-3, "model.regions.*.gen_dim": 64})``. A value
+    is converted to the field's type (an int field takes 1e3); a mapping on a section sets
+    the fields it names (``{"train": {"lr": 1e-3}}``, how config files merge); a list on a
+    list of named sections sets the fields of each entry's ``name``. Later paths win. Every
+    touched dataclass is validated once with all its changes; all problems are reported
+    together, each naming its path and the fields known there.
     """
-    data = to_dict(cfg)
     errors: list[str] = []
+    items = []
     for path, value in overrides.items():
-        node = data
-        parts = path.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-                errors.append(f"{path}: no config section {part!r}")
-                break
-            node = node[part]
-        else:
-            if parts[-1] not in node:
-                errors.append(f"{path}: unknown config field {parts[-1]!r}; known: {sorted(node)}")
-            else:
-                node[parts[-1]] = value
+        parts = _split(path, errors)
+        if parts is not None:
+            items.append((parts, value, path))
+    out = _apply(cfg, items, "", errors) if items else cfg
     if errors:
         raise ConfigError("invalid overrides:\n  " + "\n  ".join(errors))
-    return from_dict(type(cfg), data)
+    return out
+
+
+def get_path(cfg: Any, path: str) -> Any:
+    """The value at a dotted path (the syntax of :func:`with_overrides`); ``*`` reads the
+    first element (where a field is set for every region, each holds the same value)."""
+    errors: list[str] = []
+    parts = _split(path, errors)
+    node, where = cfg, ""
+    for part in parts or []:
+        if isinstance(node, tuple) and node and dataclasses.is_dataclass(node[0]):
+            names = _element_names(node)
+            if part == "*" or part in names:
+                node = node[0 if part == "*" else names.index(part)]
+            else:
+                errors.append(f"config path {path!r}: no element {part!r} in {where}; known: "
+                              f"{names}, or '*' for every element")
+                break
+        elif dataclasses.is_dataclass(node) and part in _known(node):
+            node = getattr(node, part)
+        elif dataclasses.is_dataclass(node):
+            errors.append(_no_field(path, part, node, where))
+            break
+        else:
+            errors.append(f"config path {path!r}: {where} is a value, not a section: it has "
+                          f"no field {part!r}")
+            break
+        where = f"{where}.{part}" if where else part
+    if errors:
+        raise ConfigError(errors[0])
+    return node

@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 VAR_FLOOR = 1e-4  # posterior std = sqrt(exp(logvar) + VAR_FLOOR) (docs/MODEL.md)
@@ -36,37 +35,15 @@ def posterior_var(logvar: torch.Tensor) -> torch.Tensor:
     return torch.exp(bounded_logvar(logvar)) + VAR_FLOOR
 
 
-def gru_update(xg: torch.Tensor, hg: torch.Tensor, h: torch.Tensor, clip: float) -> torch.Tensor:
-    """One clipped GRU step from precomputed gate pre-activations (PyTorch's r, z, n order).
-
-    ``xg = W_ih x + b_ih`` and ``hg = W_hh h + b_hh``, both ``(..., 3H)``.
-    """
-    H = h.shape[-1]
-    rz = torch.sigmoid(xg[..., : 2 * H] + hg[..., : 2 * H])  # both gates in one op
-    r, z = rz[..., :H], rz[..., H:]
-    n = torch.tanh(torch.addcmul(xg[..., 2 * H:], r, hg[..., 2 * H:]))
-    return torch.clamp(n + z * (h - n), -clip, clip)
-
-
 def clipped_gru_cell(x, h, w_ih, w_hh, b_ih, b_hh, clip: float) -> torch.Tensor:
     """Reference GRU cell (torch's own kernel, weights ``(3H, in)``), clipped to +-clip."""
     return torch.clamp(torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh), -clip, clip)
 
 
 def unit_columns(w: torch.Tensor, dim: int = -2) -> torch.Tensor:
-    """Normalise each output unit's weights to unit L2 norm (NormLinear); zero stays zero."""
+    """Normalise each output unit's weights to unit L2 norm (the factor readouts' weights);
+    zero stays zero."""
     return w / w.norm(dim=dim, keepdim=True).clamp_min(1e-12)
-
-
-class NormLinear(nn.Module):
-    """Linear map without bias whose weight rows are kept at unit L2 norm (factors)."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / math.sqrt(in_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, unit_columns(self.weight, dim=1))
 
 
 def block_mask(in_sizes: Sequence[int], in_max: int, out_sizes: Sequence[int], out_max: int,

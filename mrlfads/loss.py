@@ -18,12 +18,13 @@ Tensor = torch.Tensor
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def poisson_nll(log_rate: Tensor, counts: Tensor) -> Tensor:
-    """Elementwise -log Poisson(counts | exp(log_rate)), with the log(counts!) term."""
+def poisson_nll(counts: Tensor, log_rate: Tensor) -> Tensor:
+    """Elementwise -log Poisson(counts | exp(log_rate)), with the log(counts!) term. Data
+    first, then the prediction: the argument order of every loss and metric here."""
     return torch.exp(log_rate) - counts * log_rate + torch.lgamma(counts + 1.0)
 
 
-def gaussian_nll(mean: Tensor, logvar: Tensor, x: Tensor) -> Tensor:
+def gaussian_nll(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     """Elementwise -log N(x | mean, exp(logvar))."""
     return 0.5 * (_LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar))
 
@@ -59,9 +60,9 @@ def observation_nll(obs_model: str, readout: Tensor, logvar: Tensor | None, x: T
     """
     readout, x = _f32(readout), _f32(x)
     if obs_model == "poisson":
-        nll = poisson_nll(readout, x)
+        nll = poisson_nll(x, readout)
     else:
-        nll = gaussian_nll(readout, _f32(logvar), x)
+        nll = gaussian_nll(x, readout, _f32(logvar))
     return _trial_mean(nll if weight is None else nll * weight)
 
 

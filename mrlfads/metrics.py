@@ -6,9 +6,10 @@ code and offline analysis all score a model the same way. Shapes follow the data
 ``(trials, T, N)`` for per-region activity, ``(trials, T, d)`` for messages and inputs.
 Pathways are keyed ``(src, dst)``; the strings ``"src->dst"`` are accepted too.
 
-Conventions shared by the NLLs: summed over time and neurons, mean over trials (as the loss).
-R^2 here is always "variance weighted": ``1 - sum(SSE) / sum(SST)`` pooled over output
-columns, SST taken about each column's own mean (see :func:`r2`).
+Arguments come data first, then the model's prediction (``bits_per_spike(counts,
+log_rates)``, ``r2(y_true, y_pred)``), as in the loss's NLLs (mrlfads/loss.py). R^2 here is
+always "variance weighted": ``1 - sum(SSE) / sum(SST)`` pooled over output columns, SST
+taken about each column's own mean (see :func:`r2`).
 """
 
 from __future__ import annotations
@@ -24,22 +25,17 @@ __all__ = [
     "EMA",
     "MetricsError",
     "bits_per_spike",
-    "co_bps",
     "condition_groups",
     "effectome",
     "effectome_cosine",
     "effectome_metrics",
-    "gaussian_nll",
     "inferred_input_r2",
     "message_r2",
-    "poisson_nll",
     "psth_r2",
     "r2",
     "rank_correlation",
-    "smoothed",
 ]
 
-_LOG2PI = math.log(2.0 * math.pi)
 _NULL_RATE_FLOOR = 1e-9  # counts/bin; keeps log(null) finite for a silent neuron
 
 
@@ -64,13 +60,6 @@ def _same_shape(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
                            "they must match")
 
 
-def _trials_first(x: np.ndarray, name: str) -> np.ndarray:
-    """(trials, ...) -> (trials, rest) ; a 1-D array is one value per trial."""
-    if x.ndim == 0:
-        raise MetricsError(f"{name}: expected an array with a leading trials axis, got a scalar")
-    return x.reshape(x.shape[0], -1)  # (trials, T*N)
-
-
 def _klr(k: np.ndarray, log_rates: np.ndarray) -> np.ndarray:
     """k * log_rate with 0 * -inf = 0 (a zero rate is fine where no spike was seen)."""
     with np.errstate(invalid="ignore"):
@@ -86,39 +75,6 @@ def _pair(key: Any) -> tuple[str, str]:
     elif isinstance(key, tuple) and len(key) == 2:
         return str(key[0]), str(key[1])
     raise MetricsError(f"pathway key {key!r}: use a (src, dst) tuple or the string 'src->dst'")
-
-
-# ----------------------------------------------------------------------------- likelihoods
-def poisson_nll(counts: Any, log_rates: Any, full: bool = True) -> float:
-    """Poisson NLL of ``counts`` under ``exp(log_rates)``, both (trials, T, N) in counts/bin.
-
-    Summed over time and neurons, averaged over trials (the loss's convention). ``full``
-    includes the ``log(k!)`` term so the value is a true NLL; ``full=False`` drops it (as
-    ``torch.nn.functional.poisson_nll_loss`` does) - it does not depend on the model.
-    """
-    k, lr = _np(counts, "counts"), _np(log_rates, "log_rates")
-    _same_shape(k, lr, "counts", "log_rates")
-    nll = np.exp(lr) - _klr(k, lr)  # (trials, T, N)
-    if full:
-        from scipy.special import gammaln  # lazy: keeps `import mrlfads` light
-
-        nll = nll + gammaln(k + 1.0)
-    return float(_trials_first(nll, "counts").sum(axis=1).mean())
-
-
-def gaussian_nll(x: Any, mean: Any, logvar: Any) -> float:
-    """Gaussian NLL of ``x`` under N(mean, exp(logvar)), all (trials, T, N) (logvar may
-    broadcast, e.g. one per neuron). Full NLL including 0.5*log(2*pi); summed over time and
-    neurons, averaged over trials."""
-    x, mu, lv = _np(x, "x"), _np(mean, "mean"), _np(logvar, "logvar")
-    _same_shape(x, mu, "x", "mean")
-    try:
-        lv = np.broadcast_to(lv, x.shape)
-    except ValueError:
-        raise MetricsError(f"logvar has shape {lv.shape}, which does not broadcast to the "
-                           f"shape of x {x.shape}")
-    nll = 0.5 * (_LOG2PI + lv + (x - mu) ** 2 * np.exp(-lv))  # (trials, T, N)
-    return float(_trials_first(nll, "x").sum(axis=1).mean())
 
 
 # ----------------------------------------------------------------------------- R^2
@@ -194,12 +150,6 @@ def bits_per_spike(counts: Any, log_rates: Any) -> float:
     ll_model = (_klr(k, lr) - np.exp(lr)).sum()
     ll_null = (_klr(k2, np.log(np.maximum(null, _NULL_RATE_FLOOR))) - null).sum()
     return float((ll_model - ll_null) / (n_spikes * math.log(2.0)))
-
-
-def co_bps(heldout_counts: Any, heldout_log_rates: Any) -> float:
-    """Co-smoothing bits/spike: :func:`bits_per_spike` on the held-out neurons, whose rates
-    the model predicts from held-in activity only (the model-selection signal)."""
-    return bits_per_spike(heldout_counts, heldout_log_rates)
 
 
 # ----------------------------------------------------------------------------- PSTH R^2
@@ -423,21 +373,12 @@ def rank_correlation(predicted_effects: Any, measured_effects: Any) -> float:
 
 
 # ----------------------------------------------------------------------------- smoothing
-def smoothed(values: Sequence[float], alpha: float) -> np.ndarray:
-    """Exponential moving average of a sequence, e.g. validation losses per epoch.
-
-    ``s_0 = v_0``, ``s_t = alpha * v_t + (1 - alpha) * s_{t-1}``: ``alpha`` in (0, 1] is
-    the weight of the newest value (pandas' ``ewm(alpha=..., adjust=False)``); 1 means no
-    smoothing, small values smooth more (about ``1/alpha`` epochs of memory). A NaN value
-    makes every later value NaN (a diverged trial stays visibly diverged).
-    """
-    ema = EMA(alpha)
-    return np.array([ema.update(v) for v in values], dtype=np.float64)
-
-
 class EMA:
-    """Running form of :func:`smoothed` for the training loop's objective; its state
-    (``state_dict``) goes in the checkpoint so resuming equals not stopping."""
+    """Exponential moving average of the training loop's objective, one value at a time:
+    ``s_0 = v_0``, ``s_t = alpha * v_t + (1 - alpha) * s_{t-1}`` (pandas' ``ewm(alpha=...,
+    adjust=False)``), ``alpha`` in (0, 1] the weight of the newest value, 1 meaning no
+    smoothing. A NaN makes every later value NaN (a diverged trial stays visibly diverged).
+    Its state (``state_dict``) goes in the checkpoint so resuming equals not stopping."""
 
     def __init__(self, alpha: float):
         if not (isinstance(alpha, (int, float)) and 0.0 < alpha <= 1.0):

@@ -60,7 +60,7 @@ class LoopSpec:
 
 
 def _gru_fwd(xg: Tensor, hg: Tensor, h: Tensor, clip: float | None):
-    """Clipped GRU step (r, z, n order, like ``layers.gru_update``) and what backward needs."""
+    """Clipped GRU step (PyTorch's r, z, n gate order) and what backward needs."""
     H = h.shape[-1]
     rz = torch.sigmoid(xg[..., : 2 * H] + hg[..., : 2 * H])
     r, z = rz[..., :H], rz[..., H:]

@@ -1,4 +1,5 @@
-"""The PBT explore step and initial sampling: pure functions of (values, space, rng).
+"""The PBT explore step: pure functions of (values, space, rng). (Initial values are
+Tune's draws from ``search_spaces.tune_objects.domain``.)
 
 Ray's built-in perturbation multiplies by 0.8 or 1.2 and steps outside the declared bounds;
 owning the step keeps it unbiased and inside the box:
@@ -10,7 +11,7 @@ Both are then clipped to the bounds.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -40,30 +41,6 @@ def explore(values: Mapping[str, float], space: SearchSpace,
                                    f"space; got keys {sorted(values)}")
         out[hp.path] = perturb(float(values[hp.path]), hp, rng)
     return out
-
-
-def sample_initial(hp: Hyperparameter, rng: np.random.Generator) -> Any:
-    """A draw from the initial distribution (or the fixed initial value)."""
-    if hp.type == "categorical":
-        return hp.choices[int(rng.integers(len(hp.choices)))]
-    dist = hp.init_distribution
-    low, high = hp.bounds
-    if dist is None:
-        return float(hp.init)
-    if dist == "loguniform":
-        value = math.exp(rng.uniform(math.log(low), math.log(high)))
-    else:
-        value = rng.uniform(low, high)
-    return int(round(value)) if hp.type == "int" else float(value)
-
-
-def initial_population(space: SearchSpace, size: int | None = None,
-                       seed: int | None = None) -> list[dict[str, Any]]:
-    """``size`` starting points (default: the scheduler's population), seeded by the space."""
-    rng = np.random.default_rng(space.seed if seed is None else seed)
-    size = space.scheduler.population if size is None else size
-    return [{hp.path: sample_initial(hp, rng) for hp in space.hyperparameters}
-            for _ in range(size)]
 
 
 class SpaceExplorer:

@@ -368,7 +368,7 @@ def _parse(data: Any, errors: list[str]) -> SearchSpace | None:
             kw["bounds"] = tuple(_number(x) for x in b) if isinstance(b, (list, tuple)) else b
         if "choices" in kw:
             c = kw["choices"]
-            kw["choices"] = tuple(c) if isinstance(c, (list, tuple)) else c
+            kw["choices"] = tuple(map(_number, c)) if isinstance(c, (list, tuple)) else c
         for key in ("init", "explore_weight"):
             if key in kw:
                 kw[key] = _number(kw[key])
@@ -376,7 +376,8 @@ def _parse(data: Any, errors: list[str]) -> SearchSpace | None:
             kw["init"] = float(kw["init"])
         hps.append(Hyperparameter(path=str(path), **kw))
     # unknown keys were dropped above, so value checks still run: all problems at once
-    return _construct(kind, data, hps, sched, res, sections["fixed"], errors)
+    fixed = {k: _number(v) for k, v in sections["fixed"].items()}
+    return _construct(kind, data, hps, sched, res, fixed, errors)
 
 
 def _construct(kind, data, hps, sched, res, fixed, errors) -> SearchSpace | None:

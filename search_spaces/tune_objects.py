@@ -1,22 +1,23 @@
 """Turn a SearchSpace into Ray Tune objects: param_space, scheduler, searcher, resources.
 
 The trial config layout (what ``training.trainable.trainable`` reads) is built here:
-``{"run": RunConfig dict, "checkpoint_interval": int, "build": {path: value},
-"hparams": {path: value}}``. PBT spaces fill ``hparams`` (re-applied after every restore,
-perturbed by :class:`search_spaces.explore.SpaceExplorer`); Optuna spaces fill ``build``
-(structure fixed for the life of a trial). The checkpoint interval is the PBT perturbation
+``{"run": the base RunConfig, "checkpoint_interval": int, "build": {path: value},
+"hparams": {path: value}}``, paths set by ``mrlfads.config_utils.with_overrides``. PBT
+spaces fill ``hparams`` (re-applied after every restore, perturbed by
+:class:`search_spaces.explore.SpaceExplorer`); Optuna spaces fill ``build`` (structure
+fixed for the life of a trial). The checkpoint interval is the PBT perturbation
 interval, taken from the space in one place (:func:`checkpoint_interval`).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
 
 from ray import tune
 
+from mrlfads.config_utils import get_path
 from search_spaces.errors import SearchSpaceError
 from search_spaces.explore import SpaceExplorer
-from search_spaces.paths import get_path
 from search_spaces.space import Hyperparameter, SearchSpace
 
 TIME_ATTR = "epoch"  # PBT/ASHA time: finished epochs, as the Trainer reports them
@@ -53,11 +54,11 @@ def domain(hp: Hyperparameter, *, initial: bool = False) -> Any:
     return tune.loguniform(low, high) if dist == "loguniform" else tune.uniform(low, high)
 
 
-def param_space(space: SearchSpace, run: Mapping[str, Any]) -> dict[str, Any]:
-    """The Tuner's param_space for a base run-config dict (``RunConfig.to_dict()``)."""
+def param_space(space: SearchSpace, run: Any) -> dict[str, Any]:
+    """The Tuner's param_space around the base run config (a RunConfig, passed as it is)."""
     searched = {hp.path: domain(hp, initial=space.kind == "pbt") for hp in space.hyperparameters}
     return {
-        "run": dict(run),
+        "run": run,
         "checkpoint_interval": checkpoint_interval(space),
         "build": {} if space.kind == "pbt" else searched,
         "hparams": searched if space.kind == "pbt" else {},
@@ -106,7 +107,7 @@ def asha_scheduler(space: SearchSpace, max_epochs: int):
     )
 
 
-def default_member(space: SearchSpace, run: Mapping[str, Any]) -> dict[str, float]:
+def default_member(space: SearchSpace, run: Any) -> dict[str, float]:
     """The run config's own value of every searched hyperparameter, clipped to its bounds:
     the population member that starts where a user without a search would."""
     out = {}
@@ -117,7 +118,7 @@ def default_member(space: SearchSpace, run: Mapping[str, Any]) -> dict[str, floa
 
 
 def tune_config(space: SearchSpace, *, max_epochs: int, burn_in: int | None = None,
-                reuse_actors: bool = True, run: Mapping[str, Any] | None = None) -> tune.TuneConfig:
+                reuse_actors: bool = True, run: Any = None) -> tune.TuneConfig:
     """TuneConfig for either kind: PBT with a seeded initial population (with ``run`` and
     ``scheduler.seed_with_defaults``, its first member at the run's own values), or TPE +
     ASHA."""

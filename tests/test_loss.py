@@ -20,15 +20,16 @@ LOG01 = math.log(0.1)
 
 
 def test_poisson_nll_of_known_counts():
-    got = poisson_nll(torch.tensor([math.log(2.0), 0.0]), torch.tensor([3.0, 0.0]))
+    got = poisson_nll(torch.tensor([3.0, 0.0]), torch.tensor([math.log(2.0), 0.0]))
     expected = [2.0 - 3.0 * math.log(2.0) + math.log(6.0), 1.0]
     assert got.tolist() == pytest.approx(expected)
 
 
 def test_gaussian_nll():
-    assert float(gaussian_nll(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(1.0))) == \
+    # x = 1 under N(0, 1); x = 3 under N(1, 4): (3 - 1)^2 / 4 = 1
+    assert float(gaussian_nll(torch.tensor(1.0), torch.tensor(0.0), torch.tensor(0.0))) == \
         pytest.approx(0.5 * (math.log(2 * math.pi) + 1.0))
-    assert float(gaussian_nll(torch.tensor(1.0), torch.tensor(math.log(4.0)), torch.tensor(3.0))) \
+    assert float(gaussian_nll(torch.tensor(3.0), torch.tensor(1.0), torch.tensor(math.log(4.0)))) \
         == pytest.approx(0.5 * (math.log(2 * math.pi) + math.log(4.0) + 1.0))
 
 

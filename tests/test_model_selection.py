@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from data_loaders.testing import make_tiny_dataset
 from mrlfads.config import LossConfig, RampConfig
 from mrlfads.config_utils import ConfigError
-from mrlfads.ramps import RAMPS_DONE, selectable
+from mrlfads.ramps import RAMPS_DONE, best_trial, selectable
 from training import checkpoint as ckpt
 from training.config import RunConfig, fit_ramps
 from training.fit import BEST, fit
@@ -61,11 +62,22 @@ def test_selectable_reads_the_flag_and_accepts_older_records():
 
 
 def test_best_trial_skips_trials_whose_last_epoch_was_during_the_ramps():
-    from tracking.lineage import best_trial
-
     last = {"a": {"objective": 1.0, RAMPS_DONE: 0.0}, "b": {"objective": 2.0, RAMPS_DONE: 1.0},
             "c": {"objective": math.nan, RAMPS_DONE: 1.0}}
     assert best_trial(last, "objective") == "b"
+
+
+def test_best_trial_ignores_nan_inf_and_missing_and_breaks_ties_by_the_smallest_key():
+    last = {"a": {"objective": 2.0}, "b": {"objective": float("nan")}, "c": {"objective": 1.5},
+            "d": {}, "e": {"objective": -math.inf}, "f": {"objective": True}}
+    assert best_trial(last, "objective", "min") == "c"
+    assert best_trial(last, "objective", "max") == "a"
+    assert best_trial({"d": {}}, "objective") is None
+    tie = {"t2": {"objective": np.float32(1.0)}, "t1": {"objective": 1.0}, "t3": {"objective": 3}}
+    assert best_trial(tie, "objective", "min") == "t1"  # whatever order the caller's dict has
+    assert best_trial(tie, "objective", "max") == "t3"
+    with pytest.raises(ValueError, match="mode 'best'"):
+        best_trial(tie, "objective", "best")
 
 
 def test_epochs_stretch_the_default_ramps(tiny):

@@ -255,7 +255,7 @@ def test_sweep_refuses_an_unprotected_objective_and_names_the_fix(data):
     assert "copy their input" in msg and "--heldout" in msg and "train.sv_rate" in msg
     plan = sweep.plan_sweep(str(p_n), space=_space(), smoke_test=True,
                             run_overrides={"train.sv_rate": 0.1})
-    assert plan.run["train"]["sv_rate"] == 0.1
+    assert plan.run.train.sv_rate == 0.1
     # the default space searches cd_rate above 0: every trial is protected by CD
     plan = sweep.plan_sweep(str(p_n), smoke_test=True)
     assert "coordinated dropout" in sweep._objective_text(plan)

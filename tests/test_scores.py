@@ -37,7 +37,6 @@ def test_predicting_each_neurons_mean_over_the_evaluated_trials_scores_exactly_z
     counts = rng.poisson([0.1, 1.0, 3.0], size=(5, 7, 3)).astype(float)
     mean = counts.mean(axis=(0, 1))  # the evaluated trials' own means, not a training split's
     log_rates = np.broadcast_to(np.log(mean), counts.shape)
-    assert M.co_bps(counts, log_rates) == pytest.approx(0.0, abs=1e-12)
     assert M.bits_per_spike(counts, log_rates) == pytest.approx(0.0, abs=1e-12)
 
 
@@ -48,7 +47,7 @@ def test_co_bps_hand_value_two_neurons():
     # LL_model = (2 ln2 - 2) + (0 - 0.5) + (0 - 1) + (0 - 1) = 2 ln2 - 4.5
     # null: neuron 0 mean 1, neuron 1 mean 1 -> LL_null = -1 - 1 - 1 - 1 = -4
     expected = (2 * LN2 - 0.5) / (4 * LN2)
-    assert M.co_bps(counts, np.log(rates)) == pytest.approx(expected, rel=1e-12)
+    assert M.bits_per_spike(counts, np.log(rates)) == pytest.approx(expected, rel=1e-12)
     assert nlb_bits_per_spike(rates, counts) == pytest.approx(expected, rel=1e-8)  # its 1e-9
 
 
@@ -75,8 +74,9 @@ def test_pooled_co_bps_is_the_spike_weighted_mean_of_the_regions():
     a = rng.poisson(0.4, size=(4, 6, 2)).astype(float)
     b = rng.poisson(2.0, size=(4, 6, 3)).astype(float)
     la, lb = np.log(rng.uniform(0.2, 1.0, a.shape)), np.log(rng.uniform(1.0, 3.0, b.shape))
-    pooled = M.co_bps(np.concatenate([a, b], -1), np.concatenate([la, lb], -1))
-    weighted = (M.co_bps(a, la) * a.sum() + M.co_bps(b, lb) * b.sum()) / (a.sum() + b.sum())
+    pooled = M.bits_per_spike(np.concatenate([a, b], -1), np.concatenate([la, lb], -1))
+    weighted = (M.bits_per_spike(a, la) * a.sum() + M.bits_per_spike(b, lb) * b.sum()) / (
+        a.sum() + b.sum())
     assert pooled == pytest.approx(weighted, rel=1e-12)
 
 

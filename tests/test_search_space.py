@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from mrlfads.config import ModelConfig, RegionConfig
+from mrlfads.config_utils import ConfigError
 from search_spaces.errors import SearchSpaceError
-from search_spaces.paths import set_paths
 from search_spaces.space import SearchSpace
 from training.config import RunConfig
 
@@ -64,11 +64,11 @@ def test_pbt_space_covers_the_issue_hyperparameters_and_keeps_bm_below_bu():
 def test_every_bound_and_choice_is_a_valid_run_config(name):
     """Each path exists in RunConfig and both ends of its range pass RunConfig validation."""
     space = SearchSpace.from_yaml(SPACES / name)
-    base = _run_cfg().to_dict()
+    base = _run_cfg()
     for hp in space.hyperparameters:
         values = hp.choices if hp.type == "categorical" else hp.bounds
         for value in values:
-            cfg = RunConfig.from_dict(set_paths(base, {hp.path: value})).to_dict()
+            cfg = base.with_overrides({hp.path: value}).to_dict()
             assert _values_at(cfg, hp.path.split(".")) == [value] * _count(hp.path)
 
 
@@ -149,10 +149,10 @@ def test_missing_file_names_the_path(tmp_path):
         SearchSpace.from_yaml(tmp_path / "nope.yaml")
 
 
-def test_set_paths_wildcard_sets_every_region_and_rejects_unknown_fields():
-    base = _run_cfg().to_dict()
-    out = set_paths(base, {"model.regions.*.gen_dim": 7, "train.lr": 1e-3})
-    assert [r["gen_dim"] for r in out["model"]["regions"]] == [7, 7]
-    assert base["model"]["regions"][0]["gen_dim"] is None  # input untouched
-    with pytest.raises(SearchSpaceError, match="no field 'lrr'"):
-        set_paths(base, {"train.lrr": 1.0})
+def test_wildcard_sets_every_region_and_unknown_fields_are_refused():
+    base = _run_cfg()
+    out = base.with_overrides({"model.regions.*.gen_dim": 7, "train.lr": 1e-3})
+    assert [r.gen_dim for r in out.model.regions] == [7, 7] and out.train.lr == 1e-3
+    assert base.model.regions[0].gen_dim is None  # input untouched
+    with pytest.raises(ConfigError, match="config path 'train.lrr': no field 'lrr'"):
+        base.with_overrides({"train.lrr": 1.0})

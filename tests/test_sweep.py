@@ -81,7 +81,7 @@ def test_a_relative_data_path_reaches_ray_workers_as_absolute(tiny_dataset_dir, 
 
     monkeypatch.chdir(Path(tiny_dataset_dir).parent)
     plan = sweep.plan_sweep(os.path.basename(tiny_dataset_dir), smoke_test=True)
-    assert plan.run["data"]["uri"] == str(Path(tiny_dataset_dir).resolve())
+    assert plan.run.data.uri == str(Path(tiny_dataset_dir).resolve())
 
 
 def test_a_range_the_run_config_rejects_is_named(tiny_dataset_dir):
@@ -114,9 +114,9 @@ def test_one_pbt_member_starts_at_the_run_configs_own_values_clipped_to_bounds(t
     plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True)
     member = tune_objects.default_member(plan.space, plan.run)
     assert set(member) == set(plan.space.paths)
-    assert plan.run["train"]["lr"] == 1e-2 and member["train.lr"] == 5e-3  # upper bound
-    assert member["loss.kl_com_ratio"] == plan.run["loss"]["kl_com_ratio"] == 10.0
-    assert member["model.dropout"] == plan.run["model"]["dropout"]
+    assert plan.run.train.lr == 1e-2 and member["train.lr"] == 5e-3  # upper bound
+    assert member["loss.kl_com_ratio"] == plan.run.loss.kl_com_ratio == 10.0
+    assert member["model.dropout"] == plan.run.model.dropout
     cfg = tune_objects.tune_config(plan.space, max_epochs=plan.epochs, burn_in=plan.burn_in,
                                    run=plan.run)
     assert cfg.search_alg._points_to_evaluate == [{"hparams": member}]

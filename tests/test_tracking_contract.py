@@ -5,7 +5,6 @@ import pytest
 
 from tracking.errors import TrackingError
 from tracking.memory import InMemoryTracker
-from tracking.null import NullTracker
 
 
 class MemoryView:
@@ -156,17 +155,6 @@ def test_misuse_is_a_tracking_error(tracker_and_view, experiment_name):
     with pytest.raises(TrackingError, match="not a file"):
         t.log_artifact("/nonexistent/file.png")
     assert issubclass(TrackingError, ValueError)
-
-
-def test_null_tracker_accepts_everything():
-    t = NullTracker()
-    run_id = t.start_run("r", experiment="e")
-    t.log_params({"a": 1})
-    t.log_params({"a": 2})
-    t.log_metrics({"x": 1.0}, step=0)
-    t.set_tags({"k": "v"})
-    t.end_run()
-    assert run_id.startswith("null-") and t.active_run_id is None
 
 
 def test_log_input_records_the_dataset_by_name_and_digest_once(tracker_and_view, experiment_name):

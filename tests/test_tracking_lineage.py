@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from tracking.lineage import best_trial, changed, last_policy_line, lineage, orig_tag
+from tracking.lineage import changed, last_policy_line, lineage, orig_tag
 from tracking.tune_callback import metric_key
 
 
@@ -27,13 +27,6 @@ def test_lineage_walks_back_through_donors_up_to_the_cloning_epoch():
     # inconsistent records (a cycle) end the walk instead of looping
     assert len(lineage({"X": [{"epoch": 2, "donor_trial": "Y", "donor_epoch": 2}],
                         "Y": [{"epoch": 2, "donor_trial": "X", "donor_epoch": 2}]}, "X")) == 2
-
-
-def test_best_trial_ignores_nan_and_missing():
-    last = {"a": {"objective": 2.0}, "b": {"objective": float("nan")}, "c": {"objective": 1.5}, "d": {}}
-    assert best_trial(last, "objective", "min") == "c"
-    assert best_trial(last, "objective", "max") == "a"
-    assert best_trial({"d": {}}, "objective") is None
 
 
 def test_policy_file_last_line_for_the_target(tmp_path):

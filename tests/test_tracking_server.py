@@ -80,7 +80,7 @@ def test_sweep_over_http_one_run_per_trial_no_metric_lost_exploits_and_promotion
     uri = f"models:/{name}@champion"
     pyfunc = resolve_model_uri(uri, tracking_uri=url, load=True)
     model, run_cfg, _ = load_model(download_checkpoint(uri, tracking_uri=url))
-    T = int(json.loads((Path(plan.run["data"]["uri"]) / "dataset.json").read_text())["n_bins"])
+    T = int(json.loads((Path(plan.run.data.uri) / "dataset.json").read_text())["n_bins"])
     regions = run_cfg["model"]["regions"]
     x = [torch.rand(3, T, r["n_heldin"]) for r in regions]
     with torch.no_grad():

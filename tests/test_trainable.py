@@ -7,9 +7,10 @@ import os
 import pytest
 import torch
 
-from search_spaces.errors import SearchSpaceError
+from mrlfads.config_utils import ConfigError
+from mrlfads.files import CHECKPOINT
 from training.config import RunConfig
-from training.trainable import CHECKPOINT_FILE, build_trainer, should_checkpoint, trial_run_config
+from training.trainable import build_trainer, should_checkpoint, trial_run_config
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,7 @@ def base_run(tiny_dataset_dir):
     from data_loaders.reader import ArrowDataset
 
     ds = ArrowDataset.open(tiny_dataset_dir)
-    run = RunConfig.for_dataset(ds.manifest, uri=tiny_dataset_dir, smoke_test=True)
-    return run.to_dict()
+    return RunConfig.for_dataset(ds.manifest, uri=tiny_dataset_dir, smoke_test=True)
 
 
 def _config(run, **hparams):
@@ -26,12 +26,15 @@ def _config(run, **hparams):
 
 
 def test_trial_run_config_applies_build_and_hparams(base_run):
-    cfg = trial_run_config({"run": base_run, "build": {"model.regions.*.gen_dim": 5},
-                            "hparams": {"train.lr": 3e-4, "loss.kl_com_ratio": 20.0}})
+    trial = {"run": base_run, "build": {"model.regions.*.gen_dim": 5},
+             "hparams": {"train.lr": 3e-4, "loss.kl_com_ratio": 20.0}}
+    cfg = trial_run_config(trial)
     assert [r.gen_dim for r in cfg.model.regions] == [5, 5]
     assert cfg.train.lr == 3e-4 and cfg.loss.kl_com_scale == cfg.loss.kl_co_scale / 20.0
     assert cfg.train.lr_plateau is False  # the search, not a plateau schedule, owns lr
-    with pytest.raises(SearchSpaceError, match="train.nope"):
+    assert base_run.train.lr_plateau is True  # the base run is not changed
+    assert trial_run_config({**trial, "run": base_run.to_dict()}) == cfg  # its dict reads the same
+    with pytest.raises(ConfigError, match="config path 'train.nope': no field 'nope'"):
         trial_run_config({"run": base_run, "hparams": {"train.nope": 1.0}})
 
 
@@ -40,7 +43,7 @@ def test_exploit_runs_at_the_new_trials_lr_not_the_donors(base_run, tmp_path):
     donor = build_trainer(_config(base_run, **{"train.lr": donor_lr, "model.dropout": 0.05}), None)
     donor.run_epoch()
     donor.run_epoch()
-    donor.save_checkpoint(os.path.join(tmp_path, CHECKPOINT_FILE))
+    donor.save_checkpoint(os.path.join(tmp_path, CHECKPOINT))
     donor_state = donor.optimizer.state_dict()["state"]
 
     own = {"train.lr": own_lr, "model.dropout": 0.4, "loss.kl_ic_scale": 0.25}

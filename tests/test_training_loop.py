@@ -94,7 +94,7 @@ def test_config_that_disagrees_with_data_names_both_sides(tiny):
         RunConfig.for_dataset(tiny.manifest, user={"model": {"regions": [{"name": "A", "n_heldin": 5}]}})
     with pytest.raises(ConfigError, match="T=12 bins, fewer than the IC window"):
         RunConfig.for_dataset(tiny.manifest, overrides={"model.ic_enc_seq_len": 12})
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match="config path 'train.learning_rate': no field"):
         RunConfig.for_dataset(tiny.manifest, user={"train": {"learning_rate": 1e-3}})
 
 

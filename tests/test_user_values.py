@@ -85,9 +85,9 @@ def test_sweep_set_values_reach_the_plan_as_numbers(tmp_path):
         "--set", "train.weight_decay=1e-5", "--set", "train.grad_clip=2E2",
         "--set", "train.epochs=1.2e1"])
     plan = make_plan(args)
-    train = plan.run["train"]
-    assert (train["weight_decay"], train["grad_clip"], train["epochs"]) == (1e-5, 200.0, 12)
-    assert isinstance(train["epochs"], int)
+    train = plan.run.train
+    assert (train.weight_decay, train.grad_clip, train.epochs) == (1e-5, 200.0, 12)
+    assert isinstance(train.epochs, int)
 
 
 @pytest.mark.parametrize("argv_set,field", [

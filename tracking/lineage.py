@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mrlfads.ramps import selectable
-
 PERTURBED = "@perturbed"
 
 
@@ -75,14 +73,3 @@ def lineage(events: Mapping[str, Sequence[Mapping[str, Any]]], trial: str,
         donor_epoch = e.get("donor_epoch")
         cur, upto = e["donor_trial"], (e["epoch"] if donor_epoch is None else donor_epoch)
     return chain
-
-
-def best_trial(last: Mapping[str, Mapping[str, float]], metric: str, mode: str = "min") -> str | None:
-    """The trial whose latest ``metric`` is best (NaN and missing values never win, nor a
-    trial whose latest epoch came before its KL/L2 ramps had finished)."""
-    scored = [(v[metric], t) for t, v in last.items()
-              if metric in v and isinstance(v[metric], (int, float)) and math.isfinite(v[metric])
-              and selectable(v)]
-    if not scored:
-        return None
-    return (min(scored) if mode == "min" else max(scored))[1]

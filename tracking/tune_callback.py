@@ -13,8 +13,9 @@ Why not Ray's MLflowLoggerCallback: it re-logs an exploited trial's changed conf
   ``nonfinite/events.json``; ``hp/*`` curves show the values the trial really ran with;
 - a trial that ends in error ends its run FAILED with tags ``mrlfads.error_cause`` (the
   exception line) and ``mrlfads.error`` (the traceback's tail), and ``error.txt`` (all of it);
-- at the end the parent run gets the best trial, its lineage (``lineage.json``) and the
-  population's hyperparameter trajectories (PNG).
+- at the end the parent run gets the best trial (``mrlfads.ramps.best_trial`` over the
+  trials that did not fail, as the sweep summary picks it), its lineage (``lineage.json``)
+  and the population's hyperparameter trajectories (PNG).
 Each trial's writes go through its own tracker with an outbox in the trial dir.
 """
 from __future__ import annotations
@@ -25,7 +26,6 @@ import math
 import numbers
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,11 +34,14 @@ from typing import Any
 import numpy as np
 from ray.tune.logger import LoggerCallback
 
+from mrlfads.config_utils import to_dict
+from mrlfads.ramps import best_trial
 from tracking import figures
 from tracking.inputs import dataset_input
 from tracking.interface import Tracker, flatten
-from tracking.lineage import best_trial, changed, last_policy_line, lineage, orig_tag
+from tracking.lineage import changed, last_policy_line, lineage, orig_tag
 from tracking.redact import redact_text, redact_uri, same_store_from_env
+from tracking.revision import revision_tags
 from tracking.shareable import (DIGEST_PARAM, contract_home, home_relative, manifest_digest,
                                 shared_manifest, shared_run_config, shared_uri)
 
@@ -54,15 +57,6 @@ ROLE, SWEEP, TRIAL_ID = "mrlfads.role", "mrlfads.sweep", "mrlfads.trial_id"
 def metric_key(key: str) -> str:
     """MLflow allows letters, digits, ``_-. :/``; ``src->dst`` becomes ``src_to_dst``."""
     return _BAD_KEY.sub("_", key.replace("->", "_to_"))
-
-
-def git_revision(cwd: str | os.PathLike | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=cwd, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _safe(hook):
@@ -142,6 +136,7 @@ class MlflowTuneCallback(LoggerCallback):
         self.last_hp: dict[str, dict[str, Any]] = {}
         self.last_step: dict[str, int] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}
+        self.failed: set[str] = set()  # trials that ended in error: never the best
         self.hp_history: dict[str, dict[str, list[tuple[int, float]]]] = {}
         self.exploits: dict[str, list[dict[str, Any]]] = {}
         self.nonfinite: dict[str, list[dict[str, Any]]] = {}
@@ -189,10 +184,8 @@ class MlflowTuneCallback(LoggerCallback):
         outbox = self.outbox_dir / OUTBOX_NAME if self.outbox_dir is not None else None
         self.parent = self._new_tracker(outbox, system_metrics=self.system_metrics)
         earlier = self._existing_runs(mrlfads__role="sweep", mrlfads__sweep=self.sweep) if self.resume else []
-        tags = {ROLE: "sweep", SWEEP: self.sweep, "mrlfads.metric": self.metric, "mrlfads.mode": self.mode}
-        rev = git_revision()
-        if rev:
-            tags["mlflow.source.git.commit"] = rev
+        tags = {ROLE: "sweep", SWEEP: self.sweep, "mrlfads.metric": self.metric,
+                "mrlfads.mode": self.mode, **revision_tags()}
         self.parent_run_id = self.parent.start_run(
             self.sweep, experiment=self.sweep, tags=tags,
             run_id=earlier[0].info.run_id if earlier else None)
@@ -225,7 +218,7 @@ class MlflowTuneCallback(LoggerCallback):
         outbox = Path(trial.local_path, OUTBOX_NAME) if trial.local_path else None
         t = self._new_tracker(outbox)
         self.trackers[tid] = t
-        config = flatten(trial.config or {})
+        config = flatten(to_dict(trial.config or {}))  # the base run is a RunConfig
         self.last_hp[tid] = self._hp(config)
         self.run_ids[tid] = t.start_run(
             str(trial), experiment=self.sweep, parent_run_id=self.parent_run_id,
@@ -250,7 +243,7 @@ class MlflowTuneCallback(LoggerCallback):
             self.log_trial_start(trial)
         t = self.trackers[tid]
         step = int(result.get("epoch", result.get("training_iteration", iteration)))
-        hp = self._hp(flatten(result.get("config") or trial.config or {}))
+        hp = self._hp(flatten(to_dict(result.get("config") or trial.config or {})))
         metrics = {metric_key(k): float(v) for k, v in result.items()
                    if k not in _SKIP and isinstance(v, numbers.Real) and not isinstance(v, bool)
                    and math.isfinite(float(v))}
@@ -314,6 +307,8 @@ class MlflowTuneCallback(LoggerCallback):
     @_safe
     def log_trial_end(self, trial, failed: bool = False) -> None:
         tid = trial.trial_id
+        if failed:
+            self.failed.add(tid)
         t = self.trackers.pop(tid, None)
         if t is None:
             return
@@ -395,7 +390,9 @@ class MlflowTuneCallback(LoggerCallback):
         self.undelivered = []
 
     def _summarise(self) -> None:
-        best = best_trial(self.last_metrics, metric_key(self.metric), self.mode)
+        # the sweep summary's rule: trials that did not fail, their latest metric
+        finished = {t: m for t, m in self.last_metrics.items() if t not in self.failed}
+        best = best_trial(finished, metric_key(self.metric), self.mode)
         if self.hp_history:
             path = figures.hparam_trajectories(
                 self.hp_history, Path(self._tmp.name, "pbt_hparams.png"),
@@ -457,14 +454,15 @@ def sweep_callbacks(plan, *, tracking_uri: str | None = None) -> list[MlflowTune
     sched = space.scheduler
     searched = {hp.path for hp in space.hyperparameters}
     key = "hparams" if space.kind == "pbt" else "build"
-    manifest = _read_manifest((plan.run.get("data") or {}).get("uri"))
-    regions = [r["name"] for r in (plan.run.get("model") or {}).get("regions", [])] or [
+    run = to_dict(plan.run)  # the base RunConfig as plain data
+    manifest = _read_manifest((run.get("data") or {}).get("uri"))
+    regions = [r["name"] for r in (run.get("model") or {}).get("regions", [])] or [
         r["name"] for r in manifest.get("regions", [])]
     # the parent run names the data by folder name + manifest digest, not its local path
     shared = shared_manifest(manifest)
     if len(manifest) > 1:  # more than the uri: the manifest was read
         shared["digest"] = manifest_digest({k: v for k, v in manifest.items() if k != "uri"})
-    info = {"search_space": space.to_dict(), "config": shared_run_config(plan.run),
+    info = {"search_space": space.to_dict(), "config": shared_run_config(run),
             "dataset": shared,
             "sweep": {"name": plan.name, "kind": space.kind, "burn_in": plan.burn_in,
                       "storage": home_relative(plan.experiment_path),

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from mrlfads.config_utils import ConfigError
+from mrlfads.files import CHECKPOINT as CHECKPOINT_NAME
 
 CHECKPOINT_FORMAT = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class CheckpointError(ValueError):

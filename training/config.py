@@ -1,8 +1,10 @@
 """The run configuration: model + loss + training + data, composed and checked against data.
 
 A run config is built from the dataset's manifest (regions, neuron counts, tau, observation
-model), then a user's YAML file and dotted-path overrides are merged on top. Anything that
-disagrees with the data is rejected before a single epoch runs, naming both sides.
+model), then a user's YAML file and dotted-path overrides are set on top, both through
+``mrlfads.config_utils.with_overrides`` (the path syntax of --set and search spaces).
+Anything that disagrees with the data is rejected before a single epoch runs, naming both
+sides.
 """
 from __future__ import annotations
 
@@ -100,6 +102,7 @@ class RunConfig:
         return to_dict(self)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "RunConfig":
+        """A copy with dotted paths set (``mrlfads.config_utils.with_overrides``)."""
         return with_overrides(self, overrides)
 
     @classmethod
@@ -116,13 +119,15 @@ class RunConfig:
 
         ``user`` is a parsed YAML file with optional ``model``, ``loss``, ``train``, ``data``
         sections; its ``model.regions`` may override per-region sizes but must name the
-        dataset's regions with the dataset's neuron counts.
+        dataset's regions with the dataset's neuron counts. ``overrides`` are dotted paths
+        (``--set``); both go through the one override function, overrides last.
         """
-        base = _defaults_from_manifest(manifest, uri, smoke_test)
-        merged = _deep_merge(base, dict(user or {}), manifest)
-        cfg = from_dict(cls, merged, where="run")
-        if overrides:
-            cfg = cfg.with_overrides(overrides)
+        cfg = from_dict(cls, _defaults_from_manifest(manifest, uri), where="run")
+        if smoke_test:
+            cfg = cfg.with_overrides(smoke_sizes())
+        _check_region_names(user, manifest)
+        # the file's sections and the dotted overrides in one step: validated together
+        cfg = cfg.with_overrides({**dict(user or {}), **dict(overrides or {})})
         cfg = fit_ramps(cfg, explicit=smoke_test or sets_ramps(user, overrides))
         check_against_data(cfg, manifest)
         return cfg
@@ -193,53 +198,35 @@ def smoke_sizes() -> dict[str, Any]:
     }
 
 
-def _defaults_from_manifest(manifest: Any, uri: str, smoke_test: bool) -> dict[str, Any]:
+def _defaults_from_manifest(manifest: Any, uri: str) -> dict[str, Any]:
     regions = [
         {"name": r.name, "n_heldin": r.n_heldin, "n_heldout": r.n_heldout,
          "ext_dim": int(manifest.ext_dims.get(r.name, 0))}
         for r in manifest.regions
     ]
-    base: dict[str, Any] = {
+    return {
         "model": {"regions": regions, "obs_model": manifest.obs_model,
                   "ic_enc_seq_len": manifest.ic_enc_seq_len},
         "data": {"uri": uri},
     }
-    if smoke_test:
-        base = _merge_plain(base, smoke_sizes())
-    return base
 
 
-def _merge_plain(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge_plain(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
-
-
-def _deep_merge(base: dict[str, Any], user: Mapping[str, Any], manifest: Any) -> dict[str, Any]:
-    """Merge a user's config; per-region entries merge by region name, never by position."""
-    user = dict(user)
-    user_model = dict(user.pop("model", {}) or {})
-    user_regions = user_model.pop("regions", None)
-    merged = _merge_plain(base, {"model": user_model, **user})
-    if user_regions is not None:
-        if not isinstance(user_regions, list):
-            raise ConfigError("model.regions must be a list of {name: ..., ...} entries")
-        by_name = {r["name"]: r for r in merged["model"]["regions"]}
-        data_names = list(by_name)
-        for entry in user_regions:
-            name = entry.get("name") if isinstance(entry, Mapping) else None
-            if name not in by_name:
-                raise ConfigError(
-                    f"config model.regions names region {name!r}, but the dataset has regions "
-                    f"{data_names}: use the dataset's region names (see its dataset.json)"
-                )
-            by_name[name] = {**by_name[name], **entry}
-        merged["model"]["regions"] = [by_name[n] for n in data_names]
-    return merged
+def _check_region_names(user: Mapping[str, Any] | None, manifest: Any) -> None:
+    """A config file's ``model.regions`` entries set fields of the dataset's regions, named
+    (never by position): an entry naming another region is refused with the data's names."""
+    model = (user or {}).get("model")
+    regions = model.get("regions") if isinstance(model, Mapping) else None
+    if regions is None:
+        return
+    if not isinstance(regions, list):
+        raise ConfigError("model.regions must be a list of {name: ..., ...} entries")
+    data_names = [r.name for r in manifest.regions]
+    for entry in regions:
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if name not in data_names:
+            raise ConfigError(
+                f"config model.regions names region {name!r}, but the dataset has regions "
+                f"{data_names}: use the dataset's region names (see its dataset.json)")
 
 
 def check_against_data(cfg: RunConfig, manifest: Any) -> None:

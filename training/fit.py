@@ -20,11 +20,10 @@ from typing import Any, Callable
 
 import yaml
 
+from mrlfads.files import BEST, LAST
 from mrlfads.ramps import selectable
 from training.loop import NonFiniteLossError, Trainer
 
-LAST = "last.pt"
-BEST = "best.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 

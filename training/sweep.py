@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from search_spaces.errors import SearchSpaceError
-from search_spaces.paths import set_paths
 from search_spaces.space import SearchSpace
+from training.config import RunConfig
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "pbt.yaml"
 PLAN_FILE = "mrlfads_sweep.json"  # the plan, saved in the experiment dir for --resume
@@ -40,12 +40,13 @@ class SweepError(ValueError):
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """Everything a sweep needs, JSON-able so --resume can rebuild it from storage."""
+    """Everything a sweep needs, JSON-able (``to_dict``) so --resume can rebuild it from
+    storage; the base run config stays a RunConfig up to the trainable."""
 
     name: str
     storage: str
     space: SearchSpace
-    run: dict[str, Any]  # base RunConfig dict (data.uri inside)
+    run: RunConfig  # the base run config (data.uri inside)
     burn_in: int
     smoke_test: bool = False
 
@@ -55,16 +56,17 @@ class SweepPlan:
 
     @property
     def epochs(self) -> int:
-        return int(self.run["train"]["epochs"])
+        return int(self.run.train.epochs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "storage": self.storage, "space": self.space.to_dict(),
-                "run": self.run, "burn_in": self.burn_in, "smoke_test": self.smoke_test}
+                "run": self.run.to_dict(), "burn_in": self.burn_in, "smoke_test": self.smoke_test}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepPlan":
         return cls(d["name"], d["storage"], SearchSpace.from_dict(d["space"], source=PLAN_FILE),
-                   d["run"], int(d["burn_in"]), bool(d.get("smoke_test", False)))
+                   RunConfig.from_dict(d["run"]), int(d["burn_in"]),
+                   bool(d.get("smoke_test", False)))
 
 
 @dataclass
@@ -110,18 +112,17 @@ def _local_storage(storage: str | None) -> str:
     return str(Path(storage).expanduser().resolve())
 
 
-def _check_ranges(space: SearchSpace, run: dict[str, Any]) -> None:
-    """Both ends of every range (and every choice) must be a valid RunConfig."""
+def _check_ranges(space: SearchSpace, run: RunConfig) -> None:
+    """Both ends of every range (and every choice) must give a valid RunConfig."""
     from mrlfads.config_utils import ConfigError
-    from training.config import RunConfig
 
     errors = []
     for hp in space.hyperparameters:
         values = hp.choices if hp.type == "categorical" else hp.bounds
         for value in values:
             try:
-                RunConfig.from_dict(set_paths(run, {hp.path: value}))
-            except (ConfigError, SearchSpaceError) as exc:
+                run.with_overrides({hp.path: value})
+            except ConfigError as exc:
                 errors.append(f"`hyperparameters.{hp.path}` value {value!r}: {exc}")
     if errors:
         raise SearchSpaceError("the search space does not fit the run config:\n  "
@@ -175,7 +176,7 @@ def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
     """Validate the space and dataset and build the base run config; no Ray yet."""
     from data_loaders.reader import ArrowDataset
     from search_spaces.tune_objects import resolve_burn_in
-    from training.config import RunConfig, fit_ramps, sets_ramps
+    from training.config import fit_ramps, sets_ramps
 
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_yaml(space or DEFAULT_SPACE)
@@ -191,16 +192,15 @@ def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
     fixed.update(space.fixed)
     fixed.update(run_overrides or {})
     explicit_ramps = smoke_test or sets_ramps(user_config, fixed)
-    run = fit_ramps(RunConfig.from_dict(set_paths(base.to_dict(), fixed)),
-                    explicit=explicit_ramps).to_dict()
+    run = fit_ramps(base.with_overrides(fixed), explicit=explicit_ramps)
     _check_ranges(space, run)
-    _check_protected(space, RunConfig.from_dict(run))
-    burn_in = resolve_burn_in(space, RunConfig.from_dict(run).loss) if space.kind == "pbt" else 0
-    if space.kind == "pbt" and burn_in + space.scheduler.perturbation_interval > run["train"]["epochs"]:
+    _check_protected(space, run)
+    burn_in = resolve_burn_in(space, run.loss) if space.kind == "pbt" else 0
+    if space.kind == "pbt" and burn_in + space.scheduler.perturbation_interval > run.train.epochs:
         raise SearchSpaceError(
             f"burn-in ({burn_in} epochs) + one perturbation interval "
             f"({space.scheduler.perturbation_interval}) exceeds train.epochs="
-            f"{run['train']['epochs']}: PBT would never exploit. Raise train.epochs (e.g. "
+            f"{run.train.epochs}: PBT would never exploit. Raise train.epochs (e.g. "
             "`fixed: {train.epochs: ...}` in the space) or shorten burn_in")
     name = name or f"{space.kind}-{manifest.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return SweepPlan(name, _local_storage(storage), space, run, burn_in, smoke_test)
@@ -374,29 +374,28 @@ def prune_checkpoints(experiment_path: str, keep: int) -> int:
 
 
 def summarize(results, plan: SweepPlan) -> SweepSummary:
-    """Best finished trial by its last ``metric``; history from its checkpoint's lineage."""
-    from mrlfads.ramps import selectable
+    """Best finished trial by its last ``metric`` (``mrlfads.ramps.best_trial``, the rule
+    the tracking callback follows too); history from its checkpoint's lineage."""
+    from mrlfads.ramps import best_trial
 
-    metric, mode = plan.space.scheduler.metric, plan.space.scheduler.mode
-    sign = 1.0 if mode == "min" else -1.0
     summary = SweepSummary(plan.experiment_path, None)
     summary.objective = _objective_text(plan)
-    best = None
+    finished = {}
     for r in results:
         trial_id = _trial_id(r.path)
         if r.error is not None:
             summary.trials[trial_id] = "ERROR: " + str(r.error).strip().splitlines()[-1][:300]
             continue
         summary.trials[trial_id] = "TERMINATED"
-        value = (r.metrics or {}).get(metric)
-        if value is not None and math.isfinite(value) and selectable(r.metrics) and (
-                best is None or sign * value < sign * best.metrics[metric]):
-            best = r
+        finished[trial_id] = r
     summary.exploits = _count_exploits(plan.experiment_path)
-    if best is None:
+    best_id = best_trial({t: r.metrics or {} for t, r in finished.items()},
+                         plan.space.scheduler.metric, plan.space.scheduler.mode)
+    if best_id is None:
         return summary
+    best = finished[best_id]
     m = best.metrics
-    summary.best_trial = _trial_id(best.path)
+    summary.best_trial = best_id
     summary.best_metrics = {k: v for k, v in m.items()
                             if isinstance(v, (int, float)) and not k.startswith(("config", "hp/"))}
     summary.hparams = dict((best.config or {}).get("hparams") or (best.config or {}).get("build") or {})
@@ -405,18 +404,17 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
     summary.effectome_message_rms = {k.split("/", 1)[1]: v for k, v in m.items()
                                      if k.startswith("effectome/")}
     if best.checkpoint is not None:
-        from training.trainable import CHECKPOINT_FILE
+        from training.checkpoint import CHECKPOINT_NAME
 
-        summary.checkpoint = f"{best.checkpoint.path.rstrip('/')}/{CHECKPOINT_FILE}"
+        summary.checkpoint = f"{best.checkpoint.path.rstrip('/')}/{CHECKPOINT_NAME}"
         summary.history = _lineage_history(best.checkpoint)
     return summary
 
 
 def _objective_text(plan: SweepPlan) -> str:
-    from training.config import RunConfig
     from training.objective import resolve_objective
 
-    cfg, _ = _least_protected(plan.space, RunConfig.from_dict(plan.run))
+    cfg, _ = _least_protected(plan.space, plan.run)
     return resolve_objective(cfg).describe()
 
 
@@ -431,10 +429,9 @@ def _lineage_history(checkpoint) -> list[dict[str, float]]:
     """Per-epoch hyperparameters and objective of the model in ``checkpoint``: the Trainer
     keeps its history through exploits, so this is the lineage, donors included."""
     from training import checkpoint as ckpt
-    from training.trainable import CHECKPOINT_FILE
 
     with checkpoint.as_directory() as d:
-        history = ckpt.load(os.path.join(d, CHECKPOINT_FILE)).get("history", [])
+        history = ckpt.load(os.path.join(d, ckpt.CHECKPOINT_NAME)).get("history", [])
     keep = ("epoch", "objective", "lr")
     return [{k: float(v) for k, v in row.items() if k in keep or k.startswith("hp/")}
             for row in history]

@@ -6,25 +6,11 @@ same Tracker interface (so a tracking outage queues metrics instead of stopping 
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from tracking.interface import Tracker, flatten, param_str
-
-
-def git_revision(cwd: str | Path | None = None) -> str:
-    """The current commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
-    here = Path(cwd or Path(__file__).resolve().parent)
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 RUN_FILE = "tracking.json"  # in the run directory: which MLflow run --resume reopens
@@ -44,6 +30,7 @@ def open_run_tracker(experiment: str, run_name: str, run_cfg: Any, manifest: Any
     from tracking.liveness import end_dead_runs
     from tracking.mlflow_tracker import MlflowTracker
     from tracking.outbox import is_outage
+    from tracking.revision import revision_tags
     from tracking.shareable import (DIGEST_PARAM, DIGEST_TAG, manifest_digest, shared_manifest,
                                     shared_run_config)
 
@@ -58,8 +45,8 @@ def open_run_tracker(experiment: str, run_name: str, run_cfg: Any, manifest: Any
     # local path (tracking/shareable.py); the run directory's checkpoints keep the real path
     shared_cfg = shared_run_config(run_cfg.to_dict())
     digest = manifest_digest(manifest.to_dict())
-    tags = {"mrlfads.kind": "train", "mrlfads.git_revision": git_revision(),
-            "mrlfads.dataset": manifest.name, DIGEST_TAG: digest}
+    tags = {"mrlfads.kind": "train", "mrlfads.dataset": manifest.name, DIGEST_TAG: digest,
+            **revision_tags()}
     earlier = _saved_run(out_dir, tracker.tracking_uri) if resume else None
     try:
         tracker.start_run(run_name, experiment=experiment, tags=tags, run_id=earlier)

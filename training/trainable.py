@@ -3,14 +3,15 @@ hyperparameters, train, report every epoch with a checkpoint at the perturbation
 
 Trial config layout (built by ``search_spaces.tune_objects.param_space``)::
 
-    {"run": RunConfig.to_dict() of the sweep's base run (data.uri inside),
+    {"run": the sweep's base RunConfig (data.uri inside),
      "checkpoint_interval": int,      # == PBT perturbation interval, set by the space
      "build": {path: value},          # structure (Optuna): applied before the model is built
      "hparams": {path: value}}        # mutable (PBT): re-applied after every restore
 
 Paths are dotted RunConfig fields (``train.lr``; ``model.regions.*.gen_dim`` for every
-region). PBT's explore step rewrites ``hparams`` only, so a dict of path keys is all that
-``custom_explore_fn`` and the result table ever touch.
+region), set by ``mrlfads.config_utils.with_overrides`` as ``--set`` is. PBT's explore
+step rewrites ``hparams`` only, so a dict of path keys is all that ``custom_explore_fn``
+and the result table ever touch.
 
 After an exploit Tune hands this function the donor's checkpoint: weights, Adam moments,
 the smoothed objective and the donor's optimiser param groups (its learning rate). The
@@ -41,20 +42,23 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-CHECKPOINT_FILE = "checkpoint.pt"  # inside each Tune checkpoint directory
+from mrlfads.files import CHECKPOINT  # the file in each Tune checkpoint directory
+
 NONFINITE_RESTARTS = 3  # explore steps a trial may take away from non-finite losses
 STATE_FILE = "nonfinite.json"  # in the trial directory: restarts so far (survives retries)
 
 
 def trial_run_config(config: Mapping[str, Any]):
-    """The trial's RunConfig: base run + structure + its own hyperparameters, validated."""
-    from search_spaces.paths import set_paths
+    """The trial's RunConfig: the base run (a RunConfig; a plain dict is read as one) with
+    its structure and its own hyperparameters set, validated once."""
     from training.config import RunConfig
 
+    run = config["run"]
+    run = run if isinstance(run, RunConfig) else RunConfig.from_dict(run)
     values = {**config.get("build", {}), **config.get("hparams", {})}
     if "train.lr" in config.get("hparams", {}):
         values["train.lr_plateau"] = False  # the search owns the learning rate
-    return RunConfig.from_dict(set_paths(config["run"], values))
+    return run.with_overrides(values)
 
 
 def build_trainer(config: Mapping[str, Any], checkpoint_dir: str | None, dataset=None):
@@ -68,7 +72,7 @@ def build_trainer(config: Mapping[str, Any], checkpoint_dir: str | None, dataset
     if checkpoint_dir is None:
         trainer = Trainer(run_cfg, dataset)
     else:
-        trainer = Trainer.from_checkpoint(os.path.join(checkpoint_dir, CHECKPOINT_FILE), dataset)
+        trainer = Trainer.from_checkpoint(os.path.join(checkpoint_dir, CHECKPOINT), dataset)
     # after the restore: the trial's own lr goes into every param group, keeping Adam moments
     trainer.apply_hparams(dict(config.get("hparams", {})))
     return trainer
@@ -139,7 +143,7 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
     with tempfile.TemporaryDirectory(prefix="mrlfads-good-") as keep:
         good = None  # epoch of the last good checkpoint (a copy in `keep`); None: none yet
         if restore_dir is not None:
-            shutil.copy2(os.path.join(restore_dir, CHECKPOINT_FILE), keep)
+            shutil.copy2(os.path.join(restore_dir, CHECKPOINT), keep)
             good = trainer.epoch
         while trainer.epoch < epochs:
             try:
@@ -168,8 +172,8 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
             pending = []
             if should_checkpoint(trainer.epoch, interval, epochs):
                 with tempfile.TemporaryDirectory(prefix="mrlfads-ckpt-") as tmp:
-                    trainer.save_checkpoint(os.path.join(tmp, CHECKPOINT_FILE))
-                    shutil.copy2(os.path.join(tmp, CHECKPOINT_FILE), keep)
+                    trainer.save_checkpoint(os.path.join(tmp, CHECKPOINT))
+                    shutil.copy2(os.path.join(tmp, CHECKPOINT), keep)
                     good = trainer.epoch
                     report(metrics, tmp)
             else:
@@ -191,7 +195,7 @@ def _tune_run(config: Mapping[str, Any], space: Any) -> None:
     with tempfile.TemporaryDirectory(prefix="mrlfads-restore-") as local:
         if checkpoint is not None:  # a local copy: Tune's may be a download it deletes
             with checkpoint.as_directory() as ckpt_dir:
-                shutil.copy2(os.path.join(ckpt_dir, CHECKPOINT_FILE), local)
+                shutil.copy2(os.path.join(ckpt_dir, CHECKPOINT), local)
         train_trial(config, report, space=space, state_path=state_path,
                     restore_dir=None if checkpoint is None else local)
 

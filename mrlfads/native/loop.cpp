@@ -147,7 +147,7 @@ void for_rows(int64_t R, int64_t B, int64_t W, const F& body) {
   });
 }
 
-// One row of a clipped GRU step (r, z, n gate order, like layers.gru_update and
+// One row of a clipped GRU step (PyTorch's r, z, n gate order, like
 // recurrence._gru_fwd): the new state into o, and what backward needs (sigmoid(r, z), n,
 // the hidden share of the n gate) into rz / n / hn. Plain loops the compiler vectorises.
 template <typename T, bool CLIP>
