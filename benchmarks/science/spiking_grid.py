@@ -107,7 +107,8 @@ def score(checkpoint: str, path: Path) -> dict[str, float]:
     return {c: float(metrics.get(f"valid/{c}", np.nan)) for c in COLUMNS}
 
 
-def run_defaults(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str, float]:
+def run_defaults(path: Path, seed: int, epochs: int, run_dir: Path,
+                 overrides: dict | None = None) -> dict[str, float]:
     from data_loaders.reader import ArrowDataset
     from training.config import RunConfig
     from training.fit import BEST, fit
@@ -115,7 +116,7 @@ def run_defaults(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str,
 
     ds = ArrowDataset.open(path)
     cfg = RunConfig.for_dataset(ds.manifest, uri=str(path), overrides={
-        "train.seed": seed, "train.epochs": epochs, "train.threads": 1})
+        "train.seed": seed, "train.epochs": epochs, "train.threads": 1, **(overrides or {})})
     fit(Trainer(cfg, ds), run_dir, progress=False)
     return score(str(run_dir / BEST), path)
 
@@ -142,7 +143,7 @@ def table(rows: list[dict]) -> str:
     head = "| network | arm | runs | " + " | ".join(COLUMNS) + " | decoder R^2 | true co-bps |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
     for name in DATASETS:
-        for arm in ("defaults", "pbt"):
+        for arm in dict.fromkeys(r["arm"] for r in rows):
             sel = [r for r in rows if r["dataset"] == name and r["arm"] == arm]
             if not sel:
                 continue
@@ -171,26 +172,34 @@ def main() -> None:
     p.add_argument("--rate-hz", type=float, default=5.0)
     p.add_argument("--bin-ms", type=float, default=10.0)
     p.add_argument("--population", type=int, default=4)
+    p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE",
+                   help="config overrides for the defaults arm (YAML 1.2 values), recorded as "
+                        "that arm's variant: the row's arm becomes 'defaults PATH=VALUE ...'")
     args = p.parse_args()
+    from training.yaml12 import parse_sets
+
+    overrides = parse_sets(args.set)
+    variant = " ".join(args.set)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     rows = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
     seen = {(r["dataset"], r["arm"], r["seed"], r["epochs"]) for r in rows}
+    arm_name = {"defaults": f"defaults {variant}".strip(), "pbt": "pbt"}
     for name in args.datasets:
         path = dataset(out, name, args.rate_hz, args.bin_ms)
         ceil = ceilings(path)
         for arm in args.arms:
             for seed in args.seeds:
-                if (name, arm, seed, args.epochs) in seen:
+                if (name, arm_name[arm], seed, args.epochs) in seen:
                     continue
                 t0 = time.time()
                 if arm == "defaults":
-                    metrics = run_defaults(path, seed, args.epochs,
-                                           out / "runs" / f"{path.name}-s{seed}")
+                    run_dir = out / "runs" / "-".join([path.name, f"s{seed}", *args.set])
+                    metrics = run_defaults(path, seed, args.epochs, run_dir, overrides)
                 else:
                     metrics = run_pbt(path, seed, args.epochs, args.population, out)
-                row = {"dataset": name, "arm": arm, "seed": seed, "epochs": args.epochs,
+                row = {"dataset": name, "arm": arm_name[arm], "seed": seed, "epochs": args.epochs,
                        "rate_hz": args.rate_hz, "bin_ms": args.bin_ms,
                        "seconds": round(time.time() - t0), "metrics": metrics, "ceilings": ceil}
                 rows.append(row)
