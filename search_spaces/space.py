@@ -26,6 +26,7 @@ KINDS = ("pbt", "optuna")
 SCALES = ("log", "linear")
 TYPES = ("float", "int", "categorical")
 INIT_DISTRIBUTIONS = ("uniform", "loguniform")
+AUTO = "auto"  # resources: auto / gpu: auto, settled against the cluster (training/resources.py)
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|\*))+$")
 
 _SCHEDULER_KEYS = {
@@ -179,23 +180,38 @@ class SchedulerSettings:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one trial asks Ray for; fractional GPUs pack several small models on one card."""
+    """What one trial asks Ray for; fractional GPUs pack several small models on one card.
+
+    ``gpu: auto`` (the default; ``resources: auto`` is ``{cpu: 1, gpu: auto}``) is settled
+    when the sweep starts, from what the cluster has or can start (training/resources.py):
+    a packed share of a GPU where there are GPUs, none otherwise."""
 
     cpu: float = 1.0
-    gpu: float = 0.0
+    gpu: float | str = AUTO
+
+    @property
+    def auto(self) -> bool:
+        return isinstance(self.gpu, str) and self.gpu == AUTO
 
     def problems(self, where: str) -> list[str]:
         out = []
         if not _is_real(self.cpu) or self.cpu <= 0:
             out.append(f"`{where}.cpu`: must be a number > 0 (fractions allowed), got {self.cpu!r}")
+        if self.auto:
+            return out
         if not _is_real(self.gpu) or self.gpu < 0:
-            out.append(f"`{where}.gpu`: must be a number >= 0, got {self.gpu!r}")
+            out.append(f"`{where}.gpu`: must be {AUTO!r} or a number >= 0, got {self.gpu!r}")
         elif self.gpu > 1 and not float(self.gpu).is_integer():
             out.append(f"`{where}.gpu`: above 1 a trial must ask for whole GPUs (got {self.gpu}); "
                        "fractions are for packing several trials on one card")
         return out
 
     def as_tune(self) -> dict[str, float]:
+        """Ray's per-trial request; ``gpu: auto`` must be settled against the cluster first
+        (training.resources.trial_resources)."""
+        if self.auto:
+            raise ValueError("resources gpu: auto depends on the cluster: settle it with "
+                             "training.resources.trial_resources")
         return {"cpu": float(self.cpu), "gpu": float(self.gpu)}
 
 
@@ -342,10 +358,11 @@ def _parse(data: Any, errors: list[str]) -> SearchSpace | None:
     sections = {}
     for key in ("scheduler", "resources", "fixed", "hyperparameters"):
         value = data.get(key, {})
-        if value is None:
-            value = {}
+        if value is None or (key == "resources" and value == AUTO):
+            value = {}  # resources: auto is the default: 1 CPU, gpu: auto
         if not isinstance(value, Mapping):
-            errors.append(f"`{key}`: must be a mapping (got {type(value).__name__})")
+            what = f"{AUTO!r} or a mapping with cpu and gpu" if key == "resources" else "a mapping"
+            errors.append(f"`{key}`: must be {what} (got {type(value).__name__})")
             value = {}
         sections[key] = value
     sched_known = _SCHEDULER_KEYS["common"] | _SCHEDULER_KEYS[kind]

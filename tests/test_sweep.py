@@ -20,6 +20,7 @@ from search_spaces import tune_objects
 from search_spaces.errors import SearchSpaceError
 from search_spaces.space import SearchSpace
 from training import sweep
+from training.resources import trial_resources
 from training.stopper import PopulationPlateauStopper
 from training.trainable import trainable
 
@@ -202,7 +203,8 @@ def test_killed_worker_restarts_from_checkpoint_and_nan_trial_fails_with_reason(
     param_space = tune_objects.param_space(plan.space, plan.run)
     param_space["hparams"]["train.lr"] = tune.grid_search([3e-3, 1e-2, 1e6])
     tuner = tune.Tuner(
-        tune.with_resources(trainable, plan.space.resources.as_tune()), param_space=param_space,
+        tune.with_resources(trainable, trial_resources(plan.space.resources)),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             scheduler=tune_objects.pbt_scheduler(plan.space, plan.burn_in), reuse_actors=False),
         run_config=sweep.make_run_config(plan, verbose=0))

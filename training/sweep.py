@@ -303,11 +303,14 @@ def build_tuner(plan: SweepPlan, *, resume: bool = False, callbacks: Sequence[An
     from ray import tune
 
     from search_spaces import tune_objects
+    from training.resources import trial_resources
     from training.trainable import trainable_for
 
     space = plan.space
-    # the space travels with the trainable: its explore step restarts non-finite trials
-    fn = tune.with_resources(trainable_for(space), space.resources.as_tune())
+    # the space travels with the trainable: its explore step restarts non-finite trials;
+    # resources: auto becomes a GPU share or CPUs here, from the cluster (training/resources.py)
+    fn = tune.with_resources(trainable_for(space),
+                             trial_resources(space.resources, echo=verbose > 0))
     if resume:
         if not tune.Tuner.can_restore(plan.experiment_path):
             raise SweepError(f"no restorable sweep at {plan.experiment_path}: start it without "

@@ -66,13 +66,16 @@ def build_trainer(config: Mapping[str, Any], checkpoint_dir: str | None, dataset
     donor's) and then given this trial's own hyperparameters."""
     from data_loaders.reader import ArrowDataset
     from training.loop import Trainer
+    from training.resources import trial_device
 
     run_cfg = trial_run_config(config)
     dataset = dataset if dataset is not None else ArrowDataset.open(run_cfg.data.uri)
+    device = trial_device(run_cfg.train.device)  # auto: the trial's GPU share or the CPU
     if checkpoint_dir is None:
-        trainer = Trainer(run_cfg, dataset)
+        trainer = Trainer(run_cfg, dataset, device=device)
     else:
-        trainer = Trainer.from_checkpoint(os.path.join(checkpoint_dir, CHECKPOINT), dataset)
+        trainer = Trainer.from_checkpoint(os.path.join(checkpoint_dir, CHECKPOINT), dataset,
+                                          device=device)
     # after the restore: the trial's own lr goes into every param group, keeping Adam moments
     trainer.apply_hparams(dict(config.get("hparams", {})))
     return trainer
