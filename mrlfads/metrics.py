@@ -24,11 +24,13 @@ import numpy as np
 __all__ = [
     "EMA",
     "MetricsError",
+    "apply_linear_map",
     "bits_per_spike",
     "condition_groups",
     "effectome",
     "effectome_cosine",
     "effectome_metrics",
+    "fit_linear_map",
     "inferred_input_r2",
     "message_r2",
     "psth_r2",
@@ -273,6 +275,26 @@ def effectome_cosine(E: Any, true_comm: Any) -> float:
 
 
 # ----------------------------------------------------------------------------- cross-validated linear R^2
+def fit_linear_map(X: Any, Y: Any) -> np.ndarray:
+    """Least-squares map with intercept from X (..., dx) to Y (..., dy), leading axes pooled
+    into samples: W (dx + 1, dy) minimising ``sum((Y - [X, 1] W)^2)``. The regression that
+    :func:`message_r2` and :func:`inferred_input_r2` cross-validate, and that the figures use
+    to show inferred messages in the truth's coordinates (they are identified only up to
+    such a map)."""
+    X, Y = _np(X, "X"), _np(Y, "Y")
+    x, y = X.reshape(-1, X.shape[-1]), Y.reshape(-1, Y.shape[-1])  # (samples, dx), (samples, dy)
+    if x.shape[0] != y.shape[0]:
+        raise MetricsError(f"X has {x.shape[0]} samples but Y has {y.shape[0]}; they must match")
+    W, *_ = np.linalg.lstsq(np.hstack([x, np.ones((x.shape[0], 1))]), y, rcond=None)
+    return W
+
+
+def apply_linear_map(X: Any, W: Any) -> np.ndarray:
+    """``[X, 1] W`` for X (..., dx) and W (dx + 1, dy) from :func:`fit_linear_map`: (..., dy)."""
+    X, W = _np(X, "X"), _np(W, "W")
+    return X @ W[:-1] + W[-1]
+
+
 def _cv_linear_r2(X: np.ndarray, Y: np.ndarray, seed: int) -> float:
     """Fit Y ~ X (with intercept) by least squares on half the trials (a seeded split),
     return the variance-weighted R^2 on the other half. X (trials, T, dx), Y (trials, T, dy).
@@ -280,15 +302,8 @@ def _cv_linear_r2(X: np.ndarray, Y: np.ndarray, seed: int) -> float:
     n = X.shape[0]
     perm = np.random.default_rng(seed).permutation(n)
     fit, test = perm[: n // 2], perm[n // 2:]
-
-    def design(idx: np.ndarray) -> np.ndarray:
-        x = X[idx].reshape(-1, X.shape[-1])  # (trials*T, dx)
-        return np.hstack([x, np.ones((x.shape[0], 1))])  # (trials*T, dx+1)
-
-    y_fit = Y[fit].reshape(-1, Y.shape[-1])  # (trials*T, dy)
-    y_test = Y[test].reshape(-1, Y.shape[-1])  # (trials*T, dy)
-    W, *_ = np.linalg.lstsq(design(fit), y_fit, rcond=None)  # (dx+1, dy)
-    return r2(y_test, design(test) @ W)
+    W = fit_linear_map(X[fit], Y[fit])  # (dx+1, dy)
+    return r2(Y[test], apply_linear_map(X[test], W))
 
 
 def _cv_r2_dict(inferred: Mapping, true: Mapping, seed: int, what: str, norm) -> dict:
