@@ -8,7 +8,7 @@ from tracking.figures import (
     effectome_from_metrics,
     effectome_heatmap,
     hparam_trajectories,
-    messages_over_time,
+    lineage_graph,
     rates_vs_data,
 )
 
@@ -38,15 +38,15 @@ def test_effectome_with_truth_is_twice_as_wide(tmp_path):
     assert one[0] == two[0] == 400 and one[1] == 450 and two[1] == 900
 
 
-def test_rates_messages_and_hparam_figures(tmp_path):
+def test_rates_hparam_and_lineage_figures(tmp_path):
     rng = np.random.default_rng(0)
     rates = {"A": rng.random((12, 3)), "B": rng.random((12, 5))}
     p = rates_vs_data(rates, {k: v + 0.1 for k, v in rates.items()}, tmp_path / "r.png", n_neurons=4)
     assert _png_shape(p)[:2] == (2 * 220, 4 * 300)
-    msgs = {"A->B": rng.random((12, 2)), "B->A": rng.random((12, 2))}
-    p = messages_over_time(msgs, tmp_path / "m.png", truth={"A->B": rng.random((12, 2))})
-    assert _png_shape(p)[:2] == (260, 800)
     hist = {"t0": {"train.lr": [(0, 1e-3), (1, 1e-3), (1, 2e-3), (2, 2e-3)], "model.dropout": [(0, 0.1)]},
             "t1": {"train.lr": [(0, 5e-3), (1, 5e-3)]}}
     p = hparam_trajectories(hist, tmp_path / "h.png", exploits={"t0": [1]})
     assert _png_shape(p)[:2] == (2 * 260, 600)
+    events = {"t1": [{"epoch": 1, "donor_trial": "t0", "donor_epoch": 1}]}
+    p = lineage_graph({"t0": 2, "t1": 2}, events, tmp_path / "l.png", best="t1")
+    assert _png_shape(p)[:2] == (int(100 * (0.45 * 2 + 1.6)), 800)

@@ -73,3 +73,19 @@ def lineage(events: Mapping[str, Sequence[Mapping[str, Any]]], trial: str,
         donor_epoch = e.get("donor_epoch")
         cur, upto = e["donor_trial"], (e["epoch"] if donor_epoch is None else donor_epoch)
     return chain
+
+
+def best_path(events: Mapping[str, Sequence[Mapping[str, Any]]], trial: str,
+              last_epoch: float) -> list[tuple[str, float, float]]:
+    """The stretches of training that made ``trial``'s final weights, newest first, as
+    ``(trial, from_epoch, to_epoch)``: the trial itself from its latest exploit to
+    ``last_epoch``, then each donor (``lineage``) from its own previous exploit (or 0) up to
+    the epoch its weights were copied."""
+    segments = []
+    cur, upto = trial, float(last_epoch)
+    for hop in lineage(events, trial):
+        segments.append((cur, float(hop["epoch"]), upto))
+        donor_epoch = hop.get("donor_epoch")
+        cur, upto = hop["donor_trial"], float(hop["epoch"] if donor_epoch is None else donor_epoch)
+    segments.append((cur, 0.0, upto))
+    return segments
