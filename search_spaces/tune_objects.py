@@ -65,11 +65,78 @@ def param_space(space: SearchSpace, run: Any) -> dict[str, Any]:
     }
 
 
-def pbt_scheduler(space: SearchSpace, burn_in: int) -> tune.schedulers.PopulationBasedTraining:
-    """PBT that owns its explore step (bounded, log-unbiased) instead of Ray's x0.8/x1.2."""
+class GridSyncPBT(tune.schedulers.PopulationBasedTraining):
+    """Ray's PBT whose synchronous mode meets only on checkpoint epochs, and always moves on.
+
+    Ray's synchronous PBT decides when a member has reached the next perturbation from the
+    member's own "last perturbation" epoch, and Tune keeps no scheduler state across a
+    failure or a ``--resume``: it starts a recovered member's record afresh, and a resumed
+    sweep's whole scheduler, while the members restart from checkpoints of different
+    epochs. The first result after that perturbs "at" an odd epoch; from then on members
+    pause between checkpoints, restart from the checkpoint before, report the same epoch and
+    pause again for ever (a trial killed once in a smoke sweep did this), or members wait at
+    an epoch no member can still reach (1 resumed smoke sweep in 5 hung so). A member that
+    failed for good stays in Tune's live set, and Ray's barrier waits for it too.
+
+    Here a member waits when it reports an epoch on the checkpoint grid (a multiple of the
+    perturbation interval) at or past the barrier; when every live member waits there, the
+    population perturbs and the barrier moves one interval on, or to the furthest member,
+    and always above the member furthest behind. If the last member due at the barrier ends
+    or fails instead of reporting, the waiting members perturb when Tune next asks for a
+    trial to run. The asynchronous mode is Ray's own.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if not self._synch or self._time_attr not in result or self._metric not in result:
+            return super().on_trial_result(tune_controller, trial, result)
+        epoch = result[self._time_attr]
+        if epoch < self._next_perturbation_sync or epoch % self._perturbation_interval:
+            return tune.schedulers.TrialScheduler.CONTINUE
+        self._save_trial_state(self._trial_state[trial], epoch, result, trial)
+        self._synchronise(tune_controller, reporting=trial)
+        return (tune.schedulers.TrialScheduler.NOOP if trial.status == "PAUSED"
+                else tune.schedulers.TrialScheduler.PAUSE)
+
+    @staticmethod
+    def _live(tune_controller) -> list:
+        """Members still in the sweep (Tune's "live" set keeps trials that failed)."""
+        return [t for t in tune_controller.get_live_trials() if not t.is_finished()]
+
+    def choose_trial_to_run(self, tune_controller):
+        trial = super().choose_trial_to_run(tune_controller)
+        if trial is None and self._synch:
+            live = self._live(tune_controller)
+            if live and all(t.status == "PAUSED" for t in live):
+                # the member last due at the barrier ended or failed instead of reporting
+                self._synchronise(tune_controller, reporting=None)
+                trial = super().choose_trial_to_run(tune_controller)
+        return trial
+
+    def _synchronise(self, tune_controller, reporting) -> None:
+        """Perturb once every live member but ``reporting`` waits at the barrier."""
+        barrier = self._next_perturbation_sync
+        state = self._trial_state
+        if any(state[t].last_train_time < barrier
+               for t in self._live(tune_controller) if t is not reporting):
+            return
+        lower, upper = self._quantiles()
+        rest = [t for t in tune_controller.get_trials() if t not in lower and t not in upper]
+        for t in upper + rest + lower:  # donors save before their checkpoints are copied
+            state[t].last_perturbation_time = barrier
+            self._checkpoint_or_exploit(t, tune_controller, upper, lower)
+        epochs = [state[t].last_train_time for t in self._live(tune_controller)]
+        following = max(barrier + self._perturbation_interval, *epochs)
+        if min(epochs) >= following:  # every member already there: one more interval
+            following = min(epochs) + self._perturbation_interval
+        self._next_perturbation_sync = following
+
+
+def pbt_scheduler(space: SearchSpace, burn_in: int) -> GridSyncPBT:
+    """PBT that owns its explore step (bounded, log-unbiased) instead of Ray's x0.8/x1.2,
+    and whose synchronous mode survives failed trials and ``--resume`` (:class:`GridSyncPBT`)."""
     _require(space, "pbt")
     s = space.scheduler
-    return tune.schedulers.PopulationBasedTraining(
+    return GridSyncPBT(
         time_attr=TIME_ATTR,
         metric=s.metric,
         mode=s.mode,
