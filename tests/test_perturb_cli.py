@@ -77,7 +77,7 @@ def test_cut_writes_per_neuron_effects_time_courses_and_the_comparison(trained, 
 
 
 def test_rank_correlation_of_a_hand_computed_example():
-    from training.commands.perturb import _compare
+    from training.api.perturb import compare as _compare
 
     # ranks 1 2 3 4 against 1 3 2 4: d^2 sums to 2, rho = 1 - 6 * 2 / (4 * 15) = 0.8
     effects = {"effect/A": np.array([1.0, 2.0]), "effect/B": np.array([3.0, 4.0])}
@@ -137,16 +137,13 @@ def test_existing_out_is_kept_without_overwrite(trained, tmp_path, capsys):
 
 
 def test_silencing_inputs_of_a_model_without_inputs_is_refused():
-    import argparse
-
     from mrlfads.config import ModelConfig, RegionConfig
-    from training.commands.perturb import parse_perturbation
+    from training.api.perturb import make_perturbation
 
     cfg = ModelConfig(regions=(RegionConfig("A", 3), RegionConfig("B", 3)), obs_model="poisson",
                       inferred_inputs=False)
-    args = argparse.Namespace(cut=None, silence=None, silence_inputs="A", channels=None)
     with pytest.raises(ValueError, match="no inferred inputs"):
-        parse_perturbation(args, cfg, (TAU, T))
+        make_perturbation(cfg, (TAU, T), silence_inputs="A")
 
 
 def test_infer_writes_the_inferred_input_effectome(trained, tmp_path):

@@ -52,6 +52,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def check_out(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an existing output without ``overwrite``: called before inference starts and
+    again before the write."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite")
+
+
 def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
                   trial_id: np.ndarray, split: np.ndarray, info: Mapping[str, Any],
                   effectome: np.ndarray | None, metrics: Mapping[str, float],
@@ -63,8 +71,7 @@ def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
     ``inputs_effectome`` {"cut": (R,), "rms": (R,)} the inferred inputs' one and
     ``source_manifest`` the dataset's manifest (without local paths)."""
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite")
+    check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

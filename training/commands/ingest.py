@@ -61,12 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_loaders.nwb import IngestOptions, ingest
+    from training.api import ingest
 
     heldout = args.heldout
     if heldout is not None and heldout >= 1 and heldout == int(heldout):
         heldout = int(heldout)
-    options = IngestOptions(
+    dataset = ingest(
+        args.files, args.out, overwrite=args.overwrite,
         bin_ms=args.bin_ms, align=args.align, window=args.window, regions=args.regions,
         min_neurons=args.min_neurons, heldout=heldout, heldout_column=args.heldout_column,
         region_column=args.region_column, region_map=args.region_map,
@@ -75,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
         ext_column=args.ext_column, ext_timeseries=args.ext_timeseries,
         valid_fraction=args.valid_fraction, seed=args.seed, ic_enc_seq_len=args.ic_enc_seq_len,
         name=args.name)
-    manifest = ingest(args.files, args.out, options, overwrite=args.overwrite)
-    _summary(manifest, args.out)
+    _summary(dataset.manifest, args.out)
     return 0
 
 

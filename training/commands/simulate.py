@@ -62,10 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from data_loaders.simulate import check_out, generate
-    from data_loaders.writer import write_dataset
+    from training.api import simulate
 
-    check_out(args.out, args.overwrite)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
@@ -75,19 +73,16 @@ def run(args: argparse.Namespace) -> int:
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, loss=loss)
 
-        data = generate(args.kind, trials=args.trials, seed=args.seed, obs=args.obs,
-                        smoke_test=args.smoke_test, n_bins=args.bins, n_units=args.units,
-                        rate_hz=args.rate_hz, bin_ms=args.bin_ms, progress=progress)
-    console.print("simulating done; writing dataset ...")
-    manifest = write_dataset(args.out, **data.writer_kwargs(), overwrite=args.overwrite)
-    _report(manifest, data, args.out)
+        dataset = simulate(args.kind, args.out, trials=args.trials, seed=args.seed, obs=args.obs,
+                           rate_hz=args.rate_hz, bin_ms=args.bin_ms, bins=args.bins,
+                           units=args.units, smoke_test=args.smoke_test,
+                           overwrite=args.overwrite, progress=progress)
+    _report(dataset, args.out)
     return 0
 
 
-def _report(manifest, data, out: str) -> None:
-    import numpy as np
-
-    fit = data.provenance["training"]
+def _report(dataset, out: str) -> None:
+    manifest, summary = dataset.manifest, dataset.summary
     names = manifest.region_names
     print(f"wrote {manifest.name} to {out}")
     print(f"  observations: {manifest.obs_model}, {manifest.n_bins} bins of "
@@ -95,18 +90,16 @@ def _report(manifest, data, out: str) -> None:
     for r in manifest.regions:
         print(f"  region {r.name}: {r.n_heldin} held-in + {r.n_heldout} held-out neurons")
     if manifest.obs_model == "poisson":
-        def mean(arrays) -> float:
-            return float(np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays], 1).mean())
-
-        rate = mean([data.truth[f"truth/rates/{n}"] for n in names])
+        rate = summary["rate_per_bin"]
         print(f"  spikes: mean rate {rate / manifest.bin_width_s:.3g} Hz ({rate:.3g} per bin); "
-              f"{mean(data.x.values()):.3g} per bin drawn")
+              f"{summary['spikes_per_bin']:.3g} per bin drawn")
     print("  trials: " + ", ".join(f"{k} {v}" for k, v in manifest.splits.items()))
     cm = manifest.comm_matrix or [[0] * len(names)] * len(names)  # None: no pathway at all
     paths = [f"{names[s]}->{names[d]} (dim {cm[d][s]})"
              for d in range(len(names)) for s in range(len(names)) if cm[d][s]]
     print("  pathways: " + (", ".join(paths) if paths else "none"))
-    print(f"  task loss on the simulated trials: {fit['task_loss_generated']:.3f} "
-          f"(1 = learnt nothing; trained {fit['train_steps']} steps)")
-    print(f"  took {data.seconds.get('total', float('nan')):.1f} s "
-          f"(training {data.seconds.get('train', float('nan')):.1f} s) before writing")
+    print(f"  task loss on the simulated trials: {summary['task_loss']:.3f} "
+          f"(1 = learnt nothing; trained {summary['train_steps']} steps)")
+    seconds = summary["seconds"]
+    print(f"  took {seconds.get('total', float('nan')):.1f} s "
+          f"(training {seconds.get('train', float('nan')):.1f} s) before writing")
