@@ -38,6 +38,8 @@ def require_native_loop():
         pytest.skip("MRLFADS_NATIVE=0: the compiled loop is turned off")
     try:
         native.build()
+    except native.NativeUnsupported as err:  # no fcntl (Windows): the Python loop only
+        pytest.skip(f"no compiled loop on this platform: {err}")
     except native.NativeBuildError as err:
         pytest.fail(f"the compiled CPU loop did not build: {err}")
     ops = native.ops()

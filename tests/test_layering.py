@@ -54,3 +54,53 @@ def test_the_api_names_load_on_first_use_without_ray_or_mlflow():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
 
+
+NO_FCNTL = """
+import sys, warnings
+sys.modules["fcntl"] = None  # as on Windows: `import fcntl` raises ImportError
+import torch
+from mrlfads import native
+from mrlfads.model import MRLFADS
+from tests.test_model_basic import batch, tiny_cfg
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert native.ops() is None
+print("WARNING:", caught[0].message)
+torch.manual_seed(0)
+cfg = tiny_cfg(dropout=0.0)
+model = MRLFADS(cfg)
+out = model(batch(cfg)[0], sample=False)
+sum(r.sum() for r in out.readout).backward()
+torch.save({"readout": [r.detach() for r in out.readout],
+            "grad": [p.grad for p in model.parameters()]}, sys.argv[1])
+"""
+
+
+def test_the_model_imports_and_trains_without_fcntl(tmp_path, monkeypatch):
+    """Without fcntl (Windows) the model imports, the compiled loop is off with one warning
+    naming the reason, and a forward and backward pass give the Python loop's numbers."""
+    import os
+
+    import torch
+
+    from mrlfads import recurrence
+    from mrlfads.model import MRLFADS
+    from tests.test_model_basic import batch, tiny_cfg
+
+    env = {**os.environ, "MRLFADS_NATIVE": "1"}
+    out = subprocess.run([sys.executable, "-c", NO_FCNTL, str(tmp_path / "out.pt")],
+                         capture_output=True, text=True, timeout=300, env=env, check=False,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert "no fcntl file locking" in out.stdout and "install a C++ compiler" not in out.stdout
+    monkeypatch.setattr(recurrence, "USE_NATIVE", False)
+    torch.manual_seed(0)
+    cfg = tiny_cfg(dropout=0.0)
+    model = MRLFADS(cfg)
+    ref = model(batch(cfg)[0], sample=False)
+    sum(r.sum() for r in ref.readout).backward()
+    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    for a, b in zip(got["readout"], ref.readout):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    for a, p in zip(got["grad"], model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=0, atol=0)

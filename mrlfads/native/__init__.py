@@ -11,11 +11,12 @@ the machine's C++ compiler against the installed torch (no ninja, no build step 
 half-written library. ``make`` builds it at set-up (``python -m mrlfads.native``).
 
 Without a compiler everything still works: the Python loop runs and one warning says why.
+So it does where ``fcntl`` (the file lock that keeps concurrent builds apart) is missing, as
+on Windows: the model imports and trains there on the Python loop.
 ``MRLFADS_NATIVE=0`` turns the compiled loop off (no build, no warning).
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -28,6 +29,11 @@ from pathlib import Path
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: no build lock, so no compiled loop; the Python loop runs
+    fcntl = None
+
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("loop.cpp", "dropout.cpp"))
 LIBRARY = "mrlfads_native"
 _loaded: dict[str, object] = {}
@@ -35,6 +41,10 @@ _loaded: dict[str, object] = {}
 
 class NativeBuildError(RuntimeError):
     """The C++ loop could not be compiled or loaded (the message says why and what to do)."""
+
+
+class NativeUnsupported(NativeBuildError):
+    """This platform cannot build the C++ loop at all (no ``fcntl``): nothing to fix."""
 
 
 def enabled() -> bool:
@@ -98,6 +108,9 @@ def build(verbose: bool = False) -> Path:
     With OpenMP where torch uses it; if the compiler refuses that (e.g. clang without
     libomp), without it: the same library with its row passes on one thread, ~10% slower,
     rather than no compiled loop at all. Either library, once built, is used from then on."""
+    if fcntl is None:
+        raise NativeUnsupported(f"{sys.platform} has no fcntl file locking, which keeps "
+                                "concurrent builds of the compiled loop apart")
     cxx = _compiler()
     variants = [(omp, library_path(cxx, omp)) for omp in
                 ((True, False) if _openmp_wanted() else (False,))]  # best first
@@ -153,11 +166,13 @@ def ops():
             torch.ops.load_library(str(build()))
             _loaded["ops"] = getattr(torch.ops, LIBRARY)
         except (NativeBuildError, OSError) as err:
+            fix = ("" if isinstance(err, NativeUnsupported) else
+                   "install a C++ compiler (or set CXX), point MRLFADS_NATIVE_CACHE at a "
+                   "writable folder if that is the problem, or ")
             warnings.warn(f"mrlfads: the compiled CPU training loop is unavailable, so training "
-                          f"uses the slower Python loop. Reason: {err}. Fix: install a C++ "
-                          f"compiler (or set CXX), point MRLFADS_NATIVE_CACHE at a writable "
-                          f"folder if that is the problem, or set MRLFADS_NATIVE=0 to use the "
-                          f"Python loop silently.", RuntimeWarning, stacklevel=2)
+                          f"uses the slower Python loop. Reason: {err}. Fix: {fix}set "
+                          f"MRLFADS_NATIVE=0 to use the Python loop silently.", RuntimeWarning,
+                          stacklevel=2)
             _loaded["ops"] = None
     return _loaded["ops"]
 
