@@ -32,8 +32,10 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
+        # "local": a Ray of its own, even where other Rays run on the machine (without it,
+        # ray.init joins the newest of them)
+        ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False,
+                 log_to_driver=False, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -14,6 +14,7 @@ import os
 import sys
 
 from tracking.redact import credentials_to_env, redact_text
+from training import faults
 from training.signals import interrupt_on_termination
 
 # Order is the order shown in --help.
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupt_on_termination()  # SIGTERM/SIGHUP end like Ctrl-C (training/signals.py)
     try:
         credentials_off_the_command_line(args)
+        faults.announce()  # MRLFADS_FAULT (fault tests): a bad value exits 2 here
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -22,6 +22,7 @@ import yaml
 
 from mrlfads.files import BEST, LAST
 from mrlfads.ramps import selectable
+from training import faults
 from training.loop import NonFiniteLossError, Trainer
 
 METRICS = "metrics.jsonl"
@@ -57,9 +58,12 @@ def fit(
     best = trainer.best_objective
     metrics: dict[str, float] = trainer.history[-1] if trainer.history else {}
     bar = _progress(progress)
+    fault = faults.epoch_hook(out)  # None unless MRLFADS_FAULT asks (fault tests)
     with bar:
         task = bar.add_task("training", total=total, completed=trainer.epoch, status="")
         while trainer.epoch < total:
+            if fault is not None:
+                fault(trainer.epoch + 1)
             try:
                 metrics = trainer.run_epoch()
             except NonFiniteLossError as exc:

@@ -252,11 +252,16 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    from training.faults import worker_env
     from training.signals import installed, interrupt_on_termination
 
     ours = installed()
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             configure_logging=True, logging_level="WARNING")
+    fault = worker_env()  # MRLFADS_FAULT reaches the trials on every node (training/faults.py)
+    # address None: a Ray of this sweep's own ("local"), even where other Rays run on the
+    # machine; without it ray.init joins the newest of them, and dies with its owner
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+             configure_logging=True, logging_level="WARNING",
+             **({"runtime_env": {"env_vars": fault}} if fault else {}))
     if ours:  # ray.init replaces the SIGTERM handler; keep SIGTERM on Ctrl-C's path
         interrupt_on_termination()
 
@@ -346,6 +351,9 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
             raise SweepError(f"sweep {plan.name!r} already exists at {plan.experiment_path}: "
                              "pass --resume to continue it, or choose another --name")
         _write_json(f"{plan.experiment_path}/{PLAN_FILE}", {**plan.to_dict(), "tracking": tracking})
+    from training.faults import driver_callbacks
+
+    callbacks = [*driver_callbacks(), *callbacks]  # [] unless MRLFADS_FAULT asks
     tuner = build_tuner(plan, resume=resume, callbacks=callbacks, reuse_actors=reuse_actors,
                         verbose=verbose)
     results = tuner.fit()

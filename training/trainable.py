@@ -129,10 +129,12 @@ def _give_up_message(exc: Exception, state: Mapping[str, Any]) -> str:
 def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], None], *,
                 space: Any = None, restore_dir: str | None = None,
                 state_path: Path | None = None, dataset: Any = None,
-                max_restarts: int = NONFINITE_RESTARTS) -> None:
+                max_restarts: int = NONFINITE_RESTARTS,
+                before_epoch: Callable[[int], None] | None = None) -> None:
     """The trial's epochs, Ray-free: ``report(metrics, checkpoint_dir or None)`` once per
     epoch; non-finite losses restart as the module docstring says (``space``: a PBT
-    SearchSpace, or None to fail at once). ``state_path``: the trial's restart record."""
+    SearchSpace, or None to fail at once). ``state_path``: the trial's restart record.
+    ``before_epoch(n)`` runs as epoch n begins (training/faults.py)."""
     from training.loop import NonFiniteLossError
 
     state = _load_state(state_path, config.get("hparams", {}))
@@ -149,6 +151,8 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
             shutil.copy2(os.path.join(restore_dir, CHECKPOINT), keep)
             good = trainer.epoch
         while trainer.epoch < epochs:
+            if before_epoch is not None:
+                before_epoch(trainer.epoch + 1)
             try:
                 metrics = trainer.run_epoch()
             except NonFiniteLossError as exc:
@@ -186,6 +190,8 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
 def _tune_run(config: Mapping[str, Any], space: Any) -> None:
     from ray import tune
 
+    from training import faults
+
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None:
             tune.report(metrics)
@@ -200,7 +206,8 @@ def _tune_run(config: Mapping[str, Any], space: Any) -> None:
             with checkpoint.as_directory() as ckpt_dir:
                 shutil.copy2(os.path.join(ckpt_dir, CHECKPOINT), local)
         train_trial(config, report, space=space, state_path=state_path,
-                    restore_dir=None if checkpoint is None else local)
+                    restore_dir=None if checkpoint is None else local,
+                    before_epoch=faults.epoch_hook(None, tune.get_context().get_trial_id()))
 
 
 def trainable(config: dict[str, Any]) -> None:
