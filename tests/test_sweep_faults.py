@@ -1,0 +1,195 @@
+"""Sweeps that lose a process at a chosen point (training/faults.py), and exactly what
+survives: which epochs each trial reported, from which process, and what reached MLflow.
+
+Real `mrlfads sweep` drivers join the session Ray (tests/ray_fixtures.py); MRLFADS_FAULT
+reaches their trials through Ray's runtime environment. Nothing here sleeps or polls for
+the moment to strike: the process that fails kills itself at an epoch or a checkpoint count.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.ray_fixtures import RAY_CPUS
+from training import faults
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+SMOKE_EPOCHS = 8
+
+
+def _cli(*args: str, fault: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop(faults.ENV, None)
+    if fault:
+        env[faults.ENV] = fault
+    return subprocess.Popen([sys.executable, "-m", "training.cli", "sweep", *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float, what: str) -> str:
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{what} did not finish in {timeout:.0f} s:\n" + proc.communicate()[0][-6000:])
+
+
+def _trial_dirs(exp: Path) -> dict[str, Path]:
+    """Tune's trial number (00000...) -> trial directory."""
+    out = {}
+    for d in exp.iterdir():
+        m = re.match(r"trainable_[0-9a-f]+_(\d{5})_", d.name)
+        if m and d.is_dir():
+            out[m.group(1)] = d
+    return out
+
+
+def _rows(trial_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(trial_dir / "progress.csv")
+
+
+def _epochs(rows: pd.DataFrame) -> list[int]:
+    return [int(e) for e in rows["epoch"]]
+
+
+def _wait_for_cpus(ray_session) -> None:
+    """Ray ends a dead driver's job: its trials must give back every CPU they held."""
+    import ray
+
+    freed = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < RAY_CPUS and time.monotonic() < freed:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == RAY_CPUS, (
+        f"the killed driver's trials still hold CPUs: {ray.available_resources()}")
+
+
+@pytest.mark.timeout(420)
+def test_trials_that_kill_themselves_at_chosen_epochs_restart_or_fail_exactly(
+        ray_session, tiny_dataset_dir, tmp_path, mlflow_sqlite_uri):
+    """Trial 00001 dies as epoch 4 begins, once; trial 00002 dies as epoch 3 begins, twice
+    (the smoke sweep allows one retry). Synchronous PBT, 4 members, checkpoints every 2."""
+    from mlflow.tracking import MlflowClient
+
+    name = f"trialfault-{os.getpid()}"
+    fault = ("signal-epoch:epoch=4,trial=00001;"
+             "signal-epoch:epoch=3,trial=00002,times=2")
+    proc = _cli("--data", tiny_dataset_dir, "--smoke-test", "--name", name, "--storage",
+                str(tmp_path), "--address", ray_session, "--tracking-uri", mlflow_sqlite_uri,
+                "--quiet", fault=fault)
+    out = _finish(proc, 360, "the sweep")
+    assert proc.returncode == 0, out[-6000:]
+    assert "MRLFADS_FAULT" in out  # announced
+
+    exp = tmp_path / name
+    summary = json.loads((exp / "summary.json").read_text())
+    dirs = _trial_dirs(exp)
+    assert sorted(dirs) == ["00000", "00001", "00002", "00003"]
+    ids = {n: re.search(r"_([0-9a-f]+_\d{5})_", d.name).group(1) for n, d in dirs.items()}
+    status = {n: summary["trials"][tid] for n, tid in ids.items()}
+    assert [status[n] for n in ("00000", "00001", "00003")] == ["TERMINATED"] * 3
+    assert status["00002"].startswith("ERROR")
+    rows = {n: _rows(d) for n, d in dirs.items()}
+
+    # untouched members: every epoch once (synchronous PBT pauses on checkpoint epochs)
+    for n in ("00000", "00003"):
+        assert _epochs(rows[n]) == list(range(1, SMOKE_EPOCHS + 1))
+    # 00001 reported 1-3, died as 4 began, came back from its checkpoint of epoch 2 in
+    # another process: epoch 3 twice, and nothing more from the process that died
+    r = rows["00001"]
+    assert _epochs(r) == [1, 2, 3, 3, 4, 5, 6, 7, 8]
+    killed = r["pid"].iloc[2]
+    assert (r["pid"].iloc[3:] != killed).all()
+    # 00002 reported 1-2, died as 3 began, and its retry died at the same point
+    assert _epochs(rows["00002"]) == [1, 2]
+    # how often each fault fired, as each trial counted it on this node
+    assert (faults.trial_marker_dir(ids["00001"]) / "mrlfads-fault-0").read_text() == "1"
+    assert (faults.trial_marker_dir(ids["00002"]) / "mrlfads-fault-1").read_text() == "2"
+    assert not faults.trial_marker_dir(ids["00000"]).exists()
+    assert summary["exploits"] >= 1 and summary["history"][-1]["epoch"] == SMOKE_EPOCHS
+
+    # MLflow: one run per trial holding exactly the epochs Tune recorded
+    client = MlflowClient(mlflow_sqlite_uri)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id],
+                              "tags.`mrlfads.role` = 'trial'")
+    by_number = {r.data.tags["mrlfads.trial_id"][-5:]: r for r in runs}
+    assert sorted(by_number) == sorted(dirs)
+    for n, run in by_number.items():
+        steps = sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, "epoch"))
+        assert steps == sorted(_epochs(rows[n])), n
+        assert run.info.status == ("FAILED" if n == "00002" else "FINISHED")
+    assert "died" in by_number["00002"].data.tags["mrlfads.error_cause"].lower()
+
+
+@pytest.mark.timeout(600)
+def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_checkpoints(
+        ray_session, tiny_dataset_dir, tmp_path):
+    """The driver dies once Tune's saved state holds 6 checkpoints (all 4 of epoch 2, and
+    at least 2 of epoch 4); `--resume` restarts every trial from the checkpoint that state
+    names and runs the sweep to its end."""
+    from ray.tune import ExperimentAnalysis
+
+    from training import checkpoint as ckpt
+
+    common = ["--name", "resume", "--storage", str(tmp_path), "--address", ray_session,
+              "--no-tracking", "--quiet"]
+    first = _cli("--data", tiny_dataset_dir, "--smoke-test", *common,
+                 fault="kill-driver:checkpoints=6")
+    out = _finish(first, 300, "the first driver")
+    killed_at = time.time()
+    assert first.returncode == -9, out[-6000:]
+    held = int(re.search(r"kill-driver: SIGKILL .* holds (\d+) checkpoints", out).group(1))
+    assert held >= 6
+    _wait_for_cpus(ray_session)
+
+    # what --resume will start from: the experiment state the dead driver left on storage
+    exp = tmp_path / "resume"
+    saved = {}
+    for trial in ExperimentAnalysis(str(exp)).trials:
+        number = trial.trial_id[-5:]
+        assert trial.checkpoint is not None, f"trial {number} has no checkpoint to resume from"
+        saved[number] = ckpt.load(Path(trial.checkpoint.path) / "checkpoint.pt")["epoch"]
+    assert sorted(saved) == ["00000", "00001", "00002", "00003"]
+    # one checkpoint per trial every 2 epochs: the saved ones are the `held` it printed
+    assert all(e % 2 == 0 and e >= 2 for e in saved.values())
+    assert sum(e // 2 for e in saved.values()) == held
+
+    second = _cli("--resume", *common)
+    out = _finish(second, 420, "the resumed sweep")
+    assert second.returncode == 0, out[-6000:]
+    assert "best trial" in out and "checkpoint:" in out
+    summary = json.loads((exp / "summary.json").read_text())
+    assert set(summary["trials"].values()) == {"TERMINATED"} and len(summary["trials"]) == 4
+
+    lowest = min(saved.values())
+    for number, trial_dir in _trial_dirs(exp).items():
+        rows = _rows(trial_dir)
+        before = rows[rows["timestamp"] <= killed_at]
+        after = rows[rows["timestamp"] > killed_at]
+        # the first driver's epochs ran once each, in order, up to where it died
+        assert _epochs(before) == list(range(1, len(before) + 1))
+        assert len(before) >= saved[number]
+        # the resumed driver started this trial right after its saved checkpoint
+        assert _epochs(after)[0] == saved[number] + 1, (number, _epochs(after))
+        assert max(_epochs(after)) == SMOKE_EPOCHS
+        assert set(_epochs(rows)) == set(range(1, SMOKE_EPOCHS + 1))
+        # epochs up to the lowest saved checkpoint never ran again (no trial from scratch;
+        # an exploit rewinds a trial to its donor's checkpoint, at least that far)
+        assert (rows["epoch"] <= lowest).sum() == lowest
+        # the optimiser ran at the trial's own lr at every epoch, exploits included
+        assert (rows["lr"] == rows["hp/train.lr"]).all()
+    assert summary["exploits"] >= 1 and summary["history"][-1]["epoch"] == SMOKE_EPOCHS
+    assert Path(summary["checkpoint"]).is_file() and summary["checkpoint"].startswith(str(exp))
+    assert set(summary["effectome"]) == {"A_to_B", "B_to_A"}
+    from training.sweep import CHECKPOINTS_TO_KEEP
+
+    for trial_dir in _trial_dirs(exp).values():
+        assert 1 <= len(list(trial_dir.glob("checkpoint_*"))) <= CHECKPOINTS_TO_KEEP
