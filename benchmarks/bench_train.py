@@ -1,6 +1,6 @@
 """Training speed of MR-LFADS: batched fast path vs the region-by-region oracle.
 
-    .venv/bin/python benchmarks/bench_train.py                 # SPEC size, batch 16 and 64
+    .venv/bin/python benchmarks/bench_train.py                 # the paper's size (docs/MODEL.md, "Defaults"), batch 16 and 64
     .venv/bin/python benchmarks/bench_train.py --impls fast python oracle
     .venv/bin/python benchmarks/bench_train.py --smoke          # seconds, tiny sizes
     python benchmarks/bench_train.py --device cuda --modes eager amp graph compile

@@ -1,6 +1,6 @@
 """Posterior-mean inference and in-silico silencing, returned as numpy.
 
-Keys follow the Arrow output columns (ARCHITECTURE.md): ``rates/<region>``,
+Keys follow the Arrow output columns (docs/DESIGN.md, "As built"): ``rates/<region>``,
 ``factors/<region>``, ``inputs/<region>``, ``heldout_rates/<region>`` and
 ``messages/<src>-><dst>``; every array is (trials, T', dim) over the reconstructed bins
 tau..T-1 (T' = T - tau).

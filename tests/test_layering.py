@@ -1,4 +1,4 @@
-"""Dependencies point one way (ARCHITECTURE.md): each package is imported in a fresh
+"""Dependencies point one way (docs/DESIGN.md): each package is imported in a fresh
 interpreter and must not drag in what it has no business knowing about."""
 import subprocess
 import sys

@@ -1,6 +1,6 @@
 """The output of `mrlfads infer`: an Arrow dataset directory of posterior means per trial.
 
-Layout (ARCHITECTURE.md "Output of inference"):
+Layout (docs/DESIGN.md, "As built"):
   outputs.json           regions, pairs, bins covered (tau..T-1), source model and data
   effectome.json         {"regions": [...], "matrix": E[dst][src] (null on the diagonal),
                           "definition": "cut", "message_rms": the paper's E[dst][src],
@@ -23,13 +23,15 @@ never leaves a half-written output, and never replaces a good one until the new 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -57,7 +59,31 @@ def check_out(out_dir: str | os.PathLike, overwrite: bool) -> None:
     again before the write."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite")
+        raise FileExistsError(f"--out {out} already exists: choose another --out or pass "
+                              "--overwrite")
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out`` to fill; on success it takes ``out``'s place
+    (an old ``out`` is moved aside first and removed only after the swap), on any error it
+    is deleted and ``out`` is left as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            check_out(out, overwrite)
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
@@ -72,9 +98,7 @@ def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
     ``source_manifest`` the dataset's manifest (without local paths)."""
     out = Path(out_dir)
     check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out, overwrite) as tmp:
         cols = {"trial_id": pa.array(trial_id.astype(np.int64)), "split": pa.array(split.astype(str))}
         for key in sorted(outputs):
             # zero-width outputs (a region without held-out neurons) are left out
@@ -108,17 +132,6 @@ def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
         if source_manifest is not None:
             (tmp / "source_dataset.json").write_text(
                 json.dumps(dict(source_manifest), indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +45,8 @@ class Perturbed:
 
     def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """report.json, effects.npz and (with measured effects) the scatter, all or nothing."""
+        from training.infer_io import check_out
+
         out = Path(out)
         check_out(out, overwrite)
         _write(out, self.report, self.effects, list(self.report["mean_abs_rate_change"]),
@@ -58,12 +58,6 @@ class Perturbed:
         change = ", ".join(f"{r} {v:.3g}" for r, v in self.report["mean_abs_rate_change"].items())
         return (f"Perturbed({p['kind']} {p['target']} over bins {p['window'][0]}:"
                 f"{p['window'][1]}: mean |rate change| {change})")
-
-
-def check_out(out: str | os.PathLike, overwrite: bool) -> None:
-    if Path(out).exists() and not overwrite:
-        raise FileExistsError(f"--out {out} already exists: choose another --out or pass "
-                              "--overwrite")
 
 
 def parse_window(window: str | tuple[int, int], n_bins: int, first_bin: int = 0
@@ -164,6 +158,8 @@ def perturb(model: Model, dataset: Dataset | str | os.PathLike, *,
     from training.loop import resolve_device
 
     if out is not None:
+        from training.infer_io import check_out
+
         check_out(out, overwrite)
     data_set = open_dataset(dataset)
     m = data_set.manifest
@@ -251,11 +247,9 @@ def _write(out: Path, report: dict, arrays: dict, names: list[str], overwrite: b
     """report.json, effects.npz and (with measured effects) the scatter, all or nothing."""
     import numpy as np
 
-    from training.infer_io import _json_safe
+    from training.infer_io import _json_safe, staged_dir
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out, overwrite) as tmp:
         body = dict(report, effects_file=EFFECTS_FILE)
         if "rank_correlation" in report:
             from tracking.figures import perturbation_scatter
@@ -270,15 +264,3 @@ def _write(out: Path, report: dict, arrays: dict, names: list[str], overwrite: b
         with open(tmp / EFFECTS_FILE, "wb") as f:
             np.savez(f, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
         (tmp / REPORT_FILE).write_text(json.dumps(_json_safe(body), indent=2))
-        if out.exists():
-            check_out(out, overwrite)
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
