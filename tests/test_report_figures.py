@@ -150,3 +150,16 @@ def test_chosen_neurons_are_checked():
         choose_neurons(view, {"A": [3]})
     with pytest.raises(ValueError, match="not a region"):
         choose_neurons(view, {"V1": [0]})
+
+
+def test_messages_figure_keeps_the_pathways_with_truth_then_the_strongest():
+    from training.report_figures import pathways_shown
+
+    view = _view()
+    view.regions = ["A", "B", "C"]
+    pairs = [f"{s}->{d}" for s in "ABC" for d in "ABC" if s != d]
+    view.messages = {p: np.zeros((6, 3, 1)) for p in pairs}
+    view.true_messages = {"C->A": np.zeros((6, 3, 1))}
+    view.effectome = np.array([[np.nan, 5.0, 0.0], [1.0, np.nan, 2.0], [3.0, 4.0, np.nan]])
+    # E[dst, src]: B->A 5, B->C 4, A->C 3, C->B 2, A->B 1; C->A (0) has a truth
+    assert pathways_shown(view, limit=4) == ["C->A", "B->A", "B->C", "A->C"]

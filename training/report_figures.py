@@ -27,6 +27,7 @@ VIEW_TRIALS = 256
 # The cut effectomes cost one forward pass per pathway (or region) on this many trials.
 EFFECT_TRIALS = 64
 N_NEURONS = 4  # most active neurons per region in the PSTH figure by default
+MAX_PATHWAYS = 12  # rows of the messages figure: R (R - 1) pathways grow fast
 
 
 @dataclass
@@ -170,6 +171,22 @@ def aligned_series(inferred: Mapping[str, np.ndarray], truth: Mapping[str, np.nd
     return shown, true, titles, scores
 
 
+def pathways_shown(view: FitView, limit: int = MAX_PATHWAYS) -> list[str]:
+    """The pathways the messages figure draws: those with a known truth first, then by the
+    cut effectome, strongest first (ties and without an effectome: in the model's order)."""
+    names = view.regions
+
+    def strength(pathway: str) -> float:
+        if view.effectome is None:
+            return 0.0
+        src, dst = pathway.split("->")
+        value = float(view.effectome[names.index(dst), names.index(src)])
+        return value if np.isfinite(value) else 0.0
+
+    order = sorted(view.messages, key=lambda p: (p not in view.true_messages, -strength(p)))
+    return order[:limit]
+
+
 def _scores_text(scores: Mapping[str, float]) -> str:
     return ("" if not scores else " Cross-validated R\u00b2: "
             + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()) + ".")
@@ -214,11 +231,15 @@ def figure_set(view: FitView, neurons: Mapping[str, Sequence[int]] | None = None
         "every validation trial and bin), averaged by condition; a dot marks the first bin.",
         ff.latent_figure(projections, labels, explained)))
     if view.messages:
-        shown, true, titles, scores = aligned_series(view.messages, view.true_messages,
-                                                     view.groups)
+        drawn = pathways_shown(view)
+        shown, true, titles, scores = aligned_series({p: view.messages[p] for p in drawn},
+                                                     view.true_messages, view.groups)
+        left_out = len(view.messages) - len(drawn)
         out.append(ModelFigure(
             "messages", "Messages",
-            "Message means by condition. Messages are identified only up to a linear map: "
+            (f"{len(drawn)} of {len(view.messages)} pathways (those with a known truth, then "
+             "the strongest by the cut effectome). " if left_out else "")
+            + "Message means by condition. Messages are identified only up to a linear map: "
             "where the truth is known, the inferred message is shown through the least-squares "
             "map (with intercept) onto the true one, the regression message_r2 scores "
             "(cross-validated R\u00b2 in each title); dashed: the truth." + _scores_text(scores),
