@@ -161,3 +161,24 @@ def test_browser_shows_every_figure_of_the_run_page(run_page, tmp_path):
     assert shown["titles"] == RUN_SECTIONS + ["Perturbation: cut A->B, bins 6:10"]
     assert len(shown["images"]) == len(RUN_SECTIONS)
     assert all(complete and width > 0 for _, complete, width in shown["images"]), shown["images"]
+
+
+def test_sweeps_log_each_trials_model_figures(trained, tmp_path):
+    """`mrlfads sweep` hands its tracking callback the model figures, which it draws from a
+    trial's checkpoint folder when the trial ends."""
+    from training import sweep
+    from training.api.search import _tracking_callbacks
+    from training.report_figures import checkpoint_figures
+
+    plan = sweep.plan_sweep(str(trained / "data"), smoke_test=True, name="figs",
+                            storage=str(tmp_path / "sweeps"))
+    (callback,) = _tracking_callbacks(plan, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert callback.trial_figures is checkpoint_figures
+    folder = tmp_path / "checkpoint_000001"  # what Tune hands the callback
+    folder.mkdir()
+    shutil.copy(trained / "run" / "best.pt", folder / "checkpoint.pt")
+    drawn = checkpoint_figures(str(folder), tmp_path / "figures")
+    assert [p.name for p in drawn] == [
+        "psth.png", "rates_heatmap.png", "latents.png", "messages.png", "inputs.png",
+        "effectome.png", "effectome_message_rms.png", "rates_vs_data.png"]
+    assert all(_png_size(p.read_bytes())[0] > 100 for p in drawn)

@@ -1,32 +1,42 @@
 """The real thing, slow: a smoke PBT sweep logged over HTTP to a real `mlflow server`,
-checked through MLflow's REST API, promoted with the CLI, and looked at in Chromium."""
+checked through MLflow's REST API, promoted with the CLI, and looked at in Chromium (the
+MLflow UI, and the sweep's `mrlfads report` page from disk)."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import urllib.parse
 import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.mlflow_fixtures import rest
-import torch
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _artifacts(url: str, run_id: str, folder: str) -> set[str]:
+    """The paths of a run's artifacts in ``folder`` (``path`` is also rest()'s own name)."""
+    query = urllib.parse.urlencode({"run_id": run_id, "path": folder})
+    return {f["path"] for f in rest(url, f"artifacts/list?{query}").get("files", [])}
 
 
 @pytest.fixture(scope="module")
 def logged_sweep(mlflow_server, ray_session, tiny_dataset_dir, tmp_path_factory):
     from tracking.tune_callback import sweep_callbacks
     from training import sweep
+    from training.report_figures import checkpoint_figures
 
     name = f"smoke-{uuid.uuid4().hex[:6]}"
     plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, name=name,
                             storage=str(tmp_path_factory.mktemp("sweeps")))
-    summary = sweep.run_sweep(plan, callbacks=sweep_callbacks(plan, tracking_uri=mlflow_server.url),
-                              tracking=True, verbose=0)
+    callbacks = sweep_callbacks(plan, tracking_uri=mlflow_server.url,
+                                trial_figures=checkpoint_figures)
+    summary = sweep.run_sweep(plan, callbacks=callbacks, tracking=True, verbose=0)
     return plan, summary
 
 
@@ -61,8 +71,14 @@ def test_sweep_over_http_one_run_per_trial_no_metric_lost_exploits_and_promotion
         if run["info"]["status"] == "FINISHED":
             lr = rest(url, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="hp/train.lr")
             assert len(lr["metrics"]) == len(hist)  # hp/ logged with every result
+            # the trial's model figures, drawn from its last checkpoint when it ended
+            assert _artifacts(url, run["info"]["run_id"], "figures") >= {
+                f"figures/{n}.png" for n in ("psth", "rates_heatmap", "latents", "messages",
+                                             "inputs", "effectome")}
     if summary.exploits:
         assert n_exploit_events >= 1
+    assert {"figures/pbt_hparams.png", "figures/pbt_lineage.png"} <= _artifacts(
+        url, parents[0]["info"]["run_id"], "figures")
 
     # promote twice: one version, alias set, model equals the checkpoint's
     assert main(["promote", "--sweep", plan.name, "--tracking-uri", url]) == 0
@@ -91,22 +107,14 @@ def test_sweep_over_http_one_run_per_trial_no_metric_lost_exploits_and_promotion
 
 
 def test_browser_finds_the_sweep_and_its_trials_in_the_mlflow_ui(logged_sweep, mlflow_server, tmp_path):
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from tests.browser import chrome
+
     plan, summary = logged_sweep
     exp = rest(mlflow_server.url, "experiments/get-by-name", experiment_name=plan.name)["experiment"]
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1600,1000", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver = chrome(tmp_path, window="1600,1000")
     try:
         driver.get(f"{mlflow_server.url}/#/experiments/{exp['experiment_id']}/runs")
         trial_ids = list(summary.trials)
@@ -124,3 +132,20 @@ def test_browser_finds_the_sweep_and_its_trials_in_the_mlflow_ui(logged_sweep, m
     if os.environ.get("MRLFADS_UPDATE_SCREENSHOT"):  # refresh the README's picture by hand
         (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, REPO / "docs" / "img" / "mlflow_ui.png")
+
+
+def test_browser_opens_the_sweep_report_from_disk(logged_sweep, tmp_path):
+    from tests.browser import open_page
+    from training.cli import main
+
+    plan, summary = logged_sweep
+    page = tmp_path / "sweep.html"
+    assert main(["report", plan.experiment_path, "--out", str(page)]) == 0
+    shown = open_page(page, tmp_path)
+    assert shown["titles"][:4] == ["Sweep", "Trials", "PBT hyperparameters", "Lineage"]
+    assert {"Best trial: Condition-averaged PSTHs", "Best trial: Rate heatmap",
+            "Best trial: Latent trajectories", "Best trial: Messages",
+            "Best trial: Inferred inputs", "Best trial: Effectome"} <= set(shown["titles"])
+    assert len(shown["images"]) >= 10
+    assert all(complete and width > 0 for _, complete, width in shown["images"]), shown["images"]
+    assert f"{summary.best_trial} (best)" in page.read_text()

@@ -14,8 +14,11 @@ Why not Ray's MLflowLoggerCallback: it re-logs an exploited trial's changed conf
 - a trial that ends in error ends its run FAILED with tags ``mrlfads.error_cause`` (the
   exception line) and ``mrlfads.error`` (the traceback's tail), and ``error.txt`` (all of it);
 - at the end the parent run gets the best trial (``mrlfads.ramps.best_trial`` over the
-  trials that did not fail, as the sweep summary picks it), its lineage (``lineage.json``)
-  and the population's hyperparameter trajectories (PNG).
+  trials that did not fail, as the sweep summary picks it), its lineage (``lineage.json``
+  and a graph of the population's exploits) and the hyperparameter trajectories (PNGs);
+- when a trial ends, its figures: ``trial_figures(checkpoint, folder)`` when given
+  (training/report_figures.py's ``checkpoint_figures``: the model's figures), else the
+  effectome from its metrics.
 Each trial's writes go through its own tracker with an outbox in the trial dir.
 """
 from __future__ import annotations
@@ -104,6 +107,9 @@ class MlflowTuneCallback(LoggerCallback):
     ``outbox_files``: after the sweep, the outbox files still undelivered (for import-metrics).
     ``dataset``: the data as an MLflow input (``tracking.inputs.dataset_input``), logged on
     the parent run and every trial run.
+    ``trial_figures(checkpoint_path, out_dir) -> [png paths]``: draws a finished trial's
+    model (its last checkpoint) on the driver; logged under ``figures/`` on its run. A
+    failure is logged and the effectome from the metrics drawn instead.
     """
 
     def __init__(self, sweep: str, *, tracking_uri: str | None = None, metric: str = "objective",
@@ -113,7 +119,8 @@ class MlflowTuneCallback(LoggerCallback):
                  tracker_factory: Callable[[Path | None], Tracker] | None = None,
                  resume: bool = False, system_metrics: bool = True,
                  outbox_dir: str | os.PathLike | None = None,
-                 dataset: Mapping[str, Any] | None = None) -> None:
+                 dataset: Mapping[str, Any] | None = None,
+                 trial_figures: Callable[[str, Path], Sequence[Path]] | None = None) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode {mode!r} must be 'min' or 'max'")
         self.sweep, self.tracking_uri, self.metric, self.mode = sweep, tracking_uri, metric, mode
@@ -125,6 +132,7 @@ class MlflowTuneCallback(LoggerCallback):
         self.outbox_dir = Path(outbox_dir) if outbox_dir is not None else None
         self.outbox_files: list[str] = []
         self.dataset = dict(dataset) if dataset else None
+        self.trial_figures = trial_figures
         self._reset()
 
     def _reset(self) -> None:
@@ -313,7 +321,7 @@ class MlflowTuneCallback(LoggerCallback):
         if t is None:
             return
         try:
-            self._trial_figures(tid, t)
+            self._trial_figures(tid, t, None if failed else trial)
             if failed:
                 text = contract_home(self._error_text(trial))
                 t.set_tags({"mrlfads.error": text[-4000:], "mrlfads.error_cause": _cause(text)})
@@ -341,7 +349,19 @@ class MlflowTuneCallback(LoggerCallback):
                 text = ""
         return text or "trial failed (no error text recorded)"
 
-    def _trial_figures(self, tid: str, t: Tracker) -> None:
+    def _trial_figures(self, tid: str, t: Tracker, trial=None) -> None:
+        """The model's figures (``trial_figures``) of a trial that finished, else its
+        effectome from the metrics it reported."""
+        path = getattr(getattr(trial, "checkpoint", None), "path", None)
+        if self.trial_figures is not None and path:
+            try:
+                for png in self.trial_figures(path, Path(self._tmp.name, tid, "figures")):
+                    t.log_artifact(str(png), "figures")
+                return
+            except Exception as exc:  # noqa: BLE001 - figures must not cost the trial's run
+                log.warning("MLflow tracking: the figures of trial %s failed (%s: %s); logging "
+                            "its effectome from the metrics instead", tid, type(exc).__name__,
+                            redact_text(str(exc)))
         if not self.regions or len(self.regions) < 2:
             return
         E, title = figures.default_effectome(self.last_metrics.get(tid, {}), self.regions)
@@ -399,6 +419,11 @@ class MlflowTuneCallback(LoggerCallback):
                 exploits={t: [e["epoch"] for e in evs] for t, evs in self.exploits.items()})
             self.parent.log_artifact(str(path), "figures")
         self.parent.log_artifact(str(self._write("exploits.json", self.exploits)), "pbt")
+        if self.run_ids:
+            epochs = {t: float(self.last_step.get(t, 0)) for t in self.run_ids if t}
+            path = figures.lineage_graph(epochs, self.exploits,
+                                         Path(self._tmp.name, "pbt_lineage.png"), best=best)
+            self.parent.log_artifact(str(path), "figures")
         if best is None:
             self.parent.set_tags({"mrlfads.best_trial_id": "none"})
             return
@@ -444,11 +469,14 @@ def _read_manifest(data_uri: str | None) -> dict[str, Any]:
         return {"uri": data_uri}
 
 
-def sweep_callbacks(plan, *, tracking_uri: str | None = None) -> list[MlflowTuneCallback]:
+def sweep_callbacks(plan, *, tracking_uri: str | None = None,
+                    trial_figures: Callable[[str, Path], Sequence[Path]] | None = None
+                    ) -> list[MlflowTuneCallback]:
     """The callbacks ``mrlfads sweep`` passes to Tune for a ``training.sweep.SweepPlan``.
 
     Reads only the plan's public fields (name, space, run, burn_in, experiment_path), so
-    tracking does not import training. A resumed sweep (same name) re-opens its runs.
+    tracking does not import training (the caller passes ``trial_figures``, see
+    MlflowTuneCallback). A resumed sweep (same name) re-opens its runs.
     """
     space = plan.space
     sched = space.scheduler
@@ -472,4 +500,5 @@ def sweep_callbacks(plan, *, tracking_uri: str | None = None) -> list[MlflowTune
         sweep_info=info, hparams={f"{key}.{p}": p for p in sorted(searched)}, regions=regions,
         truth_comm=known_comm(manifest), resume=True,
         outbox_dir=None if "://" in plan.experiment_path else plan.experiment_path,
-        dataset=dataset_input(manifest, manifest.get("uri")) if manifest else None)]
+        dataset=dataset_input(manifest, manifest.get("uri")) if manifest else None,
+        trial_figures=trial_figures)]

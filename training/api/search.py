@@ -98,12 +98,16 @@ def sweep(data: Dataset | str | os.PathLike | SweepPlan | None = None, *,
 
 
 def _tracking_callbacks(plan, tracking_uri: str | None) -> list:
-    """Tune callbacks that log the sweep to MLflow (tracking/tune_callback.py)."""
+    """Tune callbacks that log the sweep to MLflow (tracking/tune_callback.py); each trial's
+    run gets its model's figures when it ends (training/report_figures.py)."""
     try:
         from tracking.tune_callback import sweep_callbacks
     except ImportError:
         return []
-    return list(sweep_callbacks(plan, tracking_uri=tracking_uri))
+    from training.report_figures import checkpoint_figures
+
+    return list(sweep_callbacks(plan, tracking_uri=tracking_uri,
+                                trial_figures=checkpoint_figures))
 
 
 @contextlib.contextmanager
