@@ -109,7 +109,7 @@ def test_every_command_has_help_and_no_command_is_an_error(capsys):
     from training.cli import build_parser
 
     names = {"demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb",
-             "export-nwb", "ui",
+             "export-nwb", "report", "ui",
              "import-metrics"}
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == names
