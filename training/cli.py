@@ -70,10 +70,15 @@ def set_openmp_wait_policy(command: str | None) -> None:
 def credentials_off_the_command_line(args: argparse.Namespace) -> None:
     """Every URI argument (and MLFLOW_TRACKING_URI) typed with credentials gives them to the
     environment its client reads and goes on without them, so no config, param, manifest,
-    outbox or message downstream can hold them (tracking/redact.py)."""
+    outbox or message downstream can hold them (tracking/redact.py). A command lists in
+    `_own_credentials` the arguments that use their credentials themselves and record only
+    the redacted URI (ingest's remote NWB files: a presigned URL's signature, basic auth)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         os.environ["MLFLOW_TRACKING_URI"] = credentials_to_env(os.environ["MLFLOW_TRACKING_URI"])
+    own = getattr(args, "_own_credentials", ())
     for name, value in vars(args).items():
+        if name in own:
+            continue
         if isinstance(value, str) and "://" in value:
             setattr(args, name, credentials_to_env(value))
         elif isinstance(value, list) and any(isinstance(v, str) and "://" in v for v in value):

@@ -7,11 +7,14 @@ datasets: ingest them separately. A mismatch is an IngestError naming files and 
 Trial ids: one file keeps its NWB trial ids; with several, file k's ids are shifted by the
 sum over earlier files of (their max id + 1), so ids stay unique and traceable
 (provenance.sources lists each file's name, size, sha256 and original ids).
+An https:// or s3:// file is streamed (remote.py): its source records the URI without
+credentials and the size, and no sha256 (that would download the whole file).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from data_loaders import fs as dfs
 from data_loaders import schema
 from data_loaders.errors import DatasetError, IngestError
 from data_loaders.manifest import DatasetManifest, RegionSpec
-from data_loaders.nwb import binning
+from data_loaders.nwb import binning, remote
 from data_loaders.nwb.options import IngestOptions
 from data_loaders.nwb.plan import FilePlan, check_window, load_region_map, plan_file, resolve_window
 from data_loaders.nwb.read import NWBSession, open_nwb, sha256_file
@@ -45,15 +48,16 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
     files = [os.fspath(f) for f in files]
     if not files:
         raise IngestError("no NWB files given; pass one or more FILE.nwb")
-    if len(set(map(os.path.abspath, files))) != len(files):
+    if len({f if remote.is_remote(f) else os.path.abspath(f) for f in files}) != len(files):
         raise IngestError(f"the same NWB file is given twice in {files}; pass each session once")
     _check_out(os.fspath(out), overwrite)
     region_map = load_region_map(o.region_map)
-    plans, warnings = [], []
+    plans, warnings, remote_sizes = [], [], []
     for path in files:
         with open_nwb(path) as s:
             plans.append(plan_file(s, o, region_map))
             warnings += plans[-1].warnings
+            remote_sizes.append(s.remote_size)
     layouts = _layouts(plans, o, warnings)
     window = resolve_window(plans, o)
     bw = o.bin_width_s
@@ -67,7 +71,7 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
         check_window(p, t0, t0 + n_bins * bw, window)
     cols = _trial_columns(plans, o)
     x, ext = _bin_all(files, plans, layouts, window, n_bins, o)
-    sources = [_source(p, k, layouts) for k, p in enumerate(plans)]
+    sources = [_source(p, k, layouts, remote_sizes[k]) for k, p in enumerate(plans)]
     provenance = {
         "generator": "mrlfads ingest",
         "sources": sources,
@@ -79,7 +83,8 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
     }
     regions = [RegionSpec(L.name, L.n_heldin, L.n_heldout,
                           tuple(str(i) for i in plans[0].unit_ids[L.rows[0]])) for L in layouts]
-    name = o.name or os.path.splitext(os.path.basename(files[0]))[0]
+    name = o.name or (remote.default_name(files[0]) if remote.is_remote(files[0])
+                      else os.path.splitext(os.path.basename(files[0]))[0])
     return _write(os.fspath(out), overwrite, name=name, regions=regions, obs_model="poisson",
                   bin_width_s=bw, ic_enc_seq_len=o.ic_enc_seq_len, x=x, ext=ext,
                   provenance=provenance, rows_per_shard=o.rows_per_shard, **cols)
@@ -217,14 +222,20 @@ def _trial_columns(plans: list[FilePlan], o: IngestOptions) -> dict:
     return {"trial_id": trial_id, "condition": condition, "perturbed": perturbed, "split": split}
 
 
-def _source(p: FilePlan, k: int, layouts: list[RegionLayout]) -> dict:
+def _source(p: FilePlan, k: int, layouts: list[RegionLayout], remote_size: int | None) -> dict:
     """What file `k` contributed: checksum, trials, and the unit ids behind each column.
-    The file is named, not located: the manifest is shared, and an absolute path would show
-    the user's directories; name, size and sha256 find the file wherever a copy lives."""
+    A local file is named, not located: the manifest is shared, and an absolute path would
+    show the user's directories; name, size and sha256 find the file wherever a copy lives.
+    A streamed file is located by its URI (p.path: credentials already removed) and size;
+    its sha256 is None, since computing it would download the whole file."""
+    if remote_size is not None:
+        where = {"name": posixpath.basename(p.path.split("?")[0].rstrip("/")) or p.path,
+                 "uri": p.path, "sha256": None, "size": remote_size}
+    else:
+        where = {"name": os.path.basename(p.path), "sha256": sha256_file(p.path),
+                 "size": os.path.getsize(p.path)}
     return {
-        "name": os.path.basename(p.path),
-        "sha256": sha256_file(p.path),
-        "size": os.path.getsize(p.path),
+        **where,
         "n_trials": len(p.trial_ids),
         "trial_ids": p.trial_ids.tolist(),
         "unit_ids": {L.name: p.unit_ids[L.rows[k]].tolist() for L in layouts},

@@ -34,34 +34,65 @@ def _strings(values) -> np.ndarray:
 
 @contextlib.contextmanager
 def open_nwb(path: str | os.PathLike) -> Iterator[NWBSession]:
-    """Open `path` read-only as an NWBSession; a non-NWB file is an IngestError."""
+    """Open `path` read-only as an NWBSession; a non-NWB file is an IngestError. An https://
+    or s3:// URI is streamed (data_loaders/nwb/remote.py): only what is read is fetched, and
+    the session's path is the URI without credentials."""
     import pynwb
 
+    from data_loaders.nwb import remote
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    shown, size, fileobj, h5 = remote.display(path), None, None, None
+    if remote.is_remote(path):
+        import h5py
+
+        fileobj, size = remote.open_remote(path)
+    elif not os.path.isfile(path):
         raise IngestError(f"{path}: no such file; check the path of the NWB file to ingest")
     try:
-        io = pynwb.NWBHDF5IO(path, "r")
+        if fileobj is not None:
+            h5 = h5py.File(fileobj, "r", rdcc_nbytes=0)  # no chunk cache: HDF5 then reads
+            # only the asked-for part of an uncompressed chunk, not the whole chunk
+            io = pynwb.NWBHDF5IO(file=h5, mode="r")
+        else:
+            io = pynwb.NWBHDF5IO(path, "r")
     except Exception as e:  # noqa: BLE001 - h5py/hdmf raise many types for a foreign file
-        raise IngestError(f"{path}: not an NWB file (cannot open it as HDF5/NWB: {type(e).__name__}: "
-                          f"{e}); pass NWB 2.x files written by pynwb or MatNWB") from None
+        _close(h5, fileobj)
+        raise IngestError(f"{shown}: not an NWB file (cannot open it as HDF5/NWB: {type(e).__name__}: "
+                          f"{_clean(e)}); pass NWB 2.x files written by pynwb or MatNWB") from None
     try:
         try:
             nwbfile = io.read()
         except Exception as e:  # noqa: BLE001 - an HDF5 file that is not NWB fails deep inside hdmf
-            raise IngestError(f"{path}: not an NWB file (HDF5 but unreadable as NWB: "
-                              f"{type(e).__name__}: {e}); pass NWB 2.x files") from None
-        yield NWBSession(path, nwbfile)
+            raise IngestError(f"{shown}: not an NWB file (HDF5 but unreadable as NWB: "
+                              f"{type(e).__name__}: {_clean(e)}); pass NWB 2.x files") from None
+        yield NWBSession(shown, nwbfile, size)
     finally:
         io.close()
+        _close(h5, fileobj)
+
+
+def _close(*handles) -> None:
+    for h in handles:
+        if h is not None:
+            with contextlib.suppress(Exception):
+                h.close()
+
+
+def _clean(e: Exception) -> str:
+    """An exception's text with any URI in it stripped of credentials."""
+    from tracking.redact import redact_text
+
+    return redact_text(str(e))
 
 
 @dataclass
 class NWBSession:
     """One open NWB file. Arrays are read on demand; spike times are never all loaded."""
 
-    path: str
+    path: str          # what errors and provenance name: a URI without its credentials
     nwbfile: object
+    remote_size: int | None = None  # bytes of a streamed remote file (None: a local file)
 
     # -- units -----------------------------------------------------------------------------
     @property

@@ -21,8 +21,11 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE.nwb", help="NWB sessions; several must have the same regions and the same unit count per "
-                   "region (units matched by position, e.g. chronic recordings)")
+    p.add_argument("files", nargs="+", metavar="FILE.nwb", help="NWB sessions (paths, or https:// / s3:// URIs, streamed: "
+                   "only the tables and the selected units' spike times are fetched); several must "
+                   "have the same regions and the same unit count per region (units matched by "
+                   "position, e.g. chronic recordings)")
+    p.set_defaults(_own_credentials=("files",))  # remote.py uses them; records the URI without
     p.add_argument("--out", required=True, help="dataset directory or s3:// URI to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     p.add_argument("--name", help="dataset name (default: first file's name)")
