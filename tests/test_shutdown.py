@@ -1,7 +1,9 @@
 """Signals end runs and servers cleanly; a run killed with -9 is found and reopened.
 
-Real processes, a real SQLite MLflow store and a real `mlflow server`; each kill waits for a
-file the run writes (last.pt, the UI's address line), never for a fixed time.
+Real processes, a real SQLite MLflow store and a real `mlflow server`. A training run
+signals itself as a chosen epoch begins (MRLFADS_FAULT, training/faults.py), so the epochs
+written before the signal are known exactly; `ui` is signalled once it has printed its
+address.
 """
 from __future__ import annotations
 
@@ -28,29 +30,26 @@ def _wait_for(cond, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def long_train(tmp_path, mlflow_sqlite_uri, experiment_name):
-    """Start `mrlfads train` for 500 epochs; returns (process, run dir) once last.pt exists."""
+EPOCHS = 6
+
+
+def _train(tmp_path, uri: str, experiment: str, fault: str
+           ) -> tuple[subprocess.CompletedProcess, Path]:
+    """`mrlfads train` for EPOCHS epochs with MRLFADS_FAULT=``fault``: the run signals
+    itself as the epoch the fault names begins (training/faults.py), never at a time."""
     from data_loaders.testing import make_tiny_dataset
+    from training.faults import ENV
 
     make_tiny_dataset(tmp_path / "data")
     (tmp_path / "ramps.yaml").write_text(SHORT_RAMPS)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "training.cli", "train", "--data", str(tmp_path / "data"),
-           "--out", str(out), "--smoke-test", "--epochs", "500", "--config",
-           str(tmp_path / "ramps.yaml"), "--tracking-uri", mlflow_sqlite_uri, "--experiment",
-           experiment_name, "--quiet"]
-    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: (out / "last.pt").exists() or proc.poll() is not None, 180, "last.pt")
-        assert proc.poll() is None, proc.communicate()
-        yield proc, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+           "--out", str(out), "--smoke-test", "--epochs", str(EPOCHS), "--config",
+           str(tmp_path / "ramps.yaml"), "--tracking-uri", uri, "--experiment", experiment,
+           "--quiet"]
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", **{ENV: fault})
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=240, check=False), out
 
 
 def _runs(uri: str, experiment: str):
@@ -60,46 +59,57 @@ def _runs(uri: str, experiment: str):
     return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
 
 
-def test_sigterm_to_train_ends_its_run_killed_like_ctrl_c(long_train, mlflow_sqlite_uri,
+def _epochs_done(out: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _steps(client, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "epoch"))
+
+
+def test_sigterm_to_train_ends_its_run_killed_like_ctrl_c(tmp_path, mlflow_sqlite_uri,
                                                          experiment_name):
-    proc, out = long_train
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr[-2000:]  # the CLI's Ctrl-C exit code
-    assert "interrupted" in stderr
-    _, (run,) = _runs(mlflow_sqlite_uri, experiment_name)
-    assert run.info.status == "KILLED"
+    from training import checkpoint as ckpt
+
+    proc, out = _train(tmp_path, mlflow_sqlite_uri, experiment_name,
+                       "signal-epoch:epoch=3,signal=TERM")
+    assert proc.returncode == 130, proc.stderr[-2000:]  # the CLI's Ctrl-C exit code
+    assert "interrupted" in proc.stderr
+    # epochs 1 and 2 finished and were written everywhere; epoch 3 never began
+    assert _epochs_done(out) == [1, 2] and ckpt.load(out / "last.pt")["epoch"] == 2
+    client, (run,) = _runs(mlflow_sqlite_uri, experiment_name)
+    assert run.info.status == "KILLED" and _steps(client, run.info.run_id) == [1, 2]
 
 
 def test_train_killed_with_9_is_marked_killed_and_resume_reopens_the_same_run(
-        long_train, mlflow_sqlite_uri, experiment_name):
+        tmp_path, mlflow_sqlite_uri, experiment_name):
     from tracking.liveness import end_dead_runs
+    from training import checkpoint as ckpt
     from training.cli import main
 
-    proc, out = long_train
-    proc.kill()
-    proc.wait(timeout=30)
+    proc, out = _train(tmp_path, mlflow_sqlite_uri, experiment_name, "signal-epoch:epoch=4")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    # killed as epoch 4 began: 3 epochs in metrics.jsonl, last.pt and MLflow, nothing more
+    assert _epochs_done(out) == [1, 2, 3] and ckpt.load(out / "last.pt")["epoch"] == 3
     client, (run,) = _runs(mlflow_sqlite_uri, experiment_name)
-    assert run.info.status == "RUNNING" and run.data.tags["mrlfads.pid"] == str(proc.pid)
+    assert run.info.status == "RUNNING" and _steps(client, run.info.run_id) == [1, 2, 3]
     assert json.loads((out / "tracking.json").read_text())["run_id"] == run.info.run_id
     # what `mrlfads ui` and `mrlfads train` do first (other tests' dead runs may share the store)
     assert run.info.run_id in end_dead_runs(client)
     assert client.get_run(run.info.run_id).info.status == "KILLED"
     assert run.info.run_id not in end_dead_runs(client)  # done once
 
-    done = len((out / "metrics.jsonl").read_text().splitlines())
     assert main(["train", "--data", str(out.parent / "data"), "--out", str(out), "--resume",
-                 "--epochs", str(done + 3), "--tracking-uri", mlflow_sqlite_uri,
+                 "--epochs", str(EPOCHS), "--tracking-uri", mlflow_sqlite_uri,
                  "--experiment", experiment_name, "--quiet"]) == 0
     _, runs = _runs(mlflow_sqlite_uri, experiment_name)
     assert [r.info.run_id for r in runs] == [run.info.run_id]  # no second run
     again = runs[0]
-    assert again.info.status == "FINISHED" and again.data.metrics["epoch"] == done + 3
+    assert again.info.status == "FINISHED" and again.data.metrics["epoch"] == EPOCHS
     assert again.data.tags["mrlfads.pid"] == str(os.getpid())
-    # -9 may land between last.pt, metrics.jsonl and MLflow: at most that one epoch is lost
-    steps = {m.step for m in client.get_metric_history(run.info.run_id, "epoch")}
-    assert max(steps) == done + 3 and len(steps) >= done + 1
-    assert set(range(done + 2, done + 4)) <= steps
+    # every epoch exactly once, in the file and in MLflow: the resume went on from epoch 4
+    assert _epochs_done(out) == list(range(1, EPOCHS + 1))
+    assert _steps(client, run.info.run_id) == list(range(1, EPOCHS + 1))
 
 
 def _group(pgid: int) -> list[psutil.Process]:
