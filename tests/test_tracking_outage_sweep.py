@@ -1,31 +1,25 @@
 """A tracking outage never kills training, during a real sweep: a smoke PBT sweep logs over
-HTTP to a real `mlflow server`, which a background thread stops once the first results are in
-MLflow and restarts (same port, same SQLite store and artifact root) several epochs later.
-Afterwards MLflow must hold one run per trial and every (epoch, objective) Tune recorded."""
+HTTP to a real `mlflow server`. A Tune callback installed ahead of the MLflow one stops the
+server as the first result of epoch DOWN_AT arrives and starts it again (same port, same
+SQLite store and artifact root) as the first result of epoch UP_AT arrives: the same
+results fall in the outage in every run, whatever the machine's speed.
+
+Exact outcome: every result logged during the outage waited in its trial's outbox, and
+afterwards MLflow holds one run per trial with exactly the (epoch, objective) pairs Tune
+handed its callbacks, no more and no fewer.
+"""
 from __future__ import annotations
 
-import json
-import re
-import threading
-import time
 import uuid
-from pathlib import Path
+from collections import Counter
 
 import pytest
+from ray import tune
 
 from tests.mlflow_fixtures import rest
 
 pytestmark = pytest.mark.slow
-DOWN_S = 8.0  # several epochs of the tiny smoke model (~1 result/s here while it is down)
-
-
-def tune_results(experiment_path: str) -> dict[str, list[dict]]:
-    """Trial id -> the results Tune recorded in its result.json."""
-    out = {}
-    for f in Path(experiment_path).glob("*/result.json"):
-        tid = re.search(r"_([0-9a-f]+_\d{5})_", f.parent.name).group(1)  # trainable_<id>_<n>_...
-        out[tid] = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return out
+DOWN_AT, UP_AT = 3, 6  # epochs of the smoke sweep (8 epochs, synchronised every 2)
 
 
 def trial_runs(url: str, sweep: str) -> list[dict]:
@@ -36,110 +30,87 @@ def trial_runs(url: str, sweep: str) -> list[dict]:
     return runs
 
 
-class Outage(threading.Thread):
-    """Stop the server once a trial's objective is in MLflow; restart it DOWN_S later."""
+def _queued_objectives(tracker) -> list[int]:
+    """The epochs whose objective waits in a trial tracker's outbox."""
+    return sorted(int(step) for op in tracker.outbox.pending if op["op"] == "log_batch"
+                  and "metrics" in op
+                  for key, _, _, step in op["metrics"] if key == "objective")
 
-    def __init__(self, server, plan):
-        super().__init__(daemon=True)
-        self.server, self.plan = server, plan
-        self.error: BaseException | None = None
-        self.results_at_stop = self.results_at_restart = -1
-        self.restarted_at = None
 
-    def _n_results(self) -> int:
-        try:
-            return sum(len(v) for v in tune_results(self.plan.experiment_path).values())
-        except (OSError, ValueError, IndexError):
-            return -1
+class Outage(tune.Callback):
+    """A Tune callback that takes the server down at DOWN_AT and
+    back up at UP_AT; it runs before the MLflow callback, so the result that stops the
+    server is logged during the outage and the one that restarts it after."""
 
-    def run(self):
+    def __init__(self, server, mlflow_callback):
+        self.server, self.mlflow_callback = server, mlflow_callback
+        self.results: dict[str, list[tuple[int, float]]] = {}  # every (epoch, objective)
+        self.during: dict[str, list[int]] = {}  # trial -> epochs logged while down
+        self.queued: dict[str, list[int]] | None = None  # outboxes as the server returns
+        self.down = self.back = False
+
+    def __getstate__(self):  # Tune pickles its callbacks; a server process is not picklable
+        return {"down": self.down, "back": self.back}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
         from tracking.server import start_server
 
-        try:
-            deadline = time.monotonic() + 150
-            while time.monotonic() < deadline:
-                try:
-                    runs = trial_runs(self.server.url, self.plan.name)
-                    if any(r["tags"].get("mrlfads.role") == "trial" and any(
-                            m["key"] == "objective" for m in r["data"].get("metrics", [])) for r in runs):
-                        break
-                except (OSError, KeyError):  # experiment not created yet
-                    pass
-                time.sleep(0.2)
-            else:
-                raise AssertionError("no trial result reached MLflow in 150 s")
-            port, s = self.server.port, self.server
-            s.stop()
-            self.results_at_stop = self._n_results()
-            time.sleep(DOWN_S)
-            self.results_at_restart = self._n_results()
-            self.server = start_server(s.backend_store_uri, s.artifacts_destination, port=port,
-                                       log_path=s.log_path)
-            self.restarted_at = time.monotonic()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
-            self.error = exc
+        epoch = int(result["epoch"])
+        self.results.setdefault(trial.trial_id, []).append((epoch, round(result["objective"], 4)))
+        if not self.down and epoch >= DOWN_AT:
+            self.server.stop()
+            self.down = True
+        elif self.down and not self.back and epoch >= UP_AT:
+            self.queued = {tid: _queued_objectives(t)
+                           for tid, t in self.mlflow_callback.trackers.items()}
+            s = self.server
+            self.server = start_server(s.backend_store_uri, s.artifacts_destination,
+                                       port=s.port, log_path=s.log_path)
+            self.back = True
+        if self.down and not self.back:
+            self.during.setdefault(trial.trial_id, []).append(epoch)
 
 
+@pytest.mark.timeout(600)
 def test_server_outage_during_pbt_sweep_loses_no_metric(ray_session, tiny_dataset_dir, tmp_path):
-    from tracking.outbox import import_outbox
     from tracking.server import start_server
     from tracking.store import artifact_root_for, default_tracking_uri
-    from tracking.tune_callback import OUTBOX_NAME, sweep_callbacks
+    from tracking.tune_callback import sweep_callbacks
     from training import sweep
 
     uri = default_tracking_uri(tmp_path / "store")
     server = start_server(uri, artifact_root_for(uri))
     plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, name=f"outage-{uuid.uuid4().hex[:6]}",
                             storage=str(tmp_path / "sweeps"))
-    outage = Outage(server, plan)
+    mlflow_cb = sweep_callbacks(plan, tracking_uri=server.url)[0]
+    hook = Outage(server, mlflow_cb)
     try:
-        outage.start()
-        t0 = time.monotonic()
-        callbacks = sweep_callbacks(plan, tracking_uri=server.url)
-        summary = sweep.run_sweep(plan, callbacks=callbacks, tracking=True, verbose=0)
-        sweep_end = time.monotonic()
-        outage.join(timeout=240)
-        assert not outage.is_alive() and outage.error is None, outage.error
-        server = outage.server
-        print(f"sweep {sweep_end - t0:.0f} s; results at stop {outage.results_at_stop}, "
-              f"at restart {outage.results_at_restart}; server back "
-              f"{outage.restarted_at - sweep_end:+.0f} s after the sweep ended; "
-              f"outbox files left: {callbacks[0].outbox_files}")
-
-        # training went on while the server was down, and every trial finished
-        assert outage.results_at_restart > outage.results_at_stop >= 0
+        summary = sweep.run_sweep(plan, callbacks=[hook, mlflow_cb], tracking=True, verbose=0)
+        assert hook.down and hook.back
+        server = hook.server
         assert summary.trials and set(summary.trials.values()) == {"TERMINATED"}
+        assert sorted(hook.results) == sorted(summary.trials)
 
-        # trials that ended during the outage: if the server was back before the sweep
-        # ended, the callback delivered their queue; otherwise their outbox files remain and
-        # `mrlfads import-metrics` (import_outbox) delivers them now
-        left = [Path(f) for f in callbacks[0].outbox_files]
-        assert all(f.name == OUTBOX_NAME and f.is_file() for f in left)
-        if outage.restarted_at < sweep_end:
-            assert left == []
-        else:  # down at the end: the parent's summary and end_run, at least, wait in a file
-            assert Path(plan.experiment_path, OUTBOX_NAME) in left
-        for f in left:
-            assert import_outbox(f, tracking_uri=server.url) > 0
-            assert not f.exists()
+        # the outage: the results of epochs DOWN_AT..UP_AT-1, and each of them was queued
+        assert {e for epochs in hook.during.values() for e in epochs} == set(range(DOWN_AT, UP_AT))
+        assert hook.queued == {tid: sorted(hook.during.get(tid, [])) for tid in summary.trials}
+        assert mlflow_cb.outbox_files == []  # the server was back before the sweep ended
 
         runs = trial_runs(server.url, plan.name)
         parents = [r for r in runs if r["tags"].get("mrlfads.role") == "sweep"]
         children = [r for r in runs if r["tags"].get("mrlfads.role") == "trial"]
         assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
         assert sorted(r["tags"]["mrlfads.trial_id"] for r in children) == sorted(summary.trials)
-        recorded = tune_results(plan.experiment_path)
-        assert sorted(recorded) == sorted(summary.trials)
         for run in children:
             assert run["info"]["status"] == "FINISHED"
             assert run["tags"]["mlflow.parentRunId"] == parents[0]["info"]["run_id"]
             hist = rest(server.url, "metrics/get-history", run_id=run["info"]["run_id"],
                         metric_key="objective")["metrics"]
-            logged = {(int(m["step"]), round(m["value"], 4)) for m in hist}
-            reported = {(int(r["epoch"]), round(r["objective"], 4))
-                        for r in recorded[run["tags"]["mrlfads.trial_id"]]}
-            assert reported and reported <= logged  # none lost; repeated/rewound steps allowed
+            logged = Counter((int(m["step"]), round(m["value"], 4)) for m in hist)
+            # what Tune handed its callbacks (its result.json files can lose early lines)
+            reported = Counter(hook.results[run["tags"]["mrlfads.trial_id"]])
+            assert logged == reported  # every epoch once: none lost, none twice
+            assert sorted(step for step, _ in logged) == list(range(1, plan.epochs + 1))
     finally:
-        outage.join(timeout=240)
-        outage.server.stop()
+        hook.server.stop()
         server.stop()
