@@ -1,6 +1,8 @@
 """Run by tests/test_cluster_config.py in a subprocess (its own Ray, not the session one):
-a smoke PBT sweep on a 2-node ray.cluster_utils.Cluster whose nodes advertise one logical
-GPU each, trials asking for half a GPU. Prints one JSON line with what happened."""
+a smoke PBT sweep of 2 members on a 2-node ray.cluster_utils.Cluster whose nodes advertise
+one logical GPU each, every trial asking for half a GPU. Each member is pinned to its own
+node (a custom resource per node), so nothing depends on where Ray would place it, and with
+2 members every exploit copies the other node's checkpoint. Prints one JSON line."""
 from __future__ import annotations
 
 import json
@@ -19,6 +21,7 @@ def main(data: str, storage: str) -> None:
     import ray
     from ray import tune
     from ray.cluster_utils import Cluster
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from search_spaces import tune_objects
     from search_spaces.space import Resources
@@ -41,19 +44,30 @@ def main(data: str, storage: str) -> None:
             rec["end"] = time.time()
             (records / f"{uuid.uuid4().hex}.json").write_text(json.dumps(rec))
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})
-    cluster.add_node(num_cpus=2, num_gpus=1)
+    nodes = ["node_a", "node_b"]  # member i runs where resource nodes[i] is
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "num_gpus": 1, "resources": {nodes[0]: 1}})
+    cluster.add_node(num_cpus=2, num_gpus=1, resources={nodes[1]: 1})
     ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
     plan = sweep.plan_sweep(data, smoke_test=True, storage=storage, name="cluster")
-    # half a GPU per trial; half the population exploits each round (more cross-node chances)
-    space = replace(plan.space.with_scheduler(quantile_fraction=0.5),
+    # 2 members, the worse one exploits the better one at every synchronisation
+    space = replace(plan.space.with_scheduler(population=2, quantile_fraction=0.5),
                     resources=Resources(cpu=0.5, gpu=0.5))
     plan = sweep.SweepPlan(plan.name, plan.storage, space, plan.run, plan.burn_in, True)
+
+    def pinned(config):  # read once, when Tune creates the trial (an exploit copies config)
+        return tune.PlacementGroupFactory([{**{k.upper(): v for k, v in
+                                               space.resources.as_tune().items()},
+                                            nodes[config["member"]]: 1}])
+
+    param_space = {**tune_objects.param_space(space, plan.run),
+                   "member": tune.grid_search([0, 1])}
     tuner = tune.Tuner(
-        tune.with_resources(recording_trainable, space.resources.as_tune()),
-        param_space=tune_objects.param_space(space, plan.run),
-        tune_config=tune_objects.tune_config(space, max_epochs=plan.epochs,
-                                             burn_in=plan.burn_in, reuse_actors=False),
+        tune.with_resources(recording_trainable, pinned), param_space=param_space,
+        tune_config=tune.TuneConfig(
+            scheduler=tune_objects.pbt_scheduler(space, plan.burn_in),
+            search_alg=BasicVariantGenerator(random_state=space.seed), num_samples=1,
+            reuse_actors=False),
         run_config=sweep.make_run_config(plan, verbose=0))
     summary = sweep.summarize(tuner.fit(), plan)
     recs = [json.loads(p.read_text()) for p in records.glob("*.json")]

@@ -1,5 +1,6 @@
 """cluster.yaml passes Ray's own autoscaler validation (offline); slow: a PBT sweep on a
-2-node local cluster with fractional logical GPUs, exploiting across nodes."""
+2-node local cluster with fractional logical GPUs, each member pinned to a node, exploiting
+across nodes at every synchronisation."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -60,35 +60,32 @@ def test_every_node_runs_ray_with_token_auth_and_no_public_dashboard(cluster_cfg
 
 @pytest.mark.slow
 @pytest.mark.timeout(480)
-def test_two_node_cluster_packs_half_gpu_trials_and_exploits_across_nodes(tiny_dataset_dir, tmp_path):
+def test_two_node_sweep_pins_half_gpu_members_and_every_exploit_crosses_nodes(tiny_dataset_dir,
+                                                                            tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.run(
         [sys.executable, "-m", "tests.cluster_sweep_check", tiny_dataset_dir, str(tmp_path / "shared")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=450)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=450, check=False)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT "):])
     recs = out["records"]
 
-    assert len(out["trials"]) == 4 and set(out["trials"].values()) == {"TERMINATED"}
-    assert len({r["node"] for r in recs}) == 2  # trials ran on both nodes
-    assert all(len(r["gpus"]) == 1 for r in recs)  # each trial saw one (logical) GPU
-    # packing: at any moment at most 2 half-GPU trials share a node's GPU
-    by_gpu = defaultdict(list)
+    assert len(out["trials"]) == 2 and set(out["trials"].values()) == {"TERMINATED"}
+    # each member ran on its own node only, and saw one (logical) GPU every time
+    node_of = {}
     for r in recs:
-        by_gpu[(r["node"], r["gpus"][0])].append(r)
-    for runs in by_gpu.values():
-        for r in runs:
-            overlapping = sum(1 for o in runs if o["start"] < r["end"] and r["start"] < o["end"])
-            assert overlapping <= 2
-    # exploits restored a donor's checkpoint through the shared storage path; at least one
-    # restored on a different node from the one that wrote it
-    assert out["exploits"] >= 1
-    cross = 0
+        assert node_of.setdefault(r["trial"], r["node"]) == r["node"]
+        assert len(r["gpus"]) == 1
+    assert len(node_of) == 2 and len(set(node_of.values())) == 2
+    # the smoke sweep synchronises at epochs 2, 4 and 6 (the stopper ends it at 8): the worse
+    # member exploits the better one each time, restoring a checkpoint the other node wrote
+    # to the shared storage path
+    assert out["exploits"] == 3
+    restored_from = []
     for r in recs:
         if r["restored"]:
             donor = re.search(r"_([0-9a-f]+_\d{5})_", Path(r["restored"]).parent.name).group(1)
-            written = [d for d in recs if d["trial"] == donor and d["start"] < r["start"]]
-            if donor != r["trial"] and written and max(written, key=lambda d: d["start"])["node"] != r["node"]:
-                cross += 1
-    assert cross >= 1
+            if donor != r["trial"]:
+                restored_from.append((node_of[donor], r["node"]))
+    assert len(restored_from) == 3 and all(wrote != read for wrote, read in restored_from)
