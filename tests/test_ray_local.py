@@ -1,5 +1,6 @@
-"""The local Ray a sweep starts listens on 127.0.0.1 only, with Ray's token auth on, and
-SIGTERM still takes the Ctrl-C path after ray.init.
+"""The local Ray a sweep starts is its own (not another Ray running on the machine), listens
+on 127.0.0.1 only, with Ray's token auth on, and SIGTERM still takes the Ctrl-C path after
+ray.init.
 
 Runs in a subprocess: the session Ray of tests/ray_fixtures.py has auth off on purpose, and
 the loopback choice is read when ray is imported.
@@ -39,7 +40,8 @@ ray.shutdown()
 
 
 @pytest.mark.slow  # ~30 s: a Ray start, and a refused client that retries
-def test_local_ray_binds_loopback_and_refuses_a_client_without_the_token():
+def test_local_ray_binds_loopback_and_refuses_a_client_without_the_token(ray_session):
+    """ray_session: another Ray runs on the machine meanwhile; the sweep starts its own."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -47,7 +49,7 @@ def test_local_ray_binds_loopback_and_refuses_a_client_without_the_token():
                          text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["gcs"].startswith("127.0.0.1:")
+    assert got["gcs"].startswith("127.0.0.1:") and got["gcs"] != ray_session
     assert got["sigterm_is_ours"]  # ray.init's own SIGTERM handler did not replace Ctrl-C's path
     assert got["listen"], "the probe found no listening Ray process"
     public = [(name, ip) for name, ip in got["listen"]
