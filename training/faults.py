@@ -40,8 +40,8 @@ from pathlib import Path
 
 ENV = "MRLFADS_FAULT"
 MARKER = "mrlfads-fault-{}"  # per fault in the list: how often it fired here
-SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT,
-           "HUP": getattr(signal, "SIGHUP", signal.SIGTERM)}
+SIGNALS = {name: getattr(signal, f"SIG{name}") for name in ("KILL", "TERM", "INT", "HUP")
+           if hasattr(signal, f"SIG{name}")}  # Windows has no SIGKILL or SIGHUP
 
 
 class FaultError(ValueError):
@@ -203,7 +203,7 @@ def driver_callbacks() -> list:
                 print(f"mrlfads fault: kill-driver: SIGKILL to pid {os.getpid()}; Tune's "
                       f"saved experiment state holds {self.saved} checkpoints "
                       f"({self.seen} registered now)", file=sys.stderr, flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), SIGNALS.get("KILL", signal.SIGTERM))
             # no state of ours to save: the resumed sweep runs without this callback
 
     return [KillDriverCallback(wanted[0].checkpoints)]
