@@ -79,12 +79,17 @@ class GridSyncPBT(tune.schedulers.PopulationBasedTraining):
     failed for good stays in Tune's live set, and Ray's barrier waits for it too.
 
     Here a member waits when it reports an epoch on the checkpoint grid (a multiple of the
-    perturbation interval) at or past the barrier; when every live member waits there, the
-    population perturbs and the barrier moves one interval on, or to the furthest member,
-    and always above the member furthest behind. If the last member due at the barrier ends
-    or fails instead of reporting, the waiting members perturb when Tune next asks for a
-    trial to run. The asynchronous mode is Ray's own.
+    perturbation interval) at or past the barrier. Once every live member waits: if they
+    wait at different epochs (after a retry or a resume), the barrier moves to the furthest
+    and the others catch up, so members are never ranked across epochs; if at one epoch,
+    the population perturbs and the barrier moves one interval on. If the last member due
+    at the barrier ends or fails instead of reporting, this happens when Tune next asks for
+    a trial to run. The asynchronous mode is Ray's own.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.perturbed_at: list[int] = []  # the epochs at which the population perturbed
 
     def on_trial_result(self, tune_controller, trial, result):
         if not self._synch or self._time_attr not in result or self._metric not in result:
@@ -113,22 +118,27 @@ class GridSyncPBT(tune.schedulers.PopulationBasedTraining):
         return trial
 
     def _synchronise(self, tune_controller, reporting) -> None:
-        """Perturb once every live member but ``reporting`` waits at the barrier."""
-        barrier = self._next_perturbation_sync
+        """Once every live member but ``reporting`` waits at or past the barrier: members
+        at different epochs (after a retry or a resume) are not ranked against each other,
+        the barrier moves to the furthest and the others catch up; members at one epoch
+        perturb, and the barrier moves one interval on."""
         state = self._trial_state
-        if any(state[t].last_train_time < barrier
-               for t in self._live(tune_controller) if t is not reporting):
+        live = self._live(tune_controller)
+        if any(state[t].last_train_time < self._next_perturbation_sync
+               for t in live if t is not reporting):
             return
+        epochs = {state[t].last_train_time for t in live}
+        if len(epochs) > 1:
+            self._next_perturbation_sync = max(epochs)
+            return
+        (epoch,) = epochs
         lower, upper = self._quantiles()
         rest = [t for t in tune_controller.get_trials() if t not in lower and t not in upper]
         for t in upper + rest + lower:  # donors save before their checkpoints are copied
-            state[t].last_perturbation_time = barrier
+            state[t].last_perturbation_time = epoch
             self._checkpoint_or_exploit(t, tune_controller, upper, lower)
-        epochs = [state[t].last_train_time for t in self._live(tune_controller)]
-        following = max(barrier + self._perturbation_interval, *epochs)
-        if min(epochs) >= following:  # every member already there: one more interval
-            following = min(epochs) + self._perturbation_interval
-        self._next_perturbation_sync = following
+        self.perturbed_at.append(epoch)
+        self._next_perturbation_sync = epoch + self._perturbation_interval
 
 
 def pbt_scheduler(space: SearchSpace, burn_in: int) -> GridSyncPBT:

@@ -33,8 +33,8 @@ def _simulate(scheduler_cls, order, restart=None, fail=None, budget=400):
     ``restart``: member -> checkpoint epoch it resumes from (a ``--resume``), with the
     scheduler new. ``fail``: member -> (epoch, times): it dies as that epoch begins, and
     Tune retries it (re-adding it to the scheduler) or, past its retries, fails it.
-    Returns each member's reported epochs and final status, or None for the status of a
-    population that stopped moving."""
+    Returns each member's reported epochs, their final status (None for a population that
+    stopped moving) and the scheduler."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
@@ -58,7 +58,7 @@ def _simulate(scheduler_cls, order, restart=None, fail=None, budget=400):
         running = [n for n in order if trials[n].status == Trial.RUNNING]
         if not running:
             if all(t.is_finished() for t in trials.values()):
-                return reported, {n: t.status for n, t in trials.items()}
+                return reported, {n: t.status for n, t in trials.items()}, pbt
             continue  # nothing runs: only the scheduler can move things now
         n, t = running[0], trials[running[0]]
         e = epoch[n] + 1
@@ -82,7 +82,7 @@ def _simulate(scheduler_cls, order, restart=None, fail=None, budget=400):
             t.set_status(Trial.TERMINATED)
         elif pbt.on_trial_result(ctl, t, result) == TrialScheduler.PAUSE:
             t.set_status(Trial.PAUSED)
-    return reported, None
+    return reported, None, pbt
 
 
 def _orders():
@@ -96,7 +96,7 @@ def test_rays_synchronous_pbt_stops_moving_after_a_resume_or_a_retried_trial():
 
     # the resumed smoke sweep that hung: A and B resume from epoch 4, C and D from epoch 2;
     # A and B run past the barrier of epoch 7 to the end, C and D wait there for ever
-    reported, status = _simulate(PopulationBasedTraining, "CDAB",
+    reported, status, _ = _simulate(PopulationBasedTraining, "CDAB",
                                  restart={"A": 4, "B": 4, "C": 2, "D": 2})
     assert status is None
     assert reported["A"][-1] == reported["B"][-1] == MAX_EPOCH
@@ -104,7 +104,7 @@ def test_rays_synchronous_pbt_stops_moving_after_a_resume_or_a_retried_trial():
     # a trial killed as epoch 4 begins: after Tune's retry every member pauses at epoch 5,
     # resumes from its checkpoint of epoch 4 and reports epoch 5 again, without end
     # (what a real smoke sweep did with MRLFADS_FAULT="signal-epoch:epoch=4,trial=00001")
-    reported, status = _simulate(PopulationBasedTraining, "ACDB", fail={"B": (4, 1)})
+    reported, status, _ = _simulate(PopulationBasedTraining, "ACDB", fail={"B": (4, 1)})
     assert status is None and reported["A"][:5] == [1, 2, 3, 4, 5]
     assert reported["A"][-3:] == [5, 5, 5]
 
@@ -114,10 +114,12 @@ def test_grid_sync_pbt_finishes_a_resumed_sweep_whatever_the_order(order):
     from search_spaces.tune_objects import GridSyncPBT
 
     restart = {"A": 4, "B": 4, "C": 2, "D": 2}
-    reported, status = _simulate(GridSyncPBT, order, restart=restart)
+    reported, status, pbt = _simulate(GridSyncPBT, order, restart=restart)
     assert status == dict.fromkeys("ABCD", "TERMINATED")
     for n, start in restart.items():  # every epoch after its checkpoint once, none twice
         assert reported[n] == list(range(start + 1, MAX_EPOCH + 1))
+    # C and D caught up with A and B before anyone was ranked: one perturbation, at 6
+    assert pbt.perturbed_at == [6]
 
 
 @pytest.mark.parametrize("order", _orders())
@@ -125,8 +127,9 @@ def test_grid_sync_pbt_goes_on_after_a_retried_and_a_failed_trial(order):
     from search_spaces.tune_objects import GridSyncPBT
 
     # B dies as epoch 4 begins and its retry goes on; D dies as epoch 3 begins, twice: ERROR
-    reported, status = _simulate(GridSyncPBT, order, fail={"B": (4, 1), "D": (3, 2)})
+    reported, status, pbt = _simulate(GridSyncPBT, order, fail={"B": (4, 1), "D": (3, 2)})
     assert status == {"A": "TERMINATED", "B": "TERMINATED", "C": "TERMINATED", "D": "ERROR"}
     assert reported["A"] == reported["C"] == list(range(1, MAX_EPOCH + 1))
     assert reported["B"] == [1, 2, 3, 3, 4, 5, 6, 7, 8]  # back from its checkpoint of epoch 2
     assert reported["D"] == [1, 2]
+    assert pbt.perturbed_at == [2, 4, 6]  # the synchronisations a clean sweep has

@@ -177,12 +177,11 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
         # the first driver's epochs ran once each, in order, up to where it died
         assert _epochs(before) == list(range(1, len(before) + 1))
         assert len(before) >= saved[number]
-        # the resumed driver started this trial right after its saved checkpoint
-        assert _epochs(after)[0] == saved[number] + 1, (number, _epochs(after))
-        assert max(_epochs(after)) == SMOKE_EPOCHS
-        assert set(_epochs(rows)) == set(range(1, SMOKE_EPOCHS + 1))
-        # epochs up to the lowest saved checkpoint never ran again (no trial from scratch;
-        # an exploit rewinds a trial to its donor's checkpoint, at least that far)
+        # the resumed driver ran this trial from its saved checkpoint to the end, every
+        # epoch once: members behind caught up before PBT ranked anyone, so no exploit
+        # moved a trial across epochs (search_spaces/tune_objects.GridSyncPBT)
+        assert _epochs(after) == list(range(saved[number] + 1, SMOKE_EPOCHS + 1)), number
+        # so no trial restarted from scratch: epochs up to the lowest checkpoint ran once
         assert (rows["epoch"] <= lowest).sum() == lowest
         # the optimiser ran at the trial's own lr at every epoch, exploits included
         assert (rows["lr"] == rows["hp/train.lr"]).all()
