@@ -19,9 +19,10 @@ in the environment, so every run fails at the same epoch or checkpoint count.
 
 ``kill-driver:checkpoints=N``
     The sweep driver SIGKILLs itself once Tune has saved its experiment state with at
-    least N trial checkpoints registered: at the next save after that one (Tune saves every
-    ``TUNE_GLOBAL_CHECKPOINT_S`` = 2 s), so that the saved state has had that long to reach
-    the storage path. It prints one line first: the checkpoints that state holds.
+    least N distinct trial checkpoints registered: at the next save after that one (Tune
+    saves every ``TUNE_GLOBAL_CHECKPOINT_S`` = 2 s), so that the saved state has had that
+    long to reach the storage path. It prints one line first: how many checkpoints that
+    state holds and each trial's newest (the one ``--resume`` restarts it from).
 
 A sweep passes the variable to its trials through Ray's runtime environment (``init_ray``),
 so it reaches trial processes on every node. A bad value is an error naming the variable
@@ -29,6 +30,7 @@ so it reaches trial processes on every node. A bad value is an error naming the 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -180,29 +182,35 @@ def driver_callbacks() -> list:
     from ray import tune
 
     class KillDriverCallback(tune.Callback):
-        """Counts checkpoints Tune registers; Tune calls ``get_state`` each time it saves
-        its experiment state, so the first call after the count reaches N is a save that
-        holds them, and the call after that (a period later) is where the driver dies."""
+        """Collects the checkpoints Tune registers (PBT saves one checkpoint again when it
+        exploits it: counted once). Tune calls ``get_state`` each time it saves its
+        experiment state, so the first call once N are in is a save that holds them; the
+        next call, a period later, is where the driver dies."""
 
         def __init__(self, after: int) -> None:
-            self.after, self.seen, self.saved = after, 0, None
+            self.after, self.seen, self.trials = after, set(), []
+            self.saved, self.count = None, 0
             # Tune pickles callbacks into the experiment and restores them on --resume:
             # only the driver that armed the fault acts on it
             self.pid = os.getpid()
 
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-            self.seen += 1
+            self.seen.add(checkpoint.path)
+            self.trials = trials
 
         def get_state(self):
             if os.getpid() != self.pid:
                 pass
             elif self.saved is None:
-                if self.seen >= self.after:
-                    self.saved = self.seen
+                if len(self.seen) >= self.after:  # what this save holds, trial by trial
+                    self.saved = {t.trial_id: t.checkpoint.path if t.checkpoint else None
+                                  for t in self.trials}
+                    self.count = len(self.seen)
             else:
                 print(f"mrlfads fault: kill-driver: SIGKILL to pid {os.getpid()}; Tune's "
-                      f"saved experiment state holds {self.saved} checkpoints "
-                      f"({self.seen} registered now)", file=sys.stderr, flush=True)
+                      f"saved experiment state holds {self.count} checkpoints; newest per "
+                      f"trial: {json.dumps(self.saved, sort_keys=True)}",
+                      file=sys.stderr, flush=True)
                 os.kill(os.getpid(), SIGNALS.get("KILL", signal.SIGTERM))
             # no state of ours to save: the resumed sweep runs without this callback
 
