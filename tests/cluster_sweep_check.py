@@ -32,17 +32,17 @@ def main(data: str, storage: str) -> None:
     records.mkdir(parents=True, exist_ok=True)
 
     def recording_trainable(config):
-        """The real trainable, plus where it ran and what it restored (test harness)."""
+        """The real trainable, after writing down where it runs and what it restored (test
+        harness; written first and atomically: Tune may kill a trial's process at a pause)."""
         ckpt = tune.get_checkpoint()
         rec = {"trial": tune.get_context().get_trial_id(),
                "node": ray.get_runtime_context().get_node_id(),
                "gpus": [str(g) for g in ray.get_gpu_ids()], "start": time.time(),
                "restored": ckpt.path if ckpt else None}
-        try:
-            trainable(config)
-        finally:
-            rec["end"] = time.time()
-            (records / f"{uuid.uuid4().hex}.json").write_text(json.dumps(rec))
+        name = uuid.uuid4().hex
+        (records / f"{name}.tmp").write_text(json.dumps(rec))
+        os.replace(records / f"{name}.tmp", records / f"{name}.json")
+        trainable(config)
 
     nodes = ["node_a", "node_b"]  # member i runs where resource nodes[i] is
     cluster = Cluster(initialize_head=True, head_node_args={
