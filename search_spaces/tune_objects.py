@@ -74,9 +74,9 @@ class GridSyncPBT(tune.schedulers.PopulationBasedTraining):
     sweep's whole scheduler, while the members restart from checkpoints of different
     epochs. The first result after that perturbs "at" an odd epoch; from then on members
     pause between checkpoints, restart from the checkpoint before, report the same epoch and
-    pause again for ever (a trial killed once in a smoke sweep did this), or members wait at
-    an epoch no member can still reach (1 resumed smoke sweep in 5 hung so). A member that
-    failed for good stays in Tune's live set, and Ray's barrier waits for it too.
+    pause again for ever (a smoke sweep with one trial killed once does this), or members
+    wait at an epoch no member can still reach (about 1 resumed smoke sweep in 5 hangs so).
+    A member that failed for good stays in Tune's live set, and Ray's barrier waits for it.
 
     Here a member waits when it reports an epoch on the checkpoint grid (a multiple of the
     perturbation interval) at or past the barrier. Once every live member waits: if they
