@@ -51,10 +51,15 @@ def test_a_bad_value_exits_2_before_the_command_runs(monkeypatch, tmp_path, caps
     assert not (tmp_path / "r").exists()  # nothing ran
 
 
-def test_the_hook_fires_at_its_epoch_only_for_its_trial_and_only_times_times(monkeypatch, tmp_path):
+def test_the_hook_fires_at_its_epoch_only_for_its_trial_and_only_times_times(monkeypatch, tmp_path,
+                                                                             request):
+    import signal
     import tempfile
 
-    # SIGINT, so that the signal lands here as a KeyboardInterrupt instead of ending pytest
+    # SIGINT, so that the signal lands here as a KeyboardInterrupt instead of ending pytest;
+    # Python's own handler, whatever an earlier test (Ray, Tune, the CLI) installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     monkeypatch.setenv(faults.ENV, "signal-epoch:epoch=3,signal=INT,trial=00001,times=2")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert faults.epoch_hook(tmp_path, "abc_00002") is None  # another trial
