@@ -32,7 +32,7 @@ def hwm_mb():  # peak RSS of this process image; unlike ru_maxrss it is not inhe
 
 t = time.perf_counter()
 import pynwb  # imported before timing: ~2-5 s of one-off import is not ingest work
-from data_loaders.nwb import IngestOptions, ingest
+from mrlfads.data_loaders.nwb import IngestOptions, ingest
 base = hwm_mb()
 t_import = time.perf_counter() - t
 o = IngestOptions(bin_ms=20, align="go_cue_time", window=(-0.5, 0.5), perturb_column="photostim",
@@ -55,7 +55,7 @@ def spike_count(path: str) -> int:
 
 def bench_kernel(n_spikes: int, n_trials: int, n_bins: int, repeats: int = 3) -> dict:
     """One unit's binning: flat searchsorted + bincount vs a per-trial histogram loop."""
-    from data_loaders.nwb.binning import bin_spikes, window_edges
+    from mrlfads.data_loaders.nwb.binning import bin_spikes, window_edges
 
     rng = np.random.default_rng(0)
     total = n_trials * 2.5
@@ -90,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke_test:
         args.units, args.trials = 40, 100
-    from data_loaders.nwb.testing import synthetic_session
+    from mrlfads.data_loaders.nwb.testing import synthetic_session
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_ingest_")
     os.makedirs(work, exist_ok=True)

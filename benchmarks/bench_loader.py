@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data_loaders.reader import ArrowDataset
-from data_loaders.torch_data import make_loader
-from data_loaders.writer import write_dataset
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.torch_data import make_loader
+from mrlfads.data_loaders.writer import write_dataset
 
 
 def drop_cache(files: list[str]) -> str:

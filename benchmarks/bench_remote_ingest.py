@@ -13,9 +13,9 @@ import os
 import tempfile
 import time
 
-from data_loaders.nwb import IngestOptions, ingest
-from data_loaders.nwb.range_server import RangeServer
-from data_loaders.nwb.testing import synthetic_session
+from mrlfads.data_loaders.nwb import IngestOptions, ingest
+from mrlfads.data_loaders.nwb.range_server import RangeServer
+from mrlfads.data_loaders.nwb.testing import synthetic_session
 
 
 def main() -> None:

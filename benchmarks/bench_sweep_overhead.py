@@ -28,9 +28,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def bare(data: str, cfg_file: str | None, epochs: int) -> float:
-    from data_loaders.reader import ArrowDataset
-    from training.config import RunConfig, load_config_file
-    from training.loop import Trainer
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.config import RunConfig, load_config_file
+    from mrlfads.training.loop import Trainer
 
     ds = ArrowDataset.open(data)
     cfg = RunConfig.for_dataset(ds.manifest, uri=data, user=load_config_file(cfg_file),
@@ -57,9 +57,9 @@ def bare_pair(data: str, cfg_file: str | None, epochs: int) -> float:
 def swept(data: str, cfg_file: str | None, epochs: int) -> tuple[float, float]:
     import ray
 
-    from search_spaces.space import SearchSpace
-    from training import sweep
-    from training.config import load_config_file
+    from mrlfads.search_spaces.space import SearchSpace
+    from mrlfads.training import sweep
+    from mrlfads.training.config import load_config_file
 
     space = SearchSpace.from_yaml(sweep.DEFAULT_SPACE)
     space = space.with_scheduler(population=2, perturbation_interval=max(1, epochs // 2),

@@ -28,10 +28,10 @@ timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/te
 
 # 2. the user's path: simulate, train on the GPU, infer from that checkpoint on the CPU
 step "cli: simulate, train --device cuda, infer on cpu"
-{ timeout 60 "$PY" -m training.cli simulate memory-ring --out "$work/ring" --smoke-test &&
-  timeout 90 "$PY" -m training.cli train --data "$work/ring" --smoke-test --epochs 8 --device "$DEVICE" \
+{ timeout 60 "$PY" -m mrlfads.training.cli simulate memory-ring --out "$work/ring" --smoke-test &&
+  timeout 90 "$PY" -m mrlfads.training.cli train --data "$work/ring" --smoke-test --epochs 8 --device "$DEVICE" \
       --no-tracking --quiet --out "$work/run" &&
-  CUDA_VISIBLE_DEVICES="" timeout 60 "$PY" -m training.cli infer --model "$work/run/best.pt" \
+  CUDA_VISIBLE_DEVICES="" timeout 60 "$PY" -m mrlfads.training.cli infer --model "$work/run/best.pt" \
       --data "$work/ring" --out "$work/infer" && ls "$work/infer"; echo "cli rc=$?"; } > "$OUT/cli.txt" 2>&1
 
 # 3. speed at the SPEC size: eager fast vs oracle, whole-step CUDA graphs, bigger batches

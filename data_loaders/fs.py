@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from data_loaders.errors import DatasetError
+from mrlfads.data_loaders.errors import DatasetError
 
 ENDPOINT_VARS = ("MRLFADS_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_loaders import schema
-from data_loaders.errors import DatasetError
+from mrlfads.data_loaders import schema
+from mrlfads.data_loaders.errors import DatasetError
 
 _REMAKE = "re-create the dataset with `mrlfads simulate` or `mrlfads ingest`"
 

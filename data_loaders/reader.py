@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from data_loaders import fs as dfs
-from data_loaders import schema
-from data_loaders.checks import check_observations
-from data_loaders.errors import DatasetError
-from data_loaders.manifest import DatasetManifest, ShardInfo
+from mrlfads.data_loaders import fs as dfs
+from mrlfads.data_loaders import schema
+from mrlfads.data_loaders.checks import check_observations
+from mrlfads.data_loaders.errors import DatasetError
+from mrlfads.data_loaders.manifest import DatasetManifest, ShardInfo
 
 _REMAKE = "re-create the dataset (`mrlfads simulate` / `mrlfads ingest` with --overwrite)"
 

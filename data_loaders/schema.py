@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from data_loaders.errors import DatasetError
+from mrlfads.data_loaders.errors import DatasetError
 
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data_loaders import schema
-from data_loaders.reader import ArrowDataset
-from data_loaders.writer import write_dataset
+from mrlfads.data_loaders import schema
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.writer import write_dataset
 
 MSG_DIM = 2  # true message dimension of the one pathway A -> B (first two regions)
 
@@ -49,7 +49,7 @@ def make_tiny_dataset(
         path, name="tiny", regions=list(regions), obs_model=obs_model, bin_width_s=0.01,
         ic_enc_seq_len=ic_enc_seq_len, x=x, split=split, condition=condition, ext=ext,
         truth=truth if with_truth else None, rows_per_shard=rows_per_shard, overwrite=overwrite,
-        provenance={"generator": "data_loaders.testing.make_tiny_dataset", "seed": seed},
+        provenance={"generator": "mrlfads.data_loaders.testing.make_tiny_dataset", "seed": seed},
     )
     return ArrowDataset.open(path)
 

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from data_loaders import schema
-from data_loaders.checks import check_observations
-from data_loaders.errors import DatasetError
-from data_loaders.manifest import DatasetManifest, ShardInfo
-from data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders import schema
+from mrlfads.data_loaders.checks import check_observations
+from mrlfads.data_loaders.errors import DatasetError
+from mrlfads.data_loaders.manifest import DatasetManifest, ShardInfo
+from mrlfads.data_loaders.reader import ArrowDataset
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from data_loaders import fs as dfs
-from data_loaders import schema
-from data_loaders.checks import check_observations
-from data_loaders.errors import DatasetError
-from data_loaders.manifest import DatasetManifest, ExtraFile, RegionSpec, ShardInfo
+from mrlfads.data_loaders import fs as dfs
+from mrlfads.data_loaders import schema
+from mrlfads.data_loaders.checks import check_observations
+from mrlfads.data_loaders.errors import DatasetError
+from mrlfads.data_loaders.manifest import DatasetManifest, ExtraFile, RegionSpec, ShardInfo
 
 
 def make_split(n_trials: int, valid_frac: float = 0.2, seed: int = 0) -> np.ndarray:

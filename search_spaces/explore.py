@@ -1,5 +1,5 @@
 """The PBT explore step: pure functions of (values, space, rng). (Initial values are
-Tune's draws from ``search_spaces.tune_objects.domain``.)
+Tune's draws from ``mrlfads.search_spaces.tune_objects.domain``.)
 
 Ray's built-in perturbation multiplies by 0.8 or 1.2 and steps outside the declared bounds;
 owning the step keeps it unbiased and inside the box:
@@ -15,8 +15,8 @@ from typing import Mapping
 
 import numpy as np
 
-from search_spaces.errors import SearchSpaceError
-from search_spaces.space import Hyperparameter, SearchSpace
+from mrlfads.search_spaces.errors import SearchSpaceError
+from mrlfads.search_spaces.space import Hyperparameter, SearchSpace
 
 
 def perturb(value: float, hp: Hyperparameter, rng: np.random.Generator) -> float:

@@ -1,6 +1,6 @@
 """Search spaces as data: YAML in, frozen dataclasses out, every problem reported at once.
 
-A space names each hyperparameter by its dotted path into ``training.config.RunConfig``
+A space names each hyperparameter by its dotted path into ``mrlfads.training.config.RunConfig``
 (``train.lr``, ``loss.kl_ic_scale``; ``model.regions.*.gen_dim`` sets a field on every
 region), never by list position, so a space reads like the config it changes and survives
 reordering. ``SearchSpace.to_dict`` is plain JSON, so a space can be logged and reloaded.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from search_spaces.errors import SearchSpaceError
+from mrlfads.search_spaces.errors import SearchSpaceError
 
 KINDS = ("pbt", "optuna")
 SCALES = ("log", "linear")
@@ -208,10 +208,10 @@ class Resources:
 
     def as_tune(self) -> dict[str, float]:
         """Ray's per-trial request; ``gpu: auto`` must be settled against the cluster first
-        (training.resources.trial_resources)."""
+        (mrlfads.training.resources.trial_resources)."""
         if self.auto:
             raise ValueError("resources gpu: auto depends on the cluster: settle it with "
-                             "training.resources.trial_resources")
+                             "mrlfads.training.resources.trial_resources")
         return {"cpu": float(self.cpu), "gpu": float(self.gpu)}
 
 

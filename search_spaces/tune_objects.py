@@ -1,10 +1,10 @@
 """Turn a SearchSpace into Ray Tune objects: param_space, scheduler, searcher, resources.
 
-The trial config layout (what ``training.trainable.trainable`` reads) is built here:
+The trial config layout (what ``mrlfads.training.trainable.trainable`` reads) is built here:
 ``{"run": the base RunConfig, "checkpoint_interval": int, "build": {path: value},
 "hparams": {path: value}}``, paths set by ``mrlfads.config_utils.with_overrides``. PBT
 spaces fill ``hparams`` (re-applied after every restore, perturbed by
-:class:`search_spaces.explore.SpaceExplorer`); Optuna spaces fill ``build`` (structure
+:class:`mrlfads.search_spaces.explore.SpaceExplorer`); Optuna spaces fill ``build`` (structure
 fixed for the life of a trial). The checkpoint interval is the PBT perturbation
 interval, taken from the space in one place (:func:`checkpoint_interval`).
 """
@@ -16,9 +16,9 @@ from typing import Any
 from ray import tune
 
 from mrlfads.config_utils import get_path
-from search_spaces.errors import SearchSpaceError
-from search_spaces.explore import SpaceExplorer
-from search_spaces.space import Hyperparameter, SearchSpace
+from mrlfads.search_spaces.errors import SearchSpaceError
+from mrlfads.search_spaces.explore import SpaceExplorer
+from mrlfads.search_spaces.space import Hyperparameter, SearchSpace
 
 TIME_ATTR = "epoch"  # PBT/ASHA time: finished epochs, as the Trainer reports them
 

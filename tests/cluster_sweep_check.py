@@ -23,10 +23,10 @@ def main(data: str, storage: str) -> None:
     from ray.cluster_utils import Cluster
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from search_spaces import tune_objects
-    from search_spaces.space import Resources
-    from training import sweep
-    from training.trainable import trainable
+    from mrlfads.search_spaces import tune_objects
+    from mrlfads.search_spaces.space import Resources
+    from mrlfads.training import sweep
+    from mrlfads.training.trainable import trainable
 
     records = Path(storage) / "records"
     records.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ def mlflow_sqlite_uri(tmp_path_factory) -> str:
     """``sqlite:///.../mlruns/mlflow.db`` with migrations already run."""
     from mlflow.tracking import MlflowClient
 
-    from tracking.store import default_tracking_uri
+    from mrlfads.tracking.store import default_tracking_uri
 
     uri = default_tracking_uri(tmp_path_factory.mktemp("mlflow_sqlite"))
     MlflowClient(uri).search_experiments()  # runs the migrations once
@@ -32,8 +32,8 @@ def mlflow_sqlite_uri(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` on 127.0.0.1 (free port) over its own SQLite store."""
-    from tracking.server import start_server
-    from tracking.store import artifact_root_for, default_tracking_uri
+    from mrlfads.tracking.server import start_server
+    from mrlfads.tracking.store import artifact_root_for, default_tracking_uri
 
     uri = default_tracking_uri(tmp_path_factory.mktemp("mlflow_server"))
     handle = start_server(uri, artifact_root_for(uri))

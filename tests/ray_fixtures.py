@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Ray reads this when it is first imported, which a test module may do before any fixture
 # runs: set here (plugin load, before collection), the session cluster and every driver that
 # joins it agree on 127.0.0.1, as they do under the CLI.
-from training.sweep import local_ray_on_loopback  # noqa: E402  (imports no ray)
+from mrlfads.training.sweep import local_ray_on_loopback  # noqa: E402  (imports no ray)
 
 local_ray_on_loopback()
 
@@ -43,7 +43,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_dataset_dir(tmp_path_factory) -> str:
     """A small valid Arrow dataset (2 regions x 3+1 neurons, 12 bins), written once."""
-    from data_loaders.testing import make_tiny_dataset
+    from mrlfads.data_loaders.testing import make_tiny_dataset
 
     path = tmp_path_factory.mktemp("sweep-data") / "tiny"
     make_tiny_dataset(path)

@@ -22,7 +22,7 @@ def main(data: str, storage: str) -> None:
     from ray import tune
     from ray.cluster_utils import Cluster
 
-    from training import resources, sweep, trainable
+    from mrlfads.training import resources, sweep, trainable
 
     records = Path(storage) / "records"
     records.mkdir(parents=True, exist_ok=True)

@@ -46,10 +46,10 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
         import spiking_grid as grid
     finally:
         sys.path.pop(0)
-    from data_loaders.testing import make_tiny_dataset
-    from training.config import RunConfig
-    from training.fit import BEST, fit
-    from training.loop import Trainer
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.fit import BEST, fit
+    from mrlfads.training.loop import Trainer
 
     ds = make_tiny_dataset(tmp_path / "d", n_trials=40, n_bins=16)
     ceil = grid.ceilings(tmp_path / "d")

@@ -9,9 +9,9 @@ import pytest
 pytest.importorskip("ray")
 
 from mrlfads.ramps import RAMPS_DONE, best_trial  # noqa: E402
-from tracking.memory import InMemoryTracker, MemoryStore  # noqa: E402
-from tracking.tune_callback import MlflowTuneCallback  # noqa: E402
-from training import sweep  # noqa: E402
+from mrlfads.tracking.memory import InMemoryTracker, MemoryStore  # noqa: E402
+from mrlfads.tracking.tune_callback import MlflowTuneCallback  # noqa: E402
+from mrlfads.training import sweep  # noqa: E402
 
 # trial -> (last metrics, failed): c has the lowest objective but ended in error; d's last
 # epoch came before its ramps had finished; a and b tie, and a wins as the smaller id

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from data_loaders.testing import make_tiny_dataset
-from data_loaders.writer import write_dataset
-from training.cli import main
-from training.infer_io import read_outputs
+from mrlfads.data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.writer import write_dataset
+from mrlfads.training.cli import main
+from mrlfads.training.infer_io import read_outputs
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +65,10 @@ def test_infer_writes_every_output_per_trial(trained, tmp_path):
     rms = np.sqrt(np.mean(cols["messages/A->B"] ** 2))
     assert eff["message_rms"][1][0] == pytest.approx(rms, rel=1e-5)  # E[dst][src]
     # "matrix" is the cut effectome over every trial written (splits pooled)
-    from data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.effectome import cut_effectome
-    from training.checkpoint import load_model
-    from training.data import load_split
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.data import load_split
 
     model, _, _ = load_model(trained / "run" / "best.pt")
     ds = ArrowDataset.open(trained / "data")
@@ -106,7 +106,7 @@ def test_perturb_reports_effects_and_rank_correlation(trained, tmp_path):
 
 
 def test_every_command_has_help_and_no_command_is_an_error(capsys):
-    from training.cli import build_parser
+    from mrlfads.training.cli import build_parser
 
     names = {"demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb",
              "export-nwb", "report", "ui",
@@ -122,7 +122,7 @@ def test_every_command_has_help_and_no_command_is_an_error(capsys):
 
 
 def test_openmp_waits_passively_only_where_processes_share_cores(monkeypatch):
-    from training.cli import set_openmp_wait_policy
+    from mrlfads.training.cli import set_openmp_wait_policy
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     set_openmp_wait_policy("train")  # one process on idle cores: OpenMP's default is faster

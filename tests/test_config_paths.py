@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.config import LossConfig, ModelConfig, RegionConfig
 from mrlfads.config_utils import ConfigError, get_path, with_overrides
-from search_spaces.space import SearchSpace
-from training import checkpoint as ckpt
-from training import sweep
-from training.cli import build_parser, main
-from training.config import RunConfig
-from training.trainable import trial_run_config
+from mrlfads.search_spaces.space import SearchSpace
+from mrlfads.training import checkpoint as ckpt
+from mrlfads.training import sweep
+from mrlfads.training.cli import build_parser, main
+from mrlfads.training.config import RunConfig
+from mrlfads.training.trainable import trial_run_config
 
 # the line every entry point shows for a misspelt field
 UNKNOWN = ("config path 'train.lrr': no field 'lrr' in train (TrainConfig); known: ['amp', "
@@ -96,7 +96,7 @@ def test_a_region_wildcard_works_in_train_set_and_in_a_sweep_space(data, tmp_pat
     # sweep --set, a space's `fixed:` and a searched value (Optuna `build`)
     args = build_parser().parse_args(["sweep", "--data", str(data), "--smoke-test",
                                       "--set", f"{key}=6", "--storage", str(tmp_path / "s")])
-    from training.commands.sweep import make_plan
+    from mrlfads.training.commands.sweep import make_plan
 
     assert [r.gen_dim for r in make_plan(args).run.model.regions] == [6, 6]
     space = SearchSpace.from_dict({

@@ -7,11 +7,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_loaders.errors import DatasetError, IngestError
-from data_loaders.reader import ArrowDataset
-from data_loaders.testing import make_tiny_dataset, rewrite_shard
-from data_loaders.torch_data import TrialDataset
-from data_loaders.writer import write_dataset
+from mrlfads.data_loaders.errors import DatasetError, IngestError
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.testing import make_tiny_dataset, rewrite_shard
+from mrlfads.data_loaders.torch_data import TrialDataset
+from mrlfads.data_loaders.writer import write_dataset
 
 
 @pytest.fixture

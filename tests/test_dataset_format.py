@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 
-from data_loaders import schema, writer
-from data_loaders.errors import DatasetError
-from data_loaders.manifest import DatasetManifest
-from data_loaders.reader import ArrowDataset
-from data_loaders.testing import MSG_DIM, make_tiny_dataset
-from data_loaders.writer import make_split, write_dataset
+from mrlfads.data_loaders import schema, writer
+from mrlfads.data_loaders.errors import DatasetError
+from mrlfads.data_loaders.manifest import DatasetManifest
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.testing import MSG_DIM, make_tiny_dataset
+from mrlfads.data_loaders.writer import make_split, write_dataset
 
 
 def _inputs(n=10, T=6, seed=0):

@@ -94,9 +94,9 @@ def test_drive_effectome_by_hand():
 
 
 def test_the_trainer_reports_the_cut_effectome_once_the_ramps_are_done(tmp_path):
-    from data_loaders.testing import make_tiny_dataset
-    from training.config import RunConfig
-    from training.loop import Trainer
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.loop import Trainer
 
     ds = make_tiny_dataset(tmp_path / "d")
     cfg = RunConfig.for_dataset(ds.manifest, smoke_test=True, overrides={"train.epochs": 3})
@@ -122,7 +122,7 @@ def test_the_trainer_reports_the_cut_effectome_once_the_ramps_are_done(tmp_path)
 
 
 def test_the_sweep_report_leads_with_the_cut_effectome():
-    from training.sweep import SweepSummary, format_summary
+    from mrlfads.training.sweep import SweepSummary, format_summary
 
     summary = SweepSummary("/x", "t1", best_metrics={"epoch": 5.0, "objective": 1.0},
                            effectome={"A_to_B": 0.5}, effectome_message_rms={"A_to_B": 2.0})

@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
-from search_spaces.errors import SearchSpaceError
-from search_spaces.explore import SpaceExplorer, explore, perturb
-from search_spaces.space import Hyperparameter, SearchSpace
+from mrlfads.search_spaces.errors import SearchSpaceError
+from mrlfads.search_spaces.explore import SpaceExplorer, explore, perturb
+from mrlfads.search_spaces.space import Hyperparameter, SearchSpace
 
 LR = Hyperparameter("train.lr", bounds=(1e-5, 5e-3), scale="log", init="loguniform",
                     explore_weight=0.25)
@@ -84,7 +84,7 @@ def test_space_explorer_perturbs_only_hparams_and_survives_pickling():
 
 
 def test_the_initial_population_is_within_bounds_and_honours_fixed_values():
-    from search_spaces.tune_objects import domain
+    from mrlfads.search_spaces.tune_objects import domain
 
     assert domain(DROPOUT, initial=True) == 0.3  # a fixed initial value, not a draw
     lrs = np.array(domain(LR, initial=True).sample(size=50,

@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from data_loaders.nwb.export import dataset_to_nwb
-from training.cli import main
-from training.infer_io import read_outputs
+from mrlfads.data_loaders.nwb.export import dataset_to_nwb
+from mrlfads.training.cli import main
+from mrlfads.training.infer_io import read_outputs
 
 BIN_S, WINDOW_START = 0.02, 0.1  # the ingest cuts bins from start_time + 0.1 s
 
@@ -151,7 +151,7 @@ def test_session_tables_copy_plain_columns_and_name_the_ones_left_out(tmp_path):
     import pynwb
     from pynwb.file import Subject
 
-    from data_loaders.nwb.copy_tables import copy_session_tables, new_file_from
+    from mrlfads.data_loaders.nwb.copy_tables import copy_session_tables, new_file_from
 
     t0 = dt.datetime(2021, 5, 6, tzinfo=dt.timezone.utc)
     src = pynwb.NWBFile(session_description="s", identifier="src-id", session_start_time=t0,
@@ -199,7 +199,7 @@ def test_session_tables_copy_plain_columns_and_name_the_ones_left_out(tmp_path):
 
 
 def test_trials_of_a_later_session_get_their_own_ids_back():
-    from training.commands.export_nwb import source_trial_ids
+    from mrlfads.training.commands.export_nwb import source_trial_ids
 
     # ingest shifts file k's ids by the sum over earlier files of (max id + 1): 0..2 -> +0,
     # then 5, 9 -> +3 (8, 12 in the dataset)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from training import faults
-from training.faults import EpochSignal, FaultError, KillDriver
+from mrlfads.training import faults
+from mrlfads.training.faults import EpochSignal, FaultError, KillDriver
 
 
 def test_unset_or_empty_means_no_fault(monkeypatch, tmp_path):
@@ -42,7 +42,7 @@ def test_a_bad_value_names_the_variable_and_the_grammar(text, says):
 
 
 def test_a_bad_value_exits_2_before_the_command_runs(monkeypatch, tmp_path, capsys):
-    from training.cli import main
+    from mrlfads.training.cli import main
 
     monkeypatch.setenv(faults.ENV, "signal-epoch:epoch=-1")
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2

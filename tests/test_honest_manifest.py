@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from data_loaders.manifest import DatasetManifest
-from data_loaders.nwb import IngestOptions, ingest
-from data_loaders.reader import ArrowDataset
-from data_loaders.testing import MSG_DIM, make_tiny_dataset
+from mrlfads.data_loaders.manifest import DatasetManifest
+from mrlfads.data_loaders.nwb import IngestOptions, ingest
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.testing import MSG_DIM, make_tiny_dataset
 from tests.test_ingest import ALIGNED, make_session
-from tracking.tune_callback import known_comm
-from training.config import RunConfig
-from training.loop import Trainer
+from mrlfads.tracking.tune_callback import known_comm
+from mrlfads.training.config import RunConfig
+from mrlfads.training.loop import Trainer
 
 
 def _one_epoch(ds) -> dict[str, float]:

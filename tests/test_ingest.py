@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 
-from data_loaders.nwb import IngestOptions, ingest
-from data_loaders.nwb.binning import bin_spikes, bin_timeseries, window_edges
-from data_loaders.nwb.export import write_nwb_from_arrays
-from data_loaders.nwb.read import sha256_file
-from data_loaders.nwb.testing import build_nwb
-from data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.nwb import IngestOptions, ingest
+from mrlfads.data_loaders.nwb.binning import bin_spikes, bin_timeseries, window_edges
+from mrlfads.data_loaders.nwb.export import write_nwb_from_arrays
+from mrlfads.data_loaders.nwb.read import sha256_file
+from mrlfads.data_loaders.nwb.testing import build_nwb
+from mrlfads.data_loaders.reader import ArrowDataset
 
 # Three 1 s trials; go cues at 0.5, 1.4, 2.6 s. With --align go_cue_time --window -0.2:0.3
 # and 100 ms bins the windows are [0.3,0.8), [1.2,1.7), [2.4,2.9), 5 bins each.
@@ -200,8 +200,8 @@ def test_export_then_ingest_gives_back_the_same_counts(tmp_path):
 
 
 def test_dataset_to_nwb_round_trip(tmp_path):
-    from data_loaders.nwb import dataset_to_nwb
-    from data_loaders.writer import write_dataset
+    from mrlfads.data_loaders.nwb import dataset_to_nwb
+    from mrlfads.data_loaders.writer import write_dataset
 
     rng = np.random.default_rng(1)
     x = {"A": rng.poisson(2.0, (5, 15, 3)).astype(np.float32), "B": rng.poisson(1.0, (5, 15, 2))}
@@ -240,7 +240,7 @@ def test_bin_timeseries_holds_last_sample_in_empty_bins():
 
 
 def test_cli_ingest_prints_summary(nwb, tmp_path, capsys):
-    from training.cli import main
+    from mrlfads.training.cli import main
 
     out = tmp_path / "ds"
     rc = main(["ingest", str(nwb), "--out", str(out), "--bin-ms", "100", "--align", "go_cue_time",
@@ -258,5 +258,5 @@ def test_importing_ingest_does_not_import_pynwb():
     import subprocess
     import sys
 
-    code = "import sys, data_loaders.nwb; assert 'pynwb' not in sys.modules, 'pynwb imported'"
+    code = "import sys, mrlfads.data_loaders.nwb; assert 'pynwb' not in sys.modules, 'pynwb imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,9 +5,9 @@ import h5py
 import numpy as np
 import pytest
 
-from data_loaders.errors import IngestError
-from data_loaders.nwb import IngestOptions, ingest
-from data_loaders.nwb.testing import build_nwb
+from mrlfads.data_loaders.errors import IngestError
+from mrlfads.data_loaders.nwb import IngestOptions, ingest
+from mrlfads.data_loaders.nwb.testing import build_nwb
 
 TRIALS = [(0.0, 1.0), (1.0, 2.0)]
 GOOD = {"spikes": [[0.1, 0.5], [0.2, 1.5], [0.3]], "locations": ["ALM", "ALM", "STR"],
@@ -146,7 +146,7 @@ def test_options_report_every_problem_at_once():
 
 
 def test_cli_reports_bad_input_as_one_line_exit_2(tmp_path, capsys):
-    from training.cli import main
+    from mrlfads.training.cli import main
 
     path = nwb(tmp_path, spikes=[[0.1, 0.5], [0.9, 0.2], [0.3]])
     assert main(["ingest", str(path), "--out", str(tmp_path / "out"), "--bin-ms", "100",

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from data_loaders.writer import write_dataset
+from mrlfads.data_loaders.writer import write_dataset
 from mrlfads.config import ModelConfig, RegionConfig
 from mrlfads.model import MRLFADS
-from training.config import RunConfig
-from training.loop import Trainer
+from mrlfads.training.config import RunConfig
+from mrlfads.training.loop import Trainer
 
 
 def _model(obs="poisson"):
@@ -99,7 +99,7 @@ def sparse_wide(tmp_path):
     split = np.where(np.arange(n) % 4 == 0, "valid", "train")
     write_dataset(tmp_path / "d", name="sparse", regions=[("A", 180, 20), ("B", 180, 20)],
                   obs_model="poisson", bin_width_s=0.01, ic_enc_seq_len=4, x=x, split=split)
-    from data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.reader import ArrowDataset
 
     return ArrowDataset.open(tmp_path / "d")
 

@@ -5,29 +5,33 @@ import sys
 
 import pytest
 
+OURS = ["mrlfads.data_loaders", "mrlfads.training", "mrlfads.tracking", "mrlfads.search_spaces"]
 CASES = {
     # the package a notebook imports: its API loads on first use (mrlfads/__init__.py)
-    "mrlfads": ["torch", "ray", "mlflow", "pyarrow", "pynwb", "data_loaders", "training",
-                "tracking", "search_spaces"],
+    "mrlfads": ["torch", "ray", "mlflow", "pyarrow", "pynwb", *OURS],
     # the model stands alone: torch + numpy only
     "mrlfads.model, mrlfads.loss, mrlfads.metrics, mrlfads.inference, mrlfads.oracle":
-        ["ray", "mlflow", "pyarrow", "pynwb", "data_loaders", "training", "tracking",
-         "search_spaces"],
+        ["ray", "mlflow", "pyarrow", "pynwb", *OURS],
     # data knows nothing of ours, nor of Ray or MLflow
-    "data_loaders.reader, data_loaders.writer, data_loaders.torch_data, data_loaders.simulate":
-        ["ray", "mlflow", "pynwb", "mrlfads", "training", "tracking", "search_spaces"],
+    "mrlfads.data_loaders.reader, mrlfads.data_loaders.writer, mrlfads.data_loaders.torch_data, "
+    "mrlfads.data_loaders.simulate":
+        ["ray", "mlflow", "pynwb", "mrlfads.model", "mrlfads.training", "mrlfads.tracking",
+         "mrlfads.search_spaces"],
     # the training loop never imports Ray or MLflow; only the trainable/sweep do
-    "training.loop, training.fit, training.evaluate, training.checkpoint":
-        ["ray", "mlflow", "tracking"],
+    "mrlfads.training.loop, mrlfads.training.fit, mrlfads.training.evaluate, "
+    "mrlfads.training.checkpoint":
+        ["ray", "mlflow", "mrlfads.tracking"],
     # tracking builds on the model, never on training or data
-    "tracking.interface, tracking.memory, tracking.figures, tracking.registry":
-        ["training", "data_loaders", "search_spaces"],
+    "mrlfads.tracking.interface, mrlfads.tracking.memory, mrlfads.tracking.figures, "
+    "mrlfads.tracking.registry":
+        ["mrlfads.training", "mrlfads.data_loaders", "mrlfads.search_spaces"],
     # search spaces are data: no Ray until they are turned into Tune objects
-    "search_spaces.space, search_spaces.explore": ["ray", "mlflow", "torch", "training"],
+    "mrlfads.search_spaces.space, mrlfads.search_spaces.explore":
+        ["ray", "mlflow", "torch", "mrlfads.training"],
     # the Python API imports Ray and MLflow only inside a sweep, a promotion or tracking
-    "training.api": ["torch", "ray", "mlflow", "pyarrow", "pynwb"],
+    "mrlfads.training.api": ["torch", "ray", "mlflow", "pyarrow", "pynwb"],
     # `mrlfads --help` must be instant: no heavy imports at all
-    "training.cli": ["torch", "ray", "mlflow", "pyarrow", "pynwb"],
+    "mrlfads.training.cli": ["torch", "ray", "mlflow", "pyarrow", "pynwb"],
 }
 
 
@@ -45,7 +49,7 @@ def test_package_imports_only_what_it_may(modules):
 
 def test_the_api_names_load_on_first_use_without_ray_or_mlflow():
     code = ("import sys, mrlfads\n"
-            "from training import api\n"
+            "from mrlfads.training import api\n"
             "assert all(getattr(mrlfads, n) is getattr(api, n) for n in api.__all__)\n"
             "assert sorted(mrlfads.__all__) == sorted(api.__all__)\n"
             "print(','.join(m for m in ('ray', 'mlflow') if m in sys.modules))")

@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.config import LossConfig, RampConfig
 from mrlfads.config_utils import ConfigError
 from mrlfads.ramps import RAMPS_DONE, best_trial, selectable
-from training import checkpoint as ckpt
-from training.config import RunConfig, fit_ramps
-from training.fit import BEST, fit
-from training.loop import Trainer
+from mrlfads.training import checkpoint as ckpt
+from mrlfads.training.config import RunConfig, fit_ramps
+from mrlfads.training.fit import BEST, fit
+from mrlfads.training.loop import Trainer
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_ramps_a_user_set_are_kept_or_the_run_is_refused(tiny):
 
 
 def test_train_cli_refuses_a_run_too_short_for_its_ramps(tiny, tmp_path, capsys):
-    from training.cli import main
+    from mrlfads.training.cli import main
 
     code = main(["train", "--data", str(tmp_path / "d"), "--epochs", "2", "--out",
                  str(tmp_path / "run"), "--no-tracking", "--quiet"])

@@ -14,13 +14,13 @@ import shutil
 
 import pytest
 
-from data_loaders.reader import ArrowDataset
-from search_spaces.space import SearchSpace
-from training import checkpoint as ckpt
-from training import trainable as tr
-from training.cli import main
-from training.config import RunConfig
-from training.loop import NonFiniteLossError
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.search_spaces.space import SearchSpace
+from mrlfads.training import checkpoint as ckpt
+from mrlfads.training import trainable as tr
+from mrlfads.training.cli import main
+from mrlfads.training.config import RunConfig
+from mrlfads.training.loop import NonFiniteLossError
 
 HUGE = 1e39  # > float32 max: the weighted L2 term is inf once its ramp is above 0
 
@@ -191,7 +191,7 @@ def test_real_sweep_restarts_one_trial_and_fails_the_other_with_its_cause(
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from tracking.tune_callback import MlflowTuneCallback
+    from mrlfads.tracking.tune_callback import MlflowTuneCallback
 
     nan_later = {"train.lr": 0.01, "loss.l2_scale": HUGE}  # NaN in epoch 3, then recovers
     nan_always = {"train.lr": 1e6, "loss.l2_scale": 1.0}  # NaN in epoch 1, whatever the step

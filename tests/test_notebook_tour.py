@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import mrlfads
-from training.cli import main
-from training.infer_io import read_outputs
+from mrlfads.training.cli import main
+from mrlfads.training.infer_io import read_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_fit_returns_the_best_checkpoint_and_load_gives_the_same_model(tour):
     chosen = [m for m in model.history if m["ramps_done"]]
     best = min(m["objective"] for m in chosen)
     epoch = max(m["epoch"] for m in chosen if m["objective"] == best)
-    from training.checkpoint import load
+    from mrlfads.training.checkpoint import load
 
     assert load(out / "run" / "best.pt")["epoch"] == epoch
     assert again.source == str(out / "run") and again.regions == model.regions
@@ -124,7 +124,7 @@ def test_api_mistakes_are_one_line_naming_the_argument(tour, tmp_path):
 
 
 def test_overrides_are_read_like_set_or_taken_as_given():
-    from training.api.models import _overrides
+    from mrlfads.training.api.models import _overrides
 
     assert _overrides(["train.lr=1e-3", "model.regions.*.gen_dim=8"]) == {
         "train.lr": 0.001, "model.regions.*.gen_dim": 8}
@@ -139,8 +139,8 @@ def test_a_sweep_from_python_and_its_best_model(ray_session, tiny_dataset_dir, t
     assert result.best_trial is not None and result.plan.name == "api"
     assert result.best_trial in str(result)  # the summary the command prints
     best = result.best_model()
-    from training.api.search import local_checkpoint
-    from training.checkpoint import load
+    from mrlfads.training.api.search import local_checkpoint
+    from mrlfads.training.checkpoint import load
 
     with local_checkpoint(result.summary.checkpoint) as path:
         state = load(path)["model"]

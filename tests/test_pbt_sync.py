@@ -111,7 +111,7 @@ def test_rays_synchronous_pbt_stops_moving_after_a_resume_or_a_retried_trial():
 
 @pytest.mark.parametrize("order", _orders())
 def test_grid_sync_pbt_finishes_a_resumed_sweep_whatever_the_order(order):
-    from search_spaces.tune_objects import GridSyncPBT
+    from mrlfads.search_spaces.tune_objects import GridSyncPBT
 
     restart = {"A": 4, "B": 4, "C": 2, "D": 2}
     reported, status, pbt = _simulate(GridSyncPBT, order, restart=restart)
@@ -124,7 +124,7 @@ def test_grid_sync_pbt_finishes_a_resumed_sweep_whatever_the_order(order):
 
 @pytest.mark.parametrize("order", _orders())
 def test_grid_sync_pbt_goes_on_after_a_retried_and_a_failed_trial(order):
-    from search_spaces.tune_objects import GridSyncPBT
+    from mrlfads.search_spaces.tune_objects import GridSyncPBT
 
     # B dies as epoch 4 begins and its retry goes on; D dies as epoch 3 begins, twice: ERROR
     reported, status, pbt = _simulate(GridSyncPBT, order, fail={"B": (4, 1), "D": (3, 2)})

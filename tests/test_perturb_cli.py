@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from data_loaders.testing import make_tiny_dataset
-from data_loaders.writer import write_dataset
-from training.cli import main
-from training.infer_io import read_outputs
+from mrlfads.data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.writer import write_dataset
+from mrlfads.training.cli import main
+from mrlfads.training.infer_io import read_outputs
 
 T, TAU, WINDOW = 12, 4, "6:10"
 
@@ -77,7 +77,7 @@ def test_cut_writes_per_neuron_effects_time_courses_and_the_comparison(trained, 
 
 
 def test_rank_correlation_of_a_hand_computed_example():
-    from training.api.perturb import compare as _compare
+    from mrlfads.training.api.perturb import compare as _compare
 
     # ranks 1 2 3 4 against 1 3 2 4: d^2 sums to 2, rho = 1 - 6 * 2 / (4 * 15) = 0.8
     effects = {"effect/A": np.array([1.0, 2.0]), "effect/B": np.array([3.0, 4.0])}
@@ -138,7 +138,7 @@ def test_existing_out_is_kept_without_overwrite(trained, tmp_path, capsys):
 
 def test_silencing_inputs_of_a_model_without_inputs_is_refused():
     from mrlfads.config import ModelConfig, RegionConfig
-    from training.api.perturb import make_perturbation
+    from mrlfads.training.api.perturb import make_perturbation
 
     cfg = ModelConfig(regions=(RegionConfig("A", 3), RegionConfig("B", 3)), obs_model="poisson",
                       inferred_inputs=False)
@@ -147,10 +147,10 @@ def test_silencing_inputs_of_a_model_without_inputs_is_refused():
 
 
 def test_infer_writes_the_inferred_input_effectome(trained, tmp_path):
-    from data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.effectome import input_cut_effectome
-    from training.checkpoint import load_model
-    from training.data import load_split
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.data import load_split
 
     out = tmp_path / "infer"
     assert main(["infer", "--model", str(trained / "run" / "best.pt"), "--data",

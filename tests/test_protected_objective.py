@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from data_loaders.reader import ArrowDataset
-from data_loaders.testing import make_tiny_dataset
-from data_loaders.writer import write_dataset
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.writer import write_dataset
 from mrlfads.config_utils import ConfigError
 from mrlfads.loss import compute_loss, observation_nll
 from mrlfads.model import MRLFADS
-from search_spaces.space import SearchSpace
-from training import sweep
-from training.config import RunConfig, TrainConfig
-from training.evaluate import evaluate_split
-from training.loop import Trainer, UnprotectedObjectiveWarning
-from training.masks import sample_validation_hidden, training_inputs, validation_inputs
-from training.objective import resolve_objective
+from mrlfads.search_spaces.space import SearchSpace
+from mrlfads.training import sweep
+from mrlfads.training.config import RunConfig, TrainConfig
+from mrlfads.training.evaluate import evaluate_split
+from mrlfads.training.loop import Trainer, UnprotectedObjectiveWarning
+from mrlfads.training.masks import sample_validation_hidden, training_inputs, validation_inputs
+from mrlfads.training.objective import resolve_objective
 
 NO_HELDOUT = (("A", 3, 0), ("B", 3, 0))
 

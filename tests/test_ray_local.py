@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = r"""
 import json, os, subprocess, sys, psutil
-from training.signals import installed, interrupt_on_termination
-from training.sweep import init_ray
+from mrlfads.training.signals import installed, interrupt_on_termination
+from mrlfads.training.sweep import init_ray
 interrupt_on_termination()  # as the CLI does
 init_ray()
 import ray

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads import recurrence
 from mrlfads.inference import posterior_means
-from tracking.inputs import CONTEXT_TAG
-from tracking.registry import RUN_CHECKPOINT
-from training import checkpoint as ckpt
-from training.cli import main
+from mrlfads.tracking.inputs import CONTEXT_TAG
+from mrlfads.tracking.registry import RUN_CHECKPOINT
+from mrlfads.training import checkpoint as ckpt
+from mrlfads.training.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,9 +46,11 @@ CHILD = textwrap.dedent("""
     here = os.path.dirname(os.path.dirname(os.path.dirname(mrlfads.__file__)))
     json.dump({{"before": before, "mrlfads": mrlfads.__file__,
                "model_dir_has_MLmodel": os.path.isfile(os.path.join(here, "MLmodel")),
-               "training": importlib.util.find_spec("training") is not None,
-               "modules": sorted(m.split(".")[0] for m in sys.modules
-                                 if m.split(".")[0] in ("training", "tracking", "data_loaders"))}},
+               "training": importlib.util.find_spec("mrlfads.training") is not None,
+               "modules": sorted(m for m in sys.modules
+                                 if m.split(".")[:2] in (["mrlfads", "training"],
+                                                         ["mrlfads", "tracking"],
+                                                         ["mrlfads", "data_loaders"]))}},
               open("child.json", "w"))
 """)
 

@@ -12,10 +12,10 @@ import os
 import numpy as np
 import pytest
 
-from data_loaders.nwb import IngestOptions, ingest
-from data_loaders.nwb.range_server import RangeServer
-from data_loaders.nwb.testing import build_nwb
-from data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.nwb import IngestOptions, ingest
+from mrlfads.data_loaders.nwb.range_server import RangeServer
+from mrlfads.data_loaders.nwb.testing import build_nwb
+from mrlfads.data_loaders.reader import ArrowDataset
 
 N_UNITS, N_A, SPIKES = 200, 4, 2000  # 4 units in region A, 196 in B, 2000 spikes each
 
@@ -64,7 +64,7 @@ def test_https_ingest_equals_local_and_fetches_a_fraction(served, tmp_path):
 
 
 def test_credentials_are_used_but_recorded_nowhere(served, tmp_path, capsys):
-    from training.cli import main
+    from mrlfads.training.cli import main
 
     server, _, _ = served
     host = server.url.split("://")[1]
@@ -86,7 +86,7 @@ def test_credentials_are_used_but_recorded_nowhere(served, tmp_path, capsys):
 @pytest.mark.parametrize("name, says", [("missing.nwb", "no file at this URL"),
                                         ("notes.txt", "not an NWB file")])
 def test_bad_url_exits_2_naming_it_and_the_fix(served, tmp_path, capsys, name, says):
-    from training.cli import main
+    from mrlfads.training.cli import main
 
     server, _, _ = served
     rc = main(["ingest", f"{server.url}/{name}", "--out", str(tmp_path / "ds")])
@@ -123,7 +123,7 @@ def test_s3_ingest_equals_local(served, tmp_path, monkeypatch):
         assert "SSECRET" not in text and "AKEY" not in text
         assert m.provenance["sources"][0]["uri"] == "s3://nwb/sub-1/s.nwb"
         assert m.provenance["sources"][0]["size"] == size
-        from data_loaders.errors import IngestError
+        from mrlfads.data_loaders.errors import IngestError
 
         with pytest.raises(IngestError, match=r"s3://nwb/sub-1/none.nwb: no file at this URI"):
             ingest(["s3://AKEY:SSECRET@nwb/sub-1/none.nwb"], tmp_path / "x", o)

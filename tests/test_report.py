@@ -12,10 +12,10 @@ import struct
 import numpy as np
 import pytest
 
-from data_loaders import schema
-from data_loaders.writer import write_dataset
+from mrlfads.data_loaders import schema
+from mrlfads.data_loaders.writer import write_dataset
 from tests.browser import open_page
-from training.cli import main
+from mrlfads.training.cli import main
 
 T, TAU = 12, 4
 RUN_SECTIONS = ["Run", "Training", "Condition-averaged PSTHs", "Rate heatmap",
@@ -136,7 +136,7 @@ def _toy_sweep(root, checkpoint):
 
 
 def test_sweep_files_read_by_hand_and_the_sweep_page(trained, tmp_path):
-    from training.report import read_sweep
+    from mrlfads.training.report import read_sweep
 
     sweep = _toy_sweep(tmp_path, trained / "run" / "best.pt")
     files = read_sweep(sweep)
@@ -166,9 +166,9 @@ def test_browser_shows_every_figure_of_the_run_page(run_page, tmp_path):
 def test_sweeps_log_each_trials_model_figures(trained, tmp_path):
     """`mrlfads sweep` hands its tracking callback the model figures, which it draws from a
     trial's checkpoint folder when the trial ends."""
-    from training import sweep
-    from training.api.search import _tracking_callbacks
-    from training.report_figures import checkpoint_figures
+    from mrlfads.training import sweep
+    from mrlfads.training.api.search import _tracking_callbacks
+    from mrlfads.training.report_figures import checkpoint_figures
 
     plan = sweep.plan_sweep(str(trained / "data"), smoke_test=True, name="figs",
                             storage=str(tmp_path / "sweeps"))

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from mrlfads import metrics as M
-from tracking.figures import effectome_figure, lineage_figure
-from tracking.fit_figures import heatmap_order
-from tracking.lineage import best_path
-from training import figure_data as fd
-from training.report_figures import FitView, aligned_series, choose_neurons, figure_set
+from mrlfads.tracking.figures import effectome_figure, lineage_figure
+from mrlfads.tracking.fit_figures import heatmap_order
+from mrlfads.tracking.lineage import best_path
+from mrlfads.training import figure_data as fd
+from mrlfads.training.report_figures import FitView, aligned_series, choose_neurons, figure_set
 
 
 def test_condition_means_are_the_trial_means_of_each_condition():
@@ -153,7 +153,7 @@ def test_chosen_neurons_are_checked():
 
 
 def test_messages_figure_keeps_the_pathways_with_truth_then_the_strongest():
-    from training.report_figures import pathways_shown
+    from mrlfads.training.report_figures import pathways_shown
 
     view = _view()
     view.regions = ["A", "B", "C"]

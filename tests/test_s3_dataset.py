@@ -1,6 +1,6 @@
 """The same writer/reader code on s3:// against moto's real HTTP S3 server on 127.0.0.1.
 
-pyarrow's S3FileSystem is built by data_loaders.fs from MRLFADS_S3_ENDPOINT plus
+pyarrow's S3FileSystem is built by mrlfads.data_loaders.fs from MRLFADS_S3_ENDPOINT plus
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_REGION (dummy values for moto).
 """
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
-from data_loaders.errors import DatasetError
-from data_loaders.reader import ArrowDataset
-from data_loaders.testing import make_tiny_dataset
-from data_loaders.torch_data import make_loader
+from mrlfads.data_loaders.errors import DatasetError
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.torch_data import make_loader
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from data_loaders.reader import ArrowDataset
-from data_loaders.simulate import simulate
-from training.config import RunConfig, load_config_file
-from training.loop import Trainer
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.simulate import simulate
+from mrlfads.training.config import RunConfig, load_config_file
+from mrlfads.training.loop import Trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "benchmarks" / "science" / "reduced_ring.yaml"
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 from scipy.special import gammaln
 
-from data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads import metrics as M
-from training.cli import main
-from training.config import RunConfig
-from training.data import load_split
-from training.evaluate import collect_outputs, score
-from training.infer_io import read_outputs
-from training.loop import Trainer
-from training.sweep import SweepSummary, format_summary
+from mrlfads.training.cli import main
+from mrlfads.training.config import RunConfig
+from mrlfads.training.data import load_split
+from mrlfads.training.evaluate import collect_outputs, score
+from mrlfads.training.infer_io import read_outputs
+from mrlfads.training.loop import Trainer
+from mrlfads.training.sweep import SweepSummary, format_summary
 
 LN2 = math.log(2.0)
 

@@ -9,9 +9,9 @@ import yaml
 
 from mrlfads.config import ModelConfig, RegionConfig
 from mrlfads.config_utils import ConfigError
-from search_spaces.errors import SearchSpaceError
-from search_spaces.space import SearchSpace
-from training.config import RunConfig
+from mrlfads.search_spaces.errors import SearchSpaceError
+from mrlfads.search_spaces.space import SearchSpace
+from mrlfads.training.config import RunConfig
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tracking.redact import credentials_to_env, redact_text, redact_uri
+from mrlfads.tracking.redact import credentials_to_env, redact_text, redact_uri
 
 SECRET = "Hunter2xSECRETx"  # unusual enough that a hit is ours
 
@@ -64,9 +64,9 @@ def clean_env(monkeypatch):
 
 def test_train_during_an_outage_keeps_the_password_out_of_outbox_and_stderr(
         tmp_path, clean_env, capsys, caplog, mlflow_sqlite_uri):
-    from data_loaders.testing import make_tiny_dataset
-    from tracking.server import free_port
-    from training.cli import main
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.tracking.server import free_port
+    from mrlfads.training.cli import main
 
     make_tiny_dataset(tmp_path / "data")
     dead = f"http://alice:{SECRET}@127.0.0.1:{free_port()}"  # nobody listens: all ops queue
@@ -91,8 +91,8 @@ def test_train_against_a_server_with_a_password_in_the_uri(tmp_path, clean_env, 
                                                            mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    from data_loaders.testing import make_tiny_dataset
-    from training.cli import main
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.training.cli import main
 
     make_tiny_dataset(tmp_path / "data")
     uri = mlflow_server.url.replace("http://", f"http://alice:{SECRET}@")
@@ -133,8 +133,8 @@ def test_s3_keys_in_the_data_uri_reach_no_config_param_or_manifest(tmp_path, s3_
                                                                    capsys, mlflow_sqlite_uri):
     from mlflow.tracking import MlflowClient
 
-    from data_loaders.testing import make_tiny_dataset
-    from training.cli import main
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.training.cli import main
 
     os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = "AKIAXX", SECRET
     make_tiny_dataset(f"s3://{s3_bucket}/ring")

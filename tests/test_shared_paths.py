@@ -13,11 +13,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from data_loaders.nwb import IngestOptions, ingest
-from data_loaders.nwb.testing import synthetic_session
-from tracking.memory import InMemoryTracker, MemoryStore
-from tracking.registry import BestTrial, download_checkpoint, promote, resolve_model_uri
-from tracking.shareable import (
+from mrlfads.data_loaders.nwb import IngestOptions, ingest
+from mrlfads.data_loaders.nwb.testing import synthetic_session
+from mrlfads.tracking.memory import InMemoryTracker, MemoryStore
+from mrlfads.tracking.registry import BestTrial, download_checkpoint, promote, resolve_model_uri
+from mrlfads.tracking.shareable import (
     DIGEST_PARAM,
     DIGEST_TAG,
     contract_home,
@@ -26,9 +26,9 @@ from tracking.shareable import (
     shared_run_config,
     shared_uri,
 )
-from tracking.tune_callback import _params
-from training import checkpoint as ckpt
-from training.cli import main
+from mrlfads.tracking.tune_callback import _params
+from mrlfads.training import checkpoint as ckpt
+from mrlfads.training.cli import main
 
 
 def _leaks(data: bytes | str, *prefixes: str) -> list[str]:
@@ -128,8 +128,8 @@ def test_sweep_parent_and_trial_params_name_the_data(dataset, tmp_path, monkeypa
                                                      mlflow_sqlite_uri):
     """What the sweep's MLflow callback logs (built without Ray), with the data and the
     sweep storage under the home directory."""
-    from tracking.tune_callback import sweep_callbacks
-    from training.sweep import plan_sweep
+    from mrlfads.tracking.tune_callback import sweep_callbacks
+    from mrlfads.training.sweep import plan_sweep
 
     _, ds = dataset
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -37,13 +37,13 @@ def _train(tmp_path, uri: str, experiment: str, fault: str
            ) -> tuple[subprocess.CompletedProcess, Path]:
     """`mrlfads train` for EPOCHS epochs with MRLFADS_FAULT=``fault``: the run signals
     itself as the epoch the fault names begins (training/faults.py), never at a time."""
-    from data_loaders.testing import make_tiny_dataset
-    from training.faults import ENV
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.training.faults import ENV
 
     make_tiny_dataset(tmp_path / "data")
     (tmp_path / "ramps.yaml").write_text(SHORT_RAMPS)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "training.cli", "train", "--data", str(tmp_path / "data"),
+    cmd = [sys.executable, "-m", "mrlfads.training.cli", "train", "--data", str(tmp_path / "data"),
            "--out", str(out), "--smoke-test", "--epochs", str(EPOCHS), "--config",
            str(tmp_path / "ramps.yaml"), "--tracking-uri", uri, "--experiment", experiment,
            "--quiet"]
@@ -69,7 +69,7 @@ def _steps(client, run_id: str) -> list[int]:
 
 def test_sigterm_to_train_ends_its_run_killed_like_ctrl_c(tmp_path, mlflow_sqlite_uri,
                                                          experiment_name):
-    from training import checkpoint as ckpt
+    from mrlfads.training import checkpoint as ckpt
 
     proc, out = _train(tmp_path, mlflow_sqlite_uri, experiment_name,
                        "signal-epoch:epoch=3,signal=TERM")
@@ -83,9 +83,9 @@ def test_sigterm_to_train_ends_its_run_killed_like_ctrl_c(tmp_path, mlflow_sqlit
 
 def test_train_killed_with_9_is_marked_killed_and_resume_reopens_the_same_run(
         tmp_path, mlflow_sqlite_uri, experiment_name):
-    from tracking.liveness import end_dead_runs
-    from training import checkpoint as ckpt
-    from training.cli import main
+    from mrlfads.tracking.liveness import end_dead_runs
+    from mrlfads.training import checkpoint as ckpt
+    from mrlfads.training.cli import main
 
     proc, out = _train(tmp_path, mlflow_sqlite_uri, experiment_name, "signal-epoch:epoch=4")
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -127,7 +127,7 @@ def _start_ui(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """`mrlfads ui` in a subprocess; returns it and its MLflow server's process group."""
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "ui"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mrlfads.training.cli", "ui"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith("MLflow UI:"):
@@ -160,8 +160,8 @@ def test_a_server_started_from_a_thread_outlives_the_thread(tmp_path):
     restarts its server from a thread that then ends)."""
     import threading
 
-    from tracking.server import start_server
-    from tracking.store import default_tracking_uri
+    from mrlfads.tracking.server import start_server
+    from mrlfads.tracking.store import default_tracking_uri
 
     uri = default_tracking_uri(tmp_path / "store")
     box = []

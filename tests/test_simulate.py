@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from data_loaders.reader import ArrowDataset
-from data_loaders.simulate import generate, memory_ring, preset, random_nets, simulate
-from data_loaders.simulate.network import MultiRegionRNN, load_npz, trial_noise
-from data_loaders.simulate.observe import heldout_order
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.simulate import generate, memory_ring, preset, random_nets, simulate
+from mrlfads.data_loaders.simulate.network import MultiRegionRNN, load_npz, trial_noise
+from mrlfads.data_loaders.simulate.observe import heldout_order
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,7 @@ def test_poisson_counts_are_spikes_from_the_same_hidden_units():
 
 
 def test_rate_and_bin_flags_reach_the_dataset(tmp_path, capsys):
-    from training.cli import main
+    from mrlfads.training.cli import main
 
     out = str(tmp_path / "spikes")
     assert main(["simulate", "relay-decision", "--out", out, "--smoke-test", "--obs", "poisson",
@@ -245,7 +245,7 @@ def test_random_network_is_drawn_by_the_seed():
 
 
 def test_cli_writes_and_refuses_to_clobber(tmp_path, capsys):
-    from training.cli import main
+    from mrlfads.training.cli import main
 
     out = str(tmp_path / "relay")
     assert main(["simulate", "relay-decision", "--out", out, "--smoke-test", "--seed", "1"]) == 0
@@ -275,7 +275,7 @@ def test_default_memory_ring(tmp_path):
 
 
 def test_steps_to_bins_splits_or_pools_by_hand():
-    from data_loaders.simulate.observe import steps_to_bins
+    from mrlfads.data_loaders.simulate.observe import steps_to_bins
 
     a = np.arange(12, dtype=np.float32).reshape(1, 6, 2)  # (trials, steps, units)
     split = steps_to_bins(a, 0.5)  # 10 ms bins: every step held over two bins

@@ -17,10 +17,10 @@ import math
 
 import pytest
 
-from data_loaders.reader import ArrowDataset
-from data_loaders.simulate import simulate
-from training.config import RunConfig
-from training.loop import Trainer
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.simulate import simulate
+from mrlfads.training.config import RunConfig
+from mrlfads.training.loop import Trainer
 
 STEPS = 25  # network steps of 20 ms: half-second trials
 CASES = {  # name: (mean rate Hz, bin ms, units of the largest region, trials, network seed)

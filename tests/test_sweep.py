@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from search_spaces import tune_objects
-from search_spaces.errors import SearchSpaceError
-from search_spaces.space import SearchSpace
-from training import sweep
-from training.stopper import PopulationPlateauStopper
+from mrlfads.search_spaces import tune_objects
+from mrlfads.search_spaces.errors import SearchSpaceError
+from mrlfads.search_spaces.space import SearchSpace
+from mrlfads.training import sweep
+from mrlfads.training.stopper import PopulationPlateauStopper
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_burn_in_longer_than_training_is_refused(tiny_dataset_dir):
 
 
 def test_param_space_layout_and_pbt_owns_its_explore_step(tiny_dataset_dir):
-    from search_spaces.explore import SpaceExplorer
+    from mrlfads.search_spaces.explore import SpaceExplorer
 
     plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True)
     ps = tune_objects.param_space(plan.space, plan.run)

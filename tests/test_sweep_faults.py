@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from tests.ray_fixtures import RAY_CPUS
-from training import faults
+from mrlfads.training import faults
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def _cli(*args: str, fault: str | None = None) -> subprocess.Popen:
     env.pop(faults.ENV, None)
     if fault:
         env[faults.ENV] = fault
-    return subprocess.Popen([sys.executable, "-m", "training.cli", "sweep", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "mrlfads.training.cli", "sweep", *args], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -142,7 +142,7 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
     restarts every trial from the checkpoint that state names and runs the sweep to its end."""
     from ray.tune import ExperimentAnalysis
 
-    from training import checkpoint as ckpt
+    from mrlfads.training import checkpoint as ckpt
 
     common = ["--name", "resume", "--storage", str(tmp_path), "--address", ray_session,
               "--no-tracking", "--quiet"]
@@ -195,7 +195,7 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
     assert summary["exploits"] >= 1 and summary["history"][-1]["epoch"] == SMOKE_EPOCHS
     assert Path(summary["checkpoint"]).is_file() and summary["checkpoint"].startswith(str(exp))
     assert set(summary["effectome"]) == {"A_to_B", "B_to_A"}
-    from training.sweep import CHECKPOINTS_TO_KEEP
+    from mrlfads.training.sweep import CHECKPOINTS_TO_KEEP
 
     for trial_dir in _trial_dirs(exp).values():
         assert 1 <= len(list(trial_dir.glob("checkpoint_*"))) <= CHECKPOINTS_TO_KEEP

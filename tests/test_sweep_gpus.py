@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search_spaces.space import Resources, SearchSpace
-from training import resources
-from training.resources import GPU_SHARE
+from mrlfads.search_spaces.space import Resources, SearchSpace
+from mrlfads.training import resources
+from mrlfads.training.resources import GPU_SHARE
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTO = Resources()

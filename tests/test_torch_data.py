@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_loaders.testing import make_tiny_dataset
-from data_loaders.torch_data import Batch, ShardStream, TrialDataset, make_loader
+from mrlfads.data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.torch_data import Batch, ShardStream, TrialDataset, make_loader
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tracking.mlflow_tracker import MlflowTracker
-from tracking.server import free_port
-from training.cli import main
+from mrlfads.tracking.mlflow_tracker import MlflowTracker
+from mrlfads.tracking.server import free_port
+from mrlfads.training.cli import main
 
 
 def test_import_metrics_delivers_an_outbox_file(tmp_path, mlflow_sqlite_uri, experiment_name, capsys):
@@ -80,7 +80,7 @@ def test_promote_run_refuses_unfinished_checkpointless_unknown_and_sweep_runs(
 def test_ui_starts_on_localhost_prints_its_address_and_stops(tmp_path):
     env = dict(os.environ, MRLFADS_HOME=str(tmp_path), MLFLOW_DISABLE_TELEMETRY="true")
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "ui"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mrlfads.training.cli", "ui"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         url, deadline = None, time.monotonic() + 240

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tracking.errors import TrackingError
-from tracking.memory import InMemoryTracker
+from mrlfads.tracking.errors import TrackingError
+from mrlfads.tracking.memory import InMemoryTracker
 
 
 class MemoryView:
@@ -62,7 +62,7 @@ def tracker_and_view(request, mlflow_sqlite_uri):
         t = InMemoryTracker()
         yield t, MemoryView(t)
     else:
-        from tracking.mlflow_tracker import MlflowTracker
+        from mrlfads.tracking.mlflow_tracker import MlflowTracker
 
         t = MlflowTracker(mlflow_sqlite_uri)
         yield t, MlflowView(t)
@@ -161,8 +161,8 @@ def test_log_input_records_the_dataset_by_name_and_digest_once(tracker_and_view,
     import hashlib
     import json
 
-    from tracking.inputs import dataset_input
-    from tracking.shareable import manifest_digest
+    from mrlfads.tracking.inputs import dataset_input
+    from mrlfads.tracking.shareable import manifest_digest
 
     t, view = tracker_and_view
     manifest = {"name": "ring", "n_bins": 12, "regions": [{"name": "A", "n_heldin": 3,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from tracking.lineage import changed, last_policy_line, lineage, orig_tag
-from tracking.tune_callback import metric_key
+from mrlfads.tracking.lineage import changed, last_policy_line, lineage, orig_tag
+from mrlfads.tracking.tune_callback import metric_key
 
 
 def test_orig_tag_and_changed():

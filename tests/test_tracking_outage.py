@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from tracking.mlflow_tracker import MlflowTracker
-from tracking.server import start_server
-from tracking.store import artifact_root_for, default_tracking_uri
+from mrlfads.tracking.mlflow_tracker import MlflowTracker
+from mrlfads.tracking.server import start_server
+from mrlfads.tracking.store import artifact_root_for, default_tracking_uri
 
 pytestmark = pytest.mark.slow
 EPOCHS, DOWN_AT, UP_AT = 12, 4, 8

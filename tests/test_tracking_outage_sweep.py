@@ -53,7 +53,7 @@ class Outage(tune.Callback):
         return {"down": self.down, "back": self.back}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from tracking.server import start_server
+        from mrlfads.tracking.server import start_server
 
         epoch = int(result["epoch"])
         self.results.setdefault(trial.trial_id, []).append((epoch, round(result["objective"], 4)))
@@ -73,10 +73,10 @@ class Outage(tune.Callback):
 
 @pytest.mark.timeout(600)
 def test_server_outage_during_pbt_sweep_loses_no_metric(ray_session, tiny_dataset_dir, tmp_path):
-    from tracking.server import start_server
-    from tracking.store import artifact_root_for, default_tracking_uri
-    from tracking.tune_callback import sweep_callbacks
-    from training import sweep
+    from mrlfads.tracking.server import start_server
+    from mrlfads.tracking.store import artifact_root_for, default_tracking_uri
+    from mrlfads.tracking.tune_callback import sweep_callbacks
+    from mrlfads.training import sweep
 
     uri = default_tracking_uri(tmp_path / "store")
     server = start_server(uri, artifact_root_for(uri))

@@ -7,10 +7,10 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tracking.errors import TrackingError
-from tracking.mlflow_tracker import MlflowTracker
-from tracking.outbox import Outbox, import_outbox, read_outbox
-from tracking.server import free_port
+from mrlfads.tracking.errors import TrackingError
+from mrlfads.tracking.mlflow_tracker import MlflowTracker
+from mrlfads.tracking.outbox import Outbox, import_outbox, read_outbox
+from mrlfads.tracking.server import free_port
 
 
 def _history(uri, run_id, key):

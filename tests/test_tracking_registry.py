@@ -9,9 +9,9 @@ from mlflow.tracking import MlflowClient
 from mrlfads.config import ModelConfig, RegionConfig
 from mrlfads.config_utils import to_dict
 from mrlfads.model import MRLFADS
-from tracking.errors import TrackingError
-from tracking.mlflow_tracker import MlflowTracker
-from tracking.registry import (
+from mrlfads.tracking.errors import TrackingError
+from mrlfads.tracking.mlflow_tracker import MlflowTracker
+from mrlfads.tracking.registry import (
     SHA_TAG,
     download_checkpoint,
     find_best_trial,
@@ -20,7 +20,7 @@ from tracking.registry import (
     resolve_model_uri,
     sha256_file,
 )
-from training import checkpoint as ckpt
+from mrlfads.training import checkpoint as ckpt
 
 T, TAU = 8, 3
 
@@ -119,7 +119,7 @@ def test_resolving_a_model_does_not_leak_a_tracking_uri_into_the_environment(mon
     the cwd) in os.environ, so the next command in the same process used the wrong store."""
     import os
 
-    from tracking.registry import _global_uri
+    from mrlfads.tracking.registry import _global_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)

@@ -27,9 +27,9 @@ def _artifacts(url: str, run_id: str, folder: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def logged_sweep(mlflow_server, ray_session, tiny_dataset_dir, tmp_path_factory):
-    from tracking.tune_callback import sweep_callbacks
-    from training import sweep
-    from training.report_figures import checkpoint_figures
+    from mrlfads.tracking.tune_callback import sweep_callbacks
+    from mrlfads.training import sweep
+    from mrlfads.training.report_figures import checkpoint_figures
 
     name = f"smoke-{uuid.uuid4().hex[:6]}"
     plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, name=name,
@@ -42,8 +42,8 @@ def logged_sweep(mlflow_server, ray_session, tiny_dataset_dir, tmp_path_factory)
 
 def test_sweep_over_http_one_run_per_trial_no_metric_lost_exploits_and_promotion(
         logged_sweep, mlflow_server, capsys):
-    from training.checkpoint import load_model
-    from training.cli import main
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.cli import main
 
     plan, summary = logged_sweep
     url = mlflow_server.url
@@ -91,7 +91,7 @@ def test_sweep_over_http_one_run_per_trial_no_metric_lost_exploits_and_promotion
     alias = rest(url, "registered-models/alias", name=name, alias="champion")["model_version"]
     assert alias["version"] == versions[0]["version"]
 
-    from tracking.registry import download_checkpoint, resolve_model_uri
+    from mrlfads.tracking.registry import download_checkpoint, resolve_model_uri
 
     uri = f"models:/{name}@champion"
     pyfunc = resolve_model_uri(uri, tracking_uri=url, load=True)
@@ -136,7 +136,7 @@ def test_browser_finds_the_sweep_and_its_trials_in_the_mlflow_ui(logged_sweep, m
 
 def test_browser_opens_the_sweep_report_from_disk(logged_sweep, tmp_path):
     from tests.browser import open_page
-    from training.cli import main
+    from mrlfads.training.cli import main
 
     plan, summary = logged_sweep
     page = tmp_path / "sweep.html"

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 
-from tracking.tune_callback import MlflowTuneCallback
+from mrlfads.tracking.tune_callback import MlflowTuneCallback
 
 EPOCHS, TRIALS, INTERVAL = 4, 4, 2
 

@@ -9,13 +9,13 @@ import torch
 
 from mrlfads.config_utils import ConfigError
 from mrlfads.files import CHECKPOINT
-from training.config import RunConfig
-from training.trainable import build_trainer, should_checkpoint, trial_run_config
+from mrlfads.training.config import RunConfig
+from mrlfads.training.trainable import build_trainer, should_checkpoint, trial_run_config
 
 
 @pytest.fixture(scope="module")
 def base_run(tiny_dataset_dir):
-    from data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.reader import ArrowDataset
 
     ds = ArrowDataset.open(tiny_dataset_dir)
     return RunConfig.for_dataset(ds.manifest, uri=tiny_dataset_dir, smoke_test=True)

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.config_utils import ConfigError
-from training import checkpoint as ckpt
-from training.config import RunConfig
-from training.fit import fit
-from training.loop import NonFiniteLossError, Trainer
+from mrlfads.training import checkpoint as ckpt
+from mrlfads.training.config import RunConfig
+from mrlfads.training.fit import fit
+from mrlfads.training.loop import NonFiniteLossError, Trainer
 
 
 @pytest.fixture(scope="module")

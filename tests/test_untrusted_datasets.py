@@ -11,14 +11,14 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from data_loaders import fs as dfs
-from data_loaders.errors import DatasetError, IngestError
-from data_loaders.nwb import IngestOptions, ingest
-from data_loaders.nwb.testing import build_nwb
-from data_loaders.reader import ArrowDataset
-from data_loaders.testing import make_tiny_dataset
-from data_loaders.writer import write_dataset
-from training.cli import main
+from mrlfads.data_loaders import fs as dfs
+from mrlfads.data_loaders.errors import DatasetError, IngestError
+from mrlfads.data_loaders.nwb import IngestOptions, ingest
+from mrlfads.data_loaders.nwb.testing import build_nwb
+from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.writer import write_dataset
+from mrlfads.training.cli import main
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def _leftovers(root):
 
 def test_simulate_into_a_killed_runs_folder_says_so_before_any_work(tmp_path, monkeypatch,
                                                                      capsys):
-    import data_loaders.simulate as sim
+    import mrlfads.data_loaders.simulate as sim
 
     _leftovers(tmp_path / "k")
 

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from data_loaders.testing import make_tiny_dataset, rewrite_shard
-from training import checkpoint as ckpt
-from training.cli import main
+from mrlfads.data_loaders.testing import make_tiny_dataset, rewrite_shard
+from mrlfads.training import checkpoint as ckpt
+from mrlfads.training.cli import main
 
 TAU, T = 4, 12  # make_tiny_dataset's ic_enc_seq_len and bins
 
@@ -69,7 +69,7 @@ def test_manifest_sizes_disagreeing_with_shards_fail_before_the_model_is_built(t
     data = json.loads(path.read_text())
     data["regions"][0].update(n_heldin=16000, neuron_ids=None)  # allowed size, wrong shards
     path.write_text(json.dumps(data))
-    import training.loop as loop
+    import mrlfads.training.loop as loop
 
     def no_model(*a, **k):
         raise AssertionError("model built before the shards were checked")

@@ -8,12 +8,12 @@ import math
 import pytest
 import yaml
 
-from data_loaders.testing import make_tiny_dataset
+from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.config import LossConfig, ModelConfig, RampConfig, RegionConfig
 from mrlfads.config_utils import ConfigError, from_dict
-from training.cli import build_parser, main
-from training.config import DataConfig, RunConfig, TrainConfig, load_config_file
-from training.yaml12 import parse_sets, parse_value
+from mrlfads.training.cli import build_parser, main
+from mrlfads.training.config import DataConfig, RunConfig, TrainConfig, load_config_file
+from mrlfads.training.yaml12 import parse_sets, parse_value
 
 SPELLINGS = [  # (typed, value, type): the YAML 1.2 core schema
     ("1e-3", 1e-3, float), ("1E4", 1e4, float), (".5", 0.5, float), ("-2e-5", -2e-5, float),
@@ -78,7 +78,7 @@ def test_train_set_lr_1e_3_trains_end_to_end(tmp_path):
 
 def test_sweep_set_values_reach_the_plan_as_numbers(tmp_path):
     make_tiny_dataset(tmp_path / "data")
-    from training.commands.sweep import make_plan
+    from mrlfads.training.commands.sweep import make_plan
 
     args = build_parser().parse_args([
         "sweep", "--data", str(tmp_path / "data"), "--smoke-test", "--storage", str(tmp_path / "s"),

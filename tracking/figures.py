@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from tracking.lineage import best_path
+from mrlfads.tracking.lineage import best_path
 
 DPI = 100
 

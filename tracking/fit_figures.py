@@ -4,7 +4,7 @@ heatmaps, latent trajectories, messages and inferred inputs over time.
 Each function takes plain arrays already reduced to what is drawn (condition averages,
 projections, aligned messages: training/figure_data.py computes them) and returns a
 ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state: safe in Ray workers and threads);
-``tracking.figures.save`` writes it as PNG.
+``mrlfads.tracking.figures.save`` writes it as PNG.
 """
 from __future__ import annotations
 

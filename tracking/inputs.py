@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tracking.shareable import is_local, manifest_digest, shared_uri
+from mrlfads.tracking.shareable import is_local, manifest_digest, shared_uri
 
 DIGEST_CHARS = 36  # MLflow's limit for a dataset digest
 CONTEXT_TAG = "mlflow.data.context"  # the input tag MLflow's UI shows as the context

@@ -51,7 +51,7 @@ class Tracker(abc.ABC):
         """Set (or overwrite) tags on the active run."""
 
     def log_input(self, dataset: Mapping[str, Any]) -> None:
-        """Record the dataset the active run reads (a ``tracking.inputs.dataset_input`` dict)."""
+        """Record the dataset the active run reads (a ``mrlfads.tracking.inputs.dataset_input`` dict)."""
 
     @abc.abstractmethod
     def end_run(self, status: str = "FINISHED") -> None:
@@ -78,7 +78,7 @@ class Tracker(abc.ABC):
 
 def check_status(status: str) -> str:
     """Validate an end-of-run status (a typo must not leave a run RUNNING forever)."""
-    from tracking.errors import TrackingError
+    from mrlfads.tracking.errors import TrackingError
 
     if status not in RUN_STATUSES:
         raise TrackingError(f"end_run status {status!r} is not one of {RUN_STATUSES}")

@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from tracking.errors import TrackingError
-from tracking.interface import PARENT_TAG, Tracker, check_status, param_str
+from mrlfads.tracking.errors import TrackingError
+from mrlfads.tracking.interface import PARENT_TAG, Tracker, check_status, param_str
 
 
 @dataclasses.dataclass

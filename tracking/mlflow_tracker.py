@@ -17,12 +17,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from tracking.errors import TrackingError
-from tracking.interface import PARENT_TAG, Tracker, check_status, param_str
-from tracking.liveness import owner_tags
-from tracking.redact import redact_text, redact_uri
-from tracking.outbox import Delivery, Outbox, is_outage, new_pending_key
-from tracking.store import resolve_tracking_uri
+from mrlfads.tracking.errors import TrackingError
+from mrlfads.tracking.interface import PARENT_TAG, Tracker, check_status, param_str
+from mrlfads.tracking.liveness import owner_tags
+from mrlfads.tracking.redact import redact_text, redact_uri
+from mrlfads.tracking.outbox import Delivery, Outbox, is_outage, new_pending_key
+from mrlfads.tracking.store import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tracking.errors import TrackingError
-from tracking.redact import redact_uri, same_store_from_env
+from mrlfads.tracking.errors import TrackingError
+from mrlfads.tracking.redact import redact_uri, same_store_from_env
 
 LOCAL_KEY_TAG = "mrlfads.local_key"
 PENDING_PREFIX = "pending-"
@@ -56,7 +56,7 @@ class Delivery:
         self._experiments: dict[str, str] = {}
 
     def experiment_id(self, name: str) -> str:
-        from tracking.store import ensure_experiment
+        from mrlfads.tracking.store import ensure_experiment
 
         if name not in self._experiments:
             self._experiments[name] = ensure_experiment(self.client, name)
@@ -119,7 +119,7 @@ def _dataset_input(d: dict[str, Any]):
     """A tracking/inputs.py dict as MLflow's DatasetInput (its context as the input tag)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    from tracking.inputs import CONTEXT_TAG
+    from mrlfads.tracking.inputs import CONTEXT_TAG
 
     ds = Dataset(d["name"], d["digest"], d["source_type"], d["source"], d.get("schema"),
                  d.get("profile"))

@@ -12,7 +12,7 @@ works in a Python environment without this repository: one float32 array of held
 counts ``(trials, bins, n_heldin)`` per region in, ``rates/<region>``,
 ``heldout_rates/<region>``, ``factors/<region>``, ``inputs/<region>`` and
 ``messages/<src>-><dst>`` out (the model's signature lists them). ``download_checkpoint``
-gives back the checkpoint file for ``training.checkpoint.load_model`` (infer, perturb).
+gives back the checkpoint file for ``mrlfads.training.checkpoint.load_model`` (infer, perturb).
 The copies inside the model name the dataset by folder name and manifest digest (tag
 ``mrlfads.dataset_digest``), never by a local path (tracking/shareable.py). Versions are
 tagged with the source checkpoint's sha256: promoting the same checkpoint again only
@@ -35,10 +35,10 @@ from typing import Any
 import torch
 
 from mrlfads.ramps import selectable
-from tracking.errors import TrackingError
-from tracking.redact import redact_uri
-from tracking.shareable import DIGEST_TAG, manifest_digest, shared_manifest, shared_run_config
-from tracking.store import resolve_tracking_uri
+from mrlfads.tracking.errors import TrackingError
+from mrlfads.tracking.redact import redact_uri
+from mrlfads.tracking.shareable import DIGEST_TAG, manifest_digest, shared_manifest, shared_run_config
+from mrlfads.tracking.store import resolve_tracking_uri
 
 SHA_TAG = "mrlfads.checkpoint_sha256"
 # What a registered version is tagged with and `mrlfads promote` prints: the objective, the
@@ -281,19 +281,26 @@ def input_example(run_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _model_package(dst: Path) -> str:
-    """A copy of the ``mrlfads`` package (sources only) for the model's ``code_paths``."""
+    """A copy of the ``mrlfads`` model package (sources only) for the model's ``code_paths``:
+    not its components (``mrlfads.training`` ...), which an installed mrlfads holds inside."""
     import mrlfads
 
+    source = Path(mrlfads.__file__).parent
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "build")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        top = set(mrlfads.COMPONENTS) if Path(folder) == source else set()
+        return set(junk(folder, names)) | (top & set(names))
+
     target = dst / "mrlfads"
-    shutil.copytree(Path(mrlfads.__file__).parent, target,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "build"))
+    shutil.copytree(source, target, ignore=ignore)
     return str(target)
 
 
 def model_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     """The model part of checkpoint ``src`` written to ``dst``: state dict, run config and
     manifest (through tracking/shareable.py: no local path), the epoch and that epoch's
-    metrics; no optimiser, RNG or history. ``training.checkpoint.load_model`` reads it."""
+    metrics; no optimiser, RNG or history. ``mrlfads.training.checkpoint.load_model`` reads it."""
     payload = torch.load(src, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or "model" not in payload:
         raise TrackingError(f"{os.path.basename(os.fspath(src))} is not an mrlfads checkpoint "
@@ -355,7 +362,7 @@ def _model_file(local: Path, name: str) -> Path | None:
 
 
 def download_checkpoint(uri: str, *, tracking_uri: str | None = None) -> Path:
-    """The checkpoint file inside a registered model (for ``training.checkpoint.load_model``)."""
+    """The checkpoint file inside a registered model (for ``mrlfads.training.checkpoint.load_model``)."""
     path = _model_file(resolve_model_uri(uri, tracking_uri=tracking_uri), CHECKPOINT_FILE)
     if path is None:
         raise TrackingError(f"{uri} holds no checkpoint.pt: it was not registered by mrlfads promote")
@@ -363,7 +370,7 @@ def download_checkpoint(uri: str, *, tracking_uri: str | None = None) -> Path:
 
 
 def load_registered(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.Module, dict, dict]:
-    """``(model, run_cfg_dict, manifest_dict)`` like ``training.checkpoint.load_model``."""
+    """``(model, run_cfg_dict, manifest_dict)`` like ``mrlfads.training.checkpoint.load_model``."""
     from mrlfads.config import ModelConfig
     from mrlfads.config_utils import from_dict
     from mrlfads.model import MRLFADS

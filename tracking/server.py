@@ -3,7 +3,7 @@
 Why a module: ``mrlfads ui`` and the tests both need a server over the project's store that
 is healthy before anyone talks to it (~30 s to start here) and that really goes away when
 stopped (its workers outlive a SIGTERM by ~50 s), so it runs in its own process group and
-the whole group is killed, and under ``tracking.server_guard``, which kills that group when
+the whole group is killed, and under ``mrlfads.tracking.server_guard``, which kills that group when
 the process that started the server dies, even by SIGKILL.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tracking.errors import TrackingError
+from mrlfads.tracking.errors import TrackingError
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -92,7 +92,7 @@ def start_server(backend_store_uri: str, artifacts_destination: str | os.PathLik
     dest.mkdir(parents=True, exist_ok=True)
     log_file = Path(log_path) if log_path else dest.parent / f"mlflow-server-{port}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    guard = [sys.executable, "-m", "tracking.server_guard", str(os.getpid()), "--"]
+    guard = [sys.executable, "-m", "mrlfads.tracking.server_guard", str(os.getpid()), "--"]
     cmd = guard + [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                    backend_store_uri, "--artifacts-destination", str(dest), "--host", host,
                    "--port", str(port), "--workers", str(workers)]

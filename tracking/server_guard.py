@@ -1,6 +1,6 @@
 """Run a server so that it dies with the process that started it, whatever kills that one.
 
-``python -m tracking.server_guard PARENT_PID -- CMD...`` runs CMD in the guard's process
+``python -m mrlfads.tracking.server_guard PARENT_PID -- CMD...`` runs CMD in the guard's process
 group (the guard is its leader: ``start_new_session``). When the parent is gone (the guard
 polls its parent pid twice a second) or the guard is asked to stop, it kills its whole
 group: an ``mlflow server`` is ~9 processes, and after SIGTERM its workers otherwise outlive

@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from tracking.redact import redact_uri
+from mrlfads.tracking.redact import redact_uri
 
 DIGEST_PARAM = "data.digest"  # the run param holding manifest_digest()
 DIGEST_TAG = "mrlfads.dataset_digest"  # the same, as a run or model-version tag

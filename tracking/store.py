@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from tracking.errors import TrackingError
+from mrlfads.tracking.errors import TrackingError
 
 STORE_DIR = "mlruns"
 DB_NAME = "mlflow.db"

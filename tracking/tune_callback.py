@@ -39,13 +39,13 @@ from ray.tune.logger import LoggerCallback
 
 from mrlfads.config_utils import to_dict
 from mrlfads.ramps import best_trial
-from tracking import figures
-from tracking.inputs import dataset_input
-from tracking.interface import Tracker, flatten
-from tracking.lineage import changed, last_policy_line, lineage, orig_tag
-from tracking.redact import redact_text, redact_uri, same_store_from_env
-from tracking.revision import revision_tags
-from tracking.shareable import (DIGEST_PARAM, contract_home, home_relative, manifest_digest,
+from mrlfads.tracking import figures
+from mrlfads.tracking.inputs import dataset_input
+from mrlfads.tracking.interface import Tracker, flatten
+from mrlfads.tracking.lineage import changed, last_policy_line, lineage, orig_tag
+from mrlfads.tracking.redact import redact_text, redact_uri, same_store_from_env
+from mrlfads.tracking.revision import revision_tags
+from mrlfads.tracking.shareable import (DIGEST_PARAM, contract_home, home_relative, manifest_digest,
                                 shared_manifest, shared_run_config, shared_uri)
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class MlflowTuneCallback(LoggerCallback):
     ``outbox_dir``: a local folder for the parent run's outbox (trials keep theirs in the
     trial dir); without it the parent's writes during an outage live in memory only.
     ``outbox_files``: after the sweep, the outbox files still undelivered (for import-metrics).
-    ``dataset``: the data as an MLflow input (``tracking.inputs.dataset_input``), logged on
+    ``dataset``: the data as an MLflow input (``mrlfads.tracking.inputs.dataset_input``), logged on
     the parent run and every trial run.
     ``trial_figures(checkpoint_path, out_dir) -> [png paths]``: draws a finished trial's
     model (its last checkpoint) on the driver; logged under ``figures/`` on its run. A
@@ -164,7 +164,7 @@ class MlflowTuneCallback(LoggerCallback):
     def _new_tracker(self, outbox: Path | None, system_metrics: bool = False) -> Tracker:
         if self.tracker_factory is not None:
             return self.tracker_factory(outbox)
-        from tracking.mlflow_tracker import MlflowTracker
+        from mrlfads.tracking.mlflow_tracker import MlflowTracker
 
         t = MlflowTracker(same_store_from_env(self.tracking_uri), outbox_path=outbox,
                           system_metrics=system_metrics, delivery=self._delivery)
@@ -472,7 +472,7 @@ def _read_manifest(data_uri: str | None) -> dict[str, Any]:
 def sweep_callbacks(plan, *, tracking_uri: str | None = None,
                     trial_figures: Callable[[str, Path], Sequence[Path]] | None = None
                     ) -> list[MlflowTuneCallback]:
-    """The callbacks ``mrlfads sweep`` passes to Tune for a ``training.sweep.SweepPlan``.
+    """The callbacks ``mrlfads sweep`` passes to Tune for a ``mrlfads.training.sweep.SweepPlan``.
 
     Reads only the plan's public fields (name, space, run, burn_in, experiment_path), so
     tracking does not import training (the caller passes ``trial_figures``, see

@@ -85,7 +85,7 @@ def restoring(path: str | os.PathLike) -> Iterator[None]:
 
 def run_config(payload: dict[str, Any], path: str | os.PathLike):
     """The RunConfig saved in ``payload``, or a CheckpointError naming the file."""
-    from training.config import RunConfig
+    from mrlfads.training.config import RunConfig
 
     saved = payload.get("run_config")
     if not isinstance(saved, dict):

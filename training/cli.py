@@ -13,9 +13,10 @@ import importlib
 import os
 import sys
 
-from tracking.redact import credentials_to_env, redact_text
-from training import faults
-from training.signals import interrupt_on_termination
+import mrlfads
+from mrlfads.tracking.redact import credentials_to_env, redact_text
+from mrlfads.training import faults
+from mrlfads.training.signals import interrupt_on_termination
 
 # Order is the order shown in --help.
 COMMANDS = ["demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb", "export_nwb",
@@ -27,9 +28,9 @@ EXIT_INTERRUPTED = 130
 
 def _load(name: str):
     try:
-        return importlib.import_module(f"training.commands.{name}")
+        return importlib.import_module(f"mrlfads.training.commands.{name}")
     except ModuleNotFoundError as exc:
-        if exc.name == f"training.commands.{name}":
+        if exc.name == f"mrlfads.training.commands.{name}":
             return None
         raise
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "track in MLflow, promote, infer and perturb.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"mrlfads {mrlfads.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = _load(name)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_openmp_wait_policy(args.command)
     if args.command in SHARED_CPU_COMMANDS and not getattr(args, "address", None):
-        from training.sweep import local_ray_on_loopback
+        from mrlfads.training.sweep import local_ray_on_loopback
 
         local_ray_on_loopback()  # before anything imports ray
     if not getattr(args, "_run", None):

@@ -266,7 +266,7 @@ def check_against_data(cfg: RunConfig, manifest: Any) -> None:
 def load_config_file(path: str | Path | None) -> dict[str, Any]:
     """Parse a YAML run-config file as YAML 1.2 (``lr: 1e-3`` is a number, as on the command
     line: training/yaml12.py); a missing or malformed file names the path."""
-    from training.yaml12 import load
+    from mrlfads.training.yaml12 import load
 
     if path is None:
         return {}

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data_loaders import schema
-from data_loaders.reader import ArrowDataset
+from mrlfads.data_loaders import schema
+from mrlfads.data_loaders.reader import ArrowDataset
 
 
 @dataclass

@@ -22,8 +22,8 @@ import yaml
 
 from mrlfads.files import BEST, LAST
 from mrlfads.ramps import selectable
-from training import faults
-from training.loop import NonFiniteLossError, Trainer
+from mrlfads.training import faults
+from mrlfads.training.loop import NonFiniteLossError, Trainer
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracking.html_report import Section
+from mrlfads.tracking.html_report import Section
 
 # Metrics worth a row in the page's summary, where the run has them.
 SHOWN = ("objective", "valid/co_bps", "valid/bps", "valid/r2", "valid/heldout_r2",
@@ -45,8 +45,8 @@ class ReportOptions:
 
 def kind_of(path: str | Path) -> str:
     """'run' or 'sweep', or a ReportError saying what the path should be."""
-    from training.fit import BEST, LAST
-    from training.sweep import PLAN_FILE, SUMMARY_FILE
+    from mrlfads.training.fit import BEST, LAST
+    from mrlfads.training.sweep import PLAN_FILE, SUMMARY_FILE
 
     p = Path(path)
     if not p.exists():
@@ -89,7 +89,7 @@ def build(path: str | Path, options: ReportOptions) -> tuple[str, str, list[Sect
 
 def write_report(path: str | Path, out: str | Path, options: ReportOptions) -> Path:
     """Build the page and write it (atomically) to ``out``."""
-    from tracking import html_report
+    from mrlfads.tracking import html_report
 
     out = Path(out)
     if out.is_dir():
@@ -105,11 +105,11 @@ def _model_sections(checkpoint: str | Path, options: ReportOptions,
     """The figure sections of the model in ``checkpoint`` on its data's validation trials."""
     import torch
 
-    from data_loaders.reader import ArrowDataset
-    from tracking.figures import png_bytes
-    from training.checkpoint import load_model
-    from training.config import RunConfig, check_against_data
-    from training.report_figures import check_neurons, figure_set, fit_view
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.tracking.figures import png_bytes
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.config import RunConfig, check_against_data
+    from mrlfads.training.report_figures import check_neurons, figure_set, fit_view
 
     model, run_cfg, _ = load_model(checkpoint)
     cfg = RunConfig.from_dict(run_cfg)
@@ -157,8 +157,8 @@ def _perturb_sections(dirs: Sequence[str]) -> list[Section]:
     `mrlfads perturb --out` folder."""
     import numpy as np
 
-    from tracking.figures import perturbation_figure, png_bytes
-    from tracking.fit_figures import effects_figure
+    from mrlfads.tracking.figures import perturbation_figure, png_bytes
+    from mrlfads.tracking.fit_figures import effects_figure
 
     out = []
     for p in _perturb_outputs(dirs):
@@ -207,10 +207,10 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _run_page(run: Path, options: ReportOptions) -> tuple[str, str, list[Section]]:
-    from tracking.figures import png_bytes
-    from tracking.fit_figures import training_curves_figure
-    from training import checkpoint as ckpt
-    from training.fit import BEST, LAST
+    from mrlfads.tracking.figures import png_bytes
+    from mrlfads.tracking.fit_figures import training_curves_figure
+    from mrlfads.training import checkpoint as ckpt
+    from mrlfads.training.fit import BEST, LAST
 
     which = run / BEST if (run / BEST).is_file() else run / LAST
     saved = ckpt.load(which)
@@ -288,7 +288,7 @@ def read_sweep(sweep: Path) -> SweepFiles:
 
 
 def _newest_checkpoint(trial_dir: Path) -> Path | None:
-    from training.checkpoint import CHECKPOINT_NAME
+    from mrlfads.training.checkpoint import CHECKPOINT_NAME
 
     found = sorted(trial_dir.glob(f"checkpoint_*/{CHECKPOINT_NAME}"))
     return found[-1] if found else None
@@ -296,9 +296,9 @@ def _newest_checkpoint(trial_dir: Path) -> Path | None:
 
 def _sweep_page(sweep: Path, options: ReportOptions) -> tuple[str, str, list[Section]]:
     from mrlfads.ramps import best_trial
-    from tracking.figures import hparam_figure, lineage_figure, png_bytes
-    from tracking.lineage import lineage
-    from training.sweep import PLAN_FILE, SUMMARY_FILE
+    from mrlfads.tracking.figures import hparam_figure, lineage_figure, png_bytes
+    from mrlfads.tracking.lineage import lineage
+    from mrlfads.training.sweep import PLAN_FILE, SUMMARY_FILE
 
     def read(name: str) -> dict:
         try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from training import figure_data as fd
+from mrlfads.training import figure_data as fd
 
 # Validation trials run through the model for the figures: condition averages need many,
 # a report must stay quick.
@@ -70,11 +70,11 @@ class ModelFigure:
 def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIALS,
              effect_trials: int = EFFECT_TRIALS) -> FitView:
     """Run ``model`` on the first ``max_trials`` trials of the validation split."""
-    from data_loaders import schema
+    from mrlfads.data_loaders import schema
     from mrlfads import metrics as M
     from mrlfads.effectome import cut_effectome, input_cut_effectome, input_rms
-    from training.data import load_split
-    from training.evaluate import collect_outputs
+    from mrlfads.training.data import load_split
+    from mrlfads.training.evaluate import collect_outputs
 
     m = dataset.manifest
     device = next(model.parameters()).device
@@ -195,8 +195,8 @@ def _scores_text(scores: Mapping[str, float]) -> str:
 def figure_set(view: FitView, neurons: Mapping[str, Sequence[int]] | None = None,
                n_neurons: int = N_NEURONS) -> list[ModelFigure]:
     """Every model figure of ``view``, in reading order."""
-    from tracking import figures
-    from tracking import fit_figures as ff
+    from mrlfads.tracking import figures
+    from mrlfads.tracking import fit_figures as ff
 
     labels = [c for c, _ in view.groups]
     regions = view.regions
@@ -282,7 +282,7 @@ def figure_set(view: FitView, neurons: Mapping[str, Sequence[int]] | None = None
 def make_model_figures(model: Any, dataset: Any, run_cfg: Any, out_dir: str | Path,
                        n_trials: int = VIEW_TRIALS) -> list[Path]:
     """Write the PNGs for ``model`` on the first validation trials; returns their paths."""
-    from tracking import figures
+    from mrlfads.tracking import figures
 
     view = fit_view(model, dataset, run_cfg, max_trials=n_trials)
     return [figures.save(f.figure, Path(out_dir) / f"{f.name}.png") for f in figure_set(view)]
@@ -301,9 +301,9 @@ def checkpoint_figures(checkpoint: str, out_dir: str | Path) -> list[Path]:
     each trial's run when the trial ends."""
     import os
 
-    from data_loaders.reader import ArrowDataset
-    from training.checkpoint import load_model
-    from training.config import RunConfig
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.config import RunConfig
 
     path = os.path.expanduser(str(checkpoint).removeprefix("file://"))
     if "://" in path:  # on the sweep's remote storage: Tune fetches it

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-from search_spaces.space import Resources
+from mrlfads.search_spaces.space import Resources
 
 # Trials per GPU at the default size on an H200 (docs/PERFORMANCE.md, "Trials per GPU"): 4
 # trials share a card at 94% of a lone trial's speed each; 8 add 24% throughput but run at

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from search_spaces.errors import SearchSpaceError
-from search_spaces.space import SearchSpace
-from training.config import RunConfig
+from mrlfads.search_spaces.errors import SearchSpaceError
+from mrlfads.search_spaces.space import SearchSpace
+from mrlfads.training.config import RunConfig
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "pbt.yaml"
 PLAN_FILE = "mrlfads_sweep.json"  # the plan, saved in the experiment dir for --resume
@@ -143,8 +143,8 @@ def _check_protected(space: SearchSpace, cfg) -> None:
     """Refuse a search that could promote a model copying its input (training/objective.py):
     its ranking metric must be protected for every trial, and PBT may only mutate what can
     change mid-run."""
-    from training.loop import MUTABLE_PREFIXES
-    from training.objective import FIX, metric_protection
+    from mrlfads.training.loop import MUTABLE_PREFIXES
+    from mrlfads.training.objective import FIX, metric_protection
 
     if space.kind == "pbt":
         fixed = [p for p in space.paths if not p.startswith(MUTABLE_PREFIXES)]
@@ -174,9 +174,9 @@ def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
                run_overrides: dict[str, Any] | None = None, user_config: dict | None = None,
                smoke_test: bool = False) -> SweepPlan:
     """Validate the space and dataset and build the base run config; no Ray yet."""
-    from data_loaders.reader import ArrowDataset
-    from search_spaces.tune_objects import resolve_burn_in
-    from training.config import fit_ramps, sets_ramps
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.search_spaces.tune_objects import resolve_burn_in
+    from mrlfads.training.config import fit_ramps, sets_ramps
 
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_yaml(space or DEFAULT_SPACE)
@@ -252,8 +252,8 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    from training.faults import worker_env
-    from training.signals import installed, interrupt_on_termination
+    from mrlfads.training.faults import worker_env
+    from mrlfads.training.signals import installed, interrupt_on_termination
 
     ours = installed()
     fault = worker_env()  # MRLFADS_FAULT reaches the trials on every node (training/faults.py)
@@ -281,7 +281,7 @@ def reporter(plan: SweepPlan):
 
 def make_stopper(plan: SweepPlan):
     """Population plateau (PBT) and the per-trial stop at the last epoch."""
-    from training.stopper import PopulationPlateauStopper
+    from mrlfads.training.stopper import PopulationPlateauStopper
 
     s, pbt = plan.space.scheduler, plan.space.kind == "pbt"
     return PopulationPlateauStopper(
@@ -307,9 +307,9 @@ def build_tuner(plan: SweepPlan, *, resume: bool = False, callbacks: Sequence[An
     """A new Tuner for ``plan``, or the restored one (``resume``) continuing where it died."""
     from ray import tune
 
-    from search_spaces import tune_objects
-    from training.resources import trial_resources
-    from training.trainable import trainable_for
+    from mrlfads.search_spaces import tune_objects
+    from mrlfads.training.resources import trial_resources
+    from mrlfads.training.trainable import trainable_for
 
     space = plan.space
     # the space travels with the trainable: its explore step restarts non-finite trials;
@@ -351,7 +351,7 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
             raise SweepError(f"sweep {plan.name!r} already exists at {plan.experiment_path}: "
                              "pass --resume to continue it, or choose another --name")
         _write_json(f"{plan.experiment_path}/{PLAN_FILE}", {**plan.to_dict(), "tracking": tracking})
-    from training.faults import driver_callbacks
+    from mrlfads.training.faults import driver_callbacks
 
     callbacks = [*driver_callbacks(), *callbacks]  # [] unless MRLFADS_FAULT asks
     tuner = build_tuner(plan, resume=resume, callbacks=callbacks, reuse_actors=reuse_actors,
@@ -415,7 +415,7 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
     summary.effectome_message_rms = {k.split("/", 1)[1]: v for k, v in m.items()
                                      if k.startswith("effectome/")}
     if best.checkpoint is not None:
-        from training.checkpoint import CHECKPOINT_NAME
+        from mrlfads.training.checkpoint import CHECKPOINT_NAME
 
         summary.checkpoint = f"{best.checkpoint.path.rstrip('/')}/{CHECKPOINT_NAME}"
         summary.history = _lineage_history(best.checkpoint)
@@ -423,7 +423,7 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
 
 
 def _objective_text(plan: SweepPlan) -> str:
-    from training.objective import resolve_objective
+    from mrlfads.training.objective import resolve_objective
 
     cfg, _ = _least_protected(plan.space, plan.run)
     return resolve_objective(cfg).describe()
@@ -439,7 +439,7 @@ def _trial_id(path: str) -> str:
 def _lineage_history(checkpoint) -> list[dict[str, float]]:
     """Per-epoch hyperparameters and objective of the model in ``checkpoint``: the Trainer
     keeps its history through exploits, so this is the lineage, donors included."""
-    from training import checkpoint as ckpt
+    from mrlfads.training import checkpoint as ckpt
 
     with checkpoint.as_directory() as d:
         history = ckpt.load(os.path.join(d, ckpt.CHECKPOINT_NAME)).get("history", [])

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tracking.interface import Tracker, flatten, param_str
+from mrlfads.tracking.interface import Tracker, flatten, param_str
 
 
 RUN_FILE = "tracking.json"  # in the run directory: which MLflow run --resume reopens
@@ -25,13 +25,13 @@ def open_run_tracker(experiment: str, run_name: str, run_cfg: Any, manifest: Any
     The run id is kept in ``out_dir/tracking.json``; ``resume`` reopens that run (a run
     killed with SIGKILL included) instead of starting a second one. Runs of this host whose
     process is gone are ended as KILLED first (tracking/liveness.py)."""
-    from tracking.errors import TrackingError
-    from tracking.inputs import dataset_input
-    from tracking.liveness import end_dead_runs
-    from tracking.mlflow_tracker import MlflowTracker
-    from tracking.outbox import is_outage
-    from tracking.revision import revision_tags
-    from tracking.shareable import (DIGEST_PARAM, DIGEST_TAG, manifest_digest, shared_manifest,
+    from mrlfads.tracking.errors import TrackingError
+    from mrlfads.tracking.inputs import dataset_input
+    from mrlfads.tracking.liveness import end_dead_runs
+    from mrlfads.tracking.mlflow_tracker import MlflowTracker
+    from mrlfads.tracking.outbox import is_outage
+    from mrlfads.tracking.revision import revision_tags
+    from mrlfads.tracking.shareable import (DIGEST_PARAM, DIGEST_TAG, manifest_digest, shared_manifest,
                                     shared_run_config)
 
     outbox = Path(out_dir) / "outbox.jsonl" if out_dir is not None else None

@@ -1,7 +1,7 @@
 """The one function Ray Tune sees: build or restore a Trainer, re-apply the trial's own
 hyperparameters, train, report every epoch with a checkpoint at the perturbation interval.
 
-Trial config layout (built by ``search_spaces.tune_objects.param_space``)::
+Trial config layout (built by ``mrlfads.search_spaces.tune_objects.param_space``)::
 
     {"run": the sweep's base RunConfig (data.uri inside),
      "checkpoint_interval": int,      # == PBT perturbation interval, set by the space
@@ -51,7 +51,7 @@ STATE_FILE = "nonfinite.json"  # in the trial directory: restarts so far (surviv
 def trial_run_config(config: Mapping[str, Any]):
     """The trial's RunConfig: the base run (a RunConfig; a plain dict is read as one) with
     its structure and its own hyperparameters set, validated once."""
-    from training.config import RunConfig
+    from mrlfads.training.config import RunConfig
 
     run = config["run"]
     run = run if isinstance(run, RunConfig) else RunConfig.from_dict(run)
@@ -64,9 +64,9 @@ def trial_run_config(config: Mapping[str, Any]):
 def build_trainer(config: Mapping[str, Any], checkpoint_dir: str | None, dataset=None):
     """A Trainer for this trial: fresh, or restored from ``checkpoint_dir`` (possibly a
     donor's) and then given this trial's own hyperparameters."""
-    from data_loaders.reader import ArrowDataset
-    from training.loop import Trainer
-    from training.resources import trial_device
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.loop import Trainer
+    from mrlfads.training.resources import trial_device
 
     run_cfg = trial_run_config(config)
     dataset = dataset if dataset is not None else ArrowDataset.open(run_cfg.data.uri)
@@ -91,7 +91,7 @@ def nonfinite_explore(values: Mapping[str, float], space: Any, restart: int) -> 
     seeded by (space seed, the values, restart number), hence the same in every rerun."""
     import numpy as np
 
-    from search_spaces.explore import explore
+    from mrlfads.search_spaces.explore import explore
 
     key = zlib.crc32(json.dumps(dict(values), sort_keys=True).encode())
     return explore(values, space, np.random.default_rng([int(space.seed), key, int(restart)]))
@@ -135,7 +135,7 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
     epoch; non-finite losses restart as the module docstring says (``space``: a PBT
     SearchSpace, or None to fail at once). ``state_path``: the trial's restart record.
     ``before_epoch(n)`` runs as epoch n begins (training/faults.py)."""
-    from training.loop import NonFiniteLossError
+    from mrlfads.training.loop import NonFiniteLossError
 
     state = _load_state(state_path, config.get("hparams", {}))
     if state["failed"]:  # Tune retrying a trial that already gave up: same steps, same end
@@ -190,7 +190,7 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
 def _tune_run(config: Mapping[str, Any], space: Any) -> None:
     from ray import tune
 
-    from training import faults
+    from mrlfads.training import faults
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None:

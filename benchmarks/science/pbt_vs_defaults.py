@@ -37,9 +37,9 @@ def defaults(data: str, epochs: int) -> dict[str, float]:
 
 
 def pbt(data: str, epochs: int, population: int, out: Path) -> dict:
-    from search_spaces.space import SearchSpace
-    from training import sweep
-    from training.config import load_config_file
+    from mrlfads.search_spaces.space import SearchSpace
+    from mrlfads.training import sweep
+    from mrlfads.training.config import load_config_file
 
     space = SearchSpace.from_yaml(sweep.DEFAULT_SPACE)
     space = space.with_scheduler(population=population, perturbation_interval=5, synch=True,

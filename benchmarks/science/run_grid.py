@@ -44,7 +44,7 @@ COLUMNS = ["valid/effectome_cut_cosine", "valid/effectome_cut_separation",
 
 
 def dataset_path(out: Path, name: str) -> Path:
-    from data_loaders.simulate import simulate
+    from mrlfads.data_loaders.simulate import simulate
 
     path = out / "data" / name
     if not (path / "dataset.json").exists():
@@ -54,9 +54,9 @@ def dataset_path(out: Path, name: str) -> Path:
 
 
 def train_once(data: Path, overrides: dict, seed: int, epochs: int) -> dict[str, float]:
-    from data_loaders.reader import ArrowDataset
-    from training.config import RunConfig, load_config_file
-    from training.loop import Trainer
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.config import RunConfig, load_config_file
+    from mrlfads.training.loop import Trainer
 
     ds = ArrowDataset.open(data)
     cfg = RunConfig.for_dataset(ds.manifest, uri=str(data), user=load_config_file(CONFIG),
@@ -100,7 +100,7 @@ def main() -> None:
                         "values); the variant's label records them")
     args = p.parse_args()
     from mrlfads.config_utils import ConfigError
-    from training.yaml12 import parse_sets
+    from mrlfads.training.yaml12 import parse_sets
 
     try:  # YAML 1.2 values, as `mrlfads train --set` reads them
         extra = parse_sets(args.set)

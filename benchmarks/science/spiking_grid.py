@@ -41,7 +41,7 @@ COLUMNS = ["effectome_cut_cosine", "effectome_cut_separation", "effectome_cosine
 
 
 def dataset(out: Path, name: str, rate_hz: float, bin_ms: float) -> Path:
-    from data_loaders.simulate import simulate
+    from mrlfads.data_loaders.simulate import simulate
 
     path = out / "data" / f"{name}-{rate_hz:g}hz-{bin_ms:g}ms"
     if not (path / "dataset.json").exists():
@@ -54,7 +54,7 @@ def dataset(out: Path, name: str, rate_hz: float, bin_ms: float) -> Path:
 def ceilings(path: Path) -> dict[str, float]:
     """What the spikes allow: co-bps of the true rates, and a ridge decoder's R^2 from the
     source's and target's spikes at lags -1..+5 bins to each true message (half/half)."""
-    from data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads import metrics as M
 
     ds = ArrowDataset.open(path)
@@ -90,11 +90,11 @@ def score(checkpoint: str, path: Path) -> dict[str, float]:
     """The metrics of a saved model on the validation trials, as training logs them."""
     import torch
 
-    from data_loaders.reader import ArrowDataset
-    from training.checkpoint import load_model
-    from training.config import RunConfig
-    from training.data import load_split
-    from training.evaluate import collect_outputs, cut_effectome_metrics, score as score_split
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.data import load_split
+    from mrlfads.training.evaluate import collect_outputs, cut_effectome_metrics, score as score_split
 
     model, run, _ = load_model(checkpoint)
     cfg = RunConfig.from_dict(run)
@@ -109,10 +109,10 @@ def score(checkpoint: str, path: Path) -> dict[str, float]:
 
 def run_defaults(path: Path, seed: int, epochs: int, run_dir: Path,
                  overrides: dict | None = None) -> dict[str, float]:
-    from data_loaders.reader import ArrowDataset
-    from training.config import RunConfig
-    from training.fit import BEST, fit
-    from training.loop import Trainer
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.fit import BEST, fit
+    from mrlfads.training.loop import Trainer
 
     ds = ArrowDataset.open(path)
     cfg = RunConfig.for_dataset(ds.manifest, uri=str(path), overrides={
@@ -124,8 +124,8 @@ def run_defaults(path: Path, seed: int, epochs: int, run_dir: Path,
 def run_pbt(path: Path, seed: int, epochs: int, population: int, out: Path) -> dict:
     from dataclasses import replace
 
-    from search_spaces.space import SearchSpace
-    from training import sweep
+    from mrlfads.search_spaces.space import SearchSpace
+    from mrlfads.training import sweep
 
     space = SearchSpace.from_yaml(sweep.DEFAULT_SPACE)
     space = replace(space.with_scheduler(population=population, perturbation_interval=10,
@@ -176,7 +176,7 @@ def main() -> None:
                    help="config overrides for the defaults arm (YAML 1.2 values), recorded as "
                         "that arm's variant: the row's arm becomes 'defaults PATH=VALUE ...'")
     args = p.parse_args()
-    from training.yaml12 import parse_sets
+    from mrlfads.training.yaml12 import parse_sets
 
     overrides = parse_sets(args.set)
     variant = " ".join(args.set)

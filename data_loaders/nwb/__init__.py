@@ -2,15 +2,15 @@
 
 pynwb is imported lazily inside the functions, so importing this package stays cheap.
 """
-from data_loaders.nwb.ingest import ingest
-from data_loaders.nwb.options import IngestOptions
+from mrlfads.data_loaders.nwb.ingest import ingest
+from mrlfads.data_loaders.nwb.options import IngestOptions
 
 __all__ = ["IngestOptions", "dataset_to_nwb", "ingest", "write_nwb_from_arrays"]
 
 
 def __getattr__(name):  # export pulls in pynwb: load it only when asked for
     if name in ("dataset_to_nwb", "write_nwb_from_arrays"):
-        from data_loaders.nwb import export
+        from mrlfads.data_loaders.nwb import export
 
         return getattr(export, name)
     raise AttributeError(name)

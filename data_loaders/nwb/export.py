@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from data_loaders.errors import IngestError
+from mrlfads.data_loaders.errors import IngestError
 
 EDGE_MARGIN = 0.05  # spikes sit in [5 %, 95 %] of their bin: no float ties with the edges
 
@@ -88,9 +88,9 @@ def dataset_to_nwb(ds, path: str | os.PathLike, bin_width_s: float | None = None
     Trials keep their ids, conditions and perturbed flags (perturbed = the dataset's
     `perturbed` column, else its "perturbed" split). Ground truth and ext are not exported.
     """
-    from data_loaders import schema
-    from data_loaders.errors import DatasetError
-    from data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders import schema
+    from mrlfads.data_loaders.errors import DatasetError
+    from mrlfads.data_loaders.reader import ArrowDataset
 
     if not isinstance(ds, ArrowDataset):
         ds = ArrowDataset.open(ds)

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_loaders import fs as dfs
-from data_loaders import schema
-from data_loaders.errors import DatasetError, IngestError
-from data_loaders.manifest import DatasetManifest, RegionSpec
-from data_loaders.nwb import binning, remote
-from data_loaders.nwb.options import IngestOptions
-from data_loaders.nwb.plan import FilePlan, check_window, load_region_map, plan_file, resolve_window
-from data_loaders.nwb.read import NWBSession, open_nwb, sha256_file
+from mrlfads.data_loaders import fs as dfs
+from mrlfads.data_loaders import schema
+from mrlfads.data_loaders.errors import DatasetError, IngestError
+from mrlfads.data_loaders.manifest import DatasetManifest, RegionSpec
+from mrlfads.data_loaders.nwb import binning, remote
+from mrlfads.data_loaders.nwb.options import IngestOptions
+from mrlfads.data_loaders.nwb.plan import FilePlan, check_window, load_region_map, plan_file, resolve_window
+from mrlfads.data_loaders.nwb.read import NWBSession, open_nwb, sha256_file
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def _versions() -> dict:
 # -- output -----------------------------------------------------------------------------------
 def _check_out(out: str, overwrite: bool) -> None:
     """Refuse, before minutes of binning, any --out the writer would refuse after them."""
-    from data_loaders.writer import check_target
+    from mrlfads.data_loaders.writer import check_target
 
     try:
         check_target(out, overwrite)
@@ -277,7 +277,7 @@ def _check_out(out: str, overwrite: bool) -> None:
 def _write(out: str, overwrite: bool, **kwargs) -> DatasetManifest:
     """write_dataset, and if it fails, remove a directory this call created: a failed ingest
     leaves nothing behind (the writer's manifest-last rule keeps any old dataset readable)."""
-    from data_loaders.writer import write_dataset
+    from mrlfads.data_loaders.writer import write_dataset
 
     fs, root = dfs.resolve(out)
     created = dfs.is_local(fs) and not os.path.exists(root)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from data_loaders.errors import IngestError
-from data_loaders.schema import REGION_RE
+from mrlfads.data_loaders.errors import IngestError
+from mrlfads.data_loaders.schema import REGION_RE
 
 # Held-out neurons unless the user says otherwise: model selection ranks on them, a score a
 # model cannot win by copying its input to its output (docs/DESIGN.md, "Model selection").

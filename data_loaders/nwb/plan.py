@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_loaders.errors import IngestError
-from data_loaders.nwb.options import IngestOptions
-from data_loaders.nwb.read import NWBSession
+from mrlfads.data_loaders.errors import IngestError
+from mrlfads.data_loaders.nwb.options import IngestOptions
+from mrlfads.data_loaders.nwb.read import NWBSession
 
 TIME_TOL = 1e-9  # seconds: float slack when comparing windows with trial bounds
 

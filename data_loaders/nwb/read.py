@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_loaders.errors import IngestError
+from mrlfads.data_loaders.errors import IngestError
 
 SPIKE_BLOCK = 2_000_000  # spikes read per HDF5 call (~16 MB of float64)
 
@@ -39,7 +39,7 @@ def open_nwb(path: str | os.PathLike) -> Iterator[NWBSession]:
     the session's path is the URI without credentials."""
     import pynwb
 
-    from data_loaders.nwb import remote
+    from mrlfads.data_loaders.nwb import remote
 
     path = os.fspath(path)
     shown, size, fileobj, h5 = remote.display(path), None, None, None
@@ -81,7 +81,7 @@ def _close(*handles) -> None:
 
 def _clean(e: Exception) -> str:
     """An exception's text with any URI in it stripped of credentials."""
-    from tracking.redact import redact_text
+    from mrlfads.tracking.redact import redact_text
 
     return redact_text(str(e))
 

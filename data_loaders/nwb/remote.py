@@ -8,7 +8,7 @@ HDF5 metadata, the small tables and the spike-time ranges of the selected units 
 - http(s): ranged GETs (urllib, in the calling thread); the server must honour Range
   requests and report the file's size. user:password@ in the URL becomes basic auth; query options (a presigned
   URL's signature) stay in the URL that is fetched and are left out of everything recorded.
-- s3:// (gs://, ...): pyarrow's filesystem from data_loaders.fs (MRLFADS_S3_ENDPOINT and the
+- s3:// (gs://, ...): pyarrow's filesystem from mrlfads.data_loaders.fs (MRLFADS_S3_ENDPOINT and the
   AWS_* variables), read at offsets through the same block cache. KEY:SECRET@ in the URI is
   used for this file only.
 
@@ -22,7 +22,7 @@ import os
 import posixpath
 from urllib.parse import urlsplit
 
-from data_loaders.errors import IngestError
+from mrlfads.data_loaders.errors import IngestError
 
 HTTP_SCHEMES = ("http", "https")
 STORE_SCHEMES = ("s3", "gs", "gcs")
@@ -42,7 +42,7 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 def display(path: str | os.PathLike) -> str:
     """What may be shown or recorded of `path`: a remote URI without its credentials."""
-    from tracking.redact import redact_uri  # stdlib only: the one place secrets are removed
+    from mrlfads.tracking.redact import redact_uri  # stdlib only: the one place secrets are removed
 
     text = os.fspath(path)
     return redact_uri(text) if is_remote(text) else text
@@ -96,7 +96,7 @@ class _BlockFile(io.RawIOBase):
 def open_remote(uri: str) -> tuple[object, int]:
     """(file object for h5py, size in bytes) of the remote file at `uri`; IngestError if it
     cannot be reached, is missing, or cannot be read by ranges."""
-    from tracking.redact import redact_text
+    from mrlfads.tracking.redact import redact_text
 
     shown = display(uri)
     scheme = urlsplit(uri).scheme.lower()
@@ -156,8 +156,8 @@ def _open_http(uri: str, shown: str) -> tuple[object, int]:
 def _open_store(uri: str, shown: str) -> tuple[object, int]:
     import pyarrow.fs as pafs
 
-    from data_loaders import fs as dfs
-    from tracking.redact import split_credentials
+    from mrlfads.data_loaders import fs as dfs
+    from mrlfads.tracking.redact import split_credentials
 
     clean, found = split_credentials(uri)
     if found:  # KEY:SECRET@bucket: for this file only, never through the environment

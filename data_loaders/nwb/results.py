@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from data_loaders.errors import IngestError
+from mrlfads.data_loaders.errors import IngestError
 
 MODULE = "mrlfads"
 
@@ -92,8 +92,8 @@ def write_results_nwb(source: str | os.PathLike, out: str | os.PathLike, results
     """Write the results file; returns its path and the source columns left out."""
     import pynwb
 
-    from data_loaders.nwb.copy_tables import copy_session_tables, new_file_from
-    from data_loaders.nwb.read import open_nwb
+    from mrlfads.data_loaders.nwb.copy_tables import copy_session_tables, new_file_from
+    from mrlfads.data_loaders.nwb.read import open_nwb
 
     out = Path(out)
     if out.exists() and not overwrite:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from data_loaders.simulate.config import KINDS, OBS_MODELS, SimConfig, preset
-from data_loaders.simulate.generate import SimulatedData, generate
+from mrlfads.data_loaders.simulate.config import KINDS, OBS_MODELS, SimConfig, preset
+from mrlfads.data_loaders.simulate.generate import SimulatedData, generate
 
 if TYPE_CHECKING:
-    from data_loaders.manifest import DatasetManifest
+    from mrlfads.data_loaders.manifest import DatasetManifest
 
 __all__ = ["KINDS", "OBS_MODELS", "SimConfig", "SimulatedData", "check_out", "generate", "preset",
            "simulate"]
@@ -26,7 +26,7 @@ def simulate(kind: str, *, out: str | os.PathLike, trials: int | None = None, se
 
     ``progress(step, total, loss)`` follows the network's training; ``on_generated(data)``
     sees the `SimulatedData` before it is written (timings, the drawn spikes)."""
-    from data_loaders.writer import write_dataset
+    from mrlfads.data_loaders.writer import write_dataset
 
     check_out(out, overwrite)
     data = generate(kind, trials=trials, seed=seed, obs=obs, smoke_test=smoke_test,
@@ -40,6 +40,6 @@ def simulate(kind: str, *, out: str | os.PathLike, trials: int | None = None, se
 def check_out(out: str | os.PathLike, overwrite: bool) -> None:
     """Fail before minutes of training where the write would fail after them: a dataset
     already there without overwrite, a folder of other files, or a killed run's leftovers."""
-    from data_loaders.writer import check_target
+    from mrlfads.data_loaders.writer import check_target
 
     check_target(out, overwrite)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from data_loaders.simulate.train import TrainConfig
+from mrlfads.data_loaders.simulate.train import TrainConfig
 
 STEP_S = 0.02  # duration of one step of every simulated network
 

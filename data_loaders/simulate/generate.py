@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_loaders.manifest import RegionSpec
-from data_loaders.simulate import memory_ring, observe, random_nets, relay_decision
-from data_loaders.simulate.config import OBS_MODELS, STEP_S, SimConfig, preset
-from data_loaders.simulate.network import MultiRegionRNN, run_trials, to_npz
-from data_loaders.simulate.train import Progress, TaskBatch, single_thread, train_network
+from mrlfads.data_loaders.manifest import RegionSpec
+from mrlfads.data_loaders.simulate import memory_ring, observe, random_nets, relay_decision
+from mrlfads.data_loaders.simulate.config import OBS_MODELS, STEP_S, SimConfig, preset
+from mrlfads.data_loaders.simulate.network import MultiRegionRNN, run_trials, to_npz
+from mrlfads.data_loaders.simulate.train import Progress, TaskBatch, single_thread, train_network
 
 FAMILIES = {"memory-ring": memory_ring, "relay-decision": relay_decision, "random": random_nets}
 _STREAMS = ("network", "weights", "train_tasks", "train_noise", "trials", "trial_noise",

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data_loaders.simulate.config import SimConfig
-from data_loaders.simulate.network import NetworkSpec, Pathway, slices
-from data_loaders.simulate.train import Family, TaskBatch, masked_mse
+from mrlfads.data_loaders.simulate.config import SimConfig
+from mrlfads.data_loaders.simulate.network import NetworkSpec, Pathway, slices
+from mrlfads.data_loaders.simulate.train import Family, TaskBatch, masked_mse
 
 RANKS = (2, 3, 4)
 BUFFER = 5

@@ -19,10 +19,10 @@ from collections import deque
 
 import numpy as np
 
-from data_loaders.simulate.config import SimConfig
-from data_loaders.simulate.network import NetworkSpec, Pathway
-from data_loaders.simulate.relay_decision import timings
-from data_loaders.simulate.train import Family, TaskBatch, readout_loss
+from mrlfads.data_loaders.simulate.config import SimConfig
+from mrlfads.data_loaders.simulate.network import NetworkSpec, Pathway
+from mrlfads.data_loaders.simulate.relay_decision import timings
+from mrlfads.data_loaders.simulate.train import Family, TaskBatch, readout_loss
 
 TASKS = ("go", "anti_go", "delayed_decision", "multisensory", "categorisation")
 GROUPS = {"stim1": [0], "stim2": [1], "context": list(range(2, 3 + len(TASKS)))}  # global channels

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data_loaders.simulate.config import SimConfig
-from data_loaders.simulate.network import NetworkSpec, Pathway
-from data_loaders.simulate.train import Family, TaskBatch, masked_mse
+from mrlfads.data_loaders.simulate.config import SimConfig
+from mrlfads.data_loaders.simulate.network import NetworkSpec, Pathway
+from mrlfads.data_loaders.simulate.train import Family, TaskBatch, masked_mse
 
 NAMES = ("upstream", "downstream")
 ALPHA = 0.2

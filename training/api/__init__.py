@@ -5,11 +5,11 @@ notebook and the command line run the same code. Importing this package is cheap
 Ray and MLflow are imported inside the functions that need them. `import mrlfads` exposes
 the same names (mrlfads/__init__.py).
 """
-from training.api.datasets import Dataset, ingest, open_dataset, simulate
-from training.api.infer import Effectome, Inference
-from training.api.models import Model, fit, load
-from training.api.perturb import Perturbed
-from training.api.search import SweepResult, plan_sweep, promote, sweep
+from mrlfads.training.api.datasets import Dataset, ingest, open_dataset, simulate
+from mrlfads.training.api.infer import Effectome, Inference
+from mrlfads.training.api.models import Model, fit, load
+from mrlfads.training.api.perturb import Perturbed
+from mrlfads.training.api.search import SweepResult, plan_sweep, promote, sweep
 
 __all__ = ["Dataset", "Effectome", "Inference", "Model", "Perturbed", "SweepResult", "fit",
            "ingest", "load", "open_dataset", "plan_sweep", "promote", "simulate", "sweep"]

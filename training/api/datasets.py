@@ -17,7 +17,7 @@ class Dataset:
     how it was made (simulate: the network's training, the spike rates; ingest: warnings)."""
 
     def __init__(self, arrow: Any, summary: dict[str, Any] | None = None) -> None:
-        self.arrow = arrow  # data_loaders.reader.ArrowDataset
+        self.arrow = arrow  # mrlfads.data_loaders.reader.ArrowDataset
         self.summary: dict[str, Any] = dict(summary or {})
 
     @property
@@ -58,7 +58,7 @@ def open_dataset(source: Dataset | str | os.PathLike) -> Dataset:
     """The dataset at ``source`` (reads and validates ``dataset.json`` only: cheap)."""
     if isinstance(source, Dataset):
         return source
-    from data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.reader import ArrowDataset
 
     return Dataset(ArrowDataset.open(source))
 
@@ -76,7 +76,7 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
     and for Poisson spikes the mean rate per bin and the mean count drawn."""
     import numpy as np
 
-    from data_loaders.simulate import simulate as write_simulation
+    from mrlfads.data_loaders.simulate import simulate as write_simulation
 
     summary: dict[str, Any] = {}
 
@@ -106,12 +106,12 @@ def ingest(files: str | os.PathLike | Sequence[str | os.PathLike], out: str | os
     """Bin the spike times of one or more NWB sessions into trials and write one Arrow
     dataset at ``out``; every file is validated first and a failed ingest writes nothing.
 
-    ``options`` are the fields of ``data_loaders.nwb.IngestOptions`` (``bin_ms``, ``align``,
+    ``options`` are the fields of ``mrlfads.data_loaders.nwb.IngestOptions`` (``bin_ms``, ``align``,
     ``window=(start_s, stop_s)``, ``regions``, ``heldout``, ``perturb_column``, ...: the
     flags of ``mrlfads ingest`` with ``_`` for ``-``). The summary holds the warnings."""
-    from data_loaders.errors import IngestError
-    from data_loaders.nwb import IngestOptions
-    from data_loaders.nwb import ingest as write_ingest
+    from mrlfads.data_loaders.errors import IngestError
+    from mrlfads.data_loaders.nwb import IngestOptions
+    from mrlfads.data_loaders.nwb import ingest as write_ingest
 
     known = [f.name for f in dataclasses.fields(IngestOptions)]
     unknown = sorted(set(options) - set(known))

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from training.api.datasets import Dataset
-    from training.api.models import Model
+    from mrlfads.training.api.datasets import Dataset
+    from mrlfads.training.api.models import Model
 
 # The last dimension of each output, by key prefix; trial and time come first.
 LAST_DIM = {"rates/": "neuron", "heldout_rates/": "heldout_neuron", "factors/": "factor",
@@ -87,7 +87,7 @@ class Inference(Mapping):
 
     def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the `mrlfads infer` output directory (atomically; training/infer_io.py)."""
-        from training.infer_io import write_outputs
+        from mrlfads.training.infer_io import write_outputs
 
         e = self.effectome
         inputs = None if e.inputs_cut is None else {"cut": e.inputs_cut, "rms": e.inputs_rms}
@@ -139,13 +139,13 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
 
     from mrlfads import metrics as M
     from mrlfads.effectome import input_cut_effectome, input_rms
-    from tracking.shareable import manifest_digest, shared_manifest
-    from training.api.datasets import open_dataset
-    from training.config import check_against_data
-    from training.data import load_split
-    from training.evaluate import collect_outputs, cut_effectome_metrics, score
-    from training.infer_io import OUTPUT_PREFIXES, check_out
-    from training.loop import resolve_device
+    from mrlfads.tracking.shareable import manifest_digest, shared_manifest
+    from mrlfads.training.api.datasets import open_dataset
+    from mrlfads.training.config import check_against_data
+    from mrlfads.training.data import load_split
+    from mrlfads.training.evaluate import collect_outputs, cut_effectome_metrics, score
+    from mrlfads.training.infer_io import OUTPUT_PREFIXES, check_out
+    from mrlfads.training.loop import resolve_device
 
     if out is not None:
         check_out(out, overwrite)

@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from training.api.datasets import Dataset
-    from training.api.infer import Inference
-    from training.api.perturb import Perturbed
+    from mrlfads.training.api.datasets import Dataset
+    from mrlfads.training.api.infer import Inference
+    from mrlfads.training.api.perturb import Perturbed
 
 
 class Model:
     """A fitted MR-LFADS model with the run config it was trained under.
 
     ``module`` is the torch model (``mrlfads.model.MRLFADS``, in eval mode), ``config`` the
-    ``training.config.RunConfig``, ``manifest`` the training data's ``dataset.json`` as a
+    ``mrlfads.training.config.RunConfig``, ``manifest`` the training data's ``dataset.json`` as a
     dict, ``source`` where it was loaded from (a checkpoint path or ``models:/NAME@ALIAS``).
     Models from `fit` also carry ``history`` (one metrics dict per epoch), ``out`` (the run
     directory) and ``run_id`` (the MLflow run, when tracked)."""
@@ -39,7 +39,7 @@ class Model:
               out: str | os.PathLike | None = None, overwrite: bool = False) -> Inference:
         """Rates, factors, inferred inputs and messages of every trial of ``splits``, the
         effectome and the metrics (training/api/infer.py); written to ``out`` if given."""
-        from training.api.infer import infer
+        from mrlfads.training.api.infer import infer
 
         return infer(self, dataset, samples=samples, splits=splits, seed=seed, device=device,
                      out=out, overwrite=overwrite)
@@ -53,7 +53,7 @@ class Model:
         """Predicted effect on every neuron of silencing a region's messages (``silence``),
         one pathway (``cut="SRC->DST"``) or a region's inferred inputs (``silence_inputs``)
         over trial bins ``window`` (training/api/perturb.py); written to ``out`` if given."""
-        from training.api.perturb import perturb
+        from mrlfads.training.api.perturb import perturb
 
         return perturb(self, dataset, window=window, silence=silence, cut=cut,
                        silence_inputs=silence_inputs, channels=channels, split=split,
@@ -69,13 +69,13 @@ def load(source: str | os.PathLike, *, tracking_uri: str | None = None) -> Model
     """A model from a checkpoint file, a run directory (its ``best.pt``) or a registered
     model ``models:/NAME@ALIAS`` (downloaded from MLflow at ``tracking_uri``)."""
     from mrlfads.files import BEST
-    from training.checkpoint import load_model
-    from training.config import RunConfig
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.config import RunConfig
 
     source = os.fspath(source)
     path = source
     if source.startswith("models:/"):
-        from tracking.registry import download_checkpoint
+        from mrlfads.tracking.registry import download_checkpoint
 
         path = str(download_checkpoint(source, tracking_uri=tracking_uri))
     elif os.path.isdir(source):
@@ -100,15 +100,15 @@ def fit(dataset: Dataset | str | os.PathLike, *, config: str | os.PathLike | Map
     ``overrides`` set single fields, ``{"train.lr": 1e-3}`` or ``["train.lr=1e-3"]``
     (docs/API.md). ``epochs`` stretches the default ramps to fit; ``resume`` continues
     ``out/last.pt`` under its saved config. ``tracking`` logs the run to MLflow.
-    A NaN or inf loss raises ``training.loop.NonFiniteLossError`` naming the checkpoint
+    A NaN or inf loss raises ``mrlfads.training.loop.NonFiniteLossError`` naming the checkpoint
     to resume from."""
     from mrlfads.files import BEST, LAST
-    from training import checkpoint as ckpt
-    from training.api.datasets import open_dataset
-    from training.config import RunConfig, fit_ramps, load_config_file
-    from training.fit import fit as train_epochs
-    from training.loop import Trainer
-    from training.tracking_glue import open_run_tracker, save_run_id
+    from mrlfads.training import checkpoint as ckpt
+    from mrlfads.training.api.datasets import open_dataset
+    from mrlfads.training.config import RunConfig, fit_ramps, load_config_file
+    from mrlfads.training.fit import fit as train_epochs
+    from mrlfads.training.loop import Trainer
+    from mrlfads.training.tracking_glue import open_run_tracker, save_run_id
 
     data = open_dataset(dataset)
     sets = _overrides(overrides)
@@ -145,11 +145,11 @@ def fit(dataset: Dataset | str | os.PathLike, *, config: str | os.PathLike | Map
     try:
         train_epochs(trainer, out, tracker=tracker, progress=progress)
         if tracker is not None:
-            from training.report_figures import log_model_figures
+            from mrlfads.training.report_figures import log_model_figures
 
             log_model_figures(tracker.log_artifact, trainer.model, data.arrow, trainer.cfg)
             if (out / BEST).is_file():  # what `mrlfads promote --run` registers
-                from tracking.registry import log_run_checkpoint
+                from mrlfads.tracking.registry import log_run_checkpoint
 
                 log_run_checkpoint(tracker.log_artifact, out / BEST)
                 run_id = tracker.active_run_id
@@ -174,7 +174,7 @@ def _overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict[str,
         return {}
     if isinstance(overrides, Mapping):
         return dict(overrides)
-    from training.yaml12 import parse_sets
+    from mrlfads.training.yaml12 import parse_sets
 
     if isinstance(overrides, str):
         overrides = [overrides]

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from training.api.datasets import Dataset
-    from training.api.models import Model
+    from mrlfads.training.api.datasets import Dataset
+    from mrlfads.training.api.models import Model
 
 EFFECTS_FILE = "effects.npz"
 REPORT_FILE = "report.json"
@@ -45,7 +45,7 @@ class Perturbed:
 
     def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """report.json, effects.npz and (with measured effects) the scatter, all or nothing."""
-        from training.infer_io import check_out
+        from mrlfads.training.infer_io import check_out
 
         out = Path(out)
         check_out(out, overwrite)
@@ -152,13 +152,13 @@ def perturb(model: Model, dataset: Dataset | str | os.PathLike, *,
     """Run one perturbation on the trials of ``split`` (module docstring); ``out``, if
     given, is checked before any work and written at the end."""
     from mrlfads.inference import perturbation_effects
-    from training.api.datasets import open_dataset
-    from training.config import check_against_data
-    from training.data import load_split
-    from training.loop import resolve_device
+    from mrlfads.training.api.datasets import open_dataset
+    from mrlfads.training.config import check_against_data
+    from mrlfads.training.data import load_split
+    from mrlfads.training.loop import resolve_device
 
     if out is not None:
-        from training.infer_io import check_out
+        from mrlfads.training.infer_io import check_out
 
         check_out(out, overwrite)
     data_set = open_dataset(dataset)
@@ -208,7 +208,7 @@ def measured_effects(dataset, control, start: int, tau: int, device) -> dict:
     tau..T-1, and ``measured/<r>`` (N,) the mean of its magnitude from ``start`` on."""
     import torch
 
-    from training.data import load_split
+    from mrlfads.training.data import load_split
 
     perturbed = load_split(dataset, "perturbed", device)
 
@@ -247,12 +247,12 @@ def _write(out: Path, report: dict, arrays: dict, names: list[str], overwrite: b
     """report.json, effects.npz and (with measured effects) the scatter, all or nothing."""
     import numpy as np
 
-    from training.infer_io import _json_safe, staged_dir
+    from mrlfads.training.infer_io import _json_safe, staged_dir
 
     with staged_dir(out, overwrite) as tmp:
         body = dict(report, effects_file=EFFECTS_FILE)
         if "rank_correlation" in report:
-            from tracking.figures import perturbation_scatter
+            from mrlfads.tracking.figures import perturbation_scatter
 
             rho = {**report["rank_correlation_by_region"], "all": report["rank_correlation"]}
             p = report["perturbation"]

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from training.api.datasets import Dataset
-    from training.api.models import Model
-    from training.sweep import SweepPlan, SweepSummary
+    from mrlfads.training.api.datasets import Dataset
+    from mrlfads.training.api.models import Model
+    from mrlfads.training.sweep import SweepPlan, SweepSummary
 
 
 @dataclass
@@ -31,7 +31,7 @@ class SweepResult:
 
     def best_model(self) -> Model:
         """The best trial's checkpoint as a `Model`."""
-        from training.api.models import load
+        from mrlfads.training.api.models import load
 
         if not self.summary.checkpoint:
             raise ValueError(f"sweep {self.plan.name!r}: no trial finished with a checkpoint")
@@ -39,7 +39,7 @@ class SweepResult:
             return load(path)
 
     def __str__(self) -> str:
-        from training.sweep import format_summary
+        from mrlfads.training.sweep import format_summary
 
         return format_summary(self.summary)
 
@@ -51,9 +51,9 @@ def plan_sweep(data: Dataset | str | os.PathLike | None = None, *,
                smoke_test: bool = False, resume: bool = False) -> SweepPlan:
     """The sweep's plan, validated against the data and the space; no Ray yet. With
     ``resume``, the plan stored for sweep ``name`` under ``storage``."""
-    from training import sweep
-    from training.api.models import _overrides
-    from training.config import load_config_file
+    from mrlfads.training import sweep
+    from mrlfads.training.api.models import _overrides
+    from mrlfads.training.config import load_config_file
 
     if resume:
         if not name:
@@ -79,7 +79,7 @@ def sweep(data: Dataset | str | os.PathLike | SweepPlan | None = None, *,
     Ray on 127.0.0.1 by default, the cluster at ``address`` otherwise. ``data`` may be a
     plan from `plan_sweep`. Prints one line naming the sweep, then Tune's table of trials
     (``verbose=0``: none); ``tracking`` logs every trial to MLflow."""
-    from training import sweep as sweeps
+    from mrlfads.training import sweep as sweeps
 
     if address is None:
         sweeps.local_ray_on_loopback()  # before anything imports ray
@@ -101,10 +101,10 @@ def _tracking_callbacks(plan, tracking_uri: str | None) -> list:
     """Tune callbacks that log the sweep to MLflow (tracking/tune_callback.py); each trial's
     run gets its model's figures when it ends (training/report_figures.py)."""
     try:
-        from tracking.tune_callback import sweep_callbacks
+        from mrlfads.tracking.tune_callback import sweep_callbacks
     except ImportError:
         return []
-    from training.report_figures import checkpoint_figures
+    from mrlfads.training.report_figures import checkpoint_figures
 
     return list(sweep_callbacks(plan, tracking_uri=tracking_uri,
                                 trial_figures=checkpoint_figures))
@@ -114,7 +114,7 @@ def _tracking_callbacks(plan, tracking_uri: str | None) -> list:
 def local_checkpoint(path: str):
     """A local checkpoint file for a Tune checkpoint directory (local or s3://...). A path
     under the home directory is tagged ``~/...`` (tracking/shareable.py)."""
-    from training.checkpoint import CHECKPOINT_NAME
+    from mrlfads.training.checkpoint import CHECKPOINT_NAME
 
     path = os.path.expanduser(path) if path.startswith("~") else path
     if os.path.isfile(path):
@@ -136,8 +136,8 @@ def promote(sweep: str | None = None, *, run: str | None = None, name: str | Non
     version of an MLflow model (default ``mrlfads-<sweep>`` or ``mrlfads-<run name>``) and
     point ``alias`` at it. Returns the registry's answer (``.name``, ``.version``, ``.uri``:
     load it with `load`). ``echo`` gets the progress lines."""
-    from tracking.errors import TrackingError
-    from tracking.registry import find_best_trial
+    from mrlfads.tracking.errors import TrackingError
+    from mrlfads.tracking.registry import find_best_trial
 
     echo = echo or _say
     if (sweep is None) == (run is None):
@@ -167,9 +167,9 @@ def _promote_run(run_id: str, *, name, alias, tracking_uri, echo):
 
     from mlflow.tracking import MlflowClient
 
-    from tracking.registry import download_run_checkpoint, find_run
-    from tracking.store import resolve_tracking_uri
-    from training import checkpoint as ckpt
+    from mrlfads.tracking.registry import download_run_checkpoint, find_run
+    from mrlfads.tracking.store import resolve_tracking_uri
+    from mrlfads.training import checkpoint as ckpt
 
     best = find_run(run_id, tracking_uri=tracking_uri)
     run = MlflowClient(resolve_tracking_uri(tracking_uri)).get_run(run_id)
@@ -198,8 +198,8 @@ def _say(text: str) -> None:
 
 
 def _register(sweep, best, path, name, alias, tracking_uri):
-    from tracking.registry import promote as register
-    from training.checkpoint import load_model
+    from mrlfads.tracking.registry import promote as register
+    from mrlfads.training.checkpoint import load_model
 
     model, run_cfg, manifest = load_model(path)
     done = register(sweep, best, model=model, run_cfg=run_cfg, manifest=manifest,
@@ -208,7 +208,7 @@ def _register(sweep, best, path, name, alias, tracking_uri):
 
 
 def _echo_metrics(best, echo) -> None:
-    from tracking.registry import KEY_METRICS
+    from mrlfads.tracking.registry import KEY_METRICS
 
     for key in (k for k in KEY_METRICS if k in best.metrics and k not in (best.metric, "epoch")):
         echo(f"  {key} = {best.metrics[key]:.6g}")
@@ -218,10 +218,10 @@ def _log_figures(run_id: str, model, run_cfg: dict, tracking_uri: str | None, ec
     """Effectome, rates and messages of the promoted model, on its trial's run."""
     from mlflow import MlflowClient
 
-    from data_loaders.reader import ArrowDataset
-    from tracking.store import resolve_tracking_uri
-    from training.config import RunConfig
-    from training.report_figures import log_model_figures
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.tracking.store import resolve_tracking_uri
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.report_figures import log_model_figures
 
     cfg = RunConfig.from_dict(run_cfg)
     try:

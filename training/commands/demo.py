@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _step(title: str, argv: list[str]) -> None:
-    from training.cli import main
+    from mrlfads.training.cli import main
 
     print(f"\n=== {title}\n$ mrlfads {' '.join(argv)}", flush=True)
     code = main(argv)
@@ -32,8 +32,8 @@ def _step(title: str, argv: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_loaders.nwb.export import dataset_to_nwb
-    from data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.nwb.export import dataset_to_nwb
+    from mrlfads.data_loaders.reader import ArrowDataset
 
     work = Path(args.workdir)
     for sub in ("sim", "data", "infer", "session.nwb"):

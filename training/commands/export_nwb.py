@@ -37,7 +37,7 @@ def _read_json(path: Path, what: str) -> dict:
 
 def matching_source(manifest: dict, nwb_path: str, infer_dir: str) -> tuple[int, dict]:
     """(index, entry) of the ingest source that is byte for byte ``nwb_path``."""
-    from data_loaders.nwb.read import sha256_file
+    from mrlfads.data_loaders.nwb.read import sha256_file
 
     prov = manifest.get("provenance") or {}
     sources = [s for s in prov.get("sources") or [] if isinstance(s, dict)]
@@ -75,9 +75,9 @@ def source_trial_ids(sources: list[dict], k: int) -> tuple[int, set[int]]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from data_loaders.nwb.results import NWBResults, ResultSeries, write_results_nwb
-    from tracking.shareable import shared_uri
-    from training.infer_io import read_outputs
+    from mrlfads.data_loaders.nwb.results import NWBResults, ResultSeries, write_results_nwb
+    from mrlfads.tracking.shareable import shared_uri
+    from mrlfads.training.infer_io import read_outputs
 
     infer = Path(args.infer)
     out = Path(args.out)

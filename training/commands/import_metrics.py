@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracking.outbox import import_outbox
+    from mrlfads.tracking.outbox import import_outbox
 
     total = 0
     for path in args.outbox:

@@ -34,7 +34,7 @@ def _samples(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.api import load
+    from mrlfads.training.api import load
 
     model = load(args.model, tracking_uri=args.tracking_uri)
     result = model.infer(args.data, samples=args.samples, splits=args.splits, seed=args.seed,

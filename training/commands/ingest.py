@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.api import ingest
+    from mrlfads.training.api import ingest
 
     heldout = args.heldout
     if heldout is not None and heldout >= 1 and heldout == int(heldout):

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.api import load
+    from mrlfads.training.api import load
 
     model = load(args.model, tracking_uri=args.tracking_uri)
     result = model.perturb(args.data, window=args.window, silence=args.silence, cut=args.cut,

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.api import promote
+    from mrlfads.training.api import promote
 
     done = promote(args.sweep, run=args.run, name=args.name, metric=args.metric, mode=args.mode,
                    alias=args.alias, tracking_uri=args.tracking_uri)

@@ -40,8 +40,8 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.loop import resolve_device
-    from training.report import ReportOptions, kind_of, parse_neurons, write_report
+    from mrlfads.training.loop import resolve_device
+    from mrlfads.training.report import ReportOptions, kind_of, parse_neurons, write_report
 
     kind = kind_of(args.path)  # bad paths fail before anything heavy loads
     try:

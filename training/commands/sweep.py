@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def make_plan(args: argparse.Namespace):
     """The sweep's plan from the command line (no Ray yet): a new one, or the one --resume
     continues; --set and --config values are read as YAML 1.2 (training/yaml12.py)."""
-    from training.api import plan_sweep
-    from training.yaml12 import parse_sets
+    from mrlfads.training.api import plan_sweep
+    from mrlfads.training.yaml12 import parse_sets
 
     return plan_sweep(args.data, space=args.space, name=args.name, storage=args.storage,
                       config=args.config, overrides=parse_sets(args.set),
@@ -42,7 +42,7 @@ def make_plan(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.api import sweep
+    from mrlfads.training.api import sweep
 
     result = sweep(make_plan(args), resume=args.resume, address=args.address,
                    tracking=not args.no_tracking, tracking_uri=args.tracking_uri,

@@ -44,9 +44,9 @@ def _epochs(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.api import fit
-    from training.loop import NonFiniteLossError
-    from training.yaml12 import parse_sets
+    from mrlfads.training.api import fit
+    from mrlfads.training.loop import NonFiniteLossError
+    from mrlfads.training.yaml12 import parse_sets
 
     try:
         model = fit(args.data, config=args.config, out=args.out, overrides=parse_sets(args.set),

@@ -17,10 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracking.errors import TrackingError
-    from tracking.redact import redact_uri
-    from tracking.server import start_server
-    from tracking.store import artifact_root_for, resolve_tracking_uri
+    from mrlfads.tracking.errors import TrackingError
+    from mrlfads.tracking.redact import redact_uri
+    from mrlfads.tracking.server import start_server
+    from mrlfads.tracking.store import artifact_root_for, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     _end_dead_runs(uri)
@@ -47,8 +47,8 @@ def _end_dead_runs(uri: str) -> None:
     """Runs left RUNNING by a process that is gone show as KILLED (tracking/liveness.py)."""
     from mlflow.tracking import MlflowClient
 
-    from tracking.liveness import end_dead_runs
-    from tracking.outbox import is_outage
+    from mrlfads.tracking.liveness import end_dead_runs
+    from mrlfads.tracking.outbox import is_outage
 
     try:
         ended = end_dead_runs(MlflowClient(uri))
