@@ -38,7 +38,7 @@ def _checkout_root() -> _Path | None:
 
 
 if (_root := _checkout_root()) is not None:
-    __path__.append(str(_root))  # noqa: F821 (the import system defines it)
+    __path__.append(str(_root))
 
 
 def __getattr__(name: str):

@@ -23,7 +23,7 @@ from mrlfads import native
 from mrlfads.config import ModelConfig
 from mrlfads.config_utils import from_dict
 from mrlfads.layers import posterior_var, unit_columns
-from mrlfads.loss import compute_loss  # noqa: F401  (re-exported: the model's loss)
+from mrlfads.loss import compute_loss
 from mrlfads.outputs import ModelOutput
 from mrlfads.params import ModelParams
 from mrlfads.recurrence import GRUSequence, LoopSpec, Recurrence, apply_float32

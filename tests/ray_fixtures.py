@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Ray reads this when it is first imported, which a test module may do before any fixture
 # runs: set here (plugin load, before collection), the session cluster and every driver that
 # joins it agree on 127.0.0.1, as they do under the CLI.
-from mrlfads.training.sweep import local_ray_on_loopback  # noqa: E402  (imports no ray)
+from mrlfads.training.sweep import local_ray_on_loopback
 
 local_ray_on_loopback()
 

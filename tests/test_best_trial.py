@@ -8,10 +8,11 @@ import pytest
 
 pytest.importorskip("ray")
 
-from mrlfads.ramps import RAMPS_DONE, best_trial  # noqa: E402
-from mrlfads.tracking.memory import InMemoryTracker, MemoryStore  # noqa: E402
-from mrlfads.tracking.tune_callback import MlflowTuneCallback  # noqa: E402
-from mrlfads.training import sweep  # noqa: E402
+from mrlfads.tracking.memory import InMemoryTracker, MemoryStore
+from mrlfads.tracking.tune_callback import MlflowTuneCallback
+from mrlfads.training import sweep
+
+from mrlfads.ramps import RAMPS_DONE, best_trial
 
 # trial -> (last metrics, failed): c has the lowest objective but ended in error; d's last
 # epoch came before its ramps had finished; a and b tie, and a wins as the smaller id

@@ -14,10 +14,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-import mrlfads
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.training.cli import main
+
+import mrlfads
 
 ROOT = Path(__file__).resolve().parents[1]
 POISON = "raise ImportError('the user\\'s own {name} was imported instead of mrlfads.{name}')\n"

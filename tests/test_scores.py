@@ -6,10 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.special import gammaln
-
 from mrlfads.data_loaders.testing import make_tiny_dataset
-from mrlfads import metrics as M
 from mrlfads.training.cli import main
 from mrlfads.training.config import RunConfig
 from mrlfads.training.data import load_split
@@ -17,6 +14,9 @@ from mrlfads.training.evaluate import collect_outputs, score
 from mrlfads.training.infer_io import read_outputs
 from mrlfads.training.loop import Trainer
 from mrlfads.training.sweep import SweepSummary, format_summary
+from scipy.special import gammaln
+
+from mrlfads import metrics as M
 
 LN2 = math.log(2.0)
 

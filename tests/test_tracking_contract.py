@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from mrlfads.tracking.errors import TrackingError
 from mrlfads.tracking.memory import InMemoryTracker
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-
 from mrlfads.tracking.lineage import best_path
 
 DPI = 100

@@ -20,8 +20,8 @@ from typing import Any
 from mrlfads.tracking.errors import TrackingError
 from mrlfads.tracking.interface import PARENT_TAG, Tracker, check_status, param_str
 from mrlfads.tracking.liveness import owner_tags
-from mrlfads.tracking.redact import redact_text, redact_uri
 from mrlfads.tracking.outbox import Delivery, Outbox, is_outage, new_pending_key
+from mrlfads.tracking.redact import redact_text, redact_uri
 from mrlfads.tracking.store import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class MlflowTracker(Tracker):
             self._monitor = SystemMetricsMonitor(run_id, resume_logging=resume,
                                                  tracking_uri=self.delivery.client.tracking_uri)
             self._monitor.start()
-        except Exception as exc:  # noqa: BLE001 - system metrics are a nicety
+        except Exception as exc:
             log.warning("system metrics not started: %s", exc)
             self._monitor = None
 
@@ -200,7 +200,7 @@ class MlflowTracker(Tracker):
         if self._monitor is not None:
             try:
                 self._monitor.finish()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("system metrics did not stop cleanly: %s", exc)
             self._monitor = None
         self._submit({"op": "end_run", "run": self._active(), "status": status, "end_time": _now_ms()})

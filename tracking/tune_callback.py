@@ -35,18 +35,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray.tune.logger import LoggerCallback
-
-from mrlfads.config_utils import to_dict
-from mrlfads.ramps import best_trial
 from mrlfads.tracking import figures
 from mrlfads.tracking.inputs import dataset_input
 from mrlfads.tracking.interface import Tracker, flatten
 from mrlfads.tracking.lineage import changed, last_policy_line, lineage, orig_tag
 from mrlfads.tracking.redact import redact_text, redact_uri, same_store_from_env
 from mrlfads.tracking.revision import revision_tags
-from mrlfads.tracking.shareable import (DIGEST_PARAM, contract_home, home_relative, manifest_digest,
-                                shared_manifest, shared_run_config, shared_uri)
+from mrlfads.tracking.shareable import (
+    DIGEST_PARAM,
+    contract_home,
+    home_relative,
+    manifest_digest,
+    shared_manifest,
+    shared_run_config,
+    shared_uri,
+)
+from ray.tune.logger import LoggerCallback
+
+from mrlfads.config_utils import to_dict
+from mrlfads.ramps import best_trial
 
 log = logging.getLogger(__name__)
 OUTBOX_NAME = "tracking-outbox.jsonl"
@@ -70,7 +77,7 @@ def _safe(hook):
     def wrapper(self, *args, **kwargs):
         try:
             return hook(self, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("MLflow tracking: %s failed (%s: %s); the sweep goes on",
                         hook.__name__, type(exc).__name__, redact_text(str(exc)))
             return None
@@ -182,7 +189,7 @@ class MlflowTuneCallback(LoggerCallback):
                 return []
             flt = " and ".join(f"tags.`{k.replace('__', '.')}` = '{v}'" for k, v in tags.items())
             return delivery.client.search_runs([exp.experiment_id], flt, order_by=["attributes.start_time DESC"])
-        except Exception as exc:  # noqa: BLE001 - resume is best effort during an outage
+        except Exception as exc:
             log.warning("could not look up earlier runs of sweep %s: %s", self.sweep, exc)
             return []
 
@@ -345,7 +352,7 @@ class MlflowTuneCallback(LoggerCallback):
         if not text:
             try:
                 text = str(trial.get_error() or "")
-            except Exception:  # noqa: BLE001
+            except Exception:
                 text = ""
         return text or "trial failed (no error text recorded)"
 
@@ -358,7 +365,7 @@ class MlflowTuneCallback(LoggerCallback):
                 for png in self.trial_figures(path, Path(self._tmp.name, tid, "figures")):
                     t.log_artifact(str(png), "figures")
                 return
-            except Exception as exc:  # noqa: BLE001 - figures must not cost the trial's run
+            except Exception as exc:
                 log.warning("MLflow tracking: the figures of trial %s failed (%s: %s); logging "
                             "its effectome from the metrics instead", tid, type(exc).__name__,
                             redact_text(str(exc)))
@@ -401,7 +408,7 @@ class MlflowTuneCallback(LoggerCallback):
             try:
                 if not t.flush():
                     left.append(t)
-            except Exception as exc:  # noqa: BLE001 - a refused op was dropped; go on
+            except Exception as exc:
                 log.warning("MLflow tracking: delivering a finished trial's outbox failed: %s", exc)
         self.outbox_files = [str(t.outbox.path) for t in left if t.outbox.path is not None]
         for t in left:

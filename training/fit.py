@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from mrlfads.training import faults
+from mrlfads.training.loop import NonFiniteLossError, Trainer
 
 from mrlfads.files import BEST, LAST
 from mrlfads.ramps import selectable
-from mrlfads.training import faults
-from mrlfads.training.loop import NonFiniteLossError, Trainer
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
@@ -100,7 +100,13 @@ def _status(m: dict[str, float]) -> str:
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

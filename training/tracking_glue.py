@@ -12,7 +12,6 @@ from typing import Any
 
 from mrlfads.tracking.interface import Tracker, flatten, param_str
 
-
 RUN_FILE = "tracking.json"  # in the run directory: which MLflow run --resume reopens
 
 
@@ -31,14 +30,19 @@ def open_run_tracker(experiment: str, run_name: str, run_cfg: Any, manifest: Any
     from mrlfads.tracking.mlflow_tracker import MlflowTracker
     from mrlfads.tracking.outbox import is_outage
     from mrlfads.tracking.revision import revision_tags
-    from mrlfads.tracking.shareable import (DIGEST_PARAM, DIGEST_TAG, manifest_digest, shared_manifest,
-                                    shared_run_config)
+    from mrlfads.tracking.shareable import (
+        DIGEST_PARAM,
+        DIGEST_TAG,
+        manifest_digest,
+        shared_manifest,
+        shared_run_config,
+    )
 
     outbox = Path(out_dir) / "outbox.jsonl" if out_dir is not None else None
     tracker = MlflowTracker(tracking_uri, outbox_path=outbox, system_metrics=True)
     try:
         end_dead_runs(tracker.delivery.client)
-    except Exception as exc:  # noqa: BLE001 - an unreachable store must not stop training
+    except Exception as exc:
         if not is_outage(exc):
             raise
     # what leaves the machine names the data by folder name + manifest digest, never by a

@@ -72,7 +72,7 @@ Loader.add_constructor(_FLOAT, _construct_float)
 
 def load(text: str) -> Any:
     """Parse a YAML document with the YAML 1.2 core schema (raises ``yaml.YAMLError``)."""
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - Loader is a SafeLoader
+    return yaml.load(text, Loader=Loader)
 
 
 def parse_value(text: str, where: str = "value") -> Any:

@@ -55,6 +55,7 @@ def ceilings(path: Path) -> dict[str, float]:
     """What the spikes allow: co-bps of the true rates, and a ridge decoder's R^2 from the
     source's and target's spikes at lags -1..+5 bins to each true message (half/half)."""
     from mrlfads.data_loaders.reader import ArrowDataset
+
     from mrlfads import metrics as M
 
     ds = ArrowDataset.open(path)
@@ -89,12 +90,12 @@ def _ridge_r2(X: np.ndarray, Y: np.ndarray, lam: float = 10.0) -> float:
 def score(checkpoint: str, path: Path) -> dict[str, float]:
     """The metrics of a saved model on the validation trials, as training logs them."""
     import torch
-
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.training.checkpoint import load_model
     from mrlfads.training.config import RunConfig
     from mrlfads.training.data import load_split
-    from mrlfads.training.evaluate import collect_outputs, cut_effectome_metrics, score as score_split
+    from mrlfads.training.evaluate import collect_outputs, cut_effectome_metrics
+    from mrlfads.training.evaluate import score as score_split
 
     model, run, _ = load_model(checkpoint)
     cfg = RunConfig.from_dict(run)

@@ -20,14 +20,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from mrlfads.data_loaders import fs as dfs
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.errors import DatasetError, IngestError
 from mrlfads.data_loaders.manifest import DatasetManifest, RegionSpec
 from mrlfads.data_loaders.nwb import binning, remote
 from mrlfads.data_loaders.nwb.options import IngestOptions
-from mrlfads.data_loaders.nwb.plan import FilePlan, check_window, load_region_map, plan_file, resolve_window
+from mrlfads.data_loaders.nwb.plan import (
+    FilePlan,
+    check_window,
+    load_region_map,
+    plan_file,
+    resolve_window,
+)
 from mrlfads.data_loaders.nwb.read import NWBSession, open_nwb, sha256_file
 
 

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
 from mrlfads.data_loaders.errors import IngestError
 
 SPIKE_BLOCK = 2_000_000  # spikes read per HDF5 call (~16 MB of float64)
@@ -38,7 +37,6 @@ def open_nwb(path: str | os.PathLike) -> Iterator[NWBSession]:
     or s3:// URI is streamed (data_loaders/nwb/remote.py): only what is read is fetched, and
     the session's path is the URI without credentials."""
     import pynwb
-
     from mrlfads.data_loaders.nwb import remote
 
     path = os.fspath(path)
@@ -56,14 +54,14 @@ def open_nwb(path: str | os.PathLike) -> Iterator[NWBSession]:
             io = pynwb.NWBHDF5IO(file=h5, mode="r")
         else:
             io = pynwb.NWBHDF5IO(path, "r")
-    except Exception as e:  # noqa: BLE001 - h5py/hdmf raise many types for a foreign file
+    except Exception as e:
         _close(h5, fileobj)
         raise IngestError(f"{shown}: not an NWB file (cannot open it as HDF5/NWB: {type(e).__name__}: "
                           f"{_clean(e)}); pass NWB 2.x files written by pynwb or MatNWB") from None
     try:
         try:
             nwbfile = io.read()
-        except Exception as e:  # noqa: BLE001 - an HDF5 file that is not NWB fails deep inside hdmf
+        except Exception as e:
             raise IngestError(f"{shown}: not an NWB file (HDF5 but unreadable as NWB: "
                               f"{type(e).__name__}: {_clean(e)}); pass NWB 2.x files") from None
         yield NWBSession(shown, nwbfile, size)

@@ -108,7 +108,7 @@ def open_remote(uri: str) -> tuple[object, int]:
         raise
     except FileNotFoundError:
         raise IngestError(f"{shown}: no file at this URL (not found); {FIX}") from None
-    except Exception as e:  # noqa: BLE001 - urllib/pyarrow raise many types for one failure
+    except Exception as e:
         raise IngestError(f"{shown}: cannot open it remotely ({type(e).__name__}: "
                           f"{redact_text(str(e))}); {FIX}") from None
 
@@ -155,7 +155,6 @@ def _open_http(uri: str, shown: str) -> tuple[object, int]:
 
 def _open_store(uri: str, shown: str) -> tuple[object, int]:
     import pyarrow.fs as pafs
-
     from mrlfads.data_loaders import fs as dfs
     from mrlfads.tracking.redact import split_credentials
 

@@ -46,13 +46,12 @@ def run(args: argparse.Namespace) -> int:
 def _end_dead_runs(uri: str) -> None:
     """Runs left RUNNING by a process that is gone show as KILLED (tracking/liveness.py)."""
     from mlflow.tracking import MlflowClient
-
     from mrlfads.tracking.liveness import end_dead_runs
     from mrlfads.tracking.outbox import is_outage
 
     try:
         ended = end_dead_runs(MlflowClient(uri))
-    except Exception as exc:  # noqa: BLE001 - the UI still opens over a store it cannot fix
+    except Exception as exc:
         if not is_outage(exc):
             raise
         return
