@@ -25,7 +25,9 @@ NO_HELDOUT = (("A", 3, 0), ("B", 3, 0))
 
 
 def _cfg(ds, path, **train):
-    overrides = {f"train.{k}": v for k, v in train.items()}
+    """The tiny datasets are spikes, whose defaults turn coordinated dropout on (docs/MODEL.md,
+    "Defaults for spikes"): these configs start from none, unprotected."""
+    overrides = {"train.cd_rate": 0.0, **{f"train.{k}": v for k, v in train.items()}}
     return RunConfig.for_dataset(ds.manifest, uri=str(path), smoke_test=True, overrides=overrides)
 
 
@@ -249,13 +251,18 @@ def _space(hps=None, metric="objective"):
 
 def test_sweep_refuses_an_unprotected_objective_and_names_the_fix(data):
     _, p_n = data["none"]
+    no_cd = {"train.cd_rate": 0.0}
     with pytest.raises(sweep.SweepError) as exc:
-        sweep.plan_sweep(str(p_n), space=_space(), smoke_test=True)
+        sweep.plan_sweep(str(p_n), space=_space(), smoke_test=True, run_overrides=no_cd)
     msg = str(exc.value)
     assert "copy their input" in msg and "--heldout" in msg and "train.sv_rate" in msg
     plan = sweep.plan_sweep(str(p_n), space=_space(), smoke_test=True,
-                            run_overrides={"train.sv_rate": 0.1})
+                            run_overrides={**no_cd, "train.sv_rate": 0.1})
     assert plan.run.train.sv_rate == 0.1
+    # spikes start with coordinated dropout on (0.47): protected without asking
+    plan = sweep.plan_sweep(str(p_n), space=_space(), smoke_test=True)
+    assert plan.run.train.cd_rate == 0.47
+    assert "coordinated dropout" in sweep._objective_text(plan)
     # the default space searches cd_rate above 0: every trial is protected by CD
     plan = sweep.plan_sweep(str(p_n), smoke_test=True)
     assert "coordinated dropout" in sweep._objective_text(plan)
@@ -268,7 +275,8 @@ def test_sweep_refuses_ranking_on_reconstruction_even_with_heldout_neurons(data)
     _, p_h = data["heldout"]
     sweep.plan_sweep(str(p_h), space=_space(), smoke_test=True)
     with pytest.raises(sweep.SweepError, match="'valid/recon_loss', an unprotected"):
-        sweep.plan_sweep(str(p_h), space=_space(metric="valid/recon_loss"), smoke_test=True)
+        sweep.plan_sweep(str(p_h), space=_space(metric="valid/recon_loss"), smoke_test=True,
+                         run_overrides={"train.cd_rate": 0.0})
 
 
 def test_sweep_refuses_pbt_on_what_cannot_change_mid_run(data):

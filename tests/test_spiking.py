@@ -50,3 +50,27 @@ def test_default_configuration_trains_on_spikes(case, tmp_path):
     last = history[-1]
     assert last["valid/co_bps"] > 0.0, [round(h["valid/co_bps"], 4) for h in history]
     assert last["ramps_done"] == 1.0  # the stretched ramps ended inside the run
+
+
+def test_spike_counts_start_from_the_spike_defaults_and_user_values_win(tmp_path):
+    """docs/MODEL.md, "Defaults for spikes": a Poisson dataset gets POISSON_DEFAULTS, a
+    Gaussian one the dataclass defaults; a config file or --set wins over both."""
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.training.config import POISSON_DEFAULTS, LossConfig, TrainConfig
+
+    spikes = make_tiny_dataset(tmp_path / "spikes", obs_model="poisson").manifest
+    gauss = make_tiny_dataset(tmp_path / "gauss", obs_model="gaussian").manifest
+    cfg = RunConfig.for_dataset(spikes)
+    got = {"model": {"dropout": cfg.model.dropout},
+           "loss": {k: getattr(cfg.loss, k) for k in POISSON_DEFAULTS["loss"]},
+           "train": {k: getattr(cfg.train, k) for k in POISSON_DEFAULTS["train"]}}
+    assert got == POISSON_DEFAULTS
+    assert (cfg.loss.kl_ic_scale, cfg.loss.kl_com_ratio, cfg.train.lr) == (1.2e-3, 44.0, 5e-4)
+    g = RunConfig.for_dataset(gauss)
+    assert (g.loss.kl_ic_scale, g.loss.kl_co_scale, g.loss.kl_com_ratio, g.loss.l2_scale) == (
+        LossConfig.kl_ic_scale, LossConfig.kl_co_scale, LossConfig.kl_com_ratio,
+        LossConfig.l2_scale)
+    assert (g.train.lr, g.train.cd_rate) == (TrainConfig.lr, TrainConfig.cd_rate) == (4e-3, 0.0)
+    mine = RunConfig.for_dataset(spikes, user={"loss": {"kl_ic_scale": 1.0}},
+                                 overrides={"train.lr": 1e-3})
+    assert (mine.loss.kl_ic_scale, mine.train.lr, mine.loss.kl_co_scale) == (1.0, 1e-3, 1.5e-3)
