@@ -152,3 +152,17 @@ def test_nested_errors_and_a_run_config_with_every_section_wrong():
 def test_direct_construction_with_a_wrong_type_is_a_config_error_too(build):
     with pytest.raises(ConfigError, match="expected"):
         build()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "random", "--out", "x", "--bins", "1"], "argument --bins: need at least 2, got 1"),
+    (["simulate", "random", "--out", "x", "--trials", "two"],
+     "argument --trials: expected a whole number, got 'two'"),
+    (["simulate", "random", "--out", "x", "--rate-hz", "0"], "argument --rate-hz: must be > 0"),
+    (["report", "somewhere", "--trials", "0"], "argument --trials: need at least 1, got 0"),
+])
+def test_bad_numbers_on_the_command_line_name_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mrlfads.training.commands import at_least
+
 NAME = "report"
 HELP = ("write one self-contained HTML page (opens without a server) of a sweep directory or "
         "a `mrlfads train` run directory: PSTHs, rate heatmaps, latents, messages, inputs, "
@@ -20,23 +22,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neurons", action="append", default=[], metavar="REGION:I,J,...",
                    help="neurons of REGION in the PSTH figure (columns: held-in first, then "
                    "held-out; repeatable); default: the most active --n-neurons per region")
-    p.add_argument("--n-neurons", type=_positive, default=4, metavar="K",
+    p.add_argument("--n-neurons", type=at_least(1), default=4, metavar="K",
                    help="most active neurons per region in the PSTH figure (default 4)")
     p.add_argument("--perturb", action="append", default=[], metavar="DIR",
                    help="a `mrlfads perturb --out` folder to draw (repeatable)")
-    p.add_argument("--trials", type=_positive, default=256, metavar="N",
+    p.add_argument("--trials", type=at_least(1), default=256, metavar="N",
                    help="validation trials run through the model (default 256)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"need at least 1, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

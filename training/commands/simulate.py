@@ -3,56 +3,38 @@ from __future__ import annotations
 
 import argparse
 
+from mrlfads.training.commands import at_least, positive_float
+
 NAME = "simulate"
 HELP = ("Train a multi-region data-generating RNN (memory-ring, relay-decision or random) and "
         "write its trials as an Arrow dataset with true messages, inputs and rates.")
 KINDS = ("memory-ring", "relay-decision", "random")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"need at least 2 trials, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS, help="which network family to simulate")
     parser.add_argument("--out", required=True,
                         help="dataset directory to write (local path or s3://bucket/prefix)")
-    parser.add_argument("--trials", type=_positive, default=None,
+    parser.add_argument("--trials", type=at_least(2), default=None,
                         help="number of trials (default: 2048)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed: picks the network, its training and the trials (default 0)")
     parser.add_argument("--obs", choices=("gaussian", "poisson"), default="gaussian",
                         help="observations: the hidden units themselves, or Poisson spikes "
                              "drawn from them (default gaussian)")
-    parser.add_argument("--rate-hz", type=_positive_float, default=None,
+    parser.add_argument("--rate-hz", type=positive_float, default=None,
                         help="Poisson spikes: mean firing rate over units, trials and bins; "
                              "units' base rates vary log-normally around it (default 5)")
-    parser.add_argument("--bin-ms", type=_positive_float, default=None,
+    parser.add_argument("--bin-ms", type=positive_float, default=None,
                         help="bin width in ms (default 20). The networks step every 20 ms "
                              "whatever the bins: 5 or 10 ms bins split a step, 40 ms bins pool "
                              "two")
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny network and dataset (seconds), to check the pipeline")
-    parser.add_argument("--bins", type=_positive, default=None,
+    parser.add_argument("--bins", type=at_least(2), default=None,
                         help="bins per trial (default: the family's trial length, e.g. 200 "
                              "bins of 20 ms for memory-ring)")
-    parser.add_argument("--units", type=_positive, default=None,
+    parser.add_argument("--units", type=at_least(2), default=None,
                         help="units per region (default: the family's, 64)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already at --out")
