@@ -21,10 +21,11 @@ import time
 import h5py
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.data_loaders.torch_data import make_loader
 from mrlfads.data_loaders.writer import write_dataset
-from torch.utils.data import DataLoader, Dataset
 
 
 def drop_cache(files: list[str]) -> str:

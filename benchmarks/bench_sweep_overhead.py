@@ -56,6 +56,7 @@ def bare_pair(data: str, cfg_file: str | None, epochs: int) -> float:
 
 def swept(data: str, cfg_file: str | None, epochs: int) -> tuple[float, float]:
     import ray
+
     from mrlfads.search_spaces.space import SearchSpace
     from mrlfads.training import sweep
     from mrlfads.training.config import load_config_file

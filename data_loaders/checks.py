@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from mrlfads.data_loaders.errors import DatasetError
 
 _CHUNK = 64  # trials per integrality test: bounds the temporary to a slice of the array

@@ -15,6 +15,7 @@ import posixpath
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
 from mrlfads.data_loaders.errors import DatasetError
 
 ENDPOINT_VARS = ("MRLFADS_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")

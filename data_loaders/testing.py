@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.data_loaders.writer import write_dataset

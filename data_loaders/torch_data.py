@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.checks import check_observations
 from mrlfads.data_loaders.errors import DatasetError
 from mrlfads.data_loaders.manifest import DatasetManifest, ShardInfo
 from mrlfads.data_loaders.reader import ArrowDataset
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
 from mrlfads.data_loaders import fs as dfs
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.checks import check_observations

@@ -14,6 +14,7 @@ import math
 from typing import Mapping
 
 import numpy as np
+
 from mrlfads.search_spaces.errors import SearchSpaceError
 from mrlfads.search_spaces.space import Hyperparameter, SearchSpace
 

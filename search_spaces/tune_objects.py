@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mrlfads.search_spaces.errors import SearchSpaceError
-from mrlfads.search_spaces.explore import SpaceExplorer
-from mrlfads.search_spaces.space import Hyperparameter, SearchSpace
 from ray import tune
 
 from mrlfads.config_utils import get_path
+from mrlfads.search_spaces.errors import SearchSpaceError
+from mrlfads.search_spaces.explore import SpaceExplorer
+from mrlfads.search_spaces.space import Hyperparameter, SearchSpace
 
 TIME_ATTR = "epoch"  # PBT/ASHA time: finished epochs, as the Trainer reports them
 

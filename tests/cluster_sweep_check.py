@@ -19,13 +19,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 def main(data: str, storage: str) -> None:
     import ray
+    from ray import tune
+    from ray.cluster_utils import Cluster
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
     from mrlfads.search_spaces import tune_objects
     from mrlfads.search_spaces.space import Resources
     from mrlfads.training import sweep
     from mrlfads.training.trainable import trainable
-    from ray import tune
-    from ray.cluster_utils import Cluster
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     records = Path(storage) / "records"
     records.mkdir(parents=True, exist_ok=True)

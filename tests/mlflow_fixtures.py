@@ -21,6 +21,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 def mlflow_sqlite_uri(tmp_path_factory) -> str:
     """``sqlite:///.../mlruns/mlflow.db`` with migrations already run."""
     from mlflow.tracking import MlflowClient
+
     from mrlfads.tracking.store import default_tracking_uri
 
     uri = default_tracking_uri(tmp_path_factory.mktemp("mlflow_sqlite"))

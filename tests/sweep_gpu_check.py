@@ -19,9 +19,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every trial's line, not "[repeat
 
 def main(data: str, storage: str) -> None:
     import ray
-    from mrlfads.training import resources, sweep, trainable
     from ray import tune
     from ray.cluster_utils import Cluster
+
+    from mrlfads.training import resources, sweep, trainable
 
     records = Path(storage) / "records"
     records.mkdir(parents=True, exist_ok=True)

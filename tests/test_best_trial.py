@@ -8,11 +8,10 @@ import pytest
 
 pytest.importorskip("ray")
 
+from mrlfads.ramps import RAMPS_DONE, best_trial
 from mrlfads.tracking.memory import InMemoryTracker, MemoryStore
 from mrlfads.tracking.tune_callback import MlflowTuneCallback
 from mrlfads.training import sweep
-
-from mrlfads.ramps import RAMPS_DONE, best_trial
 
 # trial -> (last metrics, failed): c has the lowest objective but ended in error; d's last
 # epoch came before its ramps had finished; a and b tie, and a wins as the smaller id

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.data_loaders.writer import write_dataset
 from mrlfads.training.cli import main
@@ -65,10 +66,9 @@ def test_infer_writes_every_output_per_trial(trained, tmp_path):
     assert eff["message_rms"][1][0] == pytest.approx(rms, rel=1e-5)  # E[dst][src]
     # "matrix" is the cut effectome over every trial written (splits pooled)
     from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.effectome import cut_effectome
     from mrlfads.training.checkpoint import load_model
     from mrlfads.training.data import load_split
-
-    from mrlfads.effectome import cut_effectome
 
     model, _, _ = load_model(trained / "run" / "best.pt")
     ds = ArrowDataset.open(trained / "data")

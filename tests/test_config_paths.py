@@ -4,6 +4,9 @@ and PBT: the same key works everywhere and a wrong one gets the same message eve
 from __future__ import annotations
 
 import pytest
+
+from mrlfads.config import LossConfig, ModelConfig, RegionConfig
+from mrlfads.config_utils import ConfigError, get_path, with_overrides
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.search_spaces.space import SearchSpace
 from mrlfads.training import checkpoint as ckpt
@@ -11,9 +14,6 @@ from mrlfads.training import sweep
 from mrlfads.training.cli import build_parser, main
 from mrlfads.training.config import RunConfig
 from mrlfads.training.trainable import trial_run_config
-
-from mrlfads.config import LossConfig, ModelConfig, RegionConfig
-from mrlfads.config_utils import ConfigError, get_path, with_overrides
 
 # the line every entry point shows for a misspelt field
 UNKNOWN = ("config path 'train.lrr': no field 'lrr' in train (TrainConfig); known: ['amp', "

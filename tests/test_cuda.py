@@ -7,14 +7,14 @@ import math
 
 import pytest
 import torch
+
+from mrlfads.config import LossConfig
 from mrlfads.data_loaders.testing import make_tiny_dataset
+from mrlfads.loss import compute_loss
+from mrlfads.oracle import oracle_forward
 from mrlfads.training import checkpoint as ckpt
 from mrlfads.training.config import RunConfig
 from mrlfads.training.loop import Trainer
-
-from mrlfads.config import LossConfig
-from mrlfads.loss import compute_loss
-from mrlfads.oracle import oracle_forward
 from tests.test_model_oracle import TAU, B, assert_same_outputs, build, fast, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from mrlfads.data_loaders.errors import DatasetError, IngestError
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.data_loaders.testing import make_tiny_dataset, rewrite_shard

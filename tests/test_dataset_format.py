@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+
 from mrlfads.data_loaders import schema, writer
 from mrlfads.data_loaders.errors import DatasetError
 from mrlfads.data_loaders.manifest import DatasetManifest

@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+
 from mrlfads.search_spaces.errors import SearchSpaceError
 from mrlfads.search_spaces.explore import SpaceExplorer, explore, perturb
 from mrlfads.search_spaces.space import Hyperparameter, SearchSpace

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from mrlfads.data_loaders.nwb.export import dataset_to_nwb
 from mrlfads.training.cli import main
 from mrlfads.training.infer_io import read_outputs
@@ -148,8 +149,9 @@ def test_session_tables_copy_plain_columns_and_name_the_ones_left_out(tmp_path):
     import datetime as dt
 
     import pynwb
-    from mrlfads.data_loaders.nwb.copy_tables import copy_session_tables, new_file_from
     from pynwb.file import Subject
+
+    from mrlfads.data_loaders.nwb.copy_tables import copy_session_tables, new_file_from
 
     t0 = dt.datetime(2021, 5, 6, tzinfo=dt.timezone.utc)
     src = pynwb.NWBFile(session_description="s", identifier="src-id", session_start_time=t0,

@@ -4,6 +4,7 @@ tests/test_sweep_faults.py."""
 from __future__ import annotations
 
 import pytest
+
 from mrlfads.training import faults
 from mrlfads.training.faults import EpochSignal, FaultError, KillDriver
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from mrlfads.data_loaders.manifest import DatasetManifest
 from mrlfads.data_loaders.nwb import IngestOptions, ingest
 from mrlfads.data_loaders.reader import ArrowDataset
@@ -12,7 +13,6 @@ from mrlfads.data_loaders.testing import MSG_DIM, make_tiny_dataset
 from mrlfads.tracking.tune_callback import known_comm
 from mrlfads.training.config import RunConfig
 from mrlfads.training.loop import Trainer
-
 from tests.test_ingest import ALIGNED, make_session
 
 

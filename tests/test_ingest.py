@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+
 from mrlfads.data_loaders.nwb import IngestOptions, ingest
 from mrlfads.data_loaders.nwb.binning import bin_spikes, bin_timeseries, window_edges
 from mrlfads.data_loaders.nwb.export import write_nwb_from_arrays

@@ -4,6 +4,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+
 from mrlfads.data_loaders.errors import IngestError
 from mrlfads.data_loaders.nwb import IngestOptions, ingest
 from mrlfads.data_loaders.nwb.testing import build_nwb

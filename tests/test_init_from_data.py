@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from mrlfads.data_loaders.writer import write_dataset
-from mrlfads.training.config import RunConfig
-from mrlfads.training.loop import Trainer
 
 from mrlfads.config import ModelConfig, RegionConfig
+from mrlfads.data_loaders.writer import write_dataset
 from mrlfads.model import MRLFADS
+from mrlfads.training.config import RunConfig
+from mrlfads.training.loop import Trainer
 
 
 def _model(obs="poisson"):

@@ -7,15 +7,15 @@ import math
 
 import numpy as np
 import pytest
+
+from mrlfads.config import LossConfig, RampConfig
+from mrlfads.config_utils import ConfigError
 from mrlfads.data_loaders.testing import make_tiny_dataset
+from mrlfads.ramps import RAMPS_DONE, best_trial, selectable
 from mrlfads.training import checkpoint as ckpt
 from mrlfads.training.config import RunConfig, fit_ramps
 from mrlfads.training.fit import BEST, fit
 from mrlfads.training.loop import Trainer
-
-from mrlfads.config import LossConfig, RampConfig
-from mrlfads.config_utils import ConfigError
-from mrlfads.ramps import RAMPS_DONE, best_trial, selectable
 
 
 @pytest.fixture

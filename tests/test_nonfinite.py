@@ -13,6 +13,7 @@ import os
 import shutil
 
 import pytest
+
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.search_spaces.space import SearchSpace
 from mrlfads.training import checkpoint as ckpt
@@ -188,8 +189,9 @@ def _recovering_space(start: dict) -> tuple[SearchSpace, float]:
 def test_real_sweep_restarts_one_trial_and_fails_the_other_with_its_cause(
         run, tmp_path, ray_session, mlflow_sqlite_uri):
     from mlflow.tracking import MlflowClient
-    from mrlfads.tracking.tune_callback import MlflowTuneCallback
     from ray import tune
+
+    from mrlfads.tracking.tune_callback import MlflowTuneCallback
 
     nan_later = {"train.lr": 0.01, "loss.l2_scale": HUGE}  # NaN in epoch 3, then recovers
     nan_always = {"train.lr": 1e6, "loss.l2_scale": 1.0}  # NaN in epoch 1, whatever the step

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mrlfads.training.cli import main
-from mrlfads.training.infer_io import read_outputs
 
 import mrlfads
+from mrlfads.training.cli import main
+from mrlfads.training.infer_io import read_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,10 +14,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from mrlfads.data_loaders.testing import make_tiny_dataset
-from mrlfads.training.cli import main
 
 import mrlfads
+from mrlfads.data_loaders.testing import make_tiny_dataset
+from mrlfads.training.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 POISON = "raise ImportError('the user\\'s own {name} was imported instead of mrlfads.{name}')\n"
@@ -134,7 +134,13 @@ def test_a_source_checkout_imports_its_own_components(checkout, tmp_path):
     """What `ray job submit --working-dir .` gives each node: the checkout as the working
     directory, first on sys.path, beside (or instead of) an installed mrlfads."""
     code = ("import mrlfads, mrlfads.training.cli, mrlfads.tracking.tune_callback, "
-            "mrlfads.data_loaders.nwb, mrlfads.search_spaces.space\n" + REPORT)
+            "mrlfads.data_loaders.nwb, mrlfads.search_spaces.space\n"
+            # only the four components are mapped: the checkout root is no package
+            "import importlib.util, pkgutil\n"
+            "assert importlib.util.find_spec('mrlfads.tests') is None\n"
+            "assert importlib.util.find_spec('mrlfads.mrlfads') is None\n"
+            "walked = [m.name for m in pkgutil.walk_packages(mrlfads.__path__, 'mrlfads.')]\n"
+            "assert 'mrlfads.model' in walked and len(walked) < 100, walked\n" + REPORT)
     proc = subprocess.run([sys.executable, "-c", code], cwd=checkout, env=_env(),
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.data_loaders.writer import write_dataset
 from mrlfads.training.cli import main
@@ -136,9 +137,8 @@ def test_existing_out_is_kept_without_overwrite(trained, tmp_path, capsys):
 
 
 def test_silencing_inputs_of_a_model_without_inputs_is_refused():
-    from mrlfads.training.api.perturb import make_perturbation
-
     from mrlfads.config import ModelConfig, RegionConfig
+    from mrlfads.training.api.perturb import make_perturbation
 
     cfg = ModelConfig(regions=(RegionConfig("A", 3), RegionConfig("B", 3)), obs_model="poisson",
                       inferred_inputs=False)
@@ -148,10 +148,9 @@ def test_silencing_inputs_of_a_model_without_inputs_is_refused():
 
 def test_infer_writes_the_inferred_input_effectome(trained, tmp_path):
     from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.effectome import input_cut_effectome
     from mrlfads.training.checkpoint import load_model
     from mrlfads.training.data import load_split
-
-    from mrlfads.effectome import input_cut_effectome
 
     out = tmp_path / "infer"
     assert main(["infer", "--model", str(trained / "run" / "best.pt"), "--data",

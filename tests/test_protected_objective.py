@@ -6,9 +6,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
+from mrlfads.config_utils import ConfigError
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.data_loaders.writer import write_dataset
+from mrlfads.loss import compute_loss, observation_nll
+from mrlfads.model import MRLFADS
 from mrlfads.search_spaces.space import SearchSpace
 from mrlfads.training import sweep
 from mrlfads.training.config import RunConfig, TrainConfig
@@ -16,10 +20,6 @@ from mrlfads.training.evaluate import evaluate_split
 from mrlfads.training.loop import Trainer, UnprotectedObjectiveWarning
 from mrlfads.training.masks import sample_validation_hidden, training_inputs, validation_inputs
 from mrlfads.training.objective import resolve_objective
-
-from mrlfads.config_utils import ConfigError
-from mrlfads.loss import compute_loss, observation_nll
-from mrlfads.model import MRLFADS
 
 NO_HELDOUT = (("A", 3, 0), ("B", 3, 0))
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+
+from mrlfads import recurrence
 from mrlfads.data_loaders.testing import make_tiny_dataset
+from mrlfads.inference import posterior_means
 from mrlfads.tracking.inputs import CONTEXT_TAG
 from mrlfads.tracking.registry import RUN_CHECKPOINT
 from mrlfads.training import checkpoint as ckpt
 from mrlfads.training.cli import main
-
-from mrlfads import recurrence
-from mrlfads.inference import posterior_means
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+
 from mrlfads.data_loaders.nwb import IngestOptions, ingest
 from mrlfads.data_loaders.nwb.range_server import RangeServer
 from mrlfads.data_loaders.nwb.testing import build_nwb

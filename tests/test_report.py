@@ -11,10 +11,10 @@ import struct
 
 import numpy as np
 import pytest
+
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.writer import write_dataset
 from mrlfads.training.cli import main
-
 from tests.browser import open_page
 
 T, TAU = 12, 4

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from mrlfads import metrics as M
 from mrlfads.tracking.figures import effectome_figure, lineage_figure
 from mrlfads.tracking.fit_figures import heatmap_order
 from mrlfads.tracking.lineage import best_path
 from mrlfads.training import figure_data as fd
 from mrlfads.training.report_figures import FitView, aligned_series, choose_neurons, figure_set
-
-from mrlfads import metrics as M
 
 
 def test_condition_means_are_the_trial_means_of_each_condition():

@@ -7,6 +7,7 @@ communication matrix approaches 1. The issue asks for >= 0.9 on a reduced ring.
 from pathlib import Path
 
 import pytest
+
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.data_loaders.simulate import simulate
 from mrlfads.training.config import RunConfig, load_config_file

@@ -6,6 +6,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.special import gammaln
+
+from mrlfads import metrics as M
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.training.cli import main
 from mrlfads.training.config import RunConfig
@@ -14,9 +17,6 @@ from mrlfads.training.evaluate import collect_outputs, score
 from mrlfads.training.infer_io import read_outputs
 from mrlfads.training.loop import Trainer
 from mrlfads.training.sweep import SweepSummary, format_summary
-from scipy.special import gammaln
-
-from mrlfads import metrics as M
 
 LN2 = math.log(2.0)
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mrlfads.search_spaces.errors import SearchSpaceError
-from mrlfads.search_spaces.space import SearchSpace
-from mrlfads.training.config import RunConfig
 
 from mrlfads.config import ModelConfig, RegionConfig
 from mrlfads.config_utils import ConfigError
+from mrlfads.search_spaces.errors import SearchSpaceError
+from mrlfads.search_spaces.space import SearchSpace
+from mrlfads.training.config import RunConfig
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 

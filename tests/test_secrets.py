@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from mrlfads.tracking.redact import credentials_to_env, redact_text, redact_uri
 
 SECRET = "Hunter2xSECRETx"  # unusual enough that a hit is ours
@@ -89,6 +90,7 @@ def test_train_during_an_outage_keeps_the_password_out_of_outbox_and_stderr(
 def test_train_against_a_server_with_a_password_in_the_uri(tmp_path, clean_env, capsys,
                                                            mlflow_server):
     from mlflow.tracking import MlflowClient
+
     from mrlfads.data_loaders.testing import make_tiny_dataset
     from mrlfads.training.cli import main
 
@@ -130,6 +132,7 @@ def s3_bucket(clean_env):
 def test_s3_keys_in_the_data_uri_reach_no_config_param_or_manifest(tmp_path, s3_bucket,
                                                                    capsys, mlflow_sqlite_uri):
     from mlflow.tracking import MlflowClient
+
     from mrlfads.data_loaders.testing import make_tiny_dataset
     from mrlfads.training.cli import main
 

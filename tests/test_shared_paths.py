@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+
 from mrlfads.data_loaders.nwb import IngestOptions, ingest
 from mrlfads.data_loaders.nwb.testing import synthetic_session
 from mrlfads.tracking.memory import InMemoryTracker, MemoryStore

@@ -6,6 +6,7 @@ import io
 import numpy as np
 import pytest
 import torch
+
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.data_loaders.simulate import generate, memory_ring, preset, random_nets, simulate
 from mrlfads.data_loaders.simulate.network import MultiRegionRNN, load_npz, trial_noise

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.data_loaders.simulate import simulate
 from mrlfads.training.config import RunConfig

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from mrlfads.search_spaces import tune_objects
 from mrlfads.search_spaces.errors import SearchSpaceError
 from mrlfads.search_spaces.space import SearchSpace

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mrlfads.training import faults
 
+from mrlfads.training import faults
 from tests.ray_fixtures import RAY_CPUS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,8 +140,9 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
     """The driver dies once Tune's saved state holds 6 checkpoints (all 4 of epoch 2, and
     at least 2 of epoch 4); the state on storage is exactly the one it saved, and `--resume`
     restarts every trial from the checkpoint that state names and runs the sweep to its end."""
-    from mrlfads.training import checkpoint as ckpt
     from ray.tune import ExperimentAnalysis
+
+    from mrlfads.training import checkpoint as ckpt
 
     common = ["--name", "resume", "--storage", str(tmp_path), "--address", ray_session,
               "--no-tracking", "--quiet"]

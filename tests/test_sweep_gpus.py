@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from mrlfads.search_spaces.space import Resources, SearchSpace
 from mrlfads.training import resources
 from mrlfads.training.resources import GPU_SHARE

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.data_loaders.torch_data import Batch, ShardStream, TrialDataset, make_loader
 

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
+
 from mrlfads.tracking.mlflow_tracker import MlflowTracker
 from mrlfads.tracking.server import free_port
 from mrlfads.training.cli import main

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mrlfads.tracking.errors import TrackingError
 from mrlfads.tracking.memory import InMemoryTracker
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.image import imread
+
 from mrlfads.tracking.figures import (
     effectome_from_metrics,
     effectome_heatmap,

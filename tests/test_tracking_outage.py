@@ -7,6 +7,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+
 from mrlfads.tracking.mlflow_tracker import MlflowTracker
 from mrlfads.tracking.server import start_server
 from mrlfads.tracking.store import artifact_root_for, default_tracking_uri

@@ -6,6 +6,7 @@ import time
 
 import pytest
 from mlflow.tracking import MlflowClient
+
 from mrlfads.tracking.errors import TrackingError
 from mrlfads.tracking.mlflow_tracker import MlflowTracker
 from mrlfads.tracking.outbox import Outbox, import_outbox, read_outbox

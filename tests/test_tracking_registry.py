@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+
+from mrlfads.config import ModelConfig, RegionConfig
+from mrlfads.config_utils import to_dict
+from mrlfads.model import MRLFADS
 from mrlfads.tracking.errors import TrackingError
 from mrlfads.tracking.mlflow_tracker import MlflowTracker
 from mrlfads.tracking.registry import (
@@ -17,10 +21,6 @@ from mrlfads.tracking.registry import (
     sha256_file,
 )
 from mrlfads.training import checkpoint as ckpt
-
-from mrlfads.config import ModelConfig, RegionConfig
-from mrlfads.config_utils import to_dict
-from mrlfads.model import MRLFADS
 
 T, TAU = 8, 3
 

@@ -136,7 +136,6 @@ def test_browser_finds_the_sweep_and_its_trials_in_the_mlflow_ui(logged_sweep, m
 
 def test_browser_opens_the_sweep_report_from_disk(logged_sweep, tmp_path):
     from mrlfads.training.cli import main
-
     from tests.browser import open_page
 
     plan, summary = logged_sweep

@@ -12,9 +12,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 from mlflow.tracking import MlflowClient
-from mrlfads.tracking.tune_callback import MlflowTuneCallback
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
+
+from mrlfads.tracking.tune_callback import MlflowTuneCallback
 
 EPOCHS, TRIALS, INTERVAL = 4, 4, 2
 

@@ -6,11 +6,11 @@ import os
 
 import pytest
 import torch
-from mrlfads.training.config import RunConfig
-from mrlfads.training.trainable import build_trainer, should_checkpoint, trial_run_config
 
 from mrlfads.config_utils import ConfigError
 from mrlfads.files import CHECKPOINT
+from mrlfads.training.config import RunConfig
+from mrlfads.training.trainable import build_trainer, should_checkpoint, trial_run_config
 
 
 @pytest.fixture(scope="module")

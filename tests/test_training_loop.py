@@ -4,13 +4,13 @@ import math
 
 import pytest
 import torch
+
+from mrlfads.config_utils import ConfigError
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.training import checkpoint as ckpt
 from mrlfads.training.config import RunConfig
 from mrlfads.training.fit import fit
 from mrlfads.training.loop import NonFiniteLossError, Trainer
-
-from mrlfads.config_utils import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pyarrow.fs as pafs
 import pytest
+
 from mrlfads.data_loaders import fs as dfs
 from mrlfads.data_loaders.errors import DatasetError, IngestError
 from mrlfads.data_loaders.nwb import IngestOptions, ingest

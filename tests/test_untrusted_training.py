@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+
 from mrlfads.data_loaders.testing import make_tiny_dataset, rewrite_shard
 from mrlfads.training import checkpoint as ckpt
 from mrlfads.training.cli import main

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import yaml
+
+from mrlfads.config import LossConfig, ModelConfig, RampConfig, RegionConfig
+from mrlfads.config_utils import ConfigError, from_dict
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.training.cli import build_parser, main
 from mrlfads.training.config import DataConfig, RunConfig, TrainConfig, load_config_file
 from mrlfads.training.yaml12 import parse_sets, parse_value
-
-from mrlfads.config import LossConfig, ModelConfig, RampConfig, RegionConfig
-from mrlfads.config_utils import ConfigError, from_dict
 
 SPELLINGS = [  # (typed, value, type): the YAML 1.2 core schema
     ("1e-3", 1e-3, float), ("1E4", 1e4, float), (".5", 0.5, float), ("-2e-5", -2e-5, float),

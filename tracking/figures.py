@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+
 from mrlfads.tracking.lineage import best_path
 
 DPI = 100

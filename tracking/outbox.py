@@ -118,6 +118,7 @@ class Delivery:
 def _dataset_input(d: dict[str, Any]):
     """A tracking/inputs.py dict as MLflow's DatasetInput (its context as the input tag)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
+
     from mrlfads.tracking.inputs import CONTEXT_TAG
 
     ds = Dataset(d["name"], d["digest"], d["source_type"], d["source"], d.get("schema"),

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mrlfads.ramps import selectable
 from mrlfads.tracking.errors import TrackingError
 from mrlfads.tracking.redact import redact_uri
 from mrlfads.tracking.shareable import (
@@ -42,8 +44,6 @@ from mrlfads.tracking.shareable import (
     shared_run_config,
 )
 from mrlfads.tracking.store import resolve_tracking_uri
-
-from mrlfads.ramps import selectable
 
 SHA_TAG = "mrlfads.checkpoint_sha256"
 # What a registered version is tagged with and `mrlfads promote` prints: the objective, the

@@ -35,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ray.tune.logger import LoggerCallback
+
+from mrlfads.config_utils import to_dict
+from mrlfads.ramps import best_trial
 from mrlfads.tracking import figures
 from mrlfads.tracking.inputs import dataset_input
 from mrlfads.tracking.interface import Tracker, flatten
@@ -50,10 +54,6 @@ from mrlfads.tracking.shareable import (
     shared_run_config,
     shared_uri,
 )
-from ray.tune.logger import LoggerCallback
-
-from mrlfads.config_utils import to_dict
-from mrlfads.ramps import best_trial
 
 log = logging.getLogger(__name__)
 OUTBOX_NAME = "tracking-outbox.jsonl"

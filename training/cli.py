@@ -13,11 +13,10 @@ import importlib
 import os
 import sys
 
+import mrlfads
 from mrlfads.tracking.redact import credentials_to_env, redact_text
 from mrlfads.training import faults
 from mrlfads.training.signals import interrupt_on_termination
-
-import mrlfads
 
 # Order is the order shown in --help.
 COMMANDS = ["demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb", "export_nwb",

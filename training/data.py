@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.reader import ArrowDataset
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from mrlfads.data_loaders import schema
-from mrlfads.training.data import SplitTensors
-from mrlfads.training.masks import validation_inputs
 
 from mrlfads import metrics as M
+from mrlfads.data_loaders import schema
 from mrlfads.effectome import cut_effectome
 from mrlfads.loss import compute_loss, recon_terms
 from mrlfads.model import MRLFADS
+from mrlfads.training.data import SplitTensors
+from mrlfads.training.masks import validation_inputs
 
 EVAL_BATCH = 256
 # The cut effectome costs one forward pass per pathway: it is computed on this many

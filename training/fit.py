@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from mrlfads.training import faults
-from mrlfads.training.loop import NonFiniteLossError, Trainer
 
 from mrlfads.files import BEST, LAST
 from mrlfads.ramps import selectable
+from mrlfads.training import faults
+from mrlfads.training.loop import NonFiniteLossError, Trainer
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"

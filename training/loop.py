@@ -14,19 +14,19 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from mrlfads.config_utils import ConfigError
 from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.loss import compute_loss
+from mrlfads.metrics import EMA
+from mrlfads.model import MRLFADS
+from mrlfads.ramps import RAMPS_DONE
 from mrlfads.training import checkpoint as ckpt
 from mrlfads.training.config import RunConfig, check_against_data
 from mrlfads.training.data import SplitTensors, load_split
 from mrlfads.training.evaluate import evaluate_split
 from mrlfads.training.masks import sample_validation_hidden, training_inputs
 from mrlfads.training.objective import resolve_objective, unprotected_warning
-
-from mrlfads.config_utils import ConfigError
-from mrlfads.loss import compute_loss
-from mrlfads.metrics import EMA
-from mrlfads.model import MRLFADS
-from mrlfads.ramps import RAMPS_DONE
 
 # Hyperparameters that may change mid-run (PBT); everything else is fixed at build time.
 # train.cd_rate only changes how a training step masks its inputs; train.sv_rate is not

@@ -104,6 +104,7 @@ def _model_sections(checkpoint: str | Path, options: ReportOptions,
                     heading: str = "") -> list[Section]:
     """The figure sections of the model in ``checkpoint`` on its data's validation trials."""
     import torch
+
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.tracking.figures import png_bytes
     from mrlfads.training.checkpoint import load_model
@@ -155,6 +156,7 @@ def _perturb_sections(dirs: Sequence[str]) -> list[Section]:
     """Predicted (against measured, where recorded) effect per neuron of each
     `mrlfads perturb --out` folder."""
     import numpy as np
+
     from mrlfads.tracking.figures import perturbation_figure, png_bytes
     from mrlfads.tracking.fit_figures import effects_figure
 
@@ -293,11 +295,10 @@ def _newest_checkpoint(trial_dir: Path) -> Path | None:
 
 
 def _sweep_page(sweep: Path, options: ReportOptions) -> tuple[str, str, list[Section]]:
+    from mrlfads.ramps import best_trial
     from mrlfads.tracking.figures import hparam_figure, lineage_figure, png_bytes
     from mrlfads.tracking.lineage import lineage
     from mrlfads.training.sweep import PLAN_FILE, SUMMARY_FILE
-
-    from mrlfads.ramps import best_trial
 
     def read(name: str) -> dict:
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mrlfads.training import figure_data as fd
 
 # Validation trials run through the model for the figures: condition averages need many,
@@ -69,12 +70,11 @@ class ModelFigure:
 def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIALS,
              effect_trials: int = EFFECT_TRIALS) -> FitView:
     """Run ``model`` on the first ``max_trials`` trials of the validation split."""
+    from mrlfads import metrics as M
     from mrlfads.data_loaders import schema
+    from mrlfads.effectome import cut_effectome, input_cut_effectome, input_rms
     from mrlfads.training.data import load_split
     from mrlfads.training.evaluate import collect_outputs
-
-    from mrlfads import metrics as M
-    from mrlfads.effectome import cut_effectome, input_cut_effectome, input_rms
 
     m = dataset.manifest
     device = next(model.parameters()).device

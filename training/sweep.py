@@ -305,10 +305,11 @@ def make_run_config(plan: SweepPlan, *, callbacks: Sequence[Any] = (), verbose: 
 def build_tuner(plan: SweepPlan, *, resume: bool = False, callbacks: Sequence[Any] = (),
                 reuse_actors: bool = True, verbose: int = 1):
     """A new Tuner for ``plan``, or the restored one (``resume``) continuing where it died."""
+    from ray import tune
+
     from mrlfads.search_spaces import tune_objects
     from mrlfads.training.resources import trial_resources
     from mrlfads.training.trainable import trainable_for
-    from ray import tune
 
     space = plan.space
     # the space travels with the trainable: its explore step restarts non-finite trials;

@@ -90,6 +90,7 @@ def nonfinite_explore(values: Mapping[str, float], space: Any, restart: int) -> 
     """The explore step a trial takes away from a non-finite loss: the space's PBT step,
     seeded by (space seed, the values, restart number), hence the same in every rerun."""
     import numpy as np
+
     from mrlfads.search_spaces.explore import explore
 
     key = zlib.crc32(json.dumps(dict(values), sort_keys=True).encode())
@@ -187,8 +188,9 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
 
 
 def _tune_run(config: Mapping[str, Any], space: Any) -> None:
-    from mrlfads.training import faults
     from ray import tune
+
+    from mrlfads.training import faults
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None:

@@ -99,9 +99,8 @@ def main() -> None:
                    help="extra config overrides for every run, e.g. loss.kl_co_scale=4 (YAML 1.2 "
                         "values); the variant's label records them")
     args = p.parse_args()
-    from mrlfads.training.yaml12 import parse_sets
-
     from mrlfads.config_utils import ConfigError
+    from mrlfads.training.yaml12 import parse_sets
 
     try:  # YAML 1.2 values, as `mrlfads train --set` reads them
         extra = parse_sets(args.set)

@@ -54,9 +54,8 @@ def dataset(out: Path, name: str, rate_hz: float, bin_ms: float) -> Path:
 def ceilings(path: Path) -> dict[str, float]:
     """What the spikes allow: co-bps of the true rates, and a ridge decoder's R^2 from the
     source's and target's spikes at lags -1..+5 bins to each true message (half/half)."""
-    from mrlfads.data_loaders.reader import ArrowDataset
-
     from mrlfads import metrics as M
+    from mrlfads.data_loaders.reader import ArrowDataset
 
     ds = ArrowDataset.open(path)
     m, tau = ds.manifest, ds.manifest.ic_enc_seq_len
@@ -90,6 +89,7 @@ def _ridge_r2(X: np.ndarray, Y: np.ndarray, lam: float = 10.0) -> float:
 def score(checkpoint: str, path: Path) -> dict[str, float]:
     """The metrics of a saved model on the validation trials, as training logs them."""
     import torch
+
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.training.checkpoint import load_model
     from mrlfads.training.config import RunConfig

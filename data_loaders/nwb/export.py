@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
+
 from mrlfads.data_loaders.errors import IngestError
 
 EDGE_MARGIN = 0.05  # spikes sit in [5 %, 95 %] of their bin: no float ties with the edges

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from mrlfads.data_loaders import fs as dfs
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.errors import DatasetError, IngestError

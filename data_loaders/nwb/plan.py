@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from mrlfads.data_loaders.errors import IngestError
 from mrlfads.data_loaders.nwb.options import IngestOptions
 from mrlfads.data_loaders.nwb.read import NWBSession

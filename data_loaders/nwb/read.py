@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from mrlfads.data_loaders.errors import IngestError
 
 SPIKE_BLOCK = 2_000_000  # spikes read per HDF5 call (~16 MB of float64)
@@ -37,6 +38,7 @@ def open_nwb(path: str | os.PathLike) -> Iterator[NWBSession]:
     or s3:// URI is streamed (data_loaders/nwb/remote.py): only what is read is fetched, and
     the session's path is the URI without credentials."""
     import pynwb
+
     from mrlfads.data_loaders.nwb import remote
 
     path = os.fspath(path)

@@ -155,6 +155,7 @@ def _open_http(uri: str, shown: str) -> tuple[object, int]:
 
 def _open_store(uri: str, shown: str) -> tuple[object, int]:
     import pyarrow.fs as pafs
+
     from mrlfads.data_loaders import fs as dfs
     from mrlfads.tracking.redact import split_credentials
 

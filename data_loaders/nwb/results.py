@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mrlfads.data_loaders.errors import IngestError
 
 MODULE = "mrlfads"
@@ -90,6 +91,7 @@ def write_results_nwb(source: str | os.PathLike, out: str | os.PathLike, results
                       *, overwrite: bool = False) -> tuple[Path, list[str]]:
     """Write the results file; returns its path and the source columns left out."""
     import pynwb
+
     from mrlfads.data_loaders.nwb.copy_tables import copy_session_tables, new_file_from
     from mrlfads.data_loaders.nwb.read import open_nwb
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from mrlfads.data_loaders.manifest import RegionSpec
 from mrlfads.data_loaders.simulate import memory_ring, observe, random_nets, relay_decision
 from mrlfads.data_loaders.simulate.config import OBS_MODELS, STEP_S, SimConfig, preset

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from mrlfads.data_loaders.simulate.config import SimConfig
 from mrlfads.data_loaders.simulate.network import NetworkSpec, Pathway, slices
 from mrlfads.data_loaders.simulate.train import Family, TaskBatch, masked_mse

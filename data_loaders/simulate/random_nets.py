@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+
 from mrlfads.data_loaders.simulate.config import SimConfig
 from mrlfads.data_loaders.simulate.network import NetworkSpec, Pathway
 from mrlfads.data_loaders.simulate.relay_decision import timings

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from mrlfads.data_loaders.simulate.config import SimConfig
 from mrlfads.data_loaders.simulate.network import NetworkSpec, Pathway
 from mrlfads.data_loaders.simulate.train import Family, TaskBatch, masked_mse

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from mrlfads.data_loaders.simulate.network import MultiRegionRNN, NetworkSpec
 
 Progress = Callable[[int, int, float], None]  # (step done, total steps, current loss)

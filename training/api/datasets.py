@@ -75,6 +75,7 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
     dataset's ``summary`` holds the network's task loss, its training steps, the wall time,
     and for Poisson spikes the mean rate per bin and the mean count drawn."""
     import numpy as np
+
     from mrlfads.data_loaders.simulate import simulate as write_simulation
 
     summary: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+
     from mrlfads.training.api.datasets import Dataset
     from mrlfads.training.api.models import Model
 
@@ -135,6 +136,9 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
     is checked before any work and written at the end (``overwrite`` to replace it)."""
     import numpy as np
     import torch
+
+    from mrlfads import metrics as M
+    from mrlfads.effectome import input_cut_effectome, input_rms
     from mrlfads.tracking.shareable import manifest_digest, shared_manifest
     from mrlfads.training.api.datasets import open_dataset
     from mrlfads.training.config import check_against_data
@@ -142,9 +146,6 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
     from mrlfads.training.evaluate import collect_outputs, cut_effectome_metrics, score
     from mrlfads.training.infer_io import OUTPUT_PREFIXES, check_out
     from mrlfads.training.loop import resolve_device
-
-    from mrlfads import metrics as M
-    from mrlfads.effectome import input_cut_effectome, input_rms
 
     if out is not None:
         check_out(out, overwrite)

@@ -68,10 +68,9 @@ class Model:
 def load(source: str | os.PathLike, *, tracking_uri: str | None = None) -> Model:
     """A model from a checkpoint file, a run directory (its ``best.pt``) or a registered
     model ``models:/NAME@ALIAS`` (downloaded from MLflow at ``tracking_uri``)."""
+    from mrlfads.files import BEST
     from mrlfads.training.checkpoint import load_model
     from mrlfads.training.config import RunConfig
-
-    from mrlfads.files import BEST
 
     source = os.fspath(source)
     path = source
@@ -103,14 +102,13 @@ def fit(dataset: Dataset | str | os.PathLike, *, config: str | os.PathLike | Map
     ``out/last.pt`` under its saved config. ``tracking`` logs the run to MLflow.
     A NaN or inf loss raises ``mrlfads.training.loop.NonFiniteLossError`` naming the checkpoint
     to resume from."""
+    from mrlfads.files import BEST, LAST
     from mrlfads.training import checkpoint as ckpt
     from mrlfads.training.api.datasets import open_dataset
     from mrlfads.training.config import RunConfig, fit_ramps, load_config_file
     from mrlfads.training.fit import fit as train_epochs
     from mrlfads.training.loop import Trainer
     from mrlfads.training.tracking_glue import open_run_tracker, save_run_id
-
-    from mrlfads.files import BEST, LAST
 
     data = open_dataset(dataset)
     sets = _overrides(overrides)

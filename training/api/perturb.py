@@ -151,12 +151,11 @@ def perturb(model: Model, dataset: Dataset | str | os.PathLike, *,
             overwrite: bool = False) -> Perturbed:
     """Run one perturbation on the trials of ``split`` (module docstring); ``out``, if
     given, is checked before any work and written at the end."""
+    from mrlfads.inference import perturbation_effects
     from mrlfads.training.api.datasets import open_dataset
     from mrlfads.training.config import check_against_data
     from mrlfads.training.data import load_split
     from mrlfads.training.loop import resolve_device
-
-    from mrlfads.inference import perturbation_effects
 
     if out is not None:
         from mrlfads.training.infer_io import check_out
@@ -208,6 +207,7 @@ def measured_effects(dataset, control, start: int, tau: int, device) -> dict:
     ``measured_delta/<r>`` (T', N) trial mean of perturbed - control trials over bins
     tau..T-1, and ``measured/<r>`` (N,) the mean of its magnitude from ``start`` on."""
     import torch
+
     from mrlfads.training.data import load_split
 
     perturbed = load_split(dataset, "perturbed", device)
@@ -246,6 +246,7 @@ def compare(effects: dict, measured: dict, names: list[str]) -> dict:
 def _write(out: Path, report: dict, arrays: dict, names: list[str], overwrite: bool) -> None:
     """report.json, effects.npz and (with measured effects) the scatter, all or nothing."""
     import numpy as np
+
     from mrlfads.training.infer_io import _json_safe, staged_dir
 
     with staged_dir(out, overwrite) as tmp:

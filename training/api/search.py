@@ -166,6 +166,7 @@ def _promote_run(run_id: str, *, name, alias, tracking_uri, echo):
     import tempfile
 
     from mlflow.tracking import MlflowClient
+
     from mrlfads.tracking.registry import download_run_checkpoint, find_run
     from mrlfads.tracking.store import resolve_tracking_uri
     from mrlfads.training import checkpoint as ckpt
@@ -216,6 +217,7 @@ def _echo_metrics(best, echo) -> None:
 def _log_figures(run_id: str, model, run_cfg: dict, tracking_uri: str | None, echo) -> None:
     """Effectome, rates and messages of the promoted model, on its trial's run."""
     from mlflow import MlflowClient
+
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.tracking.store import resolve_tracking_uri
     from mrlfads.training.config import RunConfig

@@ -74,6 +74,7 @@ def source_trial_ids(sources: list[dict], k: int) -> tuple[int, set[int]]:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
+
     from mrlfads.data_loaders.nwb.results import NWBResults, ResultSeries, write_results_nwb
     from mrlfads.tracking.shareable import shared_uri
     from mrlfads.training.infer_io import read_outputs

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 def _end_dead_runs(uri: str) -> None:
     """Runs left RUNNING by a process that is gone show as KILLED (tracking/liveness.py)."""
     from mlflow.tracking import MlflowClient
+
     from mrlfads.tracking.liveness import end_dead_runs
     from mrlfads.tracking.outbox import is_outage
 
