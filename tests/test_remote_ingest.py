@@ -6,8 +6,14 @@ the body bytes it sends); s3:// runs against moto's real S3 server on 127.0.0.1.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -97,15 +103,37 @@ def test_bad_url_exits_2_naming_it_and_the_fix(served, tmp_path, capsys, name, s
     assert not (tmp_path / "ds").exists()
 
 
+@contextlib.contextmanager
+def moto_process():
+    """moto's S3 server in a process of its own (why: data_loaders/nwb/range_server.py);
+    yields its endpoint."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("moto's S3 server did not start")
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_s3_ingest_equals_local(served, tmp_path, monkeypatch):
     boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("moto.server")
     _, root, size = served
-    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    s3.start()
-    try:
-        host, port = s3.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+    with moto_process() as endpoint:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id="k", aws_secret_access_key="k")
         client.create_bucket(Bucket="nwb")
@@ -127,5 +155,3 @@ def test_s3_ingest_equals_local(served, tmp_path, monkeypatch):
 
         with pytest.raises(IngestError, match=r"s3://nwb/sub-1/none.nwb: no file at this URI"):
             ingest(["s3://AKEY:SSECRET@nwb/sub-1/none.nwb"], tmp_path / "x", o)
-    finally:
-        s3.stop()
