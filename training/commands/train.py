@@ -10,7 +10,9 @@ HELP = "train one MR-LFADS model on an Arrow dataset (no search)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset directory or URI (from simulate/ingest)")
-    p.add_argument("--config", help="YAML with optional model/loss/train sections")
+    p.add_argument("--config", help="YAML with optional model/loss/train sections, over the "
+                   "defaults for the data's observations (spike counts start from lower KL "
+                   "weights, lr 5e-4 and coordinated dropout: docs/MODEL.md, 'Defaults')")
     p.add_argument("--epochs", type=_epochs, help="number of epochs (default: the config's, "
                    "350); the default KL/L2 ramps are stretched to fit, ramps you set must "
                    "end before the last epoch")
