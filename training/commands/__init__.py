@@ -6,16 +6,19 @@ import argparse
 from collections.abc import Callable
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum`` (argparse names the flag)."""
+def at_least(minimum: int, unit: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (argparse names the flag), of ``unit``
+    when given ("epoch": "need at least 1 epoch")."""
+    whole = f"a whole number of {unit}s" if unit else "a whole number"
+    need = f"{minimum} {unit}" if unit else f"{minimum}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {whole}, got {text!r}") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"need at least {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"need at least {need}, got {value}")
         return value
 
     parse.__name__ = f"whole number >= {minimum}"

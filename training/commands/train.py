@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mrlfads.training.commands import at_least
+
 NAME = "train"
 HELP = "train one MR-LFADS model on an Arrow dataset (no search)"
 
@@ -13,9 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML with optional model/loss/train sections, over the "
                    "defaults for the data's observations (spike counts start from lower KL "
                    "weights, lr 5e-4 and coordinated dropout: docs/MODEL.md, 'Defaults')")
-    p.add_argument("--epochs", type=_epochs, help="number of epochs (default: the config's, "
-                   "350); the default KL/L2 ramps are stretched to fit, ramps you set must "
-                   "end before the last epoch")
+    p.add_argument("--epochs", type=at_least(1, "epoch"),
+                   help="number of epochs (default: the config's, 350); the default KL/L2 "
+                   "ramps are stretched to fit, ramps you set must end before the last epoch")
     p.add_argument("--out", default="runs/train",
                    help="run directory (default: runs/train): last.pt every epoch, best.pt = "
                         "the lowest smoothed objective among epochs after every KL/L2 ramp "
@@ -32,17 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or the embedded SQLite store under the working directory)")
     p.add_argument("--experiment", default="mrlfads-train", help="MLflow experiment name")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _epochs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number of epochs, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"need at least 1 epoch, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
