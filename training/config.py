@@ -202,7 +202,7 @@ def smoke_sizes() -> dict[str, Any]:
 # far less information per bin than the Gaussian defaults' KL weights assume, so at those
 # weights the bottlenecks starve the fit and absent pathways carry what present ones should.
 # Values from the member that PBT's best trials descended from on three spiking networks,
-# held fixed in one `mrlfads train` on five (docs/RESULTS.md, "Spikes").
+# held fixed in `mrlfads train` on all five, two seeds each (docs/RESULTS.md, "Spikes").
 POISSON_DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"dropout": 0.22},
     "loss": {"kl_ic_scale": 1.2e-3, "kl_co_scale": 1.5e-3, "kl_com_ratio": 44.0,
