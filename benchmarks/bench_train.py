@@ -8,9 +8,11 @@
 
 Impls: fast (the batched model; on a CPU its time loop is the compiled one,
 mrlfads/native), python (the batched model with the Python loop), oracle (region by region).
-Modes (CUDA): eager; amp (bfloat16 autocast); graph (the whole step, forward + loss +
+Modes: eager; amp (CUDA: bfloat16 autocast); graph (CUDA: the whole step, forward + loss +
 backward + clip + AdamW, captured once as a CUDA graph and replayed); compile
-(torch.compile of the model's forward, default inductor). ``--pack N`` starts N processes
+(torch.compile of the model's forward, default inductor). For fast and python, eager, amp
+and graph time `mrlfads train`'s own step object (training/step.py: batch buffers,
+hyperparameters in tensors, CUDA graphs); oracle and compile time a plain step. ``--pack N`` starts N processes
 that train at once on the one device, each its own model, the way Ray packs fractional-GPU
 trials, and reports the sum of their trials/s over a common time window.
 
@@ -103,6 +105,8 @@ def build_step(torch, impl: str, batch: int, smoke: bool, device: str, mode: str
         from mrlfads import recurrence
 
         recurrence.USE_NATIVE = False
+    if impl != "oracle" and mode in ("eager", "amp", "graph"):
+        return real_step(torch, cfg, model, heldin, device, mode)
     forward = (lambda: oracle_forward(model, heldin, sample=True)) if impl == "oracle" else (
         lambda: model(heldin, sample=True))
     if mode == "compile":
@@ -131,6 +135,37 @@ def build_step(torch, impl: str, batch: int, smoke: bool, device: str, mode: str
     # the graph reads and writes the memory of these: keep them alive as long as the step
     replay.keep_alive = (graph, model, opt, heldin, body)
     return replay, model, opt
+
+
+def real_step(torch, model_cfg, model, heldin, device: str, mode: str):
+    """`mrlfads train`'s own step (training/step.py): eager, amp, or captured as a CUDA graph
+    (after its eager warm-up steps) and replayed; the default loss and optimiser settings,
+    every ramp at full weight."""
+    import numpy as np
+
+    from mrlfads.training.config import RunConfig, TrainConfig
+    from mrlfads.training.data import SplitTensors
+    from mrlfads.training.step import WARMUP_STEPS, TrainStep
+
+    cfg = RunConfig(model=model_cfg, train=TrainConfig(device=device, amp=mode == "amp",
+                                                       cuda_graph=mode == "graph"))
+    t = cfg.train
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
+                            weight_decay=t.weight_decay, capturable=mode == "graph")
+    step = TrainStep(model, opt, cfg, torch.device(device), graph=mode == "graph")
+    step.set_epoch(10_000)
+    B = heldin[0].shape[0]
+    data = SplitTensors("train", list(heldin), [x[..., :0] for x in heldin], None,
+                        np.arange(B))
+    idx = torch.arange(B, device=device)
+
+    def run():
+        step.run(data, idx, None)
+
+    for _ in range(WARMUP_STEPS + 1 if mode == "graph" else 0):  # the last one captures
+        run()
+    run.keep_alive = step
+    return run, model, opt
 
 
 def worker(impl: str, batch: int, steps: int, smoke: bool, threads: int | None,

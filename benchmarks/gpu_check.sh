@@ -24,7 +24,7 @@ step() { echo "== $(date +%T) $*" | tee -a "$OUT/bench.txt"; }
 
 # 1. the same numbers as on the CPU, and checkpoints that move between devices
 step "tests/test_cuda.py"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
 
 # 2. the user's path: simulate, train on the GPU, infer from that checkpoint on the CPU
 step "cli: simulate, train --device cuda, infer on cpu"
@@ -34,20 +34,17 @@ step "cli: simulate, train --device cuda, infer on cpu"
   CUDA_VISIBLE_DEVICES="" timeout 60 "$PY" -m mrlfads.training.cli infer --model "$work/run/best.pt" \
       --data "$work/ring" --out "$work/infer" && ls "$work/infer"; echo "cli rc=$?"; } > "$OUT/cli.txt" 2>&1
 
-# 3. speed at the SPEC size: eager fast vs oracle, whole-step CUDA graphs, bigger batches
-step "eager fast vs oracle"
-bench 150 --batches 16 64 --steps 20
-step "CUDA graph of the whole step"
-bench 120 --batches 16 64 256 1024 --modes graph --steps 20 --worker-timeout 60
-step "eager at big batches"
-bench 60 --batches 256 1024 --impls fast --steps 10 --worker-timeout 40
+# 3. speed at the SPEC size, in `mrlfads train`'s own step (training/step.py): eager and
+#    CUDA graph at batch 16, 64 and 256 (the oracle and eager packing: docs/PERFORMANCE.md)
+step "the training step: CUDA graph"
+bench 120 --batches 16 64 256 --impls fast --modes graph --steps 20 --worker-timeout 60
+step "the training step: eager"
+bench 100 --batches 16 64 256 --impls fast --steps 20 --worker-timeout 40
 # 4. trials per GPU: N processes training at once on the one GPU (what Ray's fractional
-#    GPUs do), batch 16, eager, one CPU thread each
-step "packing"
-bench 150 --batches 16 --pack 1 4 8 --pack-warmup 25 --pack-seconds 8 --threads 1
-# 5. bfloat16 autocast, then torch.compile (slow to compile; last, so a cut-off loses only it)
+#    GPUs do), batch 16, one CPU thread each, graphed (the sweep's default)
+step "packing, graphed"
+bench 150 --batches 16 --pack 1 2 4 8 --modes graph --pack-warmup 30 --pack-seconds 8 --threads 1
+# 5. bfloat16 autocast (torch.compile: `bench_train.py --modes compile`, by hand; minutes)
 step "amp"
 bench 40 --batches 64 --modes amp --steps 20 --worker-timeout 35
-step "compile"
-bench 130 --batches 64 --modes compile --steps 20 --worker-timeout 100
 step "done"

@@ -7,7 +7,7 @@ keeps the last T' bins, T' read from the model output.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -115,17 +115,19 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
 
 def compute_loss(out: ModelOutput, heldin: Sequence[Tensor], heldout: Sequence[Tensor] | None,
                  loss_cfg, epoch: float,
-                 recon_weight: Sequence[Tensor | None] | None = None) -> LossTerms:
+                 recon_weight: Sequence[Tensor | None] | None = None,
+                 weights: Mapping[str, Tensor | float] | None = None) -> LossTerms:
     """Training loss (ramped, weighted) and the true negative ELBO of one batch.
 
     Per region: recon + w_ic KL(z0) + w_u sum_t KL(u_t) + w_m sum_t sum_s KL(m^{s->r})
     + w_l2 L2 + heldout, with w = ramp(epoch) * scale; total = sum over regions.
     ``recon_weight[r]`` (B, T', N_r) weights each held-in element's NLL in recon: the
     coordinated-dropout and sample-validation masks (training/masks.py); ``heldin`` is
-    always the unmasked data.
+    always the unmasked data. ``weights`` replaces ``loss_weights(loss_cfg, epoch)``: the
+    training step passes 0-d tensors it updates in place (training/step.py).
     """
     terms = region_terms(out, heldin, heldout, recon_weight)
-    weights = loss_weights(loss_cfg, epoch)
+    weights = loss_weights(loss_cfg, epoch) if weights is None else dict(weights)
     total = sum(
         terms["recon"][r] + weights["kl_ic"] * terms["kl_ic"][r]
         + weights["kl_co"] * terms["kl_co"][r] + weights["kl_com"] * terms["kl_com"][r]

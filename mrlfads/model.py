@@ -43,12 +43,16 @@ class MRLFADS(ModelParams):
             cfg = from_dict(ModelConfig, cfg, where="model")
         super().__init__(cfg)
         self.dropout_p = cfg.dropout
+        # the same rate as a tensor, changed in place: what a captured CUDA graph reads
+        # (training/step.py); not saved, the run config holds it
+        self.register_buffer("dropout_rate", torch.tensor(float(cfg.dropout)), persistent=False)
 
     def set_dropout(self, p: float) -> None:
         """Change every dropout rate at run time (PBT mutates ``model.dropout``)."""
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"model.dropout={p} must be in [0, 1)")
         self.dropout_p = float(p)
+        self.dropout_rate.fill_(self.dropout_p)
 
     def _drop(self, x: Tensor) -> Tensor:
         mask = self._drop_masks(x.shape, x)
@@ -63,9 +67,11 @@ class MRLFADS(ModelParams):
         if ops is not None:  # drawn on all cores; the seed comes from torch's generator
             seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
             return ops.dropout_mask(list(shape), p, seed, like.dtype)
-        # rand < keep is Bernoulli(keep) like F.dropout's bernoulli_, about 2x faster on CPU
-        keep = torch.rand(shape, device=like.device, dtype=like.dtype) < (1 - p)
-        return keep.to(like.dtype).div_(1 - p)
+        # rand < keep is Bernoulli(keep) like F.dropout's bernoulli_, about 2x faster on CPU;
+        # the rate is read from its tensor, so a captured graph follows later changes
+        keep_p = 1 - self.dropout_rate.to(like.dtype)
+        keep = torch.rand(shape, device=like.device, dtype=like.dtype) < keep_p
+        return keep.to(like.dtype).div_(keep_p)
 
     # ---------------------------------------------------------------- inputs
     def check_inputs(self, heldin: Sequence[Tensor], ext) -> tuple[int, int]:

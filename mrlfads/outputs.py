@@ -70,7 +70,7 @@ class LossTerms:
     heldout: dict[str, Tensor]
     total: Tensor
     neg_elbo: Tensor
-    weights: dict[str, float]  # effective (ramp x scale) weights at this epoch
+    weights: dict[str, float | Tensor]  # effective (ramp x scale) weights at this epoch
 
     @property
     def elbo(self) -> Tensor:
@@ -85,14 +85,18 @@ class LossTerms:
     def heldout_loss(self) -> Tensor:
         return sum(self.heldout.values())
 
-    def scalars(self) -> dict[str, float]:
-        """Flat float dict: ``loss``, ``elbo``, ``recon_loss``, ``heldout_loss``, ``<term>/<region>``."""
-        def num(x) -> float:
-            return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
-
-        out = {"loss": num(self.total), "elbo": num(self.neg_elbo),
-               "recon_loss": num(self.recon_loss), "heldout_loss": num(self.heldout_loss)}
+    def scalar_tensors(self) -> dict[str, Tensor]:
+        """``scalars()`` as detached 0-d tensors, in the same order: summed on the device
+        without a host sync per step (training/step.py)."""
+        out = {"loss": self.total, "elbo": self.neg_elbo, "recon_loss": self.recon_loss,
+               "heldout_loss": self.heldout_loss}
         for term in ("recon", "kl_ic", "kl_co", "kl_com", "l2", "heldout"):
             for region, value in getattr(self, term).items():
-                out[f"{term}/{region}"] = num(value)
-        return out
+                out[f"{term}/{region}"] = value
+        like = self.total.detach()  # full_like, not new_tensor: no host copy while capturing
+        return {k: (v.detach() if isinstance(v, Tensor) else torch.full_like(like, float(v)))
+                for k, v in out.items()}
+
+    def scalars(self) -> dict[str, float]:
+        """Flat float dict: ``loss``, ``elbo``, ``recon_loss``, ``heldout_loss``, ``<term>/<region>``."""
+        return {k: float(v) for k, v in self.scalar_tensors().items()}

@@ -82,3 +82,54 @@ def test_training_on_cuda_then_the_checkpoint_loads_on_the_cpu_with_the_same_out
 
     resumed = Trainer.from_checkpoint(tmp_path / "c.pt", ds, device="cuda")
     assert resumed.epoch == 3 and math.isfinite(resumed.run_epoch()["train/loss"])
+
+
+# ------------------------------------------------------------------ the captured step
+def _graph_pair(tmp_path, **overrides):
+    """Two Trainers alike but for train.cuda_graph: the same seed, so the same weights."""
+    ds = make_tiny_dataset(tmp_path / "tiny")
+    settings = {"train.cd_rate": 0.2, "model.dropout": 0.1, "train.device": "cuda", **overrides}
+    make = lambda graph: Trainer(RunConfig.for_dataset(
+        ds.manifest, uri=ds.uri, smoke_test=True,
+        overrides={**settings, "train.cuda_graph": graph}), ds)
+    return make(False), make(True)
+
+
+def _run_50_steps(trainer, tmp_path, name):
+    """17 epochs of 3 steps (batches of 8, 8 and 2): at epoch 6 a PBT-style restore of its
+    own epoch-4 checkpoint, then a new lr, dropout and cd rate; the ramps move throughout."""
+    torch.manual_seed(11)
+    for epoch in range(17):
+        if epoch == 4:
+            trainer.save_checkpoint(tmp_path / f"{name}.pt")
+        if epoch == 6:
+            trainer.load_state_dict(ckpt.load(tmp_path / f"{name}.pt", map_location="cuda"))
+            trainer.apply_hparams({"train.lr": 2e-3, "model.dropout": 0.3, "train.cd_rate": 0.1})
+        trainer.run_epoch()
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+def test_the_graphed_step_matches_the_eager_one_within_1e5_over_50_steps(tmp_path):
+    eager, graph = _graph_pair(tmp_path)
+    assert eager.step.graph is False and graph.step.graph is True
+    want = _run_50_steps(eager, tmp_path, "eager")
+    got = _run_50_steps(graph, tmp_path, "graph")
+    # each shape (8 and 2) captured after 3 eager steps, again after the restore
+    assert graph.step.captures == 4
+    for (name, _), a, b in zip(eager.model.named_parameters(), want, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
+    for a, b in zip(eager.history, graph.history):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5)
+
+
+def test_an_lr_set_after_capture_is_what_the_replayed_step_uses(tmp_path):
+    _, graph = _graph_pair(tmp_path, **{"train.cd_rate": 0.0})
+    for _ in range(5):
+        graph.run_epoch()
+    assert graph.step.captures == 2
+    before = [p.detach().clone() for p in graph.model.parameters()]
+    graph.apply_hparams({"train.lr": 1e-30})  # written in place: the graphs stay
+    graph.train_one_epoch()
+    assert graph.step.captures == 2
+    for a, p in zip(before, graph.model.parameters()):
+        torch.testing.assert_close(p.detach(), a, rtol=0, atol=1e-20)

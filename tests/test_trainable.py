@@ -54,8 +54,9 @@ def test_exploit_runs_at_the_new_trials_lr_not_the_donors(base_run, tmp_path):
     for key, state in donor_state.items():  # Adam moments kept from the donor
         assert torch.equal(restored[key]["exp_avg"], state["exp_avg"])
         assert torch.equal(restored[key]["exp_avg_sq"], state["exp_avg_sq"])
-    assert [g["lr"] for g in trainer.optimizer.param_groups] == \
-        [own_lr] * len(trainer.optimizer.param_groups)
+    # every group's lr is the training step's tensor (float32), set to the trial's own
+    assert all(g["lr"] is trainer.step.lr for g in trainer.optimizer.param_groups)
+    assert float(trainer.step.lr) == pytest.approx(own_lr, rel=1e-7)
     assert trainer.cfg.loss.kl_ic_scale == 0.25 and trainer.cfg.model.dropout == 0.4
     assert trainer.model.dropout_p == 0.4  # the model's live dropout rate
 

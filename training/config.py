@@ -49,6 +49,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # bfloat16 autocast, CUDA only
+    # Capture each training step as a CUDA graph and replay it (training/step.py): auto =
+    # on CUDA, never on the CPU; true insists (an error without CUDA); false = eager.
+    cuda_graph: bool | str = "auto"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     def __post_init__(self) -> None:
@@ -70,6 +73,8 @@ class TrainConfig:
             errors.append(f"train.smoothing={self.smoothing} must be in [0, 1)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             errors.append(f"train.device={self.device!r} must be auto, cpu, cuda or cuda:N")
+        if self.cuda_graph not in (True, False, "auto"):
+            errors.append(f"train.cuda_graph={self.cuda_graph!r} must be auto, true or false")
         if self.grad_clip <= 0:
             errors.append(f"train.grad_clip={self.grad_clip} must be > 0")
         if errors:

@@ -7,7 +7,6 @@ the Tune trainable and `mrlfads train` drive the same ``run_epoch``.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from typing import Any, Mapping
@@ -17,7 +16,6 @@ import torch
 
 from mrlfads.config_utils import ConfigError
 from mrlfads.data_loaders.reader import ArrowDataset
-from mrlfads.loss import compute_loss
 from mrlfads.metrics import EMA
 from mrlfads.model import MRLFADS
 from mrlfads.ramps import RAMPS_DONE
@@ -25,8 +23,9 @@ from mrlfads.training import checkpoint as ckpt
 from mrlfads.training.config import RunConfig, check_against_data
 from mrlfads.training.data import SplitTensors, load_split
 from mrlfads.training.evaluate import evaluate_split
-from mrlfads.training.masks import sample_validation_hidden, training_inputs
+from mrlfads.training.masks import sample_validation_hidden
 from mrlfads.training.objective import resolve_objective, unprotected_warning
+from mrlfads.training.step import TrainStep, wants_graph
 
 # Hyperparameters that may change mid-run (PBT); everything else is fixed at build time.
 # train.cd_rate only changes how a training step masks its inputs; train.sv_rate is not
@@ -77,10 +76,15 @@ class Trainer:
         # readouts, input scales and message baselines from the data (a restore overwrites)
         self.model.init_from_data(*stats)
         t = run_cfg.train
+        graph = wants_graph(t.cuda_graph, self.device)
+        # capturable: AdamW's step counts stay on the device, as a captured graph needs
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
-            weight_decay=t.weight_decay,
+            weight_decay=t.weight_decay, capturable=graph,
         )
+        # the step owns lr, ramp weights and cd rate as tensors (training/step.py)
+        self.step = TrainStep(self.model, self.optimizer, run_cfg, self.device, graph)
+        self.step.set_cd_rate(t.cd_rate)
         self.scheduler = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, mode="min", factor=t.plateau_factor,
@@ -142,50 +146,35 @@ class Trainer:
     def _sync_from_config(self) -> None:
         """Config -> live objects: lr and weight decay into every param group, dropout."""
         t = self.cfg.train
+        self.step.set_lr(t.lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = t.lr
             group["weight_decay"] = t.weight_decay
         self.model.set_dropout(self.cfg.model.dropout)
+        self.step.set_config(self.cfg)
 
     @property
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        return self.step.lr_value()
 
     # ------------------------------------------------------------------ epochs
-    def _autocast(self):
-        if self.cfg.train.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def train_one_epoch(self) -> dict[str, float]:
-        """One pass over the training split in a seeded order; returns mean loss terms."""
+        """One pass over the training split in a seeded order; returns mean loss terms.
+
+        Steps run through ``self.step`` (eager, or replayed CUDA graphs); a non-finite step
+        shows in the epoch's summed terms, read once at the end, and raises then."""
         data, t = self.train_data, self.cfg.train
         gen = torch.Generator().manual_seed(t.seed * 1_000_003 + self.epoch)
         order = torch.randperm(data.n_trials, generator=gen).to(self.device)
         self.model.train()
-        totals: dict[str, float] = {}
         sv = self.sv_hidden(data)
-        Tp = data.heldin[0].shape[1] - self.cfg.model.ic_enc_seq_len
+        self.step.set_epoch(self.epoch)
+        self.step.start_epoch()
         for start in range(0, data.n_trials, t.batch_size):
-            idx = order[start:start + t.batch_size]
-            heldin, heldout, ext = data.batch(idx)
-            # coordinated dropout / sample validation: what the encoders see, what recon scores
-            shown, weight = training_inputs(heldin, Tp, t.cd_rate, t.sv_rate,
-                                            None if sv is None else [m[idx] for m in sv])
-            with self._autocast():
-                out = self.model(shown, ext, sample=True)
-                terms = compute_loss(out, heldin, heldout, self.cfg.loss, self.epoch,
-                                     recon_weight=weight)
-            if not torch.isfinite(terms.total):
-                raise NonFiniteLossError(_nonfinite_message(self.epoch, terms.scalars()))
-            self.optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            self.optimizer.step()
-            n = int(idx.numel())
-            for key, value in terms.scalars().items():
-                totals[key] = totals.get(key, 0.0) + value * n
-        return {k: v / data.n_trials for k, v in totals.items()}
+            self.step.run(data, order[start:start + t.batch_size], sv)
+        bad = self.step.first_nonfinite()
+        if bad:
+            raise NonFiniteLossError(_nonfinite_message(self.epoch, dict.fromkeys(bad, math.nan)))
+        return self.step.epoch_means()
 
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch, validate with posterior means, update schedule and history."""
@@ -223,7 +212,7 @@ class Trainer:
             "run_config": self.cfg.to_dict(),
             "manifest": self.dataset.manifest.to_dict(),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _float_lr(self.optimizer.state_dict(), self.lr),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": ckpt.rng_state(),
             "epoch": self.epoch,
@@ -236,6 +225,8 @@ class Trainer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.step.adopt_lr()  # the loaded groups hold the saved lr as a float
+        self.step.invalidate()  # new optimiser state tensors: recapture
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
@@ -261,6 +252,13 @@ class Trainer:
             # the restored param groups carry the saved lr: put this run's own back.
             trainer._sync_from_config()
         return trainer
+
+
+def _float_lr(state: dict[str, Any], lr: float) -> dict[str, Any]:
+    """An optimiser state dict with each group's lr the float ``lr`` (the live one is the
+    step's tensor, shared by every group): checkpoints keep the format they had."""
+    groups = [{**g, "lr": lr} for g in state["param_groups"]]
+    return {**state, "param_groups": groups}
 
 
 def _nonfinite_message(epoch: int, scalars: Mapping[str, float]) -> str:

@@ -56,7 +56,8 @@ def _show(x: Tensor, hidden: Tensor, keep: float) -> Tensor:
     return torch.cat([x[:, : x.shape[1] - Tp], tail], dim=1)
 
 
-def training_inputs(heldin: Sequence[Tensor], n_bins: int, cd_rate: float, sv_rate: float,
+def training_inputs(heldin: Sequence[Tensor], n_bins: int, cd_rate: float | Tensor,
+                    sv_rate: float,
                     sv_hidden: Sequence[Tensor] | None
                     ) -> tuple[list[Tensor], list[Tensor] | None]:
     """(encoder inputs, reconstruction weights) of one training batch.
@@ -65,9 +66,11 @@ def training_inputs(heldin: Sequence[Tensor], n_bins: int, cd_rate: float, sv_ra
     ``sv_hidden`` the batch's sample-validation masks (B, T', N_r) or None. Without either
     rate this returns ``heldin`` itself and no weights (the plain loss). The coordinated-
     dropout draw uses torch's generator on the data's device (seeded and checkpointed with
-    the Trainer's RNG state).
+    the Trainer's RNG state). ``cd_rate`` may be a 0-d tensor on the data's device, which a
+    captured CUDA graph reads at every replay (training/step.py); a tensor counts as on.
     """
-    if cd_rate <= 0 and sv_rate <= 0:
+    cd_on = isinstance(cd_rate, Tensor) or cd_rate > 0
+    if not cd_on and sv_rate <= 0:
         return list(heldin), None
     inputs, weights = [], []
     for r, x in enumerate(heldin):
@@ -75,7 +78,7 @@ def training_inputs(heldin: Sequence[Tensor], n_bins: int, cd_rate: float, sv_ra
         sv = sv_hidden[r] if sv_rate > 0 and sv_hidden is not None else None
         if sv is None:
             sv = torch.zeros(shape, dtype=torch.bool, device=x.device)
-        if cd_rate > 0:
+        if cd_on:
             cd = torch.rand(shape, device=x.device) < cd_rate
             hidden = cd | sv
             weight = (cd & ~sv).to(x.dtype) / (cd_rate * (1.0 - sv_rate))
