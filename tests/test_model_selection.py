@@ -80,19 +80,38 @@ def test_best_trial_ignores_nan_inf_and_missing_and_breaks_ties_by_the_smallest_
         best_trial(tie, "objective", "best")
 
 
-def test_epochs_stretch_the_default_ramps(tiny):
-    cfg = RunConfig.for_dataset(tiny.manifest, overrides={"train.epochs": 100})
+@pytest.fixture
+def gaussian(tmp_path):
+    return make_tiny_dataset(tmp_path / "g", obs_model="gaussian")
+
+
+def test_epochs_stretch_the_default_ramps(gaussian):
+    cfg = RunConfig.for_dataset(gaussian.manifest, overrides={"train.epochs": 100})
     # every default start and length times 100 / 350, rounded
     assert cfg.loss.ic_ramp == RampConfig(6, 57) and cfg.loss.co_ramp == RampConfig(6, 57)
     assert cfg.loss.com_ramp == RampConfig(43, 29) and cfg.loss.l2_ramp == RampConfig(29, 23)
     assert cfg.loss.ramps_end == 72 < 100
     # the same config from a YAML file's train.epochs, and the default length unchanged
-    from_file = RunConfig.for_dataset(tiny.manifest, user={"train": {"epochs": 100}})
+    from_file = RunConfig.for_dataset(gaussian.manifest, user={"train": {"epochs": 100}})
     assert from_file.loss == cfg.loss
-    assert RunConfig.for_dataset(tiny.manifest).loss.ramps == LossConfig().ramps
+    assert RunConfig.for_dataset(gaussian.manifest).loss.ramps == LossConfig().ramps
 
 
-def test_ramps_a_user_set_are_kept_or_the_run_is_refused(tiny):
+def test_spike_counts_have_their_own_ramps_stretched_the_same_way(tiny):
+    assert tiny.manifest.obs_model == "poisson"
+    full = RunConfig.for_dataset(tiny.manifest).loss  # 350 epochs: every ramp done by 72
+    assert full.ic_ramp == full.co_ramp == RampConfig(6, 57)
+    assert full.com_ramp == RampConfig(43, 29) and full.l2_ramp == RampConfig(29, 23)
+    assert full.ramps_end == 72
+    short = RunConfig.for_dataset(tiny.manifest, overrides={"train.epochs": 100}).loss
+    # 6 * 100/350 = 1.7 -> 2, 57 -> 16.3 -> 16; 43 -> 12.3 -> 12, 29 -> 8.3 -> 8; 29 -> 8, 23 -> 7
+    assert short.ic_ramp == short.co_ramp == RampConfig(2, 16)
+    assert short.com_ramp == RampConfig(12, 8) and short.l2_ramp == RampConfig(8, 7)
+    assert short.ramps_end == 20
+
+
+def test_ramps_a_user_set_are_kept_or_the_run_is_refused(gaussian):
+    tiny = gaussian
     own = {f"loss.{name}": {"start": 5, "length": 20} for name in LossConfig().ramps}
     kept = RunConfig.for_dataset(tiny.manifest, overrides={"train.epochs": 100, **own})
     assert all(r == RampConfig(5, 20) for r in kept.loss.ramps.values())  # not stretched
@@ -108,10 +127,10 @@ def test_ramps_a_user_set_are_kept_or_the_run_is_refused(tiny):
     assert short.loss.ramps_end < 3
 
 
-def test_train_cli_refuses_a_run_too_short_for_its_ramps(tiny, tmp_path, capsys):
+def test_train_cli_refuses_a_run_too_short_for_its_ramps(gaussian, tmp_path, capsys):
     from mrlfads.training.cli import main
 
-    code = main(["train", "--data", str(tmp_path / "d"), "--epochs", "2", "--out",
+    code = main(["train", "--data", str(tmp_path / "g"), "--epochs", "2", "--out",
                  str(tmp_path / "run"), "--no-tracking", "--quiet"])
     assert code == 2
     err = capsys.readouterr().err

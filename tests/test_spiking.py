@@ -13,6 +13,8 @@ predict at 0.07-0.21 bits per spike: on data whose held-out neurons carry little
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -62,8 +64,9 @@ def test_spike_counts_start_from_the_spike_defaults_and_user_values_win(tmp_path
     spikes = make_tiny_dataset(tmp_path / "spikes", obs_model="poisson").manifest
     gauss = make_tiny_dataset(tmp_path / "gauss", obs_model="gaussian").manifest
     cfg = RunConfig.for_dataset(spikes)
+    plain = lambda v: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v  # noqa: E731
     got = {"model": {"dropout": cfg.model.dropout},
-           "loss": {k: getattr(cfg.loss, k) for k in POISSON_DEFAULTS["loss"]},
+           "loss": {k: plain(getattr(cfg.loss, k)) for k in POISSON_DEFAULTS["loss"]},
            "train": {k: getattr(cfg.train, k) for k in POISSON_DEFAULTS["train"]}}
     assert got == POISSON_DEFAULTS
     assert (cfg.loss.kl_ic_scale, cfg.loss.kl_com_ratio, cfg.train.lr) == (1.2e-3, 44.0, 5e-4)
@@ -72,6 +75,9 @@ def test_spike_counts_start_from_the_spike_defaults_and_user_values_win(tmp_path
         LossConfig.kl_ic_scale, LossConfig.kl_co_scale, LossConfig.kl_com_ratio,
         LossConfig.l2_scale)
     assert (g.train.lr, g.train.cd_rate) == (TrainConfig.lr, TrainConfig.cd_rate) == (4e-3, 0.0)
+    # the ramps: every one full by epoch 72 on spikes, 250 (the paper's) on Gaussian data
+    assert (cfg.loss.ramps_end, g.loss.ramps_end) == (72, 250)
+    assert g.loss.ramps == LossConfig().ramps
     mine = RunConfig.for_dataset(spikes, user={"loss": {"kl_ic_scale": 1.0}},
                                  overrides={"train.lr": 1e-3})
     assert (mine.loss.kl_ic_scale, mine.train.lr, mine.loss.kl_co_scale) == (1.0, 1e-3, 1.5e-3)
