@@ -185,14 +185,20 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     rows = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
-    seen = {(r["dataset"], r["arm"], r["seed"], r["epochs"]) for r in rows}
+    # a run is keyed by everything that makes it another run (rows of old files lack the
+    # rate and bin: they were all 5 Hz in 10 ms bins)
+    def key(r):
+        return (r["dataset"], r["arm"], r["seed"], r["epochs"], r.get("rate_hz", 5.0),
+                r.get("bin_ms", 10.0))
+
+    seen = {key(r) for r in rows}
     arm_name = {"defaults": f"defaults {variant}".strip(), "pbt": "pbt"}
     for name in args.datasets:
         path = dataset(out, name, args.rate_hz, args.bin_ms)
         ceil = ceilings(path)
         for arm in args.arms:
             for seed in args.seeds:
-                if (name, arm_name[arm], seed, args.epochs) in seen:
+                if (name, arm_name[arm], seed, args.epochs, args.rate_hz, args.bin_ms) in seen:
                     continue
                 t0 = time.time()
                 if arm == "defaults":
@@ -207,7 +213,7 @@ def main() -> None:
                 with open(results, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    print(table([r for r in rows if r["epochs"] == args.epochs]))
+    print(table([r for r in rows if key(r)[3:] == (args.epochs, args.rate_hz, args.bin_ms)]))
 
 
 if __name__ == "__main__":
