@@ -133,3 +133,18 @@ def test_an_lr_set_after_capture_is_what_the_replayed_step_uses(tmp_path):
     assert graph.step.captures == 2
     for a, p in zip(before, graph.model.parameters()):
         torch.testing.assert_close(p.detach(), a, rtol=0, atol=1e-20)
+
+
+def test_a_cpu_checkpoint_resumes_in_a_graphed_cuda_run(tmp_path):
+    """The CPU run's AdamW is not capturable and keeps its step counts on the CPU; the
+    graphed run takes the flag and the counts over (TrainStep.adopt_loaded_optimizer)."""
+    ds = make_tiny_dataset(tmp_path / "tiny")
+    cfg = RunConfig.for_dataset(ds.manifest, uri=ds.uri, smoke_test=True)
+    cpu = Trainer(cfg, ds, device="cpu")
+    cpu.run_epoch()
+    cpu.save_checkpoint(tmp_path / "c.pt")
+    gpu = Trainer.from_checkpoint(tmp_path / "c.pt", ds, device="cuda")
+    assert gpu.step.graph and all(g["capturable"] for g in gpu.optimizer.param_groups)
+    metrics = [gpu.run_epoch() for _ in range(5)]
+    assert gpu.step.captures >= 1
+    assert all(math.isfinite(m["train/loss"]) for m in metrics)

@@ -175,3 +175,19 @@ def test_cuda_graph_setting(tiny):
     with pytest.raises(ConfigError, match="needs a CUDA device.*use auto"):
         Trainer(cfg, tiny)
     assert Trainer(smoke(tiny, **{"train.device": "cpu"}), tiny).step.graph is False
+
+
+def test_a_checkpoint_from_a_graphed_cuda_run_resumes_on_the_cpu(tiny, tmp_path):
+    """AdamW's param groups travel in the checkpoint with their ``capturable`` flag; a CUDA
+    run's (True) would make the CPU's AdamW refuse to step. The loaded flag is replaced."""
+    trainer = Trainer(smoke(tiny), tiny)
+    trainer.run_epoch()
+    state = trainer.state_dict()
+    for group in state["optimizer"]["param_groups"]:
+        group["capturable"] = True  # what a graphed CUDA run saves
+    ckpt.save(state, tmp_path / "gpu.pt")
+    resumed = Trainer.from_checkpoint(tmp_path / "gpu.pt", tiny, device="cpu")
+    assert all(g["capturable"] is False for g in resumed.optimizer.param_groups)
+    assert all(g["lr"] is resumed.step.lr for g in resumed.optimizer.param_groups)
+    assert math.isfinite(resumed.run_epoch()["train/loss"])
+

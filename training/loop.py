@@ -225,8 +225,7 @@ class Trainer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step.adopt_lr()  # the loaded groups hold the saved lr as a float
-        self.step.invalidate()  # new optimiser state tensors: recapture
+        self.step.adopt_loaded_optimizer()  # this run's lr tensor and capturable flag
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])

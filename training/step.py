@@ -12,7 +12,7 @@ same body eagerly (on the compiled loop), so every CPU test exercises the GPU's 
 What a graph bakes in, and so recaptures on change: the batch size (one graph per size: a
 full batch and the last, partial one; docs/DESIGN.md, "The training step"), the gradient
 clip, weight decay, betas, autocast, and whether dropout or coordinated dropout is on at
-all. A restored optimiser has new state tensors, so ``invalidate`` after any restore.
+all. A restored optimiser has new state tensors: ``adopt_loaded_optimizer`` after any.
 
 The loss terms of every step are summed on the device; the host reads them (and learns
 whether any was non-finite) once per epoch, in ``epoch_means``.
@@ -110,6 +110,23 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         self.set_lr(value)
+
+    def adopt_loaded_optimizer(self) -> None:
+        """After ``optimizer.load_state_dict``: the loaded param groups carry the saving
+        run's lr (a float) and ``capturable`` flag, and its step counts where it kept them.
+        A checkpoint moves between graphed CUDA runs and CPU runs (a resume, a PBT exploit
+        on another node), so put this run's back: the lr tensor, ``capturable`` as this
+        step needs (AdamW refuses capturable on the CPU and capture without it), step
+        counts on the device when capturing; and drop the graphs, which recorded the old
+        state tensors."""
+        for group in self.optimizer.param_groups:
+            group["capturable"] = self.graph
+        if self.graph:
+            for state in self.optimizer.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].to(self.device, torch.float32)
+        self.adopt_lr()
+        self.invalidate()
 
     def set_lr(self, lr: float) -> None:
         self._lr_written = float(lr)
