@@ -84,7 +84,6 @@ class Trainer:
         )
         # the step owns lr, ramp weights and cd rate as tensors (training/step.py)
         self.step = TrainStep(self.model, self.optimizer, run_cfg, self.device, graph)
-        self.step.set_cd_rate(t.cd_rate)
         self.scheduler = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, mode="min", factor=t.plateau_factor,

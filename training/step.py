@@ -88,7 +88,7 @@ class TrainStep:
         self.model, self.optimizer, self.cfg, self.device = model, optimizer, cfg, device
         self.graph = graph
         self.weights = torch.zeros(len(WEIGHT_NAMES), device=device)
-        self.cd_rate = torch.zeros((), device=device)
+        self.cd_rate = torch.tensor(float(cfg.train.cd_rate), device=device)
         self.lr = torch.tensor(float(optimizer.param_groups[0]["lr"]), device=device)
         self.adopt_lr()
         self._names: list[str] | None = None  # loss terms, in the order of _sums
