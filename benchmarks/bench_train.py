@@ -102,9 +102,9 @@ def build_step(torch, impl: str, batch: int, smoke: bool, device: str, mode: str
     heldin = [torch.randn(batch, T, n, device=device) for _ in cfg.regions]
     loss_cfg = LossConfig()
     if impl == "python":  # the batched path with the Python loop instead of the compiled one
-        from mrlfads import recurrence
+        from mrlfads import loop_ops
 
-        recurrence.USE_NATIVE = False
+        loop_ops.USE_NATIVE = False
     if impl != "oracle" and mode in ("eager", "amp", "graph"):
         return real_step(torch, cfg, model, heldin, device, mode)
     forward = (lambda: oracle_forward(model, heldin, sample=True)) if impl == "oracle" else (
@@ -182,15 +182,9 @@ def worker(impl: str, batch: int, steps: int, smoke: bool, threads: int | None,
     t_build = time.perf_counter()
     step = build_step(torch, impl, batch, smoke, device, mode)[0]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if mode in ("eager", "amp"):
-        from mrlfads import recurrence
-
-        # the compiled loop's matmuls are invisible to the counter: count this step with the
-        # Python loop (the same math and FLOPs)
-        native_loop, recurrence.USE_NATIVE = recurrence.USE_NATIVE, False
+    if mode in ("eager", "amp"):  # the loop operators report their FLOPs to the counter
         with FlopCounterMode(display=False) as counter:
             step()  # also the warm-up
-        recurrence.USE_NATIVE = native_loop
         flops = counter.get_total_flops()
     else:  # graphs and compiled code hide their ops from the counter: count one eager step
         step()

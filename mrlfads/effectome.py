@@ -104,8 +104,7 @@ def input_cut_effectome(model, heldin: Sequence[torch.Tensor], ext=None,
     if not model.cfg.inferred_inputs:
         return E
     T = heldin[0].shape[1]
-    # an empty window: the Python loop that silenced inputs run, with nothing silenced
-    base = _run(model, heldin, ext, batch_size, silence_inputs={names[0]: (0, 0)})
+    base = _run(model, heldin, ext, batch_size)
     for r, name in enumerate(names):
         cut = _run(model, heldin, ext, batch_size, silence_inputs={name: (0, T)})
         sq = sum(float(((c.readout[r] - b.readout[r]).double() ** 2).sum())

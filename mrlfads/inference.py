@@ -123,15 +123,6 @@ class Perturbation:
         return {key: {self.target: value}}
 
 
-def same_loop(perturbation: Perturbation) -> dict:
-    """Forward arguments that perturb nothing but run the same loop as ``perturbation``:
-    silenced inputs run the Python loop, so the unperturbed pass must too, or the
-    difference would hold the two loops' rounding besides the perturbation."""
-    if perturbation.kind == "inputs":
-        return {"silence_inputs": {perturbation.target: (0, 0)}}
-    return {}
-
-
 def perturbation_effects(model, heldin: Sequence, ext: Sequence | None,
                          perturbation: Perturbation,
                          batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -147,7 +138,7 @@ def perturbation_effects(model, heldin: Sequence, ext: Sequence | None,
     Posterior means throughout, so the only difference is the perturbation."""
     tau = model.cfg.ic_enc_seq_len
     start = max(int(perturbation.window[0]) - tau, 0)
-    base = _run(model, heldin, ext, batch_size, **same_loop(perturbation))
+    base = _run(model, heldin, ext, batch_size)
     cut = _run(model, heldin, ext, batch_size, **perturbation.forward_kwargs())
     res = {}
     for r, name in enumerate(model.cfg.region_names):

@@ -7,8 +7,9 @@ controller-input encoder's and the external inputs' share of the gates) are comp
 the whole sequence in one GEMM before the steps start, and readouts after them. For
 rate-based messages the readout is folded into the message map
 (A (W f + c) + b = (A W) f + (A c + b)), so the loop never materialises the rates. The
-loop itself is one autograd node with hand-written backprop through time
-(``mrlfads.recurrence``); dropout masks for all steps are drawn up front.
+loop itself is one registered operator with hand-written backprop through time
+(``mrlfads.loop_ops``; its inputs and outputs are the structures of ``mrlfads.loop_io``);
+dropout masks for all steps are drawn up front.
 ``mrlfads.oracle`` is the plain region-by-region reference. The model itself:
 docs/MODEL.md, "Generative model" and "Inference network".
 """
@@ -23,10 +24,10 @@ from mrlfads import native
 from mrlfads.config import ModelConfig
 from mrlfads.config_utils import from_dict
 from mrlfads.layers import posterior_var, unit_columns
-from mrlfads.loss import compute_loss
+from mrlfads.loop_io import LoopInputs, LoopSpec, LoopWeights
+from mrlfads.loop_ops import gru_sequence, loop
 from mrlfads.outputs import ModelOutput
 from mrlfads.params import ModelParams
-from mrlfads.recurrence import GRUSequence, LoopSpec, Recurrence, apply_float32
 
 Tensor = torch.Tensor
 
@@ -166,7 +167,7 @@ class MRLFADS(ModelParams):
     def encode(self, heldin: Sequence[Tensor]):
         """IC posterior per region and controller-input encodings (R, T', B, E) or None.
 
-        The ci encoders (``nn.GRU`` modules, one per region) run as one ``GRUSequence``:
+        The ci encoders (``nn.GRU`` modules, one per region) run as one ``gru_sequence``:
         their input gates per region in one matmul each, the recurrence for all regions in
         one bmm per step (same math as calling the modules).
         """
@@ -187,7 +188,7 @@ class MRLFADS(ModelParams):
         xg = torch.stack(ci_x).permute(2, 0, 1, 3)  # (R, B, T', 3E) -> (T', R, B, 3E)
         w_hh = torch.stack([m.weight_hh_l0.T for m in self.ci_enc])  # (R, E, 3E)
         b_hh = torch.stack([m.bias_hh_l0 for m in self.ci_enc]).unsqueeze(1)  # (R, 1, 3E)
-        return ic_mean, ic_logvar, apply_float32(GRUSequence, xg, w_hh, b_hh)
+        return ic_mean, ic_logvar, gru_sequence(xg, w_hh, b_hh)
 
     def _seq_gates(self, seq: Tensor, w: Tensor, b: Tensor) -> Tensor:
         """Input-to-gate projection of a whole sequence: (R, T', B, I) -> (T', R, B, out)."""
@@ -250,18 +251,19 @@ class MRLFADS(ModelParams):
                 msg_w = torch.bmm(ro_w, msg_w)  # (P, Fm, 2C)
         keep = self.silence_keep(silence, Tp, x0) if s.P else None
         keep_u = self.input_keep(silence_inputs, Tp, x0)
-        spec = LoopSpec(R=s.R, P=s.P, C=C, U=s.U, clip=clip, sample=sample,
+        spec = LoopSpec(R=s.R, P=s.P, C=C, U=s.U, T=Tp, clip=clip, sample=sample,
                         src_is_g=cfg.message_source == "generator")
-        drop_f = self._drop_masks((Tp, s.R, B, s.Fm), x0) if cfg.inferred_inputs else None
-        drop_g = self._drop_masks((Tp, s.R, B, s.Gm), x0)
         nz = noise if sample else {}
-        fac, co, u, mp, m = apply_float32(
-            Recurrence, spec, getattr(self, "src_index", None), Tp, g, f, ce, w.get("con_w_ie"),
-            w.get("con_b_ih"), gen_x_gates, msg_w, msg_b, w.get("con_w_if"), w.get("con_w_hh"),
-            w.get("con_b_hh"), w.get("co_w"), w.get("co_b"), w.get("gen_w_iu"), w["gen_w_hh"],
-            w["gen_b_hh"], fac_w,
-            nz.get("msg") if s.P else None, nz.get("co") if cfg.inferred_inputs else None,
-            keep, drop_f, drop_g, keep_u)
+        inputs = LoopInputs(
+            g0=g, f0=f, ce=ce, gx=gen_x_gates,
+            eps_msg=nz.get("msg") if s.P else None,
+            eps_co=nz.get("co") if cfg.inferred_inputs else None, keep=keep, keep_u=keep_u,
+            drop_f=self._drop_masks((Tp, s.R, B, s.Fm), x0) if cfg.inferred_inputs else None,
+            drop_g=self._drop_masks((Tp, s.R, B, s.Gm), x0),
+            src_index=getattr(self, "src_index", None))
+        weights = LoopWeights(**{k: w.get(k) for k in LoopWeights._fields}) \
+            ._replace(fac_w=fac_w, msg_w=msg_w, msg_b=msg_b)
+        fac, co, u, mp, m = loop(spec, inputs, weights)
         rec = {"f": fac, "co": co, "u": u, "mp": mp, "m": m}
         return self._collect(rec, w, ic_mean, ic_var, B, Tp)
 

@@ -50,9 +50,9 @@ def require_native_loop():
 @pytest.fixture(params=["native", "python"])
 def loop_impl(request, monkeypatch):
     """Run the test once with the compiled CPU loop and once with the Python loop."""
-    from mrlfads import recurrence
+    from mrlfads import loop_ops
 
     if request.param == "native":
         require_native_loop()
-    monkeypatch.setattr(recurrence, "USE_NATIVE", request.param == "native")
+    monkeypatch.setattr(loop_ops, "USE_NATIVE", request.param == "native")
     return request.param

@@ -148,3 +148,19 @@ def test_a_cpu_checkpoint_resumes_in_a_graphed_cuda_run(tmp_path):
     metrics = [gpu.run_epoch() for _ in range(5)]
     assert gpu.step.captures >= 1
     assert all(math.isfinite(m["train/loss"]) for m in metrics)
+
+
+def test_loop_operators_pass_opcheck_on_cuda():
+    """On CUDA the registered loop operators run the Python loop: their fake shapes,
+    autograd registration and AOT tracing agree with it there too."""
+    from mrlfads import loop_ops
+    from mrlfads.loop_io import to_list
+    from tests.test_recurrence import loop_inputs
+
+    spec, inputs, weights = loop_inputs(False, True, True, True)
+    move = lambda nt: type(nt)(*(None if t is None else t.detach().cuda().requires_grad_(
+        t.requires_grad) for t in nt))
+    inputs, weights = move(inputs), move(weights)
+    torch.library.opcheck(loop_ops.recurrence_op,
+                          (to_list(inputs, inputs.g0), to_list(weights, inputs.g0)),
+                          spec.scalars())

@@ -87,7 +87,7 @@ def test_the_model_imports_and_trains_without_fcntl(tmp_path, monkeypatch):
 
     import torch
 
-    from mrlfads import recurrence
+    from mrlfads import loop_ops
     from mrlfads.model import MRLFADS
     from tests.test_model_basic import batch, tiny_cfg
 
@@ -97,7 +97,7 @@ def test_the_model_imports_and_trains_without_fcntl(tmp_path, monkeypatch):
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr
     assert "no fcntl file locking" in out.stdout and "install a C++ compiler" not in out.stdout
-    monkeypatch.setattr(recurrence, "USE_NATIVE", False)
+    monkeypatch.setattr(loop_ops, "USE_NATIVE", False)
     torch.manual_seed(0)
     cfg = tiny_cfg(dropout=0.0)
     model = MRLFADS(cfg)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mrlfads import native, recurrence
+from mrlfads import loop_ops, native
 from mrlfads.config import LossConfig, ModelConfig, RegionConfig
 from mrlfads.loss import compute_loss
 from mrlfads.model import MRLFADS
@@ -42,7 +42,7 @@ def batch(seed, dtype=torch.float32, B=5, T=24):
 
 def step(model, data, use_native, monkeypatch, seed=7):
     """One training-mode forward (posterior samples, dropout) + backward; outputs, grads."""
-    monkeypatch.setattr(recurrence, "USE_NATIVE", use_native)
+    monkeypatch.setattr(loop_ops, "USE_NATIVE", use_native)
     heldin, heldout, ext = data
     model.train()
     model.zero_grad()
@@ -200,3 +200,16 @@ def test_concurrent_first_builds_share_one_library(tmp_path):
     assert results[0] == results[1] and results[0]["ops"] is True
     names = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert names == [".build.lock", Path(results[0]["path"]).name]
+
+
+def test_compiled_loop_declares_the_structures_of_loop_io():
+    """loop.cpp's field lists are mrlfads.loop_io's, name for name and in order (the
+    structures cross the operator boundary as lists in field order)."""
+    from mrlfads.loop_io import GRUSaved, LoopInputs, LoopOutputs, LoopSaved, LoopWeights
+
+    ops = require_native_loop()
+    for name, cls in [("inputs", LoopInputs), ("weights", LoopWeights),
+                      ("outputs", LoopOutputs), ("saved", LoopSaved), ("gru_saved", GRUSaved)]:
+        assert ops.loop_fields(name).split(",") == list(cls._fields), name
+    with pytest.raises(RuntimeError, match="no structure named"):
+        ops.loop_fields("nothing")

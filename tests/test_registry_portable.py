@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mrlfads import recurrence
+from mrlfads import loop_ops
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.inference import posterior_means
 from mrlfads.tracking.inputs import CONTEXT_TAG
@@ -94,7 +94,7 @@ def test_promote_run_registers_a_model_that_loads_without_the_repository(
     assert float(version.tags["metric.valid/loss"]) == pytest.approx(saved["history"][-1]["valid/loss"])
 
     # the in-repo answer: best.pt through the Python time loop (the child runs it too)
-    monkeypatch.setattr(recurrence, "USE_NATIVE", False)
+    monkeypatch.setattr(loop_ops, "USE_NATIVE", False)
     model, run_cfg, _ = ckpt.load_model(run_dir / "best.pt")
     rng = np.random.default_rng(1)
     T = 9  # not the data's 12 bins: the time axis is free

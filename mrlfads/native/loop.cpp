@@ -7,8 +7,10 @@
 // step's elementwise math (gates, clip, and their derivatives) is one fused pass over rows.
 //
 // Layout conventions (as in recurrence.py): per-step tensors are (R, B, width) and
-// per-pair (P, B, width); saved sequences are region-major (R, T', B, width). Absent
-// inputs are None; absent outputs are empty tensors (Python maps them back to None).
+// per-pair (P, B, width); saved sequences are region-major (R, T', B, width). Inputs,
+// weights, outputs and saved activations are the structures of mrlfads/loop_io.py
+// (declared again below, field for field, and checked against it on first load); they
+// arrive and leave as tensor lists in field order, absent fields as empty tensors.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -20,6 +22,7 @@
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace {
@@ -335,8 +338,6 @@ void posterior_grad(const Tensor& out, const Tensor& d_, const Tensor& params_,
   });
 }
 
-Tensor step(const OptT& t, int64_t i) { return t->select(0, i); }
-
 // sum over time and batch of x^T dy: (R, T', B, I), (R, T', B, O) -> (R, I, O)
 Tensor wgrad(const Tensor& x, const Tensor& dy) {
   const int64_t R = x.size(0);
@@ -346,201 +347,276 @@ Tensor wgrad(const Tensor& x, const Tensor& dy) {
 // (R, T', B, O) -> (R, 1, O): one reduction over the T'*B rows
 Tensor bgrad(const Tensor& dy) { return dy.reshape({dy.size(0), -1, dy.size(3)}).sum(1, true); }
 
-bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
+// ---------------------------------------------------------------- the loop's structures
+// The same fields, in the same order, as mrlfads/loop_io.py's named tuples (the Python side
+// checks the names on first load: loop_fields). They cross the operator boundary as tensor
+// lists in field order; an absent field is an empty tensor, undefined here.
+#define LOOP_INPUTS(X) \
+  X(g0) X(f0) X(ce) X(gx) X(eps_msg) X(eps_co) X(keep) X(keep_u) X(drop_f) X(drop_g) X(src_index)
+#define LOOP_WEIGHTS(X)                                                                       \
+  X(gen_w_hh) X(gen_b_hh) X(fac_w) X(gen_w_iu) X(con_w_ie) X(con_b_ih) X(con_w_if) X(con_w_hh) \
+  X(con_b_hh) X(co_w) X(co_b) X(msg_w) X(msg_b)
+#define LOOP_OUTPUTS(X) X(factors) X(co) X(inputs) X(msg_params) X(messages)
+#define LOOP_SAVED(X) \
+  X(Gs) X(GD) X(Xs) X(Hs) X(FD) X(ST) X(gen_rz) X(gen_n) X(gen_hn) X(con_rz) X(con_n) X(con_hn)
+#define GRU_SAVED(X) X(states) X(rz) X(n) X(hn)
+
+#define FIELD_DECL(name) Tensor name;
+#define FIELD_NAME(name) #name,
+#define FIELD_COUNT(name) +1
+#define FIELD_UNPACK(name) s.name = present(ts[k++]);
+#define FIELD_PACK(name) out.push_back(name.defined() ? name : at::empty({0}, absent));
+
+Tensor present(const Tensor& t) { return t.defined() && t.numel() > 0 ? t : Tensor(); }
+
+#define LOOP_STRUCT(Name, FIELDS)                                                   \
+  struct Name {                                                                     \
+    FIELDS(FIELD_DECL)                                                              \
+    static constexpr const char* kNames[] = {FIELDS(FIELD_NAME)};                   \
+    static constexpr int64_t kSize = 0 FIELDS(FIELD_COUNT);                         \
+    static Name unpack(at::TensorList ts) {                                         \
+      TORCH_CHECK(static_cast<int64_t>(ts.size()) == kSize, "mrlfads native loop: " \
+                  #Name " takes ", kSize, " tensors, got ", ts.size());             \
+      Name s;                                                                       \
+      int64_t k = 0;                                                                \
+      FIELDS(FIELD_UNPACK)                                                          \
+      return s;                                                                     \
+    }                                                                               \
+    void pack_into(std::vector<Tensor>& out, const at::TensorOptions& absent) const { \
+      FIELDS(FIELD_PACK)                                                            \
+    }                                                                               \
+  };
+
+LOOP_STRUCT(Inputs, LOOP_INPUTS)
+LOOP_STRUCT(Weights, LOOP_WEIGHTS)
+LOOP_STRUCT(Outputs, LOOP_OUTPUTS)
+LOOP_STRUCT(Saved, LOOP_SAVED)
+LOOP_STRUCT(GruSaved, GRU_SAVED)
+
+template <typename S>
+std::string names_of() {
+  std::string out;
+  for (const char* n : S::kNames) out += (out.empty() ? "" : ",") + std::string(n);
+  return out;
+}
+
+std::string loop_fields(c10::string_view which) {
+  if (which == "inputs") return names_of<Inputs>();
+  if (which == "weights") return names_of<Weights>();
+  if (which == "outputs") return names_of<Outputs>();
+  if (which == "saved") return names_of<Saved>();
+  if (which == "gru_saved") return names_of<GruSaved>();
+  TORCH_CHECK(false, "mrlfads native loop: no structure named ", which);
+}
+
+// Sizes and switches of one call (mrlfads.loop_io.LoopSpec) and the posterior bounds.
+struct Spec {
+  int64_t R, P, C, U, T;
+  double clip;
+  bool src_is_g, sample;
+  double var_floor, logvar_max;
+};
+
+// step i of a time-major input (T', ...) / of a region-major sequence (R, T', ...), if present
+OptT step_of(const Tensor& t, int64_t i) { return t.defined() ? OptT(t.select(0, i)) : std::nullopt; }
+OptT seq_step(const Tensor& t, int64_t i) { return t.defined() ? OptT(t.select(1, i)) : std::nullopt; }
 
 // ---------------------------------------------------------------- the MR-LFADS loop
-std::vector<Tensor> recurrence_forward(
-    int64_t R, int64_t P, int64_t C, int64_t U, double clip, bool src_is_g, bool sample,
-    double var_floor, double logvar_max, int64_t Tp, const Tensor& g0, const Tensor& f0,
-    const OptT& ce,
-    const OptT& con_w_ie, const OptT& con_b_ih, const Tensor& gx, const OptT& msg_w,
-    const OptT& msg_b, const OptT& con_w_if, const OptT& con_w_hh, const OptT& con_b_hh,
-    const OptT& co_w, const OptT& co_b,
-    const OptT& gen_w_iu, const Tensor& gen_w_hh, const Tensor& gen_b_hh, const Tensor& fac_w,
-    const OptT& eps_msg, const OptT& eps_co, const OptT& keep, const OptT& drop_f,
-    const OptT& drop_g, const OptT& src_index) {
+// Returns Outputs then Saved, in field order (mrlfads.recurrence.forward is the reference).
+std::vector<Tensor> loop_forward(const Spec& sp, const Inputs& x, const Weights& w) {
   at::NoGradGuard no_grad;
-  const int64_t B = g0.size(1), G = g0.size(2), F = fac_w.size(2);
-  const bool con = ce.has_value(), seq = gx.dim() == 4;
-  const auto o = g0.options();
-  const Tensor none = at::zeros({0}, o);
-  Tensor Gs = buffer({R, Tp + 1, B, G}, o);
-  Gs.select(1, 0).copy_(g0);
-  Tensor Fs = at::empty({R, Tp, B, F}, o);
-  Tensor GD = drop_g ? buffer({R, Tp, B, G}, o) : Gs.narrow(1, 1, Tp);
-  Tensor Xs = gen_w_iu ? buffer({R, Tp, B, gen_w_iu->size(1)}, o) : none;
-  const int64_t Cn = con ? con_w_hh->size(1) : 0;
-  Tensor Hs = con ? buffer({R, Tp + 1, B, Cn}, o) : none;
-  if (con) Hs.select(1, 0).zero_();
-  Tensor FD = con ? buffer({R, Tp, B, F}, o) : none;
-  Tensor CO = con ? at::empty({R, Tp, B, 2 * U}, o) : none;
-  Tensor Us = con ? at::empty({R, Tp, B, U}, o) : none;
-  Tensor ST = P ? buffer({P, Tp, B, msg_w->size(1)}, o) : none;
-  Tensor MP = P ? at::empty({P, Tp, B, 2 * C}, o) : none;
-  Tensor M = P ? at::empty({P, Tp, B, C}, o) : none;
-  Tensor GRZ = buffer({R, Tp, B, 2 * G}, o), GN = buffer({R, Tp, B, G}, o),
-         GHN = buffer({R, Tp, B, G}, o);
-  Tensor CRZ = con ? buffer({R, Tp, B, 2 * Cn}, o) : none;
-  Tensor CN = con ? buffer({R, Tp, B, Cn}, o) : none;
-  Tensor CHN = con ? buffer({R, Tp, B, Cn}, o) : none;
+  const int64_t R = sp.R, P = sp.P, C = sp.C, U = sp.U, Tp = sp.T;
+  const int64_t B = x.g0.size(1), G = x.g0.size(2), F = w.fac_w.size(2);
+  const bool con = x.ce.defined(), seq = x.gx.dim() == 4;
+  const auto o = x.g0.options();
+  Outputs out;
+  Saved s;
+  s.Gs = buffer({R, Tp + 1, B, G}, o);
+  s.Gs.select(1, 0).copy_(x.g0);
+  out.factors = at::empty({R, Tp, B, F}, o);
+  if (x.drop_g.defined()) s.GD = buffer({R, Tp, B, G}, o);
+  const Tensor GD = x.drop_g.defined() ? s.GD : s.Gs.narrow(1, 1, Tp);
+  if (w.gen_w_iu.defined()) s.Xs = buffer({R, Tp, B, w.gen_w_iu.size(1)}, o);
+  const int64_t Cn = con ? w.con_w_hh.size(1) : 0;
+  if (con) {
+    s.Hs = buffer({R, Tp + 1, B, Cn}, o);
+    s.Hs.select(1, 0).zero_();
+    s.FD = buffer({R, Tp, B, F}, o);
+    out.co = at::empty({R, Tp, B, 2 * U}, o);
+    out.inputs = at::empty({R, Tp, B, U}, o);
+    s.con_rz = buffer({R, Tp, B, 2 * Cn}, o);
+    s.con_n = buffer({R, Tp, B, Cn}, o);
+    s.con_hn = buffer({R, Tp, B, Cn}, o);
+  }
+  if (P) {
+    s.ST = buffer({P, Tp, B, w.msg_w.size(1)}, o);
+    out.msg_params = at::empty({P, Tp, B, 2 * C}, o);
+    out.messages = at::empty({P, Tp, B, C}, o);
+  }
+  s.gen_rz = buffer({R, Tp, B, 2 * G}, o);
+  s.gen_n = buffer({R, Tp, B, G}, o);
+  s.gen_hn = buffer({R, Tp, B, G}, o);
   // per-step gate pre-activations, written in place (fresh 100s-of-kB blocks every step
   // went back and forth to the OS)
   Tensor hg_g = buffer({R, B, 3 * G}, o), xg_g = buffer({R, B, 3 * G}, o);
-  Tensor hg_c = con ? buffer({R, B, 3 * Cn}, o) : none;
-  Tensor xg_c = con ? buffer({R, B, 3 * Cn}, o) : none;
-  // the controller's input gates from the ci encoder, for the whole sequence in one GEMM,
-  // into a recycled buffer; the bias is added per step (copying it into this 56 MB block,
-  // fresh each step, cost ~4% of a batch-64 step)
-  Tensor CI = con ? buffer({R, Tp, B, 3 * Cn}, o) : none;
+  Tensor hg_c, xg_c, CI;
   if (con) {
+    hg_c = buffer({R, B, 3 * Cn}, o);
+    xg_c = buffer({R, B, 3 * Cn}, o);
+    // the controller's input gates from the ci encoder, for the whole sequence in one GEMM,
+    // into a recycled buffer; the bias is added per step (copying it into this 56 MB block,
+    // fresh each step, cost ~4% of a batch-64 step)
+    CI = buffer({R, Tp, B, 3 * Cn}, o);
     Tensor ci_flat = CI.view({R, Tp * B, 3 * Cn});
-    at::bmm_out(ci_flat, ce->reshape({R, Tp * B, ce->size(3)}), *con_w_ie);
+    at::bmm_out(ci_flat, x.ce.reshape({R, Tp * B, x.ce.size(3)}), w.con_w_ie);
   }
-  Tensor f = f0;
+  Tensor f = x.f0;
   for (int64_t i = 0; i < Tp; ++i) {
-    const Tensor g = Gs.select(1, i);
+    const Tensor g = s.Gs.select(1, i);
     if (P) {
-      const Tensor st = ST.select(1, i);
-      st.copy_((src_is_g ? g : f).index_select(0, *src_index));
-      Tensor m = M.select(1, i), mpi = MP.select(1, i);
-      // (P, B, 2C); straight into MP unless silencing rewrites the means kept there
-      const Tensor mp = keep ? at::baddbmm(*msg_b, st, *msg_w)
-                             : at::baddbmm_out(mpi, *msg_b, st, *msg_w);
-      sample_into(m, mp, C, sample ? std::optional(step(eps_msg, i)) : std::nullopt, var_floor,
-                     logvar_max);
-      if (keep) {
-        const Tensor k = step(keep, i);
+      const Tensor st = s.ST.select(1, i);
+      st.copy_((sp.src_is_g ? g : f).index_select(0, x.src_index));
+      Tensor m = out.messages.select(1, i), mpi = out.msg_params.select(1, i);
+      // (P, B, 2C); straight into msg_params unless silencing rewrites the means kept there
+      const Tensor mp = x.keep.defined() ? at::baddbmm(w.msg_b, st, w.msg_w)
+                                         : at::baddbmm_out(mpi, w.msg_b, st, w.msg_w);
+      sample_into(m, mp, C, sp.sample ? step_of(x.eps_msg, i) : std::nullopt, sp.var_floor,
+                  sp.logvar_max);
+      if (x.keep.defined()) {
+        const Tensor k = x.keep.select(0, i);
         m.mul_(k);
         Tensor kept_mean = mpi.narrow(-1, 0, C);
         at::mul_out(kept_mean, mp.narrow(-1, 0, C), k);
         mpi.narrow(-1, C, C).copy_(mp.narrow(-1, C, C));
       }
       // (P, B, C) -> (R_dst, R-1, B, C) -> (R_dst, B, R-1, C) into x's message slots
-      Xs.select(1, i).narrow(-1, U, (R - 1) * C).view({R, B, R - 1, C})
+      s.Xs.select(1, i).narrow(-1, U, (R - 1) * C).view({R, B, R - 1, C})
           .copy_(m.view({R, R - 1, B, C}).transpose(1, 2));
     }
     if (con) {
-      const Tensor h = Hs.select(1, i);
-      Tensor fd = FD.select(1, i);
-      if (drop_f) {
-        at::mul_out(fd, f, step(drop_f, i));
+      const Tensor h = s.Hs.select(1, i);
+      Tensor fd = s.FD.select(1, i);
+      if (x.drop_f.defined()) {
+        at::mul_out(fd, f, x.drop_f.select(0, i));
       } else {
         fd.copy_(f);
       }
-      at::baddbmm_out(xg_c, CI.select(1, i), fd, *con_w_if);
-      xg_c.add_(*con_b_ih);
-      at::baddbmm_out(hg_c, *con_b_hh, h, *con_w_hh);
-      const Tensor h1 = Hs.select(1, i + 1);
-      gru_forward(xg_c, hg_c, h, h1, CRZ.select(1, i), CN.select(1, i), CHN.select(1, i), clip);
-      Tensor co = CO.select(1, i);  // (R, B, 2U)
-      at::baddbmm_out(co, *co_b, h1, *co_w);
-      Tensor u = Us.select(1, i);
-      sample_into(u, co, U, sample ? std::optional(step(eps_co, i)) : std::nullopt, var_floor,
-                     logvar_max);
-      Xs.select(1, i).narrow(-1, 0, U).copy_(u);
+      at::baddbmm_out(xg_c, CI.select(1, i), fd, w.con_w_if);
+      xg_c.add_(w.con_b_ih);
+      at::baddbmm_out(hg_c, w.con_b_hh, h, w.con_w_hh);
+      const Tensor h1 = s.Hs.select(1, i + 1);
+      gru_forward(xg_c, hg_c, h, h1, s.con_rz.select(1, i), s.con_n.select(1, i),
+                  s.con_hn.select(1, i), sp.clip);
+      Tensor co = out.co.select(1, i);  // (R, B, 2U)
+      at::baddbmm_out(co, w.co_b, h1, w.co_w);
+      Tensor u = out.inputs.select(1, i);
+      sample_into(u, co, U, sp.sample ? step_of(x.eps_co, i) : std::nullopt, sp.var_floor,
+                  sp.logvar_max);
+      if (x.keep_u.defined()) u.mul_(x.keep_u.select(0, i));
+      s.Xs.select(1, i).narrow(-1, 0, U).copy_(u);
     }
-    const Tensor gxi = seq ? gx.select(0, i) : gx;
-    const Tensor xg = gen_w_iu ? at::baddbmm_out(xg_g, gxi, Xs.select(1, i), *gen_w_iu)
-                               : gxi.expand({R, B, gxi.size(-1)});
-    at::baddbmm_out(hg_g, gen_b_hh, g, gen_w_hh);
-    const Tensor g1 = Gs.select(1, i + 1);
-    gru_forward(xg, hg_g, g, g1, GRZ.select(1, i), GN.select(1, i), GHN.select(1, i), clip);
+    const Tensor gxi = seq ? x.gx.select(0, i) : x.gx;
+    const Tensor xg = s.Xs.defined() ? at::baddbmm_out(xg_g, gxi, s.Xs.select(1, i), w.gen_w_iu)
+                                     : gxi.expand({R, B, gxi.size(-1)});
+    at::baddbmm_out(hg_g, w.gen_b_hh, g, w.gen_w_hh);
+    const Tensor g1 = s.Gs.select(1, i + 1);
+    gru_forward(xg, hg_g, g, g1, s.gen_rz.select(1, i), s.gen_n.select(1, i),
+                s.gen_hn.select(1, i), sp.clip);
     Tensor gd = g1;
-    if (drop_g) {
+    if (x.drop_g.defined()) {
       gd = GD.select(1, i);
-      at::mul_out(gd, g1, step(drop_g, i));
+      at::mul_out(gd, g1, x.drop_g.select(0, i));
     }
-    f = Fs.select(1, i);
-    f.copy_(at::bmm(gd, fac_w));
+    f = out.factors.select(1, i);
+    f.copy_(at::bmm(gd, w.fac_w));
   }
-  return handed_out({Fs, CO, Us, MP, M, Gs, GD, Xs, Hs, FD, ST, GRZ, GN, GHN, CRZ, CN, CHN});
+  std::vector<Tensor> res;  // absent fields: a fresh empty tensor each (returns never alias)
+  out.pack_into(res, o);
+  s.pack_into(res, o);
+  return handed_out(res);
 }
 
-std::vector<Tensor> recurrence_backward(
-    int64_t R, int64_t P, int64_t C, int64_t U, double clip, bool src_is_g, bool sample,
-    double var_floor, double logvar_max, bool gx_seq, const OptT& gF, const OptT& gCO,
-    const OptT& gU,
-    const OptT& gMP, const OptT& gM, const OptT& src_index, const OptT& msg_w, const OptT& ce,
-    const OptT& con_w_ie, const OptT& con_w_if, const OptT& con_w_hh, const OptT& co_w,
-    const OptT& gen_w_iu, const Tensor& gen_w_hh, const Tensor& fac_w, const OptT& eps_msg,
-    const OptT& eps_co,
-    const OptT& keep, const OptT& drop_f, const OptT& drop_g, const Tensor& CO,
-    const Tensor& MP, const Tensor& Gs, const Tensor& GD, const Tensor& Xs, const Tensor& Hs,
-    const Tensor& FD, const Tensor& ST, const Tensor& GRZ, const Tensor& GN, const Tensor& GHN,
-    const Tensor& CRZ, const Tensor& CN, const Tensor& CHN) {
+// Gradients of Inputs then Weights, in field order (empty where absent or not
+// differentiated), for the outputs' gradients g (mrlfads.recurrence.backward).
+std::vector<Tensor> loop_backward(const Spec& sp, const Outputs& g, const Inputs& x,
+                                  const Weights& w, const Outputs& out, const Saved& s) {
   at::NoGradGuard no_grad;
-  const int64_t Tp = GRZ.size(1), B = Gs.size(2), G = Gs.size(3), F = fac_w.size(2);
-  const bool con = has(Hs), with_x = has(Xs);
-  const auto o = Gs.options();
+  const int64_t R = sp.R, P = sp.P, C = sp.C, U = sp.U, Tp = sp.T;
+  const int64_t B = s.Gs.size(2), G = s.Gs.size(3), F = w.fac_w.size(2);
+  const bool con = s.Hs.defined(), with_x = s.Xs.defined();
+  const Tensor GD = s.GD.defined() ? s.GD : s.Gs.narrow(1, 1, Tp);
+  const auto o = s.Gs.options();
   const Tensor none = at::zeros({0}, o);
   const Tensor DF = buffer({R, Tp, B, F}, o), DGX = buffer({R, Tp, B, 3 * G}, o),
                DGH = buffer({R, Tp, B, 3 * G}, o);
-  const int64_t Cn = con ? Hs.size(3) : 0;
+  const int64_t Cn = con ? s.Hs.size(3) : 0;
   const Tensor DCX = con ? buffer({R, Tp, B, 3 * Cn}, o) : none;
   const Tensor DCH = con ? buffer({R, Tp, B, 3 * Cn}, o) : none;
   const Tensor DCO = con ? buffer({R, Tp, B, 2 * U}, o) : none;
   const Tensor DMP = P ? buffer({P, Tp, B, 2 * C}, o) : none;
-  const Tensor fac_t = fac_w.transpose(1, 2), ghh_t = gen_w_hh.transpose(1, 2);
-  const Tensor giu_t = with_x ? gen_w_iu->transpose(1, 2) : none;
-  const Tensor co_t = con ? co_w->transpose(1, 2) : none;
-  const Tensor chh_t = con ? con_w_hh->transpose(1, 2) : none;
-  const Tensor cif_t = con ? con_w_if->transpose(1, 2) : none;
-  const Tensor msg_t = P ? msg_w->transpose(1, 2) : none;
+  const Tensor fac_t = w.fac_w.transpose(1, 2), ghh_t = w.gen_w_hh.transpose(1, 2);
+  const Tensor giu_t = with_x ? w.gen_w_iu.transpose(1, 2) : none;
+  const Tensor co_t = con ? w.co_w.transpose(1, 2) : none;
+  const Tensor chh_t = con ? w.con_w_hh.transpose(1, 2) : none;
+  const Tensor cif_t = con ? w.con_w_if.transpose(1, 2) : none;
+  const Tensor msg_t = P ? w.msg_w.transpose(1, 2) : none;
   Tensor dg = at::zeros({R, B, G}, o), df = at::zeros({R, B, F}, o);
   Tensor dh = con ? at::zeros({R, B, Cn}, o) : none;
   for (int64_t i = Tp - 1; i >= 0; --i) {
     Tensor dfi = DF.select(1, i);
-    if (gF) {
-      at::add_out(dfi, df, gF->select(1, i));
+    if (g.factors.defined()) {
+      at::add_out(dfi, df, g.factors.select(1, i));
     } else {
       dfi.copy_(df);
     }
     const Tensor dgd = at::bmm(dfi, fac_t);
     Tensor dprev = at::empty({R, B, G}, o);
-    gru_backward(dg, dgd, drop_g ? std::optional(step(drop_g, i)) : std::nullopt,
-                 GRZ.select(1, i), GN.select(1, i), GHN.select(1, i), Gs.select(1, i), clip,
-                 DGX.select(1, i), DGH.select(1, i), dprev);
+    gru_backward(dg, dgd, step_of(x.drop_g, i), s.gen_rz.select(1, i), s.gen_n.select(1, i),
+                 s.gen_hn.select(1, i), s.Gs.select(1, i), sp.clip, DGX.select(1, i),
+                 DGH.select(1, i), dprev);
     dg = dprev.baddbmm_(DGH.select(1, i), ghh_t);
     const Tensor dx = with_x ? at::bmm(DGX.select(1, i), giu_t) : none;
     df = Tensor();
     if (con) {
       Tensor du = dx.narrow(-1, 0, U);
-      if (gU) du = du + gU->select(1, i);
+      if (g.inputs.defined()) du = du + g.inputs.select(1, i);
+      if (x.keep_u.defined()) du = du * x.keep_u.select(0, i);
       const Tensor dco = DCO.select(1, i);
-      posterior_grad(dco, du, CO.select(1, i),
-                     sample ? std::optional(step(eps_co, i)) : std::nullopt,
-                     gCO ? std::optional(gCO->select(1, i)) : std::nullopt, var_floor,
-                     logvar_max);
+      posterior_grad(dco, du, out.co.select(1, i),
+                     sp.sample ? step_of(x.eps_co, i) : std::nullopt, seq_step(g.co, i),
+                     sp.var_floor, sp.logvar_max);
       const Tensor dhn = at::baddbmm(dh, dco, co_t);
       Tensor dhprev = at::empty({R, B, Cn}, o);
-      gru_backward(dhn, std::nullopt, std::nullopt, CRZ.select(1, i), CN.select(1, i),
-                   CHN.select(1, i), Hs.select(1, i), clip, DCX.select(1, i),
+      gru_backward(dhn, std::nullopt, std::nullopt, s.con_rz.select(1, i), s.con_n.select(1, i),
+                   s.con_hn.select(1, i), s.Hs.select(1, i), sp.clip, DCX.select(1, i),
                    DCH.select(1, i), dhprev);
       dh = dhprev.baddbmm_(DCH.select(1, i), chh_t);
       df = at::bmm(DCX.select(1, i), cif_t);
-      if (drop_f) df.mul_(step(drop_f, i));
+      if (x.drop_f.defined()) df.mul_(x.drop_f.select(0, i));
     }
     if (P) {
       // (R_dst, B, R-1, C) -> (R_dst, R-1, B, C) = (P, B, C)
       Tensor dm = dx.narrow(-1, U, (R - 1) * C).view({R, B, R - 1, C}).transpose(1, 2)
                       .reshape({P, B, C});
-      if (gM) dm = dm + gM->select(1, i);
-      if (keep) dm = dm * step(keep, i);
+      if (g.messages.defined()) dm = dm + g.messages.select(1, i);
+      const bool keep = x.keep.defined();
+      if (keep) dm = dm * x.keep.select(0, i);
       const Tensor dmp = DMP.select(1, i);
-      // gMP reaches the params directly; with silencing its mean part is masked first
-      const bool add_gmp = gMP && !keep;
-      posterior_grad(dmp, dm, MP.select(1, i),
-                     sample ? std::optional(step(eps_msg, i)) : std::nullopt,
-                     add_gmp ? std::optional(gMP->select(1, i)) : std::nullopt, var_floor,
-                     logvar_max);
-      if (gMP && keep) {
-        const Tensor gmp = gMP->select(1, i);
-        dmp.narrow(-1, 0, C).addcmul_(gmp.narrow(-1, 0, C), step(keep, i));
-        dmp.narrow(-1, C, C).add_(gmp.narrow(-1, C, C));
+      // the params' own gradient reaches them directly; with silencing its mean part is
+      // masked first
+      const bool gmp = g.msg_params.defined();
+      posterior_grad(dmp, dm, out.msg_params.select(1, i),
+                     sp.sample ? step_of(x.eps_msg, i) : std::nullopt,
+                     gmp && !keep ? seq_step(g.msg_params, i) : std::nullopt, sp.var_floor,
+                     sp.logvar_max);
+      if (gmp && keep) {
+        const Tensor gi = g.msg_params.select(1, i);
+        dmp.narrow(-1, 0, C).addcmul_(gi.narrow(-1, 0, C), x.keep.select(0, i));
+        dmp.narrow(-1, C, C).add_(gi.narrow(-1, C, C));
       }
-      const Tensor dsrc = at::zeros({R, B, msg_w->size(1)}, o);
-      dsrc.index_add_(0, *src_index, at::bmm(dmp, msg_t));
-      if (src_is_g) {
+      const Tensor dsrc = at::zeros({R, B, w.msg_w.size(1)}, o);
+      dsrc.index_add_(0, x.src_index, at::bmm(dmp, msg_t));
+      if (sp.src_is_g) {
         dg = dg + dsrc;
       } else {
         df = df.defined() ? df + dsrc : dsrc;
@@ -548,101 +624,124 @@ std::vector<Tensor> recurrence_backward(
     }
     if (!df.defined()) df = at::zeros({R, B, F}, o);
   }
-  // dg, df, ce, con_w_ie, con_b_ih, gx, msg_w, msg_b, con_w_if, con_w_hh, con_b_hh, co_w,
-  // co_b, gen_w_iu, gen_w_hh, gen_b_hh, fac_w
-  std::vector<Tensor> out = {dg, df, none, none, none,
-                             gx_seq ? DGX.transpose(0, 1) : bgrad(DGX),
-                             none, none, none, none, none, none, none,
-                             with_x ? wgrad(Xs, DGX) : none,
-                             wgrad(Gs.narrow(1, 0, Tp), DGH), bgrad(DGH), wgrad(GD, DF)};
+  Inputs dx_in;
+  dx_in.g0 = dg;
+  dx_in.f0 = df;
+  dx_in.gx = x.gx.dim() == 4 ? DGX.transpose(0, 1) : bgrad(DGX);
+  Weights dw;
+  dw.fac_w = wgrad(GD, DF);
+  dw.gen_w_hh = wgrad(s.Gs.narrow(1, 0, Tp), DGH);
+  dw.gen_b_hh = bgrad(DGH);
+  if (with_x) dw.gen_w_iu = wgrad(s.Xs, DGX);
   if (con) {
-    const int64_t E = ce->size(3);
+    const int64_t E = x.ce.size(3);
     // the ci encoder's share, d(ce) and d(W_ie): one GEMM each over all T'*B rows
-    out[2] = at::bmm(DCX.view({R, Tp * B, 3 * Cn}), con_w_ie->transpose(1, 2))
-                 .view({R, Tp, B, E});
-    out[3] = wgrad(*ce, DCX);
-    out[4] = bgrad(DCX);
-    out[8] = wgrad(FD, DCX);
-    out[9] = wgrad(Hs.narrow(1, 0, Tp), DCH);
-    out[10] = bgrad(DCH);
-    out[11] = wgrad(Hs.narrow(1, 1, Tp), DCO);
-    out[12] = bgrad(DCO);
+    dx_in.ce = at::bmm(DCX.view({R, Tp * B, 3 * Cn}), w.con_w_ie.transpose(1, 2))
+                   .view({R, Tp, B, E});
+    dw.con_w_ie = wgrad(x.ce, DCX);
+    dw.con_b_ih = bgrad(DCX);
+    dw.con_w_if = wgrad(s.FD, DCX);
+    dw.con_w_hh = wgrad(s.Hs.narrow(1, 0, Tp), DCH);
+    dw.con_b_hh = bgrad(DCH);
+    dw.co_w = wgrad(s.Hs.narrow(1, 1, Tp), DCO);
+    dw.co_b = bgrad(DCO);
   }
   if (P) {
-    out[6] = wgrad(ST, DMP);
-    out[7] = bgrad(DMP);
+    dw.msg_w = wgrad(s.ST, DMP);
+    dw.msg_b = bgrad(DMP);
   }
-  return out;
+  std::vector<Tensor> res;
+  dx_in.pack_into(res, o);
+  dw.pack_into(res, o);
+  return res;
+}
+
+Spec make_spec(int64_t R, int64_t P, int64_t C, int64_t U, int64_t T, double clip, bool src_is_g,
+               bool sample, double var_floor, double logvar_max) {
+  return Spec{R, P, C, U, T, clip, src_is_g, sample, var_floor, logvar_max};
+}
+
+std::vector<Tensor> recurrence_forward(at::TensorList inputs, at::TensorList weights, int64_t R,
+                                       int64_t P, int64_t C, int64_t U, int64_t T, double clip,
+                                       bool src_is_g, bool sample, double var_floor,
+                                       double logvar_max) {
+  return loop_forward(make_spec(R, P, C, U, T, clip, src_is_g, sample, var_floor, logvar_max),
+                      Inputs::unpack(inputs), Weights::unpack(weights));
+}
+
+std::vector<Tensor> recurrence_backward(at::TensorList grads, at::TensorList inputs,
+                                        at::TensorList weights, at::TensorList outputs,
+                                        at::TensorList saved, int64_t R, int64_t P, int64_t C,
+                                        int64_t U, int64_t T, double clip, bool src_is_g,
+                                        bool sample, double var_floor, double logvar_max) {
+  return loop_backward(make_spec(R, P, C, U, T, clip, src_is_g, sample, var_floor, logvar_max),
+                       Outputs::unpack(grads), Inputs::unpack(inputs), Weights::unpack(weights),
+                       Outputs::unpack(outputs), Saved::unpack(saved));
 }
 
 // ---------------------------------------------------------------- plain GRU over a sequence
-// xg (T, R, B, 3H) input gates; returns the states Hs (R, T+1, B, H) and the caches.
+// xg (T, R, B, 3H) input gates, h_0 = 0; returns GruSaved (the states h_1..h_T first).
 std::vector<Tensor> gru_sequence_forward(const Tensor& xg, const Tensor& w_hh,
                                          const Tensor& b_hh) {
   at::NoGradGuard no_grad;
   const int64_t T = xg.size(0), R = xg.size(1), B = xg.size(2), H = w_hh.size(1);
   const auto o = xg.options();
-  Tensor Hs = buffer({R, T + 1, B, H}, o);
-  Hs.select(1, 0).zero_();
-  Tensor RZ = buffer({R, T, B, 2 * H}, o), N = buffer({R, T, B, H}, o),
-         HN = buffer({R, T, B, H}, o);
+  GruSaved s;
+  s.states = buffer({R, T, B, H}, o);
+  s.rz = buffer({R, T, B, 2 * H}, o);
+  s.n = buffer({R, T, B, H}, o);
+  s.hn = buffer({R, T, B, H}, o);
   Tensor hg = buffer({R, B, 3 * H}, o);
+  const Tensor zero = at::zeros({R, B, H}, o);
   for (int64_t i = 0; i < T; ++i) {
-    const Tensor h = Hs.select(1, i);
+    const Tensor h = i ? s.states.select(1, i - 1) : zero;
     at::baddbmm_out(hg, b_hh, h, w_hh);
-    gru_forward(xg.select(0, i), hg, h, Hs.select(1, i + 1), RZ.select(1, i), N.select(1, i),
-                HN.select(1, i), -1.0);
+    gru_forward(xg.select(0, i), hg, h, s.states.select(1, i), s.rz.select(1, i),
+                s.n.select(1, i), s.hn.select(1, i), -1.0);
   }
-  return handed_out({Hs, RZ, N, HN});
+  std::vector<Tensor> res;
+  s.pack_into(res, o);
+  return handed_out(res);
 }
 
 // Gradients (d xg (T, R, B, 3H), d w_hh, d b_hh) for the states' gradient gH (R, T, B, H).
 std::vector<Tensor> gru_sequence_backward(const Tensor& gH, const Tensor& w_hh,
-                                          const Tensor& Hs, const Tensor& RZ, const Tensor& N,
-                                          const Tensor& HN) {
+                                          at::TensorList saved) {
   at::NoGradGuard no_grad;
+  const GruSaved s = GruSaved::unpack(saved);
   const int64_t R = gH.size(0), T = gH.size(1), B = gH.size(2), H = gH.size(3);
-  const auto o = Hs.options();
+  const auto o = gH.options();
   const Tensor w_t = w_hh.transpose(1, 2);
   const Tensor DX = buffer({R, T, B, 3 * H}, o), DH = buffer({R, T, B, 3 * H}, o);
-  Tensor dh = at::zeros({R, B, H}, o);
+  const Tensor zero = at::zeros({R, B, H}, o);
+  Tensor dh = zero;
   for (int64_t i = T - 1; i >= 0; --i) {
     Tensor dprev = at::empty({R, B, H}, o);
-    gru_backward(dh, gH.select(1, i), std::nullopt, RZ.select(1, i), N.select(1, i),
-                 HN.select(1, i), Hs.select(1, i), -1.0, DX.select(1, i), DH.select(1, i),
-                 dprev);
+    gru_backward(dh, gH.select(1, i), std::nullopt, s.rz.select(1, i), s.n.select(1, i),
+                 s.hn.select(1, i), i ? s.states.select(1, i - 1) : zero, -1.0,
+                 DX.select(1, i), DH.select(1, i), dprev);
     dh = dprev.baddbmm_(DH.select(1, i), w_t);
   }
-  return {DX.transpose(0, 1), wgrad(Hs.narrow(1, 0, T), DH), bgrad(DH)};
+  // h_0 = 0 adds nothing to W_hh's gradient: states h_1..h_{T-1} meet steps 2..T
+  return {DX.transpose(0, 1), wgrad(s.states.narrow(1, 0, T - 1), DH.narrow(1, 1, T - 1)),
+          bgrad(DH)};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(mrlfads_native, m) {
+  // the structures travel as Tensor[] in mrlfads.loop_io's field order (loop_fields)
   m.def(
-      "recurrence_forward(int R, int P, int C, int U, float clip, bool src_is_g, bool sample, "
-      "float var_floor, float logvar_max, int Tp, Tensor g, Tensor f, Tensor? ce, "
-      "Tensor? con_w_ie, "
-      "Tensor? con_b_ih, Tensor gx, Tensor? msg_w, "
-      "Tensor? msg_b, Tensor? con_w_if, Tensor? con_w_hh, Tensor? con_b_hh, Tensor? co_w, "
-      "Tensor? co_b, Tensor? gen_w_iu, Tensor gen_w_hh, Tensor gen_b_hh, Tensor fac_w, "
-      "Tensor? eps_msg, Tensor? eps_co, Tensor? keep, Tensor? drop_f, Tensor? drop_g, "
-      "Tensor? src_index) -> Tensor[]");
+      "recurrence_forward(Tensor[] inputs, Tensor[] weights, int R, int P, int C, int U, int T, "
+      "float clip, bool src_is_g, bool sample, float var_floor, float logvar_max) -> Tensor[]");
   m.def(
-      "recurrence_backward(int R, int P, int C, int U, float clip, bool src_is_g, bool sample, "
-      "float var_floor, float logvar_max, bool gx_seq, Tensor? gF, Tensor? gCO, Tensor? gU, "
-      "Tensor? gMP, "
-      "Tensor? gM, Tensor? src_index, Tensor? msg_w, Tensor? ce, Tensor? con_w_ie, "
-      "Tensor? con_w_if, Tensor? con_w_hh, "
-      "Tensor? co_w, Tensor? gen_w_iu, Tensor gen_w_hh, Tensor fac_w, Tensor? eps_msg, "
-      "Tensor? eps_co, Tensor? keep, Tensor? drop_f, Tensor? drop_g, Tensor CO, Tensor MP, "
-      "Tensor Gs, Tensor GD, Tensor Xs, Tensor Hs, Tensor FD, Tensor ST, Tensor GRZ, "
-      "Tensor GN, Tensor GHN, Tensor CRZ, Tensor CN, Tensor CHN) -> Tensor[]");
+      "recurrence_backward(Tensor[] grads, Tensor[] inputs, Tensor[] weights, Tensor[] outputs, "
+      "Tensor[] saved, int R, int P, int C, int U, int T, float clip, bool src_is_g, "
+      "bool sample, float var_floor, float logvar_max) -> Tensor[]");
   m.def("gru_sequence_forward(Tensor xg, Tensor w_hh, Tensor b_hh) -> Tensor[]");
-  m.def("set_poison(bool on) -> ()", &set_poison);  // backend-free: a plain function
-  m.def(
-      "gru_sequence_backward(Tensor gH, Tensor w_hh, Tensor Hs, Tensor RZ, Tensor N, "
-      "Tensor HN) -> Tensor[]");
+  m.def("gru_sequence_backward(Tensor gH, Tensor w_hh, Tensor[] saved) -> Tensor[]");
+  m.def("set_poison(bool on) -> ()", &set_poison);  // backend-free: plain functions
+  m.def("loop_fields(str which) -> str", &loop_fields);
 }
 
 TORCH_LIBRARY_IMPL(mrlfads_native, CPU, m) {
