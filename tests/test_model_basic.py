@@ -6,7 +6,8 @@ import torch
 
 from mrlfads.config import LossConfig, ModelConfig, RegionConfig
 from mrlfads.config_utils import ConfigError, from_dict, to_dict, with_overrides
-from mrlfads.model import MRLFADS, InputError, compute_loss
+from mrlfads.loss import compute_loss
+from mrlfads.model import MRLFADS, InputError
 
 B, T, TAU = 3, 12, 4
 
