@@ -57,6 +57,32 @@ class RegionConfig:
 
 
 @dataclass(frozen=True)
+class SessionConfig:
+    """One recording session of a stitched model (docs/MODEL.md, "Several sessions"): how
+    many of each region's neurons it recorded. Each region's neurons are the union of all
+    sessions' in session order (held-in: session 0's, then 1's, ...; held-out likewise), so
+    these counts say which columns are this session's. 0 held-in: the session did not
+    record the region."""
+
+    name: str
+    heldin: tuple[int, ...]  # per region, in the model's region order
+    heldout: tuple[int, ...] = ()  # per region; empty: none held out
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heldin", tuple(self.heldin))
+        object.__setattr__(self, "heldout", tuple(self.heldout))
+        _check(type_problems(self), f"session {self.name!r}")
+        errors = []
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0
+               for n in self.heldin + self.heldout):
+            errors.append(f"heldin={list(self.heldin)}, heldout={list(self.heldout)}: counts "
+                          "must be integers >= 0")
+        elif not any(self.heldin):
+            errors.append("records no region (every heldin count is 0)")
+        _check(errors, f"session {self.name!r}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The whole MR-LFADS model; saved in every checkpoint so it can be rebuilt alone."""
 
@@ -74,9 +100,13 @@ class ModelConfig:
     message_source: str = "rates"
     inferred_inputs: bool = True
     prior_var: float = 0.1
+    # several sessions with their own neurons, stitched onto shared dynamics; empty: one
+    # session that recorded every neuron
+    sessions: tuple[SessionConfig, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "regions", tuple(self.regions))
+        object.__setattr__(self, "sessions", tuple(self.sessions))
         _check(type_problems(self), "model config")  # before any comparison
         errors = []
         if len(self.regions) < 1:
@@ -98,7 +128,36 @@ class ModelConfig:
             errors.append(f"cell_clip={self.cell_clip} must be > 0")
         if self.prior_var <= 0:
             errors.append(f"prior_var={self.prior_var} must be > 0")
+        errors += self._session_problems()
         _check(errors, "model config")
+
+    def _session_problems(self) -> list[str]:
+        """Sessions must partition every region's neurons (see SessionConfig)."""
+        if not self.sessions:
+            return []
+        errors = []
+        names = [s.name for s in self.sessions]
+        if len(set(names)) != len(names):
+            errors.append(f"sessions: names must be unique, got {names}")
+        R = len(self.regions)
+        for s in self.sessions:
+            if len(s.heldin) != R or len(s.heldout) not in (0, R):
+                errors.append(f"sessions: {s.name!r} gives {len(s.heldin)} heldin / "
+                              f"{len(s.heldout)} heldout counts; need one per region ({R})")
+        if errors:
+            return errors
+        for r, reg in enumerate(self.regions):
+            n_in = sum(s.heldin[r] for s in self.sessions)
+            n_out = sum(s.heldout[r] if s.heldout else 0 for s in self.sessions)
+            if (n_in, n_out) != (reg.n_heldin, reg.n_heldout):
+                errors.append(f"sessions: region {reg.name!r} has {reg.n_heldin} held-in and "
+                              f"{reg.n_heldout} held-out neurons but the sessions' counts sum "
+                              f"to {n_in} and {n_out}")
+        return errors
+
+    @property
+    def n_sessions(self) -> int:
+        return max(1, len(self.sessions))
 
     @property
     def region_names(self) -> tuple[str, ...]:

@@ -69,12 +69,21 @@ def observation_nll(obs_model: str, readout: Tensor, logvar: Tensor | None, x: T
 def recon_terms(out: ModelOutput, heldin: Sequence[Tensor],
                 weight: Sequence[Tensor | None] | None = None) -> list[Tensor]:
     """Per-region reconstruction NLL of the held-in data (bins tau..T-1), each element
-    weighted by ``weight[r]`` (B, T', N_r) when given."""
+    weighted by ``weight[r]`` (B, T', N_r) when given, and only over the neurons the
+    batch's session recorded (``out.recorded``)."""
     Tp = out.readout[0].shape[1]
     return [observation_nll(out.obs_model, out.readout[r],
                             out.obs_logvar[r] if out.obs_logvar else None,
-                            heldin[r][:, -Tp:], None if weight is None else weight[r])
+                            heldin[r][:, -Tp:],
+                            _recorded(None if weight is None else weight[r], out.recorded, r))
             for r in range(len(out.region_names))]
+
+
+def _recorded(weight: Tensor | None, recorded: Sequence[Tensor] | None, r: int) -> Tensor | None:
+    """An element weight times region r's recorded-neuron mask (stitched models)."""
+    if recorded is None:
+        return weight
+    return recorded[r] if weight is None else weight * recorded[r]
 
 
 def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
@@ -109,7 +118,8 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
         else:
             y = heldout[r][:, -Tp:]
             lv = out.heldout_logvar[r] if out.heldout_logvar else None
-            terms["heldout"].append(observation_nll(out.obs_model, out.heldout_readout[r], lv, y))
+            terms["heldout"].append(observation_nll(out.obs_model, out.heldout_readout[r], lv, y,
+                                                    _recorded(None, out.recorded_heldout, r)))
     return terms
 
 

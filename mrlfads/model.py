@@ -96,6 +96,25 @@ class MRLFADS(ModelParams):
                                  f"({B}, {T}, {s.D[r]}) external inputs (ext_dim={s.D[r]})")
         return B, T
 
+    def check_session(self, session) -> int:
+        """The batch's session index (every trial of a batch is from one session); a model
+        of several sessions needs it, a model of one takes 0 or None."""
+        S, names = self.cfg.n_sessions, [s.name for s in self.cfg.sessions]
+        if session is None:
+            if S > 1:
+                raise InputError(f"session: this model stitches {S} sessions {names}; pass "
+                                 f"session=<index 0..{S - 1}> (one session per batch)")
+            return 0
+        if isinstance(session, Tensor):
+            if session.numel() == 0 or bool((session != session.flatten()[0]).any()):
+                raise InputError("session: every trial of a batch must be from one session; "
+                                 "batch the sessions separately")
+            session = int(session.flatten()[0])
+        if isinstance(session, bool) or not isinstance(session, int) or not 0 <= session < S:
+            raise InputError(f"session: {session!r} is not a session index 0..{S - 1}"
+                             + (f" of {names}" if names else " (the model has one session)"))
+        return session
+
     def draw_noise(self, B: int, Tp: int, like: Tensor) -> dict[str, Tensor]:
         """Standard-normal draws for every sampled latent, in the layout the loop uses."""
         s, cfg = self.sizes, self.cfg
@@ -164,7 +183,7 @@ class MRLFADS(ModelParams):
         return [p for p, (a, _) in enumerate(self.sizes.pairs) if a == src]
 
     # ---------------------------------------------------------------- encoders
-    def encode(self, heldin: Sequence[Tensor]):
+    def encode(self, heldin: Sequence[Tensor], session: int = 0):
         """IC posterior per region and controller-input encodings (R, T', B, E) or None.
 
         The ci encoders (``nn.GRU`` modules, one per region) run as one ``gru_sequence``:
@@ -174,7 +193,7 @@ class MRLFADS(ModelParams):
         tau, cfg = self.cfg.ic_enc_seq_len, self.cfg
         ic_mean, ic_logvar, ci_x = [], [], []
         for r, x in enumerate(heldin):
-            xi = self._drop(self.read_in(r, x))  # (B, T, N_r)
+            xi = self._drop(self.read_in(r, x, session))  # (B, T, N_r)
             _, hn = self.ic_enc[r](xi[:, :tau])  # hn: (2, B, E_ic) final fwd / bwd states
             h = self._drop(torch.cat([hn[0], hn[1]], -1))
             mean, logvar = self.ic_head[r](h).chunk(2, -1)
@@ -205,8 +224,12 @@ class MRLFADS(ModelParams):
     def forward(self, heldin: Sequence[Tensor], ext: Sequence[Tensor | None] | None = None,
                 sample: bool = True, silence: Mapping | None = None,
                 noise: dict[str, Tensor] | None = None,
-                silence_inputs: Mapping | None = None) -> ModelOutput:
+                silence_inputs: Mapping | None = None, session: int | Tensor | None = None
+                ) -> ModelOutput:
         """Run every region; ``sample`` draws posterior samples, else uses posterior means.
+
+        ``session``: the batch's session (a stitched model's trials are batched per
+        session; docs/MODEL.md, "Several sessions").
 
         ``silence={region: (start, stop)}`` zeroes all messages the region sends over trial
         bins [start, stop); a key ``"src->dst"`` zeroes that one pathway; a value
@@ -217,12 +240,13 @@ class MRLFADS(ModelParams):
         samples for tests.
         """
         B, T = self.check_inputs(heldin, ext)
+        sess = self.check_session(session)
         cfg, s, w = self.cfg, self.sizes, self.masked()
         tau, Tp, C, clip = cfg.ic_enc_seq_len, T - cfg.ic_enc_seq_len, cfg.com_dim, cfg.cell_clip
         x0 = heldin[0]
         if sample and noise is None:
             noise = self.draw_noise(B, Tp, x0)
-        ic_mean, ic_logvar, e = self.encode(heldin)
+        ic_mean, ic_logvar, e = self.encode(heldin, sess)
         ic_var = [posterior_var(lv) for lv in ic_logvar]
         z0 = [m + v.sqrt() * noise["ic"][r] if sample else m
               for r, (m, v) in enumerate(zip(ic_mean, ic_var))]
@@ -247,6 +271,9 @@ class MRLFADS(ModelParams):
                 ro_w = w["ro_w"][:, :, : s.Nm][self.src_index]  # (P, Fm, Nm)
                 ro_b = (w["ro_b"][:, :, : s.Nm]
                         - self.source_baseline.unsqueeze(1))[self.src_index]  # (P, 1, Nm)
+                if cfg.sessions:  # only the neurons this session recorded (sessions.py)
+                    weight = self.session_source[sess][self.src_index].unsqueeze(1)
+                    ro_w, ro_b = ro_w * weight, ro_b * weight
                 msg_b = torch.baddbmm(msg_b, ro_b, msg_w)  # (P, 1, 2C)
                 msg_w = torch.bmm(ro_w, msg_w)  # (P, Fm, 2C)
         keep = self.silence_keep(silence, Tp, x0) if s.P else None
@@ -265,9 +292,18 @@ class MRLFADS(ModelParams):
             ._replace(fac_w=fac_w, msg_w=msg_w, msg_b=msg_b)
         fac, co, u, mp, m = loop(spec, inputs, weights)
         rec = {"f": fac, "co": co, "u": u, "mp": mp, "m": m}
-        return self._collect(rec, w, ic_mean, ic_var, B, Tp)
+        return self._collect(rec, w, ic_mean, ic_var, B, Tp, sess)
 
-    def _collect(self, rec, w, ic_mean, ic_var, B: int, Tp: int) -> ModelOutput:
+    def recorded(self, session: int) -> tuple[list[Tensor], list[Tensor]] | tuple[None, None]:
+        """Per region, 0/1 over held-in and held-out neurons: which ``session`` recorded
+        (what the likelihood counts); (None, None) for a model of one session."""
+        if not self.cfg.sessions:
+            return None, None
+        s = self.sizes
+        return ([self.session_recorded[session, r, : s.N[r]] for r in range(s.R)],
+                [self.session_recorded_heldout[session, r, : s.H[r]] for r in range(s.R)])
+
+    def _collect(self, rec, w, ic_mean, ic_var, B: int, Tp: int, session: int) -> ModelOutput:
         """Readouts over the whole sequence and per-region (B, T', ...) views."""
         cfg, s = self.cfg, self.sizes
         R, U, C = s.R, s.U, cfg.com_dim
@@ -289,6 +325,7 @@ class MRLFADS(ModelParams):
             return out
 
         gauss = cfg.obs_model == "gaussian"
+        recorded, recorded_heldout = self.recorded(session)
         if s.Hm:
             ho = torch.baddbmm(w["ho_b"], fac_flat.detach(), w["ho_w"]).view(R, Tp, B, -1)
         else:
@@ -314,7 +351,7 @@ class MRLFADS(ModelParams):
             co_prior_logvar=list(self.co_prior_logvar) if cfg.inferred_inputs else None,
             msg_mean=msg_mean, msg_var=msg_var, messages=messages,
             com_prior_logvar=self.com_prior_logvar if s.P else None,
-            l2=self.l2_terms(),
+            l2=self.l2_terms(), recorded=recorded, recorded_heldout=recorded_heldout,
         )
 
 

@@ -44,10 +44,11 @@ def region_weights(model, r: int) -> dict[str, Tensor]:
 
 def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = True,
                    silence: Mapping | None = None, noise: dict | None = None,
-                   silence_inputs: Mapping | None = None) -> ModelOutput:
+                   silence_inputs: Mapping | None = None, session=None) -> ModelOutput:
     """Same contract as ``MRLFADS.forward``, computed one region at a time."""
     cfg, s = model.cfg, model.sizes
     B, T = model.check_inputs(heldin, ext)
+    sess = model.check_session(session)
     tau, Tp, U, clip = cfg.ic_enc_seq_len, T - cfg.ic_enc_seq_len, s.U, cfg.cell_clip
     if sample and noise is None:
         noise = model.draw_noise(B, Tp, heldin[0])
@@ -55,7 +56,11 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
     drop = model._drop
     ic_mean, ic_var, g, f, h_con, enc = [], [], [], [], [], []
     for r in range(s.R):
-        xi = drop(model.read_in(r, heldin[r]))
+        n = s.N[r]
+        z = (heldin[r] - model.input_mean[r, :n]) / model.input_scale[r, :n]
+        if cfg.sessions:  # the neurons this session did not record read as 0
+            z = z * model.session_recorded[sess, r, :n]
+        xi = drop(model.readin[r](z))
         _, hn = model.ic_enc[r](xi[:, :tau])
         mean, logvar = model.ic_head[r](drop(torch.cat([hn[0], hn[1]], -1))).chunk(2, -1)
         var = posterior_var(logvar)
@@ -77,6 +82,8 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
             if cfg.message_source == "rates":
                 rho = F.linear(f[a], W[a]["ro"], W[a]["ro_b"])[:, : s.N[a]]  # mean part
                 source = rho - model.source_baseline[a, : s.N[a]]  # relative to baseline
+                if cfg.sessions:  # weighted to the neurons this session recorded
+                    source = source * model.session_source[sess, a, : s.N[a]]
             else:
                 source = f[a] if cfg.message_source == "factors" else g[a]
             A, b = model.msg_w[p, : s.src[a]].T, model.msg_b[p, 0]
@@ -109,10 +116,10 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
         for r in range(s.R):
             f[r] = F.linear(drop(g[r]), W[r]["fac"])
             rec["f"][r].append(f[r])
-    return _assemble(model, W, rec, mrec, ic_mean, ic_var)
+    return _assemble(model, W, rec, mrec, ic_mean, ic_var, sess)
 
 
-def _assemble(model, W, rec, mrec, ic_mean, ic_var) -> ModelOutput:
+def _assemble(model, W, rec, mrec, ic_mean, ic_var, session: int) -> ModelOutput:
     cfg, s = model.cfg, model.sizes
     U, gauss = s.U, cfg.obs_model == "gaussian"
     fac = [torch.stack(x, 1) for x in rec["f"]]  # (B, T', F_r)
@@ -144,5 +151,5 @@ def _assemble(model, W, rec, mrec, ic_mean, ic_var) -> ModelOutput:
         msg_var=stack_pairs("var") if s.P else None,
         messages=stack_pairs("m") if s.P else None,
         com_prior_logvar=model.com_prior_logvar if s.P else None,
-        l2=l2,
+        l2=l2, recorded=model.recorded(session)[0], recorded_heldout=model.recorded(session)[1],
     )

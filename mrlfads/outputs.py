@@ -35,6 +35,10 @@ class ModelOutput:
     messages: Tensor | None  # (B, T', P, com_dim) the m_t actually used (sample or mean)
     com_prior_logvar: Tensor | None  # (P, com_dim)
     l2: list[Tensor]  # scalar per region: 0.5 * sum(W_hh^2) / numel, summed over its RNNs
+    # stitched models: per region, 1 over the neurons the batch's session recorded (N_r,) /
+    # (H_r,); the likelihood counts only those. None: every neuron was recorded
+    recorded: list[Tensor] | None = None
+    recorded_heldout: list[Tensor] | None = None
 
     @property
     def rates(self) -> list[Tensor]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from mrlfads.config import ModelConfig
 from mrlfads.layers import block_mask, init_gru_stacked_, init_stacked_
+from mrlfads.sessions import session_masks
 
 
 def _init_linear_(layer: nn.Linear) -> None:
@@ -60,6 +61,10 @@ class ModelParams(nn.Module):
         # baseline of each neuron's readout (rate-based messages read readout - baseline).
         for name, value in (("input_mean", 0.0), ("input_scale", 1.0), ("source_baseline", 0.0)):
             self.register_buffer(name, torch.full((s.R, s.Nm), value))
+        # which neurons each session recorded (mrlfads/sessions.py); derived from the config
+        for name, mask in zip(("session_recorded", "session_recorded_heldout",
+                               "session_source"), session_masks(cfg, s.Nm, s.Hm)):
+            self.register_buffer(name, mask, persistent=False)
         self.ic_enc = nn.ModuleList(nn.GRU(n, Eic, batch_first=True, bidirectional=True)
                                     for n in s.N)
         self.ic_head = nn.ModuleList(nn.Linear(2 * Eic, 2 * Z) for _ in s.N)
@@ -159,10 +164,50 @@ class ModelParams(nn.Module):
             self.input_scale[r, :n] = torch.maximum(std, torch.as_tensor(floor).to(std))
             self.source_baseline[r, :n] = self.ro_b[r, 0, :n]
 
-    def read_in(self, r: int, x: torch.Tensor) -> torch.Tensor:
-        """Region r's read-in layer on its standardised held-in data (B, T, N_r)."""
+    @torch.no_grad()
+    def init_readin_across_sessions(self, psth: list[torch.Tensor], ridge: float = 1e-3) -> None:
+        """Start every session's read-in in one shared latent space (stitched LFADS's
+        initialisation; docs/MODEL.md, "Several sessions").
+
+        ``psth[r]`` (rows, N_r): region r's trial-averaged, standardised held-in data, rows
+        = (condition, bin) pairs aligned across sessions, each neuron's column from its own
+        session's trials. The union's principal components give shared scores Z (rows, k);
+        each session's read-in columns are the ridge regression of Z on its own neurons'
+        columns, scaled so every component reads with unit variance. Output dims beyond k
+        start at 0. A model of one session keeps its random read-in."""
+        if len(self.cfg.sessions) < 2:
+            return
+        s = self.sizes
+        for r in range(s.R):
+            X = psth[r].double()
+            n = s.N[r]
+            if X.shape[1] != n:
+                raise ValueError(f"psth[{r}]: {X.shape[1]} columns, region has {n} neurons")
+            X = X - X.mean(0)
+            U, S, _ = torch.linalg.svd(X, full_matrices=False)
+            k = min(int((S > 1e-6 * S[0]).sum()) if S.numel() else 0, n)
+            if k == 0:
+                continue
+            Z = U[:, :k] * (X.shape[0] ** 0.5)  # unit-variance scores (rows, k)
+            weight = torch.zeros(n, n, dtype=torch.float64)
+            for sess in range(len(self.cfg.sessions)):
+                cols = self.session_recorded[sess, r, :n].bool()
+                if not cols.any():
+                    continue
+                Xs = X[:, cols]
+                gram = Xs.T @ Xs + ridge * torch.eye(Xs.shape[1], dtype=X.dtype) * Xs.shape[0]
+                weight[:k, cols] = torch.linalg.solve(gram, Xs.T @ Z).T
+            self.readin[r].weight.copy_(weight.to(self.readin[r].weight))
+            self.readin[r].bias.zero_()
+
+    def read_in(self, r: int, x: torch.Tensor, session: int = 0) -> torch.Tensor:
+        """Region r's read-in layer on its standardised held-in data (B, T, N_r); with
+        several sessions, the neurons ``session`` did not record read as 0."""
         n = self.sizes.N[r]
-        return self.readin[r]((x - self.input_mean[r, :n]) / self.input_scale[r, :n])
+        z = (x - self.input_mean[r, :n]) / self.input_scale[r, :n]
+        if self.cfg.sessions:
+            z = z * self.session_recorded[session, r, :n]
+        return self.readin[r](z)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Checkpoints written before the data statistics existed load with neutral ones

@@ -229,6 +229,16 @@ def default_ramps(obs_model: str) -> dict[str, RampConfig]:
             for name, r in LossConfig().ramps.items()}
 
 
+def sessions_from_manifest(manifest: Any) -> list[dict[str, Any]]:
+    """The dataset's sessions as ``model.sessions`` entries (empty for one session)."""
+    sessions = getattr(manifest, "sessions", ()) or ()
+    if len(sessions) < 2:
+        return []
+    names = [r.name for r in manifest.regions]
+    return [{"name": s.name, "heldin": [int(s.units[n][0]) for n in names],
+             "heldout": [int(s.units[n][1]) for n in names]} for s in sessions]
+
+
 def _defaults_from_manifest(manifest: Any, uri: str) -> dict[str, Any]:
     regions = [
         {"name": r.name, "n_heldin": r.n_heldin, "n_heldout": r.n_heldout,
@@ -238,7 +248,8 @@ def _defaults_from_manifest(manifest: Any, uri: str) -> dict[str, Any]:
     obs = POISSON_DEFAULTS if manifest.obs_model == "poisson" else {}
     return {
         "model": {**obs.get("model", {}), "regions": regions, "obs_model": manifest.obs_model,
-                  "ic_enc_seq_len": manifest.ic_enc_seq_len},
+                  "ic_enc_seq_len": manifest.ic_enc_seq_len,
+                  "sessions": sessions_from_manifest(manifest)},
         "loss": dict(obs.get("loss", {})),
         "train": dict(obs.get("train", {})),
         "data": {"uri": uri},
@@ -282,6 +293,13 @@ def check_against_data(cfg: RunConfig, manifest: Any) -> None:
                 errors.append(f"region {rc.name}: config ext_dim={rc.ext_dim}, dataset has {data_ext}")
     if cfg.model.obs_model != manifest.obs_model:
         errors.append(f"config obs_model={cfg.model.obs_model!r}, dataset is {manifest.obs_model!r}")
+    data_sessions = sessions_from_manifest(manifest)
+    cfg_sessions = [{"name": x.name, "heldin": list(x.heldin),
+                     "heldout": list(x.heldout) or [0] * len(x.heldin)}
+                    for x in cfg.model.sessions]
+    if cfg_sessions != data_sessions:
+        errors.append(f"config model.sessions {cfg_sessions} != the dataset's sessions "
+                      f"{data_sessions} (they come from the data: drop model.sessions)")
     if manifest.n_bins < cfg.model.ic_enc_seq_len + 1:
         errors.append(
             f"dataset has T={manifest.n_bins} bins, fewer than the IC window "

@@ -60,6 +60,13 @@ class Trainer:
 
     def __init__(self, run_cfg: RunConfig, dataset: ArrowDataset, device: Any = None) -> None:
         check_against_data(run_cfg, dataset.manifest)
+        if run_cfg.model.sessions:
+            raise ConfigError(
+                f"dataset {dataset.uri}: {len(run_cfg.model.sessions)} sessions with their own "
+                "neurons. The stitched model exists (docs/MODEL.md, \"Several sessions\"), but "
+                "training on several sessions does not yet: fit each session on its own "
+                "(`mrlfads ingest` one file per dataset), or ingest sessions that recorded "
+                "the same units with `--sessions matched`")
         self.cfg = run_cfg
         self.dataset = dataset
         self.device = resolve_device(device if device is not None else run_cfg.train.device)

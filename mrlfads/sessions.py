@@ -1,0 +1,44 @@
+"""Which neurons each session recorded, as masks over the model's padded neuron axes
+(docs/MODEL.md, "Several sessions").
+
+A stitched model's region r has the union of every session's neurons: held-in columns are
+session 0's, then session 1's, ...; held-out columns likewise (``SessionConfig``). One
+session per batch: its masks zero the other sessions' inputs, leave their neurons out of
+the likelihood, and restrict rate-based messages to the neurons it recorded.
+"""
+from __future__ import annotations
+
+import torch
+
+from mrlfads.config import ModelConfig
+
+
+def session_masks(cfg: ModelConfig, n_max: int, h_max: int) -> tuple[torch.Tensor, ...]:
+    """``(recorded, recorded_heldout, source)``: float tensors (S, R, n_max), (S, R, h_max)
+    and (S, R, n_max). ``recorded[s, r, i]`` is 1 where session s recorded held-in column i
+    of region r; ``source`` weighs each held-in neuron's rate in the messages region r
+    sends during session s: the recorded mask, or, for a region the session did not
+    record, the mean of the recorded masks of the sessions that did (the message is then
+    the average of the messages those sessions' neurons would send, each computed from
+    the model's predicted rates). A model without sessions has one session recording every
+    neuron."""
+    R = len(cfg.regions)
+    heldin = [s.heldin for s in cfg.sessions] or [tuple(r.n_heldin for r in cfg.regions)]
+    heldout = [s.heldout or (0,) * R for s in cfg.sessions] or \
+        [tuple(r.n_heldout for r in cfg.regions)]
+    S = len(heldin)
+    recorded, recorded_out = torch.zeros(S, R, n_max), torch.zeros(S, R, h_max)
+    for mask, counts in ((recorded, heldin), (recorded_out, heldout)):
+        for r in range(R):
+            start = 0
+            for s in range(S):
+                mask[s, r, start: start + counts[s][r]] = 1.0
+                start += counts[s][r]
+    source = recorded.clone()
+    for r in range(R):
+        present = [s for s in range(S) if heldin[s][r] > 0]
+        mean = recorded[present, r].sum(0) / len(present)
+        for s in range(S):
+            if heldin[s][r] == 0:
+                source[s, r] = mean
+    return recorded, recorded_out, source
