@@ -48,3 +48,40 @@ def check_observations(arr: np.ndarray, obs_model: str, col: str, where: str,
         f"{where}: column {col!r} has {what} ({int(bad.sum())} entries; first at {label} "
         f"{tid}, bin {t}, neuron {n}); {fix}"
     )
+
+
+def check_sessions(manifest, arrays: dict[str, np.ndarray], where: str) -> None:
+    """Raise DatasetError naming `where` if a trial's session index is out of range, or a
+    trial has a non-zero x entry in a column its session did not record (multi-session
+    datasets; a DatasetManifest `manifest` and arrays with `session`, `trial_id`, x/*)."""
+    if not manifest.sessions:
+        return
+    session = arrays["session"]
+    tid = arrays["trial_id"]
+    names = manifest.session_names
+    bad = np.flatnonzero((session < 0) | (session >= len(names)))
+    if len(bad):
+        raise DatasetError(
+            f"{where}: column 'session' is {int(session[bad[0]])} at trial_id {int(tid[bad[0]])}, "
+            f"not an index into the {len(names)} sessions of the manifest; re-create the "
+            "dataset with session indices 0..S-1")
+    masks = manifest.session_masks()
+    for r in manifest.regions:
+        a = arrays[f"x/{r.name}"]
+        for s in np.unique(session):
+            rows, off = np.flatnonzero(session == s), np.flatnonzero(~masks[r.name][s])
+            if not len(rows) or not len(off):
+                continue
+            sub = a[np.ix_(rows, np.arange(a.shape[1]), off)]  # (trials of s, T, unrecorded)
+            nz = np.nonzero(sub)
+            if len(nz[0]):
+                i, t, j = (int(v[0]) for v in nz)
+                owner = int(np.argmax(masks[r.name][:, off[j]]))
+                raise DatasetError(
+                    f"{where}: column 'x/{r.name}' is {float(sub[i, t, j]):g} at trial_id "
+                    f"{int(tid[rows[i]])}, bin {t}, neuron {int(off[j])}, a neuron of session "
+                    f"{names[owner]!r}, but the trial is of session {names[int(s)]!r}, which "
+                    f"did not record it ({int(np.count_nonzero(sub))} such entries); entries "
+                    "of neurons outside a trial's session must be exactly 0: put each "
+                    "session's data in its own columns (manifest.session_columns) and zeros "
+                    "elsewhere")

@@ -12,8 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mrlfads.data_loaders import schema
+from mrlfads.data_loaders import sessions as _sessions
 from mrlfads.data_loaders.errors import DatasetError
+from mrlfads.data_loaders.sessions import SessionBlock, SessionSpec
+
+__all__ = ["DatasetManifest", "ExtraFile", "RegionSpec", "SessionBlock", "SessionSpec", "ShardInfo"]
 
 _REMAKE = "re-create the dataset with `mrlfads simulate` or `mrlfads ingest`"
 
@@ -72,11 +78,17 @@ class DatasetManifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     task: tuple[str, ...] = ()
     extras: tuple[ExtraFile, ...] = ()
+    # Multi-session datasets (data_loaders/sessions.py): each region holds the union of the
+    # sessions' neurons, each trial names its session in the `session` column. Empty: one
+    # session (the key is then left out of dataset.json, as before sessions existed).
+    sessions: tuple[SessionSpec, ...] = ()
     format_version: int = schema.FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.comm_matrix is not None and not any(v for row in self.comm_matrix for v in row):
             object.__setattr__(self, "comm_matrix", None)
+        if not all(isinstance(s, SessionSpec) for s in self.sessions):
+            object.__setattr__(self, "sessions", _sessions.coerce(self.sessions))
         problems = _problems(self)
         if problems:
             raise DatasetError(
@@ -92,6 +104,41 @@ class DatasetManifest:
     @property
     def n_trials(self) -> int:
         return sum(s.rows for s in self.shards)
+
+    # -- sessions ----------------------------------------------------------------------------
+    @property
+    def n_sessions(self) -> int:
+        return max(1, len(self.sessions))
+
+    @property
+    def session_names(self) -> tuple[str, ...]:
+        """Names of the sessions; a single-session dataset has one, SINGLE_SESSION ('all')."""
+        return tuple(s.name for s in self.effective_sessions)
+
+    @property
+    def effective_sessions(self) -> tuple[SessionSpec, ...]:
+        """`sessions`, or for a single-session dataset one session recording every neuron."""
+        if self.sessions:
+            return self.sessions
+        units = {r.name: (r.n_heldin, r.n_heldout) for r in self.regions}
+        return (SessionSpec(_sessions.SINGLE_SESSION, units),)
+
+    def session_blocks(self, region: str) -> list[SessionBlock]:
+        """Per session, (heldin slice, heldout slice) of `region`: held-in slices index
+        Batch.heldin[region] (= the first columns of x/<region>), held-out slices index
+        Batch.heldout[region] (x/<region> column = n_heldin + index)."""
+        self.region(region)
+        return _sessions.blocks(self.effective_sessions, region)
+
+    def session_columns(self, region: str, session: int) -> np.ndarray:
+        """Columns of x/<region> recorded by session index `session` (held-in, held-out)."""
+        self.region(region)
+        return _sessions.columns(self.effective_sessions, region, session)
+
+    def session_masks(self) -> dict[str, np.ndarray]:
+        """region -> bool (S, n_neurons): True where session s recorded that x column
+        (S = 1 and all True for a single-session dataset)."""
+        return _sessions.masks(self.effective_sessions, self.region_names)
 
     def region(self, name: str) -> RegionSpec:
         for r in self.regions:
@@ -141,6 +188,10 @@ class DatasetManifest:
         d["truth"], d["task"] = list(self.truth), list(self.task)
         d["comm_matrix"] = None if self.comm_matrix is None else [list(r) for r in self.comm_matrix]
         d["extras"] = [dataclasses.asdict(e) for e in self.extras]
+        if self.sessions:
+            d["sessions"] = [s.to_dict() for s in self.sessions]
+        else:  # single-session datasets keep the layout they had before sessions existed
+            del d["sessions"]
         return d
 
     def to_json(self) -> str:
@@ -179,6 +230,7 @@ class DatasetManifest:
                 kw["comm_matrix"] = tuple(tuple(row) for row in data["comm_matrix"])
             kw["ext_dims"] = dict(data.get("ext_dims") or {})
             kw["provenance"] = dict(data.get("provenance") or {})
+            kw["sessions"] = _sessions.coerce(data.get("sessions") or ())
             return cls(**kw)
         except DatasetError as e:
             raise DatasetError(str(e).replace(f"{schema.MANIFEST_NAME}:", f"{source}:", 1)) from None
@@ -295,6 +347,9 @@ def _problems(m: DatasetManifest) -> list[str]:
     for col in m.task:
         if not schema.is_task_col(col):
             p.append(f"key 'task': {col!r} is not a task column name ('task/<name>')")
+    if all(_is_int(r.n_heldin) and _is_int(r.n_heldout) for r in m.regions) \
+            and len(set(names)) == len(names):
+        p += _sessions.problems(m.regions, m.sessions)
     cm = m.comm_matrix
     if cm is None:
         return p

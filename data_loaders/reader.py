@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from mrlfads.data_loaders import fs as dfs
 from mrlfads.data_loaders import schema
-from mrlfads.data_loaders.checks import check_observations
+from mrlfads.data_loaders.checks import check_observations, check_sessions
 from mrlfads.data_loaders.errors import DatasetError
 from mrlfads.data_loaders.manifest import DatasetManifest, ShardInfo
 
@@ -157,9 +157,12 @@ class ArrowDataset:
 
     # -- arrays ------------------------------------------------------------------------------
     def columns(self) -> tuple[str, ...]:
-        """Columns read by default: ids, split, condition and every tensor column in the
-        manifest. The optional `perturbed` flag is read only when asked for by name."""
-        return (schema.TRIAL_ID, schema.SPLIT, schema.CONDITION) + self.manifest.tensor_columns()
+        """Columns read by default: ids, split, condition, session (multi-session datasets)
+        and every tensor column in the manifest. The optional `perturbed` flag is read only
+        when asked for by name."""
+        session = (schema.SESSION,) if self.manifest.sessions else ()
+        return (schema.TRIAL_ID, schema.SPLIT, schema.CONDITION) + session \
+            + self.manifest.tensor_columns()
 
     def chunks(self, split: str | None = None,
                columns: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
@@ -227,8 +230,8 @@ class ArrowDataset:
 
     # -- full check --------------------------------------------------------------------------
     def validate(self) -> None:
-        """Every shard: present, checksum, row count, schema, finite (and >= 0 counts) data;
-        split counts and unique trial ids across shards; extras' checksums."""
+        """Every shard: present, checksum, row count, schema, finite (and >= 0 counts) data,
+        session indices in range with zeros outside each trial's session; split counts and unique trial ids across shards; extras' checksums."""
         m = self.manifest
         cols = list(self.columns())
         counts: dict[str, int] = {}
@@ -252,6 +255,10 @@ class ArrowDataset:
                 if col.startswith("ext/"):
                     check_observations(_to_numpy(table.column(col)), "gaussian", col,
                                        self.shard_uri(shard), tid)
+            if m.sessions:
+                check_sessions(m, {c: _to_numpy(table.column(c)) for c in cols
+                                   if c in (schema.SESSION, schema.TRIAL_ID) or c.startswith("x/")},
+                               self.shard_uri(shard))
         if counts != {k: v for k, v in m.splits.items() if v}:
             raise DatasetError(f"{self.uri}: shards hold split counts {counts} but "
                                f"{schema.MANIFEST_NAME} says {m.splits}; {_REMAKE}")

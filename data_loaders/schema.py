@@ -22,8 +22,11 @@ TRIAL_ID = "trial_id"
 SPLIT = "split"
 CONDITION = "condition"
 PERTURBED = "perturbed"
+SESSION = "session"  # int32 index into the manifest's sessions (multi-session datasets only)
 
 REGION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Session names (file stems such as "sub-01_ses-2" fit): letters, digits, '_' and '-'.
+SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _MSG_RE = re.compile(r"^truth/messages/([A-Za-z][A-Za-z0-9_]*)->([A-Za-z][A-Za-z0-9_]*)$")
 _TASK_RE = re.compile(r"^task/[A-Za-z][A-Za-z0-9_]*$")
 

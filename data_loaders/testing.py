@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.reader import ArrowDataset
-from mrlfads.data_loaders.writer import write_dataset
+from mrlfads.data_loaders.sessions import SessionSpec, columns
+from mrlfads.data_loaders.writer import make_split, write_dataset
 
 MSG_DIM = 2  # true message dimension of the one pathway A -> B (first two regions)
 
@@ -51,6 +52,52 @@ def make_tiny_dataset(
         truth=truth if with_truth else None, rows_per_shard=rows_per_shard, overwrite=overwrite,
         provenance={"generator": "mrlfads.data_loaders.testing.make_tiny_dataset", "seed": seed},
     )
+    return ArrowDataset.open(path)
+
+
+TINY_SESSIONS = {"s0": {"A": (2, 1), "B": (2, 0)}, "s1": {"A": (1, 1), "B": (0, 0)},
+                 "s2": {"A": (0, 0), "B": (3, 1)}}
+
+
+def make_tiny_sessions_dataset(
+    path: str | os.PathLike, *, sessions: dict[str, dict[str, tuple[int, int]]] | None = None,
+    trials: Sequence[int] = (10, 6, 3), n_bins: int = 12, ic_enc_seq_len: int = 4,
+    seed: int = 0, rows_per_shard: int = 8, valid_frac: float = 0.25, overwrite: bool = False,
+) -> ArrowDataset:
+    """A multi-session dataset (docs/DESIGN.md): session k has trials[k] trials, recording
+    sessions[name][region] = (n_heldin, n_heldout) neurons (default TINY_SESSIONS: s1 lacks
+    B, s2 lacks A). Poisson counts in each trial's own columns, zeros elsewhere; true rates
+    in every column; trials in session order, split per session."""
+    sessions = TINY_SESSIONS if sessions is None else sessions
+    regions = list(next(iter(sessions.values())))
+    specs = [SessionSpec(name, dict(units),
+                         {r: f"not recorded in {name}" for r, v in units.items() if tuple(v) == (0, 0)},
+                         {"index": k}) for k, (name, units) in enumerate(sessions.items())]
+    session = np.repeat(np.arange(len(specs)), trials).astype(np.int64)
+    n = len(session)
+    rng = np.random.default_rng(seed)
+    region_specs, x, truth = [], {}, {}
+    for r in regions:
+        hin = sum(s.units[r][0] for s in specs)
+        hout = sum(s.units[r][1] for s in specs)
+        ids = [f"{s.name}/{r}{j}" for s in specs for j in range(s.units[r][0])]
+        ids += [f"{s.name}/{r}{s.units[r][0] + j}" for s in specs for j in range(s.units[r][1])]
+        region_specs.append({"name": r, "n_heldin": hin, "n_heldout": hout, "neuron_ids": ids})
+        rates = rng.uniform(0.5, 3.0, size=(n, n_bins, hin + hout)).astype(np.float32)
+        counts = np.zeros_like(rates)
+        for k, s in enumerate(specs):
+            cols = columns(specs, r, k)
+            rows = np.flatnonzero(session == k)
+            counts[np.ix_(rows, np.arange(n_bins), cols)] = rng.poisson(
+                rates[np.ix_(rows, np.arange(n_bins), cols)])
+        x[r], truth[schema.truth_rates_col(r)] = counts, rates
+    write_dataset(
+        path, name="tiny-sessions", regions=region_specs, obs_model="poisson", bin_width_s=0.01,
+        ic_enc_seq_len=ic_enc_seq_len, x=x, split=make_split(n, valid_frac, seed, session=session),
+        condition=np.array([f"c{i % 2}" for i in range(n)]), truth=truth,
+        rows_per_shard=rows_per_shard, overwrite=overwrite, sessions=specs, session=session,
+        provenance={"generator": "mrlfads.data_loaders.testing.make_tiny_sessions_dataset",
+                    "seed": seed})
     return ArrowDataset.open(path)
 
 

@@ -2,7 +2,9 @@
 
 TrialDataset keeps the split as zero-copy (read-only, memory-mapped) numpy views and copies
 only the rows of each batch. ShardStream reads one shard at a time and gives each
-DataLoader worker on each distributed rank a disjoint set of shards.
+DataLoader worker on each distributed rank a disjoint set of shards. For multi-session
+datasets both can draw every batch from one session (SessionBatchSampler, ShardStream's
+by_session), sessions mixed across batches.
 """
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from mrlfads.data_loaders import schema
-from mrlfads.data_loaders.checks import check_observations
+from mrlfads.data_loaders.checks import check_observations, check_sessions
 from mrlfads.data_loaders.errors import DatasetError
 from mrlfads.data_loaders.manifest import DatasetManifest, ShardInfo
 from mrlfads.data_loaders.reader import ArrowDataset
@@ -24,7 +26,8 @@ from mrlfads.data_loaders.reader import ArrowDataset
 @dataclass(frozen=True)
 class Batch:
     """B trials. heldin[r]: (B, T, n_heldin), heldout[r]: (B, T, n_heldout), ext[r]:
-    (B, T, D) for regions with inputs, truth[column]: (B, T, d) when asked for."""
+    (B, T, D) for regions with inputs, truth[column]: (B, T, d) when asked for. session:
+    (B,) int64 index into manifest.session_names (zeros for a single-session dataset)."""
 
     heldin: dict[str, torch.Tensor]
     heldout: dict[str, torch.Tensor]
@@ -32,6 +35,12 @@ class Batch:
     truth: dict[str, torch.Tensor]
     trial_id: torch.Tensor
     condition: list[str]
+    session: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.session is None:
+            object.__setattr__(self, "session", torch.zeros(len(self.trial_id), dtype=torch.int64,
+                                                            device=self.trial_id.device))
 
     def __len__(self) -> int:
         return int(self.trial_id.shape[0])
@@ -40,7 +49,7 @@ class Batch:
         return dataclasses.replace(
             self, **{f: {k: fn(v) for k, v in getattr(self, f).items()}
                      for f in ("heldin", "heldout", "ext", "truth")},
-            trial_id=fn(self.trial_id))
+            trial_id=fn(self.trial_id), session=fn(self.session))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -51,7 +60,8 @@ class Batch:
 
 
 def _columns(m: DatasetManifest, with_truth: bool) -> list[str]:
-    cols = [schema.TRIAL_ID, schema.CONDITION] + [schema.x_col(r) for r in m.region_names]
+    cols = [schema.TRIAL_ID, schema.CONDITION] + ([schema.SESSION] if m.sessions else [])
+    cols += [schema.x_col(r) for r in m.region_names]
     cols += [schema.ext_col(r) for r in m.region_names if m.ext_dims.get(r, 0) > 0]
     return cols + (list(m.truth) if with_truth else [])
 
@@ -70,14 +80,17 @@ def _make_batch(m: DatasetManifest, rows: dict[str, np.ndarray],
         heldin[r.name], heldout[r.name] = torch.from_numpy(hin), torch.from_numpy(hout)
     ext = {c[4:]: torch.from_numpy(a) for c, a in rows.items() if c.startswith("ext/")}
     truth = {c: torch.from_numpy(a) for c, a in rows.items() if schema.is_truth_col(c)}
+    session = rows.get(schema.SESSION)
     return Batch(heldin, heldout, ext, truth, torch.from_numpy(rows[schema.TRIAL_ID].astype(np.int64)),
-                 [str(c) for c in rows[schema.CONDITION]])
+                 [str(c) for c in rows[schema.CONDITION]],
+                 None if session is None else torch.from_numpy(session.astype(np.int64)))
 
 
 def _check_chunk(ds: ArrowDataset, shard: ShardInfo, arrays: dict[str, np.ndarray]) -> None:
     for r in ds.manifest.region_names:
         check_observations(arrays[schema.x_col(r)], ds.manifest.obs_model, schema.x_col(r),
                            ds.shard_uri(shard), arrays[schema.TRIAL_ID])
+    check_sessions(ds.manifest, arrays, ds.shard_uri(shard))
 
 
 class TrialDataset(Dataset):
@@ -127,9 +140,56 @@ class TrialDataset(Dataset):
     def __getitem__(self, i: int) -> Batch:
         return self.__getitems__([i])
 
+    @property
+    def session(self) -> np.ndarray:
+        """(n,) int64 session index of each trial, in dataset order (zeros: one session)."""
+        if not self.manifest.sessions:
+            return np.zeros(len(self), dtype=np.int64)
+        return np.concatenate([c[schema.SESSION] for c in self.chunks]).astype(np.int64)
+
     def all(self) -> Batch:
         """The whole split as one Batch (e.g. for posterior-mean validation)."""
         return self.__getitems__(range(len(self)))
+
+
+class SessionBatchSampler(Sampler):
+    """Batches of trial indices, each from one session: a session's trials (shuffled) are cut
+    into batches of `batch_size` (its last one smaller unless drop_last), then all sessions'
+    batches are shuffled together. Every trial appears once per epoch. The order depends on
+    (seed, epoch) only; the epoch advances by one per iteration, or set it with set_epoch."""
+
+    def __init__(self, session: np.ndarray, batch_size: int, *, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False):
+        if batch_size < 1:
+            raise DatasetError(f"batch_size: must be >= 1, got {batch_size}")
+        self.session = np.asarray(session, dtype=np.int64)  # (n,)
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        out = []
+        for s in np.unique(self.session):
+            rows = np.flatnonzero(self.session == s)
+            if self.shuffle:
+                rows = rows[rng.permutation(len(rows))]
+            for start in range(0, len(rows), self.batch_size):
+                if not self.drop_last or start + self.batch_size <= len(rows):
+                    out.append(rows[start:start + self.batch_size])
+        return [out[i] for i in rng.permutation(len(out))] if self.shuffle else out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches(self.epoch)
+        self.epoch += 1
+        return iter([b.tolist() for b in batches])
+
+    def __len__(self) -> int:
+        counts = np.bincount(self.session) if len(self.session) else np.zeros(0, int)
+        per = counts // self.batch_size if self.drop_last else -(-counts // self.batch_size)
+        return int(per.sum())
 
 
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -148,11 +208,14 @@ class ShardStream(IterableDataset):
     """Streams Batches; consumer g = rank * num_workers + worker_id reads shards g, g + G, ...
     (G = world_size * num_workers) of the split, so every trial is seen exactly once per epoch
     across all ranks and workers. Shard order and rows within a shard are shuffled with
-    (seed, epoch, g); call set_epoch(e) each epoch. Fewer shards than consumers leaves some idle."""
+    (seed, epoch, g); call set_epoch(e) each epoch. Fewer shards than consumers leaves some idle.
+    by_session: each batch holds trials of one session (a batch per session fills on its
+    own; each session's remainder comes at the end of the consumer's pass)."""
 
     def __init__(self, ds: ArrowDataset, split: str, batch_size: int = 16, *, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, with_truth: bool = False,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None,
+                 by_session: bool = False):
         if batch_size < 1:
             raise DatasetError(f"batch_size: must be >= 1, got {batch_size}")
         self.ds, self.split, self.batch_size = ds, split, batch_size
@@ -160,6 +223,7 @@ class ShardStream(IterableDataset):
         self.columns = _columns(ds.manifest, with_truth)
         self.rank, self.world_size = _rank_world(rank, world_size)
         self.shards = ds.manifest.shards_for(split)
+        self.by_session = bool(by_session) and bool(ds.manifest.sessions)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -176,21 +240,31 @@ class ShardStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank * nw + wid])
         if self.shuffle:
             shards = [shards[i] for i in rng.permutation(len(shards))]
-        pending: list[dict[str, np.ndarray]] = []
-        n_pending = 0
+        # session -> (rows waiting for a batch, their count); one key without by_session
+        pending: dict[int, tuple[list[dict[str, np.ndarray]], int]] = {}
         for shard in shards:
             arrays = self.ds.shard_arrays(shard, self.split, self.columns)
             _check_chunk(self.ds, shard, arrays)
             n = len(arrays[schema.TRIAL_ID])
             order = rng.permutation(n) if self.shuffle else np.arange(n)
-            pending.append({c: a[order] for c, a in arrays.items()})  # copy: writable rows
-            n_pending += n
-            while n_pending >= self.batch_size:
-                rows, pending, n_pending = _take(pending, self.batch_size)
-                yield _make_batch(self.ds.manifest, rows)
-        if n_pending and not self.drop_last:
-            rows, _, _ = _take(pending, n_pending)
-            yield _make_batch(self.ds.manifest, rows)
+            rows = {c: a[order] for c, a in arrays.items()}  # copy: writable rows
+            if self.by_session:
+                parts = [(int(s), rows[schema.SESSION] == s) for s in np.unique(rows[schema.SESSION])]
+            else:
+                parts = [(0, None)]
+            for key, keep in parts:
+                part = rows if keep is None else {c: a[keep] for c, a in rows.items()}
+                waiting, n_waiting = pending.get(key, ([], 0))
+                waiting.append(part)
+                n_waiting += len(part[schema.TRIAL_ID])
+                while n_waiting >= self.batch_size:
+                    head, waiting, n_waiting = _take(waiting, self.batch_size)
+                    yield _make_batch(self.ds.manifest, head)
+                pending[key] = (waiting, n_waiting)
+        for waiting, n_waiting in pending.values():
+            if n_waiting and not self.drop_last:
+                head, _, _ = _take(waiting, n_waiting)
+                yield _make_batch(self.ds.manifest, head)
 
 
 def _take(parts: list[dict[str, np.ndarray]], k: int):
@@ -210,16 +284,30 @@ def _identity(batch: Batch) -> Batch:
 def make_loader(ds: ArrowDataset, split: str, batch_size: int, shuffle: bool = True,
                 seed: int = 0, streaming: bool = False, num_workers: int = 0,
                 drop_last: bool = False, *, with_truth: bool = False, pin_memory: bool = False,
-                rank: int | None = None, world_size: int | None = None) -> DataLoader:
+                rank: int | None = None, world_size: int | None = None,
+                by_session: bool | None = None) -> DataLoader:
     """DataLoader yielding Batch. Map-style (default) shuffles all trials of the split with a
     torch.Generator seeded by `seed`; streaming uses ShardStream (call
-    loader.dataset.set_epoch(e) per epoch to reshuffle)."""
+    loader.dataset.set_epoch(e) per epoch to reshuffle).
+
+    by_session (default: True when the dataset has more than one session): every batch holds
+    trials of one session, sessions mixed across batches. Map-style uses a
+    SessionBatchSampler (loader.batch_sampler; its order depends on (seed, epoch), the epoch
+    advancing per pass or set with loader.batch_sampler.set_epoch(e))."""
+    if by_session is None:
+        by_session = len(ds.manifest.sessions) > 1
     if streaming:
         stream = ShardStream(ds, split, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                             with_truth=with_truth, rank=rank, world_size=world_size)
+                             with_truth=with_truth, rank=rank, world_size=world_size,
+                             by_session=by_session)
         return DataLoader(stream, batch_size=None, num_workers=num_workers,
                           pin_memory=pin_memory, collate_fn=_identity)
     data = TrialDataset(ds, split, with_truth=with_truth)
+    if by_session:
+        sampler = SessionBatchSampler(data.session, batch_size, shuffle=shuffle, seed=seed,
+                                      drop_last=drop_last)
+        return DataLoader(data, batch_sampler=sampler, num_workers=num_workers,
+                          pin_memory=pin_memory, collate_fn=_identity)
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen,
                       drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory,

@@ -22,19 +22,40 @@ import pyarrow.parquet as pq
 
 from mrlfads.data_loaders import fs as dfs
 from mrlfads.data_loaders import schema
-from mrlfads.data_loaders.checks import check_observations
+from mrlfads.data_loaders import sessions as _sessions
+from mrlfads.data_loaders.checks import check_observations, check_sessions
 from mrlfads.data_loaders.errors import DatasetError
 from mrlfads.data_loaders.manifest import DatasetManifest, ExtraFile, RegionSpec, ShardInfo
 
 
-def make_split(n_trials: int, valid_frac: float = 0.2, seed: int = 0) -> np.ndarray:
-    """Deterministic train/valid labels: the same (n, frac, seed) always gives the same split."""
+def make_split(n_trials: int, valid_frac: float = 0.2, seed: int = 0,
+               session: Any = None) -> np.ndarray:
+    """Deterministic train/valid labels: the same (n, frac, seed) always gives the same split.
+
+    With `session` (per-trial session index), each session's trials are split on their own:
+    round(n_s * valid_frac) of them valid, at least 1 of a session with >= 2 trials when
+    valid_frac > 0 and at least 1 left for training."""
     if not 0 <= valid_frac < 1:
         raise DatasetError(f"valid_frac: must be in [0, 1), got {valid_frac}")
     labels = np.full(n_trials, "train", dtype=object)
-    n_valid = round(n_trials * valid_frac)
-    labels[np.random.default_rng(seed).permutation(n_trials)[:n_valid]] = "valid"
+    if session is None:
+        n_valid = round(n_trials * valid_frac)
+        labels[np.random.default_rng(seed).permutation(n_trials)[:n_valid]] = "valid"
+        return labels
+    session = _vector(session, "session", n_trials, "int")
+    rng = np.random.default_rng(seed)
+    for s in np.unique(session):
+        rows = np.flatnonzero(session == s)
+        labels[rows[rng.permutation(len(rows))[:session_n_valid(len(rows), valid_frac)]]] = "valid"
     return labels
+
+
+def session_n_valid(n: int, valid_frac: float) -> int:
+    """Valid trials of a session of n trials: round(n * frac), but at least 1 when frac > 0
+    and n >= 2, and never all of them."""
+    if valid_frac <= 0 or n < 2:
+        return 0
+    return min(max(1, round(n * valid_frac)), n - 1)
 
 
 def _region_specs(regions: Sequence[Any]) -> tuple[RegionSpec, ...]:
@@ -90,7 +111,8 @@ def _comm_from_truth(names: tuple[str, ...], truth: Mapping[str, np.ndarray]) ->
 
 
 def _columns(
-    regions, n, T, x, split, trial_id, condition, perturbed, ext, truth, task, obs_model
+    regions, n, T, x, split, trial_id, condition, perturbed, ext, truth, task, obs_model,
+    sessions=(), session=None,
 ) -> dict[str, Any]:
     """Validate every input and return column name -> array (n rows each)."""
     names = tuple(r.name for r in regions)
@@ -113,6 +135,8 @@ def _columns(
     cols[schema.CONDITION] = _vector(cond, "condition", n, "str").astype(object)
     if perturbed is not None:
         cols[schema.PERTURBED] = _vector(perturbed, "perturbed", n, "bool")
+    if sessions:
+        cols[schema.SESSION] = _session_column(session, n, len(sessions))
     for r in regions:
         a = _tensor(x[r.name], f"x[{r.name!r}]", n, (T, r.n_neurons))
         check_observations(a, obs_model, schema.x_col(r.name), f"x[{r.name!r}]", cols[schema.TRIAL_ID])
@@ -139,6 +163,19 @@ def _columns(
             raise DatasetError(f"task[{key!r}]: shape {arr.shape}, expected ({n}, ...)")
         cols[col] = arr
     return cols
+
+
+def _session_column(session: Any, n: int, n_sessions: int) -> np.ndarray:
+    if session is None:
+        raise DatasetError("session: sessions= was given without the per-trial session index; "
+                           "pass session=array (trials,) of indices into sessions")
+    a = _vector(session, "session", n, "int")
+    bad = np.flatnonzero((a < 0) | (a >= n_sessions))
+    if len(bad):
+        raise DatasetError(f"session: value {int(a[bad[0]])} (trial index {int(bad[0])}) is not a "
+                           f"session index; {n_sessions} sessions were given, so use 0.."
+                           f"{n_sessions - 1} (an index into sessions=)")
+    return a.astype(np.int32)
 
 
 def _to_arrow(a: Any) -> pa.Array:
@@ -243,12 +280,16 @@ def write_dataset(
     provenance: Mapping[str, Any] | None = None, rows_per_shard: int = 512,
     overwrite: bool = False, extra_files: Mapping[str, bytes] | None = None,
     shard_format: Literal["arrow", "parquet"] | None = None,
+    sessions: Sequence[Any] | None = None, session: Any = None,
 ) -> DatasetManifest:
     """Write one trial per row, grouped by split so readers of one split skip other shards.
 
     x[region]: (trials, T, n_heldin + n_heldout), held-in neurons first. Rows are stored in
     split order (train, valid, test, perturbed), input order within a split.
     shard_format None: Arrow IPC locally (memory-mappable), Parquet on object stores.
+    sessions (SessionSpec or dicts) and session (per-trial index into them): a multi-session
+    dataset, x[region] holding the union of the sessions' neurons (data_loaders/sessions.py)
+    and exactly 0 in the columns of sessions other than the trial's own.
     """
     uri = os.fspath(uri)
     specs = _region_specs(regions)
@@ -262,7 +303,12 @@ def write_dataset(
         raise DatasetError(f"rows_per_shard: must be an integer >= 1, got {rows_per_shard!r}")
     if obs_model not in schema.OBS_MODELS:
         raise DatasetError(f"obs_model: {obs_model!r} is not one of {list(schema.OBS_MODELS)}")
-    cols = _columns(specs, n, T, x, split, trial_id, condition, perturbed, ext, truth, task, obs_model)
+    session_specs = _sessions.coerce(sessions)
+    if session is not None and not session_specs:
+        raise DatasetError("session: per-trial session indices given without sessions=; pass "
+                           "sessions=[SessionSpec(...), ...] (one per index) or drop session=")
+    cols = _columns(specs, n, T, x, split, trial_id, condition, perturbed, ext, truth, task,
+                    obs_model, session_specs, session)
     names = tuple(r.name for r in specs)
     truth_cols = tuple(c for c in cols if schema.is_truth_col(c))
     try:
@@ -277,7 +323,10 @@ def write_dataset(
         comm_matrix=(tuple(tuple(r) for r in comm_matrix) if comm_matrix is not None
                      else _comm_from_truth(names, {c: cols[c] for c in truth_cols})),
         provenance=dict(provenance or {}), task=tuple(c for c in cols if schema.is_task_col(c)),
+        sessions=session_specs,
     )
+    if session_specs:
+        check_sessions(draft, cols, "write_dataset: x")
     fmt = shard_format or ("parquet" if dfs.is_remote(uri) else "arrow")
     if fmt not in ("arrow", "parquet"):
         raise DatasetError(f"shard_format: {fmt!r} is not 'arrow' or 'parquet'")

@@ -21,17 +21,19 @@ __all__ = ["KINDS", "OBS_MODELS", "SimConfig", "SimulatedData", "check_out", "ge
 def simulate(kind: str, *, out: str | os.PathLike, trials: int | None = None, seed: int = 0,
              obs: str = "gaussian", smoke_test: bool = False, n_bins: int | None = None,
              n_units: int | None = None, rate_hz: float | None = None, bin_ms: float | None = None,
-             overwrite: bool = False, progress=None, on_generated=None) -> DatasetManifest:
+             overwrite: bool = False, progress=None, on_generated=None, sessions: int = 1,
+             session_frac: float | None = None) -> DatasetManifest:
     """Generate the `kind` benchmark and write it to `out` (local path or s3:// URI).
 
     ``progress(step, total, loss)`` follows the network's training; ``on_generated(data)``
-    sees the `SimulatedData` before it is written (timings, the drawn spikes)."""
+    sees the `SimulatedData` before it is written (timings, the drawn spikes). ``sessions`` /
+    ``session_frac``: several sessions of the one network (`generate`)."""
     from mrlfads.data_loaders.writer import write_dataset
 
     check_out(out, overwrite)
     data = generate(kind, trials=trials, seed=seed, obs=obs, smoke_test=smoke_test,
                     n_bins=n_bins, n_units=n_units, rate_hz=rate_hz, bin_ms=bin_ms,
-                    progress=progress)
+                    progress=progress, sessions=sessions, session_frac=session_frac)
     if on_generated is not None:
         on_generated(data)
     return write_dataset(out, **data.writer_kwargs(), overwrite=overwrite)

@@ -18,13 +18,15 @@ import torch
 
 from mrlfads.data_loaders.manifest import RegionSpec
 from mrlfads.data_loaders.simulate import memory_ring, observe, random_nets, relay_decision
+from mrlfads.data_loaders.simulate import sessions as sim_sessions
 from mrlfads.data_loaders.simulate.config import OBS_MODELS, STEP_S, SimConfig, preset
 from mrlfads.data_loaders.simulate.network import MultiRegionRNN, run_trials, to_npz
 from mrlfads.data_loaders.simulate.train import Progress, TaskBatch, single_thread, train_network
 
 FAMILIES = {"memory-ring": memory_ring, "relay-decision": relay_decision, "random": random_nets}
 _STREAMS = ("network", "weights", "train_tasks", "train_noise", "trials", "trial_noise",
-            "heldout", "split", "spikes", "unit_rates")
+            "heldout", "split", "spikes", "unit_rates", "sessions")  # append only: the
+# streams are SeedSequence children by position, so a new one changes none of the others
 
 
 @dataclass
@@ -46,11 +48,16 @@ class SimulatedData:
     provenance: dict[str, Any]
     extra_files: dict[str, bytes] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of training / all
+    sessions: tuple = ()                 # SessionSpec per session (--sessions S > 1)
+    session: np.ndarray | None = None    # (trials,) session index of each trial
 
     def writer_kwargs(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in (
+        kw = {k: getattr(self, k) for k in (
             "name", "regions", "obs_model", "bin_width_s", "ic_enc_seq_len", "x", "split",
             "trial_id", "condition", "truth", "task", "comm_matrix", "provenance", "extra_files")}
+        if self.sessions:
+            kw.update(sessions=self.sessions, session=self.session)
+        return kw
 
 
 def _canonical(a: np.ndarray) -> np.ndarray:
@@ -74,11 +81,16 @@ def _loss_on(family, batch: TaskBatch, hidden, messages, readout) -> float:
 def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = "gaussian",
              smoke_test: bool = False, n_bins: int | None = None, n_units: int | None = None,
              rate_hz: float | None = None, bin_ms: float | None = None,
-             progress: Progress | None = None) -> SimulatedData:
+             progress: Progress | None = None, sessions: int = 1,
+             session_frac: float | None = None) -> SimulatedData:
     """Train the `kind` network (see the family modules) and simulate `trials` trials.
 
     ``rate_hz`` (mean firing rate of the Poisson spikes) and ``bin_ms`` (bin width) default to
-    the preset's 5 Hz and 20 ms."""
+    the preset's 5 Hz and 20 ms. ``sessions`` > 1 (or a ``session_frac``): a multi-session
+    dataset of one network, `trials` trials per session, each session recording its own
+    random ``session_frac`` (default 1 / sessions) of each region's units (simulate/sessions.py)."""
+    frac = sim_sessions.check_sessions(sessions, session_frac)
+    multi = sessions > 1 or session_frac is not None
     if obs not in OBS_MODELS:
         raise ValueError(f"obs: {obs!r} is not one of {list(OBS_MODELS)}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -97,15 +109,16 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
         fit = train_network(net, family.sample, family.loss_fn, train_cfg, rng["train_tasks"],
                             int(rng["train_noise"].integers(2**31)), progress)
         t_train = time.perf_counter() - t0
-        batch = family.sample(rng["trials"], cfg.n_trials, steps)
-        trial_id = np.arange(cfg.n_trials, dtype=np.int64)
+        n_total = cfg.n_trials * sessions  # each session gets its own block of trials
+        batch = family.sample(rng["trials"], n_total, steps)
+        trial_id = np.arange(n_total, dtype=np.int64)
         noise_seed = int(rng["trial_noise"].integers(2**63))
         hidden, messages, readout = run_trials(net, batch.inputs, trial_id, noise_seed)
         fit["task_loss_generated"] = _loss_on(family, batch, hidden, messages, readout)
     base_hz = observe.unit_base_rates(hidden, cfg.rate_hz, cfg.rate_spread, cfg.poisson_gain,
                                       rng["unit_rates"])
     data = _assemble(kind, cfg, seed, obs, smoke_test, family, batch, trial_id, hidden, messages,
-                     base_hz, rng)
+                     base_hz, rng, (sessions, frac) if multi else None)
     data.provenance.update({"training": fit, "train_config": dict(train_cfg.__dict__)})
     # timings stay out of provenance: the same seed must give byte-identical files
     data.seconds = {"train": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)}
@@ -117,8 +130,10 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
 
 def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, family, batch: TaskBatch,
               trial_id: np.ndarray, hidden: np.ndarray, messages: np.ndarray, base_hz: np.ndarray,
-              rng: dict[str, np.random.Generator]) -> SimulatedData:
-    """Per-region observations in stored neuron order, and every truth column, in bins."""
+              rng: dict[str, np.random.Generator],
+              multi: tuple[int, float] | None = None) -> SimulatedData:
+    """Per-region observations in stored neuron order, and every truth column, in bins.
+    multi = (sessions, fraction of units each records): the union layout of several sessions."""
     spec = family.spec
     to_bins = partial(observe.steps_to_bins, steps_per_bin=cfg.steps_per_bin)
     if obs == "poisson":
@@ -127,15 +142,25 @@ def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, 
         counts_all = observe.poisson_counts(rates_all, rng["spikes"])
     hidden, messages = to_bins(hidden), to_bins(messages)
     regions, x, truth = [], {}, {}
-    for name, sl, n_units in zip(spec.region_names, spec.unit_slices(), spec.n_units):
-        order, n_out = observe.heldout_order(n_units, cfg.heldout_frac, rng["heldout"])
-        idx = sl.start + order
-        regions.append(RegionSpec(name, n_units - n_out, n_out, tuple(str(i) for i in order)))
-        if obs == "poisson":
-            x[name], truth[f"truth/rates/{name}"] = counts_all[..., idx], rates_all[..., idx]
-        else:
-            x[name] = hidden[..., idx]
-            truth[f"truth/rates/{name}"] = None  # the same array as x (filled in below)
+    layout = None
+    if multi is not None:
+        sl = dict(zip(spec.region_names, spec.unit_slices()))
+        observed = {r: (counts_all if obs == "poisson" else hidden)[..., sl[r]] for r in sl}
+        true = {r: rates_all[..., sl[r]] for r in sl} if obs == "poisson" else observed
+        layout = sim_sessions.layout(spec.region_names, spec.n_units, observed, true, multi[0],
+                                     multi[1], cfg.heldout_frac, rng["sessions"], rng["heldout"])
+        regions, x = list(layout.regions), layout.x
+        truth = {f"truth/rates/{r}": a for r, a in layout.rates.items()}
+    else:  # one session: every unit recorded, in network order
+        for name, sl, n_units in zip(spec.region_names, spec.unit_slices(), spec.n_units):
+            order, n_out = observe.heldout_order(n_units, cfg.heldout_frac, rng["heldout"])
+            idx = sl.start + order
+            regions.append(RegionSpec(name, n_units - n_out, n_out, tuple(str(i) for i in order)))
+            if obs == "poisson":
+                x[name], truth[f"truth/rates/{name}"] = counts_all[..., idx], rates_all[..., idx]
+            else:
+                x[name] = hidden[..., idx]
+                truth[f"truth/rates/{name}"] = None  # the same array as x (filled in below)
     for p, sl in zip(spec.pathways, spec.msg_slices()):
         truth[f"truth/messages/{spec.pathway_name(p)}"] = messages[..., sl]
     start = 0
@@ -158,13 +183,31 @@ def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, 
         "family": family.description, "network_file": "extras/network.npz",
         "neuron_ids": "index of the unit in the network (network.npz order)",
     }
+    name = f"{kind}-seed{seed}-{obs}"
+    if layout is not None:
+        n_sessions = len(layout.sessions)
+        name += f"-{n_sessions}sessions"
+        provenance["neuron_ids"] = ("session name / index of the unit in its region of the "
+                                    "network (network.npz order)")
+        provenance["sessions"] = {
+            "n_sessions": n_sessions, "session_frac": multi[1], "trials_per_session": n // n_sessions,
+            "units": "sessions[k].provenance.units: each session's units per region, column "
+                     "order (held-in then held-out); drawn independently per session"}
     x = {k: _canonical(v) for k, v in x.items()}
     truth = {k: x[k[len("truth/rates/"):]] if v is None else _canonical(v) for k, v in truth.items()}
+    if layout is None:
+        split = observe.train_valid_split(n, cfg.valid_frac, rng["split"])
+    else:  # each session's trials split on their own, so every session has valid trials
+        per = n // len(layout.sessions)
+        split = np.concatenate([observe.train_valid_split(per, cfg.valid_frac, rng["split"])
+                                for _ in layout.sessions])
     return SimulatedData(
-        name=f"{kind}-seed{seed}-{obs}", regions=tuple(regions), obs_model=obs,
+        name=name, regions=tuple(regions), obs_model=obs,
         bin_width_s=cfg.bin_width_s, ic_enc_seq_len=cfg.ic_enc_seq_len, x=x,
-        split=observe.train_valid_split(n, cfg.valid_frac, rng["split"]), trial_id=trial_id,
+        split=split, trial_id=trial_id,
         condition=np.asarray(batch.conditions, dtype=object), truth=truth,
         task={k: _canonical(to_bins(v) if v.ndim > 1 else v) for k, v in batch.variables.items()},
         comm_matrix=spec.comm_matrix(),
-        provenance=provenance)
+        provenance=provenance,
+        sessions=() if layout is None else layout.sessions,
+        session=None if layout is None else layout.session)

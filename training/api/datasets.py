@@ -67,10 +67,14 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
              obs: str = "gaussian", rate_hz: float | None = None, bin_ms: float | None = None,
              bins: int | None = None, units: int | None = None, smoke_test: bool = False,
              overwrite: bool = False,
-             progress: Callable[[int, int, float], None] | None = None) -> Dataset:
+             progress: Callable[[int, int, float], None] | None = None, sessions: int = 1,
+             session_frac: float | None = None) -> Dataset:
     """Train a data-generating multi-region RNN (``memory-ring``, ``relay-decision`` or
     ``random``) and write its trials to ``out`` with the true rates, messages and inputs.
 
+    ``sessions`` > 1: a multi-session dataset of the one network, ``trials`` trials per
+    session, each session recording its own random ``session_frac`` (default 1 / sessions)
+    of each region's units (docs/DESIGN.md, "Multi-session datasets").
     ``progress(step, total, loss)`` is called while the network trains. The returned
     dataset's ``summary`` holds the network's task loss, its training steps, the wall time,
     and for Poisson spikes the mean rate per bin and the mean count drawn."""
@@ -86,16 +90,27 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
                        seconds=dict(data.seconds))
         if data.obs_model == "poisson":
             def mean(arrays) -> float:
-                return float(np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays],
-                                            1).mean())
+                if not data.sessions:
+                    return float(np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays],
+                                                1).mean())
+                from mrlfads.data_loaders.sessions import masks
+
+                # over recorded entries only: a trial's columns of other sessions do not count
+                total = count = 0.0
+                for r, a in zip(data.regions, arrays):
+                    m = masks(data.sessions, [r.name])[r.name][data.session]  # (trials, N)
+                    total += float(a.sum(1, dtype=np.float64)[m].sum())
+                    count += float(m.sum()) * a.shape[1]
+                return total / count
 
             summary["rate_per_bin"] = mean([data.truth[f"truth/rates/{r.name}"]
                                             for r in data.regions])
-            summary["spikes_per_bin"] = mean(data.x.values())
+            summary["spikes_per_bin"] = mean([data.x[r.name] for r in data.regions])
 
     write_simulation(kind, out=out, trials=trials, seed=seed, obs=obs, smoke_test=smoke_test,
                      n_bins=bins, n_units=units, rate_hz=rate_hz, bin_ms=bin_ms,
-                     overwrite=overwrite, progress=progress, on_generated=describe)
+                     overwrite=overwrite, progress=progress, on_generated=describe,
+                     sessions=sessions, session_frac=session_frac)
     dataset = open_dataset(out)
     dataset.summary = summary
     return dataset

@@ -36,8 +36,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "bins of 20 ms for memory-ring)")
     parser.add_argument("--units", type=at_least(2), default=None,
                         help="units per region (default: the family's, 64)")
+    parser.add_argument("--sessions", type=at_least(1), default=1,
+                        help="recording sessions of the one network (default 1). Each session "
+                             "has its own --trials trials and records its own random subset "
+                             "of each region's units: a multi-session dataset, one session per "
+                             "trial, each region holding the union of the sessions' neurons")
+    parser.add_argument("--session-frac", type=_fraction, default=None, metavar="F",
+                        help="with --sessions: fraction of each region's units a session "
+                             "records, round(F * units), at least 1 (default 1 / sessions)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already at --out")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         dataset = simulate(args.kind, args.out, trials=args.trials, seed=args.seed, obs=args.obs,
                            rate_hz=args.rate_hz, bin_ms=args.bin_ms, bins=args.bins,
                            units=args.units, smoke_test=args.smoke_test,
-                           overwrite=args.overwrite, progress=progress)
+                           overwrite=args.overwrite, progress=progress,
+                           sessions=args.sessions, session_frac=args.session_frac)
     _report(dataset, args.out)
     return 0
 
@@ -71,6 +90,9 @@ def _report(dataset, out: str) -> None:
           f"{manifest.bin_width_s * 1000:g} ms, ic_enc_seq_len {manifest.ic_enc_seq_len}")
     for r in manifest.regions:
         print(f"  region {r.name}: {r.n_heldin} held-in + {r.n_heldout} held-out neurons")
+    if manifest.sessions:
+        print(f"  sessions: {len(manifest.sessions)} (each region holds every session's own "
+              "neurons; a trial's columns of other sessions are 0)")
     if manifest.obs_model == "poisson":
         rate = summary["rate_per_bin"]
         print(f"  spikes: mean rate {rate / manifest.bin_width_s:.3g} Hz ({rate:.3g} per bin); "
