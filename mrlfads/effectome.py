@@ -62,25 +62,39 @@ def drive_effectome(messages: Mapping[Pair, np.ndarray], weights: Mapping[Pair, 
     return E
 
 
+def _rms_change(base, cut, r: int) -> float:
+    """RMS over trials, bins and held-in neurons of region r's readout change between two
+    lists of outputs; a stitched model's outputs count only the neurons their session
+    recorded (NaN where none did)."""
+    sq = count = 0.0
+    for b, c in zip(base, cut):
+        d2 = (c.readout[r] - b.readout[r]).double() ** 2
+        if b.recorded is None:
+            sq, count = sq + float(d2.sum()), count + d2.numel()
+        else:
+            w = b.recorded[r].double()
+            sq, count = sq + float((d2 * w).sum()), count + float(w.sum()) * d2.shape[0] * d2.shape[1]
+    return math.sqrt(sq / count) if count else float("nan")
+
+
 @torch.no_grad()
 def cut_effectome(model, heldin: Sequence[torch.Tensor], ext=None,
-                  batch_size: int = 256) -> np.ndarray:
+                  batch_size: int = 256, sessions=None) -> np.ndarray:
     """(R, R) matrix, ``E[dst, src]`` = RMS change of dst's readout (log-rate or mean, over
     trials, reconstructed bins and held-in neurons) when pathway src -> dst is silenced over
-    the whole trial. Posterior means throughout, so the only change is the cut."""
+    the whole trial. Posterior means throughout, so the only change is the cut.
+    ``sessions`` (a stitched model's): each trial's session; each trial counts the neurons
+    its session recorded."""
     from mrlfads.inference import _run  # inference imports this module's users, not us
 
     names, s = model.cfg.region_names, model.sizes
     T = heldin[0].shape[1]
-    base = _run(model, heldin, ext, batch_size)
+    base = _run(model, heldin, ext, batch_size, sessions)
     E = np.full((s.R, s.R), np.nan)
     for src, dst in s.pairs:
-        cut = _run(model, heldin, ext, batch_size,
+        cut = _run(model, heldin, ext, batch_size, sessions,
                    silence={f"{names[src]}->{names[dst]}": (0, T)})
-        sq = sum(float(((c.readout[dst] - b.readout[dst]).double() ** 2).sum())
-                 for b, c in zip(base, cut))
-        count = sum(b.readout[dst].numel() for b in base)
-        E[dst, src] = math.sqrt(sq / count)
+        E[dst, src] = _rms_change(base, cut, dst)
     return E
 
 
@@ -94,7 +108,7 @@ def input_rms(inputs: Mapping[str, np.ndarray], regions: Sequence[str]) -> np.nd
 
 @torch.no_grad()
 def input_cut_effectome(model, heldin: Sequence[torch.Tensor], ext=None,
-                        batch_size: int = 256) -> np.ndarray:
+                        batch_size: int = 256, sessions=None) -> np.ndarray:
     """(R,) RMS change of each region's readout (as in ``cut_effectome``) when the inferred
     inputs it receives are silenced over the whole trial. All NaN without inferred inputs."""
     from mrlfads.inference import _run
@@ -104,10 +118,8 @@ def input_cut_effectome(model, heldin: Sequence[torch.Tensor], ext=None,
     if not model.cfg.inferred_inputs:
         return E
     T = heldin[0].shape[1]
-    base = _run(model, heldin, ext, batch_size)
+    base = _run(model, heldin, ext, batch_size, sessions)
     for r, name in enumerate(names):
-        cut = _run(model, heldin, ext, batch_size, silence_inputs={name: (0, T)})
-        sq = sum(float(((c.readout[r] - b.readout[r]).double() ** 2).sum())
-                 for b, c in zip(base, cut))
-        E[r] = math.sqrt(sq / sum(b.readout[r].numel() for b in base))
+        cut = _run(model, heldin, ext, batch_size, sessions, silence_inputs={name: (0, T)})
+        E[r] = _rms_change(base, cut, r)
     return E

@@ -25,18 +25,31 @@ def _as_tensors(model, xs, B=None):
             .to(device=ref.device, dtype=ref.dtype) for x in xs]
 
 
-def _run(model, heldin, ext, batch_size: int, **kw) -> list[ModelOutput]:
-    """Posterior-mean forward passes in chunks of trials, eval mode, no autograd."""
+def _run(model, heldin, ext, batch_size: int, sessions=None, **kw) -> list[ModelOutput]:
+    """Posterior-mean forward passes in chunks of trials, eval mode, no autograd.
+
+    ``sessions`` (trials,): each trial's session, for a stitched model; chunks then hold
+    one session's trials each, in session order (the outputs are not in trial order; each
+    says which neurons it counts in ``recorded``)."""
     heldin, ext = _as_tensors(model, heldin), _as_tensors(model, ext)
+    n = heldin[0].shape[0]
+    if sessions is None:
+        groups = [(None, torch.arange(n))]
+    else:
+        sessions = torch.as_tensor(np.asarray(sessions)).cpu()
+        groups = [(int(s), torch.nonzero(sessions == s).flatten())
+                  for s in torch.unique(sessions).tolist()]
     was_training = model.training
     model.eval()
     outs = []
     try:
         with torch.no_grad():
-            for lo in range(0, heldin[0].shape[0], batch_size):
-                sl = slice(lo, lo + batch_size)
-                e = None if ext is None else [None if x is None else x[sl] for x in ext]
-                outs.append(model([x[sl] for x in heldin], e, sample=False, **kw))
+            for session, rows in groups:
+                for lo in range(0, rows.numel(), batch_size):
+                    idx = rows[lo:lo + batch_size].to(heldin[0].device)
+                    e = None if ext is None else [None if x is None else x[idx] for x in ext]
+                    extra = {} if session is None else {"session": session}
+                    outs.append(model([x[idx] for x in heldin], e, sample=False, **extra, **kw))
     finally:
         model.train(was_training)
     return outs

@@ -27,10 +27,22 @@ class SplitTensors:
     trial_id: np.ndarray
     truth: dict[str, np.ndarray] = field(default_factory=dict)
     condition: np.ndarray | None = None  # (trials,) str
+    # (trials,) int64 on the device: each trial's session, for datasets of several sessions
+    # (docs/MODEL.md, "Several sessions"); None: one session
+    session: torch.Tensor | None = None
 
     @property
     def n_trials(self) -> int:
         return int(self.heldin[0].shape[0])
+
+    def session_groups(self) -> list[tuple[int, torch.Tensor]]:
+        """``(session, trial indices)`` for every session with trials here, in session
+        order: the model runs one session per batch."""
+        device = self.heldin[0].device
+        if self.session is None:
+            return [(0, torch.arange(self.n_trials, device=device))]
+        return [(int(s), torch.nonzero(self.session == s).flatten())
+                for s in torch.unique(self.session).tolist()]
 
     def head(self, n: int) -> "SplitTensors":
         """The first ``n`` trials (views, no copy)."""
@@ -39,25 +51,79 @@ class SplitTensors:
             self.split, [x[sl] for x in self.heldin], [x[sl] for x in self.heldout],
             [x[sl] for x in self.ext] if self.ext is not None else None,
             self.trial_id[sl], {k: v[sl] for k, v in self.truth.items()},
-            None if self.condition is None else self.condition[sl])
+            None if self.condition is None else self.condition[sl],
+            None if self.session is None else self.session[sl])
 
-    def neuron_stats(self, counts: bool) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], ...]:
+    def subset(self, idx: torch.Tensor) -> "SplitTensors":
+        """The trials at ``idx`` (copies)."""
+        host = idx.cpu().numpy()
+        return SplitTensors(
+            self.split, [x[idx] for x in self.heldin], [x[idx] for x in self.heldout],
+            [x[idx] for x in self.ext] if self.ext is not None else None,
+            self.trial_id[host], {k: v[host] for k, v in self.truth.items()},
+            None if self.condition is None else self.condition[host],
+            None if self.session is None else self.session[idx])
+
+    def neuron_stats(self, counts: bool, recorded=None
+                     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], ...]:
         """Per region, (mean, variance) of each held-in and each held-out neuron over trials
         and bins: what the readouts start from (``MRLFADS.init_from_data``).
 
         With ``counts`` (Poisson data), means are add-half estimates, (spikes + 0.5) /
-        samples, so a neuron silent in this split starts at a small finite rate, not log(0)."""
-        def stats(xs: list[torch.Tensor]):
+        samples, so a neuron silent in this split starts at a small finite rate, not log(0).
+        ``recorded`` (several sessions: the model's ``(session_recorded,
+        session_recorded_heldout)`` masks, (S, R, width)): each neuron's statistics come
+        from the trials of the session that recorded it."""
+        def one(x: torch.Tensor):
+            flat = x.reshape(x.shape[0] * x.shape[1], x.shape[-1]).double()  # (trials*T, n)
+            mean = (flat.sum(0) + 0.5) / max(flat.shape[0], 1) if counts else flat.mean(0)
+            # a region without held-out neurons: (0,) stats, no 0/0 variance warning
+            var = flat.var(0, correction=0) if flat.shape[1] else flat.new_zeros(0)
+            return mean.float(), var.float()
+
+        def stats(xs: list[torch.Tensor], masks):
+            if masks is None or self.session is None:
+                return [one(x) for x in xs]
             out = []
-            for x in xs:
-                flat = x.reshape(x.shape[0] * x.shape[1], x.shape[-1]).double()  # (trials*T, n)
-                mean = (flat.sum(0) + 0.5) / flat.shape[0] if counts else flat.mean(0)
-                # a region without held-out neurons: (0,) stats, no 0/0 variance warning
-                var = flat.var(0, correction=0) if flat.shape[1] else flat.new_zeros(0)
-                out.append((mean.float(), var.float()))
+            for r, x in enumerate(xs):
+                mean, var = x.new_zeros(x.shape[-1]), x.new_zeros(x.shape[-1])
+                for s, rows in self.session_groups():
+                    cols = masks[s, r, : x.shape[-1]].bool()
+                    if cols.any() and rows.numel():
+                        mean[cols], var[cols] = one(x[rows][:, :, cols])
+                out.append((mean, var))
             return out
 
-        return stats(self.heldin), stats(self.heldout)
+        rec_in, rec_out = recorded if recorded is not None else (None, None)
+        return stats(self.heldin, rec_in), stats(self.heldout, rec_out)
+
+    def trial_averages(self, recorded: torch.Tensor, tau: int = 0) -> list[torch.Tensor]:
+        """Per region, (rows, N) trial-averaged held-in data from bin ``tau`` on, rows =
+        (condition, bin): each neuron averaged over the trials of the session that recorded
+        it (``recorded``: the model's (S, R, width) held-in masks), so rows line up across
+        sessions. Conditions some session lacks are left out; data without conditions has
+        one."""
+        groups = self.session_groups()
+        conds = [""]
+        if self.condition is not None:
+            present = [set(self.condition[rows.cpu().numpy()].tolist()) for _, rows in groups]
+            conds = sorted(set.intersection(*present)) if present else [""]
+        out = []
+        for r, x in enumerate(self.heldin):
+            n = x.shape[-1]
+            blocks = []
+            for c in conds or [""]:
+                avg = x.new_zeros(x.shape[1] - tau, n)
+                for s, rows in groups:
+                    if c:
+                        rows = rows[torch.as_tensor(self.condition[rows.cpu().numpy()] == c,
+                                                    device=rows.device)]
+                    cols = recorded[s, r, :n].bool()
+                    if rows.numel() and cols.any():
+                        avg[:, cols] = x[rows, tau:][:, :, cols].mean(0)
+                blocks.append(avg)
+            out.append(torch.cat(blocks))
+        return out
 
     def batch(self, idx: torch.Tensor):
         """``(heldin, heldout, ext)`` lists for the trials at ``idx``."""
@@ -73,6 +139,8 @@ def load_split(
     """Read ``split`` once; held-in neurons are the first n_heldin columns of ``x/<region>``."""
     m = dataset.manifest
     cols = [schema.TRIAL_ID, schema.CONDITION] + [schema.x_col(r.name) for r in m.regions]
+    if len(m.sessions) > 1:
+        cols.append(schema.SESSION)
     ext_regions = [r.name for r in m.regions if m.ext_dims.get(r.name, 0) > 0]
     cols += [schema.ext_col(name) for name in ext_regions]
     truth_cols = list(m.truth) if with_truth else []
@@ -97,5 +165,8 @@ def load_split(
                 ext.append(torch.zeros(heldin[0].shape[0], m.n_bins, 0, device=device))
     truth = {c: np.asarray(arrays[c]) for c in truth_cols}
     condition = np.asarray(arrays[schema.CONDITION]).astype(str)
+    session = None
+    if len(m.sessions) > 1:
+        session = torch.from_numpy(np.asarray(arrays[schema.SESSION], dtype=np.int64)).to(device)
     return SplitTensors(split, heldin, heldout, ext, np.asarray(arrays[schema.TRIAL_ID]), truth,
-                        condition)
+                        condition, session)

@@ -60,14 +60,18 @@ def collect_outputs(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int
     def numpy(value: torch.Tensor) -> np.ndarray:
         return value.detach().float().cpu().numpy()
 
-    for start in range(0, data.n_trials, batch_size):
-        idx = torch.arange(start, min(start + batch_size, data.n_trials), device=data.heldin[0].device)
+    order = []
+    batches = [(session, rows[i:i + batch_size]) for session, rows in data.session_groups()
+               for i in range(0, rows.numel(), batch_size)]
+    for session, idx in batches:  # one session per batch (stitched models)
+        order.append(idx)
         heldin, heldout, ext = data.batch(idx)
         shown, weight, sv_weight = validation_inputs(
             heldin, sv_rate, None if sv_hidden is None else [m[idx] for m in sv_hidden])
         sums: dict[str, np.ndarray] = {}
         for _ in range(passes):
-            out = model(shown, ext, sample=samples > 0)
+            out = model(shown, ext, sample=samples > 0,
+                        session=session if model.cfg.sessions else None)
             terms = compute_loss(out, heldin, heldout, run_cfg.loss, epoch, recon_weight=weight)
             scalars = terms.scalars()
             if sv_weight is not None:
@@ -103,6 +107,10 @@ def collect_outputs(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int
                     parts.setdefault(key, []).append(np.log(mean) if poisson else mean)
     model.train(was_training)
     outputs = {k: np.concatenate(v) for k, v in parts.items()}
+    trials = torch.cat(order).cpu().numpy() if order else np.zeros(0, dtype=np.int64)
+    if not np.array_equal(trials, np.arange(len(trials))):  # sessions: back to trial order
+        back = np.argsort(trials)
+        outputs = {k: v[back] for k, v in outputs.items()}
     return outputs, {k: v / data.n_trials for k, v in totals.items()}
 
 
@@ -120,35 +128,10 @@ def score(outputs: dict[str, np.ndarray], data: SplitTensors, model_cfg: Any,
     """
     tau = model_cfg.ic_enc_seq_len
     names = list(model_cfg.region_names)
-    poisson = model_cfg.obs_model == "poisson"
-    out: dict[str, float] = {}
-    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    conditions = data.condition
-    use_psth = conditions is not None and len(M.condition_groups(conditions)) >= 2
-    for r, name in enumerate(names):
-        x = data.heldin[r][:, tau:].cpu().numpy()  # (trials, T', N)
-        y = data.heldout[r][:, tau:].cpu().numpy()  # (trials, T', H)
-        scored = [("", x, f"readout/{name}", f"rates/{name}")]
-        if y.shape[-1]:
-            scored.append(("heldout_", y, f"heldout/{name}", f"heldout_rates/{name}"))
-        for prefix, d, readout_key, rates_key in scored:
-            if poisson:
-                key = "valid/co_bps" if prefix else "valid/bps"
-                out[f"{key}/{name}"] = float(M.bits_per_spike(d, outputs[readout_key]))
-                pooled.setdefault(key, []).append((d, outputs[readout_key]))
-            else:
-                out[f"valid/{prefix}r2/{name}"] = float(M.r2(d, outputs[readout_key]))
-            if use_psth:
-                key = f"valid/{prefix}psth_r2"
-                out[f"{key}/{name}"] = float(M.psth_r2(d, outputs[rates_key], conditions))
-                pooled.setdefault(key, []).append((d, outputs[rates_key]))
-    for key, pairs in pooled.items():
-        d = np.concatenate([p[0] for p in pairs], axis=-1)  # every region's neurons
-        pred = np.concatenate([p[1] for p in pairs], axis=-1)
-        if key.endswith("bps"):
-            out[key] = float(M.bits_per_spike(d, pred))
-        else:
-            out[key] = float(M.psth_r2(d, pred, conditions))
+    if model_cfg.sessions and data.session is not None:
+        out = _session_scores(outputs, data, model_cfg)
+    else:
+        out = _reconstruction_scores(outputs, data, model_cfg)
     if len(names) > 1 and any(k.startswith("messages/") for k in outputs):
         messages = {tuple(k.split("/", 1)[1].split("->")): v
                     for k, v in outputs.items() if k.startswith("messages/")}
@@ -156,6 +139,91 @@ def score(outputs: dict[str, np.ndarray], data: SplitTensors, model_cfg: Any,
         out.update(M.effectome_metrics(E, names))
         out.update(effectome_truth_scores(E, comm_matrix, "effectome"))
         out.update(_truth_scores(messages, outputs, data, names, tau))
+    return out
+
+
+def _reconstruction_scores(outputs: dict[str, np.ndarray], data: SplitTensors, model_cfg: Any,
+                           weights: dict[str, float] | None = None) -> dict[str, float]:
+    """The reconstruction, held-out and PSTH metrics of ``score`` (every neuron of ``data``
+    counts). ``weights``, when given, receives each key's pooling weight across sessions:
+    its spikes (bits per spike) or its number of values (R^2)."""
+    tau = model_cfg.ic_enc_seq_len
+    names = list(model_cfg.region_names)
+    poisson = model_cfg.obs_model == "poisson"
+    out: dict[str, float] = {}
+    weights = {} if weights is None else weights
+    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    conditions = data.condition
+    use_psth = conditions is not None and len(M.condition_groups(conditions)) >= 2
+    for r, name in enumerate(names):
+        x = data.heldin[r][:, tau:].cpu().numpy()  # (trials, T', N)
+        y = data.heldout[r][:, tau:].cpu().numpy()  # (trials, T', H)
+        scored = [("", x, f"readout/{name}", f"rates/{name}")] if x.shape[-1] else []
+        if y.shape[-1]:
+            scored.append(("heldout_", y, f"heldout/{name}", f"heldout_rates/{name}"))
+        for prefix, d, readout_key, rates_key in scored:
+            if poisson:
+                key = "valid/co_bps" if prefix else "valid/bps"
+                out[f"{key}/{name}"] = float(M.bits_per_spike(d, outputs[readout_key]))
+                weights[f"{key}/{name}"] = float(d.sum())
+                pooled.setdefault(key, []).append((d, outputs[readout_key]))
+            else:
+                out[f"valid/{prefix}r2/{name}"] = float(M.r2(d, outputs[readout_key]))
+                weights[f"valid/{prefix}r2/{name}"] = float(d.size)
+            if use_psth:
+                key = f"valid/{prefix}psth_r2"
+                out[f"{key}/{name}"] = float(M.psth_r2(d, outputs[rates_key], conditions))
+                weights[f"{key}/{name}"] = float(d.size)
+                pooled.setdefault(key, []).append((d, outputs[rates_key]))
+    for key, pairs in pooled.items():
+        d = np.concatenate([p[0] for p in pairs], axis=-1)  # every region's neurons
+        pred = np.concatenate([p[1] for p in pairs], axis=-1)
+        if key.endswith("bps"):
+            out[key] = float(M.bits_per_spike(d, pred))
+            weights[key] = float(d.sum())
+        else:
+            out[key] = float(M.psth_r2(d, pred, conditions))
+            weights[key] = float(d.size)
+    return out
+
+
+def _session_scores(outputs: dict[str, np.ndarray], data: SplitTensors,
+                    model_cfg: Any) -> dict[str, float]:
+    """A stitched model's reconstruction metrics: per session, over its trials and the
+    neurons it recorded, as ``valid/session/<name>/<metric>``; and pooled, as the usual
+    keys: each key's per-session values weighted by that session's spikes (bits per spike:
+    exactly the bits per spike of all sessions' neurons scored together, each against its
+    own session's null) or number of values (R^2)."""
+    from mrlfads.sessions import session_masks
+
+    names = list(model_cfg.region_names)
+    n_max = max(r.n_heldin for r in model_cfg.regions)
+    h_max = max(r.n_heldout for r in model_cfg.regions)
+    rec_in, rec_out, _ = session_masks(model_cfg, n_max, h_max)
+    out: dict[str, float] = {}
+    sums: dict[str, list[float]] = {}
+    for s, rows in data.session_groups():
+        sname = model_cfg.sessions[s].name
+        sub = data.subset(rows)
+        host = rows.cpu().numpy()
+        sub_out = {}
+        for r, name in enumerate(names):
+            cin = rec_in[s, r, : model_cfg.regions[r].n_heldin].bool()
+            cout = rec_out[s, r, : model_cfg.regions[r].n_heldout].bool()
+            sub.heldin[r], sub.heldout[r] = sub.heldin[r][..., cin], sub.heldout[r][..., cout]
+            for key, cols in ((f"readout/{name}", cin), (f"rates/{name}", cin),
+                              (f"heldout/{name}", cout), (f"heldout_rates/{name}", cout)):
+                sub_out[key] = outputs[key][host][..., cols.numpy()]
+        weights: dict[str, float] = {}
+        scores = _reconstruction_scores(sub_out, sub, model_cfg, weights)
+        for key, value in scores.items():
+            out[f"valid/session/{sname}/{key[len('valid/'):]}"] = value
+            if np.isfinite(value) and weights.get(key, 0) > 0:
+                acc = sums.setdefault(key, [0.0, 0.0])
+                acc[0] += value * weights[key]
+                acc[1] += weights[key]
+    for key, (total, weight) in sums.items():
+        out[key] = total / weight
     return out
 
 
@@ -198,13 +266,20 @@ def cut_effectome_metrics(model: MRLFADS, data: SplitTensors, comm_matrix: Any =
     if len(names) < 2:
         return {}
     if compute:
-        head = data.head(max_trials)
-        E = cut_effectome(model, head.heldin, head.ext)
+        head = data.head(max_trials) if data.session is None else _spread(data, max_trials)
+        E = cut_effectome(model, head.heldin, head.ext, sessions=head.session)
     else:
         E = np.full((len(names), len(names)), np.nan)
     out = M.effectome_metrics(E, names, prefix="effectome_cut/")
     out.update(effectome_truth_scores(E, comm_matrix, "effectome_cut"))
     return out
+
+
+def _spread(data: SplitTensors, n: int) -> SplitTensors:
+    """About ``n`` trials with every session's share: its first trials, in proportion."""
+    groups = data.session_groups()
+    take = [rows[: max(1, round(n * rows.numel() / data.n_trials))] for _, rows in groups]
+    return data.subset(torch.cat(take))
 
 
 def _truth_scores(messages, outputs, data, names, tau) -> dict[str, float]:

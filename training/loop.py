@@ -60,13 +60,6 @@ class Trainer:
 
     def __init__(self, run_cfg: RunConfig, dataset: ArrowDataset, device: Any = None) -> None:
         check_against_data(run_cfg, dataset.manifest)
-        if run_cfg.model.sessions:
-            raise ConfigError(
-                f"dataset {dataset.uri}: {len(run_cfg.model.sessions)} sessions with their own "
-                "neurons. The stitched model exists (docs/MODEL.md, \"Several sessions\"), but "
-                "training on several sessions does not yet: fit each session on its own "
-                "(`mrlfads ingest` one file per dataset), or ingest sessions that recorded "
-                "the same units with `--sessions matched`")
         self.cfg = run_cfg
         self.dataset = dataset
         self.device = resolve_device(device if device is not None else run_cfg.train.device)
@@ -78,10 +71,18 @@ class Trainer:
         self._valid: SplitTensors | None = None
         # data first: its shapes and values are checked against the manifest before a model
         # sized from that manifest is allocated
-        stats = self.train_data.neuron_stats(counts=run_cfg.model.obs_model == "poisson")
         self.model = MRLFADS(run_cfg.model).to(self.device)
+        stats = self.train_data.neuron_stats(
+            counts=run_cfg.model.obs_model == "poisson",
+            recorded=(self.model.session_recorded, self.model.session_recorded_heldout))
         # readouts, input scales and message baselines from the data (a restore overwrites)
         self.model.init_from_data(*stats)
+        if run_cfg.model.sessions:  # every session's read-in starts in one latent space
+            m = self.model
+            psth = self.train_data.trial_averages(m.session_recorded)
+            m.init_readin_across_sessions(
+                [(p - m.input_mean[r, : p.shape[1]]) / m.input_scale[r, : p.shape[1]]
+                 for r, p in enumerate(psth)])
         t = run_cfg.train
         graph = wants_graph(t.cuda_graph, self.device)
         # capturable: AdamW's step counts stay on the device, as a captured graph needs
@@ -170,13 +171,12 @@ class Trainer:
         shows in the epoch's summed terms, read once at the end, and raises then."""
         data, t = self.train_data, self.cfg.train
         gen = torch.Generator().manual_seed(t.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(data.n_trials, generator=gen).to(self.device)
         self.model.train()
         sv = self.sv_hidden(data)
         self.step.set_epoch(self.epoch)
         self.step.start_epoch()
-        for start in range(0, data.n_trials, t.batch_size):
-            self.step.run(data, order[start:start + t.batch_size], sv)
+        for session, idx in epoch_batches(data, t.batch_size, gen):
+            self.step.run(data, idx, sv, session)
         bad = self.step.first_nonfinite()
         if bad:
             raise NonFiniteLossError(_nonfinite_message(self.epoch, dict.fromkeys(bad, math.nan)))
@@ -257,6 +257,23 @@ class Trainer:
             # the restored param groups carry the saved lr: put this run's own back.
             trainer._sync_from_config()
         return trainer
+
+
+def epoch_batches(data: SplitTensors, batch_size: int, gen: torch.Generator
+                  ) -> list[tuple[int, torch.Tensor]]:
+    """One epoch's batches as ``(session, trial indices)``, in a seeded order. One session:
+    a permutation cut into batches (the last one partial). Several: each session's trials
+    permuted and cut on their own (every batch is one session's), the batches then in a
+    random order, so sessions mix across batches and every trial is seen once."""
+    if data.session is None:
+        order = torch.randperm(data.n_trials, generator=gen).to(data.heldin[0].device)
+        return [(0, order[i:i + batch_size]) for i in range(0, data.n_trials, batch_size)]
+    batches = []
+    for session, rows in data.session_groups():
+        perm = rows[torch.randperm(rows.numel(), generator=gen).to(rows.device)]
+        batches += [(session, perm[i:i + batch_size]) for i in range(0, perm.numel(), batch_size)]
+    order = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in order]
 
 
 def _float_lr(state: dict[str, Any], lr: float) -> dict[str, Any]:

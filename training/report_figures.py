@@ -113,13 +113,14 @@ def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIA
         view.truth_comm = np.asarray(m.comm_matrix, dtype=float)
     head = data.head(effect_trials)
     if view.messages:
-        view.effectome = cut_effectome(model, head.heldin, head.ext)
+        view.effectome = cut_effectome(model, head.heldin, head.ext, sessions=head.session)
         view.message_rms = M.effectome(
             {tuple(k.split("->")): v for k, v in view.messages.items()}, names)
     if view.inputs and len(view.inputs) == len(names):
         view.input_effect = {
             "readout change when silenced": [float(v) for v in
-                                             input_cut_effectome(model, head.heldin, head.ext)],
+                                             input_cut_effectome(model, head.heldin, head.ext,
+                                                                 sessions=head.session)],
             "RMS of the inputs": [float(v) for v in input_rms(view.inputs, names)]}
     return view
 

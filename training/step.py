@@ -54,14 +54,15 @@ class _Batch:
     heldout: list[Tensor]
     ext: list[Tensor] | None
     sv: list[Tensor] | None
+    session: int  # every trial of a batch is from this session (stitched models)
 
     @classmethod
-    def like(cls, data: SplitTensors, sv: list[Tensor] | None, n: int) -> _Batch:
+    def like(cls, data: SplitTensors, sv: list[Tensor] | None, n: int, session: int) -> _Batch:
         def rows(xs):
             return None if xs is None else [x.new_empty((n, *x.shape[1:])) for x in xs]
 
         return cls(torch.empty(n, dtype=torch.long, device=data.heldin[0].device),
-                   rows(data.heldin), rows(data.heldout), rows(data.ext), rows(sv))
+                   rows(data.heldin), rows(data.heldout), rows(data.ext), rows(sv), session)
 
     def load(self, data: SplitTensors, sv: list[Tensor] | None, idx: Tensor) -> None:
         self.idx.copy_(idx)
@@ -95,9 +96,9 @@ class TrainStep:
         self._sums: Tensor | None = None
         self._bad: Tensor | None = None  # terms non-finite in the epoch's first bad step
         self._rows = 0
-        self._batches: dict[int, _Batch] = {}
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._warm: dict[int, int] = {}
+        self._batches: dict[tuple[int, int], _Batch] = {}  # by (batch size, session)
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._warm: dict[tuple[int, int], int] = {}
         self._baked: tuple | None = None
         self.captures = 0  # graphs captured so far (tests and benchmarks read it)
 
@@ -179,15 +180,17 @@ class TrainStep:
             return []
         return [k for k, b in zip(self._names, self._bad.tolist()) if b]
 
-    def run(self, data: SplitTensors, idx: Tensor, sv: list[Tensor] | None) -> None:
+    def run(self, data: SplitTensors, idx: Tensor, sv: list[Tensor] | None,
+            session: int = 0) -> None:
         """One optimiser step on the trials ``idx`` of ``data`` (``sv``: the split's
-        sample-validation masks, or None)."""
-        n = int(idx.numel())
+        sample-validation masks, or None), all of them from ``session``. Buffers and graphs
+        are kept per batch shape: (size, session), as a session picks its own masks."""
+        n = (int(idx.numel()), session)
         if n not in self._batches:
-            self._batches[n] = _Batch.like(data, sv, n)
+            self._batches[n] = _Batch.like(data, sv, n[0], session)
         batch = self._batches[n]
         batch.load(data, sv, idx)
-        self._rows += n
+        self._rows += n[0]
         if not self.graph:
             self._eager(batch)
             return
@@ -212,7 +215,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=False)
         self._body(batch)
 
-    def _capture(self, n: int, batch: _Batch) -> torch.cuda.CUDAGraph:
+    def _capture(self, n: tuple[int, int], batch: _Batch) -> torch.cuda.CUDAGraph:
         """Record one step; it runs at the replay that follows. Gradients are unset first so
         the graph's backward writes (not adds) them in its own memory."""
         self.optimizer.zero_grad(set_to_none=True)
@@ -241,7 +244,8 @@ class TrainStep:
         cd = self.cd_rate if t.cd_rate > 0 else 0.0
         shown, recon_weight = training_inputs(batch.heldin, Tp, cd, t.sv_rate, batch.sv)
         with self._autocast():
-            out = self.model(shown, batch.ext, sample=True)
+            out = self.model(shown, batch.ext, sample=True,
+                             session=batch.session if cfg.model.sessions else None)
             terms = compute_loss(out, batch.heldin, batch.heldout, cfg.loss, 0,
                                  recon_weight=recon_weight,
                                  weights=dict(zip(WEIGHT_NAMES, self.weights.unbind())))

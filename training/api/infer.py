@@ -167,7 +167,8 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
         scores = score(outputs, data, cfg.model, m.comm_matrix)
         scores.update(cut_effectome_metrics(net, data, m.comm_matrix, max_trials=data.n_trials))
         if cfg.model.inferred_inputs:
-            input_cuts.append(input_cut_effectome(net, data.heldin, data.ext))
+            input_cuts.append(input_cut_effectome(net, data.heldin, data.ext,
+                                                  sessions=data.session))
             scores.update({f"valid/effectome_inputs_cut/{r}": float(v)
                            for r, v in zip(cfg.model.region_names, input_cuts[-1])})
         # score() names keys valid/...; here each split gets its own prefix.
@@ -202,6 +203,11 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
               if k.startswith(OUTPUT_PREFIXES) and outputs[k].shape[-1] > 0}
     coords = {"trial": trial_id, "split": split_col,
               "time": np.arange(cfg.model.ic_enc_seq_len, m.n_bins)}
+    if cfg.model.sessions:  # each trial's session; rates are predicted for every neuron
+        session_names = np.asarray([x.name for x in cfg.model.sessions])
+        coords["session"] = np.concatenate([session_names[p[1].session.cpu().numpy()]
+                                            for p in parts])
+        info["sessions"] = [x.name for x in cfg.model.sessions]
     for r in m.regions:
         if r.neuron_ids:
             coords[f"{r.name}/neuron"] = np.asarray(r.neuron_ids[: r.n_heldin])
