@@ -123,6 +123,14 @@ def coerce(sessions: Sequence[Any] | None, arg: str = "sessions") -> tuple[Sessi
     return tuple(SessionSpec.from_dict(s, f"{arg}[{i}]") for i, s in enumerate(sessions))
 
 
+def n_valid(n: int, valid_frac: float) -> int:
+    """Valid trials of a session of n trials: round(n * frac), but at least 1 when frac > 0
+    and n >= 2, and never all of them (each session is split on its own)."""
+    if valid_frac <= 0 or n < 2:
+        return 0
+    return min(max(1, round(n * valid_frac)), n - 1)
+
+
 def _is_count(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
 

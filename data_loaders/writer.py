@@ -46,16 +46,9 @@ def make_split(n_trials: int, valid_frac: float = 0.2, seed: int = 0,
     rng = np.random.default_rng(seed)
     for s in np.unique(session):
         rows = np.flatnonzero(session == s)
-        labels[rows[rng.permutation(len(rows))[:session_n_valid(len(rows), valid_frac)]]] = "valid"
+        n_valid = _sessions.n_valid(len(rows), valid_frac)
+        labels[rows[rng.permutation(len(rows))[:n_valid]]] = "valid"
     return labels
-
-
-def session_n_valid(n: int, valid_frac: float) -> int:
-    """Valid trials of a session of n trials: round(n * frac), but at least 1 when frac > 0
-    and n >= 2, and never all of them."""
-    if valid_frac <= 0 or n < 2:
-        return 0
-    return min(max(1, round(n * valid_frac)), n - 1)
 
 
 def _region_specs(regions: Sequence[Any]) -> tuple[RegionSpec, ...]:

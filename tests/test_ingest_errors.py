@@ -94,13 +94,17 @@ def test_file_that_is_not_nwb(tmp_path):
 def test_sessions_with_different_regions(tmp_path):
     a = nwb(tmp_path, "a.nwb")
     b = nwb(tmp_path, "b.nwb", locations=["ALM", "ALM", "PFC"])
-    fails(tmp_path, [a, b], None, "a.nwb", "b.nwb", "'STR'", "'PFC'", "--regions")
+    matched = IngestOptions(**OPTS, sessions="matched")
+    fails(tmp_path, [a, b], matched, "a.nwb", "b.nwb", "'STR'", "'PFC'", "--regions",
+          "--sessions separate")
 
 
 def test_sessions_with_different_unit_counts(tmp_path):
     a = nwb(tmp_path, "a.nwb")
     b = nwb(tmp_path, "b.nwb", locations=["ALM", "STR", "STR"])
-    fails(tmp_path, [a, b], None, "a.nwb", "b.nwb", "region 'ALM'", "ingest the sessions separately")
+    matched = IngestOptions(**OPTS, sessions="matched")
+    fails(tmp_path, [a, b], matched, "a.nwb", "b.nwb", "region 'ALM'",
+          "ingest the sessions separately", "--sessions separate")
 
 
 def test_region_label_that_is_not_a_valid_name(tmp_path):

@@ -13,7 +13,12 @@ from mrlfads.data_loaders.errors import DatasetError
 from mrlfads.data_loaders.manifest import DatasetManifest, SessionSpec
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.data_loaders.testing import make_tiny_dataset, make_tiny_sessions_dataset
-from mrlfads.data_loaders.torch_data import SessionBatchSampler, ShardStream, TrialDataset, make_loader
+from mrlfads.data_loaders.torch_data import (
+    SessionBatchSampler,
+    ShardStream,
+    TrialDataset,
+    make_loader,
+)
 from mrlfads.data_loaders.writer import make_split, write_dataset
 
 # TINY_SESSIONS: A = s0 (2 in, 1 out) + s1 (1 in, 1 out); B = s0 (2 in) + s2 (3 in, 1 out).
@@ -111,11 +116,10 @@ def _two_session_args(n=4, T=6):
     session = np.array([0, 0, 1, 1])[:n]
     x = np.zeros((n, T, 3), np.float32)
     x[session == 0, :, 0] = 1  # a's neuron: column 0
-    x[session == 1][:, :, 1:] = 1
     x[np.ix_(np.flatnonzero(session == 1), np.arange(T), [1, 2])] = 2  # b's: columns 1, 2
-    return dict(name="t", regions=[("A", 2, 1)], obs_model="poisson", bin_width_s=0.01,
-                ic_enc_seq_len=2, x={"A": x}, split=["train", "valid", "train", "valid"],
-                sessions=sessions, session=session)
+    return {"name": "t", "regions": [("A", 2, 1)], "obs_model": "poisson", "bin_width_s": 0.01,
+            "ic_enc_seq_len": 2, "x": {"A": x}, "split": ["train", "valid", "train", "valid"],
+            "sessions": sessions, "session": session}
 
 
 def test_writer_writes_session_column_and_reads_it_back(tmp_path):
@@ -237,7 +241,7 @@ def test_reader_validate_catches_a_shard_with_data_outside_its_session(tmp_path)
 
     from mrlfads.data_loaders.testing import rewrite_shard
 
-    ds = make_tiny_sessions_dataset(tmp_path / "d")
+    make_tiny_sessions_dataset(tmp_path / "d")
 
     def poke(table: pa.Table) -> pa.Table:
         x = table.column("x/A").combine_chunks().to_numpy_ndarray().copy()

@@ -1,9 +1,11 @@
 """NWB files -> one Arrow dataset: validate every file, then bin, then write (manifest last).
 
-Rule for several files (sessions): they must have the same regions, and each region the same
-number of kept units in every session; units are matched by position (sorted by unit id),
-as for chronic recordings of the same units. Sessions with different units are different
-datasets: ingest them separately. A mismatch is an IngestError naming files and regions.
+Several files (sessions), --sessions matched: they must have the same regions, and each
+region the same number of kept units in every session; units are matched by position
+(sorted by unit id), as for chronic recordings of the same units; a mismatch is an
+IngestError naming files and regions. --sessions separate: a session per file, each region
+holding the union of the files' own units (nwb/sessions.py). --sessions auto (default):
+matched when the files' regions and unit counts allow it, else separate.
 Trial ids: one file keeps its NWB trial ids; with several, file k's ids are shifted by the
 sum over earlier files of (their max id + 1), so ids stay unique and traceable
 (provenance.sources lists each file's name, size, sha256 and original ids).
@@ -17,7 +19,6 @@ import os
 import posixpath
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.errors import DatasetError, IngestError
 from mrlfads.data_loaders.manifest import DatasetManifest, RegionSpec
 from mrlfads.data_loaders.nwb import binning, remote
+from mrlfads.data_loaders.nwb import sessions as nwb_sessions
 from mrlfads.data_loaders.nwb.options import IngestOptions
 from mrlfads.data_loaders.nwb.plan import (
     FilePlan,
@@ -35,16 +37,8 @@ from mrlfads.data_loaders.nwb.plan import (
     resolve_window,
 )
 from mrlfads.data_loaders.nwb.read import NWBSession, open_nwb, sha256_file
-
-
-@dataclass(frozen=True)
-class RegionLayout:
-    """Columns of x/<region>: unit rows of each file, held-in first then held-out."""
-
-    name: str
-    n_heldin: int
-    n_heldout: int
-    rows: tuple[np.ndarray, ...]  # per file: unit rows in column order
+from mrlfads.data_loaders.nwb.sessions import RegionLayout
+from mrlfads.data_loaders.sessions import n_valid as session_n_valid
 
 
 def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
@@ -64,7 +58,13 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
             plans.append(plan_file(s, o, region_map))
             warnings += plans[-1].warnings
             remote_sizes.append(s.remote_size)
-    layouts = _layouts(plans, o, warnings)
+    separate = o.sessions == "separate" or (o.sessions == "auto" and len(plans) > 1
+                                            and not nwb_sessions.matchable(plans, o))
+    specs: list = []
+    if separate:
+        layouts, specs = nwb_sessions.separate_layouts(plans, o, warnings)
+    else:
+        layouts = _layouts(plans, o, warnings)
     window = resolve_window(plans, o)
     bw = o.bin_width_s
     n_bins = binning.n_bins_for(window[1] - window[0], bw)
@@ -75,7 +75,7 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
     for p in plans:  # every window inside its trial, before any spike is read
         t0 = p.event + window[0]
         check_window(p, t0, t0 + n_bins * bw, window)
-    cols = _trial_columns(plans, o)
+    cols = _trial_columns(plans, o, separate)
     x, ext = _bin_all(files, plans, layouts, window, n_bins, o)
     sources = [_source(p, k, layouts, remote_sizes[k]) for k, p in enumerate(plans)]
     provenance = {
@@ -87,8 +87,15 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
         "warnings": warnings,
         "versions": _versions(),
     }
-    regions = [RegionSpec(L.name, L.n_heldin, L.n_heldout,
-                          tuple(str(i) for i in plans[0].unit_ids[L.rows[0]])) for L in layouts]
+    if separate:
+        provenance["sessions"] = "separate: a session per file, each with its own units"
+        regions = [RegionSpec(L.name, L.n_heldin, L.n_heldout,
+                              nwb_sessions.neuron_ids(plans, L, specs)) for L in layouts]
+        session = np.repeat(np.arange(len(plans)), [len(p.event) for p in plans])
+        cols.update(sessions=specs, session=session)
+    else:
+        regions = [RegionSpec(L.name, L.n_heldin, L.n_heldout,
+                              tuple(str(i) for i in plans[0].unit_ids[L.rows[0]])) for L in layouts]
     name = o.name or (remote.default_name(files[0]) if remote.is_remote(files[0])
                       else os.path.splitext(os.path.basename(files[0]))[0])
     return _write(os.fspath(out), overwrite, name=name, regions=regions, obs_model="poisson",
@@ -104,9 +111,11 @@ def _layouts(plans: list[FilePlan], o: IngestOptions, warnings: list[str]) -> li
         counts = {p.path: len(p.region_rows[r]) for p in plans}
         if len(set(counts.values())) > 1:
             raise IngestError(
-                f"region {r!r} has a different number of units per session {counts}; units of one "
-                "dataset are matched by position across sessions, so counts must be equal: ingest "
-                "the sessions separately, or drop units (--drop-quality, --region-map) to match")
+                f"region {r!r} has a different number of units per session {counts}; with "
+                "--sessions matched units are matched by position across sessions, so counts "
+                "must be equal: pass --sessions separate (a session per file, each with its own "
+                "units), ingest the sessions separately, or drop units (--drop-quality, "
+                "--region-map) to match")
         n = next(iter(counts.values()))
         if n < o.min_neurons:
             warnings.append(f"region {r!r} dropped: {n} units < --min-neurons {o.min_neurons}")
@@ -135,8 +144,9 @@ def _common_regions(plans: list[FilePlan], o: IngestOptions) -> list[str]:
         return list(o.regions)
     sets = {p.path: p.regions for p in plans}
     if len(set(sets.values())) > 1:
-        raise IngestError(f"sessions have different regions: {sets}; sessions of one dataset "
-                          "need the same regions: pass --regions with the shared ones")
+        raise IngestError(f"sessions have different regions: {sets}; with --sessions matched "
+                          "sessions need the same regions: pass --regions with the shared ones, "
+                          "or --sessions separate (a session per file)")
     return list(plans[0].regions)
 
 
@@ -160,7 +170,8 @@ def _layout(r: str, plans: list[FilePlan], o: IngestOptions, rng: np.random.Gene
     for p, out in zip(plans, per_file):
         held_in = np.setdiff1d(np.arange(n), out)
         rows.append(p.region_rows[r][np.concatenate([held_in, out])])
-    return RegionLayout(r, n - len(per_file[0]), len(per_file[0]), tuple(rows))
+    return RegionLayout(r, n - len(per_file[0]), len(per_file[0]), tuple(rows),
+                        tuple(np.arange(n) for _ in plans))
 
 
 # -- binning ----------------------------------------------------------------------------------
@@ -168,14 +179,15 @@ def _bin_all(files, plans, layouts, window, n_bins, o) -> tuple[dict, dict | Non
     """x[region]: (trials, T, N) counts over all files; ext[region]: (trials, T, D) or None.
     Output arrays are allocated once and filled file by file (no concatenation copies)."""
     n_total = sum(len(p.event) for p in plans)
-    x = {L.name: np.zeros((n_total, n_bins, len(L.rows[0])), dtype=np.float32) for L in layouts}
+    x = {L.name: np.zeros((n_total, n_bins, L.n_heldin + L.n_heldout), dtype=np.float32)
+         for L in layouts}
     exts, first = [], 0
     for k, (path, p) in enumerate(zip(files, plans)):
         edges = binning.window_edges(p.event + window[0], n_bins, o.bin_width_s)
         trials = slice(first, first + len(p.event))
         first += len(p.event)
         with open_nwb(path) as s:
-            _bin_units(s, p, {L.name: L.rows[k] for L in layouts}, edges, x, trials)
+            _bin_units(s, p, {L.name: (L.rows[k], L.cols[k]) for L in layouts}, edges, x, trials)
             if o.ext_timeseries is not None:
                 times, values = s.timeseries_samples(o.ext_timeseries, edges[0, 0], edges[-1, -1])
                 exts.append(binning.bin_timeseries(times, values, edges))
@@ -187,11 +199,12 @@ def _bin_all(files, plans, layouts, window, n_bins, o) -> tuple[dict, dict | Non
     return x, {L.name: e for L in layouts}
 
 
-def _bin_units(s: NWBSession, p: FilePlan, rows: dict[str, np.ndarray], edges: np.ndarray,
-               x: dict[str, np.ndarray], trials: slice) -> None:
-    """Fill x[region][trials, :, j] with the counts of unit rows[region][j]. All regions'
-    units are read in one pass in file order, so consecutive units share HDF5 reads."""
-    where = {int(r): (name, j) for name, rr in rows.items() for j, r in enumerate(rr)}
+def _bin_units(s: NWBSession, p: FilePlan, rows: dict[str, tuple[np.ndarray, np.ndarray]],
+               edges: np.ndarray, x: dict[str, np.ndarray], trials: slice) -> None:
+    """Fill x[region][trials, :, cols[j]] with the counts of unit rows[j], for (rows, cols)
+    = rows[region]. All regions' units are read in one pass in file order, so consecutive
+    units share HDF5 reads."""
+    where = {int(r): (name, int(c)) for name, (rr, cc) in rows.items() for r, c in zip(rr, cc)}
     for r, spikes in s.iter_unit_spikes(np.array(sorted(where), dtype=np.int64)):
         if not np.isfinite(spikes).all():
             raise IngestError(f"{p.path}: unit {int(p.unit_ids[r])} has NaN or infinite spike "
@@ -206,8 +219,10 @@ def _bin_units(s: NWBSession, p: FilePlan, rows: dict[str, np.ndarray], edges: n
 
 
 # -- trials -----------------------------------------------------------------------------------
-def _trial_columns(plans: list[FilePlan], o: IngestOptions) -> dict:
-    """trial_id, condition, perturbed and split over all files, in file then time order."""
+def _trial_columns(plans: list[FilePlan], o: IngestOptions, per_session: bool = False) -> dict:
+    """trial_id, condition, perturbed and split over all files, in file then time order.
+    per_session: each file's unperturbed trials are split on their own (at least 1 valid
+    of a file with 2+ when --valid-fraction > 0)."""
     ids, offset = [], 0
     for p in plans:  # several sessions: shift ids so they stay unique (documented)
         ids.append(p.trial_ids + offset)
@@ -219,11 +234,22 @@ def _trial_columns(plans: list[FilePlan], o: IngestOptions) -> dict:
     normal = np.ones(len(trial_id), bool) if perturbed is None else ~perturbed
     n = int(normal.sum())
     n_valid = round(n * o.valid_fraction)
+    if per_session:
+        file_of = np.repeat(np.arange(len(plans)), [len(p.trial_ids) for p in plans])
+        n_valid = sum(session_n_valid(int((normal & (file_of == k)).sum()), o.valid_fraction)
+                      for k in range(len(plans)))
     if n - n_valid < 1:
         raise IngestError(f"only {n} unperturbed trials in {[p.path for p in plans]}, none left for "
                           "training; lower --valid-fraction or check --perturb-column")
+    rng = np.random.default_rng(o.seed)
+    if per_session:
+        for k in range(len(plans)):
+            rows = np.flatnonzero(normal & (file_of == k))
+            split[rows] = "train"
+            split[rows[rng.permutation(len(rows))[:session_n_valid(len(rows), o.valid_fraction)]]] = "valid"
+        return {"trial_id": trial_id, "condition": condition, "perturbed": perturbed, "split": split}
     labels = np.full(n, "train", dtype=object)
-    labels[np.random.default_rng(o.seed).permutation(n)[:n_valid]] = "valid"
+    labels[rng.permutation(n)[:n_valid]] = "valid"
     split[normal] = labels
     return {"trial_id": trial_id, "condition": condition, "perturbed": perturbed, "split": split}
 

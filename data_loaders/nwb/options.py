@@ -18,6 +18,7 @@ from mrlfads.data_loaders.schema import REGION_RE
 # units, the encoders need them, and a few held-out units per region suffice to rank models.
 DEFAULT_HELDOUT = 0.1
 MIN_UNITS_FOR_HELDOUT = 5  # a fraction holds out at least 1 unit of regions this large
+SESSION_MODES = ("auto", "matched", "separate")  # --sessions
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class IngestOptions:
         TimeSeries in acquisition/stimulus (averaged per bin).
     valid_fraction [--valid-fraction]: fraction of the unperturbed trials in "valid".
     seed [--seed]: seeds the held-out choice and the train/valid split.
+    sessions [--sessions]: how several files become one dataset. "matched": the same units
+        in every file (same regions, same unit count per region, matched by position, e.g.
+        chronic recordings), one session. "separate": a session per file (named after the
+        file), each region holding the union of the files' own units, a file's absent
+        regions recorded as missing (docs/DESIGN.md, "Multi-session datasets"). "auto"
+        (default): matched when the files' regions and unit counts allow it, else separate.
     """
 
     bin_ms: float = 20.0
@@ -75,6 +82,7 @@ class IngestOptions:
     ic_enc_seq_len: int = 10
     name: str | None = None
     rows_per_shard: int = 512
+    sessions: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("window", "regions", "drop_quality", "condition_columns"):
@@ -133,6 +141,8 @@ def _problems(o: IngestOptions) -> list[str]:
         p.append(f"--seed: must be an integer, got {o.seed!r}")
     if not isinstance(o.ic_enc_seq_len, int) or o.ic_enc_seq_len < 0:
         p.append(f"--ic-enc-seq-len: must be an integer >= 0, got {o.ic_enc_seq_len!r}")
+    if o.sessions not in SESSION_MODES:
+        p.append(f"--sessions: {o.sessions!r} is not one of {list(SESSION_MODES)}")
     if not isinstance(o.rows_per_shard, int) or o.rows_per_shard < 1:
         p.append(f"rows_per_shard: must be an integer >= 1, got {o.rows_per_shard!r}")
     return p

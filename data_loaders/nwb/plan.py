@@ -54,6 +54,7 @@ class FilePlan:
     perturbed: np.ndarray | None      # (n_trials,) bool
     ext_value: np.ndarray | None      # (n_trials,) float, from --ext-column
     warnings: list[str] = field(default_factory=list)
+    labelled: tuple[str, ...] = ()    # regions with units before --drop-quality
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -82,8 +83,9 @@ def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FileP
             raise IngestError(f"{s.path}: Units column {o.heldout_column!r} (--heldout-column) must "
                               f"be boolean (True = held out), got dtype {flags.dtype}")
         flags = flags.astype(bool)
+    labelled = tuple(sorted(str(r) for r in np.unique(regions[regions != ""])))
     return FilePlan(path=s.path, unit_ids=unit_ids, region_rows=region_rows, heldout_flags=flags,
-                    warnings=warnings, **_trials(s, o))
+                    warnings=warnings, labelled=labelled, **_trials(s, o))
 
 
 def _map_labels(path: str, labels: np.ndarray, region_map: dict | None, map_path: str | None) -> np.ndarray:

@@ -22,9 +22,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE.nwb", help="NWB sessions (paths, or https:// / s3:// URIs, streamed: "
-                   "only the tables and the selected units' spike times are fetched); several must "
-                   "have the same regions and the same unit count per region (units matched by "
-                   "position, e.g. chronic recordings)")
+                   "only the tables and the selected units' spike times are fetched); several "
+                   "become one dataset as --sessions says")
     p.set_defaults(_own_credentials=("files",))  # remote.py uses them; records the URI without
     p.add_argument("--out", required=True, help="dataset directory or s3:// URI to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
@@ -61,6 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ext-timeseries", metavar="NAME", help="TimeSeries as external input")
     g.add_argument("--valid-fraction", type=float, default=0.2, help="valid share (default 0.2)")
     g.add_argument("--seed", type=int, default=0, help="seeds held-out choice and split (default 0)")
+    g = p.add_argument_group("several files")
+    g.add_argument("--sessions", choices=("auto", "matched", "separate"), default="auto",
+                   help="matched: the same units in every file (same regions and unit count "
+                   "per region, matched by position, e.g. chronic recordings), one session; "
+                   "separate: a session per file named after it, each region holding the union "
+                   "of the files' own units (a file's absent regions are recorded as missing), "
+                   "split and held-out units chosen per session; auto (default): matched when "
+                   "the files' regions and unit counts allow it, else separate")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         perturb_column=args.perturb_column, condition_columns=args.condition_columns,
         ext_column=args.ext_column, ext_timeseries=args.ext_timeseries,
         valid_fraction=args.valid_fraction, seed=args.seed, ic_enc_seq_len=args.ic_enc_seq_len,
-        name=args.name)
+        name=args.name, sessions=args.sessions)
     _summary(dataset.manifest, args.out)
     return 0
 
@@ -101,5 +108,17 @@ def _summary(m, out: str) -> None:
     for s, n in m.splits.items():
         splits.add_row(s, str(n))
     console.print(splits)
+    if m.sessions:
+        table = Table(title="sessions (held-in+held-out units per region)")
+        table.add_column("session")
+        for r in m.region_names:
+            table.add_column(r, justify="right")
+        for s in m.sessions:
+            table.add_row(s.name, *(f"{a}+{b}" if (a, b) != (0, 0) else "-"
+                                    for a, b in (s.units[r] for r in m.region_names)))
+        console.print(table)
+        for s in m.sessions:
+            for r, why in s.missing.items():
+                console.print(f"session {s.name}: no {r} ({why})")
     for w in m.provenance.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {w}")
