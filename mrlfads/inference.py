@@ -138,7 +138,7 @@ class Perturbation:
 
 def perturbation_effects(model, heldin: Sequence, ext: Sequence | None,
                          perturbation: Perturbation,
-                         batch_size: int = 256) -> dict[str, np.ndarray]:
+                         batch_size: int = 256, sessions=None) -> dict[str, np.ndarray]:
     """Per region, what the perturbation does to every neuron's predicted rate.
 
     Neurons are held-in then held-out (the dataset's column order); bins are the
@@ -148,17 +148,27 @@ def perturbation_effects(model, heldin: Sequence, ext: Sequence | None,
       ``abs_delta/<r>`` (T', N) trial mean of |perturbed - unperturbed rate|
       ``effect/<r>``    (N,)   mean of ``abs_delta`` from the window's start to the trial's
                                end (a silenced pathway's effect outlasts the window)
-    Posterior means throughout, so the only difference is the perturbation."""
+    Posterior means throughout, so the only difference is the perturbation. ``sessions``
+    (a stitched model's: each trial's session): each neuron's means are over the trials of
+    the session that recorded it."""
+    from mrlfads.sessions import own_session_mean
+
     tau = model.cfg.ic_enc_seq_len
     start = max(int(perturbation.window[0]) - tau, 0)
-    base = _run(model, heldin, ext, batch_size)
-    cut = _run(model, heldin, ext, batch_size, **perturbation.forward_kwargs())
+    base = _run(model, heldin, ext, batch_size, sessions)
+    cut = _run(model, heldin, ext, batch_size, sessions, **perturbation.forward_kwargs())
     res = {}
     for r, name in enumerate(model.cfg.region_names):
         b = _cat(base, lambda o, r=r: _all_rates(o, r)).astype(np.float64)
         c = _cat(cut, lambda o, r=r: _all_rates(o, r)).astype(np.float64)
-        res[f"base/{name}"] = b.mean(axis=0)
-        res[f"delta/{name}"] = (c - b).mean(axis=0)
-        res[f"abs_delta/{name}"] = np.abs(c - b).mean(axis=0)
+        if base[0].recorded is None:
+            mean = lambda v: v.mean(axis=0)  # noqa: E731
+        else:  # the trials of each neuron's own session
+            w = _cat(base, lambda o, r=r: torch.cat([o.recorded[r], o.recorded_heldout[r]])
+                     .expand(o.readout[r].shape[0], -1))
+            mean = lambda v, w=w: own_session_mean(v, w)  # noqa: E731
+        res[f"base/{name}"] = mean(b)
+        res[f"delta/{name}"] = mean(c - b)
+        res[f"abs_delta/{name}"] = mean(np.abs(c - b))
         res[f"effect/{name}"] = res[f"abs_delta/{name}"][start:].mean(axis=0)
     return res

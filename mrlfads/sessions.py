@@ -42,3 +42,16 @@ def session_masks(cfg: ModelConfig, n_max: int, h_max: int) -> tuple[torch.Tenso
             if heldin[s][r] == 0:
                 source[s, r] = mean
     return recorded, recorded_out, source
+
+
+def own_session_mean(values, weights):
+    """Per (bin, neuron), the mean over trials of ``values`` (trials, T, N) weighted by
+    ``weights`` (trials, N): 1 where the trial's session recorded the neuron. NaN for a
+    neuron no trial's session recorded. numpy in, numpy out."""
+    import numpy as np
+
+    w = np.asarray(weights, np.float64)[:, None, :]
+    total = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (np.asarray(values, np.float64) * w).sum(axis=0) / total,
+                        np.nan)

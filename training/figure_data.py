@@ -40,7 +40,10 @@ def condition_means(x: np.ndarray, groups: Sequence[tuple[str, np.ndarray]]) -> 
 
 def most_active(x: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` neurons of ``x`` (trials, T, N) with the highest mean over
-    trials and bins, highest first (ties: lower index first)."""
+    trials and bins, highest first (ties: lower index first); none of none (a region a
+    session did not record)."""
+    if x.shape[-1] == 0:
+        return np.zeros(0, dtype=np.int64)
     mean = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1]).mean(axis=0)
     return np.argsort(-mean, kind="stable")[: min(k, mean.shape[0])]
 

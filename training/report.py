@@ -109,7 +109,7 @@ def _model_sections(checkpoint: str | Path, options: ReportOptions,
     from mrlfads.tracking.figures import png_bytes
     from mrlfads.training.checkpoint import load_model
     from mrlfads.training.config import RunConfig, check_against_data
-    from mrlfads.training.report_figures import check_neurons, figure_set, fit_view
+    from mrlfads.training.report_figures import check_neurons, figure_set, fit_views
 
     model, run_cfg, _ = load_model(checkpoint)
     cfg = RunConfig.from_dict(run_cfg)
@@ -129,11 +129,12 @@ def _model_sections(checkpoint: str | Path, options: ReportOptions,
                           "trained on")
     check_against_data(cfg, dataset.manifest)
     model.to(torch.device(options.device))
-    view = fit_view(model, dataset, cfg, max_trials=options.trials)
     sections = []
-    for f in figure_set(view, options.neurons or None, options.n_neurons):
-        sections.append(Section(f"{heading}{f.title}", [f.caption],
-                                figures=[(f.title, png_bytes(f.figure))]))
+    for label, view in fit_views(model, dataset, cfg, max_trials=options.trials):
+        where = f" (session {label})" if label else ""  # stitched models: one set per session
+        for f in figure_set(view, options.neurons or None, options.n_neurons):
+            sections.append(Section(f"{heading}{f.title}{where}", [f.caption],
+                                    figures=[(f.title, png_bytes(f.figure))]))
     return sections
 
 

@@ -67,9 +67,27 @@ class ModelFigure:
     figure: Any
 
 
+def fit_views(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIALS
+              ) -> list[tuple[str, FitView]]:
+    """``[("", fit_view(...))]``; a stitched model gets one view per session with validation
+    trials, labelled with the session's name (its trials, the neurons it recorded)."""
+    sessions = run_cfg.model.sessions
+    if not sessions:
+        return [("", fit_view(model, dataset, run_cfg, max_trials))]
+    from mrlfads.training.data import load_split
+
+    device = next(model.parameters()).device
+    present = set(load_split(dataset, run_cfg.data.valid_split, device).session.tolist())
+    return [(s.name, fit_view(model, dataset, run_cfg, max_trials, session=k))
+            for k, s in enumerate(sessions) if k in present]
+
+
 def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIALS,
-             effect_trials: int = EFFECT_TRIALS) -> FitView:
-    """Run ``model`` on the first ``max_trials`` trials of the validation split."""
+             effect_trials: int = EFFECT_TRIALS, session: int | None = None) -> FitView:
+    """Run ``model`` on the first ``max_trials`` trials of the validation split (of
+    ``session``'s trials and neurons, for a stitched model)."""
+    import torch
+
     from mrlfads import metrics as M
     from mrlfads.data_loaders import schema
     from mrlfads.effectome import cut_effectome, input_cut_effectome, input_rms
@@ -78,9 +96,17 @@ def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIA
 
     m = dataset.manifest
     device = next(model.parameters()).device
-    data = load_split(dataset, run_cfg.data.valid_split, device, with_truth=True).head(max_trials)
+    data = load_split(dataset, run_cfg.data.valid_split, device, with_truth=True)
+    if session is not None and data.session is not None:
+        data = data.subset(torch.nonzero(data.session == session).flatten())
+    data = data.head(max_trials)
     outputs, _ = collect_outputs(model, data, run_cfg, epoch=run_cfg.train.epochs)
     names = list(run_cfg.model.region_names)
+    shown = {n: (slice(None), slice(None)) for n in names}  # held-in, held-out columns shown
+    if session is not None and run_cfg.model.sessions:  # only the neurons it recorded
+        rec_in, rec_out = model.recorded(session)
+        shown = {n: (rec_in[r].bool().cpu().numpy(), rec_out[r].bool().cpu().numpy())
+                 for r, n in enumerate(names)}
     tau = run_cfg.model.ic_enc_seq_len
     poisson = run_cfg.model.obs_model == "poisson"
     bw = float(m.bin_width_s or 0.0)
@@ -94,9 +120,11 @@ def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIA
     view = FitView(
         regions=names, t=t, time_label="time from trial start (s)" if bw > 0 else "bin",
         unit=unit, scale=scale, groups=fd.condition_groups(data.condition, data.n_trials),
-        data={n: np.concatenate([numpy(data.heldin[r]), numpy(data.heldout[r])], axis=-1)
+        data={n: np.concatenate([numpy(data.heldin[r])[..., shown[n][0]],
+                                 numpy(data.heldout[r])[..., shown[n][1]]], axis=-1)
               for r, n in enumerate(names)},
-        rates={n: np.concatenate([outputs[f"rates/{n}"], outputs[f"heldout_rates/{n}"]], axis=-1)
+        rates={n: np.concatenate([outputs[f"rates/{n}"][..., shown[n][0]],
+                                  outputs[f"heldout_rates/{n}"][..., shown[n][1]]], axis=-1)
                for n in names},
         factors={n: outputs[f"factors/{n}"] for n in names},
         inputs={n: outputs[f"inputs/{n}"] for n in names if f"inputs/{n}" in outputs},
@@ -201,20 +229,24 @@ def figure_set(view: FitView, neurons: Mapping[str, Sequence[int]] | None = None
 
     labels = [c for c, _ in view.groups]
     regions = view.regions
+    # the neuron figures show the regions with recorded neurons (a stitched model's session
+    # view can lack a region); the latent and message figures show every region
+    observed = [r for r in regions if view.data[r].shape[-1] > 0]
     chosen = choose_neurons(view, neurons, n_neurons)
-    data_avg = {r: fd.condition_means(view.data[r], view.groups) * view.scale for r in regions}
-    rate_avg = {r: fd.condition_means(view.rates[r], view.groups) * view.scale for r in regions}
+    data_avg = {r: fd.condition_means(view.data[r], view.groups) * view.scale for r in observed}
+    rate_avg = {r: fd.condition_means(view.rates[r], view.groups) * view.scale for r in observed}
     cond = (f"{len(labels)} condition(s)" if labels != [fd.ALL_TRIALS]
             else "no condition labels: every trial together")
-    n_trials = view.data[regions[0]].shape[0]
+    n_trials = view.data[observed[0]].shape[0]
     out = [ModelFigure(
         "psth", "Condition-averaged PSTHs",
         f"Data (thin) against model rates (thick), averaged over the trials of each condition "
         f"({n_trials} validation trials, {cond}); neurons: "
-        + "; ".join(f"{r} {chosen[r]}" for r in regions)
+        + "; ".join(f"{r} {chosen[r]}" for r in observed)
         + (" (the most active by default)" if not neurons else ""),
-        ff.psth_figure({r: data_avg[r][..., chosen[r]] for r in regions},
-                       {r: rate_avg[r][..., chosen[r]] for r in regions}, chosen, labels,
+        ff.psth_figure({r: data_avg[r][..., chosen[r]] for r in observed},
+                       {r: rate_avg[r][..., chosen[r]] for r in observed},
+                       {r: chosen[r] for r in observed}, labels,
                        view.t, view.unit, view.time_label))]
     out.append(ModelFigure(
         "rates_heatmap", "Rate heatmap",
@@ -271,12 +303,12 @@ def figure_set(view: FitView, neurons: Mapping[str, Sequence[int]] | None = None
             "identified, so read its ranking with care.",
             figures.effectome_figure(view.message_rms, regions, truth=view.truth_comm,
                                      title=figures.EFFECTOME_PREFIXES["effectome/"])))
-    first = {r: view.rates[r][0] * view.scale for r in regions}
-    observed = {r: view.data[r][0] * view.scale for r in regions}
+    first = {r: view.rates[r][0] * view.scale for r in observed}
+    trial0 = {r: view.data[r][0] * view.scale for r in observed}
     out.append(ModelFigure(
         "rates_vs_data", "Example trial",
         "Validation trial 0: data (grey) against the model's rates, first neurons per region.",
-        figures.rates_vs_data_figure(first, observed, t=view.t, title="validation trial 0")))
+        figures.rates_vs_data_figure(first, trial0, t=view.t, title="validation trial 0")))
     return out
 
 
@@ -285,8 +317,9 @@ def make_model_figures(model: Any, dataset: Any, run_cfg: Any, out_dir: str | Pa
     """Write the PNGs for ``model`` on the first validation trials; returns their paths."""
     from mrlfads.tracking import figures
 
-    view = fit_view(model, dataset, run_cfg, max_trials=n_trials)
-    return [figures.save(f.figure, Path(out_dir) / f"{f.name}.png") for f in figure_set(view)]
+    return [figures.save(f.figure, Path(out_dir) / f"{f.name}{'_' + label if label else ''}.png")
+            for label, view in fit_views(model, dataset, run_cfg, max_trials=n_trials)
+            for f in figure_set(view)]
 
 
 def log_model_figures(log_artifact, model: Any, dataset: Any, run_cfg: Any) -> None:

@@ -174,7 +174,7 @@ def perturb(model: Model, dataset: Dataset | str | os.PathLike, *,
     dev = resolve_device(device)
     net = model.module.to(dev)
     data = load_split(data_set.arrow, split, dev)
-    effects = perturbation_effects(net, data.heldin, data.ext, pert)
+    effects = perturbation_effects(net, data.heldin, data.ext, pert, sessions=data.session)
     names = list(cfg.model.region_names)
     n_in = {r.name: r.n_heldin for r in m.regions}
     report = {
@@ -182,7 +182,8 @@ def perturb(model: Model, dataset: Dataset | str | os.PathLike, *,
                          "channels": None if pert.channels is None else list(pert.channels)},
         "window": list(win), "split": split, "trials": data.n_trials,
         # the mean over trials, reconstructed bins and held-in neurons, per region
-        "mean_abs_rate_change": {r: float(effects[f"abs_delta/{r}"][:, : n_in[r]].mean())
+        # (NaN-free: a stitched model's neurons whose session has no trials here are NaN)
+        "mean_abs_rate_change": {r: _nanmean(effects[f"abs_delta/{r}"][:, : n_in[r]])
                                  for r in names},
         "bins": [cfg.model.ic_enc_seq_len, m.n_bins],
         "neurons": {r.name: {"heldin": r.n_heldin, "heldout": r.n_heldout} for r in m.regions},
@@ -210,21 +211,37 @@ def measured_effects(dataset, control, start: int, tau: int, device) -> dict:
 
     from mrlfads.training.data import load_split
 
+    from mrlfads.sessions import own_session_mean
+
     perturbed = load_split(dataset, "perturbed", device)
+    masks = dataset.manifest.session_masks()  # region -> (S, N): who recorded which column
 
     def trial_mean(split, r: int):
         x = torch.cat([split.heldin[r], split.heldout[r]], dim=-1)[:, tau:]
-        return x.double().mean(dim=0).cpu().numpy()  # (T', N)
+        x = x.double().cpu().numpy()
+        if split.session is None:
+            return x.mean(axis=0)  # (T', N)
+        # several sessions: each neuron over the trials of the session that recorded it
+        return own_session_mean(x, masks[names[r]][split.session.cpu().numpy()])
 
     arrays, per_region = {}, {}
-    for r, name in enumerate(dataset.manifest.region_names):
+    names = dataset.manifest.region_names
+    for r, name in enumerate(names):
         delta = trial_mean(perturbed, r) - trial_mean(control, r)
         arrays[f"measured_delta/{name}"] = delta
         arrays[f"measured/{name}"] = abs(delta[max(start - tau, 0):]).mean(axis=0)
-        per_region[name] = float(abs(delta[max(start - tau, 0):]).mean())
+        per_region[name] = _nanmean(abs(delta[max(start - tau, 0):]))
     return {"arrays": arrays,
             "summary": {"measured_mean_abs_change": per_region,
                         "perturbed_trials": perturbed.n_trials}}
+
+
+def _nanmean(a) -> float:
+    """Mean over the finite entries (NaN if none)."""
+    import numpy as np
+
+    a = np.asarray(a, np.float64)
+    return float(a[np.isfinite(a)].mean()) if np.isfinite(a).any() else float("nan")
 
 
 def compare(effects: dict, measured: dict, names: list[str]) -> dict:
@@ -234,7 +251,8 @@ def compare(effects: dict, measured: dict, names: list[str]) -> dict:
     from mrlfads.metrics import rank_correlation
 
     def rho(p, q):
-        return rank_correlation(p, q) if p.size >= 2 else float("nan")
+        keep = np.isfinite(p) & np.isfinite(q)  # neurons of sessions without trials here
+        return rank_correlation(p[keep], q[keep]) if keep.sum() >= 2 else float("nan")
 
     pred = {r: effects[f"effect/{r}"] for r in names}
     meas = {r: measured[f"measured/{r}"] for r in names}
