@@ -45,7 +45,7 @@ class SessionSpec:
             if not isinstance(v, (tuple, list)) or len(v) != 2:
                 raise DatasetError(f"session {self.name!r}: units[{r!r}] must be "
                                    f"[n_heldin, n_heldout], got {v!r}")
-            units[r] = (v[0], v[1])
+            units[r] = tuple(int(c) if isinstance(c, np.integer) else c for c in v)  # JSON-ready
         object.__setattr__(self, "units", units)
         object.__setattr__(self, "missing", dict(self.missing or {}))
         object.__setattr__(self, "provenance", dict(self.provenance or {}))

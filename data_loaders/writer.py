@@ -308,6 +308,11 @@ def write_dataset(
         json.dumps(dict(provenance or {}))
     except TypeError as e:
         raise DatasetError(f"provenance: must be JSON-serialisable ({e})") from None
+    try:
+        json.dumps([s.to_dict() for s in session_specs])
+    except TypeError as e:
+        raise DatasetError(f"sessions: names, missing reasons and provenance must be "
+                           f"JSON-serialisable ({e})") from None
     # Validate metadata before touching storage (n_heldin >= 1, n_bins > tau, ...).
     draft = DatasetManifest(
         name=name, regions=specs, bin_width_s=bin_width_s, n_bins=T, ic_enc_seq_len=ic_enc_seq_len,

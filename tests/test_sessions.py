@@ -255,3 +255,15 @@ def test_reader_validate_catches_a_shard_with_data_outside_its_session(tmp_path)
         ArrowDataset.open(tmp_path / "d").validate()
     with pytest.raises(DatasetError, match="did not record"):
         list(make_loader(ArrowDataset.open(tmp_path / "d"), "train", 4))
+
+
+def test_numpy_counts_are_stored_as_json_integers(tmp_path):
+    kw = _two_session_args()
+    kw["sessions"] = [SessionSpec("a", {"A": (np.int64(1), np.int64(0))}),
+                      {"name": "b", "units": {"A": [1, 1]}, "provenance": {"file": "b.nwb"}}]
+    m = write_dataset(tmp_path / "d", **kw)
+    raw = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert raw["sessions"][0]["units"] == {"A": [1, 0]} and m.sessions[1].provenance == {"file": "b.nwb"}
+    kw["sessions"] = [SessionSpec("a", {"A": (1, 0)}, provenance={"seed": object()}), kw["sessions"][1]]
+    with pytest.raises(DatasetError, match="sessions: .*JSON-serialisable"):
+        write_dataset(tmp_path / "e", **kw)
