@@ -207,3 +207,52 @@ def test_trials_of_a_later_session_get_their_own_ids_back():
     assert source_trial_ids(sources, 0) == (0, {0, 1, 2})
     assert source_trial_ids(sources, 1) == (3, {5, 9})
     assert source_trial_ids(sources[1:], 0) == (0, {5, 9})  # one file: ids unchanged
+
+
+def test_a_session_of_several_gets_its_own_units_back(tmp_path):
+    """Two NWB sessions with different units (ingest makes a session per file): exporting
+    the second writes its trials and its own units' columns, named by its unit ids."""
+    import pynwb
+
+    from mrlfads.data_loaders.reader import ArrowDataset
+
+    for name, units in (("a", "6"), ("b", "4")):
+        assert main(["simulate", "memory-ring", "--out", str(tmp_path / f"sim_{name}"),
+                     "--smoke-test", "--obs", "poisson", "--trials", "12", "--units", units,
+                     "--seed", "1" if name == "b" else "0"]) == 0
+        dataset_to_nwb(str(tmp_path / f"sim_{name}"), str(tmp_path / f"{name}.nwb"))
+    assert main(["ingest", str(tmp_path / "a.nwb"), str(tmp_path / "b.nwb"), "--out",
+                 str(tmp_path / "data"), "--bin-ms", "20", "--ic-enc-seq-len", "5",
+                 "--heldout", "0.2", "--align", "start_time", "--window", "0.1:0.7"]) == 0
+    m = ArrowDataset.open(tmp_path / "data").manifest
+    assert m.session_names == ("a", "b")
+    assert main(["train", "--data", str(tmp_path / "data"), "--smoke-test", "--epochs", "2",
+                 "--out", str(tmp_path / "run"), "--no-tracking", "--quiet"]) == 0
+    assert main(["infer", "--model", str(tmp_path / "run" / "best.pt"), "--data",
+                 str(tmp_path / "data"), "--out", str(tmp_path / "infer")]) == 0
+    assert main(["export-nwb", "--infer", str(tmp_path / "infer"), "--nwb",
+                 str(tmp_path / "b.nwb"), "--out", str(tmp_path / "result.nwb")]) == 0
+    from mrlfads.training.commands.export_nwb import source_trial_ids
+
+    cols = read_outputs(tmp_path / "infer")
+    b_trials = [i for i, s in enumerate(cols["session"]) if s == "b"]
+    source_b = m.provenance["sources"][1]
+    offset, _ = source_trial_ids(m.provenance["sources"], 1)
+    with pynwb.NWBHDF5IO(str(tmp_path / "result.nwb"), "r") as io:
+        mod = io.read().processing["mrlfads"]
+        rt = mod["result_trials"].to_dataframe()
+        assert len(rt) == len(b_trials)
+        neurons = mod["neurons"].to_dataframe()
+        for r in m.region_names:
+            n_in, n_out = m.sessions[1].units[r]
+            block = m.session_blocks(r)[1]
+            rates = mod[f"rates_{r}"].data[:]
+            assert rates.shape[-1] == n_in
+            first = rates[: m.n_bins - 5]  # the first exported trial, its own columns
+            row = list(cols["trial_id"]).index(int(rt["trial_id"].iloc[0]) + offset)
+            np.testing.assert_array_equal(first, cols[f"rates/{r}"][row][:, block.heldin])
+            ids = neurons[neurons["series"] == f"rates_{r}"]["unit_id"].tolist()
+            assert ids == source_b["unit_ids"][r][:n_in]
+            if n_out:
+                ids = neurons[neurons["series"] == f"heldout_rates_{r}"]["unit_id"].tolist()
+                assert ids == source_b["unit_ids"][r][n_in:n_in + n_out]

@@ -13,7 +13,10 @@ Layout (docs/DESIGN.md, "As built"):
   source_dataset.json    the dataset's manifest (NWB sources by name, size and sha256,
                          bin width, trial alignment), for `mrlfads export-nwb`
   metrics.json           validation metrics (with ground-truth scores when the data has them)
-  shards/part-00000.arrow  trial_id, split, rates/<r>, heldout_rates/<r> (regions with
+  shards/part-00000.arrow  trial_id, split, session (datasets of several sessions: the
+                         trial's session name; rates cover every session's neurons, the
+                         model's prediction where the trial's session did not record them),
+                         rates/<r>, heldout_rates/<r> (regions with
                          held-out neurons), factors/<r>, inputs/<r>,
                          messages/<src>-><dst>: fixed-shape tensors (T - tau, dim)
 Rates are in counts per bin (Poisson) or data units (Gaussian): posterior means, or the
@@ -91,7 +94,8 @@ def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
                   effectome: np.ndarray | None, metrics: Mapping[str, float],
                   overwrite: bool = False, message_rms: np.ndarray | None = None,
                   inputs_effectome: Mapping[str, np.ndarray] | None = None,
-                  source_manifest: Mapping[str, Any] | None = None) -> Path:
+                  source_manifest: Mapping[str, Any] | None = None,
+                  session: np.ndarray | None = None) -> Path:
     """Write one inference output directory atomically; returns its path. ``effectome``
     is the cut effectome, ``message_rms`` the paper's message-norm one,
     ``inputs_effectome`` {"cut": (R,), "rms": (R,)} the inferred inputs' one and
@@ -100,6 +104,8 @@ def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
     check_out(out, overwrite)
     with staged_dir(out, overwrite) as tmp:
         cols = {"trial_id": pa.array(trial_id.astype(np.int64)), "split": pa.array(split.astype(str))}
+        if session is not None:
+            cols["session"] = pa.array(np.asarray(session).astype(str))
         for key in sorted(outputs):
             # zero-width outputs (a region without held-out neurons) are left out
             if key.startswith(OUTPUT_PREFIXES) and outputs[key].shape[-1] > 0:

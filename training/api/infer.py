@@ -93,7 +93,8 @@ class Inference(Mapping):
         inputs = None if e.inputs_cut is None else {"cut": e.inputs_cut, "rms": e.inputs_rms}
         return write_outputs(out, self.arrays, self.trial_id, self.split, self.info, e.cut,
                              self.metrics, overwrite, message_rms=e.message_rms,
-                             inputs_effectome=inputs, source_manifest=self.source_manifest)
+                             inputs_effectome=inputs, source_manifest=self.source_manifest,
+                             session=self.coords.get("session"))
 
     def to_xarray(self):
         """An ``xarray.Dataset`` with these dims and coords (needs xarray installed)."""

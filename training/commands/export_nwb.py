@@ -110,27 +110,32 @@ def run(args: argparse.Namespace) -> int:
     rate_unit = "counts per bin" if obs == "poisson" else "data units"
     series, neurons = [], []
     units = source.get("unit_ids") or {}
+    # several sessions (ingest --sessions separate): file k is session k, whose units are
+    # its own blocks of each region's columns (data_loaders/sessions.py)
+    own = _session_columns(manifest, k, regions)
     for r in regions:
         n_in = int(spec[r]["n_heldin"])
-        for kind, unit, what, cols_offset in (
-                ("rates", rate_unit, "predicted rates of the held-in units", 0),
-                ("heldout_rates", rate_unit, "predicted rates of the held-out units", n_in),
-                ("factors", "a.u.", "latent factors", None),
-                ("inputs", "a.u.", "inferred inputs (posterior means)", None)):
+        cin, cout = own[r] if own else (slice(None), slice(None))
+        for kind, unit, what, cols_offset, sel in (
+                ("rates", rate_unit, "predicted rates of the held-in units", 0, cin),
+                ("heldout_rates", rate_unit, "predicted rates of the held-out units",
+                 cin.stop - cin.start if own else n_in, cout),
+                ("factors", "a.u.", "latent factors", None, slice(None)),
+                ("inputs", "a.u.", "inferred inputs (posterior means)", None, slice(None))):
             key = f"{kind}/{r}"
-            if key not in cols:
+            if key not in cols or cols[key][..., sel].shape[-1] == 0:
                 continue
             name = f"{kind}_{r}"
-            series.append(ResultSeries(name, kind, r, cols[key][keep], unit,
+            series.append(ResultSeries(name, kind, r, cols[key][keep][..., sel], unit,
                                        f"{what} of region {r}"))
             if cols_offset is not None:
                 ids_r = units.get(r, [])
-                if len(ids_r) < cols_offset + cols[key].shape[-1]:
+                if len(ids_r) < cols_offset + cols[key][..., sel].shape[-1]:
                     raise ValueError(
                         f"--infer {infer}: its dataset does not record which units of "
                         f"{source.get('name')} are region {r}'s columns; re-ingest the NWB file "
                         "with this version of `mrlfads ingest`, then infer again")
-                for j in range(cols[key].shape[-1]):
+                for j in range(cols[key][..., sel].shape[-1]):
                     neurons.append({"series": name, "column": j, "region": r,
                                     "unit_id": int(ids_r[cols_offset + j]),
                                     "heldout": kind == "heldout_rates"})
@@ -172,6 +177,18 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"note: columns that reference objects not copied were left out: {', '.join(skipped)}")
     return 0
+
+
+def _session_columns(manifest: dict, k: int, regions: list[str]) -> dict | None:
+    """For a dataset of several sessions, session k's (held-in, held-out) column slices of
+    each region; None for a dataset of one session."""
+    from mrlfads.data_loaders.sessions import SessionSpec, blocks
+
+    raw = manifest.get("sessions") or []
+    if len(raw) < 2:
+        return None
+    specs = [SessionSpec.from_dict(d) for d in raw]
+    return {r: tuple(blocks(specs, r)[k]) for r in regions}
 
 
 def _num(v) -> float:
