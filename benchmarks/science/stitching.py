@@ -1,0 +1,187 @@
+"""Stitching sessions (docs/RESULTS.md, "Several sessions"): does a model fitted on S sessions
+that each record a fraction of every region's units recover the communication as well as
+one session that records them all, and better than fitting each session alone?
+
+    .venv/bin/python benchmarks/science/stitching.py --out stitch_runs [--network random-1] \
+        [--obs poisson] [--rate-hz 20] [--bin-ms 10] [--sessions 4] [--frac 0.25] \
+        [--trials 480] [--epochs 100] [--seeds 0]
+
+One network (the spiking grid's size: 48 units in the largest region, 1.2 s trials), three
+arms, each trained with the defaults for ``--epochs`` (ramps stretched to fit) and scored on
+``best.pt`` over its validation trials:
+
+- ``full``: one session recording every unit, ``--trials`` trials;
+- ``stitched``: ``--sessions`` sessions of ``--trials`` trials each, each recording its own
+  random ``--frac`` of every region's units (`mrlfads simulate --sessions`), one model;
+- ``alone``: each of those sessions as its own dataset, fitted on its own (mean and spread
+  over the sessions).
+
+Scores: the cut effectome's cosine with the true communication matrix and its separation
+(weakest present pathway / strongest absent one), message R^2, inferred-input R^2 and
+co-bps (a stitched model's pooled over its sessions). One JSON line per fit goes to
+OUT/results.jsonl; the table is printed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+NETWORKS = {"memory-ring": ("memory-ring", 0), "relay-decision": ("relay-decision", 0),
+            "random-0": ("random", 0), "random-1": ("random", 1), "random-2": ("random", 2)}
+UNITS, STEPS = 48, 60
+COLUMNS = ["effectome_cut_cosine", "effectome_cut_separation", "message_r2", "input_r2",
+           "co_bps"]
+
+
+def simulated(out: Path, args, sessions: int) -> Path:
+    from mrlfads.data_loaders.simulate import simulate
+
+    kind, seed = NETWORKS[args.network]
+    path = out / "data" / (f"{args.network}-{args.obs}-{args.rate_hz:g}hz-{args.trials}"
+                           + (f"-s{sessions}x{args.frac:g}" if sessions > 1 else "-full"))
+    if not (path / "dataset.json").exists():
+        simulate(kind, out=str(path), seed=seed, obs=args.obs, rate_hz=args.rate_hz,
+                 bin_ms=args.bin_ms, n_units=UNITS, trials=args.trials,
+                 n_bins=round(STEPS * 20 / args.bin_ms), sessions=sessions,
+                 session_frac=args.frac if sessions > 1 else None, overwrite=True)
+    return path
+
+
+def session_alone(stitched: Path, k: int) -> Path:
+    """Session k of a stitched dataset as a dataset of its own (its trials, its units)."""
+    from mrlfads.data_loaders import schema
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.writer import write_dataset
+
+    ds = ArrowDataset.open(stitched)
+    m = ds.manifest
+    name = m.sessions[k].name
+    path = stitched.parent / f"{stitched.name}-{name}"
+    if (path / "dataset.json").exists():
+        return path
+    cols = [schema.x_col(r) for r in m.region_names] + list(m.truth) + [
+        schema.SPLIT, schema.TRIAL_ID, schema.CONDITION, schema.SESSION]
+    a = ds.arrays(None, cols)
+    rows = np.flatnonzero(a[schema.SESSION] == k)
+    x, truth, regions = {}, {}, []
+    for r in m.regions:
+        own = m.session_columns(r.name, k)  # held-in then held-out columns of x/<r>
+        n_in, n_out = m.sessions[k].units[r.name]
+        if n_in == 0:
+            raise SystemExit(f"session {name} did not record region {r.name}: fitting it "
+                             "alone needs every region (use a larger --frac)")
+        x[r.name] = a[schema.x_col(r.name)][rows][:, :, own]
+        rate_col = schema.truth_rates_col(r.name)
+        if rate_col in a:
+            truth[rate_col] = a[rate_col][rows][:, :, own]
+        regions.append({"name": r.name, "n_heldin": n_in, "n_heldout": n_out})
+    for col in m.truth:
+        if col not in truth and not col.startswith("truth/rates/"):
+            truth[col] = a[col][rows]
+    write_dataset(path, name=f"{m.name}-{name}", regions=regions, obs_model=m.obs_model,
+                  bin_width_s=m.bin_width_s, ic_enc_seq_len=m.ic_enc_seq_len, x=x,
+                  split=a[schema.SPLIT][rows], trial_id=a[schema.TRIAL_ID][rows],
+                  condition=a[schema.CONDITION][rows], truth=truth,
+                  comm_matrix=m.comm_matrix, provenance={"from": stitched.name, "session": name},
+                  overwrite=True)
+    return path
+
+
+def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str, float]:
+    import torch
+
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.data import load_split
+    from mrlfads.training.evaluate import collect_outputs, cut_effectome_metrics, score
+    from mrlfads.training.fit import BEST, fit
+    from mrlfads.training.loop import Trainer
+
+    ds = ArrowDataset.open(path)
+    cfg = RunConfig.for_dataset(ds.manifest, uri=str(path), overrides={
+        "train.seed": seed, "train.epochs": epochs, "train.threads": 1})
+    fit(Trainer(cfg, ds), run_dir, progress=False)
+    model, run, _ = load_model(run_dir / BEST)
+    cfg = RunConfig.from_dict(run)
+    valid = load_split(ds, "valid", torch.device("cpu"), with_truth=True)
+    outputs, _ = collect_outputs(model, valid, cfg, epoch=cfg.train.epochs)
+    metrics = score(outputs, valid, cfg.model, ds.manifest.comm_matrix)
+    metrics.update(cut_effectome_metrics(model, valid, ds.manifest.comm_matrix,
+                                         max_trials=valid.n_trials))
+    return {c: float(metrics.get(f"valid/{c}", np.nan)) for c in COLUMNS}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| arm | fits | trials per fit | " + " | ".join(COLUMNS) + " |",
+             "|" + "---|" * (len(COLUMNS) + 3)]
+    for arm in ("full", "stitched", "alone"):
+        sel = [r for r in rows if r["arm"] == arm]
+        if not sel:
+            continue
+        cells = []
+        for c in COLUMNS:
+            v = np.array([r["metrics"][c] for r in sel], dtype=float)
+            cells.append(f"{v[0]:.3f}" if len(v) == 1 else
+                         f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}")
+        lines.append(f"| {arm} | {len(sel)} | {sel[0]['trials']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="stitch_runs")
+    p.add_argument("--network", default="random-1", choices=list(NETWORKS))
+    p.add_argument("--obs", default="poisson", choices=["poisson", "gaussian"])
+    p.add_argument("--rate-hz", type=float, default=20.0)
+    p.add_argument("--bin-ms", type=float, default=10.0)
+    p.add_argument("--sessions", type=int, default=4)
+    p.add_argument("--frac", type=float, default=0.25)
+    p.add_argument("--trials", type=int, default=480, help="trials per session")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--arms", nargs="+", default=["full", "stitched", "alone"],
+                   choices=["full", "stitched", "alone"])
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = ({(r["arm"], r["name"], r["seed"]) for r in map(json.loads, results.open())}
+            if results.exists() else set())
+    stitched = simulated(out, args, args.sessions)
+    jobs = []
+    if "full" in args.arms:
+        jobs.append(("full", "full", simulated(out, args, 1)))
+    if "stitched" in args.arms:
+        jobs.append(("stitched", "stitched", stitched))
+    if "alone" in args.arms:
+        jobs += [("alone", f"session-{k}", session_alone(stitched, k))
+                 for k in range(args.sessions)]
+    for seed in args.seeds:
+        for arm, name, path in jobs:
+            if (arm, name, seed) in done:
+                continue
+            start = time.time()
+            metrics = fit_and_score(path, seed, args.epochs, out / "runs" / f"{name}-s{seed}")
+            from mrlfads.data_loaders.reader import ArrowDataset
+
+            n = sum(ArrowDataset.open(path).manifest.splits.values())
+            row = {"arm": arm, "name": name, "seed": seed, "epochs": args.epochs,
+                   "network": args.network, "obs": args.obs, "rate_hz": args.rate_hz,
+                   "trials": n, "seconds": round(time.time() - start), "metrics": metrics}
+            with results.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    print(table([json.loads(line) for line in results.open()]))
+
+
+if __name__ == "__main__":
+    main()
