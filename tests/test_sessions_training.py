@@ -140,3 +140,16 @@ def test_infer_names_each_trials_session(trained, tmp_path):
     assert list(res.coords["session"]) == list(names[data.session.numpy()])
     assert res.info["sessions"] == ["s0", "s1", "s2"]
     assert np.isfinite(res.metrics["valid/session/s2/bps/B"])
+
+
+@pytest.mark.slow  # ~40 s: a smoke PBT sweep on the session Ray
+@pytest.mark.timeout(600)
+def test_a_sweep_trains_a_stitched_model(ray_session, sds, tmp_path):
+    from mrlfads.training import sweep
+    from mrlfads.training.checkpoint import load_model
+
+    plan = sweep.plan_sweep(sds.uri, smoke_test=True, name="sessions", storage=str(tmp_path))
+    summary = sweep.run_sweep(plan, verbose=0)
+    assert np.isfinite(summary.best_metrics["valid/session/s2/bps/B"])
+    model, run, _ = load_model(summary.checkpoint)
+    assert [s["name"] for s in run["model"]["sessions"]] == ["s0", "s1", "s2"]

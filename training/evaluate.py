@@ -70,8 +70,8 @@ def collect_outputs(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int
             heldin, sv_rate, None if sv_hidden is None else [m[idx] for m in sv_hidden])
         sums: dict[str, np.ndarray] = {}
         for _ in range(passes):
-            out = model(shown, ext, sample=samples > 0,
-                        session=session if model.cfg.sessions else None)
+            extra = {"session": session} if model.cfg.sessions else {}  # stitched models
+            out = model(shown, ext, sample=samples > 0, **extra)
             terms = compute_loss(out, heldin, heldout, run_cfg.loss, epoch, recon_weight=weight)
             scalars = terms.scalars()
             if sv_weight is not None:

@@ -71,8 +71,9 @@ class Trainer:
         self._valid: SplitTensors | None = None
         # data first: its shapes and values are checked against the manifest before a model
         # sized from that manifest is allocated
+        train = self.train_data
         self.model = MRLFADS(run_cfg.model).to(self.device)
-        stats = self.train_data.neuron_stats(
+        stats = train.neuron_stats(
             counts=run_cfg.model.obs_model == "poisson",
             recorded=(self.model.session_recorded, self.model.session_recorded_heldout))
         # readouts, input scales and message baselines from the data (a restore overwrites)

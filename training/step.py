@@ -244,8 +244,8 @@ class TrainStep:
         cd = self.cd_rate if t.cd_rate > 0 else 0.0
         shown, recon_weight = training_inputs(batch.heldin, Tp, cd, t.sv_rate, batch.sv)
         with self._autocast():
-            out = self.model(shown, batch.ext, sample=True,
-                             session=batch.session if cfg.model.sessions else None)
+            extra = {"session": batch.session} if cfg.model.sessions else {}  # stitched
+            out = self.model(shown, batch.ext, sample=True, **extra)
             terms = compute_loss(out, batch.heldin, batch.heldout, cfg.loss, 0,
                                  recon_weight=recon_weight,
                                  weights=dict(zip(WEIGHT_NAMES, self.weights.unbind())))
