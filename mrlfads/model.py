@@ -271,9 +271,6 @@ class MRLFADS(ModelParams):
                 ro_w = w["ro_w"][:, :, : s.Nm][self.src_index]  # (P, Fm, Nm)
                 ro_b = (w["ro_b"][:, :, : s.Nm]
                         - self.source_baseline.unsqueeze(1))[self.src_index]  # (P, 1, Nm)
-                if cfg.sessions:  # only the neurons this session recorded (sessions.py)
-                    weight = self.session_source[sess][self.src_index].unsqueeze(1)
-                    ro_w, ro_b = ro_w * weight, ro_b * weight
                 msg_b = torch.baddbmm(msg_b, ro_b, msg_w)  # (P, 1, 2C)
                 msg_w = torch.bmm(ro_w, msg_w)  # (P, Fm, 2C)
         keep = self.silence_keep(silence, Tp, x0) if s.P else None

@@ -82,8 +82,6 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
             if cfg.message_source == "rates":
                 rho = F.linear(f[a], W[a]["ro"], W[a]["ro_b"])[:, : s.N[a]]  # mean part
                 source = rho - model.source_baseline[a, : s.N[a]]  # relative to baseline
-                if cfg.sessions:  # weighted to the neurons this session recorded
-                    source = source * model.session_source[sess, a, : s.N[a]]
             else:
                 source = f[a] if cfg.message_source == "factors" else g[a]
             A, b = model.msg_w[p, : s.src[a]].T, model.msg_b[p, 0]

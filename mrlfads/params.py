@@ -62,8 +62,8 @@ class ModelParams(nn.Module):
         for name, value in (("input_mean", 0.0), ("input_scale", 1.0), ("source_baseline", 0.0)):
             self.register_buffer(name, torch.full((s.R, s.Nm), value))
         # which neurons each session recorded (mrlfads/sessions.py); derived from the config
-        for name, mask in zip(("session_recorded", "session_recorded_heldout",
-                               "session_source"), session_masks(cfg, s.Nm, s.Hm)):
+        for name, mask in zip(("session_recorded", "session_recorded_heldout"),
+                              session_masks(cfg, s.Nm, s.Hm)):
             self.register_buffer(name, mask, persistent=False)
         self.ic_enc = nn.ModuleList(nn.GRU(n, Eic, batch_first=True, bidirectional=True)
                                     for n in s.N)

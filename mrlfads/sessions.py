@@ -3,8 +3,9 @@
 
 A stitched model's region r has the union of every session's neurons: held-in columns are
 session 0's, then session 1's, ...; held-out columns likewise (``SessionConfig``). One
-session per batch: its masks zero the other sessions' inputs, leave their neurons out of
-the likelihood, and restrict rate-based messages to the neurons it recorded.
+session per batch: its masks zero the other sessions' inputs and leave their neurons out
+of the likelihood. Messages read every neuron's predicted rate in every session, so they
+are the same function of the source's state whichever neurons a session recorded.
 """
 from __future__ import annotations
 
@@ -13,15 +14,10 @@ import torch
 from mrlfads.config import ModelConfig
 
 
-def session_masks(cfg: ModelConfig, n_max: int, h_max: int) -> tuple[torch.Tensor, ...]:
-    """``(recorded, recorded_heldout, source)``: float tensors (S, R, n_max), (S, R, h_max)
-    and (S, R, n_max). ``recorded[s, r, i]`` is 1 where session s recorded held-in column i
-    of region r; ``source`` weighs each held-in neuron's rate in the messages region r
-    sends during session s: the recorded mask, or, for a region the session did not
-    record, the mean of the recorded masks of the sessions that did (the message is then
-    the average of the messages those sessions' neurons would send, each computed from
-    the model's predicted rates). A model without sessions has one session recording every
-    neuron."""
+def session_masks(cfg: ModelConfig, n_max: int, h_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(recorded, recorded_heldout)``: float tensors (S, R, n_max) and (S, R, h_max);
+    ``recorded[s, r, i]`` is 1 where session s recorded held-in column i of region r. A
+    model without sessions has one session recording every neuron."""
     R = len(cfg.regions)
     heldin = [s.heldin for s in cfg.sessions] or [tuple(r.n_heldin for r in cfg.regions)]
     heldout = [s.heldout or (0,) * R for s in cfg.sessions] or \
@@ -34,14 +30,7 @@ def session_masks(cfg: ModelConfig, n_max: int, h_max: int) -> tuple[torch.Tenso
             for s in range(S):
                 mask[s, r, start: start + counts[s][r]] = 1.0
                 start += counts[s][r]
-    source = recorded.clone()
-    for r in range(R):
-        present = [s for s in range(S) if heldin[s][r] > 0]
-        mean = recorded[present, r].sum(0) / len(present)
-        for s in range(S):
-            if heldin[s][r] == 0:
-                source[s, r] = mean
-    return recorded, recorded_out, source
+    return recorded, recorded_out
 
 
 def own_session_mean(values, weights):

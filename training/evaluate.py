@@ -199,7 +199,7 @@ def _session_scores(outputs: dict[str, np.ndarray], data: SplitTensors,
     names = list(model_cfg.region_names)
     n_max = max(r.n_heldin for r in model_cfg.regions)
     h_max = max(r.n_heldout for r in model_cfg.regions)
-    rec_in, rec_out, _ = session_masks(model_cfg, n_max, h_max)
+    rec_in, rec_out = session_masks(model_cfg, n_max, h_max)
     out: dict[str, float] = {}
     sums: dict[str, list[float]] = {}
     for s, rows in data.session_groups():
