@@ -66,3 +66,31 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
     assert f"| {scores['effectome_cut_cosine']:.3f} |" in line
     two = grid.table([row, {**row, "metrics": {**scores, "co_bps": scores["co_bps"] + 0.02}}])
     assert f"{scores['co_bps'] + 0.01:.3f} ± 0.010" in two  # mean and std over the runs
+
+
+def test_stitching_benchmark_cuts_a_session_out_as_its_own_dataset(tmp_path):
+    """benchmarks/science/stitching.py's `alone` arm: a session's own dataset holds exactly
+    its trials and its neurons' columns (held-in, then held-out), with the same splits."""
+    import numpy as np
+
+    from mrlfads.data_loaders import schema
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.testing import make_tiny_sessions_dataset
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "science"))
+    try:
+        import stitching
+    finally:
+        sys.path.pop(0)
+    sessions = {"s0": {"A": (2, 1), "B": (1, 0)}, "s1": {"A": (1, 0), "B": (2, 1)}}
+    src = make_tiny_sessions_dataset(tmp_path / "st", sessions=sessions, trials=(8, 6))
+    alone = ArrowDataset.open(stitching.session_alone(tmp_path / "st", 1))
+    assert [(r.name, r.n_heldin, r.n_heldout) for r in alone.manifest.regions] == [
+        ("A", 1, 0), ("B", 2, 1)]
+    a = src.arrays(None, [schema.x_col("B"), schema.SESSION, schema.SPLIT])
+    rows = np.flatnonzero(a[schema.SESSION] == 1)
+    cols = src.manifest.session_columns("B", 1)  # x/B: held-in s0's 0, s1's 1-2; held-out s1's 3
+    assert list(cols) == [1, 2, 3]
+    b = alone.arrays(None, [schema.x_col("B"), schema.SPLIT])
+    np.testing.assert_array_equal(b[schema.x_col("B")], a[schema.x_col("B")][rows][:, :, cols])
+    assert list(b[schema.SPLIT]) == list(a[schema.SPLIT][rows])
