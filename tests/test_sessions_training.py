@@ -152,4 +152,5 @@ def test_a_sweep_trains_a_stitched_model(ray_session, sds, tmp_path):
     summary = sweep.run_sweep(plan, verbose=0)
     assert np.isfinite(summary.best_metrics["valid/session/s2/bps/B"])
     model, run, _ = load_model(summary.checkpoint)
+    assert model.cfg.n_sessions == 3
     assert [s["name"] for s in run["model"]["sessions"]] == ["s0", "s1", "s2"]
