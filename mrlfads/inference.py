@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mrlfads.outputs import ModelOutput
+from mrlfads.sessions import own_session_mean, session_groups
 
 
 def _as_tensors(model, xs, B=None):
@@ -32,13 +33,7 @@ def _run(model, heldin, ext, batch_size: int, sessions=None, **kw) -> list[Model
     one session's trials each, in session order (the outputs are not in trial order; each
     says which neurons it counts in ``recorded``)."""
     heldin, ext = _as_tensors(model, heldin), _as_tensors(model, ext)
-    n = heldin[0].shape[0]
-    if sessions is None:
-        groups = [(None, torch.arange(n))]
-    else:
-        sessions = torch.as_tensor(np.asarray(sessions)).cpu()
-        groups = [(int(s), torch.nonzero(sessions == s).flatten())
-                  for s in torch.unique(sessions).tolist()]
+    groups = session_groups(sessions, heldin[0].shape[0])
     was_training = model.training
     model.eval()
     outs = []
@@ -151,8 +146,6 @@ def perturbation_effects(model, heldin: Sequence, ext: Sequence | None,
     Posterior means throughout, so the only difference is the perturbation. ``sessions``
     (a stitched model's: each trial's session): each neuron's means are over the trials of
     the session that recorded it."""
-    from mrlfads.sessions import own_session_mean
-
     tau = model.cfg.ic_enc_seq_len
     start = max(int(perturbation.window[0]) - tau, 0)
     base = _run(model, heldin, ext, batch_size, sessions)
@@ -162,11 +155,11 @@ def perturbation_effects(model, heldin: Sequence, ext: Sequence | None,
         b = _cat(base, lambda o, r=r: _all_rates(o, r)).astype(np.float64)
         c = _cat(cut, lambda o, r=r: _all_rates(o, r)).astype(np.float64)
         if base[0].recorded is None:
-            mean = lambda v: v.mean(axis=0)  # noqa: E731
+            mean = lambda v: v.mean(axis=0)
         else:  # the trials of each neuron's own session
             w = _cat(base, lambda o, r=r: torch.cat([o.recorded[r], o.recorded_heldout[r]])
                      .expand(o.readout[r].shape[0], -1))
-            mean = lambda v, w=w: own_session_mean(v, w)  # noqa: E731
+            mean = lambda v, w=w: own_session_mean(v, w)
         res[f"base/{name}"] = mean(b)
         res[f"delta/{name}"] = mean(c - b)
         res[f"abs_delta/{name}"] = mean(np.abs(c - b))

@@ -33,6 +33,17 @@ def session_masks(cfg: ModelConfig, n_max: int, h_max: int) -> tuple[torch.Tenso
     return recorded, recorded_out
 
 
+def session_groups(session: torch.Tensor | None, n: int, device=None
+                   ) -> list[tuple[int | None, torch.Tensor]]:
+    """``(session, trial indices)`` for every session among ``n`` trials, in session order
+    (the model runs one session per batch); ``[(None, all)]`` when ``session`` is None."""
+    if session is None:
+        return [(None, torch.arange(n, device=device))]
+    session = torch.as_tensor(session)
+    return [(int(s), torch.nonzero(session == s).flatten())
+            for s in torch.unique(session).tolist()]
+
+
 def own_session_mean(values, weights):
     """Per (bin, neuron), the mean over trials of ``values`` (trials, T, N) weighted by
     ``weights`` (trials, N): 1 where the trial's session recorded the neuron. NaN for a

@@ -13,6 +13,7 @@ import torch
 
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.reader import ArrowDataset
+from mrlfads.sessions import session_groups
 
 
 @dataclass
@@ -38,11 +39,8 @@ class SplitTensors:
     def session_groups(self) -> list[tuple[int, torch.Tensor]]:
         """``(session, trial indices)`` for every session with trials here, in session
         order: the model runs one session per batch."""
-        device = self.heldin[0].device
-        if self.session is None:
-            return [(0, torch.arange(self.n_trials, device=device))]
-        return [(int(s), torch.nonzero(self.session == s).flatten())
-                for s in torch.unique(self.session).tolist()]
+        return [(s or 0, rows) for s, rows in
+                session_groups(self.session, self.n_trials, self.heldin[0].device)]
 
     def head(self, n: int) -> "SplitTensors":
         """The first ``n`` trials (views, no copy)."""
