@@ -77,15 +77,18 @@ def fit_views(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRI
     from mrlfads.training.data import load_split
 
     device = next(model.parameters()).device
-    present = set(load_split(dataset, run_cfg.data.valid_split, device).session.tolist())
-    return [(s.name, fit_view(model, dataset, run_cfg, max_trials, session=k))
-            for k, s in enumerate(sessions) if k in present]
+    data = load_split(dataset, run_cfg.data.valid_split, device, with_truth=True)
+    return [(sessions[k].name, fit_view(model, dataset, run_cfg, max_trials, session=k,
+                                        data=data))
+            for k, _ in data.session_groups()]
 
 
 def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIALS,
-             effect_trials: int = EFFECT_TRIALS, session: int | None = None) -> FitView:
+             effect_trials: int = EFFECT_TRIALS, session: int | None = None,
+             data: Any = None) -> FitView:
     """Run ``model`` on the first ``max_trials`` trials of the validation split (of
-    ``session``'s trials and neurons, for a stitched model)."""
+    ``session``'s trials and neurons, for a stitched model); ``data``: that split, when
+    the caller has already read it (with truth)."""
     import torch
 
     from mrlfads import metrics as M
@@ -96,7 +99,8 @@ def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIA
 
     m = dataset.manifest
     device = next(model.parameters()).device
-    data = load_split(dataset, run_cfg.data.valid_split, device, with_truth=True)
+    if data is None:
+        data = load_split(dataset, run_cfg.data.valid_split, device, with_truth=True)
     if session is not None and data.session is not None:
         data = data.subset(torch.nonzero(data.session == session).flatten())
     data = data.head(max_trials)
