@@ -169,9 +169,9 @@ class ModelParams(nn.Module):
         """Start every session's read-in in one shared latent space (stitched LFADS's
         initialisation; docs/MODEL.md, "Several sessions").
 
-        ``psth[r]`` (rows, N_r): region r's trial-averaged, standardised held-in data, rows
-        = (condition, bin) pairs aligned across sessions, each neuron's column from its own
-        session's trials. The union's principal components give shared scores Z (rows, k);
+        ``psth[r]`` (rows, N_r): region r's trial-averaged held-in data, rows = (condition,
+        bin) pairs aligned across sessions, each neuron's column from its own session's
+        trials; standardised here as the encoders read it (after ``init_from_data``). The union's principal components give shared scores Z (rows, k);
         each session's read-in columns are the ridge regression of Z on its own neurons'
         columns, scaled so every component reads with unit variance. Output dims beyond k
         start at 0. A model of one session keeps its random read-in."""
@@ -179,10 +179,10 @@ class ModelParams(nn.Module):
             return
         s = self.sizes
         for r in range(s.R):
-            X = psth[r].double()
             n = s.N[r]
-            if X.shape[1] != n:
-                raise ValueError(f"psth[{r}]: {X.shape[1]} columns, region has {n} neurons")
+            if psth[r].shape[1] != n:
+                raise ValueError(f"psth[{r}]: {psth[r].shape[1]} columns, region has {n} neurons")
+            X = ((psth[r] - self.input_mean[r, :n]) / self.input_scale[r, :n]).double()
             X = X - X.mean(0)
             U, S, _ = torch.linalg.svd(X, full_matrices=False)
             k = min(int((S > 1e-6 * S[0]).sum()) if S.numel() else 0, n)

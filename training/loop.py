@@ -79,11 +79,8 @@ class Trainer:
         # readouts, input scales and message baselines from the data (a restore overwrites)
         self.model.init_from_data(*stats)
         if run_cfg.model.sessions:  # every session's read-in starts in one latent space
-            m = self.model
-            psth = self.train_data.trial_averages(m.session_recorded)
-            m.init_readin_across_sessions(
-                [(p - m.input_mean[r, : p.shape[1]]) / m.input_scale[r, : p.shape[1]]
-                 for r, p in enumerate(psth)])
+            self.model.init_readin_across_sessions(
+                train.trial_averages(self.model.session_recorded))
         t = run_cfg.train
         graph = wants_graph(t.cuda_graph, self.device)
         # capturable: AdamW's step counts stay on the device, as a captured graph needs
