@@ -96,13 +96,10 @@ def session_alone(stitched: Path, k: int) -> Path:
 
 
 def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str, float]:
-    import torch
+    from spiking_grid import score  # the grid's scoring of best.pt (this folder)
 
     from mrlfads.data_loaders.reader import ArrowDataset
-    from mrlfads.training.checkpoint import load_model
     from mrlfads.training.config import RunConfig
-    from mrlfads.training.data import load_split
-    from mrlfads.training.evaluate import collect_outputs, cut_effectome_metrics, score
     from mrlfads.training.fit import BEST, fit
     from mrlfads.training.loop import Trainer
 
@@ -110,14 +107,8 @@ def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str
     cfg = RunConfig.for_dataset(ds.manifest, uri=str(path), overrides={
         "train.seed": seed, "train.epochs": epochs, "train.threads": 1})
     fit(Trainer(cfg, ds), run_dir, progress=False)
-    model, run, _ = load_model(run_dir / BEST)
-    cfg = RunConfig.from_dict(run)
-    valid = load_split(ds, "valid", torch.device("cpu"), with_truth=True)
-    outputs, _ = collect_outputs(model, valid, cfg, epoch=cfg.train.epochs)
-    metrics = score(outputs, valid, cfg.model, ds.manifest.comm_matrix)
-    metrics.update(cut_effectome_metrics(model, valid, ds.manifest.comm_matrix,
-                                         max_trials=valid.n_trials))
-    return {c: float(metrics.get(f"valid/{c}", np.nan)) for c in COLUMNS}
+    metrics = score(str(run_dir / BEST), path)
+    return {c: metrics[c] for c in COLUMNS}
 
 
 def table(rows: list[dict]) -> str:
