@@ -8,6 +8,7 @@ and the same seed always gives the same bytes. Torch runs single-threaded.
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,6 +19,7 @@ import torch
 
 from mrlfads.data_loaders.manifest import RegionSpec
 from mrlfads.data_loaders.simulate import memory_ring, observe, random_nets, relay_decision
+from mrlfads.data_loaders.simulate import perturbation as sim_perturbation
 from mrlfads.data_loaders.simulate import sessions as sim_sessions
 from mrlfads.data_loaders.simulate.config import OBS_MODELS, STEP_S, SimConfig, preset
 from mrlfads.data_loaders.simulate.network import MultiRegionRNN, run_trials, to_npz
@@ -25,7 +27,8 @@ from mrlfads.data_loaders.simulate.train import Progress, TaskBatch, single_thre
 
 FAMILIES = {"memory-ring": memory_ring, "relay-decision": relay_decision, "random": random_nets}
 _STREAMS = ("network", "weights", "train_tasks", "train_noise", "trials", "trial_noise",
-            "heldout", "split", "spikes", "unit_rates", "sessions")  # append only: the
+            "heldout", "split", "spikes", "unit_rates", "sessions",
+            "perturbation")  # append only: the
 # streams are SeedSequence children by position, so a new one changes none of the others
 
 
@@ -82,15 +85,22 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
              smoke_test: bool = False, n_bins: int | None = None, n_units: int | None = None,
              rate_hz: float | None = None, bin_ms: float | None = None,
              progress: Progress | None = None, sessions: int = 1,
-             session_frac: float | None = None) -> SimulatedData:
+             session_frac: float | None = None,
+             perturbation: sim_perturbation.SimPerturbation | None = None) -> SimulatedData:
     """Train the `kind` network (see the family modules) and simulate `trials` trials.
 
     ``rate_hz`` (mean firing rate of the Poisson spikes) and ``bin_ms`` (bin width) default to
     the preset's 5 Hz and 20 ms. ``sessions`` > 1 (or a ``session_frac``): a multi-session
     dataset of one network, `trials` trials per session, each session recording its own
-    random ``session_frac`` (default 1 / sessions) of each region's units (simulate/sessions.py)."""
+    random ``session_frac`` (default 1 / sessions) of each region's units (simulate/sessions.py).
+    ``perturbation``: extra trials with a region's messages silenced, the ``perturbed``
+    split, and their true effects (simulate/perturbation.py); the other trials are the same
+    bytes as without it."""
     frac = sim_sessions.check_sessions(sessions, session_frac)
     multi = sessions > 1 or session_frac is not None
+    if perturbation is not None and multi:
+        raise ValueError("--silence with --sessions: simulated perturbations are written for "
+                         "one session only; drop --sessions/--session-frac or --silence")
     if obs not in OBS_MODELS:
         raise ValueError(f"obs: {obs!r} is not one of {list(OBS_MODELS)}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -102,6 +112,10 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
     with single_thread():
         family = FAMILIES[kind].build(cfg, rng["network"])
         spec = family.spec
+        if perturbation is not None:  # checked before minutes of training
+            window_steps = sim_perturbation.step_window(
+                perturbation, spec.region_names, cfg.n_bins, cfg.steps_per_bin,
+                cfg.bin_width_s * 1000)
         net = MultiRegionRNN(spec, rng["weights"])
         steps = cfg.n_steps  # the network runs in its own steps; bins come at the end
         train_steps = steps if family.full_length_training else min(cfg.train.n_bins, steps)
@@ -115,10 +129,26 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
         noise_seed = int(rng["trial_noise"].integers(2**63))
         hidden, messages, readout = run_trials(net, batch.inputs, trial_id, noise_seed)
         fit["task_loss_generated"] = _loss_on(family, batch, hidden, messages, readout)
+        if perturbation is not None:
+            p_batch = family.sample(rng["perturbation"], perturbation.trials, steps)
+            p_ids = np.arange(n_total, n_total + perturbation.trials, dtype=np.int64)
+            gate = sim_perturbation.message_gate(spec, perturbation.region, window_steps, steps)
+            p_hidden, p_messages, _ = run_trials(net, p_batch.inputs, p_ids, noise_seed, gate=gate)
+            twin_hidden = run_trials(net, p_batch.inputs, p_ids, noise_seed)[0]
     base_hz = observe.unit_base_rates(hidden, cfg.rate_hz, cfg.rate_spread, cfg.poisson_gain,
                                       rng["unit_rates"])
+    n_perturbed = 0
+    if perturbation is not None:  # appended after the others, which stay as they were
+        batch = _concat_batches(batch, p_batch)
+        trial_id = np.concatenate([trial_id, p_ids])
+        hidden = np.concatenate([hidden, p_hidden])
+        messages = np.concatenate([messages, p_messages])
+        n_perturbed = perturbation.trials
     data = _assemble(kind, cfg, seed, obs, smoke_test, family, batch, trial_id, hidden, messages,
-                     base_hz, rng, (sessions, frac) if multi else None)
+                     base_hz, rng, (sessions, frac) if multi else None, n_perturbed)
+    if perturbation is not None:
+        _add_true_effects(data, cfg, spec, perturbation, window_steps,
+                          hidden[-n_perturbed:], twin_hidden, base_hz)
     data.provenance.update({"training": fit, "train_config": dict(train_cfg.__dict__)})
     # timings stay out of provenance: the same seed must give byte-identical files
     data.seconds = {"train": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)}
@@ -128,17 +158,56 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
     return data
 
 
+def _concat_batches(a: TaskBatch, b: TaskBatch) -> TaskBatch:
+    return TaskBatch(np.concatenate([a.inputs, b.inputs]), np.concatenate([a.targets, b.targets]),
+                     np.concatenate([a.mask, b.mask]), list(a.conditions) + list(b.conditions),
+                     {k: np.concatenate([v, b.variables[k]]) for k, v in a.variables.items()})
+
+
+def _rates_in_bins(hidden: np.ndarray, cfg: SimConfig, obs: str, base_hz: np.ndarray) -> np.ndarray:
+    """What truth/rates holds, network unit order: expected counts per bin, or the units."""
+    if obs == "poisson":
+        hidden = observe.poisson_rates(hidden, base_hz, cfg.poisson_gain, cfg.bin_width_s)
+    return observe.steps_to_bins(hidden, cfg.steps_per_bin)
+
+
+def _add_true_effects(data: SimulatedData, cfg: SimConfig, spec, p, window_steps,
+                      perturbed_hidden: np.ndarray, twin_hidden: np.ndarray,
+                      base_hz: np.ndarray) -> None:
+    """extras/perturbation.npz (simulate/perturbation.py) and the manifest's record of it."""
+    rates = {"perturbed": _rates_in_bins(perturbed_hidden, cfg, data.obs_model, base_hz),
+             "twin": _rates_in_bins(twin_hidden, cfg, data.obs_model, base_hz)}
+    per_region = {k: {} for k in rates}
+    for region, sl in zip(data.regions, spec.unit_slices()):
+        idx = sl.start + np.array([int(i) for i in region.neuron_ids])  # column order
+        for k, a in rates.items():
+            per_region[k][region.name] = a[..., idx]
+    arrays = sim_perturbation.true_effects(per_region["perturbed"], per_region["twin"],
+                                           p.window[0], cfg.ic_enc_seq_len)
+    arrays.update(region=np.array(p.region), window=np.array(p.window),
+                  window_steps=np.array(window_steps), trials=np.array(p.trials))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data.extra_files["perturbation.npz"] = buf.getvalue()
+    data.provenance["perturbation"] = {
+        "kind": "silence", "target": p.region, "window": list(p.window),
+        "window_steps": list(window_steps), "trials": p.trials,
+        "messages_zeroed": sim_perturbation.silenced_pathways(spec, p.region),
+        "true_effects": "extras/perturbation.npz: the keys of `mrlfads perturb`'s effects.npz, "
+                        "from each perturbed trial against its unperturbed twin"}
+
+
 def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, family, batch: TaskBatch,
               trial_id: np.ndarray, hidden: np.ndarray, messages: np.ndarray, base_hz: np.ndarray,
               rng: dict[str, np.random.Generator],
-              multi: tuple[int, float] | None = None) -> SimulatedData:
+              multi: tuple[int, float] | None = None, n_perturbed: int = 0) -> SimulatedData:
     """Per-region observations in stored neuron order, and every truth column, in bins.
-    multi = (sessions, fraction of units each records): the union layout of several sessions."""
+    multi = (sessions, fraction of units each records): the union layout of several sessions.
+    The last ``n_perturbed`` trials form the ``perturbed`` split."""
     spec = family.spec
     to_bins = partial(observe.steps_to_bins, steps_per_bin=cfg.steps_per_bin)
     if obs == "poisson":
-        rates_all = to_bins(observe.poisson_rates(hidden, base_hz, cfg.poisson_gain,
-                                                  cfg.bin_width_s))
+        rates_all = _rates_in_bins(hidden, cfg, obs, base_hz)
         counts_all = observe.poisson_counts(rates_all, rng["spikes"])
     hidden, messages = to_bins(hidden), to_bins(messages)
     regions, x, truth = [], {}, {}
@@ -196,7 +265,8 @@ def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, 
     x = {k: _canonical(v) for k, v in x.items()}
     truth = {k: x[k[len("truth/rates/"):]] if v is None else _canonical(v) for k, v in truth.items()}
     if layout is None:
-        split = observe.train_valid_split(n, cfg.valid_frac, rng["split"])
+        split = observe.train_valid_split(n - n_perturbed, cfg.valid_frac, rng["split"])
+        split = np.concatenate([split, np.full(n_perturbed, "perturbed", dtype=object)])
     else:  # each session's trials split on their own, so every session has valid trials
         per = n // len(layout.sessions)
         split = np.concatenate([observe.train_valid_split(per, cfg.valid_frac, rng["split"])

@@ -135,8 +135,11 @@ class MultiRegionRNN(nn.Module):
             "b": self.b, "d": self.d}
 
     def forward(self, h_init: torch.Tensor, u: torch.Tensor, eps_h: torch.Tensor,
-                eps_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """h_init (B, N_tot) = h[-1]; u (B, T, I_tot); eps_h (B, T, N_tot); eps_c (B, T, D_tot).
+                eps_c: torch.Tensor, gate: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h_init (B, N_tot) = h[-1]; u (B, T, I_tot); eps_h (B, T, N_tot); eps_c (B, T, D_tot);
+        gate (T, D_tot), optional: every message is multiplied by it (0 silences a pathway
+        at a step, noise included).
 
         Returns hidden (B, T, N_tot), messages (B, T, D_tot), readout (B, T, O_tot)."""
         w = {k: v.to(u.dtype) for k, v in self.weights().items()}
@@ -147,6 +150,8 @@ class MultiRegionRNN(nn.Module):
         h, hs, ms = h_init, [], []
         for t in range(u.shape[1]):  # fused ops: the loop is per-op overhead bound
             m = torch.addmm(xi[:, t], h, ct)
+            if gate is not None:
+                m = m * gate[t]
             a = torch.addmm(torch.addmm(drive[:, t], h, wt), m, bt)
             h = torch.lerp(h, torch.tanh(a), s.alpha)  # (1 - alpha) h + alpha tanh(a)
             hs.append(h)
@@ -167,8 +172,10 @@ def trial_noise(noise_seed: int, trial_id: int, n_bins: int, n_units: int, n_msg
 
 @torch.no_grad()
 def run_trials(net: MultiRegionRNN, u: np.ndarray, trial_ids: np.ndarray, noise_seed: int,
-               chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run the trained network (float64) on inputs u (n, T, I_tot) with replayable noise.
+               chunk: int = 256, gate: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the trained network (float64) on inputs u (n, T, I_tot) with replayable noise;
+    ``gate`` (T, D_tot) multiplies the messages (`MultiRegionRNN.forward`).
 
     Returns hidden (n, T, N_tot), messages (n, T, D_tot), readout (n, T, O_tot) as float32."""
     s = net.spec
@@ -182,7 +189,8 @@ def run_trials(net: MultiRegionRNN, u: np.ndarray, trial_ids: np.ndarray, noise_
         eps_h = torch.from_numpy(np.stack([e for _, e, _ in noise]))
         eps_c = torch.from_numpy(np.stack([c for _, _, c in noise]))
         h_init = torch.tanh(s.init_scale * zeta)
-        res = net(h_init, torch.from_numpy(u[start:start + chunk]).double(), eps_h, eps_c)
+        res = net(h_init, torch.from_numpy(u[start:start + chunk]).double(), eps_h, eps_c,
+                  None if gate is None else torch.from_numpy(np.asarray(gate, np.float64)))
         for acc, r in zip(outs, res):
             acc.append(r.numpy().astype(np.float32))
     return tuple(np.concatenate(a) if a else np.zeros((0, T, 0), np.float32) for a in outs)

@@ -68,13 +68,19 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
              bins: int | None = None, units: int | None = None, smoke_test: bool = False,
              overwrite: bool = False,
              progress: Callable[[int, int, float], None] | None = None, sessions: int = 1,
-             session_frac: float | None = None) -> Dataset:
+             session_frac: float | None = None, silence: str | None = None,
+             window: str | tuple[int, int] | None = None,
+             perturbed_trials: int | None = None) -> Dataset:
     """Train a data-generating multi-region RNN (``memory-ring``, ``relay-decision`` or
     ``random``) and write its trials to ``out`` with the true rates, messages and inputs.
 
     ``sessions`` > 1: a multi-session dataset of the one network, ``trials`` trials per
     session, each session recording its own random ``session_frac`` (default 1 / sessions)
     of each region's units (docs/DESIGN.md, "Multi-session datasets").
+    ``silence=REGION`` with ``window="START:STOP"`` (trial bins): ``perturbed_trials``
+    extra trials (default a quarter of ``trials``) in which every message REGION sends is
+    zero over the window, as the ``perturbed`` split, with their true effects in
+    extras/perturbation.npz (docs/DESIGN.md, "Simulated perturbations").
     ``progress(step, total, loss)`` is called while the network trains. The returned
     dataset's ``summary`` holds the network's task loss, its training steps, the wall time,
     and for Poisson spikes the mean rate per bin and the mean count drawn."""
@@ -82,6 +88,7 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
 
     from mrlfads.data_loaders.simulate import simulate as write_simulation
 
+    perturbation = _sim_perturbation(kind, smoke_test, trials, silence, window, perturbed_trials)
     summary: dict[str, Any] = {}
 
     def describe(data) -> None:
@@ -110,10 +117,34 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
     write_simulation(kind, out=out, trials=trials, seed=seed, obs=obs, smoke_test=smoke_test,
                      n_bins=bins, n_units=units, rate_hz=rate_hz, bin_ms=bin_ms,
                      overwrite=overwrite, progress=progress, on_generated=describe,
-                     sessions=sessions, session_frac=session_frac)
+                     sessions=sessions, session_frac=session_frac, perturbation=perturbation)
     dataset = open_dataset(out)
     dataset.summary = summary
     return dataset
+
+
+def _sim_perturbation(kind: str, smoke_test: bool, trials: int | None, silence: str | None,
+                      window: str | tuple[int, int] | None, perturbed_trials: int | None):
+    """The `SimPerturbation` that ``silence``/``window``/``perturbed_trials`` name, or None;
+    a ValueError naming the flag when one is given without the others."""
+    from mrlfads.data_loaders.simulate import SimPerturbation, preset
+    from mrlfads.data_loaders.simulate.perturbation import parse_window
+
+    if silence is None:
+        extra = [f for f, v in (("--window", window), ("--perturbed-trials", perturbed_trials))
+                 if v is not None]
+        if extra:
+            raise ValueError(f"{' and '.join(extra)} describe a perturbation; name the region "
+                             "to silence with --silence REGION")
+        return None
+    if window is None:
+        raise ValueError(f"--silence {silence!r}: give the bins to silence it over with "
+                         "--window START:STOP (e.g. --window 40:60)")
+    win = parse_window(window) if isinstance(window, str) else tuple(int(v) for v in window)
+    if perturbed_trials is None:
+        n = trials if trials is not None else preset(kind, smoke_test).n_trials
+        perturbed_trials = max(1, n // 4)
+    return SimPerturbation(silence, win, int(perturbed_trials))
 
 
 def ingest(files: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, *,

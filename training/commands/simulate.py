@@ -44,6 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-frac", type=_fraction, default=None, metavar="F",
                         help="with --sessions: fraction of each region's units a session "
                              "records, round(F * units), at least 1 (default 1 / sessions)")
+    parser.add_argument("--silence", default=None, metavar="REGION",
+                        help="also record perturbed trials: every message REGION sends is zero "
+                             "over --window. They form the 'perturbed' split (never trained "
+                             "on), and extras/perturbation.npz holds each neuron's true effect "
+                             "in the keys of `mrlfads perturb`'s effects.npz")
+    parser.add_argument("--window", default=None, metavar="START:STOP",
+                        help="with --silence: trial bins [START, STOP) to silence over")
+    parser.add_argument("--perturbed-trials", type=at_least(1), default=None, metavar="N",
+                        help="with --silence: number of perturbed trials, drawn like the "
+                             "others and added to them (default: a quarter of --trials)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already at --out")
 
@@ -77,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
                            rate_hz=args.rate_hz, bin_ms=args.bin_ms, bins=args.bins,
                            units=args.units, smoke_test=args.smoke_test,
                            overwrite=args.overwrite, progress=progress,
-                           sessions=args.sessions, session_frac=args.session_frac)
+                           sessions=args.sessions, session_frac=args.session_frac,
+                           silence=args.silence, window=args.window,
+                           perturbed_trials=args.perturbed_trials)
     _report(dataset, args.out)
     return 0
 
@@ -98,6 +110,12 @@ def _report(dataset, out: str) -> None:
         print(f"  spikes: mean rate {rate / manifest.bin_width_s:.3g} Hz ({rate:.3g} per bin); "
               f"{summary['spikes_per_bin']:.3g} per bin drawn")
     print("  trials: " + ", ".join(f"{k} {v}" for k, v in manifest.splits.items()))
+    pert = manifest.provenance.get("perturbation")
+    if pert:
+        zeroed = ", ".join(pert["messages_zeroed"]) or "none: it sends no message"
+        print(f"  perturbed trials: {pert['trials']}, {pert['target']} silenced over bins "
+              f"{pert['window'][0]}:{pert['window'][1]} (messages zeroed: {zeroed}); true "
+              f"effects in extras/perturbation.npz")
     cm = manifest.comm_matrix or [[0] * len(names)] * len(names)  # None: no pathway at all
     paths = [f"{names[s]}->{names[d]} (dim {cm[d][s]})"
              for d in range(len(names)) for s in range(len(names)) if cm[d][s]]

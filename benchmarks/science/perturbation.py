@@ -1,0 +1,143 @@
+"""Perturbation predictions against the truth (docs/RESULTS.md, "Perturbations").
+
+    .venv/bin/python benchmarks/science/perturbation.py --out perturb_runs \
+        [--datasets relay-decision random-0 random-1] [--seeds 0] [--epochs 100] \
+        [--rate-hz 5] [--bin-ms 10] [--window 40:80]
+
+Each network of spiking_grid.py (same units, trials and rates) is simulated once per
+region with that region silenced (`mrlfads simulate --silence REGION --window ...`): a
+quarter as many perturbed trials again, kept out of training, with the true effect of the
+silencing on every neuron (each perturbed trial against its unperturbed twin). The other
+trials are the same bytes in every one of these datasets, so one default fit per network
+(``--epochs``, scored on ``best.pt`` as a user would) serves all its regions. For each
+silenced region, `mrlfads perturb --silence REGION` predicts every neuron's effect, and
+it is scored by Spearman rank correlation over all neurons:
+
+- ``rho_true``: the predicted |trial-mean change| against the true one;
+- ``rho_true_abs``: the predicted mean |change| against the true one (paired trials);
+- ``rho_measured``: the prediction against the effect measured from the perturbed and
+  control trials' spikes (what `mrlfads perturb` reports on a recording);
+- ``measured_vs_true``: the measured effect against the truth, what the spikes allow;
+- ``rate_baseline``: each neuron's mean rate against the true effect (a neuron that fires
+  more changes more in absolute terms: the score of knowing nothing about the pathways);
+- ``region_cosine``: cosine of predicted and true mean effect per region.
+
+One JSON line per (network, seed, silenced region) goes to OUT/results.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from spiking_grid import DATASETS, STEPS, TRIALS, UNITS
+
+COLUMNS = ["rho_true", "rho_true_abs", "rho_measured", "measured_vs_true", "rate_baseline",
+           "region_cosine"]
+
+
+def dataset(out: Path, name: str, region: str, args) -> Path:
+    from mrlfads.training.api import simulate
+
+    path = out / "data" / f"{name}-{args.rate_hz:g}hz-{args.bin_ms:g}ms-silence-{region}"
+    if not (path / "dataset.json").exists():
+        kind, seed = DATASETS[name]
+        simulate(kind, str(path), seed=seed, obs="poisson", rate_hz=args.rate_hz,
+                 bin_ms=args.bin_ms, units=UNITS, trials=TRIALS,
+                 bins=round(STEPS * 20 / args.bin_ms), silence=region, window=args.window,
+                 overwrite=True)
+    return path
+
+
+def fit(path: Path, seed: int, epochs: int, run_dir: Path) -> Path:
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.fit import BEST
+    from mrlfads.training.fit import fit as fit_run
+    from mrlfads.training.loop import Trainer
+
+    if not (run_dir / BEST).exists():
+        ds = ArrowDataset.open(path)
+        cfg = RunConfig.for_dataset(ds.manifest, uri=str(path), overrides={
+            "train.seed": seed, "train.epochs": epochs, "train.threads": 1})
+        fit_run(Trainer(cfg, ds), run_dir, progress=False)
+    return run_dir / BEST
+
+
+def score(checkpoint: Path, path: Path, region: str, window: str) -> dict[str, float]:
+    from mrlfads.metrics import rank_correlation
+    from mrlfads.training.api import load, open_dataset
+
+    model, data = load(str(checkpoint)), open_dataset(path)
+    got = model.perturb(data, window=window, silence=region, device="cpu")
+    names = data.manifest.region_names
+    with np.load(path / "extras" / "perturbation.npz") as z:
+        truth = {k: z[k] for k in z.files}
+
+    def cat(d, key):
+        return np.concatenate([np.asarray(d[f"{key}/{r}"], np.float64) for r in names])
+
+    true = cat(truth, "mean_effect")
+    rates = cat({f"base/{r}": got.effects[f"base/{r}"].mean(0) for r in names}, "base")
+    pred_r = np.array([got.effects[f"mean_effect/{r}"].mean() for r in names])
+    true_r = np.array([truth[f"mean_effect/{r}"].mean() for r in names])
+    return {
+        "rho_true": rank_correlation(cat(got.effects, "mean_effect"), true),
+        "rho_true_abs": rank_correlation(cat(got.effects, "effect"), cat(truth, "effect")),
+        "rho_measured": got.report["rank_correlation"],
+        "measured_vs_true": rank_correlation(cat(got.effects, "measured"), true),
+        "rate_baseline": rank_correlation(rates, true),
+        "region_cosine": float(pred_r @ true_r / (np.linalg.norm(pred_r) * np.linalg.norm(true_r))),
+        "true_effect_by_region": dict(zip(names, true_r.round(5).tolist())),
+        "predicted_effect_by_region": dict(zip(names, pred_r.round(5).tolist())),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--datasets", nargs="+", default=["relay-decision", "random-0", "random-1"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--rate-hz", type=float, default=5.0)
+    p.add_argument("--bin-ms", type=float, default=10.0)
+    p.add_argument("--window", default="40:80", help="trial bins silenced (default 40:80)")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.datasets:
+        first = None
+        for region in _regions(args.out, name, args):
+            path = dataset(args.out, name, region, args)
+            first = first or path
+            for seed in args.seeds:
+                t0 = time.time()
+                tag = f"{name}-{args.rate_hz:g}hz-{args.bin_ms:g}ms-seed{seed}"
+                best = fit(first, seed, args.epochs, args.out / "runs" / tag)
+                row = {"dataset": name, "seed": seed, "silenced": region,
+                       "rate_hz": args.rate_hz, "bin_ms": args.bin_ms, "epochs": args.epochs,
+                       **score(best, path, region, args.window),
+                       "seconds": round(time.time() - t0, 1)}
+                print(json.dumps(row), flush=True)
+                with open(args.out / "results.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+def _regions(out: Path, name: str, args) -> list[str]:
+    """The network's regions, read from its first simulated dataset (region 'A0' for the
+    random networks and the ring, 'upstream' for the relay)."""
+    first = "upstream" if name == "relay-decision" else "A0"
+    path = dataset(out, name, first, args)
+    return list(json.loads((path / "dataset.json").read_text())["provenance"]["units"])
+
+
+if __name__ == "__main__":
+    main()
