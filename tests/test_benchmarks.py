@@ -94,3 +94,35 @@ def test_stitching_benchmark_cuts_a_session_out_as_its_own_dataset(tmp_path):
     b = alone.arrays(None, [schema.x_col("B"), schema.SPLIT])
     np.testing.assert_array_equal(b[schema.x_col("B")], a[schema.x_col("B")][rows][:, :, cols])
     assert list(b[schema.SPLIT]) == list(a[schema.SPLIT][rows])
+
+
+@pytest.mark.timeout(300)
+def test_perturbation_benchmark_scores_a_fit_against_the_true_effects(tmp_path):
+    """benchmarks/science/perturbation.py's score on a simulated relay with upstream
+    silenced: the truth has no effect on upstream (nothing comes back to it), and every
+    score is a correlation or a cosine."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "science"))
+    try:
+        import perturbation as bench
+    finally:
+        sys.path.pop(0)
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.api import simulate
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.fit import BEST, fit
+    from mrlfads.training.loop import Trainer
+
+    simulate("relay-decision", tmp_path / "d", smoke_test=True, obs="poisson", trials=48,
+             silence="upstream", window="10:30")
+    ds = ArrowDataset.open(tmp_path / "d")
+    cfg = RunConfig.for_dataset(ds.manifest, smoke_test=True, overrides={"train.epochs": 3})
+    fit(Trainer(cfg, ds), tmp_path / "run", progress=False)
+    got = bench.score(tmp_path / "run" / BEST, tmp_path / "d", "upstream", "10:30")
+    assert set(bench.COLUMNS) <= set(got)
+    assert got["true_effect_by_region"]["upstream"] == 0.0
+    assert got["true_effect_by_region"]["downstream"] > 0.0
+    assert all(-1.0 <= got[c] <= 1.0 for c in bench.COLUMNS), got
+    line = next(x for x in bench.table([{"dataset": "relay-decision", "silenced": "upstream",
+                                         "seed": 0, **got}]).splitlines()
+                if x.startswith("| relay-decision"))
+    assert f"| {got['rho_true']:.2f} |" in line

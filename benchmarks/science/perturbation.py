@@ -102,6 +102,16 @@ def score(checkpoint: Path, path: Path, region: str, window: str) -> dict[str, f
     }
 
 
+def table(rows: list[dict]) -> str:
+    """One markdown row per (network, silenced region, seed)."""
+    head = ["network", "silenced", "seed", *COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["dataset"], r["silenced"], str(r["seed"])]
+                                       + [f"{r[c]:.2f}" for c in COLUMNS]) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
@@ -129,6 +139,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 with open(args.out / "results.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
+    rows = [json.loads(x) for x in (args.out / "results.jsonl").read_text().splitlines()]
+    print(table(rows))
 
 
 def _regions(out: Path, name: str, args) -> list[str]:
