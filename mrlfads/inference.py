@@ -143,9 +143,6 @@ def perturbation_effects(model, heldin: Sequence, ext: Sequence | None,
       ``abs_delta/<r>`` (T', N) trial mean of |perturbed - unperturbed rate|
       ``effect/<r>``    (N,)   mean of ``abs_delta`` from the window's start to the trial's
                                end (a silenced pathway's effect outlasts the window)
-      ``mean_effect/<r>`` (N,) mean of |``delta``| over the same bins: the size of the
-                               trial-averaged change, the statistic recorded perturbed and
-                               control trials measure (different trials cannot be paired)
     Posterior means throughout, so the only difference is the perturbation. ``sessions``
     (a stitched model's: each trial's session): each neuron's means are over the trials of
     the session that recorded it."""
@@ -167,5 +164,4 @@ def perturbation_effects(model, heldin: Sequence, ext: Sequence | None,
         res[f"delta/{name}"] = mean(c - b)
         res[f"abs_delta/{name}"] = mean(np.abs(c - b))
         res[f"effect/{name}"] = res[f"abs_delta/{name}"][start:].mean(axis=0)
-        res[f"mean_effect/{name}"] = np.abs(res[f"delta/{name}"][start:]).mean(axis=0)
     return res

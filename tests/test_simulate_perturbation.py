@@ -61,17 +61,15 @@ def test_true_effects_are_causal_and_follow_the_pathway(relay):
     assert str(eff["region"]) == "upstream" and list(eff["window"]) == [20, 40]
     n_bins = pert.x["upstream"].shape[1]
     # upstream hears nothing back: silencing what it sends leaves it exactly as it was
-    for key in ("delta", "abs_delta", "effect", "mean_effect"):
+    for key in ("delta", "abs_delta", "effect"):
         assert (eff[f"{key}/upstream"] == 0).all()
     # downstream: untouched before the window, moved after it
     d = eff["abs_delta/downstream"]
     assert d.shape == (n_bins - TAU, pert.x["downstream"].shape[2])
     assert (d[: 20 - TAU] == 0).all() and (d[20 - TAU:] > 0).any()
-    # effect = mean |delta| from the window's start; mean_effect = |mean delta| there
+    # effect = mean |delta| from the window's start, never below |trial-mean delta| there
     np.testing.assert_allclose(eff["effect/downstream"], d[20 - TAU:].mean(0))
-    np.testing.assert_allclose(eff["mean_effect/downstream"],
-                               np.abs(eff["delta/downstream"][20 - TAU:]).mean(0))
-    assert (eff["mean_effect/downstream"] <= eff["effect/downstream"] + 1e-12).all()
+    assert (np.abs(eff["delta/downstream"]) <= d + 1e-12).all()
     assert (eff["effect/downstream"] > 0).all()
 
 
@@ -97,7 +95,7 @@ def test_a_region_that_sends_nothing_has_no_effect():
     eff = _effects(data)
     assert data.provenance["perturbation"]["messages_zeroed"] == []
     for key, a in eff.items():
-        if key.startswith(("delta/", "abs_delta/", "effect/", "mean_effect/")):
+        if key.startswith(("delta/", "abs_delta/", "effect/")):
             assert (a == 0).all(), key
 
 
@@ -143,5 +141,5 @@ def test_perturb_scores_a_fit_against_the_simulated_perturbation(tmp_path, capsy
     with np.load(out / "effects.npz") as z, np.load(data / "extras" / "perturbation.npz") as t:
         for r in manifest["provenance"]["units"]:
             # the model's prediction and the truth share keys and shapes
-            for key in ("effect", "mean_effect", "delta", "abs_delta"):
+            for key in ("effect", "delta", "abs_delta"):
                 assert z[f"{key}/{r}"].shape == t[f"{key}/{r}"].shape, (key, r)

@@ -180,13 +180,10 @@ def _perturb_sections(dirs: Sequence[str]) -> list[Section]:
             rho = {**report.get("rank_correlation_by_region", {}),
                    "all": report.get("rank_correlation", float("nan"))}
             rho = {k: (float("nan") if v is None else v) for k, v in rho.items()}
-            # the measured effect is the size of a trial-averaged change: set it against the
-            # prediction of that form (outputs written before it existed: the mean |change|)
-            same_form = {r: arrays.get(f"mean_effect/{r}", predicted[r]) for r in regions}
-            fig = perturbation_figure(same_form, {r: arrays[f"measured/{r}"] for r in regions},
+            fig = perturbation_figure(predicted, {r: arrays[f"measured/{r}"] for r in regions},
                                       title=what, rho=rho)
-            caption = ("Predicted against measured effect per neuron (|trial-mean change| from "
-                       "the window's start); Spearman rank correlations in the legend.")
+            caption = ("Predicted against measured effect per neuron (mean |change| from the "
+                       "window's start); Spearman rank correlations in the legend.")
         else:
             fig = effects_figure(predicted, what)
             caption = ("Predicted effect per neuron (mean |rate change| from the window's "

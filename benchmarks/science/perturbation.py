@@ -13,11 +13,12 @@ trials are the same bytes in every one of these datasets, so one default fit per
 silenced region, `mrlfads perturb --silence REGION` predicts every neuron's effect, and
 it is scored by Spearman rank correlation over all neurons:
 
-- ``rho_true``: the predicted |trial-mean change| against the true one;
-- ``rho_true_abs``: the predicted mean |change| against the true one (paired trials);
+- ``rho_true``: the predicted effect (mean |change| from the window's start, `effect/<r>`)
+  against the true one (each perturbed trial against its unperturbed twin);
 - ``rho_measured``: the prediction against the effect measured from the perturbed and
   control trials' spikes (what `mrlfads perturb` reports on a recording);
-- ``measured_vs_true``: the measured effect against the truth, what the spikes allow;
+- ``measured_vs_true``: that measured effect against the true size of the trial-mean
+  change, the statistic different trials can measure: what the spikes allow;
 - ``rate_baseline``: each neuron's mean rate against the true effect (a neuron that fires
   more changes more in absolute terms: the score of knowing nothing about the pathways);
 - ``region_cosine``: cosine of predicted and true mean effect per region.
@@ -41,8 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from spiking_grid import DATASETS, STEPS, TRIALS, UNITS
 
-COLUMNS = ["rho_true", "rho_true_abs", "rho_measured", "measured_vs_true", "rate_baseline",
-           "region_cosine"]
+COLUMNS = ["rho_true", "rho_measured", "measured_vs_true", "rate_baseline", "region_cosine"]
 
 
 def dataset(out: Path, name: str, region: str, args) -> Path:
@@ -58,7 +58,7 @@ def dataset(out: Path, name: str, region: str, args) -> Path:
     return path
 
 
-def fit(path: Path, seed: int, epochs: int, run_dir: Path) -> Path:
+def fit(path: Path, seed: int, epochs: int, run_dir: Path, overrides: dict) -> Path:
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.training.config import RunConfig
     from mrlfads.training.fit import BEST
@@ -68,7 +68,7 @@ def fit(path: Path, seed: int, epochs: int, run_dir: Path) -> Path:
     if not (run_dir / BEST).exists():
         ds = ArrowDataset.open(path)
         cfg = RunConfig.for_dataset(ds.manifest, uri=str(path), overrides={
-            "train.seed": seed, "train.epochs": epochs, "train.threads": 1})
+            "train.seed": seed, "train.epochs": epochs, "train.threads": 1, **overrides})
         fit_run(Trainer(cfg, ds), run_dir, progress=False)
     return run_dir / BEST
 
@@ -82,19 +82,21 @@ def score(checkpoint: Path, path: Path, region: str, window: str) -> dict[str, f
     names = data.manifest.region_names
     with np.load(path / "extras" / "perturbation.npz") as z:
         truth = {k: z[k] for k in z.files}
+    first = int(truth["window"][0]) - data.manifest.ic_enc_seq_len
 
     def cat(d, key):
         return np.concatenate([np.asarray(d[f"{key}/{r}"], np.float64) for r in names])
 
-    true = cat(truth, "mean_effect")
-    rates = cat({f"base/{r}": got.effects[f"base/{r}"].mean(0) for r in names}, "base")
-    pred_r = np.array([got.effects[f"mean_effect/{r}"].mean() for r in names])
-    true_r = np.array([truth[f"mean_effect/{r}"].mean() for r in names])
+    true = cat(truth, "effect")
+    # what perturbed and control trials can show: the size of the trial-mean change
+    true_mean = np.concatenate([np.abs(truth[f"delta/{r}"][first:]).mean(0) for r in names])
+    rates = np.concatenate([got.effects[f"base/{r}"].mean(0) for r in names])
+    pred_r = np.array([got.effects[f"effect/{r}"].mean() for r in names])
+    true_r = np.array([truth[f"effect/{r}"].mean() for r in names])
     return {
-        "rho_true": rank_correlation(cat(got.effects, "mean_effect"), true),
-        "rho_true_abs": rank_correlation(cat(got.effects, "effect"), cat(truth, "effect")),
+        "rho_true": rank_correlation(cat(got.effects, "effect"), true),
         "rho_measured": got.report["rank_correlation"],
-        "measured_vs_true": rank_correlation(cat(got.effects, "measured"), true),
+        "measured_vs_true": rank_correlation(cat(got.effects, "measured"), true_mean),
         "rate_baseline": rank_correlation(rates, true),
         "region_cosine": float(pred_r @ true_r / (np.linalg.norm(pred_r) * np.linalg.norm(true_r))),
         "true_effect_by_region": dict(zip(names, true_r.round(5).tolist())),
@@ -121,7 +123,12 @@ def main() -> None:
     p.add_argument("--rate-hz", type=float, default=5.0)
     p.add_argument("--bin-ms", type=float, default=10.0)
     p.add_argument("--window", default="40:80", help="trial bins silenced (default 40:80)")
+    p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE",
+                   help="config overrides of the fits, as `mrlfads train --set`")
     args = p.parse_args()
+    from mrlfads.training.yaml12 import parse_sets
+
+    overrides = parse_sets(args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
         first = None
@@ -131,8 +138,10 @@ def main() -> None:
             for seed in args.seeds:
                 t0 = time.time()
                 tag = f"{name}-{args.rate_hz:g}hz-{args.bin_ms:g}ms-seed{seed}"
-                best = fit(first, seed, args.epochs, args.out / "runs" / tag)
-                row = {"dataset": name, "seed": seed, "silenced": region,
+                if args.set:
+                    tag += "-" + "-".join(sorted(args.set)).replace("/", "_")
+                best = fit(first, seed, args.epochs, args.out / "runs" / tag, overrides)
+                row = {"dataset": name, "seed": seed, "silenced": region, "set": args.set,
                        "rate_hz": args.rate_hz, "bin_ms": args.bin_ms, "epochs": args.epochs,
                        **score(best, path, region, args.window),
                        "seconds": round(time.time() - t0, 1)}

@@ -89,8 +89,7 @@ def true_effects(perturbed: dict[str, np.ndarray], twin: dict[str, np.ndarray], 
     """Per region (arrays (trials, bins, neurons) of true rates, dataset column order): the
     keys of `mrlfads.inference.perturbation_effects`, over bins tau..T-1:
     ``delta`` (T', N) trial mean of perturbed - twin, ``abs_delta`` the trial mean of its
-    magnitude, and from bin ``start`` on ``effect`` (N,) = mean of ``abs_delta`` and
-    ``mean_effect`` (N,) = mean of |``delta``|."""
+    magnitude, and ``effect`` (N,) the mean of ``abs_delta`` from bin ``start`` on."""
     out: dict[str, np.ndarray] = {}
     first = max(start - tau, 0)
     for name, rates in perturbed.items():
@@ -99,5 +98,4 @@ def true_effects(perturbed: dict[str, np.ndarray], twin: dict[str, np.ndarray], 
         out[f"delta/{name}"] = delta
         out[f"abs_delta/{name}"] = abs_delta
         out[f"effect/{name}"] = abs_delta[first:].mean(0)
-        out[f"mean_effect/{name}"] = np.abs(delta[first:]).mean(0)
     return out

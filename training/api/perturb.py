@@ -11,8 +11,7 @@ of |perturbed - unperturbed rate| from the window's start to the trial's end. Wh
 dataset holds trials flagged as perturbed (split ``perturbed``, e.g. photoinhibition kept
 out of training), the measured effect per neuron is |trial mean of perturbed trials - that
 of the control trials| over the same bins, and the report adds the Spearman rank
-correlation of measured effects against the predicted effect of the same form
-(``mean_effect``: |trial mean of perturbed - unperturbed rate|), all neurons and per region.
+correlation of predicted against measured effects (all neurons, and per region).
 
 `Perturbed.save(DIR)` writes report.json (the summary), effects.npz (per-neuron effects and
 their time courses) and, with measured effects, predicted_vs_measured.png, atomically.
@@ -210,8 +209,9 @@ def measured_effects(dataset, control, start: int, tau: int, device) -> dict:
     tau..T-1, and ``measured/<r>`` (N,) the mean of its magnitude from ``start`` on."""
     import torch
 
-    from mrlfads.sessions import own_session_mean
     from mrlfads.training.data import load_split
+
+    from mrlfads.sessions import own_session_mean
 
     perturbed = load_split(dataset, "perturbed", device)
     masks = dataset.manifest.session_masks()  # region -> (S, N): who recorded which column
@@ -245,8 +245,7 @@ def _nanmean(a) -> float:
 
 
 def compare(effects: dict, measured: dict, names: list[str]) -> dict:
-    """Spearman rank correlation of measured per-neuron effects with the predicted ones of
-    the same form (``mean_effect``: the size of the trial-averaged change)."""
+    """Spearman rank correlation of predicted and measured per-neuron effects."""
     import numpy as np
 
     from mrlfads.metrics import rank_correlation
@@ -255,7 +254,7 @@ def compare(effects: dict, measured: dict, names: list[str]) -> dict:
         keep = np.isfinite(p) & np.isfinite(q)  # neurons of sessions without trials here
         return rank_correlation(p[keep], q[keep]) if keep.sum() >= 2 else float("nan")
 
-    pred = {r: effects[f"mean_effect/{r}"] for r in names}
+    pred = {r: effects[f"effect/{r}"] for r in names}
     meas = {r: measured[f"measured/{r}"] for r in names}
     return {"rank_correlation": rho(np.concatenate(list(pred.values())),
                                     np.concatenate(list(meas.values()))),
@@ -275,7 +274,7 @@ def _write(out: Path, report: dict, arrays: dict, names: list[str], overwrite: b
 
             rho = {**report["rank_correlation_by_region"], "all": report["rank_correlation"]}
             p = report["perturbation"]
-            perturbation_scatter({r: arrays[f"mean_effect/{r}"] for r in names},
+            perturbation_scatter({r: arrays[f"effect/{r}"] for r in names},
                                  {r: arrays[f"measured/{r}"] for r in names}, tmp / FIGURE_FILE,
                                  title=f"{p['kind']} {p['target']}, bins {p['window'][0]}:"
                                        f"{p['window'][1]}", rho=rho)
