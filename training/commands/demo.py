@@ -34,6 +34,7 @@ def _step(title: str, argv: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     from mrlfads.data_loaders.nwb.export import dataset_to_nwb
     from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.simulate import preset
 
     work = Path(args.workdir)
     for sub in ("sim", "data", "infer", "session.nwb"):
@@ -46,9 +47,13 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
 
-    _step("simulate a 3-region memory ring (Poisson spikes)",
+    # a quarter as many trials again with A0's messages silenced: the recorded perturbation
+    # that `perturb` is compared with at the end
+    smoke = preset("memory-ring", smoke_test=True)
+    window = f"{smoke.ic_enc_seq_len + 2}:{smoke.n_bins}"
+    _step("simulate a 3-region memory ring (Poisson spikes), with A0 silenced in some trials",
           ["simulate", "memory-ring", "--smoke-test", "--obs", "poisson", "--trials",
-           str(args.trials), "--out", str(work / "sim")])
+           str(args.trials), "--silence", "A0", "--window", window, "--out", str(work / "sim")])
     sim = ArrowDataset.open(work / "sim").manifest
     nwb = work / "session.nwb"
     print(f"\n=== write the simulation as an NWB file\n{nwb}", flush=True)
@@ -64,10 +69,9 @@ def run(args: argparse.Namespace) -> int:
     model = f"models:/mrlfads-{name}@champion"
     _step("infer with the registered model",
           ["infer", "--model", model, "--data", str(work / "data"), "--out", str(work / "infer")])
-    region = sim.regions[0].name
-    _step(f"silence {region} in silico",
-          ["perturb", "--model", model, "--data", str(work / "data"), "--silence", region,
-           "--window", f"{sim.ic_enc_seq_len + 2}:{sim.n_bins}"])
+    _step("silence A0 in silico, and compare with the trials where it was silenced",
+          ["perturb", "--model", model, "--data", str(work / "data"), "--silence", "A0",
+           "--window", window])
     print(f"\ndemo finished in {time.time() - started:.0f} s. Compare the trials in the MLflow UI "
           f"with `mrlfads ui` (experiment {name!r}); outputs are in {work}/.")
     return 0
