@@ -72,6 +72,17 @@ def test_cut_writes_per_neuron_effects_time_courses_and_the_comparison(trained, 
     pred = np.concatenate([eff["effect/A"], eff["effect/B"]])
     meas = np.concatenate([eff["measured/A"], eff["measured/B"]])
     assert report["rank_correlation"] == pytest.approx(spearmanr(pred, meas).statistic, abs=1e-6)
+    # the rate-only baseline: the control (valid) trials' mean count per bin from bin 6 on,
+    # from the fixture's draws
+    rng = np.random.default_rng(1)
+    x = {r: rng.poisson(2.0, size=(30, T, 4)) for r in ("A", "B")}
+    rates = []
+    for r in ("A", "B"):
+        np.testing.assert_allclose(eff[f"control_rate/{r}"], x[r][10:20, 6:].mean(axis=(0, 1)),
+                                   rtol=1e-6)
+        rates.append(eff[f"control_rate/{r}"])
+    assert report["rank_correlation_rate_only"] == pytest.approx(
+        spearmanr(np.concatenate(rates), meas).statistic, abs=1e-6)
     assert report["figure"] == "predicted_vs_measured.png"
     assert (out / "predicted_vs_measured.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -81,8 +92,11 @@ def test_rank_correlation_of_a_hand_computed_example():
 
     # ranks 1 2 3 4 against 1 3 2 4: d^2 sums to 2, rho = 1 - 6 * 2 / (4 * 15) = 0.8
     effects = {"effect/A": np.array([1.0, 2.0]), "effect/B": np.array([3.0, 4.0])}
-    measured = {"measured/A": np.array([10.0, 30.0]), "measured/B": np.array([20.0, 40.0])}
+    measured = {"measured/A": np.array([10.0, 30.0]), "measured/B": np.array([20.0, 40.0]),
+                "control_rate/A": np.array([4.0, 3.0]), "control_rate/B": np.array([2.0, 1.0])}
     got = _compare(effects, measured, ["A", "B"])
+    # rates rank 4 3 2 1 against 1 3 2 4: d^2 = 9 + 0 + 0 + 9, rho = 1 - 6 * 18 / 60 = -0.8
+    assert got["rank_correlation_rate_only"] == pytest.approx(-0.8)
     assert got["rank_correlation"] == pytest.approx(0.8)
     assert got["rank_correlation_by_region"] == {"A": pytest.approx(1.0), "B": pytest.approx(1.0)}
 

@@ -15,14 +15,17 @@ it is scored by Spearman rank correlation over all neurons:
 
 - ``rho_true``: the predicted effect (mean |change| from the window's start, `effect/<r>`)
   against the true one (each perturbed trial against its unperturbed twin);
+- ``rate_baseline``: each neuron's mean rate against the true effect (a neuron that fires
+  more changes more in counts: the score of knowing nothing about the pathways);
 - ``rho_measured``: the prediction against the effect measured from the perturbed and
   control trials' spikes (what `mrlfads perturb` reports on a recording);
-- ``measured_vs_true``: that measured effect against the true size of the trial-mean
+- ``rate_vs_measured``: each neuron's rate in the control trials against that measured
+  effect (`mrlfads perturb`'s baseline, ``rank_correlation_rate_only``);
+- ``measured_vs_true``: the measured effect against the true size of the trial-mean
   change, the statistic different trials can measure: what the spikes allow;
-- ``rate_baseline``: each neuron's mean rate against the true effect (a neuron that fires
-  more changes more in absolute terms: the score of knowing nothing about the pathways);
 - ``region_cosine``: cosine of predicted and true mean effect per region.
 
+A region that sends no message has no true effect; its row has no correlations.
 One JSON line per (network, seed, silenced region) goes to OUT/results.jsonl.
 """
 from __future__ import annotations
@@ -42,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from spiking_grid import DATASETS, STEPS, TRIALS, UNITS
 
-COLUMNS = ["rho_true", "rho_measured", "measured_vs_true", "rate_baseline", "region_cosine"]
+COLUMNS = ["rho_true", "rate_baseline", "rho_measured", "rate_vs_measured", "measured_vs_true",
+           "region_cosine"]
 
 
 def dataset(out: Path, name: str, region: str, args) -> Path:
@@ -96,6 +100,7 @@ def score(checkpoint: Path, path: Path, region: str, window: str) -> dict[str, f
     return {
         "rho_true": rank_correlation(cat(got.effects, "effect"), true),
         "rho_measured": got.report["rank_correlation"],
+        "rate_vs_measured": got.report["rank_correlation_rate_only"],
         "measured_vs_true": rank_correlation(cat(got.effects, "measured"), true_mean),
         "rate_baseline": rank_correlation(rates, true),
         "region_cosine": float(pred_r @ true_r / (np.linalg.norm(pred_r) * np.linalg.norm(true_r))),

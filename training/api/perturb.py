@@ -11,7 +11,8 @@ of |perturbed - unperturbed rate| from the window's start to the trial's end. Wh
 dataset holds trials flagged as perturbed (split ``perturbed``, e.g. photoinhibition kept
 out of training), the measured effect per neuron is |trial mean of perturbed trials - that
 of the control trials| over the same bins, and the report adds the Spearman rank
-correlation of predicted against measured effects (all neurons, and per region).
+correlation of predicted against measured effects (all neurons, and per region), beside
+that of ranking neurons by their firing rate alone (docs/MODEL.md, "Perturbations").
 
 `Perturbed.save(DIR)` writes report.json (the summary), effects.npz (per-neuron effects and
 their time courses) and, with measured effects, predicted_vs_measured.png, atomically.
@@ -206,7 +207,8 @@ def perturb(model: Model, dataset: Dataset | str | os.PathLike, *,
 def measured_effects(dataset, control, start: int, tau: int, device) -> dict:
     """Measured effects of the recorded perturbation per neuron (held-in then held-out):
     ``measured_delta/<r>`` (T', N) trial mean of perturbed - control trials over bins
-    tau..T-1, and ``measured/<r>`` (N,) the mean of its magnitude from ``start`` on."""
+    tau..T-1, ``measured/<r>`` (N,) the mean of its magnitude from ``start`` on, and
+    ``control_rate/<r>`` (N,) the control trials' mean count per bin over those bins."""
     import torch
 
     from mrlfads.training.data import load_split
@@ -226,10 +228,13 @@ def measured_effects(dataset, control, start: int, tau: int, device) -> dict:
 
     arrays, per_region = {}, {}
     names = dataset.manifest.region_names
+    first = max(start - tau, 0)
     for r, name in enumerate(names):
-        delta = trial_mean(perturbed, r) - trial_mean(control, r)
+        rate = trial_mean(control, r)
+        delta = trial_mean(perturbed, r) - rate
         arrays[f"measured_delta/{name}"] = delta
-        arrays[f"measured/{name}"] = abs(delta[max(start - tau, 0):]).mean(axis=0)
+        arrays[f"measured/{name}"] = abs(delta[first:]).mean(axis=0)
+        arrays[f"control_rate/{name}"] = rate[first:].mean(axis=0)
         per_region[name] = _nanmean(abs(delta[max(start - tau, 0):]))
     return {"arrays": arrays,
             "summary": {"measured_mean_abs_change": per_region,
@@ -245,7 +250,10 @@ def _nanmean(a) -> float:
 
 
 def compare(effects: dict, measured: dict, names: list[str]) -> dict:
-    """Spearman rank correlation of predicted and measured per-neuron effects."""
+    """Spearman rank correlation of predicted and measured per-neuron effects, and beside it
+    that of the control trials' firing rates with the measured effects: a neuron that fires
+    more changes more in counts, and its measured change carries more noise, so ranking
+    neurons by rate alone already correlates; a prediction is informative only above it."""
     import numpy as np
 
     from mrlfads.metrics import rank_correlation
@@ -256,8 +264,10 @@ def compare(effects: dict, measured: dict, names: list[str]) -> dict:
 
     pred = {r: effects[f"effect/{r}"] for r in names}
     meas = {r: measured[f"measured/{r}"] for r in names}
+    rates = np.concatenate([measured[f"control_rate/{r}"] for r in names])
     return {"rank_correlation": rho(np.concatenate(list(pred.values())),
                                     np.concatenate(list(meas.values()))),
+            "rank_correlation_rate_only": rho(rates, np.concatenate(list(meas.values()))),
             "rank_correlation_by_region": {r: rho(pred[r], meas[r]) for r in names}}
 
 

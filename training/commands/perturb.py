@@ -70,4 +70,5 @@ def _print_table(report: dict) -> None:
     Console().print(table)
     if "rank_correlation" in report:
         print(f"rank correlation predicted vs measured (all neurons): "
-              f"{report['rank_correlation']:.3f}")
+              f"{report['rank_correlation']:.3f}; ranking neurons by firing rate alone: "
+              f"{report['rank_correlation_rate_only']:.3f}")
