@@ -211,9 +211,8 @@ def measured_effects(dataset, control, start: int, tau: int, device) -> dict:
     ``control_rate/<r>`` (N,) the control trials' mean count per bin over those bins."""
     import torch
 
-    from mrlfads.training.data import load_split
-
     from mrlfads.sessions import own_session_mean
+    from mrlfads.training.data import load_split
 
     perturbed = load_split(dataset, "perturbed", device)
     masks = dataset.manifest.session_masks()  # region -> (S, N): who recorded which column
