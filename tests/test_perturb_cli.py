@@ -83,6 +83,11 @@ def test_cut_writes_per_neuron_effects_time_courses_and_the_comparison(trained, 
         rates.append(eff[f"control_rate/{r}"])
     assert report["rank_correlation_rate_only"] == pytest.approx(
         spearmanr(np.concatenate(rates), meas).statistic, abs=1e-6)
+    # signed: the trial-mean change from bin 6 (index 2 of bins 4..) on, predicted and measured
+    signed = [np.concatenate([eff[f"{k}/{r}"][2:].mean(axis=0) for r in ("A", "B")])
+              for k in ("delta", "measured_delta")]
+    assert report["rank_correlation_signed"] == pytest.approx(
+        spearmanr(*signed).statistic, abs=1e-6)
     assert report["figure"] == "predicted_vs_measured.png"
     assert (out / "predicted_vs_measured.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -94,7 +99,14 @@ def test_rank_correlation_of_a_hand_computed_example():
     effects = {"effect/A": np.array([1.0, 2.0]), "effect/B": np.array([3.0, 4.0])}
     measured = {"measured/A": np.array([10.0, 30.0]), "measured/B": np.array([20.0, 40.0]),
                 "control_rate/A": np.array([4.0, 3.0]), "control_rate/B": np.array([2.0, 1.0])}
-    got = _compare(effects, measured, ["A", "B"])
+    # signed changes (2 bins; from bin 1 on): predicted -1 2 3 -4, measured 1 2 3 4 -> ranks
+    # 2 3 4 1 against 1 2 3 4: d^2 = 1 + 1 + 1 + 9, rho = 1 - 6 * 12 / 60 = -0.2
+    effects |= {"delta/A": np.array([[9.0, 9.0], [-1.0, 2.0]]),
+                "delta/B": np.array([[9.0, 9.0], [3.0, -4.0]])}
+    measured |= {"measured_delta/A": np.array([[0.0, 0.0], [1.0, 2.0]]),
+                 "measured_delta/B": np.array([[0.0, 0.0], [3.0, 4.0]])}
+    got = _compare(effects, measured, ["A", "B"], first=1)
+    assert got["rank_correlation_signed"] == pytest.approx(-0.2)
     # rates rank 4 3 2 1 against 1 3 2 4: d^2 = 9 + 0 + 0 + 9, rho = 1 - 6 * 18 / 60 = -0.8
     assert got["rank_correlation_rate_only"] == pytest.approx(-0.8)
     assert got["rank_correlation"] == pytest.approx(0.8)

@@ -13,17 +13,18 @@ trials are the same bytes in every one of these datasets, so one default fit per
 silenced region, `mrlfads perturb --silence REGION` predicts every neuron's effect, and
 it is scored by Spearman rank correlation over all neurons:
 
-- ``rho_true``: the predicted effect (mean |change| from the window's start, `effect/<r>`)
-  against the true one (each perturbed trial against its unperturbed twin);
-- ``rate_baseline``: each neuron's mean rate against the true effect (a neuron that fires
-  more changes more in counts: the score of knowing nothing about the pathways);
-- ``rho_measured``: the prediction against the effect measured from the perturbed and
-  control trials' spikes (what `mrlfads perturb` reports on a recording);
-- ``rate_vs_measured``: each neuron's rate in the control trials against that measured
-  effect (`mrlfads perturb`'s baseline, ``rank_correlation_rate_only``);
-- ``measured_vs_true``: the measured effect against the true size of the trial-mean
-  change, the statistic different trials can measure: what the spikes allow;
-- ``region_cosine``: cosine of predicted and true mean effect per region.
+- ``rho_true``: the predicted effect size (mean |change| from the window's start,
+  `effect/<r>`) against the true one (each perturbed trial against its unperturbed twin);
+- ``rate_baseline``: each neuron's mean rate against the true effect size (a neuron that
+  fires more changes more in counts: the score of knowing nothing about the pathways);
+- ``signed_true``: the predicted signed trial-mean change against the true one (direction
+  and size; no rate baseline can score here);
+- ``rho_measured``, ``rate_vs_measured``, ``signed_measured``: what `mrlfads perturb`
+  reports against the perturbed and control trials' spikes (``rank_correlation``,
+  ``rank_correlation_rate_only``, ``rank_correlation_signed``);
+- ``signed_truth_vs_measured``: the true signed change against the measured one: how much
+  the spikes allow a signed comparison to show;
+- ``region_cosine``: cosine of predicted and true mean effect size per region.
 
 A region that sends no message has no true effect; its row has no correlations.
 One JSON line per (network, seed, silenced region) goes to OUT/results.jsonl.
@@ -45,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from spiking_grid import DATASETS, STEPS, TRIALS, UNITS
 
-COLUMNS = ["rho_true", "rate_baseline", "rho_measured", "rate_vs_measured", "measured_vs_true",
-           "region_cosine"]
+COLUMNS = ["rho_true", "rate_baseline", "signed_true", "rho_measured", "rate_vs_measured",
+           "signed_measured", "signed_truth_vs_measured", "region_cosine"]
 
 
 def dataset(out: Path, name: str, region: str, args) -> Path:
@@ -92,17 +93,23 @@ def score(checkpoint: Path, path: Path, region: str, window: str) -> dict[str, f
         return np.concatenate([np.asarray(d[f"{key}/{r}"], np.float64) for r in names])
 
     true = cat(truth, "effect")
-    # what perturbed and control trials can show: the size of the trial-mean change
-    true_mean = np.concatenate([np.abs(truth[f"delta/{r}"][first:]).mean(0) for r in names])
     rates = np.concatenate([got.effects[f"base/{r}"].mean(0) for r in names])
+
+    def signed(d, key):  # the trial-mean change from the window's start
+        return np.concatenate([np.asarray(d[f"{key}/{r}"], np.float64)[first:].mean(0)
+                               for r in names])
+
     pred_r = np.array([got.effects[f"effect/{r}"].mean() for r in names])
     true_r = np.array([truth[f"effect/{r}"].mean() for r in names])
     return {
         "rho_true": rank_correlation(cat(got.effects, "effect"), true),
+        "rate_baseline": rank_correlation(rates, true),
+        "signed_true": rank_correlation(signed(got.effects, "delta"), signed(truth, "delta")),
         "rho_measured": got.report["rank_correlation"],
         "rate_vs_measured": got.report["rank_correlation_rate_only"],
-        "measured_vs_true": rank_correlation(cat(got.effects, "measured"), true_mean),
-        "rate_baseline": rank_correlation(rates, true),
+        "signed_measured": got.report["rank_correlation_signed"],
+        "signed_truth_vs_measured": rank_correlation(signed(truth, "delta"),
+                                                     signed(got.effects, "measured_delta")),
         "region_cosine": float(pred_r @ true_r / (np.linalg.norm(pred_r) * np.linalg.norm(true_r))),
         "true_effect_by_region": dict(zip(names, true_r.round(5).tolist())),
         "predicted_effect_by_region": dict(zip(names, pred_r.round(5).tolist())),

@@ -12,7 +12,8 @@ dataset holds trials flagged as perturbed (split ``perturbed``, e.g. photoinhibi
 out of training), the measured effect per neuron is |trial mean of perturbed trials - that
 of the control trials| over the same bins, and the report adds the Spearman rank
 correlation of predicted against measured effects (all neurons, and per region), beside
-that of ranking neurons by their firing rate alone (docs/MODEL.md, "Perturbations").
+that of ranking neurons by their firing rate alone and that of the signed changes
+(docs/MODEL.md, "Perturbations").
 
 `Perturbed.save(DIR)` writes report.json (the summary), effects.npz (per-neuron effects and
 their time courses) and, with measured effects, predicted_vs_measured.png, atomically.
@@ -197,7 +198,8 @@ def perturb(model: Model, dataset: Dataset | str | os.PathLike, *,
         measured = measured_effects(data_set.arrow, data, win[0], cfg.model.ic_enc_seq_len, dev)
         arrays.update(measured["arrays"])
         report.update(measured["summary"])
-        report.update(compare(effects, measured["arrays"], names))
+        report.update(compare(effects, measured["arrays"], names,
+                              max(win[0] - cfg.model.ic_enc_seq_len, 0)))
     result = Perturbed(report, arrays)
     if out is not None:
         result.save(out, overwrite=overwrite)
@@ -248,11 +250,17 @@ def _nanmean(a) -> float:
     return float(a[np.isfinite(a)].mean()) if np.isfinite(a).any() else float("nan")
 
 
-def compare(effects: dict, measured: dict, names: list[str]) -> dict:
-    """Spearman rank correlation of predicted and measured per-neuron effects, and beside it
-    that of the control trials' firing rates with the measured effects: a neuron that fires
-    more changes more in counts, and its measured change carries more noise, so ranking
-    neurons by rate alone already correlates; a prediction is informative only above it."""
+def compare(effects: dict, measured: dict, names: list[str], first: int = 0) -> dict:
+    """Spearman rank correlations of predicted and measured per-neuron effects:
+
+    - ``rank_correlation`` (and ``_by_region``): of the effect sizes (mean |change|);
+    - ``rank_correlation_rate_only``: of the control trials' rates with the measured sizes.
+      A neuron that fires more changes more in counts, and its measured change carries
+      more noise, so ranking neurons by rate alone already correlates; a prediction of
+      sizes is informative only above it;
+    - ``rank_correlation_signed``: of the signed trial-mean changes (bins ``first`` on of
+      the tau..T-1 time courses). Noise has no sign, so this one is not inflated by rates,
+      and it asks for the direction of each neuron's change too."""
     import numpy as np
 
     from mrlfads.metrics import rank_correlation
@@ -261,12 +269,18 @@ def compare(effects: dict, measured: dict, names: list[str]) -> dict:
         keep = np.isfinite(p) & np.isfinite(q)  # neurons of sessions without trials here
         return rank_correlation(p[keep], q[keep]) if keep.sum() >= 2 else float("nan")
 
+    def cat(d, key, signed=False):
+        if signed:
+            return np.concatenate([np.asarray(d[f"{key}/{r}"])[first:].mean(axis=0) for r in names])
+        return np.concatenate([d[f"{key}/{r}"] for r in names])
+
     pred = {r: effects[f"effect/{r}"] for r in names}
     meas = {r: measured[f"measured/{r}"] for r in names}
-    rates = np.concatenate([measured[f"control_rate/{r}"] for r in names])
-    return {"rank_correlation": rho(np.concatenate(list(pred.values())),
-                                    np.concatenate(list(meas.values()))),
-            "rank_correlation_rate_only": rho(rates, np.concatenate(list(meas.values()))),
+    return {"rank_correlation": rho(cat(effects, "effect"), cat(measured, "measured")),
+            "rank_correlation_rate_only": rho(cat(measured, "control_rate"),
+                                              cat(measured, "measured")),
+            "rank_correlation_signed": rho(cat(effects, "delta", True),
+                                           cat(measured, "measured_delta", True)),
             "rank_correlation_by_region": {r: rho(pred[r], meas[r]) for r in names}}
 
 

@@ -69,6 +69,7 @@ def _print_table(report: dict) -> None:
         table.add_row(name, *row)
     Console().print(table)
     if "rank_correlation" in report:
-        print(f"rank correlation predicted vs measured (all neurons): "
-              f"{report['rank_correlation']:.3f}; ranking neurons by firing rate alone: "
-              f"{report['rank_correlation_rate_only']:.3f}")
+        print(f"rank correlation predicted vs measured (all neurons): sizes "
+              f"{report['rank_correlation']:.3f} (ranking neurons by firing rate alone: "
+              f"{report['rank_correlation_rate_only']:.3f}), signed changes "
+              f"{report['rank_correlation_signed']:.3f}")
