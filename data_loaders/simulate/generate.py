@@ -26,10 +26,10 @@ from mrlfads.data_loaders.simulate.network import MultiRegionRNN, run_trials, to
 from mrlfads.data_loaders.simulate.train import Progress, TaskBatch, single_thread, train_network
 
 FAMILIES = {"memory-ring": memory_ring, "relay-decision": relay_decision, "random": random_nets}
+# append only: the streams are SeedSequence children by position, so a new one changes none
+# of the others
 _STREAMS = ("network", "weights", "train_tasks", "train_noise", "trials", "trial_noise",
-            "heldout", "split", "spikes", "unit_rates", "sessions",
-            "perturbation")  # append only: the
-# streams are SeedSequence children by position, so a new one changes none of the others
+            "heldout", "split", "spikes", "unit_rates", "sessions", "perturbation")
 
 
 @dataclass
