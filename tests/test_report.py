@@ -81,6 +81,7 @@ def test_run_page_is_self_contained_with_every_section(run_page):
         assert w > 100 and h > 100
     assert "2 condition(s)" in page  # the PSTHs average by the dataset's conditions
     assert "Predicted against measured effect per neuron" in page  # a perturbed split exists
+    assert "Ranking the neurons by firing rate alone scores" in page
     # messages drawn through the fitted map onto the truth, A->B only (B->A has none)
     assert re.search(r"Cross-validated R\u00b2: A-&gt;B -?[0-9.]+\.", page)
 

@@ -184,6 +184,10 @@ def _perturb_sections(dirs: Sequence[str]) -> list[Section]:
                                       title=what, rho=rho)
             caption = ("Predicted against measured effect per neuron (mean |change| from the "
                        "window's start); Spearman rank correlations in the legend.")
+            if "rank_correlation_rate_only" in report:  # outputs written before it lack it
+                caption += (f" Ranking the neurons by firing rate alone scores "
+                            f"{report['rank_correlation_rate_only']:.2f}; the signed changes "
+                            f"correlate {report['rank_correlation_signed']:.2f}.")
         else:
             fig = effects_figure(predicted, what)
             caption = ("Predicted effect per neuron (mean |rate change| from the window's "
