@@ -117,12 +117,14 @@ def score(checkpoint: Path, path: Path, region: str, window: str) -> dict[str, f
 
 
 def table(rows: list[dict]) -> str:
-    """One markdown row per (network, silenced region, seed)."""
-    head = ["network", "silenced", "seed", *COLUMNS]
+    """One markdown row per (network, rate, silenced region, seed, --set)."""
+    head = ["network", "rate", "silenced", "seed", "settings", *COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([r["dataset"], r["silenced"], str(r["seed"])]
-                                       + [f"{r[c]:.2f}" for c in COLUMNS]) + " |")
+        lines.append("| " + " | ".join(
+            [r["dataset"], f"{r.get('rate_hz', float('nan')):g} Hz", r["silenced"],
+             str(r["seed"]), " ".join(r.get("set") or []) or "defaults"]
+            + [f"{r[c]:.2f}" for c in COLUMNS]) + " |")
     return "\n".join(lines)
 
 
