@@ -66,31 +66,42 @@ def _epochs(rows: pd.DataFrame) -> list[int]:
     return [int(e) for e in rows["epoch"]]
 
 
-def _wait_for_cpus(ray_session) -> None:
-    """Ray ends a dead driver's job: its trials must give back every CPU they held (a trial
-    still running would write epochs into the directories the resumed sweep is checked
-    on). On the 2-core machine in the full suite one trial's share took longer than 60 s
-    to come back, and once, with two other CPU-bound jobs running beside the suite, longer
-    than 150 s (both passed alone in 38 s), so allow 300 s, and name what still holds
-    CPUs if that is not enough."""
+def _held_cpus() -> str:
+    """What holds the session Ray's resources, read from the GCS (the state API needs the
+    dashboard, which the test cluster does not run): actors not dead, with their job and
+    whether that job's driver is dead, and placement groups not removed."""
+    import ray
+    from ray._private import state
+
+    dead = {j["JobID"] for j in state.jobs() if j["IsDead"]}
+    actors = [(a["ActorClassName"], a["State"], a["JobID"],
+               "driver dead" if a["JobID"] in dead else "driver alive", a["Pid"])
+              for a in state.actors().values() if a["State"] != "DEAD"]
+    groups = [(gid[:12], g["state"]) for gid, g in ray.util.placement_group_table().items()
+              if g["state"] != "REMOVED"]
+    return f"actors not dead: {actors}; placement groups not removed: {groups}"
+
+
+def _wait_for_cpus(what: str, seconds: float = 300) -> None:
+    """Wait until every CPU of the session Ray is free, or fail naming what holds them.
+
+    Before the first driver: an actor of an earlier test in this process lives as long as
+    a Python handle to it does, which can be until the next garbage collection, so the
+    loop collects. After the kill: Ray ends a dead driver's job and its trials must give
+    back their CPUs (a trial still running would write epochs into the directories the
+    resumed sweep is checked on). On the 2-core machine in the full suite this has taken
+    longer than 60 s and, beside two other CPU-bound jobs, longer than 150 s (38 s alone)."""
+    import gc
+
     import ray
 
-    freed = time.monotonic() + 300
+    freed = time.monotonic() + seconds
     while ray.available_resources().get("CPU", 0) < RAY_CPUS and time.monotonic() < freed:
+        gc.collect()
         time.sleep(0.5)
     if ray.available_resources().get("CPU", 0) != RAY_CPUS:
-        try:  # the state API needs the dashboard, which a test cluster may not run
-            from ray.util.state import list_actors, list_placement_groups
-
-            actors = [(a.class_name, a.state, a.job_id) for a in list_actors()
-                      if a.state != "DEAD"]
-            groups = [(g.placement_group_id, g.state) for g in list_placement_groups()
-                      if g.state != "REMOVED"]
-            held = f"actors not dead: {actors}; placement groups: {groups}"
-        except Exception as exc:  # noqa: BLE001 - diagnostics only
-            held = f"(no state API: {exc})"
-        pytest.fail(f"the killed driver's trials still hold CPUs: {ray.available_resources()}; "
-                    + held)
+        pytest.fail(f"{what}: CPUs still held after {seconds:g} s: "
+                    f"{ray.available_resources()}; {_held_cpus()}")
 
 
 @pytest.mark.timeout(420)
@@ -150,7 +161,7 @@ def test_trials_that_kill_themselves_at_chosen_epochs_restart_or_fail_exactly(
     assert "died" in by_number["00002"].data.tags["mrlfads.error_cause"].lower()
 
 
-@pytest.mark.timeout(900)  # first driver + up to 300 s for its CPUs + the resume
+@pytest.mark.timeout(1200)  # 2 x up to 300 s for the CPUs + both drivers
 def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_checkpoints(
         ray_session, tiny_dataset_dir, tmp_path):
     """The driver dies once Tune's saved state holds 6 checkpoints (all 4 of epoch 2, and
@@ -162,6 +173,7 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
 
     common = ["--name", "resume", "--storage", str(tmp_path), "--address", ray_session,
               "--no-tracking", "--quiet"]
+    _wait_for_cpus("before the first driver (earlier tests' actors)")
     first = _cli("--data", tiny_dataset_dir, "--smoke-test", *common,
                  fault="kill-driver:checkpoints=6")
     out = _finish(first, 300, "the first driver")
@@ -171,7 +183,7 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
                      r"(\{.*\})", out)
     assert int(line.group(1)) >= 6
     newest = {tid[-5:]: path for tid, path in json.loads(line.group(2)).items()}
-    _wait_for_cpus(ray_session)
+    _wait_for_cpus("the killed driver's trials")
 
     # what --resume will start from: the experiment state the dead driver left on storage,
     # exactly the one the driver had saved (the newest checkpoint of every trial)
