@@ -236,7 +236,7 @@ def measured_effects(dataset, control, start: int, tau: int, device) -> dict:
         arrays[f"measured_delta/{name}"] = delta
         arrays[f"measured/{name}"] = abs(delta[first:]).mean(axis=0)
         arrays[f"control_rate/{name}"] = rate[first:].mean(axis=0)
-        per_region[name] = _nanmean(abs(delta[max(start - tau, 0):]))
+        per_region[name] = _nanmean(abs(delta[first:]))
     return {"arrays": arrays,
             "summary": {"measured_mean_abs_change": per_region,
                         "perturbed_trials": perturbed.n_trials}}
@@ -269,19 +269,19 @@ def compare(effects: dict, measured: dict, names: list[str], first: int = 0) -> 
         keep = np.isfinite(p) & np.isfinite(q)  # neurons of sessions without trials here
         return rank_correlation(p[keep], q[keep]) if keep.sum() >= 2 else float("nan")
 
-    def cat(d, key, signed=False):
-        if signed:
-            return np.concatenate([np.asarray(d[f"{key}/{r}"])[first:].mean(axis=0) for r in names])
+    def cat(d, key):  # every region's neurons
         return np.concatenate([d[f"{key}/{r}"] for r in names])
 
-    pred = {r: effects[f"effect/{r}"] for r in names}
-    meas = {r: measured[f"measured/{r}"] for r in names}
-    return {"rank_correlation": rho(cat(effects, "effect"), cat(measured, "measured")),
-            "rank_correlation_rate_only": rho(cat(measured, "control_rate"),
-                                              cat(measured, "measured")),
-            "rank_correlation_signed": rho(cat(effects, "delta", True),
-                                           cat(measured, "measured_delta", True)),
-            "rank_correlation_by_region": {r: rho(pred[r], meas[r]) for r in names}}
+    def signed(d, key):  # every neuron's (T', N) time course, averaged from bin `first` on
+        return np.concatenate([np.asarray(d[f"{key}/{r}"])[first:].mean(axis=0) for r in names])
+
+    sizes = cat(measured, "measured")
+    return {"rank_correlation": rho(cat(effects, "effect"), sizes),
+            "rank_correlation_rate_only": rho(cat(measured, "control_rate"), sizes),
+            "rank_correlation_signed": rho(signed(effects, "delta"),
+                                           signed(measured, "measured_delta")),
+            "rank_correlation_by_region": {r: rho(effects[f"effect/{r}"], measured[f"measured/{r}"])
+                                           for r in names}}
 
 
 def _write(out: Path, report: dict, arrays: dict, names: list[str], overwrite: bool) -> None:
