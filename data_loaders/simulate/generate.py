@@ -147,8 +147,7 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
     data = _assemble(kind, cfg, seed, obs, smoke_test, family, batch, trial_id, hidden, messages,
                      base_hz, rng, (sessions, frac) if multi else None, n_perturbed)
     if perturbation is not None:
-        _add_true_effects(data, cfg, spec, perturbation, window_steps,
-                          hidden[-n_perturbed:], twin_hidden, base_hz)
+        _add_true_effects(data, cfg, spec, perturbation, window_steps, twin_hidden, base_hz)
     data.provenance.update({"training": fit, "train_config": dict(train_cfg.__dict__)})
     # timings stay out of provenance: the same seed must give byte-identical files
     data.seconds = {"train": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)}
@@ -172,18 +171,16 @@ def _rates_in_bins(hidden: np.ndarray, cfg: SimConfig, obs: str, base_hz: np.nda
 
 
 def _add_true_effects(data: SimulatedData, cfg: SimConfig, spec, p, window_steps,
-                      perturbed_hidden: np.ndarray, twin_hidden: np.ndarray,
-                      base_hz: np.ndarray) -> None:
-    """extras/perturbation.npz (simulate/perturbation.py) and the manifest's record of it."""
-    rates = {"perturbed": _rates_in_bins(perturbed_hidden, cfg, data.obs_model, base_hz),
-             "twin": _rates_in_bins(twin_hidden, cfg, data.obs_model, base_hz)}
-    per_region = {k: {} for k in rates}
+                      twin_hidden: np.ndarray, base_hz: np.ndarray) -> None:
+    """extras/perturbation.npz (simulate/perturbation.py) and the manifest's record of it:
+    the perturbed trials' stored true rates (the last ``p.trials``) against their twins'."""
+    twin = _rates_in_bins(twin_hidden, cfg, data.obs_model, base_hz)
+    perturbed, twins = {}, {}
     for region, sl in zip(data.regions, spec.unit_slices()):
+        perturbed[region.name] = data.truth[f"truth/rates/{region.name}"][-p.trials:]
         idx = sl.start + np.array([int(i) for i in region.neuron_ids])  # column order
-        for k, a in rates.items():
-            per_region[k][region.name] = a[..., idx]
-    arrays = sim_perturbation.true_effects(per_region["perturbed"], per_region["twin"],
-                                           p.window[0], cfg.ic_enc_seq_len)
+        twins[region.name] = twin[..., idx]
+    arrays = sim_perturbation.true_effects(perturbed, twins, p.window[0], cfg.ic_enc_seq_len)
     arrays.update(region=np.array(p.region), window=np.array(p.window),
                   window_steps=np.array(window_steps), trials=np.array(p.trials))
     buf = io.BytesIO()
