@@ -1,9 +1,10 @@
 """Sweeps that lose a process at a chosen point (training/faults.py), and exactly what
 survives: which epochs each trial reported, from which process, and what reached MLflow.
 
-Real `mrlfads sweep` drivers join the session Ray (tests/ray_fixtures.py); MRLFADS_FAULT
-reaches their trials through Ray's runtime environment. Nothing here sleeps or polls for
-the moment to strike: the process that fails kills itself at an epoch or a checkpoint count.
+Real `mrlfads sweep` drivers join the session Ray or a test's own (tests/ray_fixtures.py);
+MRLFADS_FAULT reaches their trials through Ray's runtime environment. Nothing here sleeps or
+polls for the moment to strike: the process that fails kills itself at an epoch or a
+checkpoint count.
 """
 from __future__ import annotations
 
