@@ -3,7 +3,9 @@
 Randomness: one numpy SeedSequence(seed) is split into independent streams (network draw,
 weights, training batches, training noise, trials, replayable trial noise, held-out choice,
 split, spikes), so the gaussian and poisson datasets of one seed share the same hidden units
-and the same seed always gives the same bytes. Torch runs single-threaded.
+and the same seed always gives the same arrays: the same bytes in the Arrow shards and JSON,
+the same arrays in the extras' .npz files (whose zip entries numpy stamps with the time
+they were written). Torch runs single-threaded.
 """
 from __future__ import annotations
 
@@ -95,7 +97,7 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
     random ``session_frac`` (default 1 / sessions) of each region's units (simulate/sessions.py).
     ``perturbation``: extra trials with a region's messages silenced, the ``perturbed``
     split, and their true effects (simulate/perturbation.py); the other trials are the same
-    bytes as without it."""
+    arrays as without it."""
     frac = sim_sessions.check_sessions(sessions, session_frac)
     multi = sessions > 1 or session_frac is not None
     if perturbation is not None and multi:
