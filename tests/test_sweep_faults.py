@@ -53,11 +53,6 @@ def _trial_dirs(exp: Path) -> dict[str, Path]:
     return out
 
 
-def _tail(path: str) -> str:
-    """trial directory/checkpoint_NNNNNN: a checkpoint named the same in any copy."""
-    return "/".join(Path(path).parts[-2:])
-
-
 def _rows(trial_dir: Path) -> pd.DataFrame:
     return pd.read_csv(trial_dir / "progress.csv")
 
@@ -127,8 +122,8 @@ def test_trials_that_kill_themselves_at_chosen_epochs_restart_or_fail_exactly(
 def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_checkpoints(
         own_ray, tiny_dataset_dir, tmp_path):
     """The driver dies once Tune's saved state holds 6 checkpoints (all 4 of epoch 2, and
-    at least 2 of epoch 4); the state on storage is exactly the one it saved, and `--resume`
-    restarts every trial from the checkpoint that state names and runs the sweep to its end.
+    at least 2 of epoch 4); the state on storage names a checkpoint for every trial, and
+    `--resume` restarts every trial from the one it names and runs the sweep to its end.
     On a Ray of its own: its timing must not depend on what earlier tests left running."""
     from ray.tune import ExperimentAnalysis
 
@@ -141,27 +136,22 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
     out = _finish(first, 300, "the first driver")
     killed_at = time.time()
     assert first.returncode == -9, out[-6000:]
-    line = re.search(r"kill-driver: SIGKILL .* holds (\d+) checkpoints; newest per trial: "
-                     r"(\{.*\}); in the save it dies in: (\{.*\})", out)
+    line = re.search(r"kill-driver: SIGKILL .* holds (\d+) checkpoints; newest per trial: ", out)
     assert int(line.group(1)) >= 6
-    armed, dying = ({tid[-5:]: _tail(path) for tid, path in json.loads(text).items()}
-                    for text in line.group(2, 3))
     # a trial of the dead driver still running would write epochs into the directories the
     # resumed sweep is checked on
     own_ray.wait_for_no_actors("the killed driver's trials")
 
-    # what --resume will start from: the experiment state the dead driver left on storage,
-    # exactly one the driver saved (the newest checkpoint of every trial): the save that
-    # armed the kill or, when Tune's background copy to storage was still under way, the
-    # save it died in (training/faults.py)
+    # what --resume will start from: the experiment state the dead driver left on storage.
+    # Tune copies each save there from a staging folder in a background thread, so it can
+    # be an earlier save than the one the fault counted on, or the one the driver died in
+    # (both seen on the loaded 2-core machine): read it, don't assume it
     exp = tmp_path / "resume"
-    saved, on_storage = {}, {}
+    saved = {}
     for trial in ExperimentAnalysis(str(exp)).trials:
         number = trial.trial_id[-5:]
         assert trial.checkpoint is not None, f"trial {number} has no checkpoint to resume from"
-        on_storage[number] = _tail(trial.checkpoint.path)
         saved[number] = ckpt.load(Path(trial.checkpoint.path) / "checkpoint.pt")["epoch"]
-    assert on_storage in (armed, dying), (on_storage, armed, dying)
     assert sorted(saved) == ["00000", "00001", "00002", "00003"]
     assert all(e % 2 == 0 and e >= 2 for e in saved.values())  # checkpoints every 2 epochs
 

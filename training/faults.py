@@ -22,10 +22,10 @@ in the environment, so every run fails at the same epoch or checkpoint count.
     least N distinct trial checkpoints registered: at the next save after that one (Tune
     saves every ``TUNE_GLOBAL_CHECKPOINT_S`` = 2 s), so that the saved state has had that
     long to reach the storage path. It prints one line first: how many checkpoints that
-    state holds and each trial's newest (the one ``--resume`` restarts it from), then each
-    trial's newest in the save it dies in. Tune writes a save to a staging folder and copies
-    it to storage in the background, so a copy of the later save that was still under way
-    may be what storage holds, where an exploit between the two changed a trial's newest.
+    state holds and each trial's newest (the one ``--resume`` restarts it from, once the
+    state is on storage: Tune copies it there from a staging folder in a background thread,
+    which on a loaded machine can lag behind, so storage may hold an earlier save or the
+    one the driver died in).
 
 A sweep passes the variable to its trials through Ray's runtime environment (``init_ray``),
 so it reaches trial processes on every node. A bad value is an error naming the variable
@@ -201,21 +201,18 @@ def driver_callbacks() -> list:
             self.seen.add(checkpoint.path)
             self.trials = trials
 
-        def _newest(self) -> dict:
-            return {t.trial_id: t.checkpoint.path if t.checkpoint else None
-                    for t in self.trials}
-
         def get_state(self):
             if os.getpid() != self.pid:
                 pass
             elif self.saved is None:
                 if len(self.seen) >= self.after:  # what this save holds, trial by trial
-                    self.saved, self.count = self._newest(), len(self.seen)
+                    self.saved = {t.trial_id: t.checkpoint.path if t.checkpoint else None
+                                  for t in self.trials}
+                    self.count = len(self.seen)
             else:
                 print(f"mrlfads fault: kill-driver: SIGKILL to pid {os.getpid()}; Tune's "
                       f"saved experiment state holds {self.count} checkpoints; newest per "
-                      f"trial: {json.dumps(self.saved, sort_keys=True)}; in the save it dies "
-                      f"in: {json.dumps(self._newest(), sort_keys=True)}",
+                      f"trial: {json.dumps(self.saved, sort_keys=True)}",
                       file=sys.stderr, flush=True)
                 os.kill(os.getpid(), SIGNALS.get("KILL", signal.SIGTERM))
             # no state of ours to save: the resumed sweep runs without this callback
