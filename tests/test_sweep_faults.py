@@ -1,10 +1,11 @@
 """Sweeps that lose a process at a chosen point (training/faults.py), and exactly what
 survives: which epochs each trial reported, from which process, and what reached MLflow.
 
-Real `mrlfads sweep` drivers join the session Ray or a test's own (tests/ray_fixtures.py);
-MRLFADS_FAULT reaches their trials through Ray's runtime environment. Nothing here sleeps or
-polls for the moment to strike: the process that fails kills itself at an epoch or a
-checkpoint count.
+Real `mrlfads sweep` drivers join a Ray of their test's own (tests/ray_fixtures.py
+`own_ray`: what a sweep does when a process dies must not depend on what earlier tests left
+in the session Ray); MRLFADS_FAULT reaches their trials through Ray's runtime environment.
+Nothing here sleeps or polls for the moment to strike: the process that fails kills itself
+at an epoch or a checkpoint count.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def _epochs(rows: pd.DataFrame) -> list[int]:
 
 @pytest.mark.timeout(420)
 def test_trials_that_kill_themselves_at_chosen_epochs_restart_or_fail_exactly(
-        ray_session, tiny_dataset_dir, tmp_path, mlflow_sqlite_uri):
+        own_ray, tiny_dataset_dir, tmp_path, mlflow_sqlite_uri):
     """Trial 00001 dies as epoch 4 begins, once; trial 00002 dies as epoch 3 begins, twice
     (the smoke sweep allows one retry). Synchronous PBT, 4 members, checkpoints every 2."""
     from mlflow.tracking import MlflowClient
@@ -72,7 +73,7 @@ def test_trials_that_kill_themselves_at_chosen_epochs_restart_or_fail_exactly(
     fault = ("signal-epoch:epoch=4,trial=00001;"
              "signal-epoch:epoch=3,trial=00002,times=2")
     proc = _cli("--data", tiny_dataset_dir, "--smoke-test", "--name", name, "--storage",
-                str(tmp_path), "--address", ray_session, "--tracking-uri", mlflow_sqlite_uri,
+                str(tmp_path), "--address", own_ray.address, "--tracking-uri", mlflow_sqlite_uri,
                 "--quiet", fault=fault)
     out = _finish(proc, 360, "the sweep")
     assert proc.returncode == 0, out[-6000:]
@@ -123,8 +124,7 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
         own_ray, tiny_dataset_dir, tmp_path):
     """The driver dies once Tune's saved state holds 6 checkpoints (all 4 of epoch 2, and
     at least 2 of epoch 4); the state on storage names a checkpoint for every trial, and
-    `--resume` restarts every trial from the one it names and runs the sweep to its end.
-    On a Ray of its own: its timing must not depend on what earlier tests left running."""
+    `--resume` restarts every trial from the one it names and runs the sweep to its end."""
     from ray.tune import ExperimentAnalysis
 
     from mrlfads.training import checkpoint as ckpt
