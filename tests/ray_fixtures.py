@@ -92,8 +92,8 @@ class OwnRay:
 @pytest.fixture
 def own_ray():
     """A 2-CPU local Ray for this test alone (about 5 s to start), for a test whose sweep
-    needs all of it: in the full suite on the CI machine the session Ray has kept one of its 2 CPUs
-    held for over 300 s with no actor and no placement group alive."""
+    needs all of it: in the full suite on the CI machine the session Ray has kept one of its
+    2 CPUs held for over 300 s with no actor and no placement group alive."""
     head = OwnRay()
     yield head
     head.close()
