@@ -147,6 +147,13 @@ def test_perturb_window_in_the_ic_encoder_bins_is_refused(trained, capsys, windo
     assert f"--window '{window}'" in err and f"first bin a window may start at is {TAU}" in err
 
 
+@pytest.mark.parametrize("window", ["a:b", "6", "6:8:10"])
+def test_perturb_window_that_is_not_two_bins_is_refused(trained, capsys, window):
+    assert main(["perturb", "--model", str(trained / "run" / "best.pt"), "--data",
+                 str(trained / "data"), "--silence", "A", "--window", window]) == 2
+    assert f"--window {window!r}: expected START:STOP in trial bins" in capsys.readouterr().err
+
+
 def test_perturb_window_from_the_first_allowed_bin_runs(trained, tmp_path):
     out = tmp_path / "perturb"
     assert main(["perturb", "--model", str(trained / "run" / "best.pt"), "--data",

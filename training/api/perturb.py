@@ -68,11 +68,10 @@ def parse_window(window: str | tuple[int, int], n_bins: int, first_bin: int = 0
     model's ic_enc_seq_len: bins before it only feed the initial-condition encoder, no
     message is sent there, so a window starting earlier would report (partly or wholly)
     zero effect for bins it never changed."""
-    text = window if isinstance(window, str) else ":".join(map(str, window))
-    try:
-        start, stop = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise ValueError(f"--window {text!r}: expected START:STOP in trial bins, e.g. 50:100") from None
+    from mrlfads.data_loaders.simulate.perturbation import parse_window as bins
+
+    start, stop = bins(window) if isinstance(window, str) else (int(v) for v in window)
+    text = f"{start}:{stop}"
     if not 0 <= start < stop <= n_bins:
         raise ValueError(f"--window {text!r}: need 0 <= START < STOP <= {n_bins} (the trial has "
                          f"{n_bins} bins)")
