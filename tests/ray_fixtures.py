@@ -24,6 +24,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # runs: set here (plugin load, before collection), the session cluster and every driver that
 # joins it agree on 127.0.0.1, as they do under the CLI.
 from mrlfads.training.sweep import local_ray_on_loopback
+from tests.ray_head import LOCAL_RAY
 
 local_ray_on_loopback()
 
@@ -38,10 +39,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        # "local": a Ray of its own, even where other Rays run on the machine (without it,
-        # ray.init joins the newest of them)
-        ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False,
-                 log_to_driver=False, logging_level="WARNING")
+        ray.init(num_cpus=RAY_CPUS, **LOCAL_RAY)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -16,13 +16,18 @@ import sys
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+# how every test's local Ray starts (the session's too, tests/ray_fixtures.py): "local" is a
+# Ray of its own even where other Rays run on the machine (without it, ray.init joins the
+# newest of them); no dashboard, and the workers' logs stay out of the test output
+LOCAL_RAY = {"address": "local", "include_dashboard": False, "log_to_driver": False,
+             "logging_level": "WARNING"}
+
 
 def main(num_cpus: int) -> None:
     import ray
     from ray._private import state
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             log_to_driver=False, logging_level="WARNING")
+    ray.init(num_cpus=num_cpus, **LOCAL_RAY)
     print("ADDRESS " + ray.get_runtime_context().gcs_address, flush=True)
     for line in sys.stdin:
         if line.strip() == "status":
