@@ -3,10 +3,11 @@
 
     .venv/bin/python benchmarks/science/spiking_grid.py --out spiking_runs [--seeds 0 1] \
         [--arms defaults pbt] [--datasets memory-ring ...] [--epochs 100] [--rate-hz 5] \
-        [--bin-ms 10] [--population 4]
+        [--bin-ms 10] [--trials 480] [--population 4]
 
 Each network is simulated once (cached under OUT/data) as spikes at ``--rate-hz`` in
-``--bin-ms`` bins: 48 units in the largest region, 480 trials of 60 network steps (1.2 s).
+``--bin-ms`` bins: 48 units in the largest region, ``--trials`` trials (480; 80% train) of
+60 network steps (1.2 s).
 ``defaults`` trains the default configuration for ``--epochs`` epochs (the ramps stretched
 to fit, as `mrlfads train --epochs` does) and scores ``best.pt``'s model: the checkpoint a
 user is told to use. ``pbt`` runs search_spaces/pbt.yaml (a synchronous population,
@@ -40,14 +41,15 @@ COLUMNS = ["effectome_cut_cosine", "effectome_cut_separation", "effectome_cosine
            "effectome_separation", "message_r2", "input_r2", "co_bps"]
 
 
-def dataset(out: Path, name: str, rate_hz: float, bin_ms: float) -> Path:
+def dataset(out: Path, name: str, rate_hz: float, bin_ms: float, trials: int = TRIALS) -> Path:
     from mrlfads.data_loaders.simulate import simulate
 
-    path = out / "data" / f"{name}-{rate_hz:g}hz-{bin_ms:g}ms"
+    size = "" if trials == TRIALS else f"-{trials}tr"
+    path = out / "data" / f"{name}-{rate_hz:g}hz-{bin_ms:g}ms{size}"
     if not (path / "dataset.json").exists():
         kind, seed = DATASETS[name]
         simulate(kind, out=str(path), seed=seed, obs="poisson", rate_hz=rate_hz, bin_ms=bin_ms,
-                 n_units=UNITS, trials=TRIALS, n_bins=round(STEPS * 20 / bin_ms), overwrite=True)
+                 n_units=UNITS, trials=trials, n_bins=round(STEPS * 20 / bin_ms), overwrite=True)
     return path
 
 
@@ -172,6 +174,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--rate-hz", type=float, default=5.0)
     p.add_argument("--bin-ms", type=float, default=10.0)
+    p.add_argument("--trials", type=int, default=TRIALS)
     p.add_argument("--population", type=int, default=4)
     p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE",
                    help="config overrides for the defaults arm (YAML 1.2 values), recorded as "
@@ -186,19 +189,20 @@ def main() -> None:
     results = out / "results.jsonl"
     rows = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
     # a run is keyed by everything that makes it another run (rows of old files lack the
-    # rate and bin: they were all 5 Hz in 10 ms bins)
+    # rate, bin and trials: they were all 5 Hz in 10 ms bins, 480 trials)
     def key(r):
         return (r["dataset"], r["arm"], r["seed"], r["epochs"], r.get("rate_hz", 5.0),
-                r.get("bin_ms", 10.0))
+                r.get("bin_ms", 10.0), r.get("trials", TRIALS))
 
     seen = {key(r) for r in rows}
     arm_name = {"defaults": f"defaults {variant}".strip(), "pbt": "pbt"}
     for name in args.datasets:
-        path = dataset(out, name, args.rate_hz, args.bin_ms)
+        path = dataset(out, name, args.rate_hz, args.bin_ms, args.trials)
         ceil = ceilings(path)
         for arm in args.arms:
             for seed in args.seeds:
-                if (name, arm_name[arm], seed, args.epochs, args.rate_hz, args.bin_ms) in seen:
+                if (name, arm_name[arm], seed, args.epochs, args.rate_hz, args.bin_ms,
+                        args.trials) in seen:
                     continue
                 t0 = time.time()
                 if arm == "defaults":
@@ -207,13 +211,14 @@ def main() -> None:
                 else:
                     metrics = run_pbt(path, seed, args.epochs, args.population, out)
                 row = {"dataset": name, "arm": arm_name[arm], "seed": seed, "epochs": args.epochs,
-                       "rate_hz": args.rate_hz, "bin_ms": args.bin_ms,
+                       "rate_hz": args.rate_hz, "bin_ms": args.bin_ms, "trials": args.trials,
                        "seconds": round(time.time() - t0), "metrics": metrics, "ceilings": ceil}
                 rows.append(row)
                 with open(results, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    print(table([r for r in rows if key(r)[3:] == (args.epochs, args.rate_hz, args.bin_ms)]))
+    print(table([r for r in rows
+                 if key(r)[3:] == (args.epochs, args.rate_hz, args.bin_ms, args.trials)]))
 
 
 if __name__ == "__main__":
