@@ -12,6 +12,7 @@ from mrlfads.config_utils import ConfigError, type_problems
 
 OBS_MODELS = ("poisson", "gaussian")
 MESSAGE_SOURCES = ("rates", "factors", "generator")
+CONTROLLER_SEES = ("own", "all")
 _REGION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -98,6 +99,9 @@ class ModelConfig:
     dropout: float = 0.3
     cell_clip: float = 5.0
     message_source: str = "rates"
+    # what each region's controller-input encoder reads: "own" (its region's neurons only)
+    # or "all" (every region's); docs/MODEL.md, "Ablations"
+    controller_sees: str = "own"
     inferred_inputs: bool = True
     prior_var: float = 0.1
     # several sessions with their own neurons, stitched onto shared dynamics; empty: one
@@ -118,6 +122,9 @@ class ModelConfig:
             errors.append(f"obs_model={self.obs_model!r} must be one of {OBS_MODELS}")
         if self.message_source not in MESSAGE_SOURCES:
             errors.append(f"message_source={self.message_source!r} must be one of {MESSAGE_SOURCES}")
+        if self.controller_sees not in CONTROLLER_SEES:
+            errors.append(f"controller_sees={self.controller_sees!r} must be one of "
+                          f"{CONTROLLER_SEES}")
         for key in ("ic_enc_seq_len", "ic_enc_dim", "ci_enc_dim", "con_dim", "co_dim", "ic_dim",
                     "com_dim"):
             if getattr(self, key) < 1:

@@ -191,17 +191,21 @@ class MRLFADS(ModelParams):
         one bmm per step (same math as calling the modules).
         """
         tau, cfg = self.cfg.ic_enc_seq_len, self.cfg
-        ic_mean, ic_logvar, ci_x = [], [], []
+        ic_mean, ic_logvar, xis = [], [], []
         for r, x in enumerate(heldin):
             xi = self._drop(self.read_in(r, x, session))  # (B, T, N_r)
+            xis.append(xi[:, tau:])
             _, hn = self.ic_enc[r](xi[:, :tau])  # hn: (2, B, E_ic) final fwd / bwd states
             h = self._drop(torch.cat([hn[0], hn[1]], -1))
             mean, logvar = self.ic_head[r](h).chunk(2, -1)
             ic_mean.append(mean)
             ic_logvar.append(logvar)
-            if cfg.inferred_inputs:
-                enc = self.ci_enc[r]
-                ci_x.append(F.linear(xi[:, tau:], enc.weight_ih_l0, enc.bias_ih_l0))  # (B, T', 3E)
+        ci_x = []
+        if cfg.inferred_inputs:
+            every = torch.cat(xis, -1) if cfg.controller_sees == "all" else None
+            for r, enc in enumerate(self.ci_enc):
+                seen = xis[r] if every is None else every
+                ci_x.append(F.linear(seen, enc.weight_ih_l0, enc.bias_ih_l0))  # (B, T', 3E)
         if not ci_x:
             return ic_mean, ic_logvar, None
         xg = torch.stack(ci_x).permute(2, 0, 1, 3)  # (R, B, T', 3E) -> (T', R, B, 3E)

@@ -70,8 +70,10 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
         g.append(model.ic_to_g0[r](z0))
         f.append(F.linear(drop(g[r]), W[r]["fac"]))
         h_con.append(heldin[r].new_zeros(B, cfg.con_dim))
-        if cfg.inferred_inputs:
-            enc.append(model.ci_enc[r](xi[:, tau:])[0])
+        enc.append(xi[:, tau:])  # what the controller-input encoders read, below
+    if cfg.inferred_inputs:
+        every = torch.cat(enc, -1) if cfg.controller_sees == "all" else None
+        enc = [model.ci_enc[r](enc[r] if every is None else every)[0] for r in range(s.R)]
     keep = model.silence_keep(silence, Tp, heldin[0]) if s.P else None
     keep_u = model.input_keep(silence_inputs, Tp, heldin[0])
     rec = {k: [[] for _ in range(s.R)] for k in ("f", "rho", "co", "u")}

@@ -76,7 +76,8 @@ class ModelParams(nn.Module):
         zeros = [0] * s.R
         cn = [Cn] * s.R
         if cfg.inferred_inputs:
-            self.ci_enc = nn.ModuleList(nn.GRU(n, Eci, batch_first=True) for n in s.N)
+            ci_in = [sum(s.N)] * s.R if cfg.controller_sees == "all" else s.N
+            self.ci_enc = nn.ModuleList(nn.GRU(n, Eci, batch_first=True) for n in ci_in)
             self._add("con_w_ie", block_mask(zeros, 0, cn, Cn, 3, in_offset=Eci), fan=[Eci + f for f in s.F])
             self._add("con_w_if", block_mask(s.F, s.Fm, cn, Cn, 3), fan=[Eci + f for f in s.F])
             self._add("con_w_hh", block_mask(zeros, 0, cn, Cn, 3, in_offset=Cn))

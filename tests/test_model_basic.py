@@ -160,6 +160,8 @@ def test_configs_round_trip_and_validate():
         LossConfig(kl_com_ratio=0.5)
     with pytest.raises(ConfigError, match="message_source"):
         tiny_cfg(message_source="spikes")
+    with pytest.raises(ConfigError, match="controller_sees='some'"):
+        tiny_cfg(controller_sees="some")
     with pytest.raises(ConfigError, match="name"):
         RegionConfig("1bad", 3)
     loss = with_overrides(LossConfig(), {"kl_co_scale": 2.0, "kl_com_ratio": 4.0})
@@ -190,3 +192,22 @@ def test_bfloat16_autocast_trains_with_gradients_close_to_float32(obs):
     assert full.shape == half.shape and torch.isfinite(half).all()
     assert torch.nn.functional.cosine_similarity(full, half, dim=0) > 0.99
     assert not torch.equal(full, half)  # autocast really ran the encoders in bfloat16
+
+
+@pytest.mark.parametrize("sees", ["own", "all"])
+def test_controller_reads_other_regions_only_when_it_sees_all(sees):
+    """Changing B's spikes from the first reconstructed bin on changes A's first inferred
+    input only when A's controller encoder reads every region (at that bin A's message from
+    B still comes from B's initial condition, which reads bins before it)."""
+    torch.manual_seed(0)
+    regions = (RegionConfig("A", 4), RegionConfig("B", 3))
+    cfg = ModelConfig(regions=regions, obs_model="poisson", ic_enc_seq_len=3, ic_enc_dim=4,
+                      ci_enc_dim=4, con_dim=5, co_dim=2, ic_dim=3, com_dim=2, dropout=0.0,
+                      controller_sees=sees)
+    model = MRLFADS(cfg).double().eval()
+    g = torch.Generator().manual_seed(1)
+    x = [torch.poisson(torch.full((2, 9, r.n_heldin), 1.0), generator=g).double() for r in regions]
+    other = [x[0], x[1].clone()]
+    other[1][:, 3:] += 5.0
+    a, b = (model(xs, sample=False).co_mean[0][:, 0] for xs in (x, other))
+    assert not torch.equal(a, b) if sees == "all" else torch.equal(a, b)

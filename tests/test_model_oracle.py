@@ -22,6 +22,7 @@ CASES = {
     "factors": dict(obs_model="gaussian", message_source="factors"),
     "generator": dict(obs_model="poisson", message_source="generator"),
     "no_inputs": dict(obs_model="poisson", inferred_inputs=False),
+    "controller_sees_all": dict(obs_model="poisson", controller_sees="all"),
     "no_inputs_gaussian_gen": dict(obs_model="gaussian", inferred_inputs=False,
                                    message_source="generator"),
 }
