@@ -39,7 +39,7 @@ class SimPerturbation:
 
 
 def parse_window(text: str) -> tuple[int, int]:
-    """``"START:STOP"`` in trial bins -> (start, stop): `simulate --window` and `perturb --window`."""
+    """``"START:STOP"`` in trial bins -> (start, stop), for `simulate` and `perturb`."""
     try:
         start, stop = (int(v) for v in text.split(":"))
     except ValueError:

@@ -70,8 +70,8 @@ def parse_window(window: str | tuple[int, int], n_bins: int, first_bin: int = 0
     zero effect for bins it never changed."""
     from mrlfads.data_loaders.simulate.perturbation import parse_window as bins
 
-    start, stop = bins(window) if isinstance(window, str) else (int(v) for v in window)
-    text = f"{start}:{stop}"
+    text = window if isinstance(window, str) else ":".join(map(str, window))
+    start, stop = bins(text)
     if not 0 <= start < stop <= n_bins:
         raise ValueError(f"--window {text!r}: need 0 <= START < STOP <= {n_bins} (the trial has "
                          f"{n_bins} bins)")
