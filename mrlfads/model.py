@@ -200,14 +200,10 @@ class MRLFADS(ModelParams):
             mean, logvar = self.ic_head[r](h).chunk(2, -1)
             ic_mean.append(mean)
             ic_logvar.append(logvar)
-        ci_x = []
-        if cfg.inferred_inputs:
-            every = torch.cat(xis, -1) if cfg.controller_sees == "all" else None
-            for r, enc in enumerate(self.ci_enc):
-                seen = xis[r] if every is None else every
-                ci_x.append(F.linear(seen, enc.weight_ih_l0, enc.bias_ih_l0))  # (B, T', 3E)
-        if not ci_x:
+        if not cfg.inferred_inputs:
             return ic_mean, ic_logvar, None
+        ci_x = [F.linear(seen, enc.weight_ih_l0, enc.bias_ih_l0)  # (B, T', 3E)
+                for enc, seen in zip(self.ci_enc, self.controller_reads(xis))]
         xg = torch.stack(ci_x).permute(2, 0, 1, 3)  # (R, B, T', 3E) -> (T', R, B, 3E)
         w_hh = torch.stack([m.weight_hh_l0.T for m in self.ci_enc])  # (R, E, 3E)
         b_hh = torch.stack([m.bias_hh_l0 for m in self.ci_enc]).unsqueeze(1)  # (R, 1, 3E)

@@ -72,8 +72,7 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
         h_con.append(heldin[r].new_zeros(B, cfg.con_dim))
         enc.append(xi[:, tau:])  # what the controller-input encoders read, below
     if cfg.inferred_inputs:
-        every = torch.cat(enc, -1) if cfg.controller_sees == "all" else None
-        enc = [model.ci_enc[r](enc[r] if every is None else every)[0] for r in range(s.R)]
+        enc = [gru(seen)[0] for gru, seen in zip(model.ci_enc, model.controller_reads(enc))]
     keep = model.silence_keep(silence, Tp, heldin[0]) if s.P else None
     keep_u = model.input_keep(silence_inputs, Tp, heldin[0])
     rec = {k: [[] for _ in range(s.R)] for k in ("f", "rho", "co", "u")}

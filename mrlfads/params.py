@@ -210,6 +210,15 @@ class ModelParams(nn.Module):
             z = z * self.session_recorded[session, r, :n]
         return self.readin[r](z)
 
+    def controller_reads(self, read: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What each region's controller-input encoder reads, from the regions' read-in
+        outputs ``read`` (B, T', N_r): its own, or all of them side by side
+        (``controller_sees``; the encoders' input sizes are set from the same rule)."""
+        if self.cfg.controller_sees == "own":
+            return list(read)
+        every = torch.cat(list(read), -1)
+        return [every] * len(read)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Checkpoints written before the data statistics existed load with neutral ones
         (mean 0, scale 1, baseline 0): exactly the model they were trained as."""

@@ -195,14 +195,14 @@ def main() -> None:
                 r.get("bin_ms", 10.0), r.get("trials", TRIALS))
 
     seen = {key(r) for r in rows}
+    setting = (args.epochs, args.rate_hz, args.bin_ms, args.trials)
     arm_name = {"defaults": f"defaults {variant}".strip(), "pbt": "pbt"}
     for name in args.datasets:
         path = dataset(out, name, args.rate_hz, args.bin_ms, args.trials)
         ceil = ceilings(path)
         for arm in args.arms:
             for seed in args.seeds:
-                if (name, arm_name[arm], seed, args.epochs, args.rate_hz, args.bin_ms,
-                        args.trials) in seen:
+                if (name, arm_name[arm], seed, *setting) in seen:
                     continue
                 t0 = time.time()
                 if arm == "defaults":
@@ -217,8 +217,7 @@ def main() -> None:
                 with open(results, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    print(table([r for r in rows
-                 if key(r)[3:] == (args.epochs, args.rate_hz, args.bin_ms, args.trials)]))
+    print(table([r for r in rows if key(r)[3:] == setting]))
 
 
 if __name__ == "__main__":
