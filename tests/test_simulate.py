@@ -110,6 +110,8 @@ def test_ring_dataset_layout(ring):
     prov = m.provenance
     assert prov["kind"] == "memory-ring" and prov["seed"] == 3
     assert 0 <= prov["training"]["task_loss_generated"] < 10
+    # what the seed's network depends on besides the seed (another CPU can train another)
+    assert prov["trained_on"]["torch"] == torch.__version__ and prov["trained_on"]["cpu"]
     ring.validate()
 
 

@@ -5,7 +5,10 @@ weights, training batches, training noise, trials, replayable trial noise, held-
 split, spikes), so the gaussian and poisson datasets of one seed share the same hidden units
 and the same seed always gives the same arrays: the same bytes in the Arrow shards and JSON,
 the same arrays in the extras' .npz files (whose zip entries numpy stamps with the time
-they were written). Torch runs single-threaded.
+they were written). Torch runs single-threaded. That holds on one kind of CPU and torch
+build, which provenance records (``trained_on``): the networks are trained in float32, and
+another CPU's kernels round differently, which a few hundred training steps turn into a
+different network.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from mrlfads.data_loaders.simulate import perturbation as sim_perturbation
 from mrlfads.data_loaders.simulate import sessions as sim_sessions
 from mrlfads.data_loaders.simulate.config import OBS_MODELS, STEP_S, SimConfig, preset
 from mrlfads.data_loaders.simulate.network import MultiRegionRNN, run_trials, to_npz
-from mrlfads.data_loaders.simulate.train import Progress, TaskBatch, single_thread, train_network
+from mrlfads.data_loaders.simulate.train import (Progress, TaskBatch, single_thread, train_network,
+                                                  trained_on)
 
 FAMILIES = {"memory-ring": memory_ring, "relay-decision": relay_decision, "random": random_nets}
 # append only: the streams are SeedSequence children by position, so a new one changes none
@@ -150,7 +154,8 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
                      base_hz, rng, (sessions, frac) if multi else None, n_perturbed)
     if perturbation is not None:
         _add_true_effects(data, cfg, spec, perturbation, window_steps, twin_hidden, base_hz)
-    data.provenance.update({"training": fit, "train_config": dict(train_cfg.__dict__)})
+    data.provenance.update({"training": fit, "train_config": dict(train_cfg.__dict__),
+                            "trained_on": trained_on()})
     # timings stay out of provenance: the same seed must give byte-identical files
     data.seconds = {"train": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)}
     obs_params = {"poisson_base_hz": base_hz, "poisson_gain": np.array(cfg.poisson_gain),

@@ -6,6 +6,7 @@ achieved is reported in the dataset's provenance instead of being driven to zero
 from __future__ import annotations
 
 import contextlib
+import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -74,6 +75,20 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def trained_on() -> dict[str, str]:
+    """The torch build and CPU that trained a network. A seed fixes the network only for
+    these: another CPU's float32 kernels round differently, and a few hundred optimiser
+    steps turn that into a different network (so different hidden units and spikes)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "cpu": cpu}
 
 
 def train_network(net: MultiRegionRNN, sample: Sampler, loss_fn: LossFn, cfg: TrainConfig,
