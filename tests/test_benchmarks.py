@@ -66,6 +66,29 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
     assert f"| {scores['effectome_cut_cosine']:.3f} |" in line
     two = grid.table([row, {**row, "metrics": {**scores, "co_bps": scores["co_bps"] + 0.02}}])
     assert f"{scores['co_bps'] + 0.01:.3f} ± 0.010" in two  # mean and std over the runs
+    info = _science("effectome_information").score_fit(str(tmp_path / "run" / BEST),
+                                                       str(tmp_path / "d"))
+    assert info["cut_cosine"] == pytest.approx(scores["effectome_cut_cosine"], abs=1e-3)
+    assert -1.0 <= info["information_cosine"] <= 1.0 and info["information_separation"] > 0
+
+
+def _science(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks" / "science"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_reference_cosines_are_those_of_ranked_and_sqrt_dimension_effectomes():
+    """random-1's truth (dimensions 2, 1, 1, 4 over 6 ordered pairs): equal present entries
+    give 8 / (sqrt(4) sqrt(22)); square roots of the dimensions give
+    sum(d^1.5) / (sqrt(sum d) sqrt(sum d^2))."""
+    refs = _science("effectome_information").reference_cosines([[0, 0, 2], [0, 0, 1], [1, 4, 0]])
+    assert refs["ranked"] == pytest.approx(8 / (2 * 22 ** 0.5))
+    d = [2, 1, 1, 4]
+    assert refs["sqrt"] == pytest.approx(sum(x ** 1.5 for x in d)
+                                         / (sum(d) ** 0.5 * sum(x * x for x in d) ** 0.5))
 
 
 def test_stitching_benchmark_cuts_a_session_out_as_its_own_dataset(tmp_path):
