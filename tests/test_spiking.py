@@ -14,7 +14,6 @@ predict at 0.07-0.21 bits per spike: on data whose held-out neurons carry little
 from __future__ import annotations
 
 import dataclasses
-
 import math
 
 import pytest

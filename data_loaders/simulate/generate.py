@@ -28,8 +28,13 @@ from mrlfads.data_loaders.simulate import perturbation as sim_perturbation
 from mrlfads.data_loaders.simulate import sessions as sim_sessions
 from mrlfads.data_loaders.simulate.config import OBS_MODELS, STEP_S, SimConfig, preset
 from mrlfads.data_loaders.simulate.network import MultiRegionRNN, run_trials, to_npz
-from mrlfads.data_loaders.simulate.train import (Progress, TaskBatch, single_thread, train_network,
-                                                  trained_on)
+from mrlfads.data_loaders.simulate.train import (
+    Progress,
+    TaskBatch,
+    single_thread,
+    train_network,
+    trained_on,
+)
 
 FAMILIES = {"memory-ring": memory_ring, "relay-decision": relay_decision, "random": random_nets}
 # append only: the streams are SeedSequence children by position, so a new one changes none
