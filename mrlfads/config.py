@@ -102,6 +102,9 @@ class ModelConfig:
     # what each region's controller-input encoder reads: "own" (its region's neurons only)
     # or "all" (every region's); docs/MODEL.md, "Ablations"
     controller_sees: str = "own"
+    # how many bins past t the controller-input encoding of bin t has read (0: up to t,
+    # causal); the last bins read the encoder's last state; docs/MODEL.md, "Ablations"
+    controller_lookahead: int = 0
     inferred_inputs: bool = True
     prior_var: float = 0.1
     # several sessions with their own neurons, stitched onto shared dynamics; empty: one
@@ -129,6 +132,8 @@ class ModelConfig:
                     "com_dim"):
             if getattr(self, key) < 1:
                 errors.append(f"{key}={getattr(self, key)} must be >= 1")
+        if self.controller_lookahead < 0:
+            errors.append(f"controller_lookahead={self.controller_lookahead} must be >= 0 (bins)")
         if not 0.0 <= self.dropout < 1.0:
             errors.append(f"dropout={self.dropout} must be in [0, 1)")
         if self.cell_clip <= 0:

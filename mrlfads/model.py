@@ -207,7 +207,7 @@ class MRLFADS(ModelParams):
         xg = torch.stack(ci_x).permute(2, 0, 1, 3)  # (R, B, T', 3E) -> (T', R, B, 3E)
         w_hh = torch.stack([m.weight_hh_l0.T for m in self.ci_enc])  # (R, E, 3E)
         b_hh = torch.stack([m.bias_hh_l0 for m in self.ci_enc]).unsqueeze(1)  # (R, 1, 3E)
-        return ic_mean, ic_logvar, gru_sequence(xg, w_hh, b_hh)
+        return ic_mean, ic_logvar, self.controller_ahead(gru_sequence(xg, w_hh, b_hh))
 
     def _seq_gates(self, seq: Tensor, w: Tensor, b: Tensor) -> Tensor:
         """Input-to-gate projection of a whole sequence: (R, T', B, I) -> (T', R, B, out)."""

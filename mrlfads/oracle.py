@@ -72,7 +72,8 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
         h_con.append(heldin[r].new_zeros(B, cfg.con_dim))
         enc.append(xi[:, tau:])  # what the controller-input encoders read, below
     if cfg.inferred_inputs:
-        enc = [gru(seen)[0] for gru, seen in zip(model.ci_enc, model.controller_reads(enc))]
+        enc = [model.controller_ahead(gru(seen)[0])
+               for gru, seen in zip(model.ci_enc, model.controller_reads(enc))]
     keep = model.silence_keep(silence, Tp, heldin[0]) if s.P else None
     keep_u = model.input_keep(silence_inputs, Tp, heldin[0])
     rec = {k: [[] for _ in range(s.R)] for k in ("f", "rho", "co", "u")}

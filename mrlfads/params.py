@@ -219,6 +219,17 @@ class ModelParams(nn.Module):
         every = torch.cat(list(read), -1)
         return [every] * len(read)
 
+    def controller_ahead(self, enc: torch.Tensor) -> torch.Tensor:
+        """Controller-input encodings (time on axis 1) shifted so that bin t gets the
+        encoder's state at bin t + ``controller_lookahead``, the last state where that is
+        past the trial: u_t may then read spikes up to that many bins after t."""
+        T = enc.shape[1]
+        ahead = min(self.cfg.controller_lookahead, T - 1)
+        if ahead == 0:
+            return enc
+        tail = enc[:, T - 1:].expand(-1, ahead, *enc.shape[2:])
+        return torch.cat([enc[:, ahead:], tail], 1)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Checkpoints written before the data statistics existed load with neutral ones
         (mean 0, scale 1, baseline 0): exactly the model they were trained as."""

@@ -162,6 +162,8 @@ def test_configs_round_trip_and_validate():
         tiny_cfg(message_source="spikes")
     with pytest.raises(ConfigError, match="controller_sees='some'"):
         tiny_cfg(controller_sees="some")
+    with pytest.raises(ConfigError, match="controller_lookahead=-1 must be >= 0"):
+        tiny_cfg(controller_lookahead=-1)
     with pytest.raises(ConfigError, match="name"):
         RegionConfig("1bad", 3)
     loss = with_overrides(LossConfig(), {"kl_co_scale": 2.0, "kl_com_ratio": 4.0})
@@ -211,3 +213,29 @@ def test_controller_reads_other_regions_only_when_it_sees_all(sees):
     other[1][:, 3:] += 5.0
     a, b = (model(xs, sample=False).co_mean[0][:, 0] for xs in (x, other))
     assert not torch.equal(a, b) if sees == "all" else torch.equal(a, b)
+
+
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_inferred_input_reads_spikes_up_to_lookahead_bins_ahead(ahead):
+    """Spikes changed at reconstructed bin 5 reach the inferred input (posterior mean) of bin
+    5 - controller_lookahead and no earlier one; with the default 0 the controller is
+    causal. The last bins read the encoder's last state, so nothing is read past the trial."""
+    torch.manual_seed(0)
+    regions = (RegionConfig("A", 4), RegionConfig("B", 3))
+    tau, T = 3, 12
+    cfg = ModelConfig(regions=regions, obs_model="poisson", ic_enc_seq_len=tau, ic_enc_dim=4,
+                      ci_enc_dim=4, con_dim=5, co_dim=2, ic_dim=3, com_dim=2, dropout=0.0,
+                      controller_lookahead=ahead)
+    model = MRLFADS(cfg).double().eval()
+    g = torch.Generator().manual_seed(1)
+    x = [torch.poisson(torch.full((2, T, r.n_heldin), 1.0), generator=g).double()
+         for r in regions]
+    other = [x[0].clone(), x[1]]
+    other[0][:, tau + 5] += 5.0
+    a, b = (model(xs, sample=False).co_mean[0] for xs in (x, other))  # (B, T', co_dim)
+    first = 5 - ahead
+    assert torch.equal(a[:, :first], b[:, :first])
+    assert not torch.equal(a[:, first], b[:, first])
+    # the encodings of the last `ahead` bins are the encoder's final state
+    e = model.encode(x)[2]  # (R, T', B, E)
+    assert torch.equal(e[:, -1], e[:, T - tau - 1 - ahead])

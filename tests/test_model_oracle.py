@@ -23,6 +23,7 @@ CASES = {
     "generator": dict(obs_model="poisson", message_source="generator"),
     "no_inputs": dict(obs_model="poisson", inferred_inputs=False),
     "controller_sees_all": dict(obs_model="poisson", controller_sees="all"),
+    "controller_lookahead": dict(obs_model="poisson", controller_lookahead=2),
     "no_inputs_gaussian_gen": dict(obs_model="gaussian", inferred_inputs=False,
                                    message_source="generator"),
 }
