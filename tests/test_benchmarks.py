@@ -66,10 +66,12 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
     assert f"| {scores['effectome_cut_cosine']:.3f} |" in line
     two = grid.table([row, {**row, "metrics": {**scores, "co_bps": scores["co_bps"] + 0.02}}])
     assert f"{scores['co_bps'] + 0.01:.3f} ± 0.010" in two  # mean and std over the runs
-    info = _science("effectome_information").score_fit(str(tmp_path / "run" / BEST),
-                                                       str(tmp_path / "d"))
+    info = _science("fit_diagnostics").score_fit(str(tmp_path / "run" / BEST),
+                                                 str(tmp_path / "d"), lags=[-2, 0, 1])
     assert info["cut_cosine"] == pytest.approx(scores["effectome_cut_cosine"], abs=1e-3)
     assert -1.0 <= info["information_cosine"] <= 1.0 and info["information_separation"] > 0
+    lagged = info["lagged_message_r2"]
+    assert lagged and all(sorted(v) == [-2, 0, 1] for v in lagged.values())
 
 
 def _science(name: str):
@@ -80,11 +82,26 @@ def _science(name: str):
         sys.path.pop(0)
 
 
+def test_lagged_message_r2_peaks_at_the_lag_the_messages_trail_by():
+    """Inferred messages that are the truth three bins late score 1 at lag -3, and every
+    lag is scored over the same bins."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    true = rng.standard_normal((40, 30, 2))
+    inferred = np.zeros((40, 30, 1, 2))
+    inferred[:, 3:, 0] = true[:, :-3] @ np.array([[1.0, 0.5], [0.0, 2.0]])  # invertible map
+    r2 = _science("fit_diagnostics").lagged_message_r2(
+        inferred, [(0, 1)], {"truth/messages/A->B": true}, ["A", "B"], [-3, 0, 2])
+    scores = r2["truth/messages/A->B"]
+    assert scores[-3] == pytest.approx(1.0) and scores[0] < 0.1 and scores[2] < 0.1
+
+
 def test_reference_cosines_are_those_of_ranked_and_sqrt_dimension_effectomes():
     """random-1's truth (dimensions 2, 1, 1, 4 over 6 ordered pairs): equal present entries
     give 8 / (sqrt(4) sqrt(22)); square roots of the dimensions give
     sum(d^1.5) / (sqrt(sum d) sqrt(sum d^2))."""
-    refs = _science("effectome_information").reference_cosines([[0, 0, 2], [0, 0, 1], [1, 4, 0]])
+    refs = _science("fit_diagnostics").reference_cosines([[0, 0, 2], [0, 0, 1], [1, 4, 0]])
     assert refs["ranked"] == pytest.approx(8 / (2 * 22 ** 0.5))
     d = [2, 1, 1, 4]
     assert refs["sqrt"] == pytest.approx(sum(x ** 1.5 for x in d)

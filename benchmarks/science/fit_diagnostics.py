@@ -1,14 +1,17 @@
-"""Two references for effectome cosines (docs/RESULTS.md, "What a cosine of 0.9 asks").
+"""Diagnostics of fits against the truth (docs/RESULTS.md, "What a cosine of 0.9 asks" and
+"How far ahead the controller sees").
 
-    .venv/bin/python benchmarks/science/effectome_information.py --data DATASET ... \
-        [--fit BEST_PT DATASET ...]
+    .venv/bin/python benchmarks/science/fit_diagnostics.py --data DATASET ... \
+        [--fit BEST_PT DATASET ...] [--lags -30 -20 -10 0]
 
 ``--data``: the cosine with each dataset's true matrix of two effectomes built from the
 truth alone: "ranked" (present pathways 1, absent 0) and "sqrt" (present pathways the
 square root of their message dimension).
 ``--fit``: a checkpoint and its dataset; the cut effectome and the message-information
 effectome (each pathway's message KL from its prior per bin, summed over dimensions,
-averaged over validation trials and bins), both scored against the truth.
+averaged over validation trials and bins), both scored against the truth; and the
+message R^2 with the truth shifted: the inferred messages of bin t against the true ones
+of bin t + lag, over the same bins for every lag.
 """
 from __future__ import annotations
 
@@ -49,7 +52,26 @@ def information_effectome(model, heldin, ext) -> np.ndarray:
     return E
 
 
-def score_fit(checkpoint: str, data: str) -> dict[str, float]:
+def lagged_message_r2(messages: np.ndarray, pairs, truth: dict[str, np.ndarray],
+                      regions, lags) -> dict[str, dict[int, float]]:
+    """Per true pathway, message R^2 (``metrics.message_r2``) of the inferred messages at
+    bins t against the true ones at t + lag, t over the bins where every lag stays inside
+    the trial. ``messages`` (trials, T', P, C); ``truth[name]`` (trials, T', d)."""
+    from mrlfads import metrics as M
+
+    T = messages.shape[1]
+    lo, hi = max(0, -min(lags)), T - max(0, max(lags))
+    out = {}
+    for col, y in truth.items():
+        src, dst = col.rsplit("/", 1)[1].split("->")
+        x = messages[:, lo:hi, pairs.index((regions.index(src), regions.index(dst)))]
+        out[col] = {lag: round(M.message_r2({(src, dst): x},
+                                            {(src, dst): y[:, lo + lag:hi + lag]})["mean"], 3)
+                    for lag in lags}
+    return out
+
+
+def score_fit(checkpoint: str, data: str, lags=()) -> dict:
     import torch
 
     from mrlfads.data_loaders.reader import ArrowDataset
@@ -65,7 +87,19 @@ def score_fit(checkpoint: str, data: str) -> dict[str, float]:
     out = effectome_truth_scores(cut_effectome(model, valid.heldin, valid.ext), truth, "cut")
     out.update(effectome_truth_scores(information_effectome(model, valid.heldin, valid.ext),
                                       truth, "information"))
-    return {k.removeprefix("valid/"): round(v, 3) for k, v in out.items()}
+    out = {k.removeprefix("valid/"): round(v, 3) for k, v in out.items()}
+    if lags:
+        from mrlfads.inference import _run
+
+        m = ds.manifest
+        with torch.no_grad():
+            outs = _run(model, valid.heldin, valid.ext, 256)
+        messages = torch.cat([o.msg_mean for o in outs]).numpy()
+        cols = [c for c in m.truth if c.startswith("truth/messages/")]
+        true = {c: v[:, m.ic_enc_seq_len:] for c, v in ds.arrays("valid", cols).items()}
+        out["lagged_message_r2"] = lagged_message_r2(messages, outs[0].pairs, true,
+                                                     list(m.region_names), lags)
+    return out
 
 
 def main() -> None:
@@ -73,6 +107,8 @@ def main() -> None:
     p.add_argument("--data", nargs="*", default=[], help="datasets for the reference cosines")
     p.add_argument("--fit", nargs="*", default=[], metavar="BEST_PT DATASET",
                    help="pairs: a checkpoint, then the dataset it was fitted on")
+    p.add_argument("--lags", type=int, nargs="*", default=[], metavar="BINS",
+                   help="with --fit: message R^2 against the truth shifted by these bins")
     args = p.parse_args()
     if len(args.fit) % 2:
         p.error("--fit takes pairs: CHECKPOINT DATASET [CHECKPOINT DATASET ...]")
@@ -83,7 +119,7 @@ def main() -> None:
         refs = {k: round(v, 3) for k, v in reference_cosines(truth).items()}
         print(json.dumps({"data": Path(data).name, **refs}))
     for checkpoint, data in zip(args.fit[::2], args.fit[1::2]):
-        print(json.dumps({"fit": checkpoint, **score_fit(checkpoint, data)}))
+        print(json.dumps({"fit": checkpoint, **score_fit(checkpoint, data, args.lags)}))
 
 
 if __name__ == "__main__":
