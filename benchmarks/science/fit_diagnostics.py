@@ -30,24 +30,20 @@ def reference_cosines(comm_matrix) -> dict[str, float]:
             "sqrt": M.effectome_cosine(np.sqrt(truth), truth)}
 
 
-def information_effectome(model, heldin, ext) -> np.ndarray:
+def information_effectome(outputs, n_regions: int) -> np.ndarray:
     """(R, R), ``E[dst, src]`` = mean over trials and bins of the message's KL (nats),
-    summed over its dimensions; posterior means and variances of a no-sampling pass."""
+    summed over its dimensions, from the ``ModelOutput``s of a no-sampling pass."""
     import torch
 
-    from mrlfads.inference import _run
     from mrlfads.loss import kl_diag_gaussian
 
-    R = len(model.cfg.region_names)
-    per_trial = []
-    with torch.no_grad():
-        for o in _run(model, heldin, ext, 256):
-            kl = kl_diag_gaussian(o.msg_mean.double(), o.msg_var.double(),
-                                  o.com_prior_logvar.double())  # (B, T', P, C)
-            per_trial.append(kl.sum(3).mean(1))  # (B, P)
+    with torch.no_grad():  # the prior's log-variance is a parameter
+        per_trial = [kl_diag_gaussian(o.msg_mean.double(), o.msg_var.double(),
+                                      o.com_prior_logvar.double()).sum(3).mean(1)  # (B, P)
+                     for o in outputs]
     kl_pair = torch.cat(per_trial).mean(0).numpy()
-    E = np.full((R, R), np.nan)
-    for p, (src, dst) in enumerate(o.pairs):
+    E = np.full((n_regions, n_regions), np.nan)
+    for p, (src, dst) in enumerate(outputs[0].pairs):
         E[dst, src] = kl_pair[p]
     return E
 
@@ -76,24 +72,23 @@ def score_fit(checkpoint: str, data: str, lags=()) -> dict:
 
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.effectome import cut_effectome
+    from mrlfads.inference import _run
     from mrlfads.training.checkpoint import load_model
     from mrlfads.training.data import load_split
     from mrlfads.training.evaluate import effectome_truth_scores
 
     model, _, _ = load_model(checkpoint)
     ds = ArrowDataset.open(data)
+    m = ds.manifest
     valid = load_split(ds, "valid", torch.device("cpu"))
-    truth = ds.manifest.comm_matrix
-    out = effectome_truth_scores(cut_effectome(model, valid.heldin, valid.ext), truth, "cut")
-    out.update(effectome_truth_scores(information_effectome(model, valid.heldin, valid.ext),
-                                      truth, "information"))
+    with torch.no_grad():
+        outs = _run(model, valid.heldin, valid.ext, 256)
+    out = effectome_truth_scores(cut_effectome(model, valid.heldin, valid.ext),
+                                 m.comm_matrix, "cut")
+    out.update(effectome_truth_scores(information_effectome(outs, len(m.region_names)),
+                                      m.comm_matrix, "information"))
     out = {k.removeprefix("valid/"): round(v, 3) for k, v in out.items()}
     if lags:
-        from mrlfads.inference import _run
-
-        m = ds.manifest
-        with torch.no_grad():
-            outs = _run(model, valid.heldin, valid.ext, 256)
         messages = torch.cat([o.msg_mean for o in outs]).numpy()
         cols = [c for c in m.truth if c.startswith("truth/messages/")]
         true = {c: v[:, m.ic_enc_seq_len:] for c, v in ds.arrays("valid", cols).items()}
