@@ -81,8 +81,7 @@ def score_fit(checkpoint: str, data: str, lags=()) -> dict:
     ds = ArrowDataset.open(data)
     m = ds.manifest
     valid = load_split(ds, "valid", torch.device("cpu"))
-    with torch.no_grad():
-        outs = _run(model, valid.heldin, valid.ext, 256)
+    outs = _run(model, valid.heldin, valid.ext, 256)  # posterior means, no autograd
     out = effectome_truth_scores(cut_effectome(model, valid.heldin, valid.ext),
                                  m.comm_matrix, "cut")
     out.update(effectome_truth_scores(information_effectome(outs, len(m.region_names)),
