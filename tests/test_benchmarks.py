@@ -74,6 +74,35 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
     assert lagged and all(sorted(v) == [-2, 0, 1] for v in lagged.values())
 
 
+def test_decoder_ceiling_recovers_a_message_the_spikes_hold_and_not_one_they_do_not(tmp_path):
+    """The spiking grid's per-pathway decoder: a message that is the source's spikes one bin
+    back scores R^2 near 1, independent noise no better than chance (at most ~0), and the
+    ceilings average the pathways."""
+    import numpy as np
+
+    from mrlfads.data_loaders import schema
+    from mrlfads.data_loaders.writer import write_dataset
+
+    rng = np.random.default_rng(0)
+    n, t = 80, 30
+    x = {r: rng.poisson(1.0, size=(n, t, 5)).astype(np.float32) for r in ("A", "B")}
+    held = np.zeros_like(x["A"][..., :2])
+    held[:, 1:] = x["A"][:, :-1, :2] @ np.array([[1.0, 0.5], [0.0, 2.0]], dtype=np.float32)
+    truth = {schema.truth_rates_col(r): np.ones_like(x[r]) for r in x}
+    truth[schema.truth_messages_col("A", "B")] = held
+    truth[schema.truth_messages_col("B", "A")] = rng.normal(size=(n, t, 1)).astype(np.float32)
+    write_dataset(tmp_path / "d", name="dec", regions=[("A", 4, 1), ("B", 4, 1)],
+                  obs_model="poisson", bin_width_s=0.01, ic_enc_seq_len=4, x=x,
+                  split=np.array(["valid"] * n), condition=np.array(["c"] * n), truth=truth)
+    grid = _science("spiking_grid")
+    r2 = grid.decoder_r2(tmp_path / "d")
+    assert set(r2) == {"A->B", "B->A"}
+    assert r2["A->B"] > 0.98 and r2["B->A"] < 0.05
+    ceil = grid.ceilings(tmp_path / "d")
+    assert ceil["decoder_message_r2"] == pytest.approx((r2["A->B"] + r2["B->A"]) / 2)
+    assert ceil["decoder_message_r2/A->B"] == r2["A->B"]
+
+
 def _science(name: str):
     sys.path.insert(0, str(ROOT / "benchmarks" / "science"))
     try:

@@ -55,25 +55,41 @@ def dataset(out: Path, name: str, rate_hz: float, bin_ms: float, trials: int = T
 
 def ceilings(path: Path) -> dict[str, float]:
     """What the spikes allow: co-bps of the true rates, and a ridge decoder's R^2 from the
-    source's and target's spikes at lags -1..+5 bins to each true message (half/half)."""
+    spikes to each true message (``decoder_r2``), per pathway and averaged."""
     from mrlfads import metrics as M
+    from mrlfads.data_loaders import schema
     from mrlfads.data_loaders.reader import ArrowDataset
 
     ds = ArrowDataset.open(path)
     m, tau = ds.manifest, ds.manifest.ic_enc_seq_len
-    cols = [f"x/{r.name}" for r in m.regions] + [c for c in m.truth if c.startswith("truth/")]
-    a = ds.arrays("valid", cols)
+    rate_cols = {r.name: schema.truth_rates_col(r.name) for r in m.regions}
+    a = ds.arrays("valid", [f"x/{r.name}" for r in m.regions] + list(rate_cols.values()))
     spikes = np.concatenate([a[f"x/{r.name}"][:, tau:, r.n_heldin:] for r in m.regions], -1)
-    rates = np.concatenate([a[f"truth/rates/{r.name}"][:, tau:, r.n_heldin:]
-                            for r in m.regions], -1)
+    rates = np.concatenate([a[rate_cols[r.name]][:, tau:, r.n_heldin:] for r in m.regions], -1)
     out = {"true_rates_co_bps": float(M.bits_per_spike(spikes, np.log(rates)))}
-    r2 = []
-    for col in (c for c in a if c.startswith("truth/messages/")):
-        src, dst = col.rsplit("/", 1)[1].split("->")
+    r2 = decoder_r2(path)
+    out["decoder_message_r2"] = float(np.mean(list(r2.values()))) if r2 else float("nan")
+    out.update({f"decoder_message_r2/{k}": v for k, v in r2.items()})
+    return out
+
+
+def decoder_r2(path: Path) -> dict[str, float]:
+    """Per pathway 'src->dst': the R^2 of a ridge decoder from the source's and target's
+    spikes at lags -1..+5 bins to the true message, fitted on the first half of the
+    validation trials and scored on the second (variance-weighted over its dimensions)."""
+    from mrlfads.data_loaders.reader import ArrowDataset
+
+    ds = ArrowDataset.open(path)
+    m, tau = ds.manifest, ds.manifest.ic_enc_seq_len
+    msgs = sorted(c for c in m.truth if c.startswith("truth/messages/"))
+    a = ds.arrays("valid", [f"x/{r.name}" for r in m.regions] + msgs)
+    out = {}
+    for col in msgs:
+        pathway = col.rsplit("/", 1)[1]
+        src, dst = pathway.split("->")
         feats = [np.roll(a[f"x/{r}"], lag, axis=1) for lag in range(-5, 2) for r in (src, dst)]
         X = np.concatenate(feats, -1)[:, tau:-6]  # (trials, T', features)
-        r2.append(_ridge_r2(X, a[col][:, tau:-6]))
-    out["decoder_message_r2"] = float(np.mean(r2)) if r2 else float("nan")
+        out[pathway] = _ridge_r2(X, a[col][:, tau:-6])
     return out
 
 

@@ -18,7 +18,9 @@ arms, each trained with the defaults for ``--epochs`` (ramps stretched to fit) a
 
 Scores: the cut effectome's cosine with the true communication matrix and its separation
 (weakest present pathway / strongest absent one), message R^2, inferred-input R^2 and
-co-bps (a stitched model's pooled over its sessions). One JSON line per fit goes to
+co-bps (a stitched model's pooled over its sessions); beside them what one trial's spikes
+allow: the spiking grid's decoder R^2 from the recorded neurons to each true message (a
+stitched dataset's averaged over its sessions, each with its own neurons). One JSON line per fit goes to
 OUT/results.jsonl; the table is printed at the end.
 """
 from __future__ import annotations
@@ -95,6 +97,15 @@ def session_alone(stitched: Path, k: int) -> Path:
     return path
 
 
+def decoder_ceiling(path: Path, sessions: list[Path] | None = None) -> float:
+    """What the spikes of one trial allow: the spiking grid's ridge decoder from the source's
+    and target's spikes to each true message, averaged over pathways; for a stitched
+    dataset, over its sessions too, each decoded from the neurons it recorded."""
+    from spiking_grid import decoder_r2  # this folder
+
+    return float(np.mean([np.mean(list(decoder_r2(p).values())) for p in (sessions or [path])]))
+
+
 def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str, float]:
     from spiking_grid import score  # the grid's scoring of best.pt (this folder)
 
@@ -112,8 +123,8 @@ def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| arm | fits | trials per fit | " + " | ".join(COLUMNS) + " |",
-             "|" + "---|" * (len(COLUMNS) + 3)]
+    lines = ["| arm | fits | trials per fit | " + " | ".join(COLUMNS) + " | decoder R^2 |",
+             "|" + "---|" * (len(COLUMNS) + 4)]
     for arm in ("full", "stitched", "alone"):
         sel = [r for r in rows if r["arm"] == arm]
         if not sel:
@@ -123,7 +134,9 @@ def table(rows: list[dict]) -> str:
             v = np.array([r["metrics"][c] for r in sel], dtype=float)
             cells.append(f"{v[0]:.3f}" if len(v) == 1 else
                          f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}")
-        lines.append(f"| {arm} | {len(sel)} | {sel[0]['trials']} | " + " | ".join(cells) + " |")
+        ceil = np.mean([r.get("decoder_message_r2", np.nan) for r in sel])
+        lines.append(f"| {arm} | {len(sel)} | {sel[0]['trials']} | " + " | ".join(cells)
+                     + f" | {ceil:.3f} |")
     return "\n".join(lines)
 
 
@@ -148,14 +161,14 @@ def main() -> None:
     done = ({(r["arm"], r["name"], r["seed"]) for r in map(json.loads, results.open())}
             if results.exists() else set())
     stitched = simulated(out, args, args.sessions)
+    alone = [session_alone(stitched, k) for k in range(args.sessions)]
     jobs = []
     if "full" in args.arms:
         jobs.append(("full", "full", simulated(out, args, 1)))
     if "stitched" in args.arms:
         jobs.append(("stitched", "stitched", stitched))
     if "alone" in args.arms:
-        jobs += [("alone", f"session-{k}", session_alone(stitched, k))
-                 for k in range(args.sessions)]
+        jobs += [("alone", f"session-{k}", p) for k, p in enumerate(alone)]
     for seed in args.seeds:
         for arm, name, path in jobs:
             if (arm, name, seed) in done:
@@ -167,7 +180,8 @@ def main() -> None:
             n = sum(ArrowDataset.open(path).manifest.splits.values())
             row = {"arm": arm, "name": name, "seed": seed, "epochs": args.epochs,
                    "network": args.network, "obs": args.obs, "rate_hz": args.rate_hz,
-                   "trials": n, "seconds": round(time.time() - start), "metrics": metrics}
+                   "trials": n, "seconds": round(time.time() - start), "metrics": metrics,
+                   "decoder_message_r2": decoder_ceiling(path, alone if arm == "stitched" else None)}
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
