@@ -105,6 +105,9 @@ class ModelConfig:
     # how many bins past t the controller-input encoding of bin t has read (0: up to t,
     # causal); the last bins read the encoder's last state; docs/MODEL.md, "Ablations"
     controller_lookahead: int = 0
+    # in training, the chance that a pathway's message is zero for a whole trial (each
+    # pathway and trial drawn alone); 0: never; docs/MODEL.md, "Ablations"
+    pathway_dropout: float = 0.0
     inferred_inputs: bool = True
     prior_var: float = 0.1
     # several sessions with their own neurons, stitched onto shared dynamics; empty: one
@@ -136,6 +139,8 @@ class ModelConfig:
             errors.append(f"controller_lookahead={self.controller_lookahead} must be >= 0 (bins)")
         if not 0.0 <= self.dropout < 1.0:
             errors.append(f"dropout={self.dropout} must be in [0, 1)")
+        if not 0.0 <= self.pathway_dropout < 1.0:
+            errors.append(f"pathway_dropout={self.pathway_dropout} must be in [0, 1)")
         if self.cell_clip <= 0:
             errors.append(f"cell_clip={self.cell_clip} must be > 0")
         if self.prior_var <= 0:

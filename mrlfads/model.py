@@ -146,6 +146,23 @@ class MRLFADS(ModelParams):
                     keep[lo:hi, p, :, channels] = 0.0
         return keep
 
+    def message_keep(self, silence, B: int, Tp: int, like: Tensor) -> Tensor | None:
+        """The 0/1 factor on every message: ``silence_keep``'s, times ``pathway_keep``'s
+        in training; (T', P, 1 or B, 1 or com_dim), or None when nothing is zeroed."""
+        keep, dropped = self.silence_keep(silence, Tp, like), self.pathway_keep(B, like)
+        if dropped is None:
+            return keep
+        return dropped.expand(Tp, -1, -1, -1) if keep is None else keep * dropped
+
+    def pathway_keep(self, B: int, like: Tensor) -> Tensor | None:
+        """(1, P, B, 1) 0/1 factor in training: each pathway's message is zero for a whole
+        trial with chance ``pathway_dropout``, unscaled (a cut, as the cut effectome makes
+        it); None in evaluation or when the chance is 0."""
+        p = self.cfg.pathway_dropout
+        if not (p > 0 and self.training):
+            return None
+        return (torch.rand(1, self.sizes.P, B, 1, device=like.device) >= p).to(like.dtype)
+
     def input_keep(self, silence_inputs, Tp: int, like: Tensor) -> Tensor | None:
         """(T', R, 1, co_dim) 0/1 factor on the inferred inputs u_t the generators receive.
 
@@ -273,7 +290,7 @@ class MRLFADS(ModelParams):
                         - self.source_baseline.unsqueeze(1))[self.src_index]  # (P, 1, Nm)
                 msg_b = torch.baddbmm(msg_b, ro_b, msg_w)  # (P, 1, 2C)
                 msg_w = torch.bmm(ro_w, msg_w)  # (P, Fm, 2C)
-        keep = self.silence_keep(silence, Tp, x0) if s.P else None
+        keep = self.message_keep(silence, B, Tp, x0) if s.P else None
         keep_u = self.input_keep(silence_inputs, Tp, x0)
         spec = LoopSpec(R=s.R, P=s.P, C=C, U=s.U, T=Tp, clip=clip, sample=sample,
                         src_is_g=cfg.message_source == "generator")

@@ -74,7 +74,7 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
     if cfg.inferred_inputs:
         enc = [model.controller_ahead(gru(seen)[0])
                for gru, seen in zip(model.ci_enc, model.controller_reads(enc))]
-    keep = model.silence_keep(silence, Tp, heldin[0]) if s.P else None
+    keep = model.message_keep(silence, B, Tp, heldin[0]) if s.P else None
     keep_u = model.input_keep(silence_inputs, Tp, heldin[0])
     rec = {k: [[] for _ in range(s.R)] for k in ("f", "rho", "co", "u")}
     mrec = {k: [[] for _ in range(s.P)] for k in ("mean", "var", "m")}

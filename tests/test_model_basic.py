@@ -164,6 +164,8 @@ def test_configs_round_trip_and_validate():
         tiny_cfg(controller_sees="some")
     with pytest.raises(ConfigError, match="controller_lookahead=-1 must be >= 0"):
         tiny_cfg(controller_lookahead=-1)
+    with pytest.raises(ConfigError, match=r"pathway_dropout=1.0 must be in \[0, 1\)"):
+        tiny_cfg(pathway_dropout=1.0)
     with pytest.raises(ConfigError, match="name"):
         RegionConfig("1bad", 3)
     loss = with_overrides(LossConfig(), {"kl_co_scale": 2.0, "kl_com_ratio": 4.0})
@@ -239,3 +241,26 @@ def test_inferred_input_reads_spikes_up_to_lookahead_bins_ahead(ahead):
     # the encodings of the last `ahead` bins are the encoder's final state
     e = model.encode(x)[2]  # (R, T', B, E)
     assert torch.equal(e[:, -1], e[:, T - tau - 1 - ahead])
+
+
+def test_pathway_dropout_cuts_whole_trials_in_training_only():
+    """With pathway_dropout p, each (trial, pathway) message is zero over the whole trial with
+    chance p (400 trials x 2 pathways: within 5 standard errors of 0.3); a trial with no
+    cut is that of a model without dropout (no rescaling); in evaluation nothing is cut."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(pathway_dropout=0.3, dropout=0.0)
+    model = MRLFADS(cfg)
+    plain = MRLFADS(tiny_cfg(dropout=0.0))
+    plain.load_state_dict(model.state_dict())
+    heldin, _ = batch(cfg)
+    heldin = [x.repeat(134, 1, 1)[:400] for x in heldin]
+    with torch.no_grad():
+        cut = model.train()(heldin, sample=False).messages  # (B, T', P, C)
+        full = plain.train()(heldin, sample=False).messages
+        evaluated = model.eval()(heldin, sample=False).messages
+    silent = cut.abs().sum((1, 3)) == 0
+    assert abs(float(silent.float().mean()) - 0.3) < 5 * (0.3 * 0.7 / silent.numel()) ** 0.5
+    whole = ~silent.any(1)  # trials with every pathway kept (a cut changes its target's
+    assert 0 < int(whole.sum()) < len(whole)  # later messages, so only these match)
+    torch.testing.assert_close(cut[whole], full[whole], rtol=0, atol=1e-7)
+    torch.testing.assert_close(evaluated, full, rtol=0, atol=1e-7)

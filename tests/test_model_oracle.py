@@ -24,6 +24,7 @@ CASES = {
     "no_inputs": dict(obs_model="poisson", inferred_inputs=False),
     "controller_sees_all": dict(obs_model="poisson", controller_sees="all"),
     "controller_lookahead": dict(obs_model="poisson", controller_lookahead=2),
+    "pathway_dropout": dict(obs_model="poisson", pathway_dropout=0.5),
     "no_inputs_gaussian_gen": dict(obs_model="gaussian", inferred_inputs=False,
                                    message_source="generator"),
 }
@@ -56,6 +57,7 @@ def build(case: str, regions=UNEQUAL, seed=0):
 
 def run(fn, model, heldin, heldout, ext, **kw):
     model.zero_grad()
+    torch.manual_seed(3)  # the same pathway-dropout draws in both paths
     out = fn(model, heldin, ext, **kw)
     loss = compute_loss(out, heldin, heldout, LossConfig(), epoch=1000)
     loss.total.backward()
@@ -107,6 +109,22 @@ def test_silenced_fast_path_matches_oracle():
     b_out = [p for p, (src, _) in enumerate(out_f.pairs) if src == 1]
     assert float(out_f.msg_mean[:, 2:6, b_out].abs().max()) == 0.0
     assert float(out_f.msg_mean[:, 6:, b_out].abs().min()) > 0.0
+
+
+def test_pathway_dropout_matches_oracle():
+    """In training, pathway dropout zeroes whole trials' messages, means included, the same
+    way in both paths (the same draws from the same seed), and some pathways of some trials
+    are kept."""
+    model, heldin, heldout, ext = build("pathway_dropout")
+    noise = model.draw_noise(B, T - TAU, heldin[0])
+    out_f, _, grad_f = run(fast, model, heldin, heldout, ext, sample=True, noise=noise)
+    out_o, _, grad_o = run(oracle_forward, model, heldin, heldout, ext, sample=True, noise=noise)
+    assert_same_outputs(out_f, out_o)
+    for name in grad_f:
+        torch.testing.assert_close(grad_f[name], grad_o[name], rtol=1e-5, atol=1e-5, msg=name)
+    silent = out_f.messages.abs().sum((1, 3)) == 0  # (B, P): zero over the whole trial
+    assert 0 < int(silent.sum()) < silent.numel()
+    assert torch.equal(silent, out_f.msg_mean.abs().sum((1, 3)) == 0)
 
 
 def test_two_equal_regions_match_oracle():

@@ -67,7 +67,7 @@ def poisoned():
 
 
 @pytest.mark.parametrize("variant", [{}, {"message_source": "generator"},
-                                     {"inferred_inputs": False}])
+                                     {"inferred_inputs": False}, {"pathway_dropout": 0.5}])
 def test_native_loop_matches_python_loop_in_float32(variant, monkeypatch, poisoned):
     model = make_model(**variant)
     data = batch(1)

@@ -82,11 +82,12 @@ def score_fit(checkpoint: str, data: str, lags=()) -> dict:
     m = ds.manifest
     valid = load_split(ds, "valid", torch.device("cpu"))
     outs = _run(model, valid.heldin, valid.ext, 256)  # posterior means, no autograd
-    out = effectome_truth_scores(cut_effectome(model, valid.heldin, valid.ext),
-                                 m.comm_matrix, "cut")
+    cut = cut_effectome(model, valid.heldin, valid.ext)
+    out = effectome_truth_scores(cut, m.comm_matrix, "cut")
     out.update(effectome_truth_scores(information_effectome(outs, len(m.region_names)),
                                       m.comm_matrix, "information"))
     out = {k.removeprefix("valid/"): round(v, 3) for k, v in out.items()}
+    out["cut_effectome"] = np.round(np.asarray(cut), 4).tolist()  # [target][source]
     if lags:
         messages = torch.cat([o.msg_mean for o in outs]).numpy()
         cols = [c for c in m.truth if c.startswith("truth/messages/")]
