@@ -111,20 +111,17 @@ def test_silenced_fast_path_matches_oracle():
     assert float(out_f.msg_mean[:, 6:, b_out].abs().min()) > 0.0
 
 
-def test_pathway_dropout_matches_oracle():
-    """In training, pathway dropout zeroes whole trials' messages, means included, the same
-    way in both paths (the same draws from the same seed), and some pathways of some trials
-    are kept."""
+def test_pathway_dropout_cuts_the_same_whole_trials_in_both_paths():
+    """In training, pathway dropout zeroes whole trials' messages, means included, and both
+    paths cut the same (trial, pathway) pairs from the same seed (the "pathway_dropout"
+    case above compares every output and gradient); some pairs are kept."""
     model, heldin, heldout, ext = build("pathway_dropout")
-    noise = model.draw_noise(B, T - TAU, heldin[0])
-    out_f, _, grad_f = run(fast, model, heldin, heldout, ext, sample=True, noise=noise)
-    out_o, _, grad_o = run(oracle_forward, model, heldin, heldout, ext, sample=True, noise=noise)
-    assert_same_outputs(out_f, out_o)
-    for name in grad_f:
-        torch.testing.assert_close(grad_f[name], grad_o[name], rtol=1e-5, atol=1e-5, msg=name)
-    silent = out_f.messages.abs().sum((1, 3)) == 0  # (B, P): zero over the whole trial
-    assert 0 < int(silent.sum()) < silent.numel()
-    assert torch.equal(silent, out_f.msg_mean.abs().sum((1, 3)) == 0)
+    silent = []
+    for fn in (fast, oracle_forward):
+        out = run(fn, model, heldin, heldout, ext, sample=False)[0]
+        silent.append(out.messages.abs().sum((1, 3)) == 0)  # (B, P): zero all trial long
+        assert torch.equal(silent[-1], out.msg_mean.abs().sum((1, 3)) == 0)
+    assert torch.equal(*silent) and 0 < int(silent[0].sum()) < silent[0].numel()
 
 
 def test_two_equal_regions_match_oracle():
