@@ -77,7 +77,7 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
 def test_decoder_ceiling_recovers_a_message_the_spikes_hold_and_not_one_they_do_not(tmp_path):
     """The spiking grid's per-pathway decoder: a message that is the source's spikes one bin
     back scores R^2 near 1, independent noise no better than chance (at most ~0), and the
-    ceilings average the pathways."""
+    ceilings (the spiking grid's, the stitching table's) average the pathways."""
     import numpy as np
 
     from mrlfads.data_loaders import schema
@@ -101,6 +101,14 @@ def test_decoder_ceiling_recovers_a_message_the_spikes_hold_and_not_one_they_do_
     ceil = grid.ceilings(tmp_path / "d")
     assert ceil["decoder_message_r2"] == pytest.approx((r2["A->B"] + r2["B->A"]) / 2)
     assert ceil["decoder_message_r2/A->B"] == r2["A->B"]
+    # the stitching table's ceiling: the pathways' mean, averaged over sessions
+    stitching = _science("stitching")
+    mean = (r2["A->B"] + r2["B->A"]) / 2
+    assert stitching.decoder_ceiling(tmp_path / "d") == pytest.approx(mean)
+    assert stitching.decoder_ceiling(tmp_path / "x", [tmp_path / "d"] * 2) == pytest.approx(mean)
+    row = {"arm": "stitched", "trials": n, "decoder_message_r2": mean,
+           "metrics": {c: 0.5 for c in stitching.COLUMNS}}
+    assert stitching.table([row]).splitlines()[-1].endswith(f" | {mean:.3f} |")
 
 
 def _science(name: str):

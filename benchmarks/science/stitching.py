@@ -20,8 +20,8 @@ Scores: the cut effectome's cosine with the true communication matrix and its se
 (weakest present pathway / strongest absent one), message R^2, inferred-input R^2 and
 co-bps (a stitched model's pooled over its sessions); beside them what one trial's spikes
 allow: the spiking grid's decoder R^2 from the recorded neurons to each true message (a
-stitched dataset's averaged over its sessions, each with its own neurons). One JSON line per fit goes to
-OUT/results.jsonl; the table is printed at the end.
+stitched dataset's averaged over its sessions, each with its own neurons). One JSON line
+per fit goes to OUT/results.jsonl; the table is printed at the end.
 """
 from __future__ import annotations
 
@@ -178,10 +178,11 @@ def main() -> None:
             from mrlfads.data_loaders.reader import ArrowDataset
 
             n = sum(ArrowDataset.open(path).manifest.splits.values())
+            ceiling = decoder_ceiling(path, alone if arm == "stitched" else None)
             row = {"arm": arm, "name": name, "seed": seed, "epochs": args.epochs,
                    "network": args.network, "obs": args.obs, "rate_hz": args.rate_hz,
                    "trials": n, "seconds": round(time.time() - start), "metrics": metrics,
-                   "decoder_message_r2": decoder_ceiling(path, alone if arm == "stitched" else None)}
+                   "decoder_message_r2": ceiling}
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
