@@ -129,6 +129,27 @@ def test_figures_come_per_session(trained, sds, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
+def test_psth_neurons_are_dataset_columns_in_every_session(trained, sds):
+    from mrlfads.training.report_figures import choose_neurons, figure_set, fit_views
+
+    trainer, _ = trained
+    views = dict(fit_views(trainer.model, sds, trainer.cfg, max_trials=8))
+    # region A's dataset columns: held-in s0, s0, s1 (0-2), then held-out s0, s1 (3, 4)
+    np.testing.assert_array_equal(views["s0"].column_ids("A"), [0, 1, 3])
+    np.testing.assert_array_equal(views["s1"].column_ids("A"), [2, 4])
+    assert choose_neurons(views["s1"], {"A": [4, 2, 0]})["A"] == [1, 0]  # 0: s0's only
+    s0 = figure_set(views["s0"], {"A": [2, 3]})[0]
+    assert s0.caption.endswith("A [3]; B [0, 1]; not recorded in this session: A [2]")
+    s1 = figure_set(views["s1"], {"A": [4, 2]})[0]
+    assert s1.caption.endswith("neurons: A [4, 2]")
+    axes = s1.figure.axes
+    assert [ax.get_title() for ax in axes] == ["A neuron 4", "A neuron 2"]
+    view = views["s1"]
+    _, rows = view.groups[0]
+    np.testing.assert_allclose(axes[1].lines[0].get_ydata(),  # column 0 of s1's view
+                               view.data["A"][rows, :, 0].mean(0) * view.scale)
+
+
 def test_infer_names_each_trials_session(trained, tmp_path):
     from mrlfads.training.api.models import load
 

@@ -36,7 +36,9 @@ class FitView:
     the data they are compared with, all over the bins the model reconstructs (tau..T-1).
 
     ``data``/``rates`` per region hold held-in then held-out neurons (the dataset's column
-    order); messages are keyed ``"src->dst"``; truths only where the dataset has them."""
+    order; a stitched session's view only the columns its session recorded, ``columns``
+    saying which); messages are keyed ``"src->dst"``; truths only where the dataset has
+    them."""
 
     regions: list[str]
     t: np.ndarray  # (T',) time of each bin from the trial's start
@@ -55,6 +57,14 @@ class FitView:
     message_rms: np.ndarray | None = None
     truth_comm: np.ndarray | None = None
     input_effect: dict[str, list[float]] | None = None
+    # per region, the dataset column (held-in first, then held-out) of each column of
+    # ``data``/``rates``; a region not here shows every column in order
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def column_ids(self, region: str) -> np.ndarray:
+        """The dataset column of each of ``region``'s columns in ``data``/``rates``."""
+        ids = self.columns.get(region)
+        return np.arange(self.data[region].shape[-1]) if ids is None else ids
 
 
 @dataclass
@@ -107,10 +117,13 @@ def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIA
     outputs, _ = collect_outputs(model, data, run_cfg, epoch=run_cfg.train.epochs)
     names = list(run_cfg.model.region_names)
     shown = {n: (slice(None), slice(None)) for n in names}  # held-in, held-out columns shown
+    columns = {}
     if session is not None and run_cfg.model.sessions:  # only the neurons it recorded
         rec_in, rec_out = model.recorded(session)
         shown = {n: (rec_in[r].bool().cpu().numpy(), rec_out[r].bool().cpu().numpy())
                  for r, n in enumerate(names)}
+        columns = {n: np.concatenate([np.flatnonzero(i), i.size + np.flatnonzero(o)])
+                   for n, (i, o) in shown.items()}
     tau = run_cfg.model.ic_enc_seq_len
     poisson = run_cfg.model.obs_model == "poisson"
     bw = float(m.bin_width_s or 0.0)
@@ -132,7 +145,8 @@ def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIA
                for n in names},
         factors={n: outputs[f"factors/{n}"] for n in names},
         inputs={n: outputs[f"inputs/{n}"] for n in names if f"inputs/{n}" in outputs},
-        messages={k.split("/", 1)[1]: v for k, v in outputs.items() if k.startswith("messages/")})
+        messages={k.split("/", 1)[1]: v for k, v in outputs.items() if k.startswith("messages/")},
+        columns=columns)
     for col, arr in data.truth.items():
         pair = schema.parse_message_col(col)
         if pair is not None and f"{pair[0]}->{pair[1]}" in view.messages and arr.shape[-1] > 0:
@@ -173,11 +187,20 @@ def check_neurons(counts: Mapping[str, int], neurons: Mapping[str, Sequence[int]
 
 def choose_neurons(view: FitView, neurons: Mapping[str, Sequence[int]] | None = None,
                    n_neurons: int = N_NEURONS) -> dict[str, list[int]]:
-    """The neurons the PSTH figure shows per region: those asked for, else the
-    ``n_neurons`` most active (highest mean activity over validation trials and bins)."""
-    check_neurons({r: view.data[r].shape[-1] for r in view.regions}, neurons or {})
-    return {r: [int(i) for i in (neurons or {}).get(r, fd.most_active(view.data[r], n_neurons))]
-            for r in view.regions}
+    """The neurons the PSTH figure shows per region, as positions among the view's columns:
+    those asked for (dataset columns, held-in first; a stitched session's view keeps those
+    its session recorded), else the ``n_neurons`` most active (highest mean activity over
+    validation trials and bins)."""
+    if not view.columns:  # a session's view: the caller checked against every neuron
+        check_neurons({r: view.data[r].shape[-1] for r in view.regions}, neurons or {})
+    chosen = {}
+    for r in view.regions:
+        if neurons and r in neurons:
+            at = {int(c): i for i, c in enumerate(view.column_ids(r))}
+            chosen[r] = [at[int(i)] for i in neurons[r] if int(i) in at]
+        else:
+            chosen[r] = [int(i) for i in fd.most_active(view.data[r], n_neurons)]
+    return chosen
 
 
 def aligned_series(inferred: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray],
@@ -237,6 +260,10 @@ def figure_set(view: FitView, neurons: Mapping[str, Sequence[int]] | None = None
     # view can lack a region); the latent and message figures show every region
     observed = [r for r in regions if view.data[r].shape[-1] > 0]
     chosen = choose_neurons(view, neurons, n_neurons)
+    ids = {r: [int(view.column_ids(r)[i]) for i in chosen[r]] for r in regions}
+    unrecorded = {r: [int(i) for i in neurons[r] if int(i) not in ids[r]]
+                  for r in observed if neurons and r in neurons}
+    unrecorded = {r: v for r, v in unrecorded.items() if v}
     data_avg = {r: fd.condition_means(view.data[r], view.groups) * view.scale for r in observed}
     rate_avg = {r: fd.condition_means(view.rates[r], view.groups) * view.scale for r in observed}
     cond = (f"{len(labels)} condition(s)" if labels != [fd.ALL_TRIALS]
@@ -246,11 +273,14 @@ def figure_set(view: FitView, neurons: Mapping[str, Sequence[int]] | None = None
         "psth", "Condition-averaged PSTHs",
         f"Data (thin) against model rates (thick), averaged over the trials of each condition "
         f"({n_trials} validation trials, {cond}); neurons: "
-        + "; ".join(f"{r} {chosen[r]}" for r in observed)
-        + (" (the most active by default)" if not neurons else ""),
+        + "; ".join(f"{r} {ids[r]}" for r in observed)
+        + (" (the most active by default)" if not neurons else "")
+        + ("; not recorded in this session: " + "; ".join(f"{r} {v}" for r, v in
+                                                            unrecorded.items())
+           if unrecorded else ""),
         ff.psth_figure({r: data_avg[r][..., chosen[r]] for r in observed},
                        {r: rate_avg[r][..., chosen[r]] for r in observed},
-                       {r: chosen[r] for r in observed}, labels,
+                       {r: ids[r] for r in observed}, labels,
                        view.t, view.unit, view.time_label))]
     out.append(ModelFigure(
         "rates_heatmap", "Rate heatmap",

@@ -20,8 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="the dataset, where it is no longer where the run config "
                    "says (default: the run config's data.uri)")
     p.add_argument("--neurons", action="append", default=[], metavar="REGION:I,J,...",
-                   help="neurons of REGION in the PSTH figure (columns: held-in first, then "
-                   "held-out; repeatable); default: the most active --n-neurons per region")
+                   help="neurons of REGION in the PSTH figure (the dataset's columns: held-in "
+                   "first, then held-out; a stitched dataset's session figures show those "
+                   "the session recorded; repeatable); default: the most active --n-neurons "
+                   "per region")
     p.add_argument("--n-neurons", type=at_least(1), default=4, metavar="K",
                    help="most active neurons per region in the PSTH figure (default 4)")
     p.add_argument("--perturb", action="append", default=[], metavar="DIR",
