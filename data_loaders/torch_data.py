@@ -210,14 +210,20 @@ class ShardStream(IterableDataset):
     across all ranks and workers. Shard order and rows within a shard are shuffled with
     (seed, epoch, g); call set_epoch(e) each epoch. Fewer shards than consumers leaves some idle.
     by_session: each batch holds trials of one session (a batch per session fills on its
-    own; each session's remainder comes at the end of the consumer's pass)."""
+    own; each session's remainder comes at the end of the consumer's pass).
+    mix_batches: with shuffle, full batches wait in a pool of this many and leave it in
+    random order, so that consecutive batches mix shards, and sessions where a shard holds
+    one session's trials (0: each batch leaves as it fills)."""
 
     def __init__(self, ds: ArrowDataset, split: str, batch_size: int = 16, *, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, with_truth: bool = False,
                  rank: int | None = None, world_size: int | None = None,
-                 by_session: bool = False):
+                 by_session: bool = False, mix_batches: int = 64):
         if batch_size < 1:
             raise DatasetError(f"batch_size: must be >= 1, got {batch_size}")
+        if mix_batches < 0:
+            raise DatasetError(f"mix_batches: must be >= 0, got {mix_batches}")
+        self.mix_batches = mix_batches if shuffle else 0
         self.ds, self.split, self.batch_size = ds, split, batch_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.columns = _columns(ds.manifest, with_truth)
@@ -242,6 +248,7 @@ class ShardStream(IterableDataset):
             shards = [shards[i] for i in rng.permutation(len(shards))]
         # session -> (rows waiting for a batch, their count); one key without by_session
         pending: dict[int, tuple[list[dict[str, np.ndarray]], int]] = {}
+        pool: list[dict[str, np.ndarray]] = []  # full batches waiting to leave (mix_batches)
         for shard in shards:
             arrays = self.ds.shard_arrays(shard, self.split, self.columns)
             _check_chunk(self.ds, shard, arrays)
@@ -259,8 +266,15 @@ class ShardStream(IterableDataset):
                 n_waiting += len(part[schema.TRIAL_ID])
                 while n_waiting >= self.batch_size:
                     head, waiting, n_waiting = _take(waiting, self.batch_size)
-                    yield _make_batch(self.ds.manifest, head)
+                    pool.append(head)
+                    if len(pool) > self.mix_batches:
+                        at = int(rng.integers(len(pool))) if self.mix_batches else 0
+                        yield _make_batch(self.ds.manifest, pool.pop(at))
                 pending[key] = (waiting, n_waiting)
+        if self.mix_batches:
+            pool = [pool[i] for i in rng.permutation(len(pool))]
+        for head in pool:
+            yield _make_batch(self.ds.manifest, head)
         for waiting, n_waiting in pending.values():
             if n_waiting and not self.drop_last:
                 head, _, _ = _take(waiting, n_waiting)
@@ -285,10 +299,10 @@ def make_loader(ds: ArrowDataset, split: str, batch_size: int, shuffle: bool = T
                 seed: int = 0, streaming: bool = False, num_workers: int = 0,
                 drop_last: bool = False, *, with_truth: bool = False, pin_memory: bool = False,
                 rank: int | None = None, world_size: int | None = None,
-                by_session: bool | None = None) -> DataLoader:
+                by_session: bool | None = None, mix_batches: int = 64) -> DataLoader:
     """DataLoader yielding Batch. Map-style (default) shuffles all trials of the split with a
     torch.Generator seeded by `seed`; streaming uses ShardStream (call
-    loader.dataset.set_epoch(e) per epoch to reshuffle).
+    loader.dataset.set_epoch(e) per epoch to reshuffle; mix_batches: ShardStream's).
 
     by_session (default: True when the dataset has more than one session): every batch holds
     trials of one session, sessions mixed across batches. Map-style uses a
@@ -299,7 +313,7 @@ def make_loader(ds: ArrowDataset, split: str, batch_size: int, shuffle: bool = T
     if streaming:
         stream = ShardStream(ds, split, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                              with_truth=with_truth, rank=rank, world_size=world_size,
-                             by_session=by_session)
+                             by_session=by_session, mix_batches=mix_batches)
         return DataLoader(stream, batch_size=None, num_workers=num_workers,
                           pin_memory=pin_memory, collate_fn=_identity)
     data = TrialDataset(ds, split, with_truth=with_truth)
