@@ -211,19 +211,20 @@ class ShardStream(IterableDataset):
     (seed, epoch, g); call set_epoch(e) each epoch. Fewer shards than consumers leaves some idle.
     by_session: each batch holds trials of one session (a batch per session fills on its
     own; each session's remainder comes at the end of the consumer's pass).
-    mix_batches: with shuffle, full batches wait in a pool of this many and leave it in
-    random order, so that consecutive batches mix shards, and sessions where a shard holds
-    one session's trials (0: each batch leaves as it fills)."""
+    mix_trials: with shuffle, full batches wait in a pool of up to this many trials (the
+    default: two shards' worth) and leave it in random order, so that consecutive batches
+    come from different shards, and so from different sessions where a shard holds one
+    session's trials (below batch_size: each batch leaves as it fills)."""
 
     def __init__(self, ds: ArrowDataset, split: str, batch_size: int = 16, *, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, with_truth: bool = False,
                  rank: int | None = None, world_size: int | None = None,
-                 by_session: bool = False, mix_batches: int = 64):
+                 by_session: bool = False, mix_trials: int = 1024):
         if batch_size < 1:
             raise DatasetError(f"batch_size: must be >= 1, got {batch_size}")
-        if mix_batches < 0:
-            raise DatasetError(f"mix_batches: must be >= 0, got {mix_batches}")
-        self.mix_batches = mix_batches if shuffle else 0
+        if mix_trials < 0:
+            raise DatasetError(f"mix_trials: must be >= 0, got {mix_trials}")
+        self.mix_batches = mix_trials // batch_size if shuffle else 0  # the pool's size
         self.ds, self.split, self.batch_size = ds, split, batch_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.columns = _columns(ds.manifest, with_truth)
@@ -248,7 +249,7 @@ class ShardStream(IterableDataset):
             shards = [shards[i] for i in rng.permutation(len(shards))]
         # session -> (rows waiting for a batch, their count); one key without by_session
         pending: dict[int, tuple[list[dict[str, np.ndarray]], int]] = {}
-        pool: list[dict[str, np.ndarray]] = []  # full batches waiting to leave (mix_batches)
+        pool: list[dict[str, np.ndarray]] = []  # full batches waiting to leave (mix_trials)
         for shard in shards:
             arrays = self.ds.shard_arrays(shard, self.split, self.columns)
             _check_chunk(self.ds, shard, arrays)
@@ -299,10 +300,10 @@ def make_loader(ds: ArrowDataset, split: str, batch_size: int, shuffle: bool = T
                 seed: int = 0, streaming: bool = False, num_workers: int = 0,
                 drop_last: bool = False, *, with_truth: bool = False, pin_memory: bool = False,
                 rank: int | None = None, world_size: int | None = None,
-                by_session: bool | None = None, mix_batches: int = 64) -> DataLoader:
+                by_session: bool | None = None, mix_trials: int = 1024) -> DataLoader:
     """DataLoader yielding Batch. Map-style (default) shuffles all trials of the split with a
     torch.Generator seeded by `seed`; streaming uses ShardStream (call
-    loader.dataset.set_epoch(e) per epoch to reshuffle; mix_batches: ShardStream's).
+    loader.dataset.set_epoch(e) per epoch to reshuffle; mix_trials: ShardStream's).
 
     by_session (default: True when the dataset has more than one session): every batch holds
     trials of one session, sessions mixed across batches. Map-style uses a
@@ -313,7 +314,7 @@ def make_loader(ds: ArrowDataset, split: str, batch_size: int, shuffle: bool = T
     if streaming:
         stream = ShardStream(ds, split, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                              with_truth=with_truth, rank=rank, world_size=world_size,
-                             by_session=by_session, mix_batches=mix_batches)
+                             by_session=by_session, mix_trials=mix_trials)
         return DataLoader(stream, batch_size=None, num_workers=num_workers,
                           pin_memory=pin_memory, collate_fn=_identity)
     data = TrialDataset(ds, split, with_truth=with_truth)

@@ -231,7 +231,7 @@ def test_streaming_loader_batches_within_one_session_across_workers_and_ranks(sd
 def test_streaming_batches_mix_sessions_across_shards(tmp_path):
     """Shards of 10 trials in session order (30 train trials per session, batches of 2):
     batches leaving as they fill come in runs of one session per shard; the pool
-    (mix_batches) mixes them, keeping each batch in one session and every trial once."""
+    (mix_trials) mixes them, keeping each batch in one session and every trial once."""
     ds = make_tiny_sessions_dataset(tmp_path / "d", trials=(40, 40, 40), rows_per_shard=10)
     a = ds.arrays("train", [schema.TRIAL_ID, schema.SESSION])
     truth = dict(zip(a[schema.TRIAL_ID].tolist(), a[schema.SESSION].tolist()))
@@ -240,15 +240,15 @@ def test_streaming_batches_mix_sessions_across_shards(tmp_path):
         first = [int(b.session[0]) for b in batches]
         return sum(x != y for x, y in itertools.pairwise(first))
 
-    runs = list(ShardStream(ds, "train", 2, by_session=True, seed=1, mix_batches=0))
+    runs = list(ShardStream(ds, "train", 2, by_session=True, seed=1, mix_trials=0))
     mixed = list(ShardStream(ds, "train", 2, by_session=True, seed=1))
     for batches in (runs, mixed):
         _check_epoch(batches, a[schema.TRIAL_ID].tolist(), truth, 2)
     n_shards = len(ds.manifest.shards_for("train"))
     assert len(mixed) == 45 and switches(runs) <= n_shards + 2  # the remainders' switches
     assert switches(mixed) > 2 * switches(runs)
-    with pytest.raises(DatasetError, match="mix_batches: must be >= 0"):
-        ShardStream(ds, "train", 2, mix_batches=-1)
+    with pytest.raises(DatasetError, match="mix_trials: must be >= 0"):
+        ShardStream(ds, "train", 2, mix_trials=-1)
 
 
 def test_single_session_batches_carry_session_zero(tmp_path):
