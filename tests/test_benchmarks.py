@@ -74,6 +74,33 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
     assert lagged and all(sorted(v) == [-2, 0, 1] for v in lagged.values())
 
 
+def test_fit_diagnostics_scores_a_stitched_model_session_by_session(tmp_path):
+    """A stitched checkpoint runs one session per batch: score_fit's cut effectome is the
+    library's with each trial's session (it used to stop on the model's session error)."""
+    import numpy as np
+    import torch
+
+    from mrlfads.data_loaders.testing import make_tiny_sessions_dataset
+    from mrlfads.effectome import cut_effectome
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.data import load_split
+    from mrlfads.training.fit import BEST, fit
+    from mrlfads.training.loop import Trainer
+
+    ds = make_tiny_sessions_dataset(tmp_path / "d")
+    cfg = RunConfig.for_dataset(ds.manifest, uri=ds.uri, smoke_test=True,
+                                overrides={"train.epochs": 2})
+    fit(Trainer(cfg, ds), tmp_path / "run", progress=False)
+    info = _science("fit_diagnostics").score_fit(str(tmp_path / "run" / BEST), str(tmp_path / "d"))
+    model, _, _ = load_model(str(tmp_path / "run" / BEST))
+    valid = load_split(ds, "valid", torch.device("cpu"))
+    want = cut_effectome(model, valid.heldin, valid.ext, sessions=valid.session)
+    got = np.array(info["cut_effectome"], dtype=float)
+    np.testing.assert_allclose(got, np.round(want, 4), equal_nan=True)
+    assert np.isfinite(got[~np.eye(2, dtype=bool)]).all()
+
+
 def test_decoder_ceiling_recovers_a_message_the_spikes_hold_and_not_one_they_do_not(tmp_path):
     """The spiking grid's per-pathway decoder: a message that is the source's spikes one bin
     back scores R^2 near 1, independent noise no better than chance (at most ~0), and the

@@ -73,6 +73,7 @@ def score_fit(checkpoint: str, data: str, lags=()) -> dict:
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.effectome import cut_effectome
     from mrlfads.inference import _run
+    from mrlfads.sessions import session_groups
     from mrlfads.training.checkpoint import load_model
     from mrlfads.training.data import load_split
     from mrlfads.training.evaluate import effectome_truth_scores
@@ -81,8 +82,9 @@ def score_fit(checkpoint: str, data: str, lags=()) -> dict:
     ds = ArrowDataset.open(data)
     m = ds.manifest
     valid = load_split(ds, "valid", torch.device("cpu"))
-    outs = _run(model, valid.heldin, valid.ext, 256)  # posterior means, no autograd
-    cut = cut_effectome(model, valid.heldin, valid.ext)
+    # posterior means, no autograd; a stitched model's outputs come session by session
+    outs = _run(model, valid.heldin, valid.ext, 256, valid.session)
+    cut = cut_effectome(model, valid.heldin, valid.ext, sessions=valid.session)
     out = effectome_truth_scores(cut, m.comm_matrix, "cut")
     out.update(effectome_truth_scores(information_effectome(outs, len(m.region_names)),
                                       m.comm_matrix, "information"))
@@ -91,7 +93,9 @@ def score_fit(checkpoint: str, data: str, lags=()) -> dict:
     if lags:
         messages = torch.cat([o.msg_mean for o in outs]).numpy()
         cols = [c for c in m.truth if c.startswith("truth/messages/")]
-        true = {c: v[:, m.ic_enc_seq_len:] for c, v in ds.arrays("valid", cols).items()}
+        order = torch.cat([rows for _, rows in session_groups(valid.session,
+                                                              valid.n_trials)]).numpy()
+        true = {c: v[order, m.ic_enc_seq_len:] for c, v in ds.arrays("valid", cols).items()}
         out["lagged_message_r2"] = lagged_message_r2(messages, outs[0].pairs, true,
                                                      list(m.region_names), lags)
     return out
