@@ -191,7 +191,7 @@ def choose_neurons(view: FitView, neurons: Mapping[str, Sequence[int]] | None = 
     those asked for (dataset columns, held-in first; a stitched session's view keeps those
     its session recorded), else the ``n_neurons`` most active (highest mean activity over
     validation trials and bins)."""
-    if not view.columns:  # a session's view: the caller checked against every neuron
+    if not view.columns:  # (a session's view: the caller checks against every neuron)
         check_neurons({r: view.data[r].shape[-1] for r in view.regions}, neurons or {})
     chosen = {}
     for r in view.regions:
@@ -262,7 +262,7 @@ def figure_set(view: FitView, neurons: Mapping[str, Sequence[int]] | None = None
     chosen = choose_neurons(view, neurons, n_neurons)
     ids = {r: [int(view.column_ids(r)[i]) for i in chosen[r]] for r in regions}
     unrecorded = {r: [int(i) for i in neurons[r] if int(i) not in ids[r]]
-                  for r in observed if neurons and r in neurons}
+                  for r in regions if neurons and r in neurons}
     unrecorded = {r: v for r, v in unrecorded.items() if v}
     data_avg = {r: fd.condition_means(view.data[r], view.groups) * view.scale for r in observed}
     rate_avg = {r: fd.condition_means(view.rates[r], view.groups) * view.scale for r in observed}
