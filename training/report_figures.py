@@ -116,14 +116,12 @@ def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIA
     data = data.head(max_trials)
     outputs, _ = collect_outputs(model, data, run_cfg, epoch=run_cfg.train.epochs)
     names = list(run_cfg.model.region_names)
-    shown = {n: (slice(None), slice(None)) for n in names}  # held-in, held-out columns shown
-    columns = {}
+    columns = {}  # region -> the dataset columns shown (held-in, then held-out); all if absent
     if session is not None and run_cfg.model.sessions:  # only the neurons it recorded
         rec_in, rec_out = model.recorded(session)
-        shown = {n: (rec_in[r].bool().cpu().numpy(), rec_out[r].bool().cpu().numpy())
-                 for r, n in enumerate(names)}
-        columns = {n: np.concatenate([np.flatnonzero(i), i.size + np.flatnonzero(o)])
-                   for n, (i, o) in shown.items()}
+        columns = {n: np.concatenate([np.flatnonzero(rec_in[r].cpu().numpy()),
+                                      rec_in[r].numel() + np.flatnonzero(rec_out[r].cpu().numpy())])
+                   for r, n in enumerate(names)}
     tau = run_cfg.model.ic_enc_seq_len
     poisson = run_cfg.model.obs_model == "poisson"
     bw = float(m.bin_width_s or 0.0)
@@ -134,15 +132,16 @@ def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIA
     def numpy(x):
         return x[:, tau:].detach().float().cpu().numpy()
 
+    def shown(n, heldin, heldout):  # (trials, T', neurons) of region n, the columns shown
+        both = np.concatenate([heldin, heldout], axis=-1)
+        return both[..., columns[n]] if n in columns else both
+
     view = FitView(
         regions=names, t=t, time_label="time from trial start (s)" if bw > 0 else "bin",
         unit=unit, scale=scale, groups=fd.condition_groups(data.condition, data.n_trials),
-        data={n: np.concatenate([numpy(data.heldin[r])[..., shown[n][0]],
-                                 numpy(data.heldout[r])[..., shown[n][1]]], axis=-1)
+        data={n: shown(n, numpy(data.heldin[r]), numpy(data.heldout[r]))
               for r, n in enumerate(names)},
-        rates={n: np.concatenate([outputs[f"rates/{n}"][..., shown[n][0]],
-                                  outputs[f"heldout_rates/{n}"][..., shown[n][1]]], axis=-1)
-               for n in names},
+        rates={n: shown(n, outputs[f"rates/{n}"], outputs[f"heldout_rates/{n}"]) for n in names},
         factors={n: outputs[f"factors/{n}"] for n in names},
         inputs={n: outputs[f"inputs/{n}"] for n in names if f"inputs/{n}" in outputs},
         messages={k.split("/", 1)[1]: v for k, v in outputs.items() if k.startswith("messages/")},

@@ -73,7 +73,6 @@ def score_fit(checkpoint: str, data: str, lags=()) -> dict:
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.effectome import cut_effectome
     from mrlfads.inference import _run
-    from mrlfads.sessions import session_groups
     from mrlfads.training.checkpoint import load_model
     from mrlfads.training.data import load_split
     from mrlfads.training.evaluate import effectome_truth_scores
@@ -93,8 +92,7 @@ def score_fit(checkpoint: str, data: str, lags=()) -> dict:
     if lags:
         messages = torch.cat([o.msg_mean for o in outs]).numpy()
         cols = [c for c in m.truth if c.startswith("truth/messages/")]
-        order = torch.cat([rows for _, rows in session_groups(valid.session,
-                                                              valid.n_trials)]).numpy()
+        order = torch.cat([rows for _, rows in valid.session_groups()]).numpy()  # outs' order
         true = {c: v[order, m.ic_enc_seq_len:] for c, v in ds.arrays("valid", cols).items()}
         out["lagged_message_r2"] = lagged_message_r2(messages, outs[0].pairs, true,
                                                      list(m.region_names), lags)
