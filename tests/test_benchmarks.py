@@ -161,6 +161,29 @@ def test_lagged_message_r2_peaks_at_the_lag_the_messages_trail_by():
     assert scores[-3] == pytest.approx(1.0) and scores[0] < 0.1 and scores[2] < 0.1
 
 
+def test_message_contents_tell_a_source_copy_from_an_echo_of_the_target():
+    """A->B is a linear map of A's log-rates; B->A is A's own log-rates 4 bins late (an echo
+    of its target); B has inputs and A none. Each scores about 1 where it came from and
+    near 0 elsewhere."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n, T, past = 60, 40, 4
+    log_a, log_b = rng.standard_normal((2, n, T, 3))
+    messages = np.zeros((n, T, 2, 3))
+    messages[:, :, 0] = log_a @ rng.standard_normal((3, 3))
+    messages[:, past:, 1] = log_a[:, :-past]
+    truth = {"truth/rates/A": np.exp(log_a), "truth/rates/B": np.exp(log_b),
+             "truth/inputs/B": rng.standard_normal((n, T, 2))}
+    got = _science("fit_diagnostics").message_contents(
+        messages, [(0, 1), (1, 0)], truth, ["A", "B"], past)
+    assert set(got["A->B"]) == {"source", "target_past"}  # A has no inputs
+    assert got["A->B"]["source"] == pytest.approx(1.0, abs=1e-3)
+    assert got["A->B"]["target_past"] < 0.1
+    assert got["B->A"]["target_past"] == pytest.approx(1.0, abs=1e-3)
+    assert got["B->A"]["source"] < 0.1 and got["B->A"]["source_inputs"] < 0.1
+
+
 def test_reference_cosines_are_those_of_ranked_and_sqrt_dimension_effectomes():
     """random-1's truth (dimensions 2, 1, 1, 4 over 6 ordered pairs): equal present entries
     give 8 / (sqrt(4) sqrt(22)); square roots of the dimensions give

@@ -2,7 +2,7 @@
 "How far ahead the controller sees").
 
     .venv/bin/python benchmarks/science/fit_diagnostics.py --data DATASET ... \
-        [--fit BEST_PT DATASET ...] [--lags -30 -20 -10 0]
+        [--fit BEST_PT DATASET ...] [--lags -30 -20 -10 0] [--contents [--past 24]]
 
 ``--data``: the cosine with each dataset's true matrix of two effectomes built from the
 truth alone: "ranked" (present pathways 1, absent 0) and "sqrt" (present pathways the
@@ -12,6 +12,10 @@ effectome (each pathway's message KL from its prior per bin, summed over dimensi
 averaged over validation trials and bins), both scored against the truth; and the
 message R^2 with the truth shifted: the inferred messages of bin t against the true ones
 of bin t + lag, over the same bins for every lag.
+``--contents``: with ``--fit``, what each inferred message carries (``message_contents``):
+the share of its variance a ridge map explains from the source's true log-rates, from the
+source's true inputs, and from the target's own true log-rates ``--past`` bins earlier
+(docs/RESULTS.md, "Random-2's reverse pathway").
 """
 from __future__ import annotations
 
@@ -67,7 +71,36 @@ def lagged_message_r2(messages: np.ndarray, pairs, truth: dict[str, np.ndarray],
     return out
 
 
-def score_fit(checkpoint: str, data: str, lags=()) -> dict:
+def message_contents(messages: np.ndarray, pairs, truth: dict[str, np.ndarray], regions,
+                     past: int) -> dict[str, dict[str, float]]:
+    """Per pathway 'src->dst': cross-validated R^2 (spiking_grid's ridge: fitted on the
+    first half of the trials, scored on the second) of the inferred message at bin t from
+    ``source``: the source's true log-rates at t; ``source_inputs``: the source's true
+    inputs at t (absent when it has none); ``target_past``: the target's true log-rates at
+    t - past. ``messages`` (trials, T', P, C); ``truth`` keyed by the dataset's truth
+    columns, each (trials, T', ...) over the same bins."""
+    import sys
+
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from spiking_grid import _ridge_r2
+
+    log_rates = {r: np.log(truth[f"truth/rates/{r}"].astype(np.float64)) for r in regions}
+    out = {}
+    for p, (s, d) in enumerate(pairs):
+        src, dst = regions[s], regions[d]
+        y = messages[:, :, p].astype(np.float64)
+        row = {"source": _ridge_r2(log_rates[src][:, past:], y[:, past:])}
+        inputs = truth.get(f"truth/inputs/{src}")
+        if inputs is not None:
+            row["source_inputs"] = _ridge_r2(inputs[:, past:].astype(np.float64), y[:, past:])
+        row["target_past"] = _ridge_r2(log_rates[dst][:, :y.shape[1] - past], y[:, past:])
+        out[f"{src}->{dst}"] = {k: round(v, 3) for k, v in row.items()}
+    return out
+
+
+def score_fit(checkpoint: str, data: str, lags=(), past: int | None = None) -> dict:
     import torch
 
     from mrlfads.data_loaders.reader import ArrowDataset
@@ -89,13 +122,18 @@ def score_fit(checkpoint: str, data: str, lags=()) -> dict:
                                       m.comm_matrix, "information"))
     out = {k.removeprefix("valid/"): round(v, 3) for k, v in out.items()}
     out["cut_effectome"] = np.round(np.asarray(cut), 4).tolist()  # [target][source]
-    if lags:
+    if lags or past is not None:
         messages = torch.cat([o.msg_mean for o in outs]).numpy()
-        cols = [c for c in m.truth if c.startswith("truth/messages/")]
         order = torch.cat([rows for _, rows in valid.session_groups()]).numpy()  # outs' order
-        true = {c: v[order, m.ic_enc_seq_len:] for c, v in ds.arrays("valid", cols).items()}
-        out["lagged_message_r2"] = lagged_message_r2(messages, outs[0].pairs, true,
+        true = {c: v[order, m.ic_enc_seq_len:]
+                for c, v in ds.arrays("valid", list(m.truth)).items()}
+    if lags:
+        msgs = {c: v for c, v in true.items() if c.startswith("truth/messages/")}
+        out["lagged_message_r2"] = lagged_message_r2(messages, outs[0].pairs, msgs,
                                                      list(m.region_names), lags)
+    if past is not None:
+        out["message_contents"] = message_contents(messages, outs[0].pairs, true,
+                                                   list(m.region_names), past)
     return out
 
 
@@ -106,6 +144,11 @@ def main() -> None:
                    help="pairs: a checkpoint, then the dataset it was fitted on")
     p.add_argument("--lags", type=int, nargs="*", default=[], metavar="BINS",
                    help="with --fit: message R^2 against the truth shifted by these bins")
+    p.add_argument("--contents", action="store_true",
+                   help="with --fit: what each message carries (source, its inputs, the "
+                        "target's own past)")
+    p.add_argument("--past", type=int, default=24, metavar="BINS",
+                   help="with --contents: how far back the target's past is read (24)")
     args = p.parse_args()
     if len(args.fit) % 2:
         p.error("--fit takes pairs: CHECKPOINT DATASET [CHECKPOINT DATASET ...]")
@@ -116,7 +159,8 @@ def main() -> None:
         refs = {k: round(v, 3) for k, v in reference_cosines(truth).items()}
         print(json.dumps({"data": Path(data).name, **refs}))
     for checkpoint, data in zip(args.fit[::2], args.fit[1::2]):
-        print(json.dumps({"fit": checkpoint, **score_fit(checkpoint, data, args.lags)}))
+        print(json.dumps({"fit": checkpoint, **score_fit(checkpoint, data, args.lags,
+                                                           args.past if args.contents else None)}))
 
 
 if __name__ == "__main__":
