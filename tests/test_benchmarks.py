@@ -223,6 +223,35 @@ def test_stitching_benchmark_cuts_a_session_out_as_its_own_dataset(tmp_path):
     assert list(b[schema.SPLIT]) == list(a[schema.SPLIT][rows])
 
 
+def test_subset_sees_one_region_through_fewer_neurons(tmp_path):
+    """benchmarks/science/subset.py: B keeps its first 2 held-in and its first held-out
+    neuron (columns 0, 1 and 4 of x/B and of B's true rates), A and every trial stay whole,
+    other truth and the splits unchanged; asking for more neurons than a region has is
+    refused with the counts."""
+    import numpy as np
+
+    from mrlfads.data_loaders import schema
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+
+    src = make_tiny_dataset(tmp_path / "d", regions=(("A", 3, 1), ("B", 4, 2)))
+    subset = _science("subset")
+    out = ArrowDataset.open(subset.fewer_neurons(tmp_path / "d", tmp_path / "s", "B", 2, 1))
+    assert [(r.name, r.n_heldin, r.n_heldout) for r in out.manifest.regions] == [
+        ("A", 3, 1), ("B", 2, 1)]
+    cols = [schema.x_col("A"), schema.x_col("B"), schema.truth_rates_col("B"),
+            "truth/inputs/B", schema.SPLIT]
+    a, b = src.arrays(None, cols), out.arrays(None, cols)
+    np.testing.assert_array_equal(b[schema.x_col("A")], a[schema.x_col("A")])
+    for col in (schema.x_col("B"), schema.truth_rates_col("B")):
+        np.testing.assert_array_equal(b[col], a[col][:, :, [0, 1, 4]])
+    np.testing.assert_array_equal(b["truth/inputs/B"], a["truth/inputs/B"])
+    assert list(b[schema.SPLIT]) == list(a[schema.SPLIT])
+    assert out.manifest.comm_matrix == src.manifest.comm_matrix
+    with pytest.raises(SystemExit, match="region B has 4 held-in and 2 held-out"):
+        subset.fewer_neurons(tmp_path / "d", tmp_path / "t", "B", 5, 0)
+
+
 @pytest.mark.timeout(300)
 def test_perturbation_benchmark_scores_a_fit_against_the_true_effects(tmp_path):
     """benchmarks/science/perturbation.py's score on a simulated relay with upstream

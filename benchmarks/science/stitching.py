@@ -28,10 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from subset import write_subset  # this folder
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -61,7 +65,6 @@ def session_alone(stitched: Path, k: int) -> Path:
     """Session k of a stitched dataset as a dataset of its own (its trials, its units)."""
     from mrlfads.data_loaders import schema
     from mrlfads.data_loaders.reader import ArrowDataset
-    from mrlfads.data_loaders.writer import write_dataset
 
     ds = ArrowDataset.open(stitched)
     m = ds.manifest
@@ -69,32 +72,17 @@ def session_alone(stitched: Path, k: int) -> Path:
     path = stitched.parent / f"{stitched.name}-{name}"
     if (path / "dataset.json").exists():
         return path
-    cols = [schema.x_col(r) for r in m.region_names] + list(m.truth) + [
-        schema.SPLIT, schema.TRIAL_ID, schema.CONDITION, schema.SESSION]
-    a = ds.arrays(None, cols)
-    rows = np.flatnonzero(a[schema.SESSION] == k)
-    x, truth, regions = {}, {}, []
+    keep = {}
     for r in m.regions:
-        own = m.session_columns(r.name, k)  # held-in then held-out columns of x/<r>
         n_in, n_out = m.sessions[k].units[r.name]
         if n_in == 0:
             raise SystemExit(f"session {name} did not record region {r.name}: fitting it "
                              "alone needs every region (use a larger --frac)")
-        x[r.name] = a[schema.x_col(r.name)][rows][:, :, own]
-        rate_col = schema.truth_rates_col(r.name)
-        if rate_col in a:
-            truth[rate_col] = a[rate_col][rows][:, :, own]
-        regions.append({"name": r.name, "n_heldin": n_in, "n_heldout": n_out})
-    for col in m.truth:
-        if col not in truth and not col.startswith("truth/rates/"):
-            truth[col] = a[col][rows]
-    write_dataset(path, name=f"{m.name}-{name}", regions=regions, obs_model=m.obs_model,
-                  bin_width_s=m.bin_width_s, ic_enc_seq_len=m.ic_enc_seq_len, x=x,
-                  split=a[schema.SPLIT][rows], trial_id=a[schema.TRIAL_ID][rows],
-                  condition=a[schema.CONDITION][rows], truth=truth,
-                  comm_matrix=m.comm_matrix, provenance={"from": stitched.name, "session": name},
-                  overwrite=True)
-    return path
+        # held-in then held-out columns of x/<r>
+        keep[r.name] = (m.session_columns(r.name, k), n_in, n_out)
+    rows = np.flatnonzero(ds.arrays(None, [schema.SESSION])[schema.SESSION] == k)
+    return write_subset(ds, path, rows, keep, f"{m.name}-{name}",
+                        {"from": stitched.name, "session": name})
 
 
 def decoder_ceiling(path: Path, sessions: list[Path] | None = None) -> float:
