@@ -227,10 +227,11 @@ def test_subset_sees_one_region_through_fewer_neurons(tmp_path):
     """benchmarks/science/subset.py: B keeps its first 2 held-in and its first held-out
     neuron (columns 0, 1 and 4 of x/B and of B's true rates), A and every trial stay whole,
     other truth and the splits unchanged; asking for more neurons than a region has is
-    refused with the counts."""
+    refused with the counts, and a second cut onto the same path leaves the first alone."""
     import numpy as np
 
     from mrlfads.data_loaders import schema
+    from mrlfads.data_loaders.errors import DatasetError
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.data_loaders.testing import make_tiny_dataset
 
@@ -250,6 +251,12 @@ def test_subset_sees_one_region_through_fewer_neurons(tmp_path):
     assert out.manifest.comm_matrix == src.manifest.comm_matrix
     with pytest.raises(SystemExit, match="region B has 4 held-in and 2 held-out"):
         subset.fewer_neurons(tmp_path / "d", tmp_path / "t", "B", 5, 0)
+    before = out.arrays(None, [schema.x_col("B")])[schema.x_col("B")].copy()
+    with pytest.raises(DatasetError, match="a dataset already exists here"):
+        subset.fewer_neurons(tmp_path / "d", tmp_path / "s", "B", 1, 0)
+    np.testing.assert_array_equal(
+        ArrowDataset.open(tmp_path / "s").arrays(None, [schema.x_col("B")])[schema.x_col("B")],
+        before)
 
 
 @pytest.mark.timeout(300)

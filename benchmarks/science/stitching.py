@@ -82,7 +82,7 @@ def session_alone(stitched: Path, k: int) -> Path:
         keep[r.name] = (m.session_columns(r.name, k), n_in, n_out)
     rows = np.flatnonzero(ds.arrays(None, [schema.SESSION])[schema.SESSION] == k)
     return write_subset(ds, path, rows, keep, f"{m.name}-{name}",
-                        {"from": stitched.name, "session": name})
+                        {"from": stitched.name, "session": name}, overwrite=True)
 
 
 def decoder_ceiling(path: Path, sessions: list[Path] | None = None) -> float:

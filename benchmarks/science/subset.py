@@ -18,10 +18,11 @@ import numpy as np
 
 
 def write_subset(ds, path: Path, rows: np.ndarray, keep: Mapping[str, tuple], name: str,
-                 provenance: Mapping) -> Path:
+                 provenance: Mapping, overwrite: bool = False) -> Path:
     """Write trials ``rows`` of the open dataset ``ds`` to ``path``; ``keep[region]`` =
     (columns of x/<region> to keep, held-in first; n_heldin; n_heldout). True rates keep
-    the same columns; every other truth column and the splits keep the rows."""
+    the same columns; every other truth column and the splits keep the rows. A dataset
+    already at ``path`` is replaced only with ``overwrite`` (the writer's refusal names it)."""
     from mrlfads.data_loaders import schema
     from mrlfads.data_loaders.writer import write_dataset
 
@@ -43,13 +44,14 @@ def write_subset(ds, path: Path, rows: np.ndarray, keep: Mapping[str, tuple], na
                   bin_width_s=m.bin_width_s, ic_enc_seq_len=m.ic_enc_seq_len, x=x,
                   split=a[schema.SPLIT][rows], trial_id=a[schema.TRIAL_ID][rows],
                   condition=a[schema.CONDITION][rows], truth=truth,
-                  comm_matrix=m.comm_matrix, provenance=dict(provenance), overwrite=True)
+                  comm_matrix=m.comm_matrix, provenance=dict(provenance), overwrite=overwrite)
     return path
 
 
 def fewer_neurons(src: Path, out: Path, region: str, n_in: int, n_out: int) -> Path:
     """Every trial of the one-session dataset ``src``, with ``region`` seen through its first
-    ``n_in`` held-in and ``n_out`` held-out neurons."""
+    ``n_in`` held-in and ``n_out`` held-out neurons; never over a dataset already at
+    ``out``."""
     from mrlfads.data_loaders.reader import ArrowDataset
 
     ds = ArrowDataset.open(src)
