@@ -22,7 +22,7 @@ from mrlfads.tracking.interface import PARENT_TAG, Tracker, check_status, param_
 from mrlfads.tracking.liveness import owner_tags
 from mrlfads.tracking.outbox import Delivery, Outbox, is_outage, new_pending_key
 from mrlfads.tracking.redact import redact_text, redact_uri
-from mrlfads.tracking.store import resolve_tracking_uri
+from mrlfads.tracking.store import mlflow_client, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
@@ -43,14 +43,12 @@ class MlflowTracker(Tracker):
     def __init__(self, tracking_uri: str | None = None, *, outbox_path: str | os.PathLike | None = None,
                  system_metrics: bool = False, delivery: Delivery | None = None) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow.tracking import MlflowClient
-
         if delivery is None:
             uri = resolve_tracking_uri(tracking_uri)
             if uri.startswith(("http://", "https://")):
                 for key, value in _HTTP_DEFAULTS.items():
                     os.environ.setdefault(key, value)
-            delivery = Delivery(MlflowClient(uri))
+            delivery = Delivery(mlflow_client(uri))
         self.delivery = delivery
         # what ops, logs and messages show: never the credentials (tracking/redact.py)
         self.tracking_uri: str = redact_uri(delivery.client.tracking_uri)

@@ -241,7 +241,7 @@ def import_outbox(path: str | os.PathLike, tracking_uri: str | None = None) -> i
     The URI recorded in the ops is used unless ``tracking_uri`` is given. Delivered ops are
     removed from the file (the file is deleted when empty), so importing twice is harmless.
     """
-    from mlflow.tracking import MlflowClient
+    from mrlfads.tracking.store import mlflow_client
 
     ops = read_outbox(path)
     if not ops:
@@ -252,7 +252,7 @@ def import_outbox(path: str | os.PathLike, tracking_uri: str | None = None) -> i
         raise TrackingError(f"{path}: no tracking URI recorded; pass --tracking-uri")
     box = Outbox(path)
     box.pending = ops
-    delivery = Delivery(MlflowClient(uri))
+    delivery = Delivery(mlflow_client(uri))
     if not box.flush(delivery):
         done = len(ops) - len(box.pending)
         raise TrackingError(f"{path}: delivered {done} of {len(ops)} ops, then "

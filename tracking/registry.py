@@ -43,7 +43,7 @@ from mrlfads.tracking.shareable import (
     shared_manifest,
     shared_run_config,
 )
-from mrlfads.tracking.store import resolve_tracking_uri
+from mrlfads.tracking.store import mlflow_client, resolve_tracking_uri
 
 SHA_TAG = "mrlfads.checkpoint_sha256"
 # What a registered version is tagged with and `mrlfads promote` prints: the objective, the
@@ -86,10 +86,8 @@ class Promotion:
 
 
 def _client(tracking_uri: str | None):
-    from mlflow.tracking import MlflowClient
-
     uri = resolve_tracking_uri(tracking_uri)
-    return MlflowClient(uri, registry_uri=uri)
+    return mlflow_client(uri, registry_uri=uri)
 
 
 def find_best_trial(sweep: str, *, metric: str | None = None, mode: str | None = None,

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from mrlfads.tracking.errors import TrackingError
+from mrlfads.tracking.store import mlflow_client, sqlite_path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -87,6 +88,8 @@ def start_server(backend_store_uri: str, artifacts_destination: str | os.PathLik
 
     Raises TrackingError (with the end of the server's log) if it exits or stays unhealthy.
     """
+    if sqlite_path(backend_store_uri) is not None:
+        mlflow_client(backend_store_uri)  # a new store's tables, made under its lock (store.py)
     port = port or free_port(host)
     dest = Path(artifacts_destination).resolve()
     dest.mkdir(parents=True, exist_ok=True)

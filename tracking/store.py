@@ -7,6 +7,7 @@ Default (no server to run): ``sqlite:///<workdir>/mlruns/mlflow.db`` with artifa
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -34,12 +35,57 @@ def default_tracking_uri(root: str | os.PathLike | None = None) -> str:
     return f"sqlite:///{store / DB_NAME}"
 
 
-def artifact_root_for(tracking_uri: str) -> str | None:
-    """Local artifact root beside a SQLite store; None for servers (they choose)."""
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; None for any other store."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    db = Path(tracking_uri[len("sqlite:///"):])
-    return str(db.parent / ARTIFACT_DIR)
+    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Local artifact root beside a SQLite store; None for servers (they choose)."""
+    db = sqlite_path(tracking_uri)
+    return None if db is None else str(db.parent / ARTIFACT_DIR)
+
+
+def mlflow_client(tracking_uri: str, registry_uri: str | None = None):
+    """An ``MlflowClient`` for ``tracking_uri``, safe to open from many processes at once.
+
+    MLflow creates a new SQLite store's tables when the first client opens it, without a
+    lock: two processes doing so together (two `mrlfads train` started at once on a fresh
+    project) collide and one dies with "duplicate column name". So a SQLite store is opened
+    under an exclusive lock on ``<db>.lock`` beside it; servers and databases migrate
+    themselves."""
+    from mlflow.tracking import MlflowClient
+
+    with _opening(tracking_uri):
+        return MlflowClient(tracking_uri, registry_uri=registry_uri)
+
+
+@contextlib.contextmanager
+def _opening(tracking_uri: str, timeout_s: float = 300.0):
+    from filelock import FileLock, Timeout
+
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        yield
+        return
+    lock = FileLock(f"{db}.lock", timeout=timeout_s)
+    try:
+        lock.acquire()
+        locked = True
+    except Timeout:
+        raise TrackingError(
+            f"another process has held {lock.lock_file} for {timeout_s:.0f} s while opening "
+            f"the tracking store {db}; retry when it is done, or pass --tracking-uri to use "
+            "another store") from None
+    except OSError:  # a store in a folder this user cannot write to: open it unlocked
+        locked = False
+    try:
+        yield
+    finally:
+        if locked:
+            lock.release()
 
 
 def resolve_tracking_uri(flag: str | None = None) -> str:

@@ -165,14 +165,12 @@ def _promote_run(run_id: str, *, name, alias, tracking_uri, echo):
     import dataclasses
     import tempfile
 
-    from mlflow.tracking import MlflowClient
-
     from mrlfads.tracking.registry import download_run_checkpoint, find_run
-    from mrlfads.tracking.store import resolve_tracking_uri
+    from mrlfads.tracking.store import mlflow_client, resolve_tracking_uri
     from mrlfads.training import checkpoint as ckpt
 
     best = find_run(run_id, tracking_uri=tracking_uri)
-    run = MlflowClient(resolve_tracking_uri(tracking_uri)).get_run(run_id)
+    run = mlflow_client(resolve_tracking_uri(tracking_uri)).get_run(run_id)
     sweep = run.data.tags.get("mrlfads.sweep")
     name = name or (f"mrlfads-{sweep}" if sweep else f"mrlfads-{run.info.run_name}")
     with contextlib.ExitStack() as stack:
@@ -216,10 +214,8 @@ def _echo_metrics(best, echo) -> None:
 
 def _log_figures(run_id: str, model, run_cfg: dict, tracking_uri: str | None, echo) -> None:
     """Effectome, rates and messages of the promoted model, on its trial's run."""
-    from mlflow import MlflowClient
-
     from mrlfads.data_loaders.reader import ArrowDataset
-    from mrlfads.tracking.store import resolve_tracking_uri
+    from mrlfads.tracking.store import mlflow_client, resolve_tracking_uri
     from mrlfads.training.config import RunConfig
     from mrlfads.training.report_figures import log_model_figures
 
@@ -229,7 +225,7 @@ def _log_figures(run_id: str, model, run_cfg: dict, tracking_uri: str | None, ec
     except (ValueError, OSError) as exc:  # the data may live elsewhere than the sweep ran
         echo(f"note: no figures ({exc})")
         return
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = mlflow_client(resolve_tracking_uri(tracking_uri))
     log_model_figures(lambda path, where: client.log_artifact(run_id, path, where),
                       model, dataset, cfg)
     echo(f"logged figures to run {run_id} (artifacts/figures)")

@@ -45,13 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _end_dead_runs(uri: str) -> None:
     """Runs left RUNNING by a process that is gone show as KILLED (tracking/liveness.py)."""
-    from mlflow.tracking import MlflowClient
-
     from mrlfads.tracking.liveness import end_dead_runs
     from mrlfads.tracking.outbox import is_outage
+    from mrlfads.tracking.store import mlflow_client
 
     try:
-        ended = end_dead_runs(MlflowClient(uri))
+        ended = end_dead_runs(mlflow_client(uri))
     except Exception as exc:
         if not is_outage(exc):
             raise
