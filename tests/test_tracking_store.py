@@ -23,7 +23,7 @@ def _open_and_create(uri: str, name: str, barrier, results) -> None:
         client = store.mlflow_client(uri)
         store.ensure_experiment(client, name)
         results.put((name, "ok"))
-    except Exception as exc:  # reported to the test, which names it
+    except Exception as exc:  # noqa: BLE001 (reported to the test, which names it)
         results.put((name, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
 
 
@@ -54,9 +54,9 @@ def test_a_store_held_by_another_opener_times_out_with_the_lock_named(tmp_path):
     held = FileLock(f"{db}.lock")
     held.acquire()
     try:
-        with pytest.raises(TrackingError, match=r"mlflow\.db\.lock.*--tracking-uri"):
-            with store._opening(f"sqlite:///{db}", timeout_s=0.2):
-                pass
+        with (pytest.raises(TrackingError, match=r"mlflow\.db\.lock.*--tracking-uri"),
+              store._opening(f"sqlite:///{db}", timeout_s=0.2)):
+            pass
     finally:
         held.release()
     with store._opening(f"sqlite:///{db}", timeout_s=0.2):  # free again
