@@ -54,8 +54,8 @@ def mlflow_client(tracking_uri: str, registry_uri: str | None = None):
     MLflow creates a new SQLite store's tables when the first client opens it, without a
     lock: two processes doing so together (two `mrlfads train` started at once on a fresh
     project) collide and one dies with "duplicate column name". So a SQLite store is opened
-    under an exclusive lock on ``<db>.lock`` beside it; servers and databases migrate
-    themselves."""
+    under an exclusive lock on ``<db>.lock`` beside it. Other stores are opened as MLflow
+    opens them (a server migrates its store once, at its own start)."""
     from mlflow.tracking import MlflowClient
 
     with _opening(tracking_uri):
