@@ -90,6 +90,16 @@ def test_sweep_set_values_reach_the_plan_as_numbers(tmp_path):
     assert isinstance(train.epochs, int)
 
 
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_set_takes_several_pairs_after_one_flag_and_repeats(command):
+    args = build_parser().parse_args([
+        command, "--data", "d", "--set", "train.lr=1e-3", "train.seed=1", "--no-tracking",
+        "--set", "train.threads=1"])
+    assert args.set == ["train.lr=1e-3", "train.seed=1", "train.threads=1"]
+    assert args.no_tracking and args.data == "d"
+    assert build_parser().parse_args([command, "--data", "d"]).set == []
+
+
 @pytest.mark.parametrize("argv_set,field", [
     ("train.lr=abc", "train.lr"), ("train.epochs=2.5", "train.epochs"),
     ("model.dropout=yes", "model.dropout"), ("loss.l2_ramp.start=soon", "loss.l2_ramp.start"),

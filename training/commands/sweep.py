@@ -18,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="where trials and checkpoints go (default: ./sweeps); "
                    "shared storage (s3://... or a shared mount) on several nodes")
     p.add_argument("--config", help="run-config YAML (model/loss/train sections) for every trial")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a run-config field for every trial, e.g. train.epochs=500 "
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="PATH=VALUE",
+                   help="override run-config fields for every trial, e.g. train.epochs=500 "
                    "(repeatable; values are read as YAML 1.2: 1e-3, .5, true, null)")
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep --name whose driver died, from its checkpoints")

@@ -22,9 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run directory (default: runs/train): last.pt every epoch, best.pt = "
                         "the lowest smoothed objective among epochs after every KL/L2 ramp "
                         "has finished (earlier epochs are never selected)")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override one config field, e.g. --set train.lr=1e-3 (repeatable; "
-                   "values are read as YAML 1.2: 1e-3, .5, true, null, [1, 2])")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="PATH=VALUE",
+                   help="override config fields, e.g. --set train.lr=1e-3 train.seed=1 "
+                   "(repeatable; values are read as YAML 1.2: 1e-3, .5, true, null, [1, 2])")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: train.device)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (and "
                    "its MLflow run, named in OUT/tracking.json)")
