@@ -70,6 +70,15 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
                                                  str(tmp_path / "d"), lags=[-2, 0, 1])
     assert info["cut_cosine"] == pytest.approx(scores["effectome_cut_cosine"], abs=1e-3)
     assert -1.0 <= info["information_cosine"] <= 1.0 and info["information_separation"] > 0
+    import numpy as np
+
+    from mrlfads import metrics as M
+
+    E = np.array(info["information_effectome"], dtype=float)  # a KL: >= 0 off the diagonal
+    off = ~np.eye(len(E), dtype=bool)
+    assert np.isnan(E[~off]).all() and (E[off] >= 0).all()
+    assert M.effectome_cosine(E, ds.manifest.comm_matrix) == pytest.approx(
+        info["information_cosine"], abs=2e-3)  # the printed matrix is the one scored
     lagged = info["lagged_message_r2"]
     assert lagged and all(sorted(v) == [-2, 0, 1] for v in lagged.values())
 

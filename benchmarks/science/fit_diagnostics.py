@@ -9,7 +9,8 @@ truth alone: "ranked" (present pathways 1, absent 0) and "sqrt" (present pathway
 square root of their message dimension).
 ``--fit``: a checkpoint and its dataset; the cut effectome and the message-information
 effectome (each pathway's message KL from its prior per bin, summed over dimensions,
-averaged over validation trials and bins), both scored against the truth; and the
+averaged over validation trials and bins), both printed ([target][source]) and scored
+against the truth; and the
 message R^2 with the truth shifted: the inferred messages of bin t against the true ones
 of bin t + lag, over the same bins for every lag.
 ``--contents``: with ``--fit``, what each inferred message carries (``message_contents``):
@@ -118,10 +119,11 @@ def score_fit(checkpoint: str, data: str, lags=(), past: int | None = None) -> d
     outs = _run(model, valid.heldin, valid.ext, 256, valid.session)
     cut = cut_effectome(model, valid.heldin, valid.ext, sessions=valid.session)
     out = effectome_truth_scores(cut, m.comm_matrix, "cut")
-    out.update(effectome_truth_scores(information_effectome(outs, len(m.region_names)),
-                                      m.comm_matrix, "information"))
+    info = information_effectome(outs, len(m.region_names))
+    out.update(effectome_truth_scores(info, m.comm_matrix, "information"))
     out = {k.removeprefix("valid/"): round(v, 3) for k, v in out.items()}
     out["cut_effectome"] = np.round(np.asarray(cut), 4).tolist()  # [target][source]
+    out["information_effectome"] = np.round(info, 6).tolist()  # nats per bin, [target][source]
     if lags or past is not None:
         messages = torch.cat([o.msg_mean for o in outs]).numpy()
         order = torch.cat([rows for _, rows in valid.session_groups()]).numpy()  # outs' order
