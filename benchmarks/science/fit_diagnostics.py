@@ -10,9 +10,8 @@ square root of their message dimension).
 ``--fit``: a checkpoint and its dataset; the cut effectome and the message-information
 effectome (each pathway's message KL from its prior per bin, summed over dimensions,
 averaged over validation trials and bins), both printed ([target][source]) and scored
-against the truth; and the
-message R^2 with the truth shifted: the inferred messages of bin t against the true ones
-of bin t + lag, over the same bins for every lag.
+against the truth; and the message R^2 with the truth shifted: the inferred messages of
+bin t against the true ones of bin t + lag, over the same bins for every lag.
 ``--contents``: with ``--fit``, what each inferred message carries (``message_contents``):
 the share of its variance a ridge map explains from the source's true log-rates, from the
 source's true inputs, and from the target's own true log-rates ``--past`` bins earlier
