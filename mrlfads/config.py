@@ -110,6 +110,9 @@ class ModelConfig:
     pathway_dropout: float = 0.0
     inferred_inputs: bool = True
     prior_var: float = 0.1
+    # False: every message prior keeps variance prior_var (a fixed price per unit of message
+    # information) instead of being learnt per pathway; docs/MODEL.md, "Ablations"
+    learn_message_prior: bool = True
     # several sessions with their own neurons, stitched onto shared dynamics; empty: one
     # session that recorded every neuron
     sessions: tuple[SessionConfig, ...] = ()

@@ -107,7 +107,8 @@ class ModelParams(nn.Module):
             src_sizes = [s.src[a] for a, _ in s.pairs]
             self._add("msg_w", block_mask(src_sizes, s.Sm, [2 * C] * s.P, 2 * C), fan=src_sizes)
             self._add("msg_b", torch.ones(s.P, 1, 2 * C))
-            self.com_prior_logvar = nn.Parameter(torch.full((s.P, C), math.log(cfg.prior_var)))
+            self.com_prior_logvar = nn.Parameter(torch.full((s.P, C), math.log(cfg.prior_var)),
+                                                 requires_grad=cfg.learn_message_prior)
             self.register_buffer("src_index", torch.tensor([a for a, _ in s.pairs]), persistent=False)
         with torch.no_grad():  # posterior variances start at the prior's
             logv = math.log(cfg.prior_var)

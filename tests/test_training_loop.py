@@ -116,3 +116,19 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
         ckpt.load(tmp_path / "evil.pt")
     with pytest.raises(ckpt.CheckpointError, match="does not exist"):
         ckpt.load(tmp_path / "missing.pt")
+
+
+def test_fixed_message_prior_stays_at_prior_var_while_the_learnt_one_moves(tiny):
+    """model.learn_message_prior=false keeps every message prior's log-variance at
+    log(prior_var) through training; with the default the same epochs move it."""
+    moved = {}
+    for learn in (True, False):
+        trainer = Trainer(smoke_cfg(tiny, **{"model.learn_message_prior": learn}), tiny)
+        start = trainer.model.com_prior_logvar.detach().clone()
+        for _ in range(3):
+            trainer.run_epoch()
+        moved[learn] = float((trainer.model.com_prior_logvar.detach() - start).abs().max())
+        assert start.flatten().tolist() == pytest.approx(
+            [math.log(trainer.cfg.model.prior_var)] * start.numel())
+    assert moved[True] > 1e-4
+    assert moved[False] == 0.0
