@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# pytest-xdist workers for `make test` (docs/PERFORMANCE.md, "The test suite"); 0 runs
+# the suite in one process
+TEST_WORKERS ?= 2
 
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -25,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mrlfads demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
