@@ -108,6 +108,10 @@ class ModelConfig:
     # in training, the chance that a pathway's message is zero for a whole trial (each
     # pathway and trial drawn alone); 0: never; docs/MODEL.md, "Ablations"
     pathway_dropout: float = 0.0
+    # True: a message's gradient trains its map but stops at its source, so the target's
+    # likelihood never shapes the source's states, inputs or readout; docs/MODEL.md,
+    # "Ablations"
+    detach_message_source: bool = False
     inferred_inputs: bool = True
     prior_var: float = 0.1
     # False: every message prior keeps variance prior_var (a fixed price per unit of message

@@ -36,6 +36,8 @@ class LoopSpec:
     clip: float  # GRU state clip
     src_is_g: bool  # messages read the generator state (else factors / folded rates)
     sample: bool  # posterior samples (else means)
+    # no gradient from a message into its source's state (ModelConfig.detach_message_source)
+    detach_src: bool = False
 
     def scalars(self) -> dict:
         """The spec as the registered operators take it (keyword arguments)."""

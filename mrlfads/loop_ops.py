@@ -57,8 +57,9 @@ def _native_ops(t: Tensor):
     return ops
 
 
-def _spec(R, P, C, U, T, clip, src_is_g, sample) -> LoopSpec:
-    return LoopSpec(R=R, P=P, C=C, U=U, T=T, clip=clip, src_is_g=src_is_g, sample=sample)
+def _spec(R, P, C, U, T, clip, src_is_g, sample, detach_src) -> LoopSpec:
+    return LoopSpec(R=R, P=P, C=C, U=U, T=T, clip=clip, src_is_g=src_is_g, sample=sample,
+                    detach_src=detach_src)
 
 
 _BOUNDS = {"var_floor": VAR_FLOOR, "logvar_max": LOGVAR_MAX}
@@ -68,13 +69,15 @@ _N_OUT = len(LoopOutputs._fields)
 # ---------------------------------------------------------------- the MR-LFADS loop
 @torch.library.custom_op("mrlfads::recurrence", mutates_args=())
 def recurrence_op(inputs: list[Tensor], weights: list[Tensor], R: int, P: int, C: int, U: int,
-                  T: int, clip: float, src_is_g: bool, sample: bool) -> list[Tensor]:
+                  T: int, clip: float, src_is_g: bool, sample: bool,
+                  detach_src: bool) -> list[Tensor]:
     """LoopOutputs then LoopSaved, as one list in field order."""
     ops = _native_ops(inputs[0])
     if ops is not None:
         return list(ops.recurrence_forward(inputs, weights, R=R, P=P, C=C, U=U, T=T, clip=clip,
-                                           src_is_g=src_is_g, sample=sample, **_BOUNDS))
-    spec = _spec(R, P, C, U, T, clip, src_is_g, sample)
+                                           src_is_g=src_is_g, sample=sample,
+                                           detach_src=detach_src, **_BOUNDS))
+    spec = _spec(R, P, C, U, T, clip, src_is_g, sample, detach_src)
     out, saved = recurrence.forward(spec, from_list(LoopInputs, inputs),
                                     from_list(LoopWeights, weights))
     like = inputs[0]
@@ -82,8 +85,8 @@ def recurrence_op(inputs: list[Tensor], weights: list[Tensor], R: int, P: int, C
 
 
 @recurrence_op.register_fake
-def _(inputs, weights, R, P, C, U, T, clip, src_is_g, sample):
-    spec = _spec(R, P, C, U, T, clip, src_is_g, sample)
+def _(inputs, weights, R, P, C, U, T, clip, src_is_g, sample, detach_src):
+    spec = _spec(R, P, C, U, T, clip, src_is_g, sample, detach_src)
     out, saved = loop_shapes(spec, from_list(LoopInputs, inputs), from_list(LoopWeights, weights))
     like = inputs[0]
     return [like.new_empty(0 if s is None else s) for s in (*out, *saved)]
@@ -93,14 +96,14 @@ def _(inputs, weights, R, P, C, U, T, clip, src_is_g, sample):
 def recurrence_backward_op(grads: list[Tensor], inputs: list[Tensor], weights: list[Tensor],
                            outputs: list[Tensor], saved: list[Tensor], R: int, P: int, C: int,
                            U: int, T: int, clip: float, src_is_g: bool,
-                           sample: bool) -> list[Tensor]:
+                           sample: bool, detach_src: bool) -> list[Tensor]:
     """Gradients of LoopInputs then LoopWeights, one list in field order (empty where none)."""
     ops = _native_ops(inputs[0])
     if ops is not None:
         return list(ops.recurrence_backward(grads, inputs, weights, outputs, saved, R=R, P=P,
                                             C=C, U=U, T=T, clip=clip, src_is_g=src_is_g,
-                                            sample=sample, **_BOUNDS))
-    spec = _spec(R, P, C, U, T, clip, src_is_g, sample)
+                                            sample=sample, detach_src=detach_src, **_BOUNDS))
+    spec = _spec(R, P, C, U, T, clip, src_is_g, sample, detach_src)
     d_in, d_w = recurrence.backward(
         spec, from_list(LoopOutputs, grads), from_list(LoopInputs, inputs),
         from_list(LoopWeights, weights), from_list(LoopOutputs, outputs),
@@ -110,7 +113,8 @@ def recurrence_backward_op(grads: list[Tensor], inputs: list[Tensor], weights: l
 
 
 @recurrence_backward_op.register_fake
-def _(grads, inputs, weights, outputs, saved, R, P, C, U, T, clip, src_is_g, sample):
+def _(grads, inputs, weights, outputs, saved, R, P, C, U, T, clip, src_is_g, sample,
+      detach_src):
     x = from_list(LoopInputs, inputs)
     like = inputs[0]
     d_in = [t if name in DIFFERENTIABLE and t is not None else None
@@ -124,7 +128,8 @@ def _(grads, inputs, weights, outputs, saved, R, P, C, U, T, clip, src_is_g, sam
 
 def _setup_loop(ctx, inputs, output):
     ins, ws, *scalars = inputs
-    ctx.spec = dict(zip(("R", "P", "C", "U", "T", "clip", "src_is_g", "sample"), scalars))
+    ctx.spec = dict(zip(("R", "P", "C", "U", "T", "clip", "src_is_g", "sample", "detach_src"),
+                        scalars))
     ctx.n = (len(ins), len(ws), _N_OUT)
     ctx.mark_non_differentiable(*output[_N_OUT:])  # the saved activations
     ctx.set_materialize_grads(False)
@@ -147,15 +152,16 @@ recurrence_op.register_autograd(_backward_loop, setup_context=_setup_loop)
 
 
 @register_flop_formula(torch.ops.mrlfads.recurrence)
-def _loop_flops(inputs, weights, R, P, C, U, T, clip, src_is_g, sample, *args, **kwargs) -> int:
-    return loop_matmul_flops(_spec(R, P, C, U, T, clip, src_is_g, sample),
+def _loop_flops(inputs, weights, R, P, C, U, T, clip, src_is_g, sample, detach_src=False,
+                *args, **kwargs) -> int:
+    return loop_matmul_flops(_spec(R, P, C, U, T, clip, src_is_g, sample, detach_src),
                              _shapes(LoopInputs, inputs), _shapes(LoopWeights, weights))
 
 
 @register_flop_formula(torch.ops.mrlfads.recurrence_backward)
 def _loop_backward_flops(grads, inputs, weights, outputs, saved, R, P, C, U, T, clip, src_is_g,
-                         sample, *args, **kwargs) -> int:
-    return 2 * _loop_flops(inputs, weights, R, P, C, U, T, clip, src_is_g, sample)
+                         sample, detach_src=False, *args, **kwargs) -> int:
+    return 2 * _loop_flops(inputs, weights, R, P, C, U, T, clip, src_is_g, sample, detach_src)
 
 
 class _Shape:

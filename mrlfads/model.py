@@ -285,15 +285,18 @@ class MRLFADS(ModelParams):
             msg_w, msg_b = w["msg_w"], w["msg_b"]
             if cfg.message_source == "rates":  # fold the rate readout into the message map
                 # messages read each source neuron's readout minus its baseline
-                ro_w = w["ro_w"][:, :, : s.Nm][self.src_index]  # (P, Fm, Nm)
-                ro_b = (w["ro_b"][:, :, : s.Nm]
-                        - self.source_baseline.unsqueeze(1))[self.src_index]  # (P, 1, Nm)
+                ro_w, ro_b = w["ro_w"][:, :, : s.Nm], w["ro_b"][:, :, : s.Nm]
+                if cfg.detach_message_source:  # the source's readout is its own as well
+                    ro_w, ro_b = ro_w.detach(), ro_b.detach()
+                ro_w = ro_w[self.src_index]  # (P, Fm, Nm)
+                ro_b = (ro_b - self.source_baseline.unsqueeze(1))[self.src_index]  # (P, 1, Nm)
                 msg_b = torch.baddbmm(msg_b, ro_b, msg_w)  # (P, 1, 2C)
                 msg_w = torch.bmm(ro_w, msg_w)  # (P, Fm, 2C)
         keep = self.message_keep(silence, B, Tp, x0) if s.P else None
         keep_u = self.input_keep(silence_inputs, Tp, x0)
         spec = LoopSpec(R=s.R, P=s.P, C=C, U=s.U, T=Tp, clip=clip, sample=sample,
-                        src_is_g=cfg.message_source == "generator")
+                        src_is_g=cfg.message_source == "generator",
+                        detach_src=cfg.detach_message_source)
         nz = noise if sample else {}
         inputs = LoopInputs(
             g0=g, f0=f, ce=ce, gx=gen_x_gates,

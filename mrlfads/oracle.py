@@ -86,6 +86,8 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
                 source = rho - model.source_baseline[a, : s.N[a]]  # relative to baseline
             else:
                 source = f[a] if cfg.message_source == "factors" else g[a]
+            if cfg.detach_message_source:  # the message map trains, its source does not
+                source = source.detach()
             A, b = model.msg_w[p, : s.src[a]].T, model.msg_b[p, 0]
             mean, logvar = F.linear(source, A, b).chunk(2, -1)
             var = posterior_var(logvar)

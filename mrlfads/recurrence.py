@@ -234,12 +234,13 @@ def backward(spec: LoopSpec, grads: LoopOutputs, x: LoopInputs, w: LoopWeights,
                     dmp[..., C:].add_(gmp[..., C:])
                 else:
                     dmp.add_(gmp)
-            dsrc = Gs.new_zeros(R, B, w.msg_w.shape[1])
-            dsrc.index_add_(0, x.src_index, torch.bmm(dmp, T_(w.msg_w)))
-            if spec.src_is_g:
-                dg = dg + dsrc
-            else:
-                df = dsrc if df is None else df + dsrc
+            if not spec.detach_src:  # else the message trains its map only, not its source
+                dsrc = Gs.new_zeros(R, B, w.msg_w.shape[1])
+                dsrc.index_add_(0, x.src_index, torch.bmm(dmp, T_(w.msg_w)))
+                if spec.src_is_g:
+                    dg = dg + dsrc
+                else:
+                    df = dsrc if df is None else df + dsrc
         if df is None:
             df = Gs.new_zeros(R, B, Fm)
     dw = dict.fromkeys(LoopWeights._fields)

@@ -264,3 +264,29 @@ def test_pathway_dropout_cuts_whole_trials_in_training_only():
     assert 0 < int(whole.sum()) < len(whole)  # later messages, so only these match)
     torch.testing.assert_close(cut[whole], full[whole], rtol=0, atol=1e-7)
     torch.testing.assert_close(evaluated, full, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("source", ["rates", "generator"])
+def test_detached_message_source_gets_no_gradient_from_its_target(source):
+    """With detach_message_source, what region B's outputs ask of A reaches A's message
+    map and stops there: A's IC encoder, controller, generator and readout get exactly no
+    gradient from a function of B's outputs alone, while without it they do (the messages
+    A -> B carry it)."""
+    def grads(detach):
+        torch.manual_seed(0)
+        cfg = tiny_cfg(dropout=0.0, message_source=source, detach_message_source=detach)
+        model = MRLFADS(cfg).double()
+        heldin, _ = batch(cfg)
+        model(heldin=[x.double() for x in heldin], sample=False).readout[1].sum().backward()
+        g = {"ic_enc": model.ic_enc[0].weight_hh_l0.grad.abs().sum(),
+             "controller": model.con_w_hh.grad[0].abs().sum(),
+             "generator": model.gen_w_hh.grad[0].abs().sum(),
+             "map A->B": model.msg_w.grad[cfg.pairs.index((0, 1))].abs().sum()}
+        if source == "rates":  # messages that read the generator never see the readout
+            g["readout"] = model.ro_w.grad[0].abs().sum()
+        return g
+
+    joint, detached = grads(False), grads(True)
+    assert all(float(v) > 0 for v in joint.values()), joint
+    assert float(detached.pop("map A->B")) > 0
+    assert all(float(v) == 0.0 for v in detached.values()), detached

@@ -25,6 +25,9 @@ CASES = {
     "controller_sees_all": dict(obs_model="poisson", controller_sees="all"),
     "controller_lookahead": dict(obs_model="poisson", controller_lookahead=2),
     "pathway_dropout": dict(obs_model="poisson", pathway_dropout=0.5),
+    "detach_message_source": dict(obs_model="poisson", detach_message_source=True),
+    "detach_generator_source": dict(obs_model="gaussian", message_source="generator",
+                                    detach_message_source=True),
     "no_inputs_gaussian_gen": dict(obs_model="gaussian", inferred_inputs=False,
                                    message_source="generator"),
 }

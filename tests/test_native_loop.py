@@ -67,7 +67,8 @@ def poisoned():
 
 
 @pytest.mark.parametrize("variant", [{}, {"message_source": "generator"},
-                                     {"inferred_inputs": False}, {"pathway_dropout": 0.5}])
+                                     {"inferred_inputs": False}, {"pathway_dropout": 0.5},
+                                     {"detach_message_source": True}])
 def test_native_loop_matches_python_loop_in_float32(variant, monkeypatch, poisoned):
     model = make_model(**variant)
     data = batch(1)

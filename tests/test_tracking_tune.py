@@ -71,7 +71,7 @@ def _runs(client, name):
 def _ray_epochs(results, trial_id: str) -> list[int]:
     """The epochs Ray delivered for a trial, in order.
 
-    Seen in session 4, about once in 10 runs: with synchronous PBT, Ray's own record of one
+    Seen about once in 10 runs: with synchronous PBT, Ray's own record of one
     trial (its progress) ends at epoch 3 of 4, MLflow's agreeing, and PBT's log shows the
     sync at iteration 4 cloning a donor at iteration 3. A likely cause, not confirmed in
     Ray's code: pausing a function trainable saves the worker's newest checkpoint, which can

@@ -413,7 +413,7 @@ std::string loop_fields(c10::string_view which) {
 struct Spec {
   int64_t R, P, C, U, T;
   double clip;
-  bool src_is_g, sample;
+  bool src_is_g, sample, detach_src;
   double var_floor, logvar_max;
 };
 
@@ -614,12 +614,14 @@ std::vector<Tensor> loop_backward(const Spec& sp, const Outputs& g, const Inputs
         dmp.narrow(-1, 0, C).addcmul_(gi.narrow(-1, 0, C), x.keep.select(0, i));
         dmp.narrow(-1, C, C).add_(gi.narrow(-1, C, C));
       }
-      const Tensor dsrc = at::zeros({R, B, w.msg_w.size(1)}, o);
-      dsrc.index_add_(0, x.src_index, at::bmm(dmp, msg_t));
-      if (sp.src_is_g) {
-        dg = dg + dsrc;
-      } else {
-        df = df.defined() ? df + dsrc : dsrc;
+      if (!sp.detach_src) {  // else the message trains its map only, not its source
+        const Tensor dsrc = at::zeros({R, B, w.msg_w.size(1)}, o);
+        dsrc.index_add_(0, x.src_index, at::bmm(dmp, msg_t));
+        if (sp.src_is_g) {
+          dg = dg + dsrc;
+        } else {
+          df = df.defined() ? df + dsrc : dsrc;
+        }
       }
     }
     if (!df.defined()) df = at::zeros({R, B, F}, o);
@@ -657,15 +659,16 @@ std::vector<Tensor> loop_backward(const Spec& sp, const Outputs& g, const Inputs
 }
 
 Spec make_spec(int64_t R, int64_t P, int64_t C, int64_t U, int64_t T, double clip, bool src_is_g,
-               bool sample, double var_floor, double logvar_max) {
-  return Spec{R, P, C, U, T, clip, src_is_g, sample, var_floor, logvar_max};
+               bool sample, bool detach_src, double var_floor, double logvar_max) {
+  return Spec{R, P, C, U, T, clip, src_is_g, sample, detach_src, var_floor, logvar_max};
 }
 
 std::vector<Tensor> recurrence_forward(at::TensorList inputs, at::TensorList weights, int64_t R,
                                        int64_t P, int64_t C, int64_t U, int64_t T, double clip,
-                                       bool src_is_g, bool sample, double var_floor,
-                                       double logvar_max) {
-  return loop_forward(make_spec(R, P, C, U, T, clip, src_is_g, sample, var_floor, logvar_max),
+                                       bool src_is_g, bool sample, bool detach_src,
+                                       double var_floor, double logvar_max) {
+  return loop_forward(make_spec(R, P, C, U, T, clip, src_is_g, sample, detach_src, var_floor,
+                                logvar_max),
                       Inputs::unpack(inputs), Weights::unpack(weights));
 }
 
@@ -673,8 +676,10 @@ std::vector<Tensor> recurrence_backward(at::TensorList grads, at::TensorList inp
                                         at::TensorList weights, at::TensorList outputs,
                                         at::TensorList saved, int64_t R, int64_t P, int64_t C,
                                         int64_t U, int64_t T, double clip, bool src_is_g,
-                                        bool sample, double var_floor, double logvar_max) {
-  return loop_backward(make_spec(R, P, C, U, T, clip, src_is_g, sample, var_floor, logvar_max),
+                                        bool sample, bool detach_src, double var_floor,
+                                        double logvar_max) {
+  return loop_backward(make_spec(R, P, C, U, T, clip, src_is_g, sample, detach_src, var_floor,
+                                 logvar_max),
                        Outputs::unpack(grads), Inputs::unpack(inputs), Weights::unpack(weights),
                        Outputs::unpack(outputs), Saved::unpack(saved));
 }
@@ -733,11 +738,12 @@ TORCH_LIBRARY(mrlfads_native, m) {
   // the structures travel as Tensor[] in mrlfads.loop_io's field order (loop_fields)
   m.def(
       "recurrence_forward(Tensor[] inputs, Tensor[] weights, int R, int P, int C, int U, int T, "
-      "float clip, bool src_is_g, bool sample, float var_floor, float logvar_max) -> Tensor[]");
+      "float clip, bool src_is_g, bool sample, bool detach_src, float var_floor, "
+      "float logvar_max) -> Tensor[]");
   m.def(
       "recurrence_backward(Tensor[] grads, Tensor[] inputs, Tensor[] weights, Tensor[] outputs, "
       "Tensor[] saved, int R, int P, int C, int U, int T, float clip, bool src_is_g, "
-      "bool sample, float var_floor, float logvar_max) -> Tensor[]");
+      "bool sample, bool detach_src, float var_floor, float logvar_max) -> Tensor[]");
   m.def("gru_sequence_forward(Tensor xg, Tensor w_hh, Tensor b_hh) -> Tensor[]");
   m.def("gru_sequence_backward(Tensor gH, Tensor w_hh, Tensor[] saved) -> Tensor[]");
   m.def("set_poison(bool on) -> ()", &set_poison);  // backend-free: plain functions
