@@ -14,6 +14,8 @@ The forward operators also return the activations their backward needs (``LoopSa
 """
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
@@ -57,11 +59,8 @@ def _native_ops(t: Tensor):
     return ops
 
 
-def _spec(R, P, C, U, T, clip, src_is_g, sample, detach_src) -> LoopSpec:
-    return LoopSpec(R=R, P=P, C=C, U=U, T=T, clip=clip, src_is_g=src_is_g, sample=sample,
-                    detach_src=detach_src)
-
-
+# the operators take LoopSpec's fields as scalars, in its field order
+_SPEC_FIELDS = tuple(f.name for f in fields(LoopSpec))
 _BOUNDS = {"var_floor": VAR_FLOOR, "logvar_max": LOGVAR_MAX}
 _N_OUT = len(LoopOutputs._fields)
 
@@ -77,7 +76,7 @@ def recurrence_op(inputs: list[Tensor], weights: list[Tensor], R: int, P: int, C
         return list(ops.recurrence_forward(inputs, weights, R=R, P=P, C=C, U=U, T=T, clip=clip,
                                            src_is_g=src_is_g, sample=sample,
                                            detach_src=detach_src, **_BOUNDS))
-    spec = _spec(R, P, C, U, T, clip, src_is_g, sample, detach_src)
+    spec = LoopSpec(R, P, C, U, T, clip, src_is_g, sample, detach_src)
     out, saved = recurrence.forward(spec, from_list(LoopInputs, inputs),
                                     from_list(LoopWeights, weights))
     like = inputs[0]
@@ -86,7 +85,7 @@ def recurrence_op(inputs: list[Tensor], weights: list[Tensor], R: int, P: int, C
 
 @recurrence_op.register_fake
 def _(inputs, weights, R, P, C, U, T, clip, src_is_g, sample, detach_src):
-    spec = _spec(R, P, C, U, T, clip, src_is_g, sample, detach_src)
+    spec = LoopSpec(R, P, C, U, T, clip, src_is_g, sample, detach_src)
     out, saved = loop_shapes(spec, from_list(LoopInputs, inputs), from_list(LoopWeights, weights))
     like = inputs[0]
     return [like.new_empty(0 if s is None else s) for s in (*out, *saved)]
@@ -103,7 +102,7 @@ def recurrence_backward_op(grads: list[Tensor], inputs: list[Tensor], weights: l
         return list(ops.recurrence_backward(grads, inputs, weights, outputs, saved, R=R, P=P,
                                             C=C, U=U, T=T, clip=clip, src_is_g=src_is_g,
                                             sample=sample, detach_src=detach_src, **_BOUNDS))
-    spec = _spec(R, P, C, U, T, clip, src_is_g, sample, detach_src)
+    spec = LoopSpec(R, P, C, U, T, clip, src_is_g, sample, detach_src)
     d_in, d_w = recurrence.backward(
         spec, from_list(LoopOutputs, grads), from_list(LoopInputs, inputs),
         from_list(LoopWeights, weights), from_list(LoopOutputs, outputs),
@@ -128,8 +127,7 @@ def _(grads, inputs, weights, outputs, saved, R, P, C, U, T, clip, src_is_g, sam
 
 def _setup_loop(ctx, inputs, output):
     ins, ws, *scalars = inputs
-    ctx.spec = dict(zip(("R", "P", "C", "U", "T", "clip", "src_is_g", "sample", "detach_src"),
-                        scalars))
+    ctx.spec = dict(zip(_SPEC_FIELDS, scalars, strict=True))
     ctx.n = (len(ins), len(ws), _N_OUT)
     ctx.mark_non_differentiable(*output[_N_OUT:])  # the saved activations
     ctx.set_materialize_grads(False)
@@ -154,7 +152,7 @@ recurrence_op.register_autograd(_backward_loop, setup_context=_setup_loop)
 @register_flop_formula(torch.ops.mrlfads.recurrence)
 def _loop_flops(inputs, weights, R, P, C, U, T, clip, src_is_g, sample, detach_src=False,
                 *args, **kwargs) -> int:
-    return loop_matmul_flops(_spec(R, P, C, U, T, clip, src_is_g, sample, detach_src),
+    return loop_matmul_flops(LoopSpec(R, P, C, U, T, clip, src_is_g, sample, detach_src),
                              _shapes(LoopInputs, inputs), _shapes(LoopWeights, weights))
 
 
