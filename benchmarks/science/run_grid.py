@@ -6,7 +6,8 @@
 For every dataset, variant and seed it simulates (once per dataset, cached), trains with
 benchmarks/science/reduced_ring.yaml plus the variant's overrides, and records the last
 epoch's validation metrics in OUT/results.jsonl (one line per run, appended as runs finish,
-so an interrupted grid keeps what it did; ``cut`` holds each pathway's cut effect). Then it prints a markdown table of mean +- std.
+so an interrupted grid keeps what it did; ``cut`` holds each pathway's cut effect). Then it
+prints a markdown table of mean +- std.
 ``--datasets memory-ring-1280-trials memory-ring-64-units`` runs the size study; ``--set
 loss.kl_co_scale=4 ...`` adds config overrides to every run.
 """
