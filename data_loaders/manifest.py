@@ -288,8 +288,9 @@ def _problems(m: DatasetManifest) -> list[str]:
         p.append(f"key 'regions': duplicate region names {names}")
     if not isinstance(m.bin_width_s, (int, float)) or not math.isfinite(m.bin_width_s) or m.bin_width_s <= 0:
         p.append(f"key 'bin_width_s': must be a positive number of seconds, got {m.bin_width_s!r}")
-    if not _is_int(m.ic_enc_seq_len) or m.ic_enc_seq_len < 0:
-        p.append(f"key 'ic_enc_seq_len': must be an integer >= 0, got {m.ic_enc_seq_len!r}")
+    if not _is_int(m.ic_enc_seq_len) or m.ic_enc_seq_len < 1:
+        p.append(f"key 'ic_enc_seq_len': must be an integer >= 1 (the model's initial-condition "
+                 f"encoder reads these first bins of each trial), got {m.ic_enc_seq_len!r}")
     elif not _is_int(m.n_bins) or m.n_bins < m.ic_enc_seq_len + 1:
         p.append(f"key 'n_bins': {m.n_bins!r} bins but ic_enc_seq_len is {m.ic_enc_seq_len}; trials need "
                  "at least ic_enc_seq_len + 1 bins (use longer trials or a smaller ic_enc_seq_len)")

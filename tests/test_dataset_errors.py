@@ -156,6 +156,9 @@ def test_too_few_bins_for_ic_encoder(tmp_path):
     with pytest.raises(DatasetError, match=r"'n_bins': 4 bins but ic_enc_seq_len is 4.*\+ 1"):
         make_tiny_dataset(tmp_path / "s", n_bins=4, ic_enc_seq_len=4)
     make_tiny_dataset(tmp_path / "ok", n_bins=5, ic_enc_seq_len=4)  # tau + 1 bins is enough
+    with pytest.raises(DatasetError, match=r"'ic_enc_seq_len': must be an integer >= 1.*got 0"):
+        make_tiny_dataset(tmp_path / "zero", ic_enc_seq_len=0)  # the model could not train on it
+    assert not (tmp_path / "zero").exists()
 
 
 @pytest.mark.parametrize("change,match", [

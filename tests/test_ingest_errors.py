@@ -128,6 +128,12 @@ def test_too_few_bins_for_the_ic_encoder(tmp_path):
           "4 bins", "ic_enc_seq_len", "--bin-ms")
 
 
+def test_no_bins_for_the_ic_encoder_is_refused_before_ingest(tmp_path):
+    # the model needs >= 1 encoder bin: a dataset with 0 would ingest, then fail to train
+    with pytest.raises(IngestError, match=r"--ic-enc-seq-len: must be an integer >= 1.*got 0"):
+        IngestOptions(bin_ms=100, ic_enc_seq_len=0)
+
+
 def test_heldout_leaves_no_held_in_neuron(tmp_path):
     fails(tmp_path, [nwb(tmp_path)], IngestOptions(**OPTS, heldout=1), "region 'STR'", "--heldout")
 

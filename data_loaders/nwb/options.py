@@ -139,8 +139,9 @@ def _problems(o: IngestOptions) -> list[str]:
         p.append(f"--valid-fraction: must be in [0, 1), got {o.valid_fraction!r}")
     if not isinstance(o.seed, int):
         p.append(f"--seed: must be an integer, got {o.seed!r}")
-    if not isinstance(o.ic_enc_seq_len, int) or o.ic_enc_seq_len < 0:
-        p.append(f"--ic-enc-seq-len: must be an integer >= 0, got {o.ic_enc_seq_len!r}")
+    if not isinstance(o.ic_enc_seq_len, int) or o.ic_enc_seq_len < 1:
+        p.append(f"--ic-enc-seq-len: must be an integer >= 1 (the bins the initial-condition "
+                 f"encoder reads before the first inferred bin), got {o.ic_enc_seq_len!r}")
     if o.sessions not in SESSION_MODES:
         p.append(f"--sessions: {o.sessions!r} is not one of {list(SESSION_MODES)}")
     if not isinstance(o.rows_per_shard, int) or o.rows_per_shard < 1:
