@@ -298,3 +298,34 @@ def test_perturbation_benchmark_scores_a_fit_against_the_true_effects(tmp_path):
                                          "seed": 0, **got}]).splitlines()
                 if x.startswith("| relay-decision"))
     assert f"| {got['rho_true']:.2f} |" in line
+
+
+def test_lds_generator_writes_its_wiring_and_a_condition_locked_input(tmp_path):
+    """benchmarks/science/lds_spikes.py: the manifest's communication matrix is the wiring
+    ([target][source] = message dimension), R0's unrecorded input is the same in every
+    trial of a condition and zero outside bins 10-19, and a message at bin 0 (no bin
+    before it to read) is zero."""
+    import numpy as np
+
+    from mrlfads.data_loaders.reader import ArrowDataset
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "science"))
+    try:
+        import lds_spikes
+    finally:
+        sys.path.pop(0)
+    path = lds_spikes.make(tmp_path / "fan", "fan", units=6, trials=40, bins=30)
+    ds = ArrowDataset.open(path)
+    expected = np.zeros((4, 4), int)
+    for src, dst, dim in lds_spikes.TOPOLOGIES["fan"]:
+        expected[dst][src] = dim
+    np.testing.assert_array_equal(np.array(ds.manifest.comm_matrix), expected)
+    a = ds.arrays(None, ["condition", "truth/inputs/R0", "truth/messages/R0->R2", "x/R1"])
+    u = a["truth/inputs/R0"]
+    assert np.abs(u[:, :10]).max() == 0 and np.abs(u[:, 20:]).max() == 0
+    for c in np.unique(a["condition"]):
+        same = u[a["condition"] == c]
+        np.testing.assert_array_equal(same, np.broadcast_to(same[0], same.shape))
+    assert np.abs(a["truth/messages/R0->R2"][:, 0]).max() == 0
+    assert a["truth/messages/R0->R2"][:, 1:].std() > 0.05
+    assert a["x/R1"].shape == (40, 30, 6) and np.all(a["x/R1"] == np.round(a["x/R1"]))
