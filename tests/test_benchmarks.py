@@ -303,8 +303,8 @@ def test_perturbation_benchmark_scores_a_fit_against_the_true_effects(tmp_path):
 def test_lds_generator_writes_its_wiring_and_a_condition_locked_input(tmp_path):
     """benchmarks/science/lds_spikes.py: the manifest's communication matrix is the wiring
     ([target][source] = message dimension), R0's unrecorded input is the same in every
-    trial of a condition and zero outside bins 10-19, and a message at bin 0 (no bin
-    before it to read) is zero."""
+    trial of a condition and zero outside the bins it drives (11-20), and a message at
+    bin 0 (no bin before it to read) is zero."""
     import numpy as np
 
     from mrlfads.data_loaders.reader import ArrowDataset
@@ -322,7 +322,8 @@ def test_lds_generator_writes_its_wiring_and_a_condition_locked_input(tmp_path):
     np.testing.assert_array_equal(np.array(ds.manifest.comm_matrix), expected)
     a = ds.arrays(None, ["condition", "truth/inputs/R0", "truth/messages/R0->R2", "x/R1"])
     u = a["truth/inputs/R0"]
-    assert np.abs(u[:, :10]).max() == 0 and np.abs(u[:, 20:]).max() == 0
+    assert np.abs(u[:, :11]).max() == 0 and np.abs(u[:, 21:]).max() == 0
+    assert np.abs(u[:, 11:21]).min(axis=(0, 2)).all()  # ... and nonzero in every one of them
     for c in np.unique(a["condition"]):
         same = u[a["condition"] == c]
         np.testing.assert_array_equal(same, np.broadcast_to(same[0], same.shape))

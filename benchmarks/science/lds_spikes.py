@@ -9,8 +9,8 @@ them could fit their quirks. Here each region is instead a linear latent of ``--
 damped oscillators (time constants 100-250 ms, 2-6 Hz) with process noise; a pathway
 src -> dst adds ``B @ C @ tanh(x_src)`` to dst's next state, its message being
 ``C @ tanh(x_src)`` (1 or 2 dimensions); region R0 receives an unrecorded pulse whose
-direction depends on the trial's condition (4 conditions, bins 10-19), the inferred input
-to recover. Spikes are Poisson with log-rate = each unit's base (log-normal around
+direction depends on the trial's condition (4 conditions; it drives bins 11-20), the
+inferred input to recover. Spikes are Poisson with log-rate = each unit's base (log-normal around
 ``--rate-hz``) + a random projection of the standardised latent (log-rate s.d. ~0.7).
 ``--units`` per region (10% held out), ``--trials`` trials (80% train) of ``--bins`` bins.
 
@@ -100,7 +100,9 @@ def make(path: Path, topology: str, seed: int = 0, rate_hz: float = 5.0, bin_ms:
     truth = {f"truth/rates/{nm}": rates[nm].astype(np.float32) for nm in names}
     truth.update({f"truth/messages/{names[s]}->{names[t]}": msgs[(s, t)].astype(np.float32)
                   for s, t, _ in paths})
-    truth[f"truth/inputs/{names[0]}"] = u.astype(np.float32)
+    u_read = np.zeros_like(u)  # bin t's input is what drives bin t, as the model's is
+    u_read[:, 1:] = u[:, :-1]
+    truth[f"truth/inputs/{names[0]}"] = u_read.astype(np.float32)
     write_dataset(path, name=f"lds-{topology}-{seed}", obs_model="poisson", bin_width_s=dt,
                   regions=[{"name": nm, "n_heldin": units - n_out, "n_heldout": n_out}
                            for nm in names],
