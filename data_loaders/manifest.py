@@ -82,11 +82,17 @@ class DatasetManifest:
     # sessions' neurons, each trial names its session in the `session` column. Empty: one
     # session (the key is then left out of dataset.json, as before sessions existed).
     sessions: tuple[SessionSpec, ...] = ()
+    # Regions whose messages some trials record as silenced (column silenced/<region>, 1 in
+    # the silenced bins): training applies the same silencing to the model's messages.
+    # Empty: no recorded interventions (the key is then left out of dataset.json).
+    silenced: tuple[str, ...] = ()
     format_version: int = schema.FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.comm_matrix is not None and not any(v for row in self.comm_matrix for v in row):
             object.__setattr__(self, "comm_matrix", None)
+        if isinstance(self.silenced, list):
+            object.__setattr__(self, "silenced", tuple(self.silenced))
         if not all(isinstance(s, SessionSpec) for s in self.sessions):
             object.__setattr__(self, "sessions", _sessions.coerce(self.sessions))
         problems = _problems(self)
@@ -155,6 +161,7 @@ class DatasetManifest:
     def tensor_columns(self) -> tuple[str, ...]:
         cols = [schema.x_col(r.name) for r in self.regions]
         cols += [schema.ext_col(r) for r in self.region_names if self.ext_dims.get(r, 0) > 0]
+        cols += [schema.silenced_col(r) for r in self.silenced]
         return tuple(cols) + self.truth + self.task
 
     def expected_shape(self, col: str) -> tuple[int | None, ...] | None:
@@ -164,6 +171,8 @@ class DatasetManifest:
             return (t, self.region(col[2:]).n_neurons)
         if col.startswith("ext/"):
             return (t, self.ext_dims[col[4:]])
+        if col.startswith("silenced/"):
+            return (t,)
         if col.startswith("truth/rates/"):
             return (t, self.region(col[len("truth/rates/"):]).n_neurons)
         pair = schema.parse_message_col(col)
@@ -192,6 +201,10 @@ class DatasetManifest:
             d["sessions"] = [s.to_dict() for s in self.sessions]
         else:  # single-session datasets keep the layout they had before sessions existed
             del d["sessions"]
+        if self.silenced:
+            d["silenced"] = list(self.silenced)
+        else:  # as for sessions: datasets without interventions keep their layout
+            del d["silenced"]
         return d
 
     def to_json(self) -> str:
@@ -231,6 +244,7 @@ class DatasetManifest:
             kw["ext_dims"] = dict(data.get("ext_dims") or {})
             kw["provenance"] = dict(data.get("provenance") or {})
             kw["sessions"] = _sessions.coerce(data.get("sessions") or ())
+            kw["silenced"] = tuple(data.get("silenced") or ())
             return cls(**kw)
         except DatasetError as e:
             raise DatasetError(str(e).replace(f"{schema.MANIFEST_NAME}:", f"{source}:", 1)) from None
@@ -302,6 +316,11 @@ def _problems(m: DatasetManifest) -> list[str]:
         if not _is_int(d) or not 0 <= d <= schema.MAX_EXT_DIM:
             p.append(f"key 'ext_dims.{r}': must be an integer in [0, {schema.MAX_EXT_DIM}], "
                      f"got {d!r}")
+    for r in m.silenced:
+        if r not in names:
+            p.append(f"key 'silenced': {r!r} is not a region (regions are {names})")
+    if len(set(m.silenced)) != len(m.silenced):
+        p.append(f"key 'silenced': duplicate regions {list(m.silenced)}")
     for s, n in m.splits.items():
         if s not in schema.SPLITS:
             p.append(f"key 'splits.{s}': unknown split (use {list(schema.SPLITS)})")

@@ -74,6 +74,13 @@ def ext_col(region: str) -> str:
     return f"ext/{check_region_name(region)}"
 
 
+def silenced_col(region: str) -> str:
+    """(T,) 0/1 per trial: 1 in the bins where every message ``region`` sends was silenced
+    by the experiment (an intervention the model is trained with; docs/MODEL.md,
+    "Recorded interventions")."""
+    return f"silenced/{check_region_name(region)}"
+
+
 def truth_rates_col(region: str) -> str:
     return f"truth/rates/{check_region_name(region)}"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ def make_tiny_dataset(
     path: str | os.PathLike, *, regions: Sequence[tuple[str, int, int]] = (("A", 3, 1), ("B", 3, 1)),
     n_trials: int = 24, n_bins: int = 12, ic_enc_seq_len: int = 4, obs_model: str = "poisson",
     seed: int = 0, with_truth: bool = True, ext_dim: int = 0, rows_per_shard: int = 8,
-    overwrite: bool = False,
+    overwrite: bool = False, silenced: Mapping[str, np.ndarray] | None = None,
 ) -> ArrowDataset:
     """Random data: trials 0,4,8,... are 'valid' (25%), the rest 'train'; conditions c0/c1.
     With truth: rates per region, inputs (1 dim) per region, and messages for the first two
@@ -51,6 +51,7 @@ def make_tiny_dataset(
         ic_enc_seq_len=ic_enc_seq_len, x=x, split=split, condition=condition, ext=ext,
         truth=truth if with_truth else None, rows_per_shard=rows_per_shard, overwrite=overwrite,
         provenance={"generator": "mrlfads.data_loaders.testing.make_tiny_dataset", "seed": seed},
+        silenced=silenced,
     )
     return ArrowDataset.open(path)
 

@@ -27,7 +27,9 @@ from mrlfads.data_loaders.reader import ArrowDataset
 class Batch:
     """B trials. heldin[r]: (B, T, n_heldin), heldout[r]: (B, T, n_heldout), ext[r]:
     (B, T, D) for regions with inputs, truth[column]: (B, T, d) when asked for. session:
-    (B,) int64 index into manifest.session_names (zeros for a single-session dataset)."""
+    (B,) int64 index into manifest.session_names (zeros for a single-session dataset).
+    silenced[r]: (B, T) recorded interventions, 1 where region r's messages were silenced,
+    for the manifest's ``silenced`` regions."""
 
     heldin: dict[str, torch.Tensor]
     heldout: dict[str, torch.Tensor]
@@ -36,6 +38,7 @@ class Batch:
     trial_id: torch.Tensor
     condition: list[str]
     session: torch.Tensor | None = None
+    silenced: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.session is None:
@@ -48,7 +51,7 @@ class Batch:
     def _map(self, fn) -> Batch:
         return dataclasses.replace(
             self, **{f: {k: fn(v) for k, v in getattr(self, f).items()}
-                     for f in ("heldin", "heldout", "ext", "truth")},
+                     for f in ("heldin", "heldout", "ext", "truth", "silenced")},
             trial_id=fn(self.trial_id), session=fn(self.session))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -63,6 +66,7 @@ def _columns(m: DatasetManifest, with_truth: bool) -> list[str]:
     cols = [schema.TRIAL_ID, schema.CONDITION] + ([schema.SESSION] if m.sessions else [])
     cols += [schema.x_col(r) for r in m.region_names]
     cols += [schema.ext_col(r) for r in m.region_names if m.ext_dims.get(r, 0) > 0]
+    cols += [schema.silenced_col(r) for r in m.silenced]
     return cols + (list(m.truth) if with_truth else [])
 
 
@@ -80,10 +84,13 @@ def _make_batch(m: DatasetManifest, rows: dict[str, np.ndarray],
         heldin[r.name], heldout[r.name] = torch.from_numpy(hin), torch.from_numpy(hout)
     ext = {c[4:]: torch.from_numpy(a) for c, a in rows.items() if c.startswith("ext/")}
     truth = {c: torch.from_numpy(a) for c, a in rows.items() if schema.is_truth_col(c)}
+    silenced = {c[len("silenced/"):]: torch.from_numpy(a) for c, a in rows.items()
+                if c.startswith("silenced/")}
     session = rows.get(schema.SESSION)
     return Batch(heldin, heldout, ext, truth, torch.from_numpy(rows[schema.TRIAL_ID].astype(np.int64)),
                  [str(c) for c in rows[schema.CONDITION]],
-                 None if session is None else torch.from_numpy(session.astype(np.int64)))
+                 None if session is None else torch.from_numpy(session.astype(np.int64)),
+                 silenced)
 
 
 def _check_chunk(ds: ArrowDataset, shard: ShardInfo, arrays: dict[str, np.ndarray]) -> None:

@@ -83,6 +83,18 @@ def _tensor(arr: Any, arg: str, n: int, shape: tuple[int | None, ...]) -> np.nda
     return a.astype(np.float32, copy=False)
 
 
+def _silenced(arr: Any, region: str, n: int, T: int) -> np.ndarray:
+    """float32 (n, T) of 0 and 1: the bins in which ``region``'s messages were silenced."""
+    a = np.asarray(arr)
+    if a.shape != (n, T):
+        raise DatasetError(f"silenced[{region!r}]: shape {a.shape}, expected ({n}, {T}) (trials, "
+                           "time bins): 1 where the region's messages were silenced, else 0")
+    if a.dtype.kind not in "biuf" or not np.isin(a, (0, 1)).all():
+        raise DatasetError(f"silenced[{region!r}]: values must be 0 or 1 (1 where the region's "
+                           "messages were silenced in that bin)")
+    return a.astype(np.float32)
+
+
 def _vector(arr: Any, arg: str, n: int, kind: str) -> np.ndarray:
     a = np.asarray(arr)
     if a.shape != (n,):
@@ -105,7 +117,7 @@ def _comm_from_truth(names: tuple[str, ...], truth: Mapping[str, np.ndarray]) ->
 
 def _columns(
     regions, n, T, x, split, trial_id, condition, perturbed, ext, truth, task, obs_model,
-    sessions=(), session=None,
+    sessions=(), session=None, silenced=None,
 ) -> dict[str, Any]:
     """Validate every input and return column name -> array (n rows each)."""
     names = tuple(r.name for r in regions)
@@ -138,6 +150,12 @@ def _columns(
         if reg not in names:
             raise DatasetError(f"ext: key {reg!r} is not a region ({list(names)})")
         cols[schema.ext_col(reg)] = _tensor(a, f"ext[{reg!r}]", n, (T, None))
+    for reg in names:  # region order, whatever the mapping's
+        if reg in (silenced or {}):
+            cols[schema.silenced_col(reg)] = _silenced(silenced[reg], reg, n, T)
+    for reg in silenced or {}:
+        if reg not in names:
+            raise DatasetError(f"silenced: key {reg!r} is not a region ({list(names)})")
     for col, a in (truth or {}).items():
         if not schema.is_truth_col(col):
             raise DatasetError(f"truth: key {col!r} is not a truth column; use "
@@ -274,6 +292,7 @@ def write_dataset(
     overwrite: bool = False, extra_files: Mapping[str, bytes] | None = None,
     shard_format: Literal["arrow", "parquet"] | None = None,
     sessions: Sequence[Any] | None = None, session: Any = None,
+    silenced: Mapping[str, Any] | None = None,
 ) -> DatasetManifest:
     """Write one trial per row, grouped by split so readers of one split skip other shards.
 
@@ -283,6 +302,9 @@ def write_dataset(
     sessions (SessionSpec or dicts) and session (per-trial index into them): a multi-session
     dataset, x[region] holding the union of the sessions' neurons (data_loaders/sessions.py)
     and exactly 0 in the columns of sessions other than the trial's own.
+    silenced[region]: (trials, T) 0/1, 1 in the bins where the experiment silenced every
+    message the region sends (recorded interventions; training silences the model's
+    messages the same way).
     """
     uri = os.fspath(uri)
     specs = _region_specs(regions)
@@ -301,7 +323,7 @@ def write_dataset(
         raise DatasetError("session: per-trial session indices given without sessions=; pass "
                            "sessions=[SessionSpec(...), ...] (one per index) or drop session=")
     cols = _columns(specs, n, T, x, split, trial_id, condition, perturbed, ext, truth, task,
-                    obs_model, session_specs, session)
+                    obs_model, session_specs, session, silenced)
     names = tuple(r.name for r in specs)
     truth_cols = tuple(c for c in cols if schema.is_truth_col(c))
     try:
@@ -322,6 +344,7 @@ def write_dataset(
                      else _comm_from_truth(names, {c: cols[c] for c in truth_cols})),
         provenance=dict(provenance or {}), task=tuple(c for c in cols if schema.is_task_col(c)),
         sessions=session_specs,
+        silenced=tuple(r for r in names if schema.silenced_col(r) in cols),
     )
     if session_specs:
         check_sessions(draft, cols, "write_dataset: x")

@@ -146,13 +146,31 @@ class MRLFADS(ModelParams):
                     keep[lo:hi, p, :, channels] = 0.0
         return keep
 
-    def message_keep(self, silence, B: int, Tp: int, like: Tensor) -> Tensor | None:
+    def message_keep(self, silence, B: int, Tp: int, like: Tensor,
+                     silenced: Tensor | None = None) -> Tensor | None:
         """The 0/1 factor on every message: ``silence_keep``'s, times ``pathway_keep``'s
-        in training; (T', P, 1 or B, 1 or com_dim), or None when nothing is zeroed."""
-        keep, dropped = self.silence_keep(silence, Tp, like), self.pathway_keep(B, like)
-        if dropped is None:
-            return keep
-        return dropped.expand(Tp, -1, -1, -1) if keep is None else keep * dropped
+        in training, times ``recorded_keep``'s; (T', P, 1 or B, 1 or com_dim), or None when
+        nothing is zeroed."""
+        keep = self.silence_keep(silence, Tp, like)
+        for factor in (self.pathway_keep(B, like), self.recorded_keep(silenced, B, Tp, like)):
+            if factor is not None:
+                keep = factor.expand(Tp, -1, -1, -1) if keep is None else keep * factor
+        return keep
+
+    def recorded_keep(self, silenced: Tensor | None, B: int, Tp: int, like: Tensor
+                      ) -> Tensor | None:
+        """(T', P, B, 1) 0/1 factor from the trials' recorded interventions: ``silenced``
+        (B, T, R) is 1 where the experiment silenced every message a region sends
+        (docs/MODEL.md, "Recorded interventions"); None when not given."""
+        if silenced is None:
+            return None
+        tau, R = self.cfg.ic_enc_seq_len, self.sizes.R
+        if tuple(silenced.shape) != (B, tau + Tp, R):
+            raise InputError(f"silenced: shape {tuple(silenced.shape)}, expected ({B}, "
+                             f"{tau + Tp}, {R}): (trials, bins, regions in model order), 1 where "
+                             "a region's messages were silenced")
+        sent = 1.0 - silenced[:, tau:].to(like.dtype)  # (B, T', R)
+        return sent[:, :, self.src_index].permute(1, 2, 0).unsqueeze(-1)
 
     def pathway_keep(self, B: int, like: Tensor) -> Tensor | None:
         """(1, P, B, 1) 0/1 factor in training: each pathway's message is zero for a whole
@@ -241,8 +259,8 @@ class MRLFADS(ModelParams):
     def forward(self, heldin: Sequence[Tensor], ext: Sequence[Tensor | None] | None = None,
                 sample: bool = True, silence: Mapping | None = None,
                 noise: dict[str, Tensor] | None = None,
-                silence_inputs: Mapping | None = None, session: int | Tensor | None = None
-                ) -> ModelOutput:
+                silence_inputs: Mapping | None = None, session: int | Tensor | None = None,
+                silenced: Tensor | None = None) -> ModelOutput:
         """Run every region; ``sample`` draws posterior samples, else uses posterior means.
 
         ``session``: the batch's session (a stitched model's trials are batched per
@@ -254,7 +272,8 @@ class MRLFADS(ModelParams):
         ``silence_inputs={region: (start, stop[, channels])}`` zeroes the inferred inputs
         that region's generator receives (the controller's posterior, ``co_mean``, is left
         as inferred; ``inputs`` shows the zeros). ``noise`` (from ``draw_noise``) fixes the
-        samples for tests.
+        samples for tests. ``silenced`` (B, T, R): each trial's recorded interventions, 1
+        where the experiment silenced every message a region sends (``recorded_keep``).
         """
         B, T = self.check_inputs(heldin, ext)
         sess = self.check_session(session)
@@ -292,7 +311,7 @@ class MRLFADS(ModelParams):
                 ro_b = (ro_b - self.source_baseline.unsqueeze(1))[self.src_index]  # (P, 1, Nm)
                 msg_b = torch.baddbmm(msg_b, ro_b, msg_w)  # (P, 1, 2C)
                 msg_w = torch.bmm(ro_w, msg_w)  # (P, Fm, 2C)
-        keep = self.message_keep(silence, B, Tp, x0) if s.P else None
+        keep = self.message_keep(silence, B, Tp, x0, silenced) if s.P else None
         keep_u = self.input_keep(silence_inputs, Tp, x0)
         spec = LoopSpec(R=s.R, P=s.P, C=C, U=s.U, T=Tp, clip=clip, sample=sample,
                         src_is_g=cfg.message_source == "generator",

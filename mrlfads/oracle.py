@@ -44,7 +44,8 @@ def region_weights(model, r: int) -> dict[str, Tensor]:
 
 def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = True,
                    silence: Mapping | None = None, noise: dict | None = None,
-                   silence_inputs: Mapping | None = None, session=None) -> ModelOutput:
+                   silence_inputs: Mapping | None = None, session=None,
+                   silenced: Tensor | None = None) -> ModelOutput:
     """Same contract as ``MRLFADS.forward``, computed one region at a time."""
     cfg, s = model.cfg, model.sizes
     B, T = model.check_inputs(heldin, ext)
@@ -74,7 +75,7 @@ def oracle_forward(model, heldin: Sequence[Tensor], ext=None, sample: bool = Tru
     if cfg.inferred_inputs:
         enc = [model.controller_ahead(gru(seen)[0])
                for gru, seen in zip(model.ci_enc, model.controller_reads(enc))]
-    keep = model.message_keep(silence, B, Tp, heldin[0]) if s.P else None
+    keep = model.message_keep(silence, B, Tp, heldin[0], silenced) if s.P else None
     keep_u = model.input_keep(silence_inputs, Tp, heldin[0])
     rec = {k: [[] for _ in range(s.R)] for k in ("f", "rho", "co", "u")}
     mrec = {k: [[] for _ in range(s.P)] for k in ("mean", "var", "m")}

@@ -114,6 +114,45 @@ def test_silenced_fast_path_matches_oracle():
     assert float(out_f.msg_mean[:, 6:, b_out].abs().min()) > 0.0
 
 
+@pytest.mark.parametrize("sample", [False, True])
+def test_recorded_interventions_silence_each_trials_own_window_in_both_paths(sample):
+    """``silenced`` (B, T, R) zeroes the messages a region sends in that trial's silenced
+    bins only: trial 0 silences B over bins TAU+1..TAU+4, trial 1 silences C from TAU+6 on
+    and A in one bin before TAU (which the loop never reaches); outputs and gradients equal
+    the oracle's, and equal ``silence=`` where the two describe the same thing."""
+    model, heldin, heldout, ext = build("poisson")
+    silenced = torch.zeros(B, T, 3, dtype=torch.float64)
+    silenced[0, TAU + 1:TAU + 5, 1] = 1
+    silenced[1, TAU + 6:, 2] = 1
+    silenced[1, TAU - 1, 0] = 1
+    noise = model.draw_noise(B, T - TAU, heldin[0]) if sample else None
+    kw = dict(sample=sample, noise=noise, silenced=silenced)
+    out_f, loss_f, grad_f = run(fast, model, heldin, heldout, ext, **kw)
+    out_o, loss_o, grad_o = run(oracle_forward, model, heldin, heldout, ext, **kw)
+    assert_same_outputs(out_f, out_o)
+    torch.testing.assert_close(loss_f.total, loss_o.total, rtol=1e-7, atol=1e-7)
+    for name in grad_f:
+        torch.testing.assert_close(grad_f[name], grad_o[name], rtol=1e-5, atol=1e-5, msg=name)
+    zero = out_f.msg_mean.abs().sum(-1) == 0  # (B, T', P)
+    src = torch.tensor([a for a, _ in out_f.pairs])
+    want = torch.zeros_like(zero)
+    want[0, 1:5] = src == 1
+    want[1, 6:] = src == 2
+    assert torch.equal(zero, want)
+    # trial 0 alone, silenced as the perturbation argument does it: the same outputs
+    one = [x[:1] for x in heldin], [x[:1] if x is not None else None for x in ext]
+    a = model(*one, sample=False, silenced=silenced[:1])
+    b = model(*one, sample=False, silence={"B": (TAU + 1, TAU + 5)})
+    torch.testing.assert_close(a.msg_mean, b.msg_mean)
+    torch.testing.assert_close(a.readout[0], b.readout[0])
+
+
+def test_recorded_interventions_of_the_wrong_shape_are_refused():
+    model, heldin, _, ext = build("gaussian")
+    with pytest.raises(Exception, match=r"silenced: shape \(2, 12, 2\), expected \(2, 12, 3\)"):
+        model(heldin, ext, sample=False, silenced=torch.zeros(B, T, 2, dtype=torch.float64))
+
+
 def test_pathway_dropout_cuts_the_same_whole_trials_in_both_paths():
     """In training, pathway dropout zeroes whole trials' messages, means included, and both
     paths cut the same (trial, pathway) pairs from the same seed (the "pathway_dropout"

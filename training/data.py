@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mrlfads.data_loaders import schema
+from mrlfads.data_loaders.errors import DatasetError
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.sessions import session_groups
 
@@ -31,6 +32,9 @@ class SplitTensors:
     # (trials,) int64 on the device: each trial's session, for datasets of several sessions
     # (docs/MODEL.md, "Several sessions"); None: one session
     session: torch.Tensor | None = None
+    # (trials, T, R) float on the device: 1 where the experiment silenced every message a
+    # region sends (docs/MODEL.md, "Recorded interventions"); None: no interventions here
+    silenced: torch.Tensor | None = None
 
     @property
     def n_trials(self) -> int:
@@ -50,7 +54,8 @@ class SplitTensors:
             [x[sl] for x in self.ext] if self.ext is not None else None,
             self.trial_id[sl], {k: v[sl] for k, v in self.truth.items()},
             None if self.condition is None else self.condition[sl],
-            None if self.session is None else self.session[sl])
+            None if self.session is None else self.session[sl],
+            None if self.silenced is None else self.silenced[sl])
 
     def subset(self, idx: torch.Tensor) -> "SplitTensors":
         """The trials at ``idx`` (copies)."""
@@ -60,7 +65,8 @@ class SplitTensors:
             [x[idx] for x in self.ext] if self.ext is not None else None,
             self.trial_id[host], {k: v[host] for k, v in self.truth.items()},
             None if self.condition is None else self.condition[host],
-            None if self.session is None else self.session[idx])
+            None if self.session is None else self.session[idx],
+            None if self.silenced is None else self.silenced[idx])
 
     def neuron_stats(self, counts: bool, recorded=None
                      ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], ...]:
@@ -130,6 +136,11 @@ class SplitTensors:
         ext = [x[idx] for x in self.ext] if self.ext is not None else None
         return heldin, heldout, ext
 
+    def intervention_kwargs(self, idx: torch.Tensor) -> dict:
+        """``{"silenced": (B, T, R)}`` for the model's forward when these trials record
+        interventions, else ``{}``."""
+        return {} if self.silenced is None else {"silenced": self.silenced[idx]}
+
 
 def load_split(
     dataset: ArrowDataset, split: str, device: torch.device, *, with_truth: bool = False
@@ -141,6 +152,7 @@ def load_split(
         cols.append(schema.SESSION)
     ext_regions = [r.name for r in m.regions if m.ext_dims.get(r.name, 0) > 0]
     cols += [schema.ext_col(name) for name in ext_regions]
+    cols += [schema.silenced_col(name) for name in m.silenced]
     truth_cols = list(m.truth) if with_truth else []
     arrays = dataset.arrays(split, cols + truth_cols)
 
@@ -167,4 +179,24 @@ def load_split(
     if len(m.sessions) > 1:
         session = torch.from_numpy(np.asarray(arrays[schema.SESSION], dtype=np.int64)).to(device)
     return SplitTensors(split, heldin, heldout, ext, np.asarray(arrays[schema.TRIAL_ID]), truth,
-                        condition, session)
+                        condition, session, _silenced(dataset, arrays, split, device))
+
+
+def _silenced(dataset: ArrowDataset, arrays: dict[str, np.ndarray], split: str,
+              device: torch.device) -> torch.Tensor | None:
+    """(trials, T, R) 0/1 from the ``silenced/<region>`` columns, zero for regions never
+    silenced; None when no trial of the split records an intervention."""
+    m = dataset.manifest
+    if not m.silenced:
+        return None
+    n = len(arrays[schema.TRIAL_ID])
+    out = np.zeros((n, m.n_bins, len(m.regions)), np.float32)
+    for r, name in enumerate(m.region_names):
+        if name in m.silenced:
+            col = np.asarray(arrays[schema.silenced_col(name)])
+            if not np.isin(col, (0, 1)).all():
+                raise DatasetError(f"{dataset.uri}: column {schema.silenced_col(name)!r} of split "
+                                   f"{split!r} holds values other than 0 and 1 (1 marks a silenced bin); "
+                                   "re-create the dataset")
+            out[:, :, r] = col
+    return torch.from_numpy(out).to(device) if out.any() else None

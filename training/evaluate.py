@@ -71,7 +71,7 @@ def collect_outputs(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int
         sums: dict[str, np.ndarray] = {}
         for _ in range(passes):
             extra = {"session": session} if model.cfg.sessions else {}  # stitched models
-            out = model(shown, ext, sample=samples > 0, **extra)
+            out = model(shown, ext, sample=samples > 0, **extra, **data.intervention_kwargs(idx))
             terms = compute_loss(out, heldin, heldout, run_cfg.loss, epoch, recon_weight=weight)
             scalars = terms.scalars()
             if sv_weight is not None:

@@ -55,6 +55,7 @@ class _Batch:
     ext: list[Tensor] | None
     sv: list[Tensor] | None
     session: int  # every trial of a batch is from this session (stitched models)
+    silenced: Tensor | None  # (n, T, R) recorded interventions, when the split has any
 
     @classmethod
     def like(cls, data: SplitTensors, sv: list[Tensor] | None, n: int, session: int) -> _Batch:
@@ -62,12 +63,14 @@ class _Batch:
             return None if xs is None else [x.new_empty((n, *x.shape[1:])) for x in xs]
 
         return cls(torch.empty(n, dtype=torch.long, device=data.heldin[0].device),
-                   rows(data.heldin), rows(data.heldout), rows(data.ext), rows(sv), session)
+                   rows(data.heldin), rows(data.heldout), rows(data.ext), rows(sv), session,
+                   None if data.silenced is None else rows([data.silenced])[0])
 
     def load(self, data: SplitTensors, sv: list[Tensor] | None, idx: Tensor) -> None:
         self.idx.copy_(idx)
+        silenced = None if self.silenced is None else ([data.silenced], [self.silenced])
         for src, dst in ((data.heldin, self.heldin), (data.heldout, self.heldout),
-                         (data.ext, self.ext), (sv, self.sv)):
+                         (data.ext, self.ext), (sv, self.sv), silenced or (None, None)):
             for x, buf in zip(src or (), dst or ()):
                 torch.index_select(x, 0, self.idx, out=buf)
 
@@ -245,6 +248,8 @@ class TrainStep:
         shown, recon_weight = training_inputs(batch.heldin, Tp, cd, t.sv_rate, batch.sv)
         with self._autocast():
             extra = {"session": batch.session} if cfg.model.sessions else {}  # stitched
+            if batch.silenced is not None:  # recorded interventions
+                extra["silenced"] = batch.silenced
             out = self.model(shown, batch.ext, sample=True, **extra)
             terms = compute_loss(out, batch.heldin, batch.heldout, cfg.loss, 0,
                                  recon_weight=recon_weight,

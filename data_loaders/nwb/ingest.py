@@ -75,7 +75,9 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
     for p in plans:  # every window inside its trial, before any spike is read
         t0 = p.event + window[0]
         check_window(p, t0, t0 + n_bins * bw, window)
-    cols = _trial_columns(plans, o, separate)
+    silenced, intervened = _interventions(plans, [L.name for L in layouts], window, n_bins, bw,
+                                          warnings)
+    cols = _trial_columns(plans, o, separate, intervened)
     x, ext = _bin_all(files, plans, layouts, window, n_bins, o)
     sources = [_source(p, k, layouts, remote_sizes[k]) for k, p in enumerate(plans)]
     provenance = {
@@ -100,7 +102,8 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
                       else os.path.splitext(os.path.basename(files[0]))[0])
     return _write(os.fspath(out), overwrite, name=name, regions=regions, obs_model="poisson",
                   bin_width_s=bw, ic_enc_seq_len=o.ic_enc_seq_len, x=x, ext=ext,
-                  provenance=provenance, rows_per_shard=o.rows_per_shard, **cols)
+                  provenance=provenance, rows_per_shard=o.rows_per_shard, silenced=silenced,
+                  **cols)
 
 
 # -- regions ----------------------------------------------------------------------------------
@@ -219,10 +222,38 @@ def _bin_units(s: NWBSession, p: FilePlan, rows: dict[str, tuple[np.ndarray, np.
 
 
 # -- trials -----------------------------------------------------------------------------------
-def _trial_columns(plans: list[FilePlan], o: IngestOptions, per_session: bool = False) -> dict:
+def _interventions(plans: list[FilePlan], regions: list[str], window: tuple[float, float],
+                   n_bins: int, bw: float, warnings: list[str]
+                   ) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None]:
+    """``silenced/<region>`` arrays (trials, T) of 0/1 (a bin is silenced when its centre
+    falls in the trial's [start, stop)), and which trials are interventions to train on;
+    (None, None) without --silence-region-column. A trial silencing a region the dataset
+    does not have cannot be modelled: it joins the "perturbed" split, with a warning."""
+    if plans[0].silence is None:
+        return None, None
+    label = np.concatenate([p.silence[0] for p in plans])
+    t0 = np.concatenate([p.silence[1] for p in plans])
+    t1 = np.concatenate([p.silence[2] for p in plans])
+    event = np.concatenate([p.event for p in plans])
+    outside = sorted(set(label[label != ""].tolist()) - set(regions))
+    if outside:
+        n = int(np.isin(label, outside).sum())
+        warnings.append(f"{n} trials silence regions {outside}, which the dataset does not have "
+                        f"(regions: {regions}); they go to the 'perturbed' split, not trained on")
+    intervened = np.isin(label, regions)
+    centres = event[:, None] + window[0] + (np.arange(n_bins) + 0.5) * bw  # (trials, T)
+    on = (centres >= t0[:, None]) & (centres < t1[:, None])  # NaN times: False
+    silenced = {r: (on & (label == r)[:, None]).astype(np.float32) for r in regions
+                if (label == r).any()}
+    return silenced or None, intervened
+
+
+def _trial_columns(plans: list[FilePlan], o: IngestOptions, per_session: bool = False,
+                   intervened: np.ndarray | None = None) -> dict:
     """trial_id, condition, perturbed and split over all files, in file then time order.
     per_session: each file's unperturbed trials are split on their own (at least 1 valid
-    of a file with 2+ when --valid-fraction > 0)."""
+    of a file with 2+ when --valid-fraction > 0). ``intervened`` trials (recorded
+    interventions) are all training trials; validation stays observational."""
     ids, offset = [], 0
     for p in plans:  # several sessions: shift ids so they stay unique (documented)
         ids.append(p.trial_ids + offset)
@@ -232,6 +263,10 @@ def _trial_columns(plans: list[FilePlan], o: IngestOptions, per_session: bool = 
     perturbed = None if o.perturb_column is None else np.concatenate([p.perturbed for p in plans])
     split = np.full(len(trial_id), "perturbed", dtype=object)
     normal = np.ones(len(trial_id), bool) if perturbed is None else ~perturbed
+    if intervened is not None:
+        labelled = np.concatenate([p.silence[0] for p in plans]) != ""
+        normal &= ~labelled  # a labelled trial is an intervention, whatever --perturb-column says
+        split[intervened] = "train"
     n = int(normal.sum())
     n_valid = round(n * o.valid_fraction)
     if per_session:

@@ -46,7 +46,16 @@ class IngestOptions:
     drop_quality [--drop-quality]: units whose `quality_column` value is one of these are
         dropped (e.g. "noise").
     perturb_column [--perturb-column]: boolean/numeric trials column; nonzero trials go to the
-        "perturbed" split and are never trained on.
+        "perturbed" split and are never trained on (unless `silence_region_column` says
+        which region they silenced).
+    silence_region_column [--silence-region-column]: trials column naming, per trial, the
+        region an intervention silenced (a unit label, mapped by `region_map`; "" for none).
+        Those trials are trained on, as recorded interventions: the model's messages from
+        that region are silenced over the same bins (docs/MODEL.md, "Recorded
+        interventions"). Needs `silence_time_columns`.
+    silence_time_columns [--silence-time-columns START,STOP]: trials columns holding the
+        intervention's start and stop times (session seconds, like start_time); a bin is
+        silenced when its centre falls in [START, STOP).
     condition_columns [--condition]: trials columns joined into the condition string
         (default: the "condition" column if the table has one).
     ext_column / ext_timeseries [--ext-column / --ext-timeseries]: an observed external input
@@ -74,6 +83,8 @@ class IngestOptions:
     drop_quality: tuple[str, ...] = ()
     quality_column: str = "quality"
     perturb_column: str | None = None
+    silence_region_column: str | None = None
+    silence_time_columns: tuple[str, str] | None = None
     condition_columns: tuple[str, ...] | None = None
     ext_column: str | None = None
     ext_timeseries: str | None = None
@@ -85,7 +96,8 @@ class IngestOptions:
     sessions: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("window", "regions", "drop_quality", "condition_columns"):
+        for name in ("window", "regions", "drop_quality", "condition_columns",
+                     "silence_time_columns"):
             value = getattr(self, name)  # lists from JSON/YAML -> tuples (hashable, frozen)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -133,6 +145,12 @@ def _problems(o: IngestOptions) -> list[str]:
         p.append(f"--heldout: a fraction in (0, 1) or an integer count >= 0, got {h!r}")
     if o.heldout_column is not None and h:
         p.append("--heldout and --heldout-column: give one of them, not both")
+    if (o.silence_region_column is None) != (o.silence_time_columns is None):
+        p.append("--silence-region-column and --silence-time-columns: give both (which region "
+                 "each trial silenced, and when) or neither")
+    if o.silence_time_columns is not None and len(o.silence_time_columns) != 2:
+        p.append(f"--silence-time-columns: two trials columns START,STOP, got "
+                 f"{list(o.silence_time_columns)}")
     if o.ext_column is not None and o.ext_timeseries is not None:
         p.append("--ext-column and --ext-timeseries: give one of them, not both")
     if not 0.0 <= o.valid_fraction < 1.0:

@@ -53,6 +53,8 @@ class FilePlan:
     condition: np.ndarray             # (n_trials,) str
     perturbed: np.ndarray | None      # (n_trials,) bool
     ext_value: np.ndarray | None      # (n_trials,) float, from --ext-column
+    # --silence-region-column/--silence-time-columns: (region or "", start s, stop s) per trial
+    silence: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
     labelled: tuple[str, ...] = ()    # regions with units before --drop-quality
 
@@ -84,8 +86,10 @@ def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FileP
                               f"be boolean (True = held out), got dtype {flags.dtype}")
         flags = flags.astype(bool)
     labelled = tuple(sorted(str(r) for r in np.unique(regions[regions != ""])))
+    trials = _trials(s, o)
+    trials["silence"] = _silence(s, o, region_map, trials["trial_ids"])
     return FilePlan(path=s.path, unit_ids=unit_ids, region_rows=region_rows, heldout_flags=flags,
-                    warnings=warnings, labelled=labelled, **_trials(s, o))
+                    warnings=warnings, labelled=labelled, **trials)
 
 
 def _map_labels(path: str, labels: np.ndarray, region_map: dict | None, map_path: str | None) -> np.ndarray:
@@ -157,6 +161,37 @@ def _perturbed(s: NWBSession, o: IngestOptions, ids: np.ndarray, order: np.ndarr
                           f"for trials {ids[~np.isfinite(values)][:5].tolist()}; mark every trial "
                           "True/False")
     return values != 0
+
+
+def _silence(s: NWBSession, o: IngestOptions, region_map: dict | None, ids: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(region or "", start, stop) of each trial's recorded intervention, trials in time
+    order; None without --silence-region-column."""
+    if o.silence_region_column is None:
+        return None
+    order = np.argsort(s.trial_column("start_time", "the trials table").astype(np.float64),
+                       kind="stable")
+    raw = s.trial_column(o.silence_region_column, "--silence-region-column")[order]
+    labels = np.array(["" if v is None else (v.decode() if isinstance(v, bytes) else str(v))
+                       for v in raw], dtype=object)
+    labels[np.isin(labels, ("", "none", "None", "nan"))] = ""
+    if region_map is not None:
+        unknown = sorted(set(labels[labels != ""].tolist()) - set(region_map))
+        if unknown:
+            raise IngestError(f"{s.path}: silenced regions {unknown} (--silence-region-column "
+                              f"{o.silence_region_column!r}) are not in the region map "
+                              f"{o.region_map}; add them (as for unit labels)")
+        labels = np.array([region_map[v] or "" if v else "" for v in labels], dtype=object)
+    col0, col1 = o.silence_time_columns
+    t0 = _numeric(s, col0, "--silence-time-columns", order)
+    t1 = _numeric(s, col1, "--silence-time-columns", order)
+    on = labels != ""
+    bad = on & ~(np.isfinite(t0) & np.isfinite(t1) & (t1 > t0))
+    if bad.any():
+        raise IngestError(f"{s.path}: trials {ids[bad][:5].tolist()} name a silenced region but "
+                          f"their {col0!r}/{col1!r} (--silence-time-columns) are missing or not "
+                          "START < STOP; give every silenced trial its times (session seconds)")
+    return labels, np.where(on, t0, np.nan), np.where(on, t1, np.nan)
 
 
 def _ext_value(s: NWBSession, o: IngestOptions, ids: np.ndarray, order: np.ndarray) -> np.ndarray | None:

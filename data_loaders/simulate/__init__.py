@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from mrlfads.data_loaders.simulate.config import KINDS, OBS_MODELS, SimConfig, preset
 from mrlfads.data_loaders.simulate.generate import SimulatedData, generate
-from mrlfads.data_loaders.simulate.perturbation import SimPerturbation
+from mrlfads.data_loaders.simulate.perturbation import SimInterventions, SimPerturbation
 
 if TYPE_CHECKING:
     from mrlfads.data_loaders.manifest import DatasetManifest
 
-__all__ = ["KINDS", "OBS_MODELS", "SimConfig", "SimPerturbation", "SimulatedData", "check_out",
+__all__ = ["KINDS", "OBS_MODELS", "SimConfig", "SimInterventions", "SimPerturbation", "SimulatedData", "check_out",
            "generate", "preset", "simulate"]
 
 
@@ -23,20 +23,22 @@ def simulate(kind: str, *, out: str | os.PathLike, trials: int | None = None, se
              obs: str = "gaussian", smoke_test: bool = False, n_bins: int | None = None,
              n_units: int | None = None, rate_hz: float | None = None, bin_ms: float | None = None,
              overwrite: bool = False, progress=None, on_generated=None, sessions: int = 1,
-             session_frac: float | None = None, perturbation=None) -> DatasetManifest:
+             session_frac: float | None = None, perturbation=None,
+             interventions=None) -> DatasetManifest:
     """Generate the `kind` benchmark and write it to `out` (local path or s3:// URI).
 
     ``progress(step, total, loss)`` follows the network's training; ``on_generated(data)``
     sees the `SimulatedData` before it is written (timings, the drawn spikes). ``sessions`` /
     ``session_frac``: several sessions of the one network; ``perturbation`` (a
-    `SimPerturbation`): a ``perturbed`` split with known effects (`generate`)."""
+    `SimPerturbation`): a ``perturbed`` split with known effects; ``interventions`` (a
+    `SimInterventions`): training trials with recorded interventions (`generate`)."""
     from mrlfads.data_loaders.writer import write_dataset
 
     check_out(out, overwrite)
     data = generate(kind, trials=trials, seed=seed, obs=obs, smoke_test=smoke_test,
                     n_bins=n_bins, n_units=n_units, rate_hz=rate_hz, bin_ms=bin_ms,
                     progress=progress, sessions=sessions, session_frac=session_frac,
-                    perturbation=perturbation)
+                    perturbation=perturbation, interventions=interventions)
     if on_generated is not None:
         on_generated(data)
     return write_dataset(out, **data.writer_kwargs(), overwrite=overwrite)

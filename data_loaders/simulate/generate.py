@@ -40,7 +40,8 @@ FAMILIES = {"memory-ring": memory_ring, "relay-decision": relay_decision, "rando
 # append only: the streams are SeedSequence children by position, so a new one changes none
 # of the others
 _STREAMS = ("network", "weights", "train_tasks", "train_noise", "trials", "trial_noise",
-            "heldout", "split", "spikes", "unit_rates", "sessions", "perturbation")
+            "heldout", "split", "spikes", "unit_rates", "sessions", "perturbation",
+            "interventions")  # appended only: earlier streams keep their draws
 
 
 @dataclass
@@ -64,6 +65,7 @@ class SimulatedData:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of training / all
     sessions: tuple = ()                 # SessionSpec per session (--sessions S > 1)
     session: np.ndarray | None = None    # (trials,) session index of each trial
+    silenced: dict[str, np.ndarray] = field(default_factory=dict)  # recorded interventions
 
     def writer_kwargs(self) -> dict[str, Any]:
         kw = {k: getattr(self, k) for k in (
@@ -71,6 +73,8 @@ class SimulatedData:
             "trial_id", "condition", "truth", "task", "comm_matrix", "provenance", "extra_files")}
         if self.sessions:
             kw.update(sessions=self.sessions, session=self.session)
+        if self.silenced:
+            kw.update(silenced=self.silenced)
         return kw
 
 
@@ -97,7 +101,8 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
              rate_hz: float | None = None, bin_ms: float | None = None,
              progress: Progress | None = None, sessions: int = 1,
              session_frac: float | None = None,
-             perturbation: sim_perturbation.SimPerturbation | None = None) -> SimulatedData:
+             perturbation: sim_perturbation.SimPerturbation | None = None,
+             interventions: sim_perturbation.SimInterventions | None = None) -> SimulatedData:
     """Train the `kind` network (see the family modules) and simulate `trials` trials.
 
     ``rate_hz`` (mean firing rate of the Poisson spikes) and ``bin_ms`` (bin width) default to
@@ -106,12 +111,16 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
     random ``session_frac`` (default 1 / sessions) of each region's units (simulate/sessions.py).
     ``perturbation``: extra trials with a region's messages silenced, the ``perturbed``
     split, and their true effects (simulate/perturbation.py); the other trials are the same
-    arrays as without it."""
+    arrays as without it. ``interventions``: extra training trials, each with one region's
+    messages silenced over a random window, recorded in ``silenced/<region>`` columns."""
     frac = sim_sessions.check_sessions(sessions, session_frac)
     multi = sessions > 1 or session_frac is not None
     if perturbation is not None and multi:
         raise ValueError("--silence with --sessions: simulated perturbations are written for "
                          "one session only; drop --sessions/--session-frac or --silence")
+    if interventions is not None and multi:
+        raise ValueError("--intervention-trials with --sessions: simulated interventions are "
+                         "written for one session only; drop one of them")
     if obs not in OBS_MODELS:
         raise ValueError(f"obs: {obs!r} is not one of {list(OBS_MODELS)}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -140,15 +149,30 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
         noise_seed = int(rng["trial_noise"].integers(2**63))
         hidden, messages, readout = run_trials(net, batch.inputs, trial_id, noise_seed)
         fit["task_loss_generated"] = _loss_on(family, batch, hidden, messages, readout)
+        n_i = 0 if interventions is None else interventions.trials
+        if interventions is not None:
+            i_batch = family.sample(rng["interventions"], n_i, steps)
+            i_ids = np.arange(n_total, n_total + n_i, dtype=np.int64)
+            i_gate, silenced = sim_perturbation.draw_interventions(
+                spec, n_i, cfg.n_bins, cfg.ic_enc_seq_len, cfg.steps_per_bin, steps,
+                rng["interventions"])
+            i_hidden, i_messages, _ = run_trials(net, i_batch.inputs, i_ids, noise_seed,
+                                                 gate=i_gate)
         if perturbation is not None:
             p_batch = family.sample(rng["perturbation"], perturbation.trials, steps)
-            p_ids = np.arange(n_total, n_total + perturbation.trials, dtype=np.int64)
+            p_ids = np.arange(n_total + n_i, n_total + n_i + perturbation.trials, dtype=np.int64)
             gate = sim_perturbation.message_gate(spec, perturbation.region, window_steps, steps)
             p_hidden, p_messages, _ = run_trials(net, p_batch.inputs, p_ids, noise_seed, gate=gate)
             twin_hidden = run_trials(net, p_batch.inputs, p_ids, noise_seed)[0]
     base_hz = observe.unit_base_rates(hidden, cfg.rate_hz, cfg.rate_spread, cfg.poisson_gain,
                                       rng["unit_rates"])
-    n_perturbed = 0
+    n_perturbed = n_intervened = 0
+    if interventions is not None:  # appended after the others, which stay as they were
+        batch = _concat_batches(batch, i_batch)
+        trial_id = np.concatenate([trial_id, i_ids])
+        hidden = np.concatenate([hidden, i_hidden])
+        messages = np.concatenate([messages, i_messages])
+        n_intervened = interventions.trials
     if perturbation is not None:  # appended after the others, which stay as they were
         batch = _concat_batches(batch, p_batch)
         trial_id = np.concatenate([trial_id, p_ids])
@@ -156,7 +180,19 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
         messages = np.concatenate([messages, p_messages])
         n_perturbed = perturbation.trials
     data = _assemble(kind, cfg, seed, obs, smoke_test, family, batch, trial_id, hidden, messages,
-                     base_hz, rng, (sessions, frac) if multi else None, n_perturbed)
+                     base_hz, rng, (sessions, frac) if multi else None, n_perturbed,
+                     n_intervened)
+    if interventions is not None:
+        n_before = cfg.n_trials
+        data.silenced = {name: np.concatenate([np.zeros((n_before, cfg.n_bins), np.float32), a,
+                                               np.zeros((n_perturbed, cfg.n_bins), np.float32)])
+                         for name, a in silenced.items()}
+        data.provenance["interventions"] = {
+            "kind": "silence", "trials": n_intervened, "split": "train",
+            "trial_ids": [int(i_ids[0]), int(i_ids[-1]) + 1],
+            "columns": "silenced/<region>: 1 in the bins where every message the region "
+                       "sends is zero",
+            "trials_per_region": {k: int(v.any(1).sum()) for k, v in silenced.items()}}
     if perturbation is not None:
         _add_true_effects(data, cfg, spec, perturbation, window_steps, twin_hidden, base_hz)
     data.provenance.update({"training": fit, "train_config": dict(train_cfg.__dict__),
@@ -209,10 +245,12 @@ def _add_true_effects(data: SimulatedData, cfg: SimConfig, spec, p, window_steps
 def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, family, batch: TaskBatch,
               trial_id: np.ndarray, hidden: np.ndarray, messages: np.ndarray, base_hz: np.ndarray,
               rng: dict[str, np.random.Generator],
-              multi: tuple[int, float] | None = None, n_perturbed: int = 0) -> SimulatedData:
+              multi: tuple[int, float] | None = None, n_perturbed: int = 0,
+              n_intervened: int = 0) -> SimulatedData:
     """Per-region observations in stored neuron order, and every truth column, in bins.
     multi = (sessions, fraction of units each records): the union layout of several sessions.
-    The last ``n_perturbed`` trials form the ``perturbed`` split."""
+    The last ``n_perturbed`` trials form the ``perturbed`` split; the ``n_intervened``
+    before them (recorded interventions) are all training trials."""
     spec = family.spec
     to_bins = partial(observe.steps_to_bins, steps_per_bin=cfg.steps_per_bin)
     if obs == "poisson":
@@ -274,8 +312,10 @@ def _assemble(kind: str, cfg: SimConfig, seed: int, obs: str, smoke_test: bool, 
     x = {k: _canonical(v) for k, v in x.items()}
     truth = {k: x[k[len("truth/rates/"):]] if v is None else _canonical(v) for k, v in truth.items()}
     if layout is None:
-        split = observe.train_valid_split(n - n_perturbed, cfg.valid_frac, rng["split"])
-        split = np.concatenate([split, np.full(n_perturbed, "perturbed", dtype=object)])
+        split = observe.train_valid_split(n - n_perturbed - n_intervened, cfg.valid_frac,
+                                          rng["split"])
+        split = np.concatenate([split, np.full(n_intervened, "train", dtype=object),
+                                np.full(n_perturbed, "perturbed", dtype=object)])
     else:  # each session's trials split on their own, so every session has valid trials
         per = n // len(layout.sessions)
         split = np.concatenate([observe.train_valid_split(per, cfg.valid_frac, rng["split"])

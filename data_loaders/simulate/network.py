@@ -138,8 +138,8 @@ class MultiRegionRNN(nn.Module):
                 eps_c: torch.Tensor, gate: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """h_init (B, N_tot) = h[-1]; u (B, T, I_tot); eps_h (B, T, N_tot); eps_c (B, T, D_tot);
-        gate (T, D_tot), optional: every message is multiplied by it (0 silences a pathway
-        at a step, noise included).
+        gate (T, D_tot) or (T, B, D_tot), optional: every message is multiplied by it (0
+        silences a pathway at a step, noise included).
 
         Returns hidden (B, T, N_tot), messages (B, T, D_tot), readout (B, T, O_tot)."""
         w = {k: v.to(u.dtype) for k, v in self.weights().items()}
@@ -175,7 +175,8 @@ def run_trials(net: MultiRegionRNN, u: np.ndarray, trial_ids: np.ndarray, noise_
                chunk: int = 256, gate: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the trained network (float64) on inputs u (n, T, I_tot) with replayable noise;
-    ``gate`` (T, D_tot) multiplies the messages (`MultiRegionRNN.forward`).
+    ``gate`` (T, D_tot), or (n, T, D_tot) one per trial, multiplies the messages
+    (`MultiRegionRNN.forward`).
 
     Returns hidden (n, T, N_tot), messages (n, T, D_tot), readout (n, T, O_tot) as float32."""
     s = net.spec
@@ -189,8 +190,12 @@ def run_trials(net: MultiRegionRNN, u: np.ndarray, trial_ids: np.ndarray, noise_
         eps_h = torch.from_numpy(np.stack([e for _, e, _ in noise]))
         eps_c = torch.from_numpy(np.stack([c for _, _, c in noise]))
         h_init = torch.tanh(s.init_scale * zeta)
-        res = net(h_init, torch.from_numpy(u[start:start + chunk]).double(), eps_h, eps_c,
-                  None if gate is None else torch.from_numpy(np.asarray(gate, np.float64)))
+        g = None
+        if gate is not None:
+            g = torch.from_numpy(np.asarray(gate, np.float64))
+            if g.ndim == 3:  # per trial: (chunk, T, D) -> (T, chunk, D), gate[t] is (B, D)
+                g = g[start:start + chunk].transpose(0, 1)
+        res = net(h_init, torch.from_numpy(u[start:start + chunk]).double(), eps_h, eps_c, g)
         for acc, r in zip(outs, res):
             acc.append(r.numpy().astype(np.float32))
     return tuple(np.concatenate(a) if a else np.zeros((0, T, 0), np.float32) for a in outs)

@@ -79,6 +79,49 @@ def message_gate(spec: NetworkSpec, region: str, steps: tuple[int, int], n_steps
     return gate
 
 
+@dataclass(frozen=True)
+class SimInterventions:
+    """Training trials with recorded interventions: each silences every message of one
+    region (drawn uniformly from the regions that send any) over a window of a quarter of
+    the bins after the initial-condition bins, at a random start. Unlike `SimPerturbation`'s
+    trials they are trained on, the dataset's ``silenced/<region>`` columns saying which
+    bins (docs/MODEL.md, "Recorded interventions")."""
+
+    trials: int
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ValueError(f"--intervention-trials: need at least 1, got {self.trials}")
+
+
+def draw_interventions(spec: NetworkSpec, n: int, n_bins: int, tau: int, steps_per_bin: float,
+                       n_steps: int, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(gate (n, n_steps, D_tot), silenced {region: (n, n_bins) 0/1})`` for ``n`` trials.
+
+    Windows start and stop on network steps (with bins finer than a step, a step's message
+    is either sent or not), so the bins marked silenced are exactly the steps gated off."""
+    senders = sorted({p.src for p in spec.pathways})
+    if not senders:
+        raise ValueError("--intervention-trials: this network has no pathways to silence")
+    k = max(1, round(1 / steps_per_bin)) if steps_per_bin < 1 else 1  # bins per step
+    length = max(k, (n_bins - tau) // 4 // k * k)
+    first, last = -(-tau // k) * k, n_bins - length  # aligned starts in [first, last]
+    if last < first:
+        raise ValueError(f"--intervention-trials: trials of {n_bins} bins leave no room for a "
+                         f"{length}-bin window after the {tau} initial-condition bins")
+    starts = first + k * rng.integers(0, (last - first) // k + 1, size=n)
+    regions = rng.choice(senders, size=n)
+    gate = np.ones((n, n_steps, sum(p.dim for p in spec.pathways)))
+    silenced = {spec.region_names[s]: np.zeros((n, n_bins), np.float32) for s in senders}
+    for i, (src, start) in enumerate(zip(regions, starts)):
+        name = spec.region_names[src]
+        a, b = math.floor(start * steps_per_bin), math.ceil((start + length) * steps_per_bin)
+        gate[i] = message_gate(spec, name, (a, b), n_steps)
+        silenced[name][i, start:start + length] = 1.0
+    return gate, silenced
+
+
 def silenced_pathways(spec: NetworkSpec, region: str) -> list[str]:
     src = spec.region_names.index(region)
     return [spec.pathway_name(p) for p in spec.pathways if p.src == src]

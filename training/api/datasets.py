@@ -70,7 +70,8 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
              progress: Callable[[int, int, float], None] | None = None, sessions: int = 1,
              session_frac: float | None = None, silence: str | None = None,
              window: str | tuple[int, int] | None = None,
-             perturbed_trials: int | None = None) -> Dataset:
+             perturbed_trials: int | None = None,
+             intervention_trials: int | None = None) -> Dataset:
     """Train a data-generating multi-region RNN (``memory-ring``, ``relay-decision`` or
     ``random``) and write its trials to ``out`` with the true rates, messages and inputs.
 
@@ -81,6 +82,10 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
     extra trials (default a quarter of ``trials``) in which every message REGION sends is
     zero over the window, as the ``perturbed`` split, with their true effects in
     extras/perturbation.npz (docs/DESIGN.md, "Simulated perturbations").
+    ``intervention_trials=N``: N extra training trials, each silencing every message of one
+    random region over a random window, recorded in the dataset's ``silenced/<region>``
+    columns so training silences the model's messages the same way (docs/MODEL.md,
+    "Recorded interventions").
     ``progress(step, total, loss)`` is called while the network trains. The returned
     dataset's ``summary`` holds the network's task loss, its training steps, the wall time,
     and for Poisson spikes the mean rate per bin and the mean count drawn."""
@@ -88,7 +93,11 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
 
     from mrlfads.data_loaders.simulate import simulate as write_simulation
 
+    from mrlfads.data_loaders.simulate import SimInterventions
+
     perturbation = _sim_perturbation(kind, smoke_test, trials, silence, window, perturbed_trials)
+    interventions = None if intervention_trials is None else SimInterventions(
+        int(intervention_trials))
     summary: dict[str, Any] = {}
 
     def describe(data) -> None:
@@ -117,7 +126,8 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
     write_simulation(kind, out=out, trials=trials, seed=seed, obs=obs, smoke_test=smoke_test,
                      n_bins=bins, n_units=units, rate_hz=rate_hz, bin_ms=bin_ms,
                      overwrite=overwrite, progress=progress, on_generated=describe,
-                     sessions=sessions, session_frac=session_frac, perturbation=perturbation)
+                     sessions=sessions, session_frac=session_frac, perturbation=perturbation,
+                     interventions=interventions)
     dataset = open_dataset(out)
     dataset.summary = summary
     return dataset

@@ -53,7 +53,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quality-column", default="quality", help="Units column for --drop-quality")
     g = p.add_argument_group("trials")
     g.add_argument("--perturb-column", metavar="COL",
-                   help="trials column flagging perturbed trials (own split, never trained on)")
+                   help="trials column flagging perturbed trials (own split, never trained on, "
+                   "unless --silence-region-column names the region they silenced)")
+    g.add_argument("--silence-region-column", metavar="COL",
+                   help="trials column naming the region each trial's intervention silenced "
+                   "(a unit label, mapped by --region-map; empty for none). Those trials are "
+                   "trained on with the model's messages from that region silenced over the "
+                   "same bins: interventions tell apart pathways that observation alone "
+                   "cannot (docs/MODEL.md, 'Recorded interventions'). Needs "
+                   "--silence-time-columns")
+    g.add_argument("--silence-time-columns", type=_names, metavar="START,STOP",
+                   help="trials columns with each intervention's start and stop (session "
+                   "seconds); a bin is silenced when its centre is in [START, STOP)")
     g.add_argument("--condition", type=_names, metavar="COL,COL", dest="condition_columns",
                    help="trials columns forming the condition (default: 'condition' if present)")
     g.add_argument("--ext-column", metavar="COL", help="numeric trials column as external input")
@@ -83,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         region_column=args.region_column, region_map=args.region_map,
         drop_quality=tuple(args.drop_quality), quality_column=args.quality_column,
         perturb_column=args.perturb_column, condition_columns=args.condition_columns,
+        silence_region_column=args.silence_region_column,
+        silence_time_columns=args.silence_time_columns,
         ext_column=args.ext_column, ext_timeseries=args.ext_timeseries,
         valid_fraction=args.valid_fraction, seed=args.seed, ic_enc_seq_len=args.ic_enc_seq_len,
         name=args.name, sessions=args.sessions)
@@ -108,6 +121,8 @@ def _summary(m, out: str) -> None:
     for s, n in m.splits.items():
         splits.add_row(s, str(n))
     console.print(splits)
+    if m.silenced:
+        console.print(f"recorded interventions (trained on) silence: {', '.join(m.silenced)}")
     if m.sessions:
         table = Table(title="sessions (held-in+held-out units per region)")
         table.add_column("session")

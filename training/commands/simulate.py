@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--perturbed-trials", type=at_least(1), default=None, metavar="N",
                         help="with --silence: number of perturbed trials, drawn like the "
                              "others and added to them (default: a quarter of --trials)")
+    parser.add_argument("--intervention-trials", type=at_least(1), default=None, metavar="N",
+                        help="also record N training trials with interventions: each silences "
+                             "every message of one random region over a random quarter of the "
+                             "trial, and the dataset's silenced/<region> columns say where, so "
+                             "training silences the model's messages the same way (what "
+                             "observational trials cannot tell apart: docs/MODEL.md, "
+                             "'Recorded interventions')")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already at --out")
 
@@ -89,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
                            overwrite=args.overwrite, progress=progress,
                            sessions=args.sessions, session_frac=args.session_frac,
                            silence=args.silence, window=args.window,
-                           perturbed_trials=args.perturbed_trials)
+                           perturbed_trials=args.perturbed_trials,
+                           intervention_trials=args.intervention_trials)
     _report(dataset, args.out)
     return 0
 
@@ -116,6 +124,11 @@ def _report(dataset, out: str) -> None:
         print(f"  perturbed trials: {pert['trials']}, {pert['target']} silenced over bins "
               f"{pert['window'][0]}:{pert['window'][1]} (messages zeroed: {zeroed}); true "
               f"effects in extras/perturbation.npz")
+    inter = manifest.provenance.get("interventions")
+    if inter:
+        per = ", ".join(f"{k} {v}" for k, v in inter["trials_per_region"].items())
+        print(f"  intervention trials (trained on): {inter['trials']}, messages silenced per "
+              f"region: {per}")
     cm = manifest.comm_matrix or [[0] * len(names)] * len(names)  # None: no pathway at all
     paths = [f"{names[s]}->{names[d]} (dim {cm[d][s]})"
              for d in range(len(names)) for s in range(len(names)) if cm[d][s]]
