@@ -156,22 +156,31 @@ def test_the_training_step_trains_with_the_batch_s_recorded_interventions(tiny):
 @pytest.fixture(scope="module")
 def relay():
     kw = {"seed": 3, "smoke_test": True, "obs": "poisson", "trials": 40, "bin_ms": 10}
-    return generate("relay-decision", **kw), generate(
-        "relay-decision", **kw, interventions=SimInterventions(12))
+    return tuple(generate("relay-decision", **kw, interventions=extra) for extra in (
+        None, SimInterventions(12), SimInterventions(12, control=True)))
 
 
 def test_simulated_interventions_are_extra_training_trials_the_others_unchanged(relay):
-    plain, inter = relay
-    assert list(inter.split[:40]) == list(plain.split)
-    assert list(inter.split[40:]) == ["train"] * 12
-    for key, a in plain.x.items():
-        np.testing.assert_array_equal(inter.x[key][:40], a)
-    assert not plain.silenced
-    assert inter.provenance["interventions"]["trials"] == 12
+    plain, inter, control = relay
+    for d in (inter, control):
+        assert list(d.split[:40]) == list(plain.split)
+        assert list(d.split[40:]) == ["train"] * 12
+        for key, a in plain.x.items():
+            np.testing.assert_array_equal(d.x[key][:40], a)
+        assert d.provenance["interventions"]["trials"] == 12
+    assert not plain.silenced and not control.silenced
+    # the control draws the same extra trials with nothing silenced: outside the silenced
+    # windows the downstream messages differ only through what the silencing changed
+    msg = "truth/messages/upstream->downstream"
+    silent = inter.silenced["upstream"][40:] > 0
+    assert (inter.truth[msg][40:][silent] == 0).all()
+    assert (np.abs(control.truth[msg][40:]).sum(-1)[silent] > 0).all()
+    np.testing.assert_array_equal(control.truth["truth/inputs/upstream"][40:],
+                                  inter.truth["truth/inputs/upstream"][40:])
 
 
 def test_each_simulated_intervention_silences_one_region_s_messages_in_its_marked_bins(relay):
-    _, d = relay
+    _, d, _ = relay
     tau, T_ = d.ic_enc_seq_len, d.x["upstream"].shape[1]
     length = (T_ - tau) // 4 // 2 * 2  # a quarter of the inferred bins, whole 20 ms steps
     pathways = {"upstream": "upstream->downstream"}

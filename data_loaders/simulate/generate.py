@@ -156,6 +156,8 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
             i_gate, silenced = sim_perturbation.draw_interventions(
                 spec, n_i, cfg.n_bins, cfg.ic_enc_seq_len, cfg.steps_per_bin, steps,
                 rng["interventions"])
+            if interventions.control:
+                i_gate, silenced = None, {}
             i_hidden, i_messages, _ = run_trials(net, i_batch.inputs, i_ids, noise_seed,
                                                  gate=i_gate)
         if perturbation is not None:
@@ -188,7 +190,8 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
                                                np.zeros((n_perturbed, cfg.n_bins), np.float32)])
                          for name, a in silenced.items()}
         data.provenance["interventions"] = {
-            "kind": "silence", "trials": n_intervened, "split": "train",
+            "kind": "control: nothing silenced" if interventions.control else "silence",
+            "trials": n_intervened, "split": "train",
             "trial_ids": [int(i_ids[0]), int(i_ids[-1]) + 1],
             "columns": "silenced/<region>: 1 in the bins where every message the region "
                        "sends is zero",

@@ -85,9 +85,12 @@ class SimInterventions:
     region (drawn uniformly from the regions that send any) over a window of a quarter of
     the bins after the initial-condition bins, at a random start. Unlike `SimPerturbation`'s
     trials they are trained on, the dataset's ``silenced/<region>`` columns saying which
-    bins (docs/MODEL.md, "Recorded interventions")."""
+    bins (docs/MODEL.md, "Recorded interventions"). ``control``: the same extra trials
+    with nothing silenced, to tell what the interventions add from what more trials add
+    (benchmarks/science/interventions.py)."""
 
     trials: int
+    control: bool = False
 
     def __post_init__(self) -> None:
         if self.trials < 1:
