@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import spiking_grid as sg  # noqa: E402  (the benchmark's datasets, fit and scores)
+import spiking_grid as sg  # benchmarks/science is not a package
 
 ARMS = ("observational", "more trials", "interventions")
 
