@@ -82,8 +82,10 @@ def message_gate(spec: NetworkSpec, region: str, steps: tuple[int, int], n_steps
 @dataclass(frozen=True)
 class SimInterventions:
     """Training trials with recorded interventions: each silences every message of one
-    region (drawn uniformly from the regions that send any) over a window of a quarter of
-    the bins after the initial-condition bins, at a random start. Unlike `SimPerturbation`'s
+    region (drawn uniformly from all regions, as an experimenter who does not know the
+    wiring would: silencing a region that sends nothing changes nothing, which is what
+    refutes a pathway from it) over a window of a quarter of the bins after the
+    initial-condition bins, at a random start. Unlike `SimPerturbation`'s
     trials they are trained on, the dataset's ``silenced/<region>`` columns saying which
     bins (docs/MODEL.md, "Recorded interventions"). ``control``: the same extra trials
     with nothing silenced, to tell what the interventions add from what more trials add
@@ -104,9 +106,6 @@ def draw_interventions(spec: NetworkSpec, n: int, n_bins: int, tau: int, steps_p
 
     Windows start and stop on network steps (with bins finer than a step, a step's message
     is either sent or not), so the bins marked silenced are exactly the steps gated off."""
-    senders = sorted({p.src for p in spec.pathways})
-    if not senders:
-        raise ValueError("--intervention-trials: this network has no pathways to silence")
     k = max(1, round(1 / steps_per_bin)) if steps_per_bin < 1 else 1  # bins per step
     length = max(k, (n_bins - tau) // 4 // k * k)
     first, last = -(-tau // k) * k, n_bins - length  # aligned starts in [first, last]
@@ -114,9 +113,10 @@ def draw_interventions(spec: NetworkSpec, n: int, n_bins: int, tau: int, steps_p
         raise ValueError(f"--intervention-trials: trials of {n_bins} bins leave no room for a "
                          f"{length}-bin window after the {tau} initial-condition bins")
     starts = first + k * rng.integers(0, (last - first) // k + 1, size=n)
-    regions = rng.choice(senders, size=n)
+    regions = rng.choice(len(spec.region_names), size=n)
     gate = np.ones((n, n_steps, sum(p.dim for p in spec.pathways)))
-    silenced = {spec.region_names[s]: np.zeros((n, n_bins), np.float32) for s in senders}
+    silenced = {spec.region_names[s]: np.zeros((n, n_bins), np.float32)
+                for s in sorted(set(regions.tolist()))}
     for i, (src, start) in enumerate(zip(regions, starts)):
         name = spec.region_names[src]
         a, b = math.floor(start * steps_per_bin), math.ceil((start + length) * steps_per_bin)

@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "others and added to them (default: a quarter of --trials)")
     parser.add_argument("--intervention-trials", type=at_least(1), default=None, metavar="N",
                         help="also record N training trials with interventions: each silences "
-                             "every message of one random region over a random quarter of the "
+                             "every message of one random region (any region, whether it sends "
+                             "or not) over a random quarter of the "
                              "trial, and the dataset's silenced/<region> columns say where, so "
                              "training silences the model's messages the same way (what "
                              "observational trials cannot tell apart: docs/MODEL.md, "
