@@ -330,3 +330,42 @@ def test_lds_generator_writes_its_wiring_and_a_condition_locked_input(tmp_path):
     assert np.abs(a["truth/messages/R0->R2"][:, 0]).max() == 0
     assert a["truth/messages/R0->R2"][:, 1:].std() > 0.05
     assert a["x/R1"].shape == (40, 30, 6) and np.all(a["x/R1"] == np.round(a["x/R1"]))
+
+
+def test_lds_arms_share_their_trials_and_only_the_intervention_arm_silences(tmp_path):
+    """lds_spikes.make(extra=N, arm=...): every arm holds the same first trials (so the same
+    validation trials); observational drops the N extra, more-trials keeps them as drawn,
+    interventions zeroes each extra trial's messages from one region over its marked bins
+    (a quarter of the bins after the first 10) and nowhere else."""
+    import numpy as np
+
+    from mrlfads.data_loaders.reader import ArrowDataset
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "science"))
+    try:
+        import lds_spikes
+    finally:
+        sys.path.pop(0)
+    kw = {"units": 6, "trials": 30, "bins": 30, "extra": 12}
+    ds = {arm: ArrowDataset.open(lds_spikes.make(tmp_path / arm, "chain", arm=arm, **kw))
+          for arm in lds_spikes.ARMS}
+    assert ds["observational"].manifest.splits == {"train": 24, "valid": 6}
+    assert ds["more-trials"].manifest.splits == {"train": 36, "valid": 6}
+    assert ds["more-trials"].manifest.silenced == ()
+    cols = ["trial_id", "x/R1", "truth/messages/R0->R1", "truth/messages/R1->R2"]
+    a = {}
+    for arm, d in ds.items():  # rows are stored train first: back to trial order
+        rows = d.arrays(None, cols + [f"silenced/{r}" for r in d.manifest.silenced])
+        order = np.argsort(rows["trial_id"])
+        a[arm] = {k: v[order] for k, v in rows.items()}
+    for arm in ("more-trials", "interventions"):
+        np.testing.assert_array_equal(a[arm]["x/R1"][:30], a["observational"]["x/R1"])
+    inter, plain = a["interventions"], a["more-trials"]
+    marked = 0
+    for r, msg in (("R0", "truth/messages/R0->R1"), ("R1", "truth/messages/R1->R2")):
+        on = inter.get(f"silenced/{r}", np.zeros((42, 30)))[30:] > 0  # (12, T)
+        marked += int(on.any(1).sum())
+        assert all(row.sum() in (0, 5) for row in on)  # (30 - 10) // 4 bins, or none
+        assert (inter[msg][30:][on] == 0).all() and (np.abs(plain[msg][30:][on]) > 0).all()
+        assert (inter[msg][:30] == plain[msg][:30]).all()
+    assert 0 < marked <= 12  # R2 (sends nothing) takes the rest
