@@ -15,8 +15,8 @@ from mrlfads.data_loaders.simulate.perturbation import SimInterventions, SimPert
 if TYPE_CHECKING:
     from mrlfads.data_loaders.manifest import DatasetManifest
 
-__all__ = ["KINDS", "OBS_MODELS", "SimConfig", "SimInterventions", "SimPerturbation", "SimulatedData", "check_out",
-           "generate", "preset", "simulate"]
+__all__ = ["KINDS", "OBS_MODELS", "SimConfig", "SimInterventions", "SimPerturbation",
+           "SimulatedData", "check_out", "generate", "preset", "simulate"]
 
 
 def simulate(kind: str, *, out: str | os.PathLike, trials: int | None = None, seed: int = 0,

@@ -41,7 +41,7 @@ FAMILIES = {"memory-ring": memory_ring, "relay-decision": relay_decision, "rando
 # of the others
 _STREAMS = ("network", "weights", "train_tasks", "train_noise", "trials", "trial_noise",
             "heldout", "split", "spikes", "unit_rates", "sessions", "perturbation",
-            "interventions")  # appended only: earlier streams keep their draws
+            "interventions")
 
 
 @dataclass
