@@ -265,3 +265,44 @@ def test_ingest_refuses_incomplete_interventions(tmp_path, changes, session, mat
         ingest([_session(tmp_path / "s.nwb", **session)], tmp_path / "ds",
                IngestOptions(**{**OPTS, **changes}))
     assert not (tmp_path / "ds").exists()
+
+
+def test_interventions_survive_nwb_export_and_ingest(tmp_path):
+    """A simulated dataset with interventions -> NWB -> ingest with the README's photostim
+    flags gives every trial its silenced bins back (the split is drawn anew)."""
+    from mrlfads.data_loaders.nwb.export import dataset_to_nwb
+
+    assert main(["simulate", "relay-decision", "--smoke-test", "--obs", "poisson", "--trials",
+                 "16", "--intervention-trials", "8", "--out", str(tmp_path / "sim")]) == 0
+    sim = ArrowDataset.open(tmp_path / "sim")
+    nwb = dataset_to_nwb(sim, tmp_path / "sim.nwb")
+    m = ingest([nwb], tmp_path / "back", IngestOptions(
+        bin_ms=sim.manifest.bin_width_s * 1000, ic_enc_seq_len=sim.manifest.ic_enc_seq_len,
+        heldout_column="heldout", perturb_column="perturbed",
+        silence_region_column="silenced_region",
+        silence_time_columns=("silence_start_time", "silence_stop_time")))
+    assert set(m.silenced) == set(sim.manifest.silenced)
+    assert m.splits["train"] >= 8
+
+    def by_trial(ds):
+        cols = ["trial_id"] + [f"silenced/{r}" for r in ds.manifest.silenced]
+        a = ds.arrays(columns=cols)
+        order = np.argsort(a["trial_id"])
+        return {k: v[order] for k, v in a.items()}
+
+    a, b = by_trial(sim), by_trial(ArrowDataset.open(tmp_path / "back"))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert sum(int(a[f"silenced/{r}"].any(1).sum()) for r in sim.manifest.silenced) == 8
+
+
+def test_export_refuses_a_trial_silencing_two_regions(tmp_path):
+    from mrlfads.data_loaders.nwb.export import write_nwb_from_arrays
+
+    counts = {"A": np.ones((2, 4, 2)), "B": np.ones((2, 4, 2))}
+    two = {"A": np.array([[0, 1, 1, 0], [0, 0, 0, 0]]), "B": np.array([[0, 0, 1, 0], [0] * 4])}
+    with pytest.raises(IngestError, match="trial 0 silences two regions"):
+        write_nwb_from_arrays(tmp_path / "x.nwb", counts=counts, bin_width_s=0.1, silenced=two)
+    gap = {"A": np.array([[1, 0, 1, 0], [0, 0, 0, 0]])}
+    with pytest.raises(IngestError, match="trial 0 silences A in separate runs of bins"):
+        write_nwb_from_arrays(tmp_path / "y.nwb", counts=counts, bin_width_s=0.1, silenced=gap)
