@@ -84,6 +84,18 @@ def assert_same_outputs(a, b):
         torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-5, atol=1e-5)
 
 
+def assert_matches_oracle(model, heldin, heldout, ext, **kw):
+    """The batched model and the oracle on the same inputs give the same outputs, loss and
+    gradients; returns the batched model's output."""
+    out_f, loss_f, grad_f = run(fast, model, heldin, heldout, ext, **kw)
+    out_o, loss_o, grad_o = run(oracle_forward, model, heldin, heldout, ext, **kw)
+    assert_same_outputs(out_f, out_o)
+    torch.testing.assert_close(loss_f.total, loss_o.total, rtol=1e-7, atol=1e-7)
+    for name in grad_f:
+        torch.testing.assert_close(grad_f[name], grad_o[name], rtol=1e-5, atol=1e-5, msg=name)
+    return out_f
+
+
 @pytest.mark.parametrize("sample", [False, True])
 @pytest.mark.parametrize("case", list(CASES))
 def test_fast_path_matches_oracle(case, sample):
@@ -126,13 +138,8 @@ def test_recorded_interventions_silence_each_trials_own_window_in_both_paths(sam
     silenced[1, TAU + 6:, 2] = 1
     silenced[1, TAU - 1, 0] = 1
     noise = model.draw_noise(B, T - TAU, heldin[0]) if sample else None
-    kw = dict(sample=sample, noise=noise, silenced=silenced)
-    out_f, loss_f, grad_f = run(fast, model, heldin, heldout, ext, **kw)
-    out_o, loss_o, grad_o = run(oracle_forward, model, heldin, heldout, ext, **kw)
-    assert_same_outputs(out_f, out_o)
-    torch.testing.assert_close(loss_f.total, loss_o.total, rtol=1e-7, atol=1e-7)
-    for name in grad_f:
-        torch.testing.assert_close(grad_f[name], grad_o[name], rtol=1e-5, atol=1e-5, msg=name)
+    out_f = assert_matches_oracle(model, heldin, heldout, ext, sample=sample, noise=noise,
+                                  silenced=silenced)
     zero = out_f.msg_mean.abs().sum(-1) == 0  # (B, T', P)
     src = torch.tensor([a for a, _ in out_f.pairs])
     want = torch.zeros_like(zero)

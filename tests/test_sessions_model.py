@@ -9,9 +9,18 @@ import torch
 from mrlfads.config import ModelConfig, RegionConfig, SessionConfig
 from mrlfads.config_utils import ConfigError
 from mrlfads.model import MRLFADS, InputError
-from mrlfads.oracle import oracle_forward
 from mrlfads.sessions import session_masks
-from tests.test_model_oracle import CASES, TAU, B, T, assert_same_outputs, build, fast, run
+from tests.test_model_oracle import (
+    CASES,
+    TAU,
+    B,
+    T,
+    assert_matches_oracle,
+    assert_same_outputs,
+    build,
+    fast,
+    run,
+)
 
 pytestmark = pytest.mark.usefixtures("loop_impl")
 
@@ -45,13 +54,8 @@ def test_session_masks_by_hand():
 def test_stitched_model_matches_oracle_in_every_session(case, sample, session):
     model, heldin, heldout, ext = stitched(case)
     noise = model.draw_noise(B, T - TAU, heldin[0]) if sample else None
-    kw = {"sample": sample, "noise": noise, "session": session}
-    out_f, loss_f, grad_f = run(fast, model, heldin, heldout, ext, **kw)
-    out_o, loss_o, grad_o = run(oracle_forward, model, heldin, heldout, ext, **kw)
-    assert_same_outputs(out_f, out_o)
-    torch.testing.assert_close(loss_f.total, loss_o.total, rtol=1e-7, atol=1e-7)
-    for name in grad_f:
-        torch.testing.assert_close(grad_f[name], grad_o[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert_matches_oracle(model, heldin, heldout, ext, sample=sample, noise=noise,
+                          session=session)
 
 
 @pytest.mark.parametrize("session", [0, 1])

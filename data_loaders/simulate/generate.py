@@ -168,19 +168,15 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
             twin_hidden = run_trials(net, p_batch.inputs, p_ids, noise_seed)[0]
     base_hz = observe.unit_base_rates(hidden, cfg.rate_hz, cfg.rate_spread, cfg.poisson_gain,
                                       rng["unit_rates"])
-    n_perturbed = n_intervened = 0
-    if interventions is not None:  # appended after the others, which stay as they were
-        batch = _concat_batches(batch, i_batch)
-        trial_id = np.concatenate([trial_id, i_ids])
-        hidden = np.concatenate([hidden, i_hidden])
-        messages = np.concatenate([messages, i_messages])
-        n_intervened = interventions.trials
-    if perturbation is not None:  # appended after the others, which stay as they were
-        batch = _concat_batches(batch, p_batch)
-        trial_id = np.concatenate([trial_id, p_ids])
-        hidden = np.concatenate([hidden, p_hidden])
-        messages = np.concatenate([messages, p_messages])
-        n_perturbed = perturbation.trials
+    # extra trials are appended after the others, which stay as they were
+    parts = (batch, trial_id, hidden, messages)
+    if interventions is not None:
+        parts = _append_trials(parts, (i_batch, i_ids, i_hidden, i_messages))
+    if perturbation is not None:
+        parts = _append_trials(parts, (p_batch, p_ids, p_hidden, p_messages))
+    batch, trial_id, hidden, messages = parts
+    n_intervened = 0 if interventions is None else interventions.trials
+    n_perturbed = 0 if perturbation is None else perturbation.trials
     data = _assemble(kind, cfg, seed, obs, smoke_test, family, batch, trial_id, hidden, messages,
                      base_hz, rng, (sessions, frac) if multi else None, n_perturbed,
                      n_intervened)
@@ -206,6 +202,11 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
                   "bin_width_s": np.array(cfg.bin_width_s), "step_s": np.array(STEP_S)}
     data.extra_files["network.npz"] = to_npz(net, noise_seed, obs_params)
     return data
+
+
+def _append_trials(a: tuple, b: tuple) -> tuple:
+    """(batch, trial ids, hidden, messages) of trials ``a`` followed by trials ``b``."""
+    return (_concat_batches(a[0], b[0]), *(np.concatenate([x, y]) for x, y in zip(a[1:], b[1:])))
 
 
 def _concat_batches(a: TaskBatch, b: TaskBatch) -> TaskBatch:
