@@ -41,7 +41,8 @@ def _silenced_a() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", silenced={"A": _silenced_a()})
+    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny",
+                             silenced={"A": _silenced_a()})
 
 
 def test_the_manifest_lists_silenced_regions_and_a_plain_dataset_has_no_key(tiny, tmp_path):

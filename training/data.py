@@ -196,7 +196,7 @@ def _silenced(dataset: ArrowDataset, arrays: dict[str, np.ndarray], split: str,
             col = np.asarray(arrays[schema.silenced_col(name)])
             if not np.isin(col, (0, 1)).all():
                 raise DatasetError(f"{dataset.uri}: column {schema.silenced_col(name)!r} of split "
-                                   f"{split!r} holds values other than 0 and 1 (1 marks a silenced bin); "
-                                   "re-create the dataset")
+                                   f"{split!r} holds values other than 0 and 1 (1 marks a "
+                                   "silenced bin); re-create the dataset")
             out[:, :, r] = col
     return torch.from_numpy(out).to(device) if out.any() else None

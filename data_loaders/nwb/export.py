@@ -89,9 +89,9 @@ def _silence_times(silenced, starts, n_trials, bin_width_s, trial_id):
         for k in np.flatnonzero(np.asarray(marks).any(1)):
             on = np.flatnonzero(marks[k])
             if region[k] or on[-1] - on[0] + 1 != len(on):
-                raise IngestError(f"silenced: trial {int(ids[k])} silences "
-                                  f"{'two regions' if region[k] else f'{r} in separate runs of bins'}"
-                                  "; NWB trials columns hold one region and one window per trial")
+                what = "two regions" if region[k] else f"{r} in separate runs of bins"
+                raise IngestError(f"silenced: trial {int(ids[k])} silences {what}; NWB trials "
+                                  "columns hold one region and one window per trial")
             region[k] = r
             t0[k] = starts[k] + on[0] * bin_width_s
             t1[k] = starts[k] + (on[-1] + 1) * bin_width_s
