@@ -50,6 +50,22 @@ def check_observations(arr: np.ndarray, obs_model: str, col: str, where: str,
     )
 
 
+def check_silenced(arr: np.ndarray, col: str, where: str,
+                   trial_ids: np.ndarray | None = None) -> None:
+    """Raise DatasetError naming `where`/`col` if `arr` (trials, T), a ``silenced/<region>``
+    column of recorded interventions, holds anything but 0 and 1."""
+    bad = (arr != 0) & (arr != 1)
+    if not bad.any():
+        return
+    trial, t = (int(i[0]) for i in np.nonzero(bad))
+    tid = int(trial_ids[trial]) if trial_ids is not None else trial
+    label = "trial_id" if trial_ids is not None else "trial index"
+    raise DatasetError(
+        f"{where}: values must be 0 or 1 (1 where the region's messages were silenced in that "
+        f"bin); column {col!r} holds {float(arr[trial, t]):g} at {label} {tid}, bin {t}"
+    )
+
+
 def check_sessions(manifest, arrays: dict[str, np.ndarray], where: str) -> None:
     """Raise DatasetError naming `where` if a trial's session index is out of range, or a
     trial has a non-zero x entry in a column its session did not record (multi-session

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from mrlfads.data_loaders import fs as dfs
 from mrlfads.data_loaders import schema
-from mrlfads.data_loaders.checks import check_observations, check_sessions
+from mrlfads.data_loaders.checks import check_observations, check_sessions, check_silenced
 from mrlfads.data_loaders.errors import DatasetError
 from mrlfads.data_loaders.manifest import DatasetManifest, ShardInfo
 
@@ -178,7 +178,7 @@ class ArrowDataset:
         cols = list(columns)
         mixed = split is not None and tuple(shard.splits) != (split,)
         read = cols + ([schema.SPLIT] if mixed and schema.SPLIT not in cols else [])
-        observed = [c for c in cols if (c.startswith(("x/", "ext/")))
+        observed = [c for c in cols if (c.startswith(("x/", "ext/", "silenced/")))
                     and (shard.path, c) not in self._values_checked]
         if observed and schema.TRIAL_ID not in read:
             read.append(schema.TRIAL_ID)
@@ -191,12 +191,17 @@ class ArrowDataset:
 
     def _check_values(self, shard: ShardInfo, table: pa.Table, cols: list[str]) -> None:
         """NaN/inf anywhere, and negative or fractional Poisson counts, in the observed
-        columns: a matching checksum proves the file is what was written, not that it is
-        data a model can train on. Once per shard and column (two reductions if clean)."""
+        columns, and anything but 0/1 in the recorded interventions: a matching checksum
+        proves the file is what was written, not that it is data a model can train on. Once
+        per shard and column (two reductions if clean)."""
         tid = table.column(schema.TRIAL_ID).to_numpy() if cols else None
         for col in cols:
-            obs = self.manifest.obs_model if col.startswith("x/") else "gaussian"
-            check_observations(_to_numpy(table.column(col)), obs, col, self.shard_uri(shard), tid)
+            values, where = _to_numpy(table.column(col)), self.shard_uri(shard)
+            if col.startswith("silenced/"):
+                check_silenced(values, col, where, tid)
+            else:
+                obs = self.manifest.obs_model if col.startswith("x/") else "gaussian"
+                check_observations(values, obs, col, where, tid)
             self._values_checked.add((shard.path, col))
 
     def arrays(self, split: str | None = None,

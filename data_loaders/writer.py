@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from mrlfads.data_loaders import fs as dfs
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders import sessions as _sessions
-from mrlfads.data_loaders.checks import check_observations, check_sessions
+from mrlfads.data_loaders.checks import check_observations, check_sessions, check_silenced
 from mrlfads.data_loaders.errors import DatasetError
 from mrlfads.data_loaders.manifest import DatasetManifest, ExtraFile, RegionSpec, ShardInfo
 
@@ -83,15 +83,16 @@ def _tensor(arr: Any, arg: str, n: int, shape: tuple[int | None, ...]) -> np.nda
     return a.astype(np.float32, copy=False)
 
 
-def _silenced(arr: Any, region: str, n: int, T: int) -> np.ndarray:
+def _silenced(arr: Any, region: str, n: int, T: int, trial_ids: np.ndarray) -> np.ndarray:
     """float32 (n, T) of 0 and 1: the bins in which ``region``'s messages were silenced."""
     a = np.asarray(arr)
     if a.shape != (n, T):
         raise DatasetError(f"silenced[{region!r}]: shape {a.shape}, expected ({n}, {T}) (trials, "
                            "time bins): 1 where the region's messages were silenced, else 0")
-    if a.dtype.kind not in "biuf" or not np.isin(a, (0, 1)).all():
+    if a.dtype.kind not in "biuf":
         raise DatasetError(f"silenced[{region!r}]: values must be 0 or 1 (1 where the region's "
-                           "messages were silenced in that bin)")
+                           f"messages were silenced in that bin), got dtype {a.dtype}")
+    check_silenced(a, schema.silenced_col(region), f"silenced[{region!r}]", trial_ids)
     return a.astype(np.float32)
 
 
@@ -152,7 +153,8 @@ def _columns(
         cols[schema.ext_col(reg)] = _tensor(a, f"ext[{reg!r}]", n, (T, None))
     for reg in names:  # region order, whatever the mapping's
         if reg in (silenced or {}):
-            cols[schema.silenced_col(reg)] = _silenced(silenced[reg], reg, n, T)
+            cols[schema.silenced_col(reg)] = _silenced(silenced[reg], reg, n, T,
+                                                       cols[schema.TRIAL_ID])
     for reg in silenced or {}:
         if reg not in names:
             raise DatasetError(f"silenced: key {reg!r} is not a region ({list(names)})")

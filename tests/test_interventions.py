@@ -68,6 +68,34 @@ def test_bad_silenced_arrays_are_refused_before_anything_is_written(tmp_path, si
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_shard_whose_silenced_column_is_not_0_or_1_is_refused_when_read(tmp_path):
+    """The reader checks the recorded interventions once per shard, as it checks counts:
+    a shard rewritten with a 2 (its checksum fixed) fails in load_split and the loader."""
+    import pyarrow as pa
+
+    from mrlfads.data_loaders.testing import rewrite_shard
+    from mrlfads.data_loaders.torch_data import make_loader
+
+    ds = make_tiny_dataset(tmp_path / "t", silenced={"A": _silenced_a()})
+
+    def two(table: pa.Table) -> pa.Table:
+        i = table.schema.get_field_index("silenced/A")
+        col = table.column(i).combine_chunks()
+        values = col.storage.flatten().to_numpy(zero_copy_only=False).copy()
+        values[3] = 2.0
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(values), T)
+        return table.set_column(i, table.field(i), pa.ExtensionArray.from_storage(col.type, arr))
+
+    rewrite_shard(tmp_path / "t", 0, two)
+    ds = ArrowDataset.open(tmp_path / "t")
+    first = int(ds.arrays("train", ["trial_id"])["trial_id"][0])
+    with pytest.raises(DatasetError, match=r"values must be 0 or 1 .*column 'silenced/A' holds "
+                                           rf"2 at trial_id {first}, bin 3"):
+        load_split(ds, "train", CPU)
+    with pytest.raises(DatasetError, match="values must be 0 or 1"):
+        next(iter(make_loader(ArrowDataset.open(tmp_path / "t"), "train", batch_size=4)))
+
+
 def test_a_manifest_silencing_an_unknown_region_is_refused(tiny):
     d = json.loads(tiny.manifest.to_json())
     d["silenced"] = ["Z"]

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from mrlfads.data_loaders import schema
-from mrlfads.data_loaders.errors import DatasetError
 from mrlfads.data_loaders.reader import ArrowDataset
 from mrlfads.sessions import session_groups
 
@@ -179,24 +178,19 @@ def load_split(
     if len(m.sessions) > 1:
         session = torch.from_numpy(np.asarray(arrays[schema.SESSION], dtype=np.int64)).to(device)
     return SplitTensors(split, heldin, heldout, ext, np.asarray(arrays[schema.TRIAL_ID]), truth,
-                        condition, session, _silenced(dataset, arrays, split, device))
+                        condition, session, _silenced(dataset, arrays, device))
 
 
-def _silenced(dataset: ArrowDataset, arrays: dict[str, np.ndarray], split: str,
+def _silenced(dataset: ArrowDataset, arrays: dict[str, np.ndarray],
               device: torch.device) -> torch.Tensor | None:
     """(trials, T, R) 0/1 from the ``silenced/<region>`` columns, zero for regions never
     silenced; None when no trial of the split records an intervention."""
-    m = dataset.manifest
+    m = dataset.manifest  # the reader has checked the columns hold only 0 and 1
     if not m.silenced:
         return None
     n = len(arrays[schema.TRIAL_ID])
     out = np.zeros((n, m.n_bins, len(m.regions)), np.float32)
     for r, name in enumerate(m.region_names):
         if name in m.silenced:
-            col = np.asarray(arrays[schema.silenced_col(name)])
-            if not np.isin(col, (0, 1)).all():
-                raise DatasetError(f"{dataset.uri}: column {schema.silenced_col(name)!r} of split "
-                                   f"{split!r} holds values other than 0 and 1 (1 marks a "
-                                   "silenced bin); re-create the dataset")
-            out[:, :, r] = col
+            out[:, :, r] = arrays[schema.silenced_col(name)]
     return torch.from_numpy(out).to(device) if out.any() else None

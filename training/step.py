@@ -68,9 +68,9 @@ class _Batch:
 
     def load(self, data: SplitTensors, sv: list[Tensor] | None, idx: Tensor) -> None:
         self.idx.copy_(idx)
-        silenced = None if self.silenced is None else ([data.silenced], [self.silenced])
+        silenced = (None, None) if self.silenced is None else ([data.silenced], [self.silenced])
         for src, dst in ((data.heldin, self.heldin), (data.heldout, self.heldout),
-                         (data.ext, self.ext), (sv, self.sv), silenced or (None, None)):
+                         (data.ext, self.ext), (sv, self.sv), silenced):
             for x, buf in zip(src or (), dst or ()):
                 torch.index_select(x, 0, self.idx, out=buf)
 

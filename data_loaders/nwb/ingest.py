@@ -75,9 +75,9 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
     for p in plans:  # every window inside its trial, before any spike is read
         t0 = p.event + window[0]
         check_window(p, t0, t0 + n_bins * bw, window)
-    silenced, intervened = _interventions(plans, [L.name for L in layouts], window, n_bins, bw,
-                                          warnings)
-    cols = _trial_columns(plans, o, separate, intervened)
+    silenced, label = _interventions(plans, [L.name for L in layouts], window, n_bins, bw,
+                                     warnings)
+    cols = _trial_columns(plans, o, separate, label, tuple(silenced or ()))
     x, ext = _bin_all(files, plans, layouts, window, n_bins, o)
     sources = [_source(p, k, layouts, remote_sizes[k]) for k, p in enumerate(plans)]
     provenance = {
@@ -226,7 +226,7 @@ def _interventions(plans: list[FilePlan], regions: list[str], window: tuple[floa
                    n_bins: int, bw: float, warnings: list[str]
                    ) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None]:
     """``silenced/<region>`` arrays (trials, T) of 0/1 (a bin is silenced when its centre
-    falls in the trial's [start, stop)), and which trials are interventions to train on;
+    falls in the trial's [start, stop)), and each trial's silenced region ("" for none);
     (None, None) without --silence-region-column. A trial silencing a region the dataset
     does not have cannot be modelled: it joins the "perturbed" split, with a warning."""
     if plans[0].silence is None:
@@ -240,20 +240,21 @@ def _interventions(plans: list[FilePlan], regions: list[str], window: tuple[floa
         n = int(np.isin(label, outside).sum())
         warnings.append(f"{n} trials silence regions {outside}, which the dataset does not have "
                         f"(regions: {regions}); they go to the 'perturbed' split, not trained on")
-    intervened = np.isin(label, regions)
     centres = event[:, None] + window[0] + (np.arange(n_bins) + 0.5) * bw  # (trials, T)
     on = (centres >= t0[:, None]) & (centres < t1[:, None])  # NaN times: False
     silenced = {r: (on & (label == r)[:, None]).astype(np.float32) for r in regions
                 if (label == r).any()}
-    return silenced or None, intervened
+    return silenced or None, label
 
 
 def _trial_columns(plans: list[FilePlan], o: IngestOptions, per_session: bool = False,
-                   intervened: np.ndarray | None = None) -> dict:
+                   silence_label: np.ndarray | None = None, silenced: tuple[str, ...] = ()
+                   ) -> dict:
     """trial_id, condition, perturbed and split over all files, in file then time order.
     per_session: each file's unperturbed trials are split on their own (at least 1 valid
-    of a file with 2+ when --valid-fraction > 0). ``intervened`` trials (recorded
-    interventions) are all training trials; validation stays observational."""
+    of a file with 2+ when --valid-fraction > 0). Trials whose ``silence_label`` is one of
+    the ``silenced`` regions (recorded interventions) are all training trials; validation
+    stays observational; other labelled trials are "perturbed"."""
     ids, offset = [], 0
     for p in plans:  # several sessions: shift ids so they stay unique (documented)
         ids.append(p.trial_ids + offset)
@@ -263,10 +264,10 @@ def _trial_columns(plans: list[FilePlan], o: IngestOptions, per_session: bool = 
     perturbed = None if o.perturb_column is None else np.concatenate([p.perturbed for p in plans])
     split = np.full(len(trial_id), "perturbed", dtype=object)
     normal = np.ones(len(trial_id), bool) if perturbed is None else ~perturbed
-    if intervened is not None:
-        labelled = np.concatenate([p.silence[0] for p in plans]) != ""
-        normal &= ~labelled  # a labelled trial is an intervention, whatever --perturb-column says
-        split[intervened] = "train"
+    if silence_label is not None:
+        # a labelled trial is an intervention, whatever --perturb-column says
+        normal &= silence_label == ""
+        split[np.isin(silence_label, silenced)] = "train"
     n = int(normal.sum())
     n_valid = round(n * o.valid_fraction)
     if per_session:

@@ -86,10 +86,8 @@ def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FileP
                               f"be boolean (True = held out), got dtype {flags.dtype}")
         flags = flags.astype(bool)
     labelled = tuple(sorted(str(r) for r in np.unique(regions[regions != ""])))
-    trials = _trials(s, o)
-    trials["silence"] = _silence(s, o, region_map, trials["trial_ids"])
     return FilePlan(path=s.path, unit_ids=unit_ids, region_rows=region_rows, heldout_flags=flags,
-                    warnings=warnings, labelled=labelled, **trials)
+                    warnings=warnings, labelled=labelled, **_trials(s, o, region_map))
 
 
 def _map_labels(path: str, labels: np.ndarray, region_map: dict | None, map_path: str | None) -> np.ndarray:
@@ -103,7 +101,7 @@ def _map_labels(path: str, labels: np.ndarray, region_map: dict | None, map_path
     return np.array([region_map[lab] or "" for lab in labels], dtype=object)
 
 
-def _trials(s: NWBSession, o: IngestOptions) -> dict:
+def _trials(s: NWBSession, o: IngestOptions, region_map: dict | None) -> dict:
     ids = s.trial_ids()
     start = s.trial_column("start_time", "the trials table").astype(np.float64)
     stop = s.trial_column("stop_time", "the trials table").astype(np.float64)
@@ -130,7 +128,9 @@ def _trials(s: NWBSession, o: IngestOptions) -> dict:
                 "trials from the file or align to an event every trial has")
     return {"trial_ids": ids, "start": start, "stop": stop, "event": event,
                 "condition": _condition(s, o, order),
-                "perturbed": _perturbed(s, o, ids, order), "ext_value": _ext_value(s, o, ids, order)}
+                "perturbed": _perturbed(s, o, ids, order),
+                "ext_value": _ext_value(s, o, ids, order),
+                "silence": _silence(s, o, region_map, ids, order)}
 
 
 def _numeric(s: NWBSession, col: str, flag: str, order: np.ndarray) -> np.ndarray:
@@ -163,14 +163,12 @@ def _perturbed(s: NWBSession, o: IngestOptions, ids: np.ndarray, order: np.ndarr
     return values != 0
 
 
-def _silence(s: NWBSession, o: IngestOptions, region_map: dict | None, ids: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _silence(s: NWBSession, o: IngestOptions, region_map: dict | None, ids: np.ndarray,
+             order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(region or "", start, stop) of each trial's recorded intervention, trials in time
     order; None without --silence-region-column."""
     if o.silence_region_column is None:
         return None
-    order = np.argsort(s.trial_column("start_time", "the trials table").astype(np.float64),
-                       kind="stable")
     raw = s.trial_column(o.silence_region_column, "--silence-region-column")[order]
     labels = np.array(["" if v is None else (v.decode() if isinstance(v, bytes) else str(v))
                        for v in raw], dtype=object)

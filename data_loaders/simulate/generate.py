@@ -175,19 +175,16 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
     if perturbation is not None:
         parts = _append_trials(parts, (p_batch, p_ids, p_hidden, p_messages))
     batch, trial_id, hidden, messages = parts
-    n_intervened = 0 if interventions is None else interventions.trials
     n_perturbed = 0 if perturbation is None else perturbation.trials
     data = _assemble(kind, cfg, seed, obs, smoke_test, family, batch, trial_id, hidden, messages,
-                     base_hz, rng, (sessions, frac) if multi else None, n_perturbed,
-                     n_intervened)
+                     base_hz, rng, (sessions, frac) if multi else None, n_perturbed, n_i)
     if interventions is not None:
-        n_before = cfg.n_trials
-        data.silenced = {name: np.concatenate([np.zeros((n_before, cfg.n_bins), np.float32), a,
+        data.silenced = {name: np.concatenate([np.zeros((n_total, cfg.n_bins), np.float32), a,
                                                np.zeros((n_perturbed, cfg.n_bins), np.float32)])
                          for name, a in silenced.items()}
         data.provenance["interventions"] = {
             "kind": "control: nothing silenced" if interventions.control else "silence",
-            "trials": n_intervened, "split": "train",
+            "trials": n_i, "split": "train",
             "trial_ids": [int(i_ids[0]), int(i_ids[-1]) + 1],
             "columns": "silenced/<region>: 1 in the bins where every message the region "
                        "sends is zero",
