@@ -120,10 +120,15 @@ class ModelConfig:
     # several sessions with their own neurons, stitched onto shared dynamics; empty: one
     # session that recorded every neuron
     sessions: tuple[SessionConfig, ...] = ()
+    # the pathways that may carry a message, as "src->dst"; every other one is closed: its
+    # message is zero and costs no KL. Empty: every ordered pair of regions is open.
+    # docs/MODEL.md, "Closed pathways"
+    pathways: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "regions", tuple(self.regions))
         object.__setattr__(self, "sessions", tuple(self.sessions))
+        object.__setattr__(self, "pathways", tuple(self.pathways))
         _check(type_problems(self), "model config")  # before any comparison
         errors = []
         if len(self.regions) < 1:
@@ -153,7 +158,22 @@ class ModelConfig:
         if self.prior_var <= 0:
             errors.append(f"prior_var={self.prior_var} must be > 0")
         errors += self._session_problems()
+        errors += self._pathway_problems(names)
         _check(errors, "model config")
+
+    def _pathway_problems(self, names: list[str]) -> list[str]:
+        """Each entry of ``pathways`` names an ordered pair of two different regions, once."""
+        errors = []
+        for entry in self.pathways:
+            src, arrow, dst = entry.partition("->")
+            src, dst = src.strip(), dst.strip()
+            if not arrow or src not in names or dst not in names or src == dst:
+                errors.append(f"pathways: {entry!r} is not 'SRC->DST' for two different regions "
+                              f"of {names}; write e.g. '{names[0]}->{names[-1]}'")
+        pairs = [tuple(p.strip() for p in e.split("->")) for e in self.pathways]
+        if len(set(pairs)) != len(pairs):
+            errors.append(f"pathways: {list(self.pathways)} names a pathway twice")
+        return errors
 
     def _session_problems(self) -> list[str]:
         """Sessions must partition every region's neurons (see SessionConfig)."""
@@ -192,6 +212,16 @@ class ModelConfig:
         """Ordered (src, dst) pairs, grouped by destination then source: the message order."""
         n = len(self.regions)
         return tuple((s, r) for r in range(n) for s in range(n) if s != r)
+
+    @property
+    def open_pathways(self) -> tuple[bool, ...]:
+        """Per pair of ``pairs``: whether it may carry a message (all, when ``pathways`` is
+        empty)."""
+        if not self.pathways:
+            return (True,) * len(self.pairs)
+        names = self.region_names
+        wanted = {tuple(p.strip() for p in e.split("->")) for e in self.pathways}
+        return tuple((names[s], names[r]) in wanted for s, r in self.pairs)
 
 
 @dataclass(frozen=True)

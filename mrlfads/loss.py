@@ -106,7 +106,9 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
             _f32(out.ic_mean[r]), _f32(out.ic_var[r]), out.ic_prior_logvar[r])))
         terms["kl_co"].append(zero if out.co_mean is None else _trial_mean(
             kl_diag_gaussian(_f32(out.co_mean[r]), _f32(out.co_var[r]), out.co_prior_logvar[r])))
-        into_r = [p for p, (_, dst) in enumerate(out.pairs) if dst == r]
+        # a closed pathway (ModelConfig.pathways) has no message, so no KL to charge
+        into_r = [p for p, (_, dst) in enumerate(out.pairs)
+                  if dst == r and (out.open_pathways is None or out.open_pathways[p])]
         if kl_pair is None or not into_r:
             terms["kl_com"].append(zero)
         else:

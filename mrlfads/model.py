@@ -149,10 +149,13 @@ class MRLFADS(ModelParams):
     def message_keep(self, silence, B: int, Tp: int, like: Tensor,
                      silenced: Tensor | None = None) -> Tensor | None:
         """The 0/1 factor on every message: ``silence_keep``'s, times ``pathway_keep``'s
-        in training, times ``recorded_keep``'s; (T', P, 1 or B, 1 or com_dim), or None when
-        nothing is zeroed."""
+        in training, times ``recorded_keep``'s, times 0 on closed pathways (``cfg.pathways``);
+        (T', P, 1 or B, 1 or com_dim), or None when nothing is zeroed."""
         keep = self.silence_keep(silence, Tp, like)
-        for factor in (self.pathway_keep(B, like), self.recorded_keep(silenced, B, Tp, like)):
+        closed = getattr(self, "open_keep", None)
+        closed = None if closed is None else closed.to(like.dtype)
+        for factor in (self.pathway_keep(B, like), self.recorded_keep(silenced, B, Tp, like),
+                       closed):
             if factor is not None:
                 keep = factor.expand(Tp, -1, -1, -1) if keep is None else keep * factor
         return keep
@@ -387,6 +390,7 @@ class MRLFADS(ModelParams):
             co_prior_logvar=list(self.co_prior_logvar) if cfg.inferred_inputs else None,
             msg_mean=msg_mean, msg_var=msg_var, messages=messages,
             com_prior_logvar=self.com_prior_logvar if s.P else None,
+            open_pathways=cfg.open_pathways,
             l2=self.l2_terms(), recorded=recorded, recorded_heldout=recorded_heldout,
         )
 

@@ -39,6 +39,9 @@ class ModelOutput:
     # (H_r,); the likelihood counts only those. None: every neuron was recorded
     recorded: list[Tensor] | None = None
     recorded_heldout: list[Tensor] | None = None
+    # per pair of ``pairs``: whether it may carry a message (ModelConfig.pathways); a closed
+    # one's message is zero and its KL is not charged. None: every pathway is open
+    open_pathways: tuple[bool, ...] | None = None
 
     @property
     def rates(self) -> list[Tensor]:

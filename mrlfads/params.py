@@ -110,6 +110,9 @@ class ModelParams(nn.Module):
             self.com_prior_logvar = nn.Parameter(torch.full((s.P, C), math.log(cfg.prior_var)),
                                                  requires_grad=cfg.learn_message_prior)
             self.register_buffer("src_index", torch.tensor([a for a, _ in s.pairs]), persistent=False)
+            if not all(cfg.open_pathways):  # (1, P, 1, 1): 0 on every closed pathway
+                self.register_buffer("open_keep", torch.tensor(
+                    cfg.open_pathways, dtype=torch.float32).view(1, s.P, 1, 1), persistent=False)
         with torch.no_grad():  # posterior variances start at the prior's
             logv = math.log(cfg.prior_var)
             for head in self.ic_head:

@@ -108,6 +108,71 @@ def test_fit_diagnostics_scores_a_stitched_model_session_by_session(tmp_path):
     got = np.array(info["cut_effectome"], dtype=float)
     np.testing.assert_allclose(got, np.round(want, 4), equal_nan=True)
     assert np.isfinite(got[~np.eye(2, dtype=bool)]).all()
+    like = np.array(info["likelihood_effectome"], dtype=float)  # each session's own neurons
+    assert np.isfinite(like[~np.eye(2, dtype=bool)]).all()
+
+
+def test_likelihood_effectome_is_the_bits_per_spike_a_cut_costs_the_target(tmp_path):
+    """fit_diagnostics' likelihood effectome: per pathway, the target's bits per spike
+    (held-in and held-out neurons) with the pathway minus without it, which is what
+    metrics.bits_per_spike gives for the two passes (its null cancels); exactly 0 for a
+    pathway whose target reads none of its message."""
+    import numpy as np
+    import torch
+
+    from mrlfads import metrics as M
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.inference import _run
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.data import load_split
+    from mrlfads.training.fit import BEST, fit
+    from mrlfads.training.loop import Trainer
+
+    ds = make_tiny_dataset(tmp_path / "d", regions=(("A", 4, 2), ("B", 3, 1), ("C", 3, 2)),
+                           n_trials=32, n_bins=16)
+    cfg = RunConfig.for_dataset(ds.manifest, smoke_test=True, overrides={"train.epochs": 2})
+    fit(Trainer(cfg, ds), tmp_path / "run", progress=False)
+    model, _, _ = load_model(str(tmp_path / "run" / BEST))
+    s, C = model.sizes, model.cfg.com_dim
+    with torch.no_grad():  # target B (1) reads nothing from C (2): zero its input rows
+        slot = [a for a in range(s.R) if a != 1].index(2)
+        model.gen_w_iu[1, s.U + slot * C: s.U + (slot + 1) * C] = 0
+    valid = load_split(ds, "valid", torch.device("cpu"))
+    base = _run(model, valid.heldin, valid.ext, 256)
+    E = _science("fit_diagnostics").likelihood_effectome(model, valid, base)
+    assert E[1, 2] == 0.0
+    names, T = model.cfg.region_names, valid.heldin[0].shape[1]
+
+    def bps(outs, r):
+        Tp = outs[0].readout[r].shape[1]
+        k = torch.cat([valid.heldin[r], valid.heldout[r]], -1)[:, -Tp:]
+        lr = torch.cat([torch.cat([o.readout[r], o.heldout_readout[r]], -1) for o in outs])
+        return M.bits_per_spike(k.numpy(), lr.double().numpy())
+
+    for src, dst in s.pairs:
+        cut = _run(model, valid.heldin, valid.ext, 256,
+                   silence={f"{names[src]}->{names[dst]}": (0, T)})
+        assert E[dst, src] == pytest.approx(bps(base, dst) - bps(cut, dst), abs=1e-9)
+    assert np.count_nonzero(E[~np.eye(3, dtype=bool)]) >= 5  # the others do change
+
+
+def test_fit_diagnostics_score_a_closed_pathway_as_carrying_nothing(tmp_path):
+    """A pathway closed by ``model.pathways`` has no message: 0 in the cut, information and
+    likelihood effectomes alike, while the open one is scored."""
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.fit import BEST, fit
+    from mrlfads.training.loop import Trainer
+
+    ds = make_tiny_dataset(tmp_path / "d", n_trials=32, n_bins=16)
+    cfg = RunConfig.for_dataset(ds.manifest, smoke_test=True, overrides={
+        "train.epochs": 2, "model.pathways": ["A->B"]})
+    fit(Trainer(cfg, ds), tmp_path / "run", progress=False)
+    info = _science("fit_diagnostics").score_fit(str(tmp_path / "run" / BEST), str(tmp_path / "d"))
+    for key in ("cut_effectome", "information_effectome", "likelihood_effectome"):
+        assert info[key][0][1] == 0.0, key  # [dst][src]: B -> A is closed
+    assert info["cut_effectome"][1][0] > 0 and info["information_effectome"][1][0] > 0
 
 
 def test_decoder_ceiling_recovers_a_message_the_spikes_hold_and_not_one_they_do_not(tmp_path):

@@ -60,6 +60,7 @@ def test_infer_writes_every_output_per_trial(trained, tmp_path):
     assert cols["inputs/A"].shape == (n_trials, t_prime, 2)  # smoke co_dim
     assert cols["messages/A->B"].shape == (n_trials, t_prime, 2)  # smoke com_dim
     assert np.all(cols["rates/A"] > 0)  # Poisson rates
+    assert "closed_pathways" not in json.loads((out / "outputs.json").read_text())
     eff = json.loads((out / "effectome.json").read_text())
     assert eff["regions"] == ["A", "B"] and eff["matrix"][0][0] is None
     rms = np.sqrt(np.mean(cols["messages/A->B"] ** 2))
@@ -83,6 +84,23 @@ def test_infer_writes_every_output_per_trial(trained, tmp_path):
     # an existing output is not replaced without --overwrite
     assert main(["infer", "--model", str(trained / "run" / "best.pt"), "--data",
                  str(trained / "data"), "--out", str(out)]) == 2
+
+
+def test_a_closed_pathway_trains_and_infers_as_carrying_nothing(trained, tmp_path):
+    """`--set model.pathways=[A->B]` closes B->A: the run trains, its message is zero in
+    every trial, its cut effect is exactly 0, and outputs.json names it; A->B still acts."""
+    assert main(["train", "--data", str(trained / "data"), "--smoke-test", "--epochs", "2",
+                 "--out", str(tmp_path / "run"), "--no-tracking", "--quiet",
+                 "--set", "model.pathways=[A->B]"]) == 0
+    out = tmp_path / "infer"
+    assert main(["infer", "--model", str(tmp_path / "run" / "best.pt"), "--data",
+                 str(trained / "data"), "--out", str(out)]) == 0
+    cols = read_outputs(out)
+    assert not cols["messages/B->A"].any() and cols["messages/A->B"].any()
+    info = json.loads((out / "outputs.json").read_text())
+    assert info["closed_pathways"] == ["B->A"]
+    eff = json.loads((out / "effectome.json").read_text())
+    assert eff["matrix"][0][1] == 0.0 and eff["matrix"][1][0] > 0  # [dst][src]
 
 
 def test_perturb_reports_effects_and_rank_correlation(trained, tmp_path):

@@ -2,10 +2,13 @@
 with the compiled CPU loop and with the Python loop (``loop_impl``)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from mrlfads.config import LossConfig, ModelConfig, RegionConfig
+from mrlfads.config_utils import ConfigError
 from mrlfads.loss import compute_loss
 from mrlfads.model import MRLFADS
 from mrlfads.oracle import oracle_forward
@@ -25,6 +28,7 @@ CASES = {
     "controller_sees_all": dict(obs_model="poisson", controller_sees="all"),
     "controller_lookahead": dict(obs_model="poisson", controller_lookahead=2),
     "pathway_dropout": dict(obs_model="poisson", pathway_dropout=0.5),
+    "closed_pathways": dict(obs_model="poisson", pathways=("A->B", "C->A", "B->C")),
     "detach_message_source": dict(obs_model="poisson", detach_message_source=True),
     "detach_generator_source": dict(obs_model="gaussian", message_source="generator",
                                     detach_message_source=True),
@@ -171,6 +175,45 @@ def test_pathway_dropout_cuts_the_same_whole_trials_in_both_paths():
         silent.append(out.messages.abs().sum((1, 3)) == 0)  # (B, P): zero all trial long
         assert torch.equal(silent[-1], out.msg_mean.abs().sum((1, 3)) == 0)
     assert torch.equal(*silent) and 0 < int(silent[0].sum()) < silent[0].numel()
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_closed_pathways_carry_nothing_and_cost_no_kl(sample):
+    """``pathways`` keeps only the pathways it names: a closed one's message is zero in every
+    bin of every trial, sampled or not, and its KL is left out of its target's kl_com; the
+    readouts are the open model's with the closed pathways silenced all trial long."""
+    model, heldin, heldout, ext = build("closed_pathways")
+    noise = model.draw_noise(B, T - TAU, heldin[0]) if sample else None
+    out = model(heldin, ext, sample=sample, noise=noise)
+    open_ = torch.tensor(out.open_pathways)
+    assert out.open_pathways == model.cfg.open_pathways and int(open_.sum()) == 3
+    assert float(out.messages[:, :, ~open_].detach().abs().max()) == 0.0
+    assert float(out.messages[:, :, open_].detach().abs().min()) > 0.0
+    loss = compute_loss(out, heldin, heldout, LossConfig(), epoch=1000)
+    from mrlfads.loss import kl_diag_gaussian
+
+    kl = kl_diag_gaussian(out.msg_mean, out.msg_var, out.com_prior_logvar).sum((1, 3)).mean(0)
+    for r, name in enumerate(model.cfg.region_names):  # one open pathway into each region
+        (p,) = [p for p, (_, dst) in enumerate(out.pairs) if dst == r and out.open_pathways[p]]
+        torch.testing.assert_close(loss.kl_com[name], kl[p])
+    everything = MRLFADS(replace(model.cfg, pathways=())).double()
+    everything.load_state_dict(model.state_dict())
+    names = model.cfg.region_names
+    closed = {f"{names[a]}->{names[b]}": (0, T)
+              for (a, b), o in zip(out.pairs, out.open_pathways) if not o}
+    ref = everything(heldin, ext, sample=sample, noise=noise, silence=closed)
+    for r in range(3):
+        torch.testing.assert_close(out.readout[r], ref.readout[r])
+
+
+def test_pathways_that_name_no_ordered_pair_of_regions_are_refused():
+    regions = (RegionConfig("A", 2), RegionConfig("B", 2))
+    for bad, what in ((("A->C",), "'A->C' is not 'SRC->DST'"), (("A-B",), "'A-B' is not"),
+                      (("A->A",), "'A->A' is not"), (("A->B", "A -> B"), "names a pathway twice")):
+        with pytest.raises(ConfigError, match=what):
+            ModelConfig(regions=regions, obs_model="poisson", pathways=bad)
+    cfg = ModelConfig(regions=regions, obs_model="poisson", pathways=["B->A"])
+    assert cfg.pathways == ("B->A",) and cfg.open_pathways == (True, False)  # pairs: B->A, A->B
 
 
 def test_two_equal_regions_match_oracle():

@@ -9,8 +9,11 @@ truth alone: "ranked" (present pathways 1, absent 0) and "sqrt" (present pathway
 square root of their message dimension).
 ``--fit``: a checkpoint and its dataset; the cut effectome and the message-information
 effectome (each pathway's message KL from its prior per bin, summed over dimensions,
-averaged over validation trials and bins), both printed ([target][source]) and scored
-against the truth; and the message R^2 with the truth shifted: the inferred messages of
+averaged over validation trials and bins) and the likelihood effectome (how many bits per
+spike the target's held-in and held-out neurons lose on the validation trials when the
+pathway is cut), each printed ([target][source]) and scored against the truth (the
+likelihood effectome with its negative entries, pathways the fit is better without, as
+0); and the message R^2 with the truth shifted: the inferred messages of
 bin t against the true ones of bin t + lag, over the same bins for every lag.
 ``--contents``: with ``--fit``, what each inferred message carries (``message_contents``):
 the share of its variance a ridge map explains from the source's true log-rates, from the
@@ -36,7 +39,8 @@ def reference_cosines(comm_matrix) -> dict[str, float]:
 
 def information_effectome(outputs, n_regions: int) -> np.ndarray:
     """(R, R), ``E[dst, src]`` = mean over trials and bins of the message's KL (nats),
-    summed over its dimensions, from the ``ModelOutput``s of a no-sampling pass."""
+    summed over its dimensions, from the ``ModelOutput``s of a no-sampling pass; 0 for a
+    closed pathway (``ModelConfig.pathways``)."""
     import torch
 
     from mrlfads.loss import kl_diag_gaussian
@@ -46,9 +50,60 @@ def information_effectome(outputs, n_regions: int) -> np.ndarray:
                                       o.com_prior_logvar.double()).sum(3).mean(1)  # (B, P)
                      for o in outputs]
     kl_pair = torch.cat(per_trial).mean(0).numpy()
+    open_ = outputs[0].open_pathways or (True,) * len(outputs[0].pairs)
     E = np.full((n_regions, n_regions), np.nan)
     for p, (src, dst) in enumerate(outputs[0].pairs):
-        E[dst, src] = kl_pair[p]
+        E[dst, src] = kl_pair[p] if open_[p] else 0.0  # a closed pathway has no message
+    return E
+
+
+def likelihood_effectome(model, valid, outputs) -> np.ndarray:
+    """(R, R), ``E[dst, src]`` = how much worse the target's neurons (held-in and held-out,
+    validation trials, reconstructed bins) are explained when pathway src -> dst is cut for
+    the whole trial: the NLL increase in bits per spike of the target for spike counts, in
+    nats per observed element for gaussian data. Negative where the fit is better without
+    the pathway. ``outputs``: ``_run``'s uncut pass over ``valid`` (session order)."""
+    import math
+
+    import torch
+
+    from mrlfads.inference import _run
+    from mrlfads.loss import _recorded, observation_nll
+
+    names, s = model.cfg.region_names, model.sizes
+    order = torch.cat([rows for _, rows in valid.session_groups()])  # outputs' trial order
+    T = valid.heldin[0].shape[1]
+
+    def nll(outs, r: int) -> tuple[float, float]:
+        """Region r's NLL summed over trials, and its spike (or element) count."""
+        total = count = 0.0
+        at = 0
+        for o in outs:
+            rows = order[at: at + o.readout[r].shape[0]]
+            at += len(rows)
+            Tp = o.readout[r].shape[1]
+            for read, logvar, x, rec in (
+                    (o.readout[r], o.obs_logvar, valid.heldin[r], o.recorded),
+                    (o.heldout_readout[r], o.heldout_logvar, valid.heldout[r],
+                     o.recorded_heldout)):
+                if read.shape[-1] == 0:
+                    continue
+                x = x[rows, -Tp:].double()
+                w = _recorded(None, rec, r)
+                w = torch.ones_like(x) if w is None else w.double().expand_as(x)
+                lv = None if logvar is None else logvar[r].double()
+                total += float(observation_nll(o.obs_model, read.double(), lv, x, w)) * len(rows)
+                count += float((x * w).sum() if o.obs_model == "poisson" else w.sum())
+        return total, count
+
+    base = [nll(outputs, r) for r in range(s.R)]
+    unit = math.log(2) if model.cfg.obs_model == "poisson" else 1.0
+    E = np.full((s.R, s.R), np.nan)
+    with torch.no_grad():
+        for src, dst in s.pairs:
+            cut = _run(model, valid.heldin, valid.ext, 256, valid.session,
+                       silence={f"{names[src]}->{names[dst]}": (0, T)})
+            E[dst, src] = (nll(cut, dst)[0] - base[dst][0]) / (base[dst][1] * unit)
     return E
 
 
@@ -120,9 +175,12 @@ def score_fit(checkpoint: str, data: str, lags=(), past: int | None = None) -> d
     out = effectome_truth_scores(cut, m.comm_matrix, "cut")
     info = information_effectome(outs, len(m.region_names))
     out.update(effectome_truth_scores(info, m.comm_matrix, "information"))
+    like = likelihood_effectome(model, valid, outs)
+    out.update(effectome_truth_scores(np.clip(like, 0, None), m.comm_matrix, "likelihood"))
     out = {k.removeprefix("valid/"): round(v, 3) for k, v in out.items()}
     out["cut_effectome"] = np.round(np.asarray(cut), 4).tolist()  # [target][source]
     out["information_effectome"] = np.round(info, 6).tolist()  # nats per bin, [target][source]
+    out["likelihood_effectome"] = np.round(like, 5).tolist()  # bits per spike, [target][source]
     if lags or past is not None:
         messages = torch.cat([o.msg_mean for o in outs]).numpy()
         order = torch.cat([rows for _, rows in valid.session_groups()]).numpy()  # outs' order

@@ -199,6 +199,10 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
             "samples": samples, "seed": seed,
             "heldout": {r.name: r.n_heldout for r in m.regions},
             "dataset": m.name, "dataset_digest": manifest_digest(m.to_dict())}
+    closed = [f"{names[a]}->{names[b]}" for (a, b), is_open
+              in zip(cfg.model.pairs, cfg.model.open_pathways) if not is_open]
+    if closed:  # ModelConfig.pathways: these carry nothing by construction
+        info["closed_pathways"] = closed
     # what the output directory holds: the outputs proper, without zero-width ones
     arrays = {k: outputs[k] for k in sorted(outputs)
               if k.startswith(OUTPUT_PREFIXES) and outputs[k].shape[-1] > 0}
