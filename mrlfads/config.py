@@ -163,6 +163,8 @@ class ModelConfig:
 
     def _pathway_problems(self, names: list[str]) -> list[str]:
         """Each entry of ``pathways`` names an ordered pair of two different regions, once."""
+        if not all(isinstance(e, str) for e in self.pathways):
+            return [f"pathways: {list(self.pathways)} must be strings 'SRC->DST'"]
         errors = []
         for entry in self.pathways:
             src, arrow, dst = entry.partition("->")

@@ -209,7 +209,8 @@ def test_closed_pathways_carry_nothing_and_cost_no_kl(sample):
 def test_pathways_that_name_no_ordered_pair_of_regions_are_refused():
     regions = (RegionConfig("A", 2), RegionConfig("B", 2))
     for bad, what in ((("A->C",), "'A->C' is not 'SRC->DST'"), (("A-B",), "'A-B' is not"),
-                      (("A->A",), "'A->A' is not"), (("A->B", "A -> B"), "names a pathway twice")):
+                      (("A->A",), "'A->A' is not"), (("A->B", "A -> B"), "names a pathway twice"),
+                      ((1,), "must be strings")):
         with pytest.raises(ConfigError, match=what):
             ModelConfig(regions=regions, obs_model="poisson", pathways=bad)
     cfg = ModelConfig(regions=regions, obs_model="poisson", pathways=["B->A"])
