@@ -175,6 +175,18 @@ def test_fit_diagnostics_score_a_closed_pathway_as_carrying_nothing(tmp_path):
     assert info["cut_effectome"][1][0] > 0 and info["information_effectome"][1][0] > 0
 
 
+def test_spiking_grid_run_names_stay_within_the_file_name_limit():
+    """Short ``--set`` lists stay readable in the run directory's name; long ones (a
+    pathway list) become a digest, distinct per list, under the 255-byte limit."""
+    name = _science("spiking_grid").run_name
+    assert name("random-2-5hz-10ms", 0, ["a=1"]) == "random-2-5hz-10ms-s0-a=1"
+    r72 = [f"loss.ic_ramp.start={i}" for i in range(8)]
+    long_a = name("random-2-5hz-10ms", 0, [*r72, "model.pathways=[A1->A0, A0->A1, A2->A1]"])
+    long_b = name("random-2-5hz-10ms", 0, [*r72, "model.pathways=[A1->A0, A0->A1]"])
+    assert long_a != long_b and max(len(long_a), len(long_b)) < 255
+    assert long_a.startswith("random-2-5hz-10ms-s0-set-")
+
+
 def test_decoder_ceiling_recovers_a_message_the_spikes_hold_and_not_one_they_do_not(tmp_path):
     """The spiking grid's per-pathway decoder: a message that is the source's spikes one bin
     back scores R^2 near 1, independent noise no better than chance (at most ~0), and the

@@ -158,6 +158,18 @@ def run_pbt(path: Path, seed: int, epochs: int, population: int, out: Path) -> d
     return {**result, "hparams": summary.hparams, "exploits": summary.exploits}
 
 
+def run_name(data: str, seed: int, sets: list[str]) -> str:
+    """A run directory's name: the dataset, the seed and the ``--set`` items, or, where
+    those would pass the file-name limit (255 bytes), a digest of the items instead."""
+    import hashlib
+
+    name = "-".join([data, f"s{seed}", *sets])
+    if len(name.encode()) <= 200:
+        return name
+    digest = hashlib.sha1("\0".join(sets).encode()).hexdigest()[:12]
+    return f"{data}-s{seed}-set-{digest}"
+
+
 def table(rows: list[dict]) -> str:
     head = "| network | arm | runs | " + " | ".join(COLUMNS) + " | decoder R^2 | true co-bps |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
@@ -222,7 +234,7 @@ def main() -> None:
                     continue
                 t0 = time.time()
                 if arm == "defaults":
-                    run_dir = out / "runs" / "-".join([path.name, f"s{seed}", *args.set])
+                    run_dir = out / "runs" / run_name(path.name, seed, args.set)
                     metrics = run_defaults(path, seed, args.epochs, run_dir, overrides)
                 else:
                     metrics = run_pbt(path, seed, args.epochs, args.population, out)
