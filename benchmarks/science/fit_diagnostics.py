@@ -103,7 +103,8 @@ def likelihood_effectome(model, valid, outputs) -> np.ndarray:
         for src, dst in s.pairs:
             cut = _run(model, valid.heldin, valid.ext, 256, valid.session,
                        silence={f"{names[src]}->{names[dst]}": (0, T)})
-            E[dst, src] = (nll(cut, dst)[0] - base[dst][0]) / (base[dst][1] * unit)
+            total, count = base[dst]
+            E[dst, src] = (nll(cut, dst)[0] - total) / (count * unit) if count else np.nan
     return E
 
 
