@@ -16,6 +16,13 @@ CONTROLLER_SEES = ("own", "all")
 _REGION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
+def _pathway_pair(entry: str) -> tuple[str, str]:
+    """``"src->dst"`` (spaces around the names allowed) -> ``(src, dst)``; ``dst`` is ""
+    where there is no arrow."""
+    src, _, dst = entry.partition("->")
+    return src.strip(), dst.strip()
+
+
 def _check(errors: list[str], where: str) -> None:
     if errors:
         raise ConfigError(f"invalid {where}: " + "; ".join(errors))
@@ -166,13 +173,11 @@ class ModelConfig:
         if not all(isinstance(e, str) for e in self.pathways):
             return [f"pathways: {list(self.pathways)} must be strings 'SRC->DST'"]
         errors = []
-        for entry in self.pathways:
-            src, arrow, dst = entry.partition("->")
-            src, dst = src.strip(), dst.strip()
-            if not arrow or src not in names or dst not in names or src == dst:
+        pairs = [_pathway_pair(entry) for entry in self.pathways]
+        for entry, (src, dst) in zip(self.pathways, pairs):
+            if "->" not in entry or src not in names or dst not in names or src == dst:
                 errors.append(f"pathways: {entry!r} is not 'SRC->DST' for two different regions "
                               f"of {names}; write e.g. '{names[0]}->{names[-1]}'")
-        pairs = [tuple(p.strip() for p in e.split("->")) for e in self.pathways]
         if len(set(pairs)) != len(pairs):
             errors.append(f"pathways: {list(self.pathways)} names a pathway twice")
         return errors
@@ -222,7 +227,7 @@ class ModelConfig:
         if not self.pathways:
             return (True,) * len(self.pairs)
         names = self.region_names
-        wanted = {tuple(p.strip() for p in e.split("->")) for e in self.pathways}
+        wanted = {_pathway_pair(entry) for entry in self.pathways}
         return tuple((names[s], names[r]) in wanted for s, r in self.pairs)
 
 

@@ -390,7 +390,7 @@ class MRLFADS(ModelParams):
             co_prior_logvar=list(self.co_prior_logvar) if cfg.inferred_inputs else None,
             msg_mean=msg_mean, msg_var=msg_var, messages=messages,
             com_prior_logvar=self.com_prior_logvar if s.P else None,
-            open_pathways=cfg.open_pathways,
+            open_pathways=self.open_pathways,
             l2=self.l2_terms(), recorded=recorded, recorded_heldout=recorded_heldout,
         )
 

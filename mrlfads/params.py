@@ -103,6 +103,8 @@ class ModelParams(nn.Module):
             self._add("ho_w", block_mask(s.F, s.Fm, s.H, s.Hm, s.K), fan=s.F)
             self._add("ho_b", block_mask(zeros, 0, s.H, s.Hm, s.K, in_offset=1))
         self.ic_prior_logvar = nn.Parameter(torch.full((s.R, Z), math.log(cfg.prior_var)))
+        # per pair: may it carry a message (cfg.pathways); read by every forward pass
+        self.open_pathways = cfg.open_pathways
         if s.P:
             src_sizes = [s.src[a] for a, _ in s.pairs]
             self._add("msg_w", block_mask(src_sizes, s.Sm, [2 * C] * s.P, 2 * C), fan=src_sizes)
@@ -110,9 +112,9 @@ class ModelParams(nn.Module):
             self.com_prior_logvar = nn.Parameter(torch.full((s.P, C), math.log(cfg.prior_var)),
                                                  requires_grad=cfg.learn_message_prior)
             self.register_buffer("src_index", torch.tensor([a for a, _ in s.pairs]), persistent=False)
-            if not all(cfg.open_pathways):  # (1, P, 1, 1): 0 on every closed pathway
+            if not all(self.open_pathways):  # (1, P, 1, 1): 0 on every closed pathway
                 self.register_buffer("open_keep", torch.tensor(
-                    cfg.open_pathways, dtype=torch.float32).view(1, s.P, 1, 1), persistent=False)
+                    self.open_pathways, dtype=torch.float32).view(1, s.P, 1, 1), persistent=False)
         with torch.no_grad():  # posterior variances start at the prior's
             logv = math.log(cfg.prior_var)
             for head in self.ic_head:
