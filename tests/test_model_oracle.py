@@ -29,6 +29,7 @@ CASES = {
     "controller_lookahead": dict(obs_model="poisson", controller_lookahead=2),
     "pathway_dropout": dict(obs_model="poisson", pathway_dropout=0.5),
     "closed_pathways": dict(obs_model="poisson", pathways=("A->B", "C->A", "B->C")),
+    "closed_pathways_gaussian": dict(obs_model="gaussian", pathways=("B->A", "A->C")),
     "detach_message_source": dict(obs_model="poisson", detach_message_source=True),
     "detach_generator_source": dict(obs_model="gaussian", message_source="generator",
                                     detach_message_source=True),
