@@ -13,6 +13,7 @@ from mrlfads.config_utils import ConfigError, type_problems
 OBS_MODELS = ("poisson", "gaussian")
 MESSAGE_SOURCES = ("rates", "factors", "generator")
 CONTROLLER_SEES = ("own", "all")
+INPUT_PRIORS = ("white", "ar1")
 _REGION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -110,7 +111,8 @@ class ModelConfig:
     # or "all" (every region's); docs/MODEL.md, "Ablations"
     controller_sees: str = "own"
     # how many bins past t the controller-input encoding of bin t has read (0: up to t,
-    # causal); the last bins read the encoder's last state; docs/MODEL.md, "Ablations"
+    # causal; -1: up to t - 1, a lag); the last bins read the encoder's last state, the
+    # first bins of a lag its zero initial state; docs/MODEL.md, "Ablations"
     controller_lookahead: int = 0
     # in training, the chance that a pathway's message is zero for a whole trial (each
     # pathway and trial drawn alone); 0: never; docs/MODEL.md, "Ablations"
@@ -121,6 +123,12 @@ class ModelConfig:
     detach_message_source: bool = False
     inferred_inputs: bool = True
     prior_var: float = 0.1
+    # the inferred inputs' prior: "white" (independent in every bin, the default) or "ar1"
+    # (an autoregressive process, LFADS's prior: a slowly varying input costs only its
+    # changes), with a learnt time constant per dimension starting at input_prior_tau bins;
+    # docs/MODEL.md, "Ablations"
+    input_prior: str = "white"
+    input_prior_tau: float = 10.0
     # False: every message prior keeps variance prior_var (a fixed price per unit of message
     # information) instead of being learnt per pathway; docs/MODEL.md, "Ablations"
     learn_message_prior: bool = True
@@ -154,8 +162,6 @@ class ModelConfig:
                     "com_dim"):
             if getattr(self, key) < 1:
                 errors.append(f"{key}={getattr(self, key)} must be >= 1")
-        if self.controller_lookahead < 0:
-            errors.append(f"controller_lookahead={self.controller_lookahead} must be >= 0 (bins)")
         if not 0.0 <= self.dropout < 1.0:
             errors.append(f"dropout={self.dropout} must be in [0, 1)")
         if not 0.0 <= self.pathway_dropout < 1.0:
@@ -164,6 +170,10 @@ class ModelConfig:
             errors.append(f"cell_clip={self.cell_clip} must be > 0")
         if self.prior_var <= 0:
             errors.append(f"prior_var={self.prior_var} must be > 0")
+        if self.input_prior not in INPUT_PRIORS:
+            errors.append(f"input_prior={self.input_prior!r} must be one of {INPUT_PRIORS}")
+        if not self.input_prior_tau > 0:
+            errors.append(f"input_prior_tau={self.input_prior_tau} must be > 0 (bins)")
         errors += self._session_problems()
         errors += self._pathway_problems(names)
         _check(errors, "model config")

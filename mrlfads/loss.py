@@ -36,6 +36,26 @@ def kl_diag_gaussian(mean_q: Tensor, var_q: Tensor, logvar_p: Tensor,
                   * torch.exp(-logvar_p) - 1.0)
 
 
+def kl_ar1_inputs(mean_q: Tensor, var_q: Tensor, used: Tensor, logvar_p: Tensor,
+                  logtau_p: Tensor) -> Tensor:
+    """Elementwise KL (B, T', D) of each bin's input posterior from an AR(1) prior given the
+    input of the bin before (docs/MODEL.md, "Ablations").
+
+    The prior is stationary with variance exp(logvar_p) and time constant tau =
+    exp(logtau_p) bins: u_0 ~ N(0, var), u_t | u_{t-1} ~ N(a u_{t-1}, var (1 - a^2)),
+    a = exp(-1 / tau). ``used`` is the input the model actually fed forward (a sample in
+    training, the mean in evaluation), so the KL of bin t is taken against the prior
+    conditioned on it; summed over bins this estimates KL(q(u) || p(u)) of the whole
+    sequence, without sampling u_t itself.
+    """
+    inv_tau = torch.exp(-logtau_p)
+    a = torch.exp(-inv_tau)
+    logvar_cond = logvar_p + torch.log(-torch.expm1(-2.0 * inv_tau))
+    first = kl_diag_gaussian(mean_q[:, :1], var_q[:, :1], logvar_p)
+    rest = kl_diag_gaussian(mean_q[:, 1:], var_q[:, 1:], logvar_cond, a * used[:, :-1])
+    return torch.cat([first, rest], 1)
+
+
 def l2_weight_penalty(weights: Sequence[Tensor]) -> Tensor:
     """Sum over matrices of 0.5 * ||W||^2 / numel (per-element normalised L2)."""
     return sum(0.5 * w.pow(2).sum() / w.numel() for w in weights)
@@ -104,8 +124,15 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
     for r in range(R):
         terms["kl_ic"].append(_trial_mean(kl_diag_gaussian(
             _f32(out.ic_mean[r]), _f32(out.ic_var[r]), out.ic_prior_logvar[r])))
-        terms["kl_co"].append(zero if out.co_mean is None else _trial_mean(
-            kl_diag_gaussian(_f32(out.co_mean[r]), _f32(out.co_var[r]), out.co_prior_logvar[r])))
+        if out.co_mean is None:
+            terms["kl_co"].append(zero)
+        elif out.co_prior_logtau is None:
+            terms["kl_co"].append(_trial_mean(kl_diag_gaussian(
+                _f32(out.co_mean[r]), _f32(out.co_var[r]), out.co_prior_logvar[r])))
+        else:
+            terms["kl_co"].append(_trial_mean(kl_ar1_inputs(
+                _f32(out.co_mean[r]), _f32(out.co_var[r]), _f32(out.inputs[r]),
+                out.co_prior_logvar[r], out.co_prior_logtau[r])))
         # a closed pathway (ModelConfig.pathways) has no message, so no KL to charge
         into_r = [p for p, (_, dst) in enumerate(out.pairs)
                   if dst == r and (out.open_pathways is None or out.open_pathways[p])]

@@ -391,6 +391,7 @@ class MRLFADS(ModelParams):
             msg_mean=msg_mean, msg_var=msg_var, messages=messages,
             com_prior_logvar=self.com_prior_logvar if s.P else None,
             open_pathways=self.open_pathways,
+            co_prior_logtau=self.input_prior_logtau(),
             l2=self.l2_terms(), recorded=recorded, recorded_heldout=recorded_heldout,
         )
 

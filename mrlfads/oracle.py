@@ -155,5 +155,6 @@ def _assemble(model, W, rec, mrec, ic_mean, ic_var, session: int) -> ModelOutput
         messages=stack_pairs("m") if s.P else None,
         com_prior_logvar=model.com_prior_logvar if s.P else None,
         open_pathways=model.open_pathways,
+        co_prior_logtau=model.input_prior_logtau(),
         l2=l2, recorded=model.recorded(session)[0], recorded_heldout=model.recorded(session)[1],
     )

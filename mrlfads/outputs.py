@@ -29,7 +29,7 @@ class ModelOutput:
     co_mean: list[Tensor] | None  # (B, T', co_dim); None without inferred inputs
     co_var: list[Tensor] | None
     inputs: list[Tensor] | None  # (B, T', co_dim) the u_t actually used (sample or mean)
-    co_prior_logvar: list[Tensor] | None  # (co_dim,)
+    co_prior_logvar: list[Tensor] | None  # (co_dim,): the prior's (stationary) variance
     msg_mean: Tensor | None  # (B, T', P, com_dim); None with a single region
     msg_var: Tensor | None
     messages: Tensor | None  # (B, T', P, com_dim) the m_t actually used (sample or mean)
@@ -42,6 +42,9 @@ class ModelOutput:
     # per pair of ``pairs``: whether it may carry a message (ModelConfig.pathways); a closed
     # one's message is zero and its KL is not charged. None: every pathway is open
     open_pathways: tuple[bool, ...] | None = None
+    # per region (co_dim,): log time constant (bins) of the inferred inputs' AR(1) prior
+    # (ModelConfig.input_prior "ar1"). None: a white prior, independent in every bin
+    co_prior_logtau: list[Tensor] | None = None
 
     @property
     def rates(self) -> list[Tensor]:

@@ -87,6 +87,9 @@ class ModelParams(nn.Module):
             self._add("co_w", torch.ones(s.R, Cn, 2 * U), fan=Cn)
             self._add("co_b", torch.ones(s.R, 1, 2 * U))
             self.co_prior_logvar = nn.Parameter(torch.full((s.R, U), math.log(cfg.prior_var)))
+            if cfg.input_prior == "ar1":  # the AR(1) prior's time constant, in bins
+                self.co_prior_logtau = nn.Parameter(
+                    torch.full((s.R, U), math.log(cfg.input_prior_tau)))
         gen_fan = [s.gen_in + d for d in s.D]
         if s.gen_in:
             self._add("gen_w_iu", block_mask(zeros, 0, s.G, s.Gm, 3, in_offset=s.gen_in), fan=gen_fan)
@@ -227,12 +230,17 @@ class ModelParams(nn.Module):
 
     def controller_ahead(self, enc: torch.Tensor) -> torch.Tensor:
         """Controller-input encodings (time on axis 1) shifted so that bin t gets the
-        encoder's state at bin t + ``controller_lookahead``, the last state where that is
-        past the trial: u_t may then read spikes up to that many bins after t."""
+        encoder's state at bin t + ``controller_lookahead``: the last state where that is
+        past the trial, the encoder's zero initial state where it is before the first bin.
+        u_t then reads spikes up to that many bins after t, or, for a negative value (a
+        lag), only up to that many bins before t."""
         T = enc.shape[1]
-        ahead = min(self.cfg.controller_lookahead, T - 1)
+        ahead = max(min(self.cfg.controller_lookahead, T - 1), -T)
         if ahead == 0:
             return enc
+        if ahead < 0:
+            head = enc.new_zeros(enc.shape[0], -ahead, *enc.shape[2:])
+            return torch.cat([head, enc[:, :T + ahead]], 1)
         tail = enc[:, T - 1:].expand(-1, ahead, *enc.shape[2:])
         return torch.cat([enc[:, ahead:], tail], 1)
 
@@ -255,6 +263,12 @@ class ModelParams(nn.Module):
     def masked(self) -> dict[str, torch.Tensor]:
         """Padded weights with padding forced to zero (so it gets zero gradient too)."""
         return {n: getattr(self, n) * getattr(self, n + "_mask") for n in self._masked_names}
+
+    def input_prior_logtau(self) -> list[torch.Tensor] | None:
+        """Per region, the log time constants (co_dim,) of the inferred inputs' AR(1)
+        prior; None for the white prior (or without inferred inputs)."""
+        logtau = getattr(self, "co_prior_logtau", None)
+        return None if logtau is None else list(logtau)
 
     def l2_terms(self) -> list[torch.Tensor]:
         """Per region: sum over its recurrent matrices of 0.5 * ||W_hh||^2 / numel."""

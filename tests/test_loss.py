@@ -10,6 +10,7 @@ from mrlfads.config import LossConfig
 from mrlfads.loss import (
     compute_loss,
     gaussian_nll,
+    kl_ar1_inputs,
     kl_diag_gaussian,
     l2_weight_penalty,
     poisson_nll,
@@ -41,6 +42,53 @@ def test_kl_diagonal_gaussians():
         pytest.approx(0.5 * (LOG01 + 10.0 - 1.0))
     assert float(kl_diag_gaussian(torch.tensor(0.0), torch.tensor(0.1), torch.tensor(LOG01))) == \
         pytest.approx(0.0, abs=1e-7)
+
+
+def test_ar1_input_kl_by_hand():
+    """Two bins, one dimension, prior variance 0.1 and tau 10 bins: bin 0 against the
+    stationary N(0, 0.1), bin 1 against N(a u_0, 0.1 (1 - a^2)), a = exp(-1/10)."""
+    mean, var = torch.tensor([[[0.3], [0.5]]]), torch.tensor([[[0.02], [0.05]]])
+    used = torch.tensor([[[0.4], [-1.0]]])  # the last bin's value conditions nothing
+    got = kl_ar1_inputs(mean, var, used, torch.tensor([LOG01]), torch.tensor([math.log(10.0)]))
+    a = math.exp(-0.1)
+    s1 = 0.1 * (1 - a * a)
+    k0 = 0.5 * (LOG01 - math.log(0.02) + (0.02 + 0.09) / 0.1 - 1)
+    k1 = 0.5 * (math.log(s1) - math.log(0.05) + (0.05 + (0.5 - a * 0.4) ** 2) / s1 - 1)
+    assert got.shape == (1, 2, 1)
+    assert got.flatten().tolist() == pytest.approx([k0, k1], rel=1e-5)
+
+
+def test_ar1_input_kl_sums_to_the_sequence_kl_in_expectation():
+    """For a posterior independent across bins, the mean over samples of the per-bin KLs
+    (each against the prior given the sampled bin before) is KL(q || p) of the whole
+    sequence, p the AR(1) process's joint Gaussian (covariance var * a^|i - j|)."""
+    g = torch.Generator().manual_seed(0)
+    T, var_p, tau = 6, 0.3, 4.0
+    mean = torch.randn(T, generator=g, dtype=torch.float64)
+    var = 0.05 + 0.2 * torch.rand(T, generator=g, dtype=torch.float64)
+    a = math.exp(-1.0 / tau)
+    idx = torch.arange(T, dtype=torch.float64)
+    cov_p = var_p * a ** (idx[:, None] - idx[None, :]).abs()
+    exact = torch.distributions.kl_divergence(
+        torch.distributions.MultivariateNormal(mean, torch.diag(var)),
+        torch.distributions.MultivariateNormal(torch.zeros(T, dtype=torch.float64), cov_p))
+    n = 200_000
+    used = mean + var.sqrt() * torch.randn(n, T, generator=g, dtype=torch.float64)
+    got = kl_ar1_inputs(mean.expand(n, T)[..., None], var.expand(n, T)[..., None], used[..., None],
+                        torch.tensor([math.log(var_p)], dtype=torch.float64),
+                        torch.tensor([math.log(tau)], dtype=torch.float64)).sum((1, 2))
+    assert float(got.mean()) == pytest.approx(float(exact), rel=0.01)
+
+
+def test_ar1_input_prior_charges_a_held_input_less_and_a_short_tau_as_white():
+    """An input held at 1 for 50 bins costs a fraction under the AR(1) prior (only its
+    onset is news) of what the white prior charges; with tau -> 0 the two are the same."""
+    mean, var = torch.ones(1, 50, 1), torch.full((1, 50, 1), 0.01)
+    white = kl_diag_gaussian(mean, var, torch.tensor([LOG01])).sum()
+    held = kl_ar1_inputs(mean, var, mean, torch.tensor([LOG01]), torch.tensor([math.log(10.0)]))
+    assert float(held.sum()) < 0.25 * float(white)
+    short = kl_ar1_inputs(mean, var, mean, torch.tensor([LOG01]), torch.tensor([math.log(1e-3)]))
+    assert float(short.sum()) == pytest.approx(float(white), rel=1e-6)
 
 
 def test_l2_is_normalised_per_element():

@@ -1,6 +1,8 @@
 """The batched MR-LFADS model: shapes, sampling, dropout, configs and structural invariants."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -162,8 +164,10 @@ def test_configs_round_trip_and_validate():
         tiny_cfg(message_source="spikes")
     with pytest.raises(ConfigError, match="controller_sees='some'"):
         tiny_cfg(controller_sees="some")
-    with pytest.raises(ConfigError, match="controller_lookahead=-1 must be >= 0"):
-        tiny_cfg(controller_lookahead=-1)
+    with pytest.raises(ConfigError, match=r"input_prior='pink' must be one of \('white', 'ar1'\)"):
+        tiny_cfg(input_prior="pink")
+    with pytest.raises(ConfigError, match=r"input_prior_tau=0.0 must be > 0 \(bins\)"):
+        tiny_cfg(input_prior_tau=0.0)
     with pytest.raises(ConfigError, match=r"pathway_dropout=1.0 must be in \[0, 1\)"):
         tiny_cfg(pathway_dropout=1.0)
     with pytest.raises(ConfigError, match="name"):
@@ -217,11 +221,13 @@ def test_controller_reads_other_regions_only_when_it_sees_all(sees):
     assert not torch.equal(a, b) if sees == "all" else torch.equal(a, b)
 
 
-@pytest.mark.parametrize("ahead", [0, 2])
+@pytest.mark.parametrize("ahead", [-2, -1, 0, 2])
 def test_inferred_input_reads_spikes_up_to_lookahead_bins_ahead(ahead):
     """Spikes changed at reconstructed bin 5 reach the inferred input (posterior mean) of bin
     5 - controller_lookahead and no earlier one; with the default 0 the controller is
-    causal. The last bins read the encoder's last state, so nothing is read past the trial."""
+    causal, with -1 the input of bin t reads spikes up to bin t - 1 only. The last bins read
+    the encoder's last state, so nothing is read past the trial; with a lag the first bins
+    read its zero initial state."""
     torch.manual_seed(0)
     regions = (RegionConfig("A", 4), RegionConfig("B", 3))
     tau, T = 3, 12
@@ -238,9 +244,15 @@ def test_inferred_input_reads_spikes_up_to_lookahead_bins_ahead(ahead):
     first = 5 - ahead
     assert torch.equal(a[:, :first], b[:, :first])
     assert not torch.equal(a[:, first], b[:, first])
-    # the encodings of the last `ahead` bins are the encoder's final state
     e = model.encode(x)[2]  # (R, T', B, E)
-    assert torch.equal(e[:, -1], e[:, T - tau - 1 - ahead])
+    if ahead >= 0:  # the encodings of the last `ahead` bins are the encoder's final state
+        assert torch.equal(e[:, -1], e[:, T - tau - 1 - ahead])
+    else:  # the first -ahead bins get the zero initial state, then bin t the state at t + ahead
+        causal = MRLFADS(dataclasses.replace(cfg, controller_lookahead=0)).double().eval()
+        causal.load_state_dict(model.state_dict())
+        e0 = causal.encode(x)[2]
+        assert not e[:, :-ahead].any()
+        assert torch.equal(e[:, -ahead:], e0[:, :ahead])
 
 
 def test_pathway_dropout_cuts_whole_trials_in_training_only():
@@ -290,3 +302,20 @@ def test_detached_message_source_gets_no_gradient_from_its_target(source):
     assert all(float(v) > 0 for v in joint.values()), joint
     assert float(detached.pop("map A->B")) > 0
     assert all(float(v) == 0.0 for v in detached.values()), detached
+
+
+def test_the_ar1_input_prior_learns_its_time_constants_and_the_white_model_has_none():
+    """input_prior="ar1" adds one learnt time constant per region and input dimension,
+    starting at input_prior_tau bins, which the loss trains; the white model's parameters
+    (and so its checkpoints) are what they were."""
+    torch.manual_seed(0)
+    white = MRLFADS(tiny_cfg("poisson"))
+    assert "co_prior_logtau" not in white.state_dict()
+    assert white(batch(white.cfg)[0], sample=True).co_prior_logtau is None
+    model = MRLFADS(tiny_cfg("poisson", input_prior="ar1", input_prior_tau=7.0))
+    assert model.co_prior_logtau.shape == (2, model.cfg.co_dim)
+    assert torch.allclose(model.co_prior_logtau.exp(), torch.tensor(7.0))
+    heldin, heldout = batch(model.cfg)
+    out = model(heldin, sample=True)
+    compute_loss(out, heldin, heldout, LossConfig(), epoch=1000).total.backward()
+    assert model.co_prior_logtau.grad is not None and model.co_prior_logtau.grad.abs().min() > 0

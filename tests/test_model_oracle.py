@@ -27,6 +27,8 @@ CASES = {
     "no_inputs": dict(obs_model="poisson", inferred_inputs=False),
     "controller_sees_all": dict(obs_model="poisson", controller_sees="all"),
     "controller_lookahead": dict(obs_model="poisson", controller_lookahead=2),
+    "controller_lag": dict(obs_model="gaussian", controller_lookahead=-1),
+    "input_prior_ar1": dict(obs_model="poisson", input_prior="ar1"),
     "pathway_dropout": dict(obs_model="poisson", pathway_dropout=0.5),
     "closed_pathways": dict(obs_model="poisson", pathways=("A->B", "C->A", "B->C")),
     "closed_pathways_gaussian": dict(obs_model="gaussian", pathways=("B->A", "A->C")),
