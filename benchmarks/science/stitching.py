@@ -94,7 +94,8 @@ def decoder_ceiling(path: Path, sessions: list[Path] | None = None) -> float:
     return float(np.mean([np.mean(list(decoder_r2(p).values())) for p in (sessions or [path])]))
 
 
-def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str, float]:
+def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path,
+                  overrides: dict | None = None) -> dict[str, float]:
     from spiking_grid import score  # the grid's scoring of best.pt (this folder)
 
     from mrlfads.data_loaders.reader import ArrowDataset
@@ -104,7 +105,7 @@ def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str
 
     ds = ArrowDataset.open(path)
     cfg = RunConfig.for_dataset(ds.manifest, uri=str(path), overrides={
-        "train.seed": seed, "train.epochs": epochs, "train.threads": 1})
+        "train.seed": seed, "train.epochs": epochs, "train.threads": 1, **(overrides or {})})
     fit(Trainer(cfg, ds), run_dir, progress=False)
     metrics = score(str(run_dir / BEST), path)
     return {c: metrics[c] for c in COLUMNS}
@@ -113,8 +114,9 @@ def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path) -> dict[str
 def table(rows: list[dict]) -> str:
     lines = ["| arm | fits | trials per fit | " + " | ".join(COLUMNS) + " | decoder R^2 |",
              "|" + "---|" * (len(COLUMNS) + 4)]
-    for arm in ("full", "stitched", "alone"):
-        sel = [r for r in rows if r["arm"] == arm]
+    settings = sorted({" ".join(r.get("set", [])) for r in rows})
+    for arm, setting in ((a, s) for s in settings for a in ("full", "stitched", "alone")):
+        sel = [r for r in rows if r["arm"] == arm and " ".join(r.get("set", [])) == setting]
         if not sel:
             continue
         cells = []
@@ -123,7 +125,8 @@ def table(rows: list[dict]) -> str:
             cells.append(f"{v[0]:.3f}" if len(v) == 1 else
                          f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}")
         ceil = np.mean([r.get("decoder_message_r2", np.nan) for r in sel])
-        lines.append(f"| {arm} | {len(sel)} | {sel[0]['trials']} | " + " | ".join(cells)
+        label = f"{arm} {setting}".strip()
+        lines.append(f"| {label} | {len(sel)} | {sel[0]['trials']} | " + " | ".join(cells)
                      + f" | {ceil:.3f} |")
     return "\n".join(lines)
 
@@ -142,12 +145,20 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--arms", nargs="+", default=["full", "stitched", "alone"],
                    choices=["full", "stitched", "alone"])
+    p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE",
+                   help="config overrides of every fit (YAML 1.2 values), recorded in each "
+                        "row; the table shows each setting's rows apart")
     args = p.parse_args()
+    from spiking_grid import run_name  # this folder
+
+    from mrlfads.training.yaml12 import parse_sets
+
+    overrides = parse_sets(args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    done = ({(r["arm"], r["name"], r["seed"]) for r in map(json.loads, results.open())}
-            if results.exists() else set())
+    done = ({(r["arm"], r["name"], r["seed"], tuple(r.get("set", [])))
+             for r in map(json.loads, results.open())} if results.exists() else set())
     stitched = simulated(out, args, args.sessions)
     alone = [session_alone(stitched, k) for k in range(args.sessions)]
     jobs = []
@@ -159,15 +170,16 @@ def main() -> None:
         jobs += [("alone", f"session-{k}", p) for k, p in enumerate(alone)]
     for seed in args.seeds:
         for arm, name, path in jobs:
-            if (arm, name, seed) in done:
+            if (arm, name, seed, tuple(args.set)) in done:
                 continue
             start = time.time()
-            metrics = fit_and_score(path, seed, args.epochs, out / "runs" / f"{name}-s{seed}")
+            metrics = fit_and_score(path, seed, args.epochs,
+                                    out / "runs" / run_name(name, seed, args.set), overrides)
             from mrlfads.data_loaders.reader import ArrowDataset
 
             n = sum(ArrowDataset.open(path).manifest.splits.values())
             ceiling = decoder_ceiling(path, alone if arm == "stitched" else None)
-            row = {"arm": arm, "name": name, "seed": seed, "epochs": args.epochs,
+            row = {"arm": arm, "name": name, "seed": seed, "set": args.set, "epochs": args.epochs,
                    "network": args.network, "obs": args.obs, "rate_hz": args.rate_hz,
                    "trials": n, "seconds": round(time.time() - start), "metrics": metrics,
                    "decoder_message_r2": ceiling}
