@@ -4,7 +4,7 @@ one session that records them all, and better than fitting each session alone?
 
     .venv/bin/python benchmarks/science/stitching.py --out stitch_runs [--network random-1] \
         [--obs poisson] [--rate-hz 20] [--bin-ms 10] [--sessions 4] [--frac 0.25] \
-        [--trials 480] [--epochs 100] [--seeds 0]
+        [--trials 480] [--epochs 100] [--seeds 0] [--arms full stitched alone pbt]
 
 One network (the spiking grid's size: 48 units in the largest region, 1.2 s trials), three
 arms, each trained with the defaults for ``--epochs`` (ramps stretched to fit) and scored on
@@ -14,7 +14,10 @@ arms, each trained with the defaults for ``--epochs`` (ramps stretched to fit) a
 - ``stitched``: ``--sessions`` sessions of ``--trials`` trials each, each recording its own
   random ``--frac`` of every region's units (`mrlfads simulate --sessions`), one model;
 - ``alone``: each of those sessions as its own dataset, fitted on its own (mean and spread
-  over the sessions).
+  over the sessions);
+- ``pbt``: the default sweep (search_spaces/pbt.yaml, as the spiking grid runs it:
+  ``--population`` members, synchronous, perturbation every 10 epochs) on the stitched
+  dataset, scored on its best trial's checkpoint (not among the default arms).
 
 Scores: the cut effectome's cosine with the true communication matrix and its separation
 (weakest present pathway / strongest absent one), message R^2, inferred-input R^2 and
@@ -115,7 +118,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| arm | fits | trials per fit | " + " | ".join(COLUMNS) + " | decoder R^2 |",
              "|" + "---|" * (len(COLUMNS) + 4)]
     settings = sorted({" ".join(r.get("set", [])) for r in rows})
-    for arm, setting in ((a, s) for s in settings for a in ("full", "stitched", "alone")):
+    arms = ("full", "stitched", "alone", "pbt")
+    for arm, setting in ((a, s) for s in settings for a in arms):
         sel = [r for r in rows if r["arm"] == arm and " ".join(r.get("set", [])) == setting]
         if not sel:
             continue
@@ -144,7 +148,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--arms", nargs="+", default=["full", "stitched", "alone"],
-                   choices=["full", "stitched", "alone"])
+                   choices=["full", "stitched", "alone", "pbt"])
+    p.add_argument("--population", type=int, default=4, help="the pbt arm's population")
     p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE",
                    help="config overrides of every fit (YAML 1.2 values), recorded in each "
                         "row; the table shows each setting's rows apart")
@@ -168,13 +173,27 @@ def main() -> None:
         jobs.append(("stitched", "stitched", stitched))
     if "alone" in args.arms:
         jobs += [("alone", f"session-{k}", p) for k, p in enumerate(alone)]
+    if "pbt" in args.arms:
+        if args.set:
+            raise SystemExit("--set applies to the fits of the other arms; the pbt arm runs "
+                             "the default search space as it is: leave --set out")
+        jobs.append(("pbt", "stitched-pbt", stitched))
     for seed in args.seeds:
         for arm, name, path in jobs:
             if (arm, name, seed, tuple(args.set)) in done:
                 continue
             start = time.time()
-            metrics = fit_and_score(path, seed, args.epochs,
-                                    out / "runs" / run_name(name, seed, args.set), overrides)
+            extra = {}
+            if arm == "pbt":
+                from spiking_grid import run_pbt  # this folder
+
+                result = run_pbt(path, seed, args.epochs, args.population, out.resolve())
+                metrics = {c: result[c] for c in COLUMNS}
+                extra = {"hparams": result["hparams"], "exploits": result["exploits"],
+                         "population": args.population}
+            else:
+                metrics = fit_and_score(path, seed, args.epochs,
+                                        out / "runs" / run_name(name, seed, args.set), overrides)
             from mrlfads.data_loaders.reader import ArrowDataset
 
             n = sum(ArrowDataset.open(path).manifest.splits.values())
@@ -182,7 +201,7 @@ def main() -> None:
             row = {"arm": arm, "name": name, "seed": seed, "set": args.set, "epochs": args.epochs,
                    "network": args.network, "obs": args.obs, "rate_hz": args.rate_hz,
                    "trials": n, "seconds": round(time.time() - start), "metrics": metrics,
-                   "decoder_message_r2": ceiling}
+                   "decoder_message_r2": ceiling, **extra}
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
