@@ -17,7 +17,7 @@ INPUT_PRIORS = ("white", "ar1")
 _REGION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-def _pathway_pair(entry: str) -> tuple[str, str]:
+def pathway_pair(entry: str) -> tuple[str, str]:
     """``"src->dst"`` (spaces around the names allowed) -> ``(src, dst)``; ``dst`` is ""
     where there is no arrow."""
     src, _, dst = entry.partition("->")
@@ -183,7 +183,7 @@ class ModelConfig:
         if not all(isinstance(e, str) for e in self.pathways):
             return [f"pathways: {list(self.pathways)} must be strings 'SRC->DST'"]
         errors = []
-        pairs = [_pathway_pair(entry) for entry in self.pathways]
+        pairs = [pathway_pair(entry) for entry in self.pathways]
         for entry, (src, dst) in zip(self.pathways, pairs):
             if "->" not in entry or src not in names or dst not in names or src == dst:
                 errors.append(f"pathways: {entry!r} is not 'SRC->DST' for two different regions "
@@ -237,7 +237,7 @@ class ModelConfig:
         if not self.pathways:
             return (True,) * len(self.pairs)
         names = self.region_names
-        wanted = {_pathway_pair(entry) for entry in self.pathways}
+        wanted = {pathway_pair(entry) for entry in self.pathways}
         return tuple((names[s], names[r]) in wanted for s, r in self.pairs)
 
 

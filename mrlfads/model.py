@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from mrlfads import native
-from mrlfads.config import ModelConfig
+from mrlfads.config import ModelConfig, pathway_pair
 from mrlfads.config_utils import from_dict
 from mrlfads.layers import posterior_var, unit_columns
 from mrlfads.loop_io import LoopInputs, LoopSpec, LoopWeights
@@ -210,7 +210,7 @@ class MRLFADS(ModelParams):
         """Indices (into ``sizes.pairs``) of the pathways a ``silence`` key names."""
         names = self.cfg.region_names
         if isinstance(key, str) and "->" in key:
-            src, _, dst = key.partition("->")
+            src, dst = pathway_pair(key)  # spaces around the names allowed, as in model.pathways
             if src not in names or dst not in names or src == dst:
                 raise InputError(f"silence: unknown pathway {key!r}; use 'SRC->DST' with two "
                                  f"different regions of {names}")

@@ -33,6 +33,10 @@ def test_one_pathway_can_be_silenced_alone():
     # the other pathway from A keeps its (here bias-only) message; silencing A cuts both
     torch.testing.assert_close(cut.msg_mean[:, :, p_ac], base.msg_mean[:, :, p_ac])
     torch.testing.assert_close(cut.readout[1], both.readout[1])
+    # a pathway is named as in model.pathways: spaces around the names are allowed
+    with torch.no_grad():
+        spaced = model(xt, sample=False, silence={" A -> B ": (TAU + 2, T)})
+    torch.testing.assert_close(spaced.msg_mean, cut.msg_mean)
     with pytest.raises(InputError, match="unknown pathway 'A->Z'"):
         model(xt, sample=False, silence={"A->Z": (0, T)})
     with pytest.raises(InputError, match="unknown pathway 'A->A'"):
