@@ -197,7 +197,7 @@ def main() -> None:
             from mrlfads.data_loaders.reader import ArrowDataset
 
             n = sum(ArrowDataset.open(path).manifest.splits.values())
-            ceiling = decoder_ceiling(path, alone if arm == "stitched" else None)
+            ceiling = decoder_ceiling(path, alone if path == stitched else None)
             row = {"arm": arm, "name": name, "seed": seed, "set": args.set, "epochs": args.epochs,
                    "network": args.network, "obs": args.obs, "rate_hz": args.rate_hz,
                    "trials": n, "seconds": round(time.time() - start), "metrics": metrics,
