@@ -6,9 +6,9 @@ one session that records them all, and better than fitting each session alone?
         [--obs poisson] [--rate-hz 20] [--bin-ms 10] [--sessions 4] [--frac 0.25] \
         [--trials 480] [--epochs 100] [--seeds 0] [--arms full stitched alone pbt]
 
-One network (the spiking grid's size: 48 units in the largest region, 1.2 s trials), three
-arms, each trained with the defaults for ``--epochs`` (ramps stretched to fit) and scored on
-``best.pt`` over its validation trials:
+One network (the spiking grid's size: 48 units in the largest region, 1.2 s trials), up to
+four arms, each trained with the defaults for ``--epochs`` (ramps stretched to fit) and scored
+on ``best.pt`` over its validation trials:
 
 - ``full``: one session recording every unit, ``--trials`` trials;
 - ``stitched``: ``--sessions`` sessions of ``--trials`` trials each, each recording its own
