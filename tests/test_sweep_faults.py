@@ -162,20 +162,21 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
     summary = json.loads((exp / "summary.json").read_text())
     assert set(summary["trials"].values()) == {"TERMINATED"} and len(summary["trials"]) == 4
 
-    lowest = min(saved.values())
     for number, trial_dir in _trial_dirs(exp).items():
         rows = _rows(trial_dir)
         before = rows[rows["timestamp"] <= killed_at]
         after = rows[rows["timestamp"] > killed_at]
-        # the first driver's epochs ran once each, in order, up to where it died
+        # the first driver's epochs ran once each, in order, up to where it died. Its rows
+        # reach storage when Tune syncs the driver's artifacts from the session's staging
+        # folder, so a driver killed on a loaded machine can take its newest rows, or all of
+        # them (seen beside a sweep on 2 cores), with it: they are a prefix, maybe empty
         assert _epochs(before) == list(range(1, len(before) + 1))
-        assert len(before) >= saved[number]
         # the resumed driver ran this trial from its saved checkpoint to the end, every
         # epoch once: members behind caught up before PBT ranked anyone, so no exploit
         # moved a trial across epochs (search_spaces/tune_objects.GridSyncPBT)
         assert _epochs(after) == list(range(saved[number] + 1, SMOKE_EPOCHS + 1)), number
-        # so no trial restarted from scratch: epochs up to the lowest checkpoint ran once
-        assert (rows["epoch"] <= lowest).sum() == lowest
+        # so no trial restarted from scratch: no epoch up to its checkpoint ran twice
+        assert not rows.loc[rows["epoch"] <= saved[number], "epoch"].duplicated().any()
         # the optimiser ran at the trial's own lr at every epoch, exploits included
         assert (rows["lr"] == rows["hp/train.lr"]).all()
     assert summary["exploits"] >= 1 and summary["history"][-1]["epoch"] == SMOKE_EPOCHS
