@@ -99,18 +99,10 @@ def decoder_ceiling(path: Path, sessions: list[Path] | None = None) -> float:
 
 def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path,
                   overrides: dict | None = None) -> dict[str, float]:
-    from spiking_grid import score  # the grid's scoring of best.pt (this folder)
+    """The spiking grid's defaults arm (fit, then score ``best.pt``), this table's columns."""
+    from spiking_grid import run_defaults  # this folder
 
-    from mrlfads.data_loaders.reader import ArrowDataset
-    from mrlfads.training.config import RunConfig
-    from mrlfads.training.fit import BEST, fit
-    from mrlfads.training.loop import Trainer
-
-    ds = ArrowDataset.open(path)
-    cfg = RunConfig.for_dataset(ds.manifest, uri=str(path), overrides={
-        "train.seed": seed, "train.epochs": epochs, "train.threads": 1, **(overrides or {})})
-    fit(Trainer(cfg, ds), run_dir, progress=False)
-    metrics = score(str(run_dir / BEST), path)
+    metrics = run_defaults(path, seed, epochs, run_dir, overrides)
     return {c: metrics[c] for c in COLUMNS}
 
 
