@@ -162,6 +162,18 @@ def test_existing_out_is_kept_without_overwrite(trained, tmp_path, capsys):
     assert (out / "effects.npz").is_file()
 
 
+def test_a_cut_parses_as_model_pathways_do_spaces_around_the_names_allowed():
+    from mrlfads.config import ModelConfig, RegionConfig
+    from mrlfads.training.api.perturb import make_perturbation
+
+    cfg = ModelConfig(regions=(RegionConfig("A", 3), RegionConfig("B", 3)), obs_model="poisson")
+    spaced = make_perturbation(cfg, (TAU, T), cut=" A -> B ")
+    assert spaced == make_perturbation(cfg, (TAU, T), cut="A->B")
+    assert spaced.target == "A->B"
+    with pytest.raises(ValueError, match="name one pathway as SRC->DST"):
+        make_perturbation(cfg, (TAU, T), cut="A -> ")
+
+
 def test_silencing_inputs_of_a_model_without_inputs_is_refused():
     from mrlfads.config import ModelConfig, RegionConfig
     from mrlfads.training.api.perturb import make_perturbation

@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mrlfads.config import pathway_pair
+
 if TYPE_CHECKING:
     from mrlfads.training.api.datasets import Dataset
     from mrlfads.training.api.models import Model
@@ -99,9 +101,8 @@ def make_perturbation(model_cfg: Any, window: tuple[int, int], *, silence: str |
         raise ValueError(f"name one perturbation: --silence REGION, --cut SRC->DST or "
                          f"--silence-inputs REGION (got {given or 'none'})")
     if cut is not None:
-        src, sep, dst = cut.partition("->")
-        src, dst = src.strip(), dst.strip()
-        if not sep or not src or not dst:
+        src, dst = pathway_pair(cut)
+        if not src or not dst:
             raise ValueError(f"--cut {cut!r}: name one pathway as SRC->DST, e.g. "
                              f"--cut '{names[0]}->{names[-1]}' (quote it: '>' is a redirect in a shell)")
         bad = [r for r in (src, dst) if r not in names]
