@@ -116,21 +116,29 @@ def test_trials_that_kill_themselves_at_chosen_epochs_restart_or_fail_exactly(
         steps = sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, "epoch"))
         assert steps == sorted(_epochs(rows[n])), n
         assert run.info.status == ("FAILED" if n == "00002" else "FINISHED")
+        # the run names the epochs run twice: 00001's 3 (00002's retry reported nothing)
+        restarts = {k: json.loads(v) for k, v in run.data.tags.items()
+                    if k.startswith("mrlfads.restart.")}
+        assert restarts == ({"mrlfads.restart.1": {"epoch": 3, "resumed_at": 3}}
+                            if n == "00001" else {}), n
     assert "died" in by_number["00002"].data.tags["mrlfads.error_cause"].lower()
 
 
 @pytest.mark.timeout(1200)  # both drivers, and up to 300 s for the dead one's trials to go
 def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_checkpoints(
-        own_ray, tiny_dataset_dir, tmp_path):
+        own_ray, tiny_dataset_dir, tmp_path, mlflow_sqlite_uri):
     """The driver dies once Tune's saved state holds 6 checkpoints (all 4 of epoch 2, and
     at least 2 of epoch 4); the state on storage names a checkpoint for every trial, and
-    `--resume` restarts every trial from the one it names and runs the sweep to its end."""
+    `--resume` restarts every trial from the one it names and runs the sweep to its end.
+    MLflow keeps one run per trial across both drivers, and marks the epochs run twice."""
+    from mlflow.tracking import MlflowClient
     from ray.tune import ExperimentAnalysis
 
     from mrlfads.training import checkpoint as ckpt
 
-    common = ["--name", "resume", "--storage", str(tmp_path), "--address", own_ray.address,
-              "--no-tracking", "--quiet"]
+    name = f"resume-{os.getpid()}"
+    common = ["--name", name, "--storage", str(tmp_path), "--address", own_ray.address,
+              "--tracking-uri", mlflow_sqlite_uri, "--quiet"]
     first = _cli("--data", tiny_dataset_dir, "--smoke-test", *common,
                  fault="kill-driver:checkpoints=6")
     out = _finish(first, 300, "the first driver")
@@ -146,7 +154,7 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
     # Tune copies each save there from a staging folder in a background thread, so it can
     # be an earlier save than the one the fault counted on, or the one the driver died in
     # (both seen on the loaded 2-core machine): read it, don't assume it
-    exp = tmp_path / "resume"
+    exp = tmp_path / name
     saved = {}
     for trial in ExperimentAnalysis(str(exp)).trials:
         number = trial.trial_id[-5:]
@@ -154,6 +162,22 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
         saved[number] = ckpt.load(Path(trial.checkpoint.path) / "checkpoint.pt")["epoch"]
     assert sorted(saved) == ["00000", "00001", "00002", "00003"]
     assert all(e % 2 == 0 and e >= 2 for e in saved.values())  # checkpoints every 2 epochs
+
+    # what the dead driver logged: each trial's run, RUNNING, with epochs 1..its last
+    client = MlflowClient(mlflow_sqlite_uri)
+
+    def trial_runs() -> dict:
+        return {r.data.tags["mrlfads.trial_id"][-5:]: r for r in client.search_runs(
+            [client.get_experiment_by_name(name).experiment_id], "tags.`mrlfads.role` = 'trial'")}
+
+    def epochs_logged(run) -> list[int]:
+        return sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, "epoch"))
+
+    dead = trial_runs()
+    assert sorted(dead) == sorted(saved) and {r.info.status for r in dead.values()} == {"RUNNING"}
+    logged = {n: epochs_logged(r) for n, r in dead.items()}
+    for n, steps in logged.items():  # the result of a saved checkpoint was logged first
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= saved[n], n
 
     second = _cli("--resume", *common)
     out = _finish(second, 420, "the resumed sweep")
@@ -181,6 +205,19 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
         assert (rows["lr"] == rows["hp/train.lr"]).all()
     assert summary["exploits"] >= 1 and summary["history"][-1]["epoch"] == SMOKE_EPOCHS
     assert Path(summary["checkpoint"]).is_file() and summary["checkpoint"].startswith(str(exp))
+
+    # MLflow: the same run per trial, finished; the epochs from its checkpoint on logged
+    # again, and a restart tag naming them wherever the dead driver had logged past it
+    runs = trial_runs()
+    assert {n: r.info.run_id for n, r in runs.items()} == {n: r.info.run_id for n, r in dead.items()}
+    for n, run in runs.items():
+        assert run.info.status == "FINISHED", n
+        assert epochs_logged(run) == sorted(logged[n] + list(range(saved[n] + 1, SMOKE_EPOCHS + 1)))
+        replayed = len(logged[n]) > saved[n]
+        assert ("mrlfads.restart.1" in run.data.tags) == replayed, n
+        if replayed:
+            assert json.loads(run.data.tags["mrlfads.restart.1"]) == {
+                "epoch": len(logged[n]), "resumed_at": saved[n] + 1}
     assert set(summary["effectome"]) == {"A_to_B", "B_to_A"}
     from mrlfads.training.sweep import CHECKPOINTS_TO_KEEP
 

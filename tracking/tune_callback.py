@@ -11,6 +11,14 @@ Why not Ray's MLflowLoggerCallback: it re-logs an exploited trial's changed conf
 - a trial that restarted after a non-finite loss (training/trainable.py) reports
   ``nonfinite/events``: each event becomes a tag ``mrlfads.nonfinite.<n>`` and goes to
   ``nonfinite/events.json``; ``hp/*`` curves show the values the trial really ran with;
+- a trial that runs again from an earlier checkpoint (Tune's retry after its process died,
+  or ``mrlfads sweep --resume`` after the driver died) logs the replayed epochs a second
+  time (MLflow keeps both values; the later is the trial's) and gets a tag
+  ``mrlfads.restart.<n>`` ``{"epoch": last logged, "resumed_at": first replayed}``; an
+  exploit of the lost epochs is marked ``"superseded"`` and leaves the lineage;
+- a resumed sweep re-opens its runs and reads back what the dead driver recorded (last
+  metrics, failures, exploit, non-finite and restart events, ``hp/*`` curves), so its
+  events number on and its summary counts the trials that ended before the driver died;
 - a trial that ends in error ends its run FAILED with tags ``mrlfads.error_cause`` (the
   exception line) and ``mrlfads.error`` (the traceback's tail), and ``error.txt`` (all of it);
 - at the end the parent run gets the best trial (``mrlfads.ramps.best_trial`` over the
@@ -62,6 +70,7 @@ _SKIP = {"config", "trial_id", "date", "hostname", "node_ip", "pid", "timestamp"
          "experiment_tag", "should_checkpoint", "checkpoint_dir_name", "experiment_id"}
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. :/]")
 ROLE, SWEEP, TRIAL_ID = "mrlfads.role", "mrlfads.sweep", "mrlfads.trial_id"
+EXPLOIT_TAG, NONFINITE_TAG, RESTART_TAG = "pbt.exploit.", "mrlfads.nonfinite.", "mrlfads.restart."
 
 
 def metric_key(key: str) -> str:
@@ -82,6 +91,20 @@ def _safe(hook):
                         hook.__name__, type(exc).__name__, redact_text(str(exc)))
             return None
     return wrapper
+
+
+def _numbered_events(tags: Mapping[str, str], prefix: str) -> list[dict[str, Any]]:
+    """The JSON events of tags ``<prefix><n>``, in the order of n."""
+    found = []
+    for key, value in tags.items():
+        n = key[len(prefix):]
+        if key.startswith(prefix) and n.isdigit():
+            try:
+                found.append((int(n), json.loads(value)))
+            except ValueError:
+                log.warning("MLflow tracking: tag %s is not the JSON event it should be; "
+                            "left out of the resumed sweep's record", key)
+    return [event for _, event in sorted(found, key=lambda ne: ne[0])]
 
 
 def _params(flat: Mapping[str, Any]) -> dict[str, str]:
@@ -155,6 +178,7 @@ class MlflowTuneCallback(LoggerCallback):
         self.hp_history: dict[str, dict[str, list[tuple[int, float]]]] = {}
         self.exploits: dict[str, list[dict[str, Any]]] = {}
         self.nonfinite: dict[str, list[dict[str, Any]]] = {}
+        self.restarts: dict[str, list[dict[str, Any]]] = {}
         self.undelivered: list[Tracker] = []  # ended trials whose outbox the store never took
         self._delivery = None
         self._tmp = None
@@ -206,7 +230,9 @@ class MlflowTuneCallback(LoggerCallback):
             run_id=earlier[0].info.run_id if earlier else None)
         if earlier:
             for run in self._existing_runs(mlflow__parentRunId=self.parent_run_id):
-                self.run_ids[run.data.tags.get(TRIAL_ID, "")] = run.info.run_id
+                tid = run.data.tags.get(TRIAL_ID, "")
+                self.run_ids[tid] = run.info.run_id
+                self._restore(tid, run)
         params: dict[str, str] = {}
         for name, value in self.sweep_info.items():
             path = self._write(f"{name}.json", value)
@@ -216,6 +242,32 @@ class MlflowTuneCallback(LoggerCallback):
         self.parent.log_params(params)
         if self.dataset:
             self.parent.log_input(self.dataset)
+
+    def _restore(self, tid: str, run) -> None:
+        """What the driver before a ``--resume`` recorded of trial ``tid`` in its run: the
+        last epoch and metrics, a failure, the exploit, non-finite and restart events and
+        the ``hp/*`` curves. New events then number on after the old ones (never overwrite
+        their tags), and the summary counts trials that ended before the driver died."""
+        tags, metrics = run.data.tags, dict(run.data.metrics)
+        if "epoch" in metrics:
+            self.last_step[tid] = int(metrics["epoch"])
+            self.last_metrics[tid] = metrics
+        if run.info.status == "FAILED":
+            self.failed.add(tid)
+        for prefix, events in ((EXPLOIT_TAG, self.exploits), (NONFINITE_TAG, self.nonfinite),
+                               (RESTART_TAG, self.restarts)):
+            found = _numbered_events(tags, prefix)
+            if found:
+                events[tid] = found
+        client = self.parent.delivery.client
+        for key in metrics:
+            if key.startswith("hp/"):
+                history = sorted(client.get_metric_history(run.info.run_id, key),
+                                 key=lambda m: (m.step, m.timestamp))
+                curve: dict[int, float] = {}
+                for m in history:  # a replayed epoch: its later value is the trial's
+                    curve[int(m.step)] = m.value
+                self.hp_history.setdefault(tid, {})[key[3:]] = sorted(curve.items())
 
     def _write(self, name: str, obj: Any) -> Path:
         path = Path(self._tmp.name, name)
@@ -259,6 +311,9 @@ class MlflowTuneCallback(LoggerCallback):
         t = self.trackers[tid]
         step = int(result.get("epoch", result.get("training_iteration", iteration)))
         hp = self._hp(flatten(to_dict(result.get("config") or trial.config or {})))
+        last = self.last_step.get(tid)
+        if last is not None and step <= last and hp == self.last_hp.get(tid):
+            self._restart(tid, t, last, step)
         metrics = {metric_key(k): float(v) for k, v in result.items()
                    if k not in _SKIP and isinstance(v, numbers.Real) and not isinstance(v, bool)
                    and math.isfinite(float(v))}
@@ -276,12 +331,33 @@ class MlflowTuneCallback(LoggerCallback):
             self._nonfinite(tid, t, result["nonfinite/events"])
         self._note_checkpoint(trial, t, step)
 
+    def _restart(self, tid: str, t: Tracker, last: int, step: int) -> None:
+        """The trial runs again from an earlier checkpoint: epochs ``step..last`` are logged
+        a second time (the later values are the trial's). Its exploits whose first epoch
+        came after ``step`` were lost with those epochs: marked superseded, out of the
+        lineage; its ``hp/*`` curve for the summary drops the lost epochs."""
+        event = {"epoch": last, "resumed_at": step}
+        events = self.restarts.setdefault(tid, [])
+        events.append(event)
+        tags = {f"{RESTART_TAG}{len(events)}": json.dumps(event)}
+        exploits = self.exploits.get(tid, [])
+        for n, e in enumerate(exploits, 1):
+            if not e.get("superseded") and e.get("resumed_at", 0) > step:
+                e["superseded"] = True
+                tags[f"{EXPLOIT_TAG}{n}"] = json.dumps(e, default=str)
+        t.set_tags(tags)
+        if len(tags) > 1:
+            t.log_artifact(str(self._write(f"{tid}/exploits.json", exploits)), "pbt")
+        for curve in self.hp_history.get(tid, {}).values():
+            curve[:] = [(s, v) for s, v in curve if s < step]
+        log.info("trial %s runs again from epoch %s (it had logged up to %s)", tid, step, last)
+
     def _nonfinite(self, tid: str, t: Tracker, text: str) -> None:
         """Restarts after a non-finite loss: one tag per event and the list as JSON."""
         events = self.nonfinite.setdefault(tid, [])
         for event in json.loads(text):
             events.append(event)
-            t.set_tags({f"mrlfads.nonfinite.{event.get('restart', len(events))}":
+            t.set_tags({f"{NONFINITE_TAG}{event.get('restart', len(events))}":
                         json.dumps(event, default=str)[:5000]})
             log.warning("trial %s: non-finite loss in epoch %s; restarted from %s with %s",
                         tid, event.get("epoch"), event.get("from"), event.get("new"))
@@ -299,7 +375,7 @@ class MlflowTuneCallback(LoggerCallback):
             event["donor_epoch"] = row[3]
         events = self.exploits.setdefault(tid, [])
         events.append(event)
-        t.set_tags({f"pbt.exploit.{len(events)}": json.dumps(event, default=str),
+        t.set_tags({f"{EXPLOIT_TAG}{len(events)}": json.dumps(event, default=str),
                     "pbt.last_donor": event["donor_trial"] or "unknown"})
         t.log_artifact(str(self._write(f"{tid}/exploits.json", events)), "pbt")
         log.info("trial %s exploited %s at epoch %s: %s -> %s", tid, event["donor_trial"],
@@ -420,21 +496,23 @@ class MlflowTuneCallback(LoggerCallback):
         # the sweep summary's rule: trials that did not fail, their latest metric
         finished = {t: m for t, m in self.last_metrics.items() if t not in self.failed}
         best = best_trial(finished, metric_key(self.metric), self.mode)
+        # exploits lost with epochs a trial ran again are in exploits.json, not the lineage
+        live = {t: [e for e in evs if not e.get("superseded")] for t, evs in self.exploits.items()}
         if self.hp_history:
             path = figures.hparam_trajectories(
                 self.hp_history, Path(self._tmp.name, "pbt_hparams.png"),
-                exploits={t: [e["epoch"] for e in evs] for t, evs in self.exploits.items()})
+                exploits={t: [e["epoch"] for e in evs] for t, evs in live.items()})
             self.parent.log_artifact(str(path), "figures")
         self.parent.log_artifact(str(self._write("exploits.json", self.exploits)), "pbt")
         if self.run_ids:
             epochs = {t: float(self.last_step.get(t, 0)) for t in self.run_ids if t}
-            path = figures.lineage_graph(epochs, self.exploits,
+            path = figures.lineage_graph(epochs, live,
                                          Path(self._tmp.name, "pbt_lineage.png"), best=best)
             self.parent.log_artifact(str(path), "figures")
         if best is None:
             self.parent.set_tags({"mrlfads.best_trial_id": "none"})
             return
-        chain = lineage(self.exploits, best)
+        chain = lineage(live, best)
         self.parent.log_artifact(str(self._write("lineage.json", {"best_trial": best, "hops": chain})), "pbt")
         self.parent.set_tags({
             "mrlfads.best_trial_id": best, "mrlfads.best_run_id": self.run_ids.get(best, ""),

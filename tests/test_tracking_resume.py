@@ -1,0 +1,121 @@
+"""A sweep's MLflow record across a dead driver and `mrlfads sweep --resume`
+(tracking/tune_callback.py): the resumed callback re-opens the runs and reads back what the
+dead one recorded, so events number on, replayed epochs are marked, and the best trial is
+chosen among every trial, also those that ended before the driver died.
+
+The callbacks are driven by hand (one per driver) against a real SQLite store; a real
+driver kill and resume: tests/test_sweep_faults.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("ray")
+from mlflow.tracking import MlflowClient
+
+from mrlfads.ramps import RAMPS_DONE
+from mrlfads.tracking.tune_callback import MlflowTuneCallback
+
+
+def _trial(tid: str, lr: float, tmp_path) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=tid, experiment_tag=tid, local_path=None,
+                           local_experiment_path=str(tmp_path), config={"hparams": {"train.lr": lr}},
+                           checkpoint=None, error_file=None, get_error=lambda: "boom")
+
+
+def _report(cb, trial, epoch: int, objective: float, lr: float) -> None:
+    trial.config = {"hparams": {"train.lr": lr}}
+    cb.log_trial_result(epoch, trial, {"epoch": epoch, "objective": objective, RAMPS_DONE: 1.0,
+                                       "config": trial.config})
+
+
+def _callback(name: str, uri: str, resume: bool) -> MlflowTuneCallback:
+    cb = MlflowTuneCallback(name, tracking_uri=uri, metric="objective", mode="min",
+                            hparams={"hparams.train.lr": "train.lr"}, resume=resume,
+                            system_metrics=False)
+    cb.setup()
+    return cb
+
+
+def _tag(run, key: str) -> dict:
+    return json.loads(run.data.tags[key])
+
+
+def test_a_resumed_sweep_numbers_on_marks_replays_and_counts_trials_ended_before(
+        tmp_path, mlflow_sqlite_uri):
+    name = "resume-record"
+    client = MlflowClient(mlflow_sqlite_uri)
+    a, b, c, d = (_trial(f"t0000_0000{i}", lr, tmp_path)
+                  for i, lr in enumerate((0.01, 0.02, 0.03, 0.04)))
+
+    # the first driver: c finishes with the lowest objective of the trials that did not
+    # fail, d fails lower still; b is exploited after epochs 2 and 4; the driver dies with
+    # a at epoch 4 and b at 6 (no trial end, no experiment end)
+    first = _callback(name, mlflow_sqlite_uri, resume=False)
+    for trial in (a, b, c, d):
+        first.log_trial_start(trial)
+    for epoch in (1, 2, 3, 4):
+        _report(first, c, epoch, 0.5 - 0.1 * epoch, 0.03)
+    first.log_trial_end(c)
+    _report(first, d, 1, 0.01, 0.04)
+    first.log_trial_end(d, failed=True)
+    for epoch in (1, 2, 3, 4):
+        _report(first, a, epoch, 1.0, 0.01)
+    for epoch, lr in ((1, 0.02), (2, 0.02), (3, 0.05), (4, 0.05), (5, 0.07), (6, 0.07)):
+        _report(first, b, epoch, 0.9, lr)
+    runs = {r.data.tags["mrlfads.trial_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name(name).experiment_id], "tags.`mrlfads.role` = 'trial'")}
+    assert {t: r.info.status for t, r in runs.items()} == {
+        a.trial_id: "RUNNING", b.trial_id: "RUNNING", c.trial_id: "FINISHED",
+        d.trial_id: "FAILED"}
+    assert _tag(runs[b.trial_id], "pbt.exploit.2")["resumed_at"] == 5
+    parent_id = first.parent_run_id
+
+    # the resumed driver: Tune restarts a from its checkpoint of epoch 2 and b from its
+    # checkpoint of epoch 3 (before its second exploit, which is lost); b is exploited again
+    second = _callback(name, mlflow_sqlite_uri, resume=True)
+    assert second.parent_run_id == parent_id
+    second.log_trial_start(a)
+    b.config = {"hparams": {"train.lr": 0.05}}  # the config of b's checkpoint
+    second.log_trial_start(b)
+    for epoch in (3, 4, 5, 6, 7):
+        _report(second, a, epoch, 0.95, 0.01)
+    for epoch, lr in ((4, 0.05), (5, 0.05), (6, 0.05), (7, 0.09)):
+        _report(second, b, epoch, 0.85, lr)
+    for trial in (a, b):
+        second.log_trial_end(trial)
+    second.on_experiment_end([a, b, c, d])
+
+    runs = {r.data.tags["mrlfads.trial_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name(name).experiment_id], "tags.`mrlfads.role` = 'trial'")}
+    assert {r.info.run_id for r in runs.values()} == set(first.run_ids.values())  # re-opened
+    assert {t: r.info.status for t, r in runs.items()} == {
+        a.trial_id: "FINISHED", b.trial_id: "FINISHED", c.trial_id: "FINISHED",
+        d.trial_id: "FAILED"}
+    # the replayed epochs are logged twice and the restart says which
+    steps = sorted(int(m.step) for m in client.get_metric_history(
+        runs[a.trial_id].info.run_id, "epoch"))
+    assert steps == [1, 2, 3, 3, 4, 4, 5, 6, 7]
+    assert _tag(runs[a.trial_id], "mrlfads.restart.1") == {"epoch": 4, "resumed_at": 3}
+    assert _tag(runs[b.trial_id], "mrlfads.restart.1") == {"epoch": 6, "resumed_at": 4}
+    assert not any(k.startswith("mrlfads.restart.") for k in runs[c.trial_id].data.tags)
+    # b's exploits: the first kept, the second lost with epochs 4-6 and marked so, the
+    # resumed driver's numbered after them (not written over the first)
+    one, two, three = (_tag(runs[b.trial_id], f"pbt.exploit.{n}") for n in (1, 2, 3))
+    assert (one["epoch"], one["resumed_at"], one.get("superseded")) == (2, 3, None)
+    assert (two["epoch"], two["resumed_at"], two["superseded"]) == (4, 5, True)
+    assert (three["epoch"], three["resumed_at"], three["new"]) == (6, 7, {"train.lr": 0.09})
+    n_exploits = {int(m.step): m.value for m in client.get_metric_history(
+        runs[b.trial_id].info.run_id, "pbt/n_exploits")}
+    assert n_exploits == {3: 1.0, 5: 2.0, 7: 3.0}
+    # the best trial is chosen among every trial that did not fail, c included
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mrlfads.best_trial_id"] == c.trial_id
+    assert parent.data.tags["mrlfads.best_run_id"] == runs[c.trial_id].info.run_id
+    exploits = json.loads(Path(client.download_artifacts(
+        parent_id, "pbt/exploits.json", str(tmp_path))).read_text())
+    assert [e.get("superseded", False) for e in exploits[b.trial_id]] == [False, True, False]
