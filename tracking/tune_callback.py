@@ -179,6 +179,7 @@ class MlflowTuneCallback(LoggerCallback):
         self.exploits: dict[str, list[dict[str, Any]]] = {}
         self.nonfinite: dict[str, list[dict[str, Any]]] = {}
         self.restarts: dict[str, list[dict[str, Any]]] = {}
+        self.checkpoints: dict[str, str] = {}  # the checkpoint each trial's tags name
         self.undelivered: list[Tracker] = []  # ended trials whose outbox the store never took
         self._delivery = None
         self._tmp = None
@@ -329,7 +330,9 @@ class MlflowTuneCallback(LoggerCallback):
         t.log_metrics(metrics, step=step)
         if result.get("nonfinite/events"):
             self._nonfinite(tid, t, result["nonfinite/events"])
-        self._note_checkpoint(trial, t, step)
+        # a checkpoint first seen with a result is the one the trial (re)started from: a
+        # restart's, an exploit's donor's or a resumed sweep's, of the epoch before
+        self._note_checkpoint(trial, t, step - 1)
 
     def _restart(self, tid: str, t: Tracker, last: int, step: int) -> None:
         """The trial runs again from an earlier checkpoint: epochs ``step..last`` are logged
@@ -382,12 +385,16 @@ class MlflowTuneCallback(LoggerCallback):
                  event["epoch"], old, new)
         return {"pbt/exploit": 1.0, "pbt/n_exploits": float(len(events))}
 
-    def _note_checkpoint(self, trial, t: Tracker, step: int) -> None:
+    def _note_checkpoint(self, trial, t: Tracker, epoch: int) -> None:
+        """Tag the trial's newest checkpoint and its epoch, once per checkpoint: Tune
+        registers a checkpoint after the result that carried it (``log_trial_save``, the
+        epoch just logged)."""
         ckpt = getattr(trial, "checkpoint", None)
         path = getattr(ckpt, "path", None)
-        if path:
+        if path and self.checkpoints.get(trial.trial_id) != path:
+            self.checkpoints[trial.trial_id] = path
             # promote finds the checkpoint on this machine; others see ~, not the home path
-            t.set_tags({"mrlfads.checkpoint": home_relative(path), "mrlfads.checkpoint_epoch": step})
+            t.set_tags({"mrlfads.checkpoint": home_relative(path), "mrlfads.checkpoint_epoch": epoch})
 
     @_safe
     def log_trial_save(self, trial) -> None:
