@@ -157,6 +157,44 @@ def test_likelihood_effectome_is_the_bits_per_spike_a_cut_costs_the_target(tmp_p
     assert np.count_nonzero(E[~np.eye(3, dtype=bool)]) >= 5  # the others do change
 
 
+def test_mean_cut_effectome_is_the_change_when_a_message_is_held_at_its_mean(tmp_path):
+    """fit_diagnostics' mean-ablation cut: per pathway, the target's readout change when its
+    message is the constant mean over the validation trials and bins, which is what a
+    message map with no weights and that mean as its bias gives; the model is left as it
+    was."""
+    import torch
+
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.effectome import _rms_change
+    from mrlfads.inference import _run
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.data import load_split
+    from mrlfads.training.fit import BEST, fit
+    from mrlfads.training.loop import Trainer
+
+    ds = make_tiny_dataset(tmp_path / "d", regions=(("A", 4, 2), ("B", 3, 1), ("C", 3, 2)),
+                           n_trials=32, n_bins=16)
+    cfg = RunConfig.for_dataset(ds.manifest, smoke_test=True, overrides={"train.epochs": 2})
+    fit(Trainer(cfg, ds), tmp_path / "run", progress=False)
+    model, _, _ = load_model(str(tmp_path / "run" / BEST))
+    valid = load_split(ds, "valid", torch.device("cpu"))
+    base = _run(model, valid.heldin, valid.ext, 256)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    E = _science("fit_diagnostics").mean_cut_effectome(model, valid, base)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    C = model.cfg.com_dim
+    means = torch.cat([o.msg_mean for o in base]).mean((0, 1))  # (P, C)
+    assert means.abs().min() > 0  # not zero: the mean differs from the zero-cut
+    for p, (src, dst) in enumerate(model.sizes.pairs):
+        held = load_model(str(tmp_path / "run" / BEST))[0]
+        with torch.no_grad():
+            held.msg_w[p] = 0.0
+            held.msg_b[p, 0, :C] = means[p]
+        outs = _run(held, valid.heldin, valid.ext, 256)
+        assert E[dst, src] == pytest.approx(_rms_change(base, outs, dst), rel=1e-4, abs=1e-7)
+
+
 def test_fit_diagnostics_score_a_closed_pathway_as_carrying_nothing(tmp_path):
     """A pathway closed by ``model.pathways`` has no message: 0 in the cut, information and
     likelihood effectomes alike, while the open one is scored."""

@@ -11,7 +11,9 @@ square root of their message dimension).
 effectome (each pathway's message KL from its prior per bin, summed over dimensions,
 averaged over validation trials and bins) and the likelihood effectome (how many bits per
 spike the target's held-in and held-out neurons lose on the validation trials when the
-pathway is cut), each printed ([target][source]) and scored against the truth (the
+pathway is cut) and the mean-ablation cut effectome (each pathway's message held at its
+mean over the validation trials and bins instead of zeroed; docs/RESULTS.md, "Which
+effectome"), each printed ([target][source]) and scored against the truth (the
 likelihood effectome with its negative entries, pathways the fit is better without, as
 0); and the message R^2 with the truth shifted: the inferred messages of
 bin t against the true ones of bin t + lag, over the same bins for every lag.
@@ -54,6 +56,36 @@ def information_effectome(outputs, n_regions: int) -> np.ndarray:
     E = np.full((n_regions, n_regions), np.nan)
     for p, (src, dst) in enumerate(outputs[0].pairs):
         E[dst, src] = kl_pair[p] if open_[p] else 0.0  # a closed pathway has no message
+    return E
+
+
+def mean_cut_effectome(model, valid, outputs) -> np.ndarray:
+    """(R, R), ``cut_effectome`` with each pathway's message held at its mean (over the
+    validation trials and bins) instead of zeroed: the mean's drive is added to the target
+    generator's input bias while the pathway is silenced, then the bias is put back.
+    ``outputs``: ``_run``'s uncut pass over ``valid``."""
+    import torch
+
+    from mrlfads.effectome import _rms_change
+    from mrlfads.inference import _run
+
+    names, s, C = model.cfg.region_names, model.sizes, model.cfg.com_dim
+    T = valid.heldin[0].shape[1]
+    msg = torch.cat([o.msg_mean for o in outputs])  # (trials, T', P, C)
+    E = np.full((s.R, s.R), np.nan)
+    for p, (src, dst) in enumerate(s.pairs):
+        slot = [a for a in range(s.R) if a != dst].index(src)  # x's message slots
+        bias = model.gen_b_ih.detach().clone()
+        with torch.no_grad():
+            w = (model.gen_w_iu * model.gen_w_iu_mask)[dst, s.U + slot * C: s.U + (slot + 1) * C]
+            model.gen_b_ih[dst, 0] += msg[:, :, p].reshape(-1, C).mean(0) @ w
+        try:
+            cut = _run(model, valid.heldin, valid.ext, 256, valid.session,
+                       silence={f"{names[src]}->{names[dst]}": (0, T)})
+        finally:
+            with torch.no_grad():
+                model.gen_b_ih.copy_(bias)
+        E[dst, src] = _rms_change(outputs, cut, dst)
     return E
 
 
@@ -176,10 +208,13 @@ def score_fit(checkpoint: str, data: str, lags=(), past: int | None = None) -> d
     out = effectome_truth_scores(cut, m.comm_matrix, "cut")
     info = information_effectome(outs, len(m.region_names))
     out.update(effectome_truth_scores(info, m.comm_matrix, "information"))
+    mean_cut = mean_cut_effectome(model, valid, outs)
+    out.update(effectome_truth_scores(mean_cut, m.comm_matrix, "mean_cut"))
     like = likelihood_effectome(model, valid, outs)
     out.update(effectome_truth_scores(np.clip(like, 0, None), m.comm_matrix, "likelihood"))
     out = {k.removeprefix("valid/"): round(v, 3) for k, v in out.items()}
     out["cut_effectome"] = np.round(np.asarray(cut), 4).tolist()  # [target][source]
+    out["mean_cut_effectome"] = np.round(mean_cut, 4).tolist()  # [target][source]
     out["information_effectome"] = np.round(info, 6).tolist()  # nats per bin, [target][source]
     out["likelihood_effectome"] = np.round(like, 5).tolist()  # bits per spike, [target][source]
     if lags or past is not None:
