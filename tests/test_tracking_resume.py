@@ -45,7 +45,7 @@ def _tag(run, key: str) -> dict:
 
 
 def test_a_resumed_sweep_numbers_on_marks_replays_and_counts_trials_ended_before(
-        tmp_path, mlflow_sqlite_uri):
+        tmp_path, mlflow_sqlite_uri, caplog):
     name = "resume-record"
     client = MlflowClient(mlflow_sqlite_uri)
     a, b, c, d = (_trial(f"t0000_0000{i}", lr, tmp_path)
@@ -88,6 +88,8 @@ def test_a_resumed_sweep_numbers_on_marks_replays_and_counts_trials_ended_before
     for trial in (a, b):
         second.log_trial_end(trial)
     second.on_experiment_end([a, b, c, d])
+    # every hook ran to its end (a failing one only logs a warning: tune_callback._safe)
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
 
     runs = {r.data.tags["mrlfads.trial_id"]: r for r in client.search_runs(
         [client.get_experiment_by_name(name).experiment_id], "tags.`mrlfads.role` = 'trial'")}
@@ -95,6 +97,8 @@ def test_a_resumed_sweep_numbers_on_marks_replays_and_counts_trials_ended_before
     assert {t: r.info.status for t, r in runs.items()} == {
         a.trial_id: "FINISHED", b.trial_id: "FINISHED", c.trial_id: "FINISHED",
         d.trial_id: "FAILED"}
+    # b's params are its starting config (its exploited values are hp/* curves)
+    assert runs[b.trial_id].data.params["hparams.train.lr"] == "0.02"
     # the replayed epochs are logged twice and the restart says which
     steps = sorted(int(m.step) for m in client.get_metric_history(
         runs[a.trial_id].info.run_id, "epoch"))

@@ -295,7 +295,11 @@ class MlflowTuneCallback(LoggerCallback):
                   "mrlfads.experiment_tag": orig_tag(trial.experiment_tag or "")})
         ds = self.sweep_info.get("dataset")
         digest = ds.get("digest") if isinstance(ds, Mapping) else None
-        t.log_params({**_params(config), **({DIGEST_PARAM: digest} if digest else {})})
+        params = {**_params(config), **({DIGEST_PARAM: digest} if digest else {})}
+        # a re-opened run (a resumed sweep) holds the trial's starting config; what exploits
+        # changed since is in its hp/* curves, and MLflow refuses to change a param
+        held = getattr(t, "logged_params", {})
+        t.log_params({k: v for k, v in params.items() if k not in held})
         if self.dataset:
             t.log_input(self.dataset)
 
