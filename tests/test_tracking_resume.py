@@ -123,3 +123,48 @@ def test_a_resumed_sweep_numbers_on_marks_replays_and_counts_trials_ended_before
     exploits = json.loads(Path(client.download_artifacts(
         parent_id, "pbt/exploits.json", str(tmp_path))).read_text())
     assert [e.get("superseded", False) for e in exploits[b.trial_id]] == [False, True, False]
+
+
+def test_checkpoint_tags_name_the_epoch_the_checkpoint_holds_in_either_order(tmp_path):
+    """A trial's ``mrlfads.checkpoint_epoch`` is the epoch of the result that carried the
+    checkpoint (Ray's ``checkpoint_dir_name``), whether Tune registers the save before or
+    after that result reaches the callback, and a donor's for an exploited trial."""
+    from mrlfads.tracking.memory import InMemoryTracker, MemoryStore
+
+    store = MemoryStore()
+    cb = MlflowTuneCallback("ckpt-tags", metric="objective", mode="min", system_metrics=False,
+                            hparams={"hparams.train.lr": "train.lr"},
+                            tracker_factory=lambda outbox: InMemoryTracker(store))
+    cb.setup()
+    a, b = (_trial(f"t0000_0000{i}", 0.01, tmp_path) for i in (0, 1))
+    for trial in (a, b):
+        trial.path = str(tmp_path / trial.trial_id)
+        cb.log_trial_start(trial)
+
+    def report(trial, epoch, folder=None, lr=0.01):
+        trial.config = {"hparams": {"train.lr": lr}}
+        cb.log_trial_result(epoch, trial, {"epoch": epoch, "objective": 1.0,
+                                           "checkpoint_dir_name": folder, "config": trial.config})
+
+    def save(trial, folder):
+        trial.checkpoint = SimpleNamespace(path=f"{trial.path}/{folder}")
+        cb.log_trial_save(trial)
+
+    def tags(trial):
+        run = next(r for r in store.runs.values() if r.tags.get("mrlfads.trial_id") == trial.trial_id)
+        return run.tags["mrlfads.checkpoint"].rsplit("/", 2)[-2:], int(run.tags["mrlfads.checkpoint_epoch"])
+
+    report(a, 1)
+    report(a, 2, "checkpoint_000000")
+    save(a, "checkpoint_000000")  # the save after its result
+    assert tags(a) == ([a.trial_id, "checkpoint_000000"], 2)
+    report(a, 3)
+    assert tags(a)[1] == 2  # a later result without a checkpoint changes nothing
+    save(a, "checkpoint_000001")  # the save before its result
+    report(a, 4, "checkpoint_000001")
+    assert tags(a) == ([a.trial_id, "checkpoint_000001"], 4)
+    for epoch in (1, 2, 3, 4):
+        report(b, epoch)
+    b.checkpoint = a.checkpoint  # b exploits a: restored from a's checkpoint of epoch 4
+    report(b, 5, lr=0.02)
+    assert tags(b) == ([a.trial_id, "checkpoint_000001"], 4)

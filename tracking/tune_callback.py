@@ -179,7 +179,8 @@ class MlflowTuneCallback(LoggerCallback):
         self.exploits: dict[str, list[dict[str, Any]]] = {}
         self.nonfinite: dict[str, list[dict[str, Any]]] = {}
         self.restarts: dict[str, list[dict[str, Any]]] = {}
-        self.checkpoints: dict[str, str] = {}  # the checkpoint each trial's tags name
+        self.checkpoints: dict[str, tuple[str, int]] = {}  # what each trial's tags name
+        self.checkpoint_epochs: dict[str, int] = {}  # checkpoint path -> the epoch it holds
         self.undelivered: list[Tracker] = []  # ended trials whose outbox the store never took
         self._delivery = None
         self._tmp = None
@@ -334,8 +335,12 @@ class MlflowTuneCallback(LoggerCallback):
         t.log_metrics(metrics, step=step)
         if result.get("nonfinite/events"):
             self._nonfinite(tid, t, result["nonfinite/events"])
-        # a checkpoint first seen with a result is the one the trial (re)started from: a
-        # restart's, an exploit's donor's or a resumed sweep's, of the epoch before
+        # the result that carried a checkpoint names its folder (Ray's checkpoint_dir_name)
+        folder, trial_path = result.get("checkpoint_dir_name"), getattr(trial, "path", None)
+        if folder and trial_path:
+            self.checkpoint_epochs[os.path.normpath(os.path.join(str(trial_path), str(folder)))] = step
+        # a checkpoint not seen with a result is one the trial (re)started from (a resumed
+        # sweep's): it holds the epoch before the first one run from it
         self._note_checkpoint(trial, t, step - 1)
 
     def _restart(self, tid: str, t: Tracker, last: int, step: int) -> None:
@@ -390,15 +395,24 @@ class MlflowTuneCallback(LoggerCallback):
         return {"pbt/exploit": 1.0, "pbt/n_exploits": float(len(events))}
 
     def _note_checkpoint(self, trial, t: Tracker, epoch: int) -> None:
-        """Tag the trial's newest checkpoint and its epoch, once per checkpoint: Tune
-        registers a checkpoint after the result that carried it (``log_trial_save``, the
-        epoch just logged)."""
-        ckpt = getattr(trial, "checkpoint", None)
-        path = getattr(ckpt, "path", None)
-        if path and self.checkpoints.get(trial.trial_id) != path:
-            self.checkpoints[trial.trial_id] = path
-            # promote finds the checkpoint on this machine; others see ~, not the home path
-            t.set_tags({"mrlfads.checkpoint": home_relative(path), "mrlfads.checkpoint_epoch": epoch})
+        """Tag the trial's newest checkpoint and the epoch it holds: the epoch of the result
+        that carried it (Ray's ``checkpoint_dir_name``; an exploit's donor's included),
+        whether Tune registers the save before or after that result reaches us; ``epoch``
+        for a checkpoint no result here carried (a resumed sweep's)."""
+        path = getattr(getattr(trial, "checkpoint", None), "path", None)
+        if not path:
+            return
+        known = self.checkpoint_epochs.get(os.path.normpath(path))
+        noted = self.checkpoints.get(trial.trial_id)
+        if noted is not None and noted[0] == path:
+            if known is None or known == noted[1]:
+                return
+            epoch = known  # its result came after the save
+        elif known is not None:
+            epoch = known
+        self.checkpoints[trial.trial_id] = (path, epoch)
+        # promote finds the checkpoint on this machine; others see ~, not the home path
+        t.set_tags({"mrlfads.checkpoint": home_relative(path), "mrlfads.checkpoint_epoch": epoch})
 
     @_safe
     def log_trial_save(self, trial) -> None:
