@@ -163,7 +163,8 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
     assert sorted(saved) == ["00000", "00001", "00002", "00003"]
     assert all(e % 2 == 0 and e >= 2 for e in saved.values())  # checkpoints every 2 epochs
 
-    # what the dead driver logged: each trial's run, RUNNING, with epochs 1..its last
+    # what the dead driver logged: each trial's run with epochs 1..its last, RUNNING unless
+    # the trial had finished (on an idle machine one can, before the state holds 6 saves)
     client = MlflowClient(mlflow_sqlite_uri)
 
     def trial_runs() -> dict:
@@ -174,10 +175,12 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
         return sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, "epoch"))
 
     dead = trial_runs()
-    assert sorted(dead) == sorted(saved) and {r.info.status for r in dead.values()} == {"RUNNING"}
+    assert sorted(dead) == sorted(saved)
     logged = {n: epochs_logged(r) for n, r in dead.items()}
     for n, steps in logged.items():  # the result of a saved checkpoint was logged first
         assert steps == list(range(1, len(steps) + 1)) and len(steps) >= saved[n], n
+        ended = {"RUNNING", "FINISHED"} if len(steps) == SMOKE_EPOCHS else {"RUNNING"}
+        assert dead[n].info.status in ended, (n, dead[n].info.status, steps)
 
     def checkpoint_tags(runs) -> dict:
         """Per trial: (the epoch its tags give its checkpoint, the epoch the file holds)."""
