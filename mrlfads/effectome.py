@@ -31,17 +31,23 @@ from mrlfads.layers import block_columns
 Pair = tuple[str, str]
 
 
+def message_rows(model, src: int, dst: int) -> slice:
+    """The rows of ``gen_w_iu[dst]`` (the target generator's input weights) that read the
+    message src -> dst: after the inferred inputs, one com_dim block per other region."""
+    C, U = model.cfg.com_dim, model.sizes.U
+    slot = [a for a in range(model.sizes.R) if a != dst].index(src)  # the order of x's slots
+    return slice(U + slot * C, U + (slot + 1) * C)
+
+
 def message_input_weights(model) -> dict[Pair, np.ndarray]:
     """For every pathway (src, dst): the target generator's weights on that message, (C, 3G)
     over the live gate columns (r, z, n) of the target region."""
-    cfg, s = model.cfg, model.sizes
-    names, C, U = cfg.region_names, cfg.com_dim, s.U
+    s, names = model.sizes, model.cfg.region_names
     out: dict[Pair, np.ndarray] = {}
     with torch.no_grad():
         w = model.gen_w_iu * model.gen_w_iu_mask  # (R, U + (R-1) C, 3 Gm)
         for src, dst in s.pairs:
-            slot = [a for a in range(s.R) if a != dst].index(src)  # the order of x's slots
-            rows = w[dst, U + slot * C: U + (slot + 1) * C]  # (C, 3 Gm)
+            rows = w[dst, message_rows(model, src, dst)]  # (C, 3 Gm)
             cols = block_columns(s.G[dst], s.Gm, 3)
             out[(names[src], names[dst])] = rows[:, cols].double().cpu().numpy()
     return out

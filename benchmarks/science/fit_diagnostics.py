@@ -66,18 +66,17 @@ def mean_cut_effectome(model, valid, outputs) -> np.ndarray:
     ``outputs``: ``_run``'s uncut pass over ``valid``."""
     import torch
 
-    from mrlfads.effectome import _rms_change
+    from mrlfads.effectome import _rms_change, message_rows
     from mrlfads.inference import _run
 
     names, s, C = model.cfg.region_names, model.sizes, model.cfg.com_dim
     T = valid.heldin[0].shape[1]
     msg = torch.cat([o.msg_mean for o in outputs])  # (trials, T', P, C)
     E = np.full((s.R, s.R), np.nan)
+    bias = model.gen_b_ih.detach().clone()
     for p, (src, dst) in enumerate(s.pairs):
-        slot = [a for a in range(s.R) if a != dst].index(src)  # x's message slots
-        bias = model.gen_b_ih.detach().clone()
         with torch.no_grad():
-            w = (model.gen_w_iu * model.gen_w_iu_mask)[dst, s.U + slot * C: s.U + (slot + 1) * C]
+            w = (model.gen_w_iu * model.gen_w_iu_mask)[dst, message_rows(model, src, dst)]
             model.gen_b_ih[dst, 0] += msg[:, :, p].reshape(-1, C).mean(0) @ w
         try:
             cut = _run(model, valid.heldin, valid.ext, 256, valid.session,
