@@ -168,3 +168,63 @@ def test_checkpoint_tags_name_the_epoch_the_checkpoint_holds_in_either_order(tmp
     b.checkpoint = a.checkpoint  # b exploits a: restored from a's checkpoint of epoch 4
     report(b, 5, lr=0.02)
     assert tags(b) == ([a.trial_id, "checkpoint_000001"], 4)
+
+
+def test_runs_of_trials_that_ended_while_the_driver_was_dead_end_as_the_trials_did(
+        tmp_path, mlflow_sqlite_uri):
+    """Tune restores a trial that ended (in error or not) before the driver's last state
+    save as ERROR or TERMINATED and never starts it again, so no hook of the resumed
+    driver sees it end: its run must still end FAILED (with the cause) or FINISHED, not
+    stay RUNNING, nor stay KILLED when `mrlfads ui` or `train` ended it as an orphan."""
+    from mrlfads.tracking.liveness import end_dead_runs
+
+    name = "resume-ended"
+    client = MlflowClient(mlflow_sqlite_uri)
+    e, f, g, h = (_trial(f"t0000_0000{i}", 0.01, tmp_path) for i in range(4))
+    e.get_error = lambda: "Traceback ...\nNonFiniteLossError: loss became non-finite (terms: elbo)"
+    first = _callback(name, mlflow_sqlite_uri, resume=False)
+    for trial in (e, f, g, h):
+        first.log_trial_start(trial)
+    for epoch in (1, 2):
+        _report(first, e, epoch, 0.1, 0.01)  # the lowest objective, but it failed
+        _report(first, f, epoch, 0.5, 0.01)
+        _report(first, g, epoch, 0.7, 0.01)
+        _report(first, h, epoch, 0.9, 0.01)
+    # the driver dies: nothing ends; h's run is then ended KILLED as an orphan, as
+    # `mrlfads ui` does for a run whose process is gone (here: a pid that is not alive)
+    h_run = first.run_ids[h.trial_id]
+    client.set_tag(h_run, "mrlfads.pid", "999999999")
+    assert h_run in end_dead_runs(client)
+    ids = dict(first.run_ids)
+
+    second = _callback(name, mlflow_sqlite_uri, resume=True)
+    e.status, f.status, h.status = "ERROR", "TERMINATED", "TERMINATED"
+    second.log_trial_start(g)  # g is restarted from its checkpoint and finishes
+    _report(second, g, 2, 0.7, 0.01)
+    second.log_trial_end(g)
+    g.status = "TERMINATED"
+    second.on_experiment_end([e, f, g, h])
+
+    status = {tid: client.get_run(ids[tid]).info.status for tid in ids}
+    assert status == {e.trial_id: "FAILED", f.trial_id: "FINISHED", g.trial_id: "FINISHED",
+                      h.trial_id: "FINISHED"}
+    assert client.get_run(ids[e.trial_id]).data.tags["mrlfads.error_cause"] == (
+        "NonFiniteLossError: loss became non-finite (terms: elbo)")
+    # the failed trial is never the best, though its objective was the lowest
+    parent = client.get_run(second.parent_run_id)
+    assert parent.data.tags["mrlfads.best_trial_id"] == f.trial_id
+
+
+def test_a_restored_trial_that_never_ended_keeps_its_run_open(tmp_path, mlflow_sqlite_uri):
+    """A trial the resumed sweep neither ran nor saw end (the sweep stopped first) is not
+    marked finished: its run stays as the dead driver left it."""
+    name = "resume-pending"
+    client = MlflowClient(mlflow_sqlite_uri)
+    p = _trial("t0000_00000", 0.01, tmp_path)
+    first = _callback(name, mlflow_sqlite_uri, resume=False)
+    first.log_trial_start(p)
+    _report(first, p, 1, 0.5, 0.01)
+    second = _callback(name, mlflow_sqlite_uri, resume=True)
+    p.status = "PENDING"
+    second.on_experiment_end([p])
+    assert client.get_run(first.run_ids[p.trial_id]).info.status == "RUNNING"

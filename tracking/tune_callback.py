@@ -19,6 +19,7 @@ Why not Ray's MLflowLoggerCallback: it re-logs an exploited trial's changed conf
 - a resumed sweep re-opens its runs and reads back what the dead driver recorded (last
   metrics, failures, exploit, non-finite and restart events, ``hp/*`` curves), so its
   events number on and its summary counts the trials that ended before the driver died;
+  a trial Tune restores as ended (ERROR or TERMINATED) gets its run ended as it did;
 - a trial that ends in error ends its run FAILED with tags ``mrlfads.error_cause`` (the
   exception line) and ``mrlfads.error`` (the traceback's tail), and ``error.txt`` (all of it);
 - at the end the parent run gets the best trial (``mrlfads.ramps.best_trial`` over the
@@ -182,6 +183,7 @@ class MlflowTuneCallback(LoggerCallback):
         self.checkpoints: dict[str, tuple[str, int]] = {}  # what each trial's tags name
         self.checkpoint_epochs: dict[str, int] = {}  # checkpoint path -> the epoch it holds
         self.undelivered: list[Tracker] = []  # ended trials whose outbox the store never took
+        self.open_restored: set[str] = set()  # restored runs the dead driver never ended
         self._delivery = None
         self._tmp = None
 
@@ -256,6 +258,8 @@ class MlflowTuneCallback(LoggerCallback):
             self.last_metrics[tid] = metrics
         if run.info.status == "FAILED":
             self.failed.add(tid)
+        elif run.info.status in ("RUNNING", "KILLED"):  # KILLED: by tracking/liveness.py
+            self.open_restored.add(tid)
         for prefix, events in ((EXPLOIT_TAG, self.exploits), (NONFINITE_TAG, self.nonfinite),
                                (RESTART_TAG, self.restarts)):
             found = _numbered_events(tags, prefix)
@@ -282,6 +286,7 @@ class MlflowTuneCallback(LoggerCallback):
     def log_trial_start(self, trial) -> None:
         tid = trial.trial_id
         self.tag_to_trial[orig_tag(trial.experiment_tag or "")] = tid
+        self.open_restored.discard(tid)
         if tid in self.trackers:
             return  # a PBT restart of a trial we already track: same run
         outbox = Path(trial.local_path, OUTBOX_NAME) if trial.local_path else None
@@ -487,6 +492,8 @@ class MlflowTuneCallback(LoggerCallback):
                 t = self.trackers.pop(trial.trial_id)
                 t.end_run("KILLED")
                 t.close()
+            elif trial.trial_id in self.open_restored:
+                self._close_restored(trial)
         if self.parent is None:
             return
         try:
@@ -500,6 +507,28 @@ class MlflowTuneCallback(LoggerCallback):
             self._deliver_undelivered()
             if self._tmp is not None:
                 self._tmp.cleanup()
+
+    def _close_restored(self, trial) -> None:
+        """End the re-opened run of a trial that ended while the driver was dead (Tune
+        restores it ERROR or TERMINATED and never starts it again): as the trial ended, with
+        its error when it failed, instead of leaving it RUNNING."""
+        tid = trial.trial_id
+        self.open_restored.discard(tid)
+        status = getattr(trial, "status", None)
+        if status not in ("ERROR", "TERMINATED"):
+            return  # never ran again and never ended (the sweep stopped first): leave it
+        if status == "ERROR":
+            self.failed.add(tid)  # never the best, even if its run cannot be reached now
+        try:
+            t = self._new_tracker(None)
+            t.start_run(str(trial), experiment=self.sweep, parent_run_id=self.parent_run_id,
+                        run_id=self.run_ids[tid])
+        except Exception as exc:
+            log.warning("MLflow tracking: could not re-open the run of trial %s to end it "
+                        "(%s: %s); it stays RUNNING", tid, type(exc).__name__, redact_text(str(exc)))
+            return
+        self.trackers[tid] = t
+        self.log_trial_end(trial, failed=status == "ERROR")
 
     def _deliver_undelivered(self) -> None:
         """One last try for trials that ended while the store was away; what still fails
