@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from mrlfads.data_loaders.errors import IngestError
 from mrlfads.data_loaders.nwb import IngestOptions, ingest
 from mrlfads.data_loaders.nwb.binning import bin_spikes, bin_timeseries, window_edges
 from mrlfads.data_loaders.nwb.export import write_nwb_from_arrays
@@ -77,6 +78,74 @@ def test_default_window_is_trial_start_to_shortest_trial(nwb, tmp_path):
     # unit 0, trial 0 = [0,1): 0.05 | 0.31 0.35 | - | 0.79 ; trial 2 = [2,3): 2.45 | - | - | 2.95
     np.testing.assert_array_equal(alm[0][:, 0], [1, 2, 0, 1])
     np.testing.assert_array_equal(alm[2][:, 0], [0, 1, 0, 1])
+
+
+def test_unfit_trials_drop_leaves_out_a_window_past_its_trial_and_a_missing_event(tmp_path):
+    # trial 1 has no go cue; trial 2's cue at 2.9 s puts its window [2.7, 3.2) past its stop
+    path = make_session(tmp_path / "s.nwb", trial_columns={
+        "go_cue_time": [0.5, np.nan, 2.9], "photostim": [False, True, False],
+        "condition": ["L", "R", "L"], "laser_mw": [0.0, 2.5, 0.0]})
+    with pytest.raises(IngestError, match="--unfit-trials drop"):
+        ingest([path], tmp_path / "refused", IngestOptions(**ALIGNED))
+    m = ingest([path], tmp_path / "ds", IngestOptions(**ALIGNED, unfit_trials="drop",
+                                                      valid_fraction=0.0))
+    assert m.splits == {"train": 1}
+    alm, strm = (by_trial(ArrowDataset.open(tmp_path / "ds"), f"x/{r}") for r in ("ALM", "STR"))
+    assert list(alm) == [0]  # trial 0's counts as in the hand-counted table
+    np.testing.assert_array_equal(alm[0], np.array([HAND[0][0], HAND[1][0]]).T)
+    np.testing.assert_array_equal(strm[0], np.array([HAND[2][0], HAND[3][0]]).T)
+    src = m.provenance["sources"][0]
+    assert src["trial_ids"] == [0]
+    assert src["dropped_trials"] == {
+        "no 'go_cue_time' event (NaN)": [1],
+        "the window -0.2:0.3 s falls outside the trial's start_time..stop_time": [2]}
+    warnings = m.provenance["warnings"]
+    assert sum("dropped 1 of 3 trials" in w and "ids 1" in w for w in warnings) == 1
+    assert sum("dropped 1 of 2 trials" in w and "ids 2" in w for w in warnings) == 1
+    assert IngestOptions(**json.loads(json.dumps(m.provenance["options"]))).unfit_trials == "drop"
+
+
+def test_window_beyond_trial_bins_spikes_between_trials_and_never_twice(tmp_path):
+    # unit 0 also fires at 0.97 s (in trial 0's bounds) and 3.02 s (after every trial)
+    spikes = [sorted(SPIKES[0] + [0.97, 3.02]), *SPIKES[1:]]
+    path = make_session(tmp_path / "s.nwb", spikes=spikes)
+    # -0.45:0.45 around cues 0.5, 1.4, 2.6: [0.05, 0.95), [0.95, 1.85), [2.15, 3.05); the
+    # last two reach past their trials (1.0-2.0 starts after 0.95; 2.0-3.0 ends before 3.05)
+    o = dict(ALIGNED, window=(-0.45, 0.45))
+    with pytest.raises(IngestError, match="in 2 trials the window -0.45:0.45 s falls outside"):
+        ingest([path], tmp_path / "refused", IngestOptions(**o))
+    m = ingest([path], tmp_path / "ds", IngestOptions(**o, window_beyond_trial=True))
+    assert m.n_bins == 9
+    alm = by_trial(ArrowDataset.open(tmp_path / "ds"), "x/ALM")
+    for t, start in enumerate((0.05, 0.95, 2.15)):
+        edges = start + 0.1 * np.arange(10)
+        for u in (0, 1):
+            hand, _ = np.histogram(spikes[u], bins=edges)
+            np.testing.assert_array_equal(alm[t][:, u], hand)
+    # the spikes outside their window's trial: 0.97 s in trial 1's first bin [0.95, 1.05),
+    # 3.02 s with 2.95 s in trial 2's last [2.95, 3.05); trial 0 counts neither
+    assert (alm[1][0, 0], alm[2][-1, 0], alm[0][:, 0].sum()) == (1, 2, 4)
+    # -0.5:0.5: trial 1's window [0.9, 1.9) overlaps trial 0's [0.0, 1.0)
+    o = dict(ALIGNED, window=(-0.5, 0.5), window_beyond_trial=True)
+    with pytest.raises(IngestError, match="overlaps an earlier trial's"):
+        ingest([path], tmp_path / "overlap", IngestOptions(**o))
+    m = ingest([path], tmp_path / "ds2", IngestOptions(**o, unfit_trials="drop"))
+    assert m.provenance["sources"][0]["trial_ids"] == [0, 2]
+
+
+def test_a_short_trial_setting_the_default_window_is_named_with_the_fix(tmp_path):
+    path = make_session(tmp_path / "s.nwb", trials=[(0.0, 1.0), (1.0, 2.0), (2.0, 2.3)])
+    m = ingest([path], tmp_path / "ds", IngestOptions(bin_ms=100, ic_enc_seq_len=1))
+    assert m.provenance["window_s"] == [0.0, pytest.approx(0.3)] and m.n_bins == 3
+    (warning,) = [w for w in m.provenance["warnings"] if "cut to" in w]
+    assert "trial 2" in warning and "--window 0:1.000 --unfit-trials drop" in warning
+    m = ingest([path], tmp_path / "ds2", IngestOptions(bin_ms=100, ic_enc_seq_len=1,
+                                                       window=(0.0, 1.0), unfit_trials="drop"))
+    assert m.n_bins == 10 and m.provenance["sources"][0]["trial_ids"] == [0, 1]
+    # trials of equal length: no warning
+    m = ingest([make_session(tmp_path / "e.nwb")], tmp_path / "ds3",
+               IngestOptions(bin_ms=100, ic_enc_seq_len=1))
+    assert not [w for w in m.provenance["warnings"] if "cut to" in w]
 
 
 def test_quality_filter_and_min_neurons_drop_region_with_warning(nwb, tmp_path):
@@ -252,6 +321,16 @@ def test_cli_ingest_prints_summary(nwb, tmp_path, capsys):
     assert ArrowDataset.open(out).manifest.splits["perturbed"] == 1
     assert main(["ingest", str(nwb), "--out", str(out)]) == 2  # exists, no --overwrite
     assert "--overwrite" in capsys.readouterr().err
+    # -0.2:0.5 puts trial 2's window [2.4, 3.1) past its stop: refused, then dropped, then
+    # kept by binning past the trial
+    args = ["ingest", str(nwb), "--bin-ms", "100", "--align", "go_cue_time", "--window=-0.2:0.5",
+            "--ic-enc-seq-len", "2"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "--unfit-trials drop" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b"), "--unfit-trials", "drop"]) == 0
+    assert "dropped 1 of 3 trials" in capsys.readouterr().out.replace("\n", " ")
+    assert main([*args, "--out", str(tmp_path / "c"), "--window-beyond-trial"]) == 0
+    assert ArrowDataset.open(tmp_path / "c").manifest.provenance["sources"][0]["n_trials"] == 3
 
 
 def test_importing_ingest_does_not_import_pynwb():

@@ -77,7 +77,8 @@ def test_unsorted_spike_times(tmp_path):
 
 def test_window_outside_a_trial(tmp_path):
     o = IngestOptions(**OPTS, align="go_cue_time", window=(-0.2, 0.8))
-    fails(tmp_path, [nwb(tmp_path)], o, "s.nwb", "outside 2 trials", "shrink --window")
+    fails(tmp_path, [nwb(tmp_path)], o, "s.nwb", "in 2 trials the window -0.2:0.8 s falls outside", "shrink --window",
+          "--window-beyond-trial", "--unfit-trials drop")
 
 
 def test_file_that_is_not_nwb(tmp_path):

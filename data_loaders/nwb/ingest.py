@@ -31,7 +31,7 @@ from mrlfads.data_loaders.nwb import sessions as nwb_sessions
 from mrlfads.data_loaders.nwb.options import IngestOptions
 from mrlfads.data_loaders.nwb.plan import (
     FilePlan,
-    check_window,
+    fit_window,
     load_region_map,
     plan_file,
     resolve_window,
@@ -65,16 +65,17 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
         layouts, specs = nwb_sessions.separate_layouts(plans, o, warnings)
     else:
         layouts = _layouts(plans, o, warnings)
-    window = resolve_window(plans, o)
+    window = resolve_window(plans, o, warnings)
     bw = o.bin_width_s
     n_bins = binning.n_bins_for(window[1] - window[0], bw)
     if n_bins <= o.ic_enc_seq_len:
         raise IngestError(f"window {window[0]:g}:{window[1]:g} s holds {n_bins} bins of {o.bin_ms:g} ms, "
                           f"but ic_enc_seq_len is {o.ic_enc_seq_len}; trials need more bins: widen "
                           "--window, shorten --bin-ms or lower --ic-enc-seq-len")
-    for p in plans:  # every window inside its trial, before any spike is read
+    for k, p in enumerate(plans):  # every window inside its trial, before any spike is read
         t0 = p.event + window[0]
-        check_window(p, t0, t0 + n_bins * bw, window)
+        plans[k] = fit_window(p, t0, t0 + n_bins * bw, window, o)
+        warnings += plans[k].warnings[len(p.warnings):]
     silenced, label = _interventions(plans, [L.name for L in layouts], window, n_bins, bw,
                                      warnings)
     cols = _trial_columns(plans, o, separate, label, tuple(silenced or ()))
@@ -306,6 +307,7 @@ def _source(p: FilePlan, k: int, layouts: list[RegionLayout], remote_size: int |
         **where,
         "n_trials": len(p.trial_ids),
         "trial_ids": p.trial_ids.tolist(),
+        **({"dropped_trials": p.dropped} if p.dropped else {}),
         "unit_ids": {L.name: p.unit_ids[L.rows[k]].tolist() for L in layouts},
     }
 

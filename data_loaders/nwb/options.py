@@ -19,6 +19,7 @@ from mrlfads.data_loaders.schema import REGION_RE
 DEFAULT_HELDOUT = 0.1
 MIN_UNITS_FOR_HELDOUT = 5  # a fraction holds out at least 1 unit of regions this large
 SESSION_MODES = ("auto", "matched", "separate")  # --sessions
+UNFIT_MODES = ("refuse", "drop")  # --unfit-trials
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,16 @@ class IngestOptions:
         file), each region holding the union of the files' own units, a file's absent
         regions recorded as missing (docs/DESIGN.md, "Multi-session datasets"). "auto"
         (default): matched when the files' regions and unit counts allow it, else separate.
+    unfit_trials [--unfit-trials]: what to do with a trial that has no `align` event (NaN)
+        or whose window reaches outside its start_time..stop_time (with
+        `window_beyond_trial`: into the next trial's window): "refuse" (default) stops the
+        ingest naming them; "drop" leaves them out, with a warning and their ids in the
+        manifest (``provenance.sources[k].dropped_trials``). Sessions with aborted or short
+        trials need one of the two chosen knowingly.
+    window_beyond_trial [--window-beyond-trial]: a window may reach outside its trial's
+        start_time..stop_time, binning the spikes between trials: right where the units
+        were recorded continuously, as in most ecephys sessions. Windows of different
+        trials may still not overlap (a spike would count twice).
     """
 
     bin_ms: float = 20.0
@@ -94,6 +105,8 @@ class IngestOptions:
     name: str | None = None
     rows_per_shard: int = 512
     sessions: str = "auto"
+    unfit_trials: str = "refuse"
+    window_beyond_trial: bool = False
 
     def __post_init__(self) -> None:
         for name in ("window", "regions", "drop_quality", "condition_columns",
@@ -160,6 +173,10 @@ def _problems(o: IngestOptions) -> list[str]:
     if not isinstance(o.ic_enc_seq_len, int) or o.ic_enc_seq_len < 1:
         p.append(f"--ic-enc-seq-len: must be an integer >= 1 (the bins the initial-condition "
                  f"encoder reads before the first inferred bin), got {o.ic_enc_seq_len!r}")
+    if o.unfit_trials not in UNFIT_MODES:
+        p.append(f"--unfit-trials: {o.unfit_trials!r} is not one of {list(UNFIT_MODES)}")
+    if not isinstance(o.window_beyond_trial, bool):
+        p.append(f"--window-beyond-trial: must be true or false, got {o.window_beyond_trial!r}")
     if o.sessions not in SESSION_MODES:
         p.append(f"--sessions: {o.sessions!r} is not one of {list(SESSION_MODES)}")
     if not isinstance(o.rows_per_shard, int) or o.rows_per_shard < 1:

@@ -5,7 +5,7 @@ can be checked before any spike is binned and long before anything is written.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -57,10 +57,33 @@ class FilePlan:
     silence: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
     labelled: tuple[str, ...] = ()    # regions with units before --drop-quality
+    dropped: dict[str, list[int]] = field(default_factory=dict)  # why -> trial ids left out
 
     @property
     def regions(self) -> tuple[str, ...]:
         return tuple(sorted(self.region_rows))
+
+    def without(self, drop: np.ndarray, why: str) -> FilePlan:
+        """This plan less the trials where ``drop`` (--unfit-trials drop), the reason and
+        their ids recorded (a warning, and the manifest's source entry)."""
+        if not drop.any():
+            return self
+        ids = self.trial_ids[drop]
+        if drop.all():
+            raise IngestError(f"{self.path}: every trial ({len(ids)}) would be dropped: {why}; "
+                              "fix --align / --window")
+        keep = ~drop
+        per_trial = {f: getattr(self, f)[keep] for f in
+                     ("trial_ids", "start", "stop", "event", "condition")}
+        for f in ("perturbed", "ext_value"):
+            per_trial[f] = None if getattr(self, f) is None else getattr(self, f)[keep]
+        silence = None if self.silence is None else tuple(a[keep] for a in self.silence)
+        shown = ", ".join(str(int(i)) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
+        warning = (f"{os.path.basename(self.path)}: dropped {len(ids)} of {len(drop)} trials "
+                   f"(--unfit-trials drop): {why} (ids {shown})")
+        return dataclasses.replace(
+            self, **per_trial, silence=silence, warnings=[*self.warnings, warning],
+            dropped={**self.dropped, why: [int(i) for i in ids]})
 
 
 def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FilePlan:
@@ -86,8 +109,11 @@ def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FileP
                               f"be boolean (True = held out), got dtype {flags.dtype}")
         flags = flags.astype(bool)
     labelled = tuple(sorted(str(r) for r in np.unique(regions[regions != ""])))
-    return FilePlan(path=s.path, unit_ids=unit_ids, region_rows=region_rows, heldout_flags=flags,
+    plan = FilePlan(path=s.path, unit_ids=unit_ids, region_rows=region_rows, heldout_flags=flags,
                     warnings=warnings, labelled=labelled, **_trials(s, o, region_map))
+    if o.align is not None:  # in refuse mode _trials has refused a missing event already
+        plan = plan.without(~np.isfinite(plan.event), f"no {o.align!r} event (NaN)")
+    return plan
 
 
 def _map_labels(path: str, labels: np.ndarray, region_map: dict | None, map_path: str | None) -> np.ndarray:
@@ -121,11 +147,12 @@ def _trials(s: NWBSession, o: IngestOptions, region_map: dict | None) -> dict:
     else:
         event = _numeric(s, o.align, "--align", order)
         missing = ~np.isfinite(event)
-        if missing.any():
+        if missing.any() and o.unfit_trials == "refuse":
             raise IngestError(
                 f"{s.path}: alignment event {o.align!r} (--align) is missing (NaN) for "
-                f"{int(missing.sum())} trials, e.g. ids {ids[missing][:5].tolist()}; drop those "
-                "trials from the file or align to an event every trial has")
+                f"{int(missing.sum())} trials, e.g. ids {ids[missing][:5].tolist()}; pass "
+                "--unfit-trials drop to leave those trials out, or align to an event every "
+                "trial has")
     return {"trial_ids": ids, "start": start, "stop": stop, "event": event,
                 "condition": _condition(s, o, order),
                 "perturbed": _perturbed(s, o, ids, order),
@@ -203,24 +230,59 @@ def _ext_value(s: NWBSession, o: IngestOptions, ids: np.ndarray, order: np.ndarr
     return values
 
 
-def resolve_window(plans: list[FilePlan], o: IngestOptions) -> tuple[float, float]:
-    """The window (seconds from the event): as given, or 0 to the shortest trial."""
+SHORT_TRIAL = 0.5  # the default window warns when the shortest trial is below this x median
+
+
+def resolve_window(plans: list[FilePlan], o: IngestOptions,
+                   warnings: list[str]) -> tuple[float, float]:
+    """The window (seconds from the event): as given, or 0 to the shortest trial. A short
+    trial sets that default for every trial, so a trial under half the median length (an
+    aborted one, say) is named in a warning with the way to keep more of the others."""
     if o.window is not None:
         return float(o.window[0]), float(o.window[1])
-    return 0.0, float(min(np.min(p.stop - p.start) for p in plans))
+    lengths = np.concatenate([p.stop - p.start for p in plans])
+    shortest, median = float(lengths.min()), float(np.median(lengths))
+    if shortest < SHORT_TRIAL * median:
+        where = next(p for p in plans if np.any(p.stop - p.start == shortest))
+        tid = int(where.trial_ids[np.argmin(where.stop - where.start)])
+        n_short = int(np.sum(lengths < SHORT_TRIAL * median))
+        warnings.append(
+            f"every trial is cut to 0:{shortest:.3f} s, the length of the shortest (trial {tid} "
+            f"of {os.path.basename(where.path)}; {n_short} trials are under half the median "
+            f"length of {median:.3f} s): to keep more of the others, pass e.g. --window "
+            f"0:{median:.3f} --unfit-trials drop")
+    return 0.0, shortest
 
 
-def check_window(p: FilePlan, t0: np.ndarray, t1: np.ndarray, window: tuple[float, float]) -> None:
-    """Every trial's window [t0, t1) must lie inside the trial: spikes outside belong to
-    nobody (or to a neighbouring trial)."""
-    out = (t0 < p.start - TIME_TOL) | (t1 > p.stop + TIME_TOL)
-    if out.any():
-        i = int(np.flatnonzero(out)[0])
-        raise IngestError(
-            f"{p.path}: the window {window[0]:g}:{window[1]:g} s falls outside {int(out.sum())} "
-            f"trials (e.g. trial {int(p.trial_ids[i])}: window {t0[i]:.3f}-{t1[i]:.3f} s, trial "
-            f"{p.start[i]:.3f}-{p.stop[i]:.3f} s); shrink --window or pick another --align event")
-
-
-def describe_map(region_map: dict | None) -> str | None:
-    return None if region_map is None else json.dumps(region_map, sort_keys=True)
+def fit_window(p: FilePlan, t0: np.ndarray, t1: np.ndarray, window: tuple[float, float],
+               o: IngestOptions) -> FilePlan:
+    """Every trial's window [t0, t1) lies inside the trial (spikes outside belong to nobody,
+    or to a neighbouring trial), or with ``window_beyond_trial`` at least after the session's
+    start and clear of the earlier trials' windows (a spike counts once). Trials that break
+    this are refused, or left out with ``unfit_trials == "drop"``."""
+    w = f"{window[0]:g}:{window[1]:g}"
+    if o.window_beyond_trial:
+        # in time order, each window against the end of the last one kept: the later of an
+        # overlapping pair is the one dropped, so the kept windows stay clear of each other
+        out = np.zeros(len(t0), dtype=bool)
+        end = 0.0
+        for i in range(len(t0)):
+            out[i] = t0[i] < end - TIME_TOL
+            if not out[i]:
+                end = t1[i]
+        what = f"the window {w} s overlaps an earlier trial's or starts before the session"
+        fix = "shrink --window"
+    else:
+        out = (t0 < p.start - TIME_TOL) | (t1 > p.stop + TIME_TOL)
+        what = f"the window {w} s falls outside the trial's start_time..stop_time"
+        fix = ("shrink --window, pick another --align event, or pass --window-beyond-trial "
+               "(bins the spikes between trials: where units were recorded continuously)")
+    if not out.any():
+        return p
+    if o.unfit_trials == "drop":
+        return p.without(out, what)
+    i = int(np.flatnonzero(out)[0])
+    raise IngestError(
+        f"{p.path}: in {int(out.sum())} trials {what} (e.g. trial {int(p.trial_ids[i])}: window "
+        f"{t0[i]:.3f}-{t1[i]:.3f} s, trial {p.start[i]:.3f}-{p.stop[i]:.3f} s); {fix}, or pass "
+        "--unfit-trials drop to leave those trials out")

@@ -36,6 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds around the event, e.g. -1.0:1.0 (needed with --align; default "
                    "without it: 0 to the shortest trial)")
     g.add_argument("--ic-enc-seq-len", type=int, default=10, help="bins for the IC encoder (default 10)")
+    g.add_argument("--unfit-trials", choices=("refuse", "drop"), default="refuse",
+                   help="a trial without the --align event, or whose window reaches outside "
+                   "its start_time..stop_time: refuse (default: the ingest stops naming them) "
+                   "or drop (left out; their ids in the warnings and the manifest)")
+    g.add_argument("--window-beyond-trial", action="store_true",
+                   help="let a window reach outside its trial's start_time..stop_time, binning "
+                   "the spikes between trials (where units were recorded continuously); "
+                   "windows of different trials may still not overlap")
     g = p.add_argument_group("units and regions")
     g.add_argument("--regions", type=_names, metavar="A,B", help="regions to keep (default: all)")
     g.add_argument("--min-neurons", type=int, default=1,
@@ -98,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         silence_time_columns=args.silence_time_columns,
         ext_column=args.ext_column, ext_timeseries=args.ext_timeseries,
         valid_fraction=args.valid_fraction, seed=args.seed, ic_enc_seq_len=args.ic_enc_seq_len,
-        name=args.name, sessions=args.sessions)
+        name=args.name, sessions=args.sessions, unfit_trials=args.unfit_trials,
+        window_beyond_trial=args.window_beyond_trial)
     _summary(dataset.manifest, args.out)
     return 0
 
