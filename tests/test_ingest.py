@@ -156,6 +156,20 @@ def test_quality_filter_and_min_neurons_drop_region_with_warning(nwb, tmp_path):
     assert "'STR'" in warnings and "--min-neurons" in warnings and "noise" in warnings
 
 
+def test_units_without_a_known_region_are_named_in_warnings(tmp_path):
+    # pynwb refuses an electrode without a location; a Units column may hold an empty one
+    path = make_session(tmp_path / "s.nwb", locations=None,
+                        unit_columns={"area": ["ALM", "ALM", "unknown", ""]})
+    m = ingest([path], tmp_path / "ds", IngestOptions(**ALIGNED, region_column="area"))
+    assert m.region_names == ("ALM", "unknown")  # kept as the file says, but named:
+    warnings = m.provenance["warnings"]
+    assert [w for w in warnings if "left out 1 units with an empty region label" in w]
+    assert [w for w in warnings if "1 units are labelled 'unknown'" in w and "--regions" in w]
+    m = ingest([path], tmp_path / "ds2", IngestOptions(**ALIGNED, region_column="area",
+                                                       regions=("ALM",)))
+    assert not [w for w in m.provenance["warnings"] if "'unknown'" in w]
+
+
 def test_region_map_merges_fine_labels_and_null_drops(tmp_path):
     path = make_session(tmp_path / "s.nwb", locations=["ALM_l1", "ALM_l5", "CPu", "fiber"])
     (tmp_path / "map.yaml").write_text("ALM_l1: ALM\nALM_l5: ALM\nCPu: STR\nfiber: null\n")

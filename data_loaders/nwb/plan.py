@@ -91,7 +91,7 @@ def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FileP
     labels = s.unit_labels(o.region_column)
     regions = _map_labels(s.path, labels, region_map, o.region_map)
     keep = regions != ""
-    warnings = []
+    warnings = _label_warnings(s.path, labels, regions, region_map is not None, o.regions)
     if o.drop_quality:
         quality = np.array([str(q.decode() if isinstance(q, bytes) else q)
                             for q in s.unit_column(o.quality_column, "--drop-quality")], dtype=object)
@@ -114,6 +114,32 @@ def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FileP
     if o.align is not None:  # in refuse mode _trials has refused a missing event already
         plan = plan.without(~np.isfinite(plan.event), f"no {o.align!r} event (NaN)")
     return plan
+
+
+# electrode locations that say "not known" rather than name a region
+PLACEHOLDER_LABELS = frozenset({"unknown", "none", "nan", "n/a", "na", "null", "undefined",
+                                "unassigned", "void", "root", "?"})
+
+
+def _label_warnings(path: str, labels: np.ndarray, regions: np.ndarray, mapped: bool,
+                    chosen: tuple[str, ...] | None) -> list[str]:
+    """Units left out for an empty label, and placeholder labels ('unknown', 'root', ...)
+    about to become a region of their own: both usually mean a missing location."""
+    name, out = os.path.basename(path), []
+    blank = np.array([str(v).strip() == "" for v in labels], dtype=bool)
+    if blank.any() and not mapped:
+        out.append(f"{name}: left out {int(blank.sum())} units with an empty region label "
+                   "(electrode location); give them one with --region-column or a region map")
+    kept = {str(r) for r in regions[regions != ""]}
+    if chosen is not None:
+        kept &= set(chosen)
+    for r in sorted(kept):
+        if r.strip().lower() in PLACEHOLDER_LABELS:
+            n = int(np.sum(regions == r))
+            out.append(f"{name}: {n} units are labelled {r!r}, which becomes a region of its own; "
+                       f"if that means 'no known region', leave it out with --regions or map "
+                       f"it to null in --region-map")
+    return out
 
 
 def _map_labels(path: str, labels: np.ndarray, region_map: dict | None, map_path: str | None) -> np.ndarray:
