@@ -133,6 +133,28 @@ def test_window_beyond_trial_bins_spikes_between_trials_and_never_twice(tmp_path
     assert m.provenance["sources"][0]["trial_ids"] == [0, 2]
 
 
+def test_trials_where_a_unit_was_not_recorded_are_refused_or_dropped(tmp_path):
+    # windows [0.3, 0.8), [1.2, 1.7), [2.4, 2.9); unit 2 recorded until 1.5 s, so not over
+    # trials 1 and 2; unit 3 (noise, dropped) only until 0.5 s, which must not count
+    path = make_session(tmp_path / "s.nwb", obs_intervals=[
+        [(0.0, 3.5)], [(1.0, 3.5), (0.0, 1.0)], [(0.0, 1.5)], [(0.0, 0.5)]])
+    o = dict(ALIGNED, drop_quality=("noise",))
+    with pytest.raises(IngestError) as e:
+        ingest([path], tmp_path / "refused", IngestOptions(**o))
+    msg = str(e.value)
+    assert "in 2 of 3 trials" in msg and "2 (2 trials)" in msg and "--unfit-trials drop" in msg
+    assert "3 (" not in msg  # the noise unit is not binned
+    m = ingest([path], tmp_path / "ds", IngestOptions(**o, unfit_trials="drop"))
+    assert m.provenance["sources"][0]["dropped_trials"] == {
+        "a unit was not recorded over the whole window (Units obs_intervals)": [1, 2]}
+    assert m.provenance["sources"][0]["trial_ids"] == [0]
+    # without unit 2 every trial is covered, also trial 1's window [0.95, 1.85) across the
+    # two abutting intervals unit 1 was recorded in
+    o = dict(ALIGNED, regions=("ALM",), window=(-0.45, 0.45), window_beyond_trial=True)
+    m = ingest([path], tmp_path / "ds2", IngestOptions(**o))
+    assert m.provenance["sources"][0]["trial_ids"] == [0, 1, 2]
+
+
 def test_a_short_trial_setting_the_default_window_is_named_with_the_fix(tmp_path):
     path = make_session(tmp_path / "s.nwb", trials=[(0.0, 1.0), (1.0, 2.0), (2.0, 2.3)])
     m = ingest([path], tmp_path / "ds", IngestOptions(bin_ms=100, ic_enc_seq_len=1))

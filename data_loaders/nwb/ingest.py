@@ -31,6 +31,7 @@ from mrlfads.data_loaders.nwb import sessions as nwb_sessions
 from mrlfads.data_loaders.nwb.options import IngestOptions
 from mrlfads.data_loaders.nwb.plan import (
     FilePlan,
+    fit_observed,
     fit_window,
     load_region_map,
     plan_file,
@@ -74,7 +75,10 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
                           "--window, shorten --bin-ms or lower --ic-enc-seq-len")
     for k, p in enumerate(plans):  # every window inside its trial, before any spike is read
         t0 = p.event + window[0]
-        plans[k] = fit_window(p, t0, t0 + n_bins * bw, window, o)
+        q = fit_window(p, t0, t0 + n_bins * bw, window, o)
+        t0 = q.event + window[0]  # the binned units recorded over every window kept
+        rows = np.concatenate([L.rows[k] for L in layouts])
+        plans[k] = fit_observed(q, rows, t0, t0 + n_bins * bw, o)
         warnings += plans[k].warnings[len(p.warnings):]
     silenced, label = _interventions(plans, [L.name for L in layouts], window, n_bins, bw,
                                      warnings)

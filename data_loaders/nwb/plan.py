@@ -58,6 +58,7 @@ class FilePlan:
     warnings: list[str] = field(default_factory=list)
     labelled: tuple[str, ...] = ()    # regions with units before --drop-quality
     dropped: dict[str, list[int]] = field(default_factory=dict)  # why -> trial ids left out
+    observed: dict[int, np.ndarray] | None = None  # kept unit row -> its obs_intervals (k, 2)
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -109,8 +110,10 @@ def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FileP
                               f"be boolean (True = held out), got dtype {flags.dtype}")
         flags = flags.astype(bool)
     labelled = tuple(sorted(str(r) for r in np.unique(regions[regions != ""])))
+    kept_rows = np.flatnonzero(keep)
     plan = FilePlan(path=s.path, unit_ids=unit_ids, region_rows=region_rows, heldout_flags=flags,
-                    warnings=warnings, labelled=labelled, **_trials(s, o, region_map))
+                    warnings=warnings, labelled=labelled, observed=s.obs_intervals(kept_rows),
+                    **_trials(s, o, region_map))
     if o.align is not None:  # in refuse mode _trials has refused a missing event already
         plan = plan.without(~np.isfinite(plan.event), f"no {o.align!r} event (NaN)")
     return plan
@@ -312,3 +315,46 @@ def fit_window(p: FilePlan, t0: np.ndarray, t1: np.ndarray, window: tuple[float,
         f"{p.path}: in {int(out.sum())} trials {what} (e.g. trial {int(p.trial_ids[i])}: window "
         f"{t0[i]:.3f}-{t1[i]:.3f} s, trial {p.start[i]:.3f}-{p.stop[i]:.3f} s); {fix}, or pass "
         "--unfit-trials drop to leave those trials out")
+
+
+def _merged(intervals: np.ndarray) -> np.ndarray:
+    """(k, 2) intervals with those that touch or overlap joined, in time order."""
+    out: list[list[float]] = []
+    for a, b in intervals[np.argsort(intervals[:, 0], kind="stable")]:
+        if out and a <= out[-1][1] + TIME_TOL:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return np.asarray(out, dtype=np.float64)
+
+
+def fit_observed(p: FilePlan, rows: np.ndarray, t0: np.ndarray, t1: np.ndarray,
+                 o: IngestOptions) -> FilePlan:
+    """Every unit in ``rows`` was recorded over every trial's window [t0, t1), where the
+    file says when (Units ``obs_intervals``; a unit with none listed is taken as always
+    recorded): outside those intervals its zero counts would read as silence. Trials where
+    a unit was not recorded are refused, or left out with ``unfit_trials == "drop"``."""
+    if p.observed is None:
+        return p
+    missed = np.zeros((len(rows), len(t0)), dtype=bool)  # (units, trials)
+    for i, r in enumerate(rows):
+        iv = p.observed.get(int(r))
+        if iv is None or len(iv) == 0:
+            continue
+        iv = _merged(iv)
+        inside = (iv[None, :, 0] <= t0[:, None] + TIME_TOL) & (iv[None, :, 1] >= t1[:, None] - TIME_TOL)
+        missed[i] = ~inside.any(axis=1)
+    out = missed.any(axis=0)
+    if not out.any():
+        return p
+    what = "a unit was not recorded over the whole window (Units obs_intervals)"
+    if o.unfit_trials == "drop":
+        return p.without(out, what)
+    worst = np.argsort(-missed.sum(axis=1), kind="stable")[:5]
+    units = ", ".join(f"{int(p.unit_ids[rows[i]])} ({int(missed[i].sum())} trials)"
+                      for i in worst if missed[i].any())
+    raise IngestError(
+        f"{p.path}: in {int(out.sum())} of {len(out)} trials {what}; its counts there would "
+        f"read as silence. Units (by id) with the most such trials: {units}. Pass "
+        "--unfit-trials drop to leave those trials out, or leave the units out (--drop-quality "
+        "with a quality label, --region-map, --regions)")

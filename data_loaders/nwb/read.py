@@ -141,6 +141,18 @@ class NWBSession:
         locations = _strings(table["location"].data[:])
         return locations[rows]
 
+    def obs_intervals(self, rows: np.ndarray) -> dict[int, np.ndarray] | None:
+        """{row: (k, 2) start/stop seconds} of the Units table's ``obs_intervals`` for unit
+        ``rows``: when each unit was recorded (None: the file does not say)."""
+        units = self.units
+        if "obs_intervals" not in units.colnames:
+            return None
+        column = units["obs_intervals"]
+        ends = np.asarray(column.data[:], dtype=np.int64)
+        starts = np.concatenate([[0], ends[:-1]])
+        data = np.asarray(column.target.data[:], dtype=np.float64).reshape(-1, 2)
+        return {int(r): data[starts[r]:ends[r]] for r in rows}
+
     def spike_index(self) -> np.ndarray:
         """End offsets of each unit's spike times in the flat spike_times dataset."""
         units = self.units

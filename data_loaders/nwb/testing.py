@@ -20,11 +20,13 @@ def build_nwb(
     trial_columns: Mapping[str, Sequence[Any]] | None = None,
     timeseries: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     unit_ids: Sequence[int] | None = None,
+    obs_intervals: Sequence[Sequence[tuple[float, float]]] | None = None,
 ) -> str:
     """Write an NWB file: unit i has spike times spikes[i] (written as given, sorted or not)
     and, if `locations` is given, one electrode with location locations[i]; trials are
     (start, stop) pairs with extra trials columns; timeseries[name] = (times, values) go to
-    acquisition. spikes=[] writes no Units table; trials=None writes no trials table."""
+    acquisition; obs_intervals[i] are unit i's observation intervals (Units.obs_intervals).
+    spikes=[] writes no Units table; trials=None writes no trials table."""
     import pynwb
 
     path = os.fspath(path)
@@ -44,6 +46,8 @@ def build_nwb(
             extra["electrodes"] = [i]
         if unit_ids is not None:
             extra["id"] = int(unit_ids[i])
+        if obs_intervals is not None:
+            extra["obs_intervals"] = np.asarray(obs_intervals[i], dtype=np.float64).reshape(-1, 2)
         nwb.add_unit(spike_times=np.asarray(st, dtype=np.float64), **extra)
     if trials is not None:
         for col in trial_columns or {}:

@@ -37,8 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "without it: 0 to the shortest trial)")
     g.add_argument("--ic-enc-seq-len", type=int, default=10, help="bins for the IC encoder (default 10)")
     g.add_argument("--unfit-trials", choices=("refuse", "drop"), default="refuse",
-                   help="a trial without the --align event, or whose window reaches outside "
-                   "its start_time..stop_time: refuse (default: the ingest stops naming them) "
+                   help="a trial without the --align event, whose window reaches outside "
+                   "its start_time..stop_time, or over whose window a unit was not recorded "
+                   "(Units obs_intervals): refuse (default: the ingest stops naming them) "
                    "or drop (left out; their ids in the warnings and the manifest)")
     g.add_argument("--window-beyond-trial", action="store_true",
                    help="let a window reach outside its trial's start_time..stop_time, binning "
