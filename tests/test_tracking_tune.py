@@ -123,7 +123,8 @@ def test_pbt_sweep_one_run_per_trial_with_exploits_and_lineage(tmp_path, ray_ses
         steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "objective"))
         assert steps == _ray_epochs(results, tid), _diagnosis(tid, steps, results,
                                                               Path(tmp_path, name))
-        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= INTERVAL + 1
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= INTERVAL + 1, \
+            _diagnosis(tid, steps, results, Path(tmp_path, name))
         lr = sorted(client.get_metric_history(r.info.run_id, "hp/train.lr"), key=lambda m: m.timestamp)
         events = [json.loads(v) for k, v in r.data.tags.items() if k.startswith("pbt.exploit.")]
         n_events += len(events)
