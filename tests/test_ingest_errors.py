@@ -65,6 +65,13 @@ def test_alignment_event_missing_for_some_trials(tmp_path):
           "s.nwb", "'go_cue_time'", "ids [1]", "align to an event every trial has")
 
 
+def test_dropping_every_trial_is_refused(tmp_path):
+    path = nwb(tmp_path, trial_columns={"go_cue_time": [0.9, 1.95]})  # windows past each stop
+    fails(tmp_path, [path], IngestOptions(**OPTS, align="go_cue_time", window=(-0.2, 0.3),
+                                          unfit_trials="drop"),
+          "s.nwb", "every trial (2) would be dropped", "falls outside", "--window")
+
+
 def test_alignment_column_absent(tmp_path):
     fails(tmp_path, [nwb(tmp_path)], IngestOptions(**OPTS, align="cue", window=(-0.2, 0.3)),
           "s.nwb", "no column 'cue'", "go_cue_time")

@@ -511,7 +511,7 @@ class MlflowTuneCallback(LoggerCallback):
     def _close_restored(self, trial) -> None:
         """End the re-opened run of a trial that ended while the driver was dead (Tune
         restores it ERROR or TERMINATED and never starts it again): as the trial ended, with
-        its error when it failed, instead of leaving it RUNNING."""
+        its error when it failed, instead of leaving it RUNNING (or KILLED by liveness)."""
         tid = trial.trial_id
         self.open_restored.discard(tid)
         status = getattr(trial, "status", None)

@@ -71,8 +71,9 @@ class FilePlan:
             return self
         ids = self.trial_ids[drop]
         if drop.all():
-            raise IngestError(f"{self.path}: every trial ({len(ids)}) would be dropped: {why}; "
-                              "fix --align / --window")
+            raise IngestError(f"{self.path}: every trial ({len(ids)}) would be dropped ({why}), "
+                              "leaving nothing of this file: check --align, --window and the "
+                              "units kept")
         keep = ~drop
         per_trial = {f: getattr(self, f)[keep] for f in
                      ("trial_ids", "start", "stop", "event", "condition")}
