@@ -512,23 +512,12 @@ class MlflowTuneCallback(LoggerCallback):
         """End the re-opened run of a trial that ended while the driver was dead (Tune
         restores it ERROR or TERMINATED and never starts it again): as the trial ended, with
         its error when it failed, instead of leaving it RUNNING (or KILLED by liveness)."""
-        tid = trial.trial_id
-        self.open_restored.discard(tid)
+        self.open_restored.discard(trial.trial_id)
         status = getattr(trial, "status", None)
         if status not in ("ERROR", "TERMINATED"):
             return  # never ran again and never ended (the sweep stopped first): leave it
-        if status == "ERROR":
-            self.failed.add(tid)  # never the best, even if its run cannot be reached now
-        try:
-            t = self._new_tracker(None)
-            t.start_run(str(trial), experiment=self.sweep, parent_run_id=self.parent_run_id,
-                        run_id=self.run_ids[tid])
-        except Exception as exc:
-            log.warning("MLflow tracking: could not re-open the run of trial %s to end it "
-                        "(%s: %s); it stays RUNNING", tid, type(exc).__name__, redact_text(str(exc)))
-            return
-        self.trackers[tid] = t
-        self.log_trial_end(trial, failed=status == "ERROR")
+        self.log_trial_start(trial)  # re-opens its run, as for a trial Tune starts again
+        self.log_trial_end(trial, failed=status == "ERROR")  # failed: never the best
 
     def _deliver_undelivered(self) -> None:
         """One last try for trials that ended while the store was away; what still fails
