@@ -73,12 +73,9 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
         raise IngestError(f"window {window[0]:g}:{window[1]:g} s holds {n_bins} bins of {o.bin_ms:g} ms, "
                           f"but ic_enc_seq_len is {o.ic_enc_seq_len}; trials need more bins: widen "
                           "--window, shorten --bin-ms or lower --ic-enc-seq-len")
-    for k, p in enumerate(plans):  # every window inside its trial, before any spike is read
-        t0 = p.event + window[0]
-        q = fit_window(p, t0, t0 + n_bins * bw, window, o)
-        t0 = q.event + window[0]  # the binned units recorded over every window kept
-        rows = np.concatenate([L.rows[k] for L in layouts])
-        plans[k] = fit_observed(q, rows, t0, t0 + n_bins * bw, o)
+    for k, p in enumerate(plans):  # every window fits its trial, before any spike is read
+        rows = np.concatenate([L.rows[k] for L in layouts])  # the units binned
+        plans[k] = fit_observed(fit_window(p, window, n_bins * bw, o), rows, window, n_bins * bw, o)
         warnings += plans[k].warnings[len(p.warnings):]
     silenced, label = _interventions(plans, [L.name for L in layouts], window, n_bins, bw,
                                      warnings)

@@ -64,6 +64,12 @@ class FilePlan:
     def regions(self) -> tuple[str, ...]:
         return tuple(sorted(self.region_rows))
 
+    def windows(self, window: tuple[float, float], span: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each trial's binned window [t0, t1) in session seconds: ``span`` (whole bins)
+        from the alignment event + window start."""
+        t0 = self.event + window[0]
+        return t0, t0 + span
+
     def without(self, drop: np.ndarray, why: str) -> FilePlan:
         """This plan less the trials where ``drop`` (--unfit-trials drop), the reason and
         their ids recorded (a warning, and the manifest's source entry)."""
@@ -271,25 +277,26 @@ def resolve_window(plans: list[FilePlan], o: IngestOptions,
     if o.window is not None:
         return float(o.window[0]), float(o.window[1])
     lengths = np.concatenate([p.stop - p.start for p in plans])
-    shortest, median = float(lengths.min()), float(np.median(lengths))
+    i = int(np.argmin(lengths))
+    shortest, median = float(lengths[i]), float(np.median(lengths))
     if shortest < SHORT_TRIAL * median:
-        where = next(p for p in plans if np.any(p.stop - p.start == shortest))
-        tid = int(where.trial_ids[np.argmin(where.stop - where.start)])
+        ids = np.concatenate([p.trial_ids for p in plans])
+        files = np.repeat([os.path.basename(p.path) for p in plans], [len(p.trial_ids) for p in plans])
         n_short = int(np.sum(lengths < SHORT_TRIAL * median))
         warnings.append(
-            f"every trial is cut to 0:{shortest:.3f} s, the length of the shortest (trial {tid} "
-            f"of {os.path.basename(where.path)}; {n_short} trials are under half the median "
+            f"every trial is cut to 0:{shortest:.3f} s, the length of the shortest (trial "
+            f"{int(ids[i])} of {files[i]}; {n_short} trials are under half the median "
             f"length of {median:.3f} s): to keep more of the others, pass e.g. --window "
             f"0:{median:.3f} --unfit-trials drop")
     return 0.0, shortest
 
 
-def fit_window(p: FilePlan, t0: np.ndarray, t1: np.ndarray, window: tuple[float, float],
-               o: IngestOptions) -> FilePlan:
+def fit_window(p: FilePlan, window: tuple[float, float], span: float, o: IngestOptions) -> FilePlan:
     """Every trial's window [t0, t1) lies inside the trial (spikes outside belong to nobody,
     or to a neighbouring trial), or with ``window_beyond_trial`` at least after the session's
     start and clear of the earlier trials' windows (a spike counts once). Trials that break
     this are refused, or left out with ``unfit_trials == "drop"``."""
+    t0, t1 = p.windows(window, span)
     w = f"{window[0]:g}:{window[1]:g}"
     if o.window_beyond_trial:
         # in time order, each window against the end of the last one kept: the later of an
@@ -329,7 +336,7 @@ def _merged(intervals: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def fit_observed(p: FilePlan, rows: np.ndarray, t0: np.ndarray, t1: np.ndarray,
+def fit_observed(p: FilePlan, rows: np.ndarray, window: tuple[float, float], span: float,
                  o: IngestOptions) -> FilePlan:
     """Every unit in ``rows`` was recorded over every trial's window [t0, t1), where the
     file says when (Units ``obs_intervals``; a unit with none listed is taken as always
@@ -337,6 +344,7 @@ def fit_observed(p: FilePlan, rows: np.ndarray, t0: np.ndarray, t1: np.ndarray,
     a unit was not recorded are refused, or left out with ``unfit_trials == "drop"``."""
     if p.observed is None:
         return p
+    t0, t1 = p.windows(window, span)
     missed = np.zeros((len(rows), len(t0)), dtype=bool)  # (units, trials)
     for i, r in enumerate(rows):
         iv = p.observed.get(int(r))
