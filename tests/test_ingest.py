@@ -80,6 +80,19 @@ def test_default_window_is_trial_start_to_shortest_trial(nwb, tmp_path):
     np.testing.assert_array_equal(alm[2][:, 0], [0, 1, 0, 1])
 
 
+def test_back_to_back_trials_whose_bins_meet_by_float_rounding(tmp_path):
+    # trials of 0.3 s end to end, 100 ms bins: trial 0's last edge is 3 x 0.1 =
+    # 0.30000000000000004, a hair past trial 1's start; a spike at 0.3 s is trial 1's
+    spikes = [[0.0, 0.29, 0.3, 0.6, 0.89]]
+    path = build_nwb(tmp_path / "s.nwb", spikes=spikes, locations=["ALM"],
+                     trials=[(0.0, 0.3), (0.3, 0.6), (0.6, 0.9)])
+    m = ingest([path], tmp_path / "ds", IngestOptions(bin_ms=100, ic_enc_seq_len=1,
+                                                      valid_fraction=0.0, heldout=0.0))
+    assert m.n_bins == 3
+    alm = by_trial(ArrowDataset.open(tmp_path / "ds"), "x/ALM")
+    assert [alm[t][:, 0].tolist() for t in range(3)] == [[1, 0, 1], [1, 0, 0], [1, 0, 1]]
+
+
 def test_unfit_trials_drop_leaves_out_a_window_past_its_trial_and_a_missing_event(tmp_path):
     # trial 1 has no go cue; trial 2's cue at 2.9 s puts its window [2.7, 3.2) past its stop
     path = make_session(tmp_path / "s.nwb", trial_columns={
@@ -131,6 +144,26 @@ def test_window_beyond_trial_bins_spikes_between_trials_and_never_twice(tmp_path
         ingest([path], tmp_path / "overlap", IngestOptions(**o))
     m = ingest([path], tmp_path / "ds2", IngestOptions(**o, unfit_trials="drop"))
     assert m.provenance["sources"][0]["trial_ids"] == [0, 2]
+
+
+def test_overlapping_trials_ingest_while_their_windows_do_not_overlap(tmp_path):
+    # trial 1 starts at 0.9 s, inside trial 0 (0.0-1.2 s); the aligned windows [0.3, 0.8),
+    # [1.2, 1.7), [2.4, 2.9) are still clear of each other, so the counts are HAND's
+    path = make_session(tmp_path / "s.nwb", trials=[(0.0, 1.2), (0.9, 2.0), (2.0, 3.0)])
+    ingest([path], tmp_path / "ds", IngestOptions(**ALIGNED, valid_fraction=0.0))
+    alm = by_trial(ArrowDataset.open(tmp_path / "ds"), "x/ALM")
+    for t in range(3):
+        np.testing.assert_array_equal(alm[t], np.array([HAND[0][t], HAND[1][t]]).T)
+    # -0.5:0.5: [0.0, 1.0), [0.9, 1.9), [2.1, 3.1): trial 1's window overlaps trial 0's
+    # (both inside their trials) and trial 2's ends after its trial
+    o = dict(ALIGNED, window=(-0.5, 0.5))
+    with pytest.raises(IngestError, match="falls outside"):
+        ingest([path], tmp_path / "refused", IngestOptions(**o))
+    m = ingest([path], tmp_path / "ds2", IngestOptions(**o, unfit_trials="drop"))
+    assert m.provenance["sources"][0]["trial_ids"] == [0]
+    assert m.provenance["sources"][0]["dropped_trials"] == {
+        "the window -0.5:0.5 s falls outside the trial's start_time..stop_time": [2],
+        "the window -0.5:0.5 s overlaps an earlier trial's or starts before the session": [1]}
 
 
 def test_trials_where_a_unit_was_not_recorded_are_refused_or_dropped(tmp_path):

@@ -54,9 +54,12 @@ def test_empty_trials_table(tmp_path):
     fails(tmp_path, [nwb(tmp_path, trials=None)], None, "s.nwb", "trials table", "add_trial")
 
 
-def test_overlapping_trials(tmp_path):
-    fails(tmp_path, [nwb(tmp_path, trials=[(0.0, 1.2), (1.0, 2.0)])], None,
-          "s.nwb", "overlap", "(0, 1)", "start_time/stop_time")
+def test_overlapping_windows_of_overlapping_trials(tmp_path):
+    # default window 0:1.2 s from each start (the shortest trial): [0, 1.2) and [0.5, 1.7)
+    fails(tmp_path, [nwb(tmp_path, trials=[(0.0, 1.2), (0.5, 2.0)])], None,
+          "s.nwb", "in 1 trials the window 0:1.2 s overlaps an earlier trial's",
+          "trial 1: window 0.500-1.700 s", "the trials overlap in time", "--window",
+          "--unfit-trials drop")
 
 
 def test_alignment_event_missing_for_some_trials(tmp_path):

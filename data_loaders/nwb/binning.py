@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+TIME_TOL = 1e-9  # seconds: float slack (how far touching windows may overlap by rounding)
+
 
 def window_edges(t0: np.ndarray, n_bins: int, bin_width_s: float) -> np.ndarray:
     """Bin edges (n_trials, n_bins + 1) of windows starting at `t0` (seconds)."""
@@ -23,12 +25,15 @@ def bin_spikes(spikes: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Counts (n_trials, n_bins) of sorted `spikes` in each trial's bins.
 
     `edges` (n_trials, n_bins + 1) must hold non-overlapping windows in time order (the
-    caller validates trials; ingest sorts them), so their flattening is sorted.
+    caller validates trials; ingest sorts them), so their flattening is sorted. Windows
+    that touch can overlap by a float-rounding hair (0.3 + 3 x 0.1 > 0.6); such a window
+    ends where the next one starts.
     """
     n_trials, n_edges = edges.shape
     n_bins = n_edges - 1
     flat = edges.reshape(-1)  # (n_trials * (n_bins + 1),)
-    assert np.all(np.diff(flat) >= 0), "trial windows must be sorted and non-overlapping"
+    assert np.all(np.diff(flat) >= -TIME_TOL), "trial windows must be sorted and non-overlapping"
+    flat = np.minimum.accumulate(flat[::-1])[::-1]  # a hair past the next start ends there
     pos = np.searchsorted(flat, spikes, side="right") - 1  # last edge <= spike
     trial, k = np.divmod(pos, n_edges)
     keep = (pos >= 0) & (k < n_bins)  # k == n_bins: past a window's end, in a gap

@@ -71,8 +71,8 @@ class IngestOptions:
         regions recorded as missing (docs/DESIGN.md, "Multi-session datasets"). "auto"
         (default): matched when the files' regions and unit counts allow it, else separate.
     unfit_trials [--unfit-trials]: what to do with a trial that has no `align` event (NaN),
-        whose window reaches outside its start_time..stop_time (with
-        `window_beyond_trial`: into an earlier trial's window), or over whose window a kept
+        whose window reaches outside its start_time..stop_time or into an earlier trial's
+        window (trials may overlap, their windows may not), or over whose window a kept
         unit was not recorded (Units obs_intervals): "refuse" (default) stops the
         ingest naming them; "drop" leaves them out, with a warning and their ids in the
         manifest (``provenance.sources[k].dropped_trials``). Sessions with aborted or short

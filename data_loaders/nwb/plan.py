@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mrlfads.data_loaders.errors import IngestError
+from mrlfads.data_loaders.nwb.binning import TIME_TOL
 from mrlfads.data_loaders.nwb.options import IngestOptions
 from mrlfads.data_loaders.nwb.read import NWBSession
-
-TIME_TOL = 1e-9  # seconds: float slack when comparing windows with trial bounds
 
 
 def load_region_map(path: str | None) -> dict[str, str | None] | None:
@@ -173,11 +172,6 @@ def _trials(s: NWBSession, o: IngestOptions, region_map: dict | None) -> dict:
         bad = ids[~(stop > start)][:5].tolist()
         raise IngestError(f"{s.path}: trials {bad} have stop_time <= start_time (or NaN); fix "
                           "the trials table")
-    overlap = np.flatnonzero(start[1:] < stop[:-1] - TIME_TOL)
-    if len(overlap):
-        pairs = [(int(ids[i]), int(ids[i + 1])) for i in overlap[:5]]
-        raise IngestError(f"{s.path}: trials overlap in time (trial id pairs {pairs}); each spike "
-                          "must belong to one trial: fix start_time/stop_time in the trials table")
     if o.align is None:
         event = start
     else:
@@ -293,34 +287,48 @@ def resolve_window(plans: list[FilePlan], o: IngestOptions,
 
 def fit_window(p: FilePlan, window: tuple[float, float], span: float, o: IngestOptions) -> FilePlan:
     """Every trial's window [t0, t1) lies inside the trial (spikes outside belong to nobody,
-    or to a neighbouring trial), or with ``window_beyond_trial`` at least after the session's
-    start and clear of the earlier trials' windows (a spike counts once). Trials that break
-    this are refused, or left out with ``unfit_trials == "drop"``."""
-    t0, t1 = p.windows(window, span)
+    or to a neighbouring trial), or with ``window_beyond_trial`` after the session's start;
+    and in both cases clear of the earlier trials' windows, so a spike counts once (trials
+    whose start_time..stop_time overlap are fine while their windows do not). Trials that
+    break this are refused, or left out with ``unfit_trials == "drop"``."""
     w = f"{window[0]:g}:{window[1]:g}"
-    if o.window_beyond_trial:
-        # in time order, each window against the end of the last one kept: the later of an
-        # overlapping pair is the one dropped, so the kept windows stay clear of each other
-        out = np.zeros(len(t0), dtype=bool)
-        end = 0.0
-        for i in range(len(t0)):
-            out[i] = t0[i] < end - TIME_TOL
-            if not out[i]:
-                end = t1[i]
-        what = f"the window {w} s overlaps an earlier trial's or starts before the session"
-        fix = "shrink --window"
-    else:
-        out = (t0 < p.start - TIME_TOL) | (t1 > p.stop + TIME_TOL)
-        what = f"the window {w} s falls outside the trial's start_time..stop_time"
-        fix = ("shrink --window, pick another --align event, or pass --window-beyond-trial "
-               "(bins the spikes between trials: where units were recorded continuously)")
-    if not out.any():
+    if not o.window_beyond_trial:
+        t0, t1 = p.windows(window, span)
+        outside = (t0 < p.start - TIME_TOL) | (t1 > p.stop + TIME_TOL)
+        p = _refuse_or_drop(
+            p, outside, o, window, span,
+            f"the window {w} s falls outside the trial's start_time..stop_time",
+            "shrink --window, pick another --align event, or pass --window-beyond-trial (bins "
+            "the spikes between trials: where units were recorded continuously)")
+    t0, t1 = p.windows(window, span)
+    # in time order, each window against the end of the last one kept: the later of an
+    # overlapping pair is the one dropped, so the kept windows stay clear of each other
+    clash = np.zeros(len(t0), dtype=bool)
+    end = 0.0
+    for i in range(len(t0)):
+        clash[i] = t0[i] < end - TIME_TOL
+        if not clash[i]:
+            end = t1[i]
+    fix = ("shrink --window" if o.window_beyond_trial else
+           "the trials overlap in time (start_time..stop_time): shrink --window or align to an "
+           "event (--align) that leaves each window clear of the others")
+    return _refuse_or_drop(
+        p, clash, o, window, span,
+        f"the window {w} s overlaps an earlier trial's or starts before the session", fix)
+
+
+def _refuse_or_drop(p: FilePlan, bad: np.ndarray, o: IngestOptions, window: tuple[float, float],
+                    span: float, what: str, fix: str) -> FilePlan:
+    """``p`` less the ``bad`` trials with --unfit-trials drop; otherwise an error naming the
+    first of them, what is wrong and ``fix``."""
+    if not bad.any():
         return p
     if o.unfit_trials == "drop":
-        return p.without(out, what)
-    i = int(np.flatnonzero(out)[0])
+        return p.without(bad, what)
+    t0, t1 = p.windows(window, span)
+    i = int(np.flatnonzero(bad)[0])
     raise IngestError(
-        f"{p.path}: in {int(out.sum())} trials {what} (e.g. trial {int(p.trial_ids[i])}: window "
+        f"{p.path}: in {int(bad.sum())} trials {what} (e.g. trial {int(p.trial_ids[i])}: window "
         f"{t0[i]:.3f}-{t1[i]:.3f} s, trial {p.start[i]:.3f}-{p.stop[i]:.3f} s); {fix}, or pass "
         "--unfit-trials drop to leave those trials out")
 
