@@ -370,6 +370,15 @@ def test_bin_spikes_matches_histogram_per_trial():
     np.testing.assert_array_equal(got, want)
 
 
+def test_bin_spikes_counts_each_spike_once_in_back_to_back_windows():
+    # 0.3 s windows end to end in 0.1 s bins: many last edges land a hair past the next start
+    starts = np.arange(200) * 0.3
+    edges = window_edges(starts, 3, 0.1)
+    assert (edges[:-1, -1] > starts[1:]).any()
+    got = bin_spikes(starts, edges)  # one spike at each window's start
+    np.testing.assert_array_equal(got, np.tile([1, 0, 0], (200, 1)))
+
+
 def test_bin_timeseries_holds_last_sample_in_empty_bins():
     edges = window_edges(np.array([0.0]), 4, 1.0)
     times = np.array([-0.5, 0.2, 0.4, 2.5])
