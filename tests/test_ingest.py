@@ -177,6 +177,7 @@ def test_trials_where_a_unit_was_not_recorded_are_refused_or_dropped(tmp_path):
     msg = str(e.value)
     assert "in 2 of 3 trials" in msg and "2 (2 trials)" in msg and "--unfit-trials drop" in msg
     assert "3 (" not in msg  # the noise unit is not binned
+    assert "--drop-units" in msg
     m = ingest([path], tmp_path / "ds", IngestOptions(**o, unfit_trials="drop"))
     assert m.provenance["sources"][0]["dropped_trials"] == {
         "a unit was not recorded over the whole window (Units obs_intervals)": [1, 2]}
@@ -186,6 +187,31 @@ def test_trials_where_a_unit_was_not_recorded_are_refused_or_dropped(tmp_path):
     o = dict(ALIGNED, regions=("ALM",), window=(-0.45, 0.45), window_beyond_trial=True)
     m = ingest([path], tmp_path / "ds2", IngestOptions(**o))
     assert m.provenance["sources"][0]["trial_ids"] == [0, 1, 2]
+    # or, as the error says, by leaving units 2 and 3 out by their ids (STR has no other)
+    m = ingest([path], tmp_path / "ds3", IngestOptions(**ALIGNED, drop_units=(2, 3)))
+    assert m.provenance["sources"][0]["trial_ids"] == [0, 1, 2]
+    assert m.provenance["sources"][0]["unit_ids"] == {"ALM": [0, 1]}
+    assert any("dropped 2 units by id (--drop-units)" in w for w in m.provenance["warnings"])
+
+
+def test_drop_units_takes_ids_from_the_cli_and_refuses_an_id_no_file_has(nwb, tmp_path):
+    from mrlfads.training.cli import main
+
+    out = tmp_path / "ds"
+    assert main(["ingest", str(nwb), "--out", str(out), "--bin-ms", "100", "--align",
+                 "go_cue_time", "--window=-0.2:0.3", "--ic-enc-seq-len", "2", "--heldout", "0",
+                 "--drop-units", "0,3"]) == 0
+    ds = ArrowDataset.open(out)
+    assert ds.manifest.provenance["sources"][0]["unit_ids"] == {"ALM": [1], "STR": [2]}
+    alm = by_trial(ds, "x/ALM")
+    for t in range(3):
+        np.testing.assert_array_equal(alm[t][:, 0], HAND[1][t])
+    with pytest.raises(IngestError, match=r"--drop-units: unit ids \[7\] are in no file's "
+                                          r"Units table \(its ids run 0..3\)"):
+        ingest([nwb], tmp_path / "bad", IngestOptions(**ALIGNED, drop_units=(3, 7)))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(IngestError, match="--drop-units: Units ids are integers"):
+        IngestOptions(drop_units=("a",))
 
 
 def test_a_short_trial_setting_the_default_window_is_named_with_the_fix(tmp_path):

@@ -59,6 +59,7 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
             plans.append(plan_file(s, o, region_map))
             warnings += plans[-1].warnings
             remote_sizes.append(s.remote_size)
+    _check_drop_units(plans, o)
     separate = o.sessions == "separate" or (o.sessions == "auto" and len(plans) > 1
                                             and not nwb_sessions.matchable(plans, o))
     specs: list = []
@@ -106,6 +107,16 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
                   bin_width_s=bw, ic_enc_seq_len=o.ic_enc_seq_len, x=x, ext=ext,
                   provenance=provenance, rows_per_shard=o.rows_per_shard, silenced=silenced,
                   **cols)
+
+
+def _check_drop_units(plans: list[FilePlan], o: IngestOptions) -> None:
+    """Every --drop-units id names a unit of some file: a mistyped id would otherwise keep
+    the unit it meant without a word."""
+    known = np.concatenate([p.unit_ids for p in plans])
+    unknown = sorted(set(o.drop_units) - set(known.tolist()))
+    if unknown:
+        raise IngestError(f"--drop-units: unit ids {unknown} are in no file's Units table (its "
+                          f"ids run {int(known.min())}..{int(known.max())}); check the ids")
 
 
 # -- regions ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ content is copied into the manifest by ingest(), not just its path).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from mrlfads.data_loaders.errors import IngestError
@@ -46,6 +47,8 @@ class IngestOptions:
     region_map [--region-map]: YAML/JSON file {label: region or null}; null drops the label.
     drop_quality [--drop-quality]: units whose `quality_column` value is one of these are
         dropped (e.g. "noise").
+    drop_units [--drop-units]: Units ids to leave out (e.g. those an error names); every id
+        must be in some file's Units table.
     perturb_column [--perturb-column]: boolean/numeric trials column; nonzero trials go to the
         "perturbed" split and are never trained on (unless `silence_region_column` says
         which region they silenced).
@@ -93,6 +96,7 @@ class IngestOptions:
     region_column: str | None = None
     region_map: str | None = None
     drop_quality: tuple[str, ...] = ()
+    drop_units: tuple[int, ...] = ()
     quality_column: str = "quality"
     perturb_column: str | None = None
     silence_region_column: str | None = None
@@ -110,11 +114,13 @@ class IngestOptions:
     window_beyond_trial: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("window", "regions", "drop_quality", "condition_columns",
+        for name in ("window", "regions", "drop_quality", "drop_units", "condition_columns",
                      "silence_time_columns"):
             value = getattr(self, name)  # lists from JSON/YAML -> tuples (hashable, frozen)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        if all(isinstance(u, numbers.Integral) and not isinstance(u, bool) for u in self.drop_units):
+            object.__setattr__(self, "drop_units", tuple(int(u) for u in self.drop_units))
         if self.heldout is None:
             object.__setattr__(self, "heldout",
                                0.0 if self.heldout_column is not None else DEFAULT_HELDOUT)
@@ -152,6 +158,8 @@ def _problems(o: IngestOptions) -> list[str]:
             if not REGION_RE.match(r):
                 p.append(f"--regions: {r!r} is not a valid region name "
                          "(letters, digits, '_', starting with a letter)")
+    if not all(isinstance(u, int) and not isinstance(u, bool) for u in o.drop_units):
+        p.append(f"--drop-units: Units ids are integers, got {list(o.drop_units)}")
     if not isinstance(o.min_neurons, int) or o.min_neurons < 1:
         p.append(f"--min-neurons: must be an integer >= 1, got {o.min_neurons!r}")
     h = o.heldout

@@ -107,6 +107,12 @@ def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FileP
             warnings.append(f"{os.path.basename(s.path)}: dropped {int(bad.sum())} units with "
                             f"{o.quality_column} in {list(o.drop_quality)}")
         keep &= ~bad
+    if o.drop_units:
+        named = np.isin(unit_ids, np.asarray(o.drop_units, dtype=np.int64))
+        if named.any():
+            warnings.append(f"{os.path.basename(s.path)}: dropped {int(named.sum())} units by id "
+                            "(--drop-units)")
+        keep &= ~named
     region_rows = {r: np.flatnonzero(keep & (regions == r)) for r in np.unique(regions[keep])}
     flags = None
     if o.heldout_column is not None:
@@ -373,5 +379,5 @@ def fit_observed(p: FilePlan, rows: np.ndarray, window: tuple[float, float], spa
     raise IngestError(
         f"{p.path}: in {int(out.sum())} of {len(out)} trials {what}; its counts there would "
         f"read as silence. Units (by id) with the most such trials: {units}. Pass "
-        "--unfit-trials drop to leave those trials out, or leave the units out (--drop-quality "
-        "with a quality label, --region-map, --regions)")
+        "--unfit-trials drop to leave those trials out, or leave the units out (--drop-units "
+        "with their ids)")

@@ -91,9 +91,8 @@ def simulate(kind: str, out: str | os.PathLike, *, trials: int | None = None, se
     and for Poisson spikes the mean rate per bin and the mean count drawn."""
     import numpy as np
 
-    from mrlfads.data_loaders.simulate import simulate as write_simulation
-
     from mrlfads.data_loaders.simulate import SimInterventions
+    from mrlfads.data_loaders.simulate import simulate as write_simulation
 
     perturbation = _sim_perturbation(kind, smoke_test, trials, silence, window, perturbed_trials)
     interventions = None if intervention_trials is None else SimInterventions(
@@ -176,6 +175,8 @@ def ingest(files: str | os.PathLike | Sequence[str | os.PathLike], out: str | os
     for key in ("regions", "drop_quality", "condition_columns"):  # one name is a tuple of one
         if isinstance(options.get(key), str):
             options[key] = (options[key],)
+    if isinstance(options.get("drop_units"), int):
+        options["drop_units"] = (options["drop_units"],)
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     manifest = write_ingest(list(files), out, IngestOptions(**options), overwrite=overwrite)

@@ -20,6 +20,14 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _ids(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--drop-units {text!r}: give Units ids as integers, "
+                                         "e.g. 12,40,41")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE.nwb", help="NWB sessions (paths, or https:// / s3:// URIs, streamed: "
                    "only the tables and the selected units' spike times are fetched); several "
@@ -60,6 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drop-quality", type=_names, default=(), metavar="LABELS",
                    help="drop units whose quality is one of these, e.g. noise,mua")
     g.add_argument("--quality-column", default="quality", help="Units column for --drop-quality")
+    g.add_argument("--drop-units", type=_ids, default=(), metavar="IDS",
+                   help="leave out these units (Units ids, e.g. 12,40,41)")
     g = p.add_argument_group("trials")
     g.add_argument("--perturb-column", metavar="COL",
                    help="trials column flagging perturbed trials (own split, never trained on, "
@@ -101,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         bin_ms=args.bin_ms, align=args.align, window=args.window, regions=args.regions,
         min_neurons=args.min_neurons, heldout=heldout, heldout_column=args.heldout_column,
         region_column=args.region_column, region_map=args.region_map,
-        drop_quality=tuple(args.drop_quality), quality_column=args.quality_column,
+        drop_quality=tuple(args.drop_quality), drop_units=tuple(args.drop_units),
+        quality_column=args.quality_column,
         perturb_column=args.perturb_column, condition_columns=args.condition_columns,
         silence_region_column=args.silence_region_column,
         silence_time_columns=args.silence_time_columns,
