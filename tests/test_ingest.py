@@ -386,6 +386,18 @@ def test_dataset_to_nwb_round_trip(tmp_path):
             np.testing.assert_array_equal(a[t], b[t])
 
 
+def test_unsorted_spike_times_are_binned_as_sorted_with_a_warning(tmp_path):
+    path = build_nwb(tmp_path / "s.nwb", spikes=[[0.1, 0.5], [1.9, 0.2, 1.2], [0.3]],
+                     locations=["ALM", "ALM", "STR"], trials=[(0.0, 1.0), (1.0, 2.0)])
+    m = ingest([path], tmp_path / "ds", IngestOptions(bin_ms=100, ic_enc_seq_len=2, heldout=0,
+                                                      valid_fraction=0))
+    (w,) = [w for w in m.provenance["warnings"] if "ascending" in w]
+    assert "s.nwb" in w and "1 units" in w and "unit 1: spike 1 at 0.200000 s after 1.900000 s" in w
+    a = ArrowDataset.open(tmp_path / "ds").arrays(columns=["trial_id", "x/ALM"])
+    counts = {int(t): a["x/ALM"][i][:, 1].sum() for i, t in enumerate(a["trial_id"])}
+    assert counts == {0: 1, 1: 2}  # 0.2 | 1.2, 1.9
+
+
 def test_bin_spikes_matches_histogram_per_trial():
     rng = np.random.default_rng(0)
     spikes = np.sort(rng.uniform(0, 20, 5000))

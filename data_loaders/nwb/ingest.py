@@ -81,7 +81,7 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
     silenced, label = _interventions(plans, [L.name for L in layouts], window, n_bins, bw,
                                      warnings)
     cols = _trial_columns(plans, o, separate, label, tuple(silenced or ()))
-    x, ext = _bin_all(files, plans, layouts, window, n_bins, o)
+    x, ext = _bin_all(files, plans, layouts, window, n_bins, o, warnings)
     sources = [_source(p, k, layouts, remote_sizes[k]) for k, p in enumerate(plans)]
     provenance = {
         "generator": "mrlfads ingest",
@@ -191,7 +191,7 @@ def _layout(r: str, plans: list[FilePlan], o: IngestOptions, rng: np.random.Gene
 
 
 # -- binning ----------------------------------------------------------------------------------
-def _bin_all(files, plans, layouts, window, n_bins, o) -> tuple[dict, dict | None]:
+def _bin_all(files, plans, layouts, window, n_bins, o, warnings) -> tuple[dict, dict | None]:
     """x[region]: (trials, T, N) counts over all files; ext[region]: (trials, T, D) or None.
     Output arrays are allocated once and filled file by file (no concatenation copies)."""
     n_total = sum(len(p.event) for p in plans)
@@ -203,7 +203,8 @@ def _bin_all(files, plans, layouts, window, n_bins, o) -> tuple[dict, dict | Non
         trials = slice(first, first + len(p.event))
         first += len(p.event)
         with open_nwb(path) as s:
-            _bin_units(s, p, {L.name: (L.rows[k], L.cols[k]) for L in layouts}, edges, x, trials)
+            warnings += _bin_units(s, p, {L.name: (L.rows[k], L.cols[k]) for L in layouts},
+                                   edges, x, trials)
             if o.ext_timeseries is not None:
                 times, values = s.timeseries_samples(o.ext_timeseries, edges[0, 0], edges[-1, -1])
                 exts.append(binning.bin_timeseries(times, values, edges))
@@ -216,22 +217,30 @@ def _bin_all(files, plans, layouts, window, n_bins, o) -> tuple[dict, dict | Non
 
 
 def _bin_units(s: NWBSession, p: FilePlan, rows: dict[str, tuple[np.ndarray, np.ndarray]],
-               edges: np.ndarray, x: dict[str, np.ndarray], trials: slice) -> None:
+               edges: np.ndarray, x: dict[str, np.ndarray], trials: slice) -> list[str]:
     """Fill x[region][trials, :, cols[j]] with the counts of unit rows[j], for (rows, cols)
     = rows[region]. All regions' units are read in one pass in file order, so consecutive
-    units share HDF5 reads."""
+    units share HDF5 reads. Spike times out of order (merged or concatenated sorter
+    output) are counted as if sorted, which is what counts are; the warning returned names
+    them, since NWB's best practice is ascending times."""
     where = {int(r): (name, int(c)) for name, (rr, cc) in rows.items() for r, c in zip(rr, cc)}
+    unsorted: list[str] = []
     for r, spikes in s.iter_unit_spikes(np.array(sorted(where), dtype=np.int64)):
         if not np.isfinite(spikes).all():
             raise IngestError(f"{p.path}: unit {int(p.unit_ids[r])} has NaN or infinite spike "
                               "times; remove them from the file")
         bad = binning.first_unsorted(spikes)
         if bad is not None:
-            raise IngestError(f"{p.path}: spike times of unit {int(p.unit_ids[r])} are not sorted "
-                              f"(spike {bad} at {spikes[bad]:.6f} s comes after {spikes[bad - 1]:.6f} "
-                              "s); NWB requires sorted spike times: sort them and rewrite the file")
+            unsorted.append(f"unit {int(p.unit_ids[r])}: spike {bad} at {spikes[bad]:.6f} s "
+                            f"after {spikes[bad - 1]:.6f} s")
+            spikes = np.sort(spikes)
         name, j = where[r]
         x[name][trials, :, j] = binning.bin_spikes(spikes, edges)
+    if not unsorted:
+        return []
+    return [(f"{os.path.basename(p.path)}: the spike times of {len(unsorted)} units are not in "
+             f"ascending order ({unsorted[0]}); they were binned as sorted. NWB files should "
+             "hold them ascending (nwbinspector flags this)")]
 
 
 # -- trials -----------------------------------------------------------------------------------
