@@ -19,7 +19,7 @@ def random_session(path, rng):
     returns (path, per-unit spike times, trial starts, go cue times, bin width)."""
     bw = float(rng.choice([0.01, 0.02, 0.1]))
     length = float(rng.choice([0.3, 0.7, 1.2, 2.37]))
-    offset = float(rng.choice([0.0, 3.14159, 10.0]))
+    offset = float(rng.choice([-5.0, 0.0, 3.14159, 10.0]))  # NWB times may precede 0
     n_trials = int(rng.integers(8, 16))
     starts = offset + np.cumsum(np.r_[0.0, np.full(n_trials - 1, length)])  # float-summed
     go = starts + rng.uniform(0.1, 0.4, n_trials) * length

@@ -310,7 +310,7 @@ def fit_window(p: FilePlan, window: tuple[float, float], span: float, o: IngestO
     # in time order, each window against the end of the last one kept: the later of an
     # overlapping pair is the one dropped, so the kept windows stay clear of each other
     clash = np.zeros(len(t0), dtype=bool)
-    end = 0.0
+    end = 0.0 if o.window_beyond_trial else -np.inf  # a trial's own bounds may start before 0
     for i in range(len(t0)):
         clash[i] = t0[i] < end - TIME_TOL
         if not clash[i]:
