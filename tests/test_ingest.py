@@ -214,6 +214,15 @@ def test_drop_units_takes_ids_from_the_cli_and_refuses_an_id_no_file_has(nwb, tm
         IngestOptions(drop_units=("a",))
 
 
+def test_units_without_a_spike_in_any_window_are_named_in_a_warning(tmp_path):
+    # unit 1 fires only between the windows (0.3-0.8, 1.2-1.7, 2.4-2.9 s), unit 2 never
+    spikes = [SPIKES[0], [0.1, 1.0, 2.0], [], SPIKES[2]]
+    m = ingest([make_session(tmp_path / "s.nwb", spikes=spikes)], tmp_path / "ds",
+               IngestOptions(**ALIGNED))
+    (w,) = [w for w in m.provenance["warnings"] if "no spike" in w]
+    assert w.startswith("2 units fire no spike") and "ALM:1, STR:2" in w and "--drop-units" in w
+
+
 def test_a_short_trial_setting_the_default_window_is_named_with_the_fix(tmp_path):
     path = make_session(tmp_path / "s.nwb", trials=[(0.0, 1.0), (1.0, 2.0), (2.0, 2.3)])
     m = ingest([path], tmp_path / "ds", IngestOptions(bin_ms=100, ic_enc_seq_len=1))

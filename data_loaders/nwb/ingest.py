@@ -101,12 +101,25 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
     else:
         regions = [RegionSpec(L.name, L.n_heldin, L.n_heldout,
                               tuple(str(i) for i in plans[0].unit_ids[L.rows[0]])) for L in layouts]
+    warnings += _silent_units(x, regions)
     name = o.name or (remote.default_name(files[0]) if remote.is_remote(files[0])
                       else os.path.splitext(os.path.basename(files[0]))[0])
     return _write(os.fspath(out), overwrite, name=name, regions=regions, obs_model="poisson",
                   bin_width_s=bw, ic_enc_seq_len=o.ic_enc_seq_len, x=x, ext=ext,
                   provenance=provenance, rows_per_shard=o.rows_per_shard, silenced=silenced,
                   **cols)
+
+
+def _silent_units(x: dict[str, np.ndarray], regions: list[RegionSpec]) -> list[str]:
+    """A warning naming the units without a spike in any trial's window: they tell the
+    model nothing, and one held out scores nothing."""
+    silent = [f"{r.name}:{r.neuron_ids[j]}" for r in regions
+              for j in np.flatnonzero(x[r.name].sum(axis=(0, 1)) == 0)]
+    if not silent:
+        return []
+    shown = ", ".join(silent[:10]) + (", ..." if len(silent) > 10 else "")
+    return [(f"{len(silent)} units fire no spike in any trial's window (region:id {shown}); "
+             "they carry no information: leave them out with --drop-units")]
 
 
 def _check_drop_units(plans: list[FilePlan], o: IngestOptions) -> None:

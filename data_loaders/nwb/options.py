@@ -47,8 +47,8 @@ class IngestOptions:
     region_map [--region-map]: YAML/JSON file {label: region or null}; null drops the label.
     drop_quality [--drop-quality]: units whose `quality_column` value is one of these are
         dropped (e.g. "noise").
-    drop_units [--drop-units]: Units ids to leave out (e.g. those an error names); every id
-        must be in some file's Units table.
+    drop_units [--drop-units]: Units ids to leave out (e.g. those an error names), in every
+        file given; every id must be in some file's Units table.
     perturb_column [--perturb-column]: boolean/numeric trials column; nonzero trials go to the
         "perturbed" split and are never trained on (unless `silence_region_column` says
         which region they silenced).

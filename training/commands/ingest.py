@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop units whose quality is one of these, e.g. noise,mua")
     g.add_argument("--quality-column", default="quality", help="Units column for --drop-quality")
     g.add_argument("--drop-units", type=_ids, default=(), metavar="IDS",
-                   help="leave out these units (Units ids, e.g. 12,40,41)")
+                   help="leave out these units (Units ids, e.g. 12,40,41; in every file given)")
     g = p.add_argument_group("trials")
     g.add_argument("--perturb-column", metavar="COL",
                    help="trials column flagging perturbed trials (own split, never trained on, "
