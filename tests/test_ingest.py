@@ -353,14 +353,16 @@ def test_ext_from_trials_column_and_timeseries(nwb, tmp_path):
     np.testing.assert_allclose(ext[0][:, 0], [6.5, 8.5, 10.5, 12.5, 14.5], atol=1e-5)
 
 
-def test_export_then_ingest_gives_back_the_same_counts(tmp_path):
+@pytest.mark.parametrize("bin_s, gap_s", [(0.02, 0.1), (0.01, 0.0), (0.1, 0.0)])
+def test_export_then_ingest_gives_back_the_same_counts(tmp_path, bin_s, gap_s):
+    # gap 0: trials end to end, each window ending where the next trial starts
     rng = np.random.default_rng(0)
     counts = {"A": rng.poisson(1.5, (6, 12, 4)), "B": rng.poisson(0.5, (6, 12, 3))}
     perturbed = np.array([False, False, True, False, False, True])
-    path = write_nwb_from_arrays(tmp_path / "x.nwb", counts=counts, bin_width_s=0.02,
+    path = write_nwb_from_arrays(tmp_path / "x.nwb", counts=counts, bin_width_s=bin_s,
                                  n_heldout={"A": 1}, perturbed=perturbed,
-                                 condition=np.array(list("abcabc")))
-    o = IngestOptions(bin_ms=20, heldout_column="heldout", perturb_column="perturbed",
+                                 condition=np.array(list("abcabc")), trial_gap_s=gap_s)
+    o = IngestOptions(bin_ms=bin_s * 1000, heldout_column="heldout", perturb_column="perturbed",
                       valid_fraction=0.25)
     m = ingest([path], tmp_path / "ds", o)
     assert [(r.name, r.n_heldin, r.n_heldout) for r in m.regions] == [("A", 3, 1), ("B", 3, 0)]
