@@ -155,6 +155,30 @@ def test_score_adds_psth_r2_where_there_are_conditions(tiny):
     assert {"valid/psth_r2", "valid/heldout_psth_r2", "valid/heldout_psth_r2/B"} <= set(s)
 
 
+def test_score_adds_rate_r2_against_the_true_rates(tiny):
+    _, ds, trainer = tiny
+    train = load_split(ds, "train", torch.device("cpu"), with_truth=True)
+    outputs, _ = collect_outputs(trainer.model, train, trainer.cfg, trainer.epoch)
+    s = score(outputs, train, trainer.cfg.model)
+    tau = trainer.cfg.model.ic_enc_seq_len
+    true = {r: train.truth[f"truth/rates/{r}"][:, tau:].reshape(-1, 4) for r in ("A", "B")}
+    pred = {r: np.concatenate([outputs[f"rates/{r}"], outputs[f"heldout_rates/{r}"]], -1)
+            .reshape(-1, 4) for r in ("A", "B")}
+
+    def hand(t, p):  # variance-weighted over neurons: one ratio of summed squares
+        return 1 - ((t - p) ** 2).sum() / ((t - t.mean(0)) ** 2).sum()
+
+    for r in ("A", "B"):
+        assert s[f"valid/rate_r2/{r}"] == pytest.approx(hand(true[r], pred[r]), rel=1e-5)
+    both = [np.concatenate([d["A"], d["B"]], 1) for d in (true, pred)]
+    assert s["valid/rate_r2"] == pytest.approx(hand(*both), rel=1e-5)
+    exact = {**outputs, **{f"rates/{r}": train.truth[f"truth/rates/{r}"][:, tau:, :3] for r in "AB"},
+             **{f"heldout_rates/{r}": train.truth[f"truth/rates/{r}"][:, tau:, 3:] for r in "AB"}}
+    assert score(exact, train, trainer.cfg.model)["valid/rate_r2"] == pytest.approx(1.0)
+    no_truth = load_split(ds, "train", torch.device("cpu"))
+    assert not any("rate_r2" in k for k in score(outputs, no_truth, trainer.cfg.model))
+
+
 def test_posterior_sample_average_shapes_and_convergence(tiny):
     _, _, trainer = tiny
     valid, cfg = trainer.valid_data, trainer.cfg
@@ -184,7 +208,7 @@ def test_infer_writes_heldout_rates_and_the_same_co_bps_as_training(tiny, tmp_pa
     root, _, trainer = tiny
     out = tmp_path / "infer"
     assert main(["infer", "--model", str(root / "last.pt"), "--data", str(root / "data"),
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--samples", "0"]) == 0
     cols = read_outputs(out)
     assert cols["heldout_rates/A"].shape == (24, 8, 1)  # 24 trials, T' = 12 - 4, 1 held-out
     assert np.all(cols["heldout_rates/B"] > 0)
@@ -196,9 +220,10 @@ def test_infer_writes_heldout_rates_and_the_same_co_bps_as_training(tiny, tmp_pa
     assert "train/psth_r2" in metrics and "train/heldout_psth_r2" in metrics
     info = json.loads((out / "outputs.json").read_text())
     assert info["samples"] == 0
-    sampled = tmp_path / "sampled"
+    sampled = tmp_path / "sampled"  # the default: 20 posterior samples averaged
     assert main(["infer", "--model", str(root / "last.pt"), "--data", str(root / "data"),
-                 "--out", str(sampled), "--samples", "4", "--splits", "valid"]) == 0
+                 "--out", str(sampled), "--splits", "valid"]) == 0
+    assert json.loads((sampled / "outputs.json").read_text())["samples"] == 20
     s = read_outputs(sampled)
     assert s["heldout_rates/A"].shape == (6, 8, 1)
     assert not np.allclose(s["rates/A"], cols["rates/A"][cols["split"] == "valid"])

@@ -139,6 +139,31 @@ def score(outputs: dict[str, np.ndarray], data: SplitTensors, model_cfg: Any,
         out.update(M.effectome_metrics(E, names))
         out.update(effectome_truth_scores(E, comm_matrix, "effectome"))
         out.update(_truth_scores(messages, outputs, data, names, tau))
+    if model_cfg.obs_model == "poisson" and not model_cfg.sessions:
+        out.update(_rate_truth_scores(outputs, data, names, tau))
+    return out
+
+
+def _rate_truth_scores(outputs, data, names, tau) -> dict[str, float]:
+    """``valid/rate_r2/<r>``: R^2 of every neuron's predicted rate (held-in, then held-out)
+    against its true rate, where the data has it (simulated spikes); ``valid/rate_r2``
+    pools every region's neurons (variance-weighted)."""
+    pairs = []
+    for name in names:
+        col = schema.truth_rates_col(name)
+        if col not in data.truth or f"rates/{name}" not in outputs:
+            continue
+        pred = outputs[f"rates/{name}"]
+        if f"heldout_rates/{name}" in outputs:
+            pred = np.concatenate([pred, outputs[f"heldout_rates/{name}"]], axis=-1)
+        true = data.truth[col][:, tau:]
+        if true.shape == pred.shape and true.shape[-1]:
+            pairs.append((name, true.reshape(-1, true.shape[-1]), pred.reshape(-1, pred.shape[-1])))
+    if not pairs or data.n_trials < 2:
+        return {}
+    out = {f"valid/rate_r2/{name}": float(M.r2(t, p)) for name, t, p in pairs}
+    out["valid/rate_r2"] = float(M.r2(np.concatenate([t for _, t, _ in pairs], axis=1),
+                                      np.concatenate([p for _, _, p in pairs], axis=1)))
     return out
 
 

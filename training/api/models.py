@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mrlfads.training.api.infer import DEFAULT_SAMPLES
+
 if TYPE_CHECKING:
     from mrlfads.training.api.datasets import Dataset
     from mrlfads.training.api.infer import Inference
@@ -34,7 +36,7 @@ class Model:
     def regions(self) -> tuple[str, ...]:
         return tuple(self.config.model.region_names)
 
-    def infer(self, dataset: Dataset | str | os.PathLike, *, samples: int = 0,
+    def infer(self, dataset: Dataset | str | os.PathLike, *, samples: int = DEFAULT_SAMPLES,
               splits: str | Iterable[str] = "all", seed: int = 0, device: str = "auto",
               out: str | os.PathLike | None = None, overwrite: bool = False) -> Inference:
         """Rates, factors, inferred inputs and messages of every trial of ``splits``, the

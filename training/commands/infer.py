@@ -1,5 +1,5 @@
-"""`mrlfads infer`: a trained model's outputs on every trial of a dataset: posterior means,
-or the average of N posterior samples (--samples N)."""
+"""`mrlfads infer`: a trained model's outputs on every trial of a dataset: the average of N
+posterior samples (--samples N, default 20), or posterior means (--samples 0)."""
 from __future__ import annotations
 
 import argparse
@@ -9,13 +9,17 @@ HELP = "write rates, factors, inferred inputs, messages and the effectome of a t
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mrlfads.training.api.infer import DEFAULT_SAMPLES
+
     p.add_argument("--model", required=True, help="checkpoint file (RUN/best.pt) or models:/NAME@ALIAS")
     p.add_argument("--data", required=True, help="dataset directory or URI")
     p.add_argument("--out", required=True, help="output directory (an Arrow dataset)")
     p.add_argument("--splits", default="all", help="comma-separated splits, or all (default)")
-    p.add_argument("--samples", type=_samples, default=0, metavar="N",
-                   help="0 (default): posterior means; N >= 1: average the outputs of N runs "
-                   "drawing posterior samples (lfads-torch's posterior averaging)")
+    p.add_argument("--samples", type=_samples, default=DEFAULT_SAMPLES, metavar="N",
+                   help=f"average the outputs of N runs drawing posterior samples (default "
+                   f"{DEFAULT_SAMPLES}: "
+                   "lfads-torch's posterior averaging; rates closer to the truth than the "
+                   "means'), or 0: posterior means (what training logs score)")
     p.add_argument("--seed", type=int, default=0, help="seeds the posterior samples (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
