@@ -15,9 +15,9 @@ if TYPE_CHECKING:
     from mrlfads.training.api.datasets import Dataset
     from mrlfads.training.api.models import Model
 
-# Posterior samples averaged by default: on two 5 Hz spiking fits 20 samples raised every
-# region's rate R^2 against the true rates by 0.02-0.03 over the posterior means, and 50
-# no further (docs/RESULTS.md, "Posterior averaging"); lfads-torch averages samples too.
+# Posterior samples averaged by default: on the four 5 Hz spiking networks 20 samples
+# raised the rate R^2 against the true rates by 0.006-0.025 over the posterior means, and
+# 50 no further (docs/RESULTS.md, "Posterior averaging"); lfads-torch averages samples too.
 DEFAULT_SAMPLES = 20
 
 
@@ -138,8 +138,9 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
           splits: str | Iterable[str] = "all", seed: int = 0, device: str = "auto",
           out: str | os.PathLike | None = None, overwrite: bool = False) -> Inference:
     """The average of ``samples`` posterior samples (default 20), or posterior means
-    (``samples=0``), of every output on the trials of ``splits`` (``"all"``, ``"valid"``, ``"train,valid"`` or a
-    list), scored per split; the cut effectome pooled over every trial. ``out``, if given,
+    (``samples=0``), of every output on the trials of ``splits`` (``"all"``, ``"valid"``,
+    ``"train,valid"`` or a list), scored per split; the cut effectome pooled over every
+    trial. ``out``, if given,
     is checked before any work and written at the end (``overwrite`` to replace it)."""
     import numpy as np
     import torch

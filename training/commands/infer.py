@@ -17,9 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default="all", help="comma-separated splits, or all (default)")
     p.add_argument("--samples", type=_samples, default=DEFAULT_SAMPLES, metavar="N",
                    help=f"average the outputs of N runs drawing posterior samples (default "
-                   f"{DEFAULT_SAMPLES}: "
-                   "lfads-torch's posterior averaging; rates closer to the truth than the "
-                   "means'), or 0: posterior means (what training logs score)")
+                   f"{DEFAULT_SAMPLES}, lfads-torch's posterior averaging: rates closer to the "
+                   "truth than the means'), or 0 for the posterior means (what training's "
+                   "logs score)")
     p.add_argument("--seed", type=int, default=0, help="seeds the posterior samples (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")

@@ -25,7 +25,7 @@ def _ids(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in _names(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--drop-units {text!r}: give Units ids as integers, "
-                                         "e.g. 12,40,41")
+                                         "e.g. 12,40,41") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
