@@ -212,7 +212,8 @@ def _bin_all(files, plans, layouts, window, n_bins, o, warnings) -> tuple[dict, 
          for L in layouts}
     exts, first = [], 0
     for k, (path, p) in enumerate(zip(files, plans)):
-        edges = binning.window_edges(p.event + window[0], n_bins, o.bin_width_s)
+        edges = binning.window_edges(p.windows(window, n_bins * o.bin_width_s)[0], n_bins,
+                                     o.bin_width_s)
         trials = slice(first, first + len(p.event))
         first += len(p.event)
         with open_nwb(path) as s:
@@ -269,13 +270,13 @@ def _interventions(plans: list[FilePlan], regions: list[str], window: tuple[floa
     label = np.concatenate([p.silence[0] for p in plans])
     t0 = np.concatenate([p.silence[1] for p in plans])
     t1 = np.concatenate([p.silence[2] for p in plans])
-    event = np.concatenate([p.event for p in plans])
+    start = np.concatenate([p.windows(window, n_bins * bw)[0] for p in plans])
     outside = sorted(set(label[label != ""].tolist()) - set(regions))
     if outside:
         n = int(np.isin(label, outside).sum())
         warnings.append(f"{n} trials silence regions {outside}, which the dataset does not have "
                         f"(regions: {regions}); they go to the 'perturbed' split, not trained on")
-    centres = event[:, None] + window[0] + (np.arange(n_bins) + 0.5) * bw  # (trials, T)
+    centres = start[:, None] + (np.arange(n_bins) + 0.5) * bw  # (trials, T)
     on = (centres >= t0[:, None]) & (centres < t1[:, None])  # NaN times: False
     silenced = {r: (on & (label == r)[:, None]).astype(np.float32) for r in regions
                 if (label == r).any()}
