@@ -140,8 +140,8 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
     """The average of ``samples`` posterior samples (default 20), or posterior means
     (``samples=0``), of every output on the trials of ``splits`` (``"all"``, ``"valid"``,
     ``"train,valid"`` or a list), scored per split; the cut effectome pooled over every
-    trial. ``out``, if given,
-    is checked before any work and written at the end (``overwrite`` to replace it)."""
+    trial. ``out``, if given, is checked before any work and written at the end
+    (``overwrite`` to replace it)."""
     import numpy as np
     import torch
 
