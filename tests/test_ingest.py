@@ -210,8 +210,12 @@ def test_drop_units_takes_ids_from_the_cli_and_refuses_an_id_no_file_has(nwb, tm
                                           r"Units table \(its ids run 0..3\)"):
         ingest([nwb], tmp_path / "bad", IngestOptions(**ALIGNED, drop_units=(3, 7)))
     assert not (tmp_path / "bad").exists()
-    with pytest.raises(IngestError, match="--drop-units: Units ids are integers"):
-        IngestOptions(drop_units=("a",))
+    for bad in ("a", "s/x", "/3", 1.5, True):
+        with pytest.raises(IngestError, match="--drop-units: give Units ids as integers"):
+            IngestOptions(drop_units=(bad,))
+    assert IngestOptions(drop_units=(" 4", "s/5")).drop_units == (4, "s/5")
+    with pytest.raises(SystemExit):
+        main(["ingest", str(nwb), "--out", str(tmp_path / "x"), "--drop-units", "0,s/x"])
 
 
 def test_units_without_a_spike_in_any_window_are_named_in_a_warning(tmp_path):

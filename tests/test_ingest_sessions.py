@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mrlfads.data_loaders.errors import IngestError
 from mrlfads.data_loaders.nwb import IngestOptions, ingest
 from mrlfads.data_loaders.nwb.sessions import session_names
 from mrlfads.data_loaders.nwb.testing import build_nwb
@@ -61,6 +62,36 @@ def test_files_with_different_units_become_sessions(three, tmp_path):
         assert [split[t] for t in range(3 * k, 3 * k + 3)].count("valid") == 1
     assert [s["unit_ids"] for s in m.provenance["sources"]] == [
         {"ALM": [0, 1], "STR": [2]}, {"ALM": [0, 1, 2], "STR": []}, {"ALM": [0], "STR": []}]
+
+
+def test_drop_units_by_session_leave_one_file_alone(three, tmp_path, capsys):
+    """Separately sorted sessions reuse ids: SESSION/ID leaves a unit out of its own file
+    only, a plain id out of every file; a session or id that does not exist is refused."""
+    from mrlfads.training.cli import main
+
+    o = dict(ALIGNED, heldout=0, drop_quality=("noise",), sessions="separate")
+    m = ingest(three, tmp_path / "ds", IngestOptions(**o, drop_units=("b/1", "a/1")))
+    assert [s["unit_ids"] for s in m.provenance["sources"]] == [
+        {"ALM": [0], "STR": [2]}, {"ALM": [0, 2], "STR": []}, {"ALM": [0], "STR": []}]
+    assert m.region("ALM").neuron_ids == ("a/0", "b/0", "b/2", "c/0")
+    m = ingest(three, tmp_path / "ds1", IngestOptions(**o, drop_units=(1,)))
+    assert [s["unit_ids"]["ALM"] for s in m.provenance["sources"]] == [[0], [0, 2], [0]]
+    # from the command line, a plain id and a session's id together
+    args = ["ingest", *map(str, three), "--out", str(tmp_path / "cli"), "--bin-ms", "100",
+            "--align", "go_cue_time", "--window=-0.2:0.3", "--ic-enc-seq-len", "2",
+            "--heldout", "0", "--drop-quality", "noise", "--sessions", "separate",
+            "--drop-units", "1,b/0"]
+    assert main(args) == 0
+    ds = ArrowDataset.open(tmp_path / "cli")
+    assert [s["unit_ids"]["ALM"] for s in ds.manifest.provenance["sources"]] == [[0], [2], [0]]
+    alm = by_trial(ds, "x/ALM")  # b's column holds its unit 2 (spikes of SPIKES[0])
+    np.testing.assert_array_equal(alm[3][:, 1], HAND[0][0])
+    with pytest.raises(IngestError, match=r"sessions \['d'\] are not among the files given, "
+                                          r"whose session names are \['a', 'b', 'c'\]"):
+        ingest(three, tmp_path / "bad", IngestOptions(**o, drop_units=("d/1",)))
+    with pytest.raises(IngestError, match=r"\['c/2'\] name no unit of their session's Units"):
+        ingest(three, tmp_path / "bad", IngestOptions(**o, drop_units=("c/2", "b/2")))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_matching_files_stay_one_session_unless_asked(tmp_path):

@@ -28,7 +28,7 @@ from mrlfads.data_loaders.errors import DatasetError, IngestError
 from mrlfads.data_loaders.manifest import DatasetManifest, RegionSpec
 from mrlfads.data_loaders.nwb import binning, remote
 from mrlfads.data_loaders.nwb import sessions as nwb_sessions
-from mrlfads.data_loaders.nwb.options import IngestOptions
+from mrlfads.data_loaders.nwb.options import IngestOptions, split_unit_ref
 from mrlfads.data_loaders.nwb.plan import (
     FilePlan,
     fit_observed,
@@ -54,12 +54,13 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
     _check_out(os.fspath(out), overwrite)
     region_map = load_region_map(o.region_map)
     plans, warnings, remote_sizes = [], [], []
-    for path in files:
+    names = nwb_sessions.session_names(files)
+    for path, drop in zip(files, _drop_units_by_file(names, o)):
         with open_nwb(path) as s:
-            plans.append(plan_file(s, o, region_map))
+            plans.append(plan_file(s, dataclasses.replace(o, drop_units=drop), region_map))
             warnings += plans[-1].warnings
             remote_sizes.append(s.remote_size)
-    _check_drop_units(plans, o)
+    _check_drop_units(plans, names, o)
     separate = o.sessions == "separate" or (o.sessions == "auto" and len(plans) > 1
                                             and not nwb_sessions.matchable(plans, o))
     specs: list = []
@@ -122,14 +123,32 @@ def _silent_units(x: dict[str, np.ndarray], regions: list[RegionSpec]) -> list[s
              "they carry no information: leave them out with --drop-units")]
 
 
-def _check_drop_units(plans: list[FilePlan], o: IngestOptions) -> None:
-    """Every --drop-units id names a unit of some file: a mistyped id would otherwise keep
-    the unit it meant without a word."""
+def _drop_units_by_file(names: list[str], o: IngestOptions) -> list[tuple[int, ...]]:
+    """The Units ids --drop-units leaves out of each file: plain ids from every file,
+    SESSION/ID from the file of that session name (nwb/sessions.py's, the file's stem)."""
+    refs = [split_unit_ref(u) for u in o.drop_units]
+    unknown = sorted({s for s, _ in refs if s is not None and s not in names})
+    if unknown:
+        raise IngestError(f"--drop-units: sessions {unknown} are not among the files given, "
+                          f"whose session names are {names} (each file's stem); write "
+                          "SESSION/ID with one of those")
+    return [tuple(sorted({i for s, i in refs if s in (None, name)})) for name in names]
+
+
+def _check_drop_units(plans: list[FilePlan], names: list[str], o: IngestOptions) -> None:
+    """Every --drop-units entry names a unit of some file (SESSION/ID: of that session's
+    file): a mistyped id would otherwise keep the unit it meant without a word."""
     known = np.concatenate([p.unit_ids for p in plans])
-    unknown = sorted(set(o.drop_units) - set(known.tolist()))
+    refs = [split_unit_ref(u) for u in o.drop_units]
+    unknown = sorted({i for s, i in refs if s is None} - set(known.tolist()))
     if unknown:
         raise IngestError(f"--drop-units: unit ids {unknown} are in no file's Units table (its "
                           f"ids run {int(known.min())}..{int(known.max())}); check the ids")
+    ids = dict(zip(names, (p.unit_ids for p in plans)))
+    absent = [f"{s}/{i}" for s, i in refs if s is not None and i not in ids[s]]
+    if absent:
+        raise IngestError(f"--drop-units: {absent} name no unit of their session's Units table; "
+                          "check the ids (a plain id leaves that id out of every file)")
 
 
 # -- regions ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass
 
 from mrlfads.data_loaders.errors import IngestError
@@ -21,6 +22,26 @@ DEFAULT_HELDOUT = 0.1
 MIN_UNITS_FOR_HELDOUT = 5  # a fraction holds out at least 1 unit of regions this large
 SESSION_MODES = ("auto", "matched", "separate")  # --sessions
 UNFIT_MODES = ("refuse", "drop")  # --unfit-trials
+
+
+_SESSION_UNIT = re.compile(r"^(?P<session>[^/]+)/(?P<id>-?[0-9]+)$")
+
+
+def _unit_ref(u):
+    """A --drop-units entry in its canonical form: an int, or "SESSION/ID" (as given)."""
+    if isinstance(u, numbers.Integral) and not isinstance(u, bool):
+        return int(u)
+    if isinstance(u, str) and re.fullmatch(r"\s*-?[0-9]+\s*", u):
+        return int(u)
+    return u.strip() if isinstance(u, str) else u
+
+
+def split_unit_ref(u) -> tuple[str | None, int] | None:
+    """(session or None for every file, unit id) of a --drop-units entry; None if invalid."""
+    if isinstance(u, int) and not isinstance(u, bool):
+        return None, u
+    m = _SESSION_UNIT.match(u) if isinstance(u, str) else None
+    return (m["session"], int(m["id"])) if m else None
 
 
 @dataclass(frozen=True)
@@ -47,8 +68,10 @@ class IngestOptions:
     region_map [--region-map]: YAML/JSON file {label: region or null}; null drops the label.
     drop_quality [--drop-quality]: units whose `quality_column` value is one of these are
         dropped (e.g. "noise").
-    drop_units [--drop-units]: Units ids to leave out (e.g. those an error names), in every
-        file given; every id must be in some file's Units table.
+    drop_units [--drop-units]: units to leave out (e.g. those an error or warning names): a
+        Units id leaves that id out of every file given; ``SESSION/ID`` (a session name as
+        the manifest gives it: the file's stem, e.g. ``sub-01_ses-2/12``) out of that file
+        alone, since separately sorted sessions reuse ids. Each must name a unit of a file.
     perturb_column [--perturb-column]: boolean/numeric trials column; nonzero trials go to the
         "perturbed" split and are never trained on (unless `silence_region_column` says
         which region they silenced).
@@ -96,7 +119,7 @@ class IngestOptions:
     region_column: str | None = None
     region_map: str | None = None
     drop_quality: tuple[str, ...] = ()
-    drop_units: tuple[int, ...] = ()
+    drop_units: tuple[int | str, ...] = ()
     quality_column: str = "quality"
     perturb_column: str | None = None
     silence_region_column: str | None = None
@@ -119,8 +142,7 @@ class IngestOptions:
             value = getattr(self, name)  # lists from JSON/YAML -> tuples (hashable, frozen)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        if all(isinstance(u, numbers.Integral) and not isinstance(u, bool) for u in self.drop_units):
-            object.__setattr__(self, "drop_units", tuple(int(u) for u in self.drop_units))
+        object.__setattr__(self, "drop_units", tuple(_unit_ref(u) for u in self.drop_units))
         if self.heldout is None:
             object.__setattr__(self, "heldout",
                                0.0 if self.heldout_column is not None else DEFAULT_HELDOUT)
@@ -158,8 +180,10 @@ def _problems(o: IngestOptions) -> list[str]:
             if not REGION_RE.match(r):
                 p.append(f"--regions: {r!r} is not a valid region name "
                          "(letters, digits, '_', starting with a letter)")
-    if not all(isinstance(u, int) and not isinstance(u, bool) for u in o.drop_units):
-        p.append(f"--drop-units: Units ids are integers, got {list(o.drop_units)}")
+    bad = [u for u in o.drop_units if split_unit_ref(u) is None]
+    if bad:
+        p.append(f"--drop-units: give Units ids as integers (every file) or SESSION/ID (one "
+                 f"file, e.g. sub-01_ses-2/12), got {bad}")
     if not isinstance(o.min_neurons, int) or o.min_neurons < 1:
         p.append(f"--min-neurons: must be an integer >= 1, got {o.min_neurons!r}")
     h = o.heldout

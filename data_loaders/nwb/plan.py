@@ -380,4 +380,4 @@ def fit_observed(p: FilePlan, rows: np.ndarray, window: tuple[float, float], spa
         f"{p.path}: in {int(out.sum())} of {len(out)} trials {what}; its counts there would "
         f"read as silence. Units (by id) with the most such trials: {units}. Pass "
         "--unfit-trials drop to leave those trials out, or leave the units out (--drop-units "
-        "with their ids)")
+        "with their ids; SESSION/ID, the file's stem and the id, for this file's alone)")

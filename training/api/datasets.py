@@ -175,7 +175,7 @@ def ingest(files: str | os.PathLike | Sequence[str | os.PathLike], out: str | os
     for key in ("regions", "drop_quality", "condition_columns"):  # one name is a tuple of one
         if isinstance(options.get(key), str):
             options[key] = (options[key],)
-    if isinstance(options.get("drop_units"), int):
+    if isinstance(options.get("drop_units"), (int, str)):
         options["drop_units"] = (options["drop_units"],)
     if isinstance(files, (str, os.PathLike)):
         files = [files]

@@ -20,12 +20,15 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def _ids(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in _names(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--drop-units {text!r}: give Units ids as integers, "
-                                         "e.g. 12,40,41") from None
+def _ids(text: str) -> tuple[int | str, ...]:
+    from mrlfads.data_loaders.nwb.options import split_unit_ref
+
+    refs = tuple(int(v) if v.lstrip("-").isdigit() else v for v in _names(text))
+    if not all(split_unit_ref(v) for v in refs):
+        raise argparse.ArgumentTypeError(f"--drop-units {text!r}: give Units ids as integers "
+                                         "(every file), or SESSION/ID (that file), e.g. "
+                                         "12,40,sub-01_ses-2/7")
+    return refs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop units whose quality is one of these, e.g. noise,mua")
     g.add_argument("--quality-column", default="quality", help="Units column for --drop-quality")
     g.add_argument("--drop-units", type=_ids, default=(), metavar="IDS",
-                   help="leave out these units (Units ids, e.g. 12,40,41; in every file given)")
+                   help="leave out these units: Units ids (e.g. 12,40,41) from every file given; "
+                   "SESSION/ID (e.g. sub-01_ses-2/7, the file's stem) from that file alone")
     g = p.add_argument_group("trials")
     g.add_argument("--perturb-column", metavar="COL",
                    help="trials column flagging perturbed trials (own split, never trained on, "
