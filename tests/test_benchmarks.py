@@ -12,6 +12,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_bench_cut_effectome_times_the_cut_against_the_epoch():
+    done = subprocess.run([sys.executable, "benchmarks/bench_cut_effectome.py", "--regions", "2",
+                           "3", "--units", "4", "--trials", "16", "--bins", "14", "--reps", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    assert [(r["regions"], r["pathways"], r["train_trials"]) for r in rows] == [(2, 2, 12),
+                                                                              (3, 6, 12)]
+    for r in rows:
+        assert r["epoch_s"] > 0 and r["cut_s"] > 0
+        assert r["cut_share"] == pytest.approx(r["cut_s"] / (r["epoch_s"] + r["validation_s"]),
+                                               rel=0.01)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_train_smoke_writes_fast_oracle_paired_and_packing_results(tmp_path):

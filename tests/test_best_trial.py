@@ -63,3 +63,38 @@ def test_the_summary_and_the_callback_pick_the_same_trial(tiny_dataset_dir, tmp_
     expected = best_trial({t: m for t, (m, failed) in LAST.items() if not failed}, "objective")
     assert expected == "a0000_00000"
     assert _summary_pick(plan, tmp_path) == _callback_pick(plan) == expected
+
+
+def test_a_trial_stopped_between_effectomes_reports_its_latest_one(tiny_dataset_dir, tmp_path):
+    """The cut effectome is not computed every epoch: a trial whose last report has it NaN
+    (a sweep stopped early) shows the latest it reported, in the summary and the callback."""
+    import pandas as pd
+
+    plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, storage=str(tmp_path))
+    nan = float("nan")
+    rows = [{"objective": 3.0, "epoch": 4, RAMPS_DONE: 1.0, "effectome_cut/A_to_B": 0.5,
+             "effectome_cut/B_to_A": 0.1},
+            {"objective": 2.5, "epoch": 5, RAMPS_DONE: 1.0, "effectome_cut/A_to_B": 0.4,
+             "effectome_cut/B_to_A": 0.2},
+            {"objective": 2.7, "epoch": 6, RAMPS_DONE: 1.0, "effectome_cut/A_to_B": nan,
+             "effectome_cut/B_to_A": nan}]
+    result = SimpleNamespace(path=str(tmp_path / "trainable_a0000_00000_x_2024-01-01"),
+                             error=None, metrics=rows[-1], config={"hparams": {}},
+                             checkpoint=None, metrics_dataframe=pd.DataFrame(rows))
+    summary = sweep.summarize([result], plan)
+    assert summary.effectome == {"A_to_B": 0.4, "B_to_A": 0.2}
+    result.metrics = rows[1]  # a last report with one: that one
+    assert sweep.summarize([result], plan).effectome == {"A_to_B": 0.4, "B_to_A": 0.2}
+    result.metrics, result.metrics_dataframe = rows[-1], None  # nothing to fall back on
+    assert sweep.summarize([result], plan).effectome == {}
+
+    cb = MlflowTuneCallback("s", metric="objective", mode="min", system_metrics=False,
+                            tracker_factory=lambda outbox: InMemoryTracker(MemoryStore()))
+    cb.setup()
+    trial = SimpleNamespace(trial_id="a0000_00000", experiment_tag="a", local_path=None,
+                            config={"run": plan.run, "hparams": {}}, checkpoint=None)
+    cb.log_trial_start(trial)
+    for i, row in enumerate(rows):
+        cb.log_trial_result(i, trial, {**row, "config": trial.config})
+    assert cb.last_metrics["a0000_00000"]["effectome_cut/A_to_B"] == 0.4
+    assert cb.last_metrics["a0000_00000"]["objective"] == 2.7

@@ -17,8 +17,9 @@ from mrlfads.training.trainable import trial_run_config
 
 # the line every entry point shows for a misspelt field
 UNKNOWN = ("config path 'train.lrr': no field 'lrr' in train (TrainConfig); known: ['amp', "
-           "'batch_size', 'beta1', 'beta2', 'cd_rate', 'cuda_graph', 'device', 'epochs', 'eps', 'grad_clip', "
-           "'lr', 'lr_plateau', 'objective', 'plateau_factor', 'plateau_min_lr', "
+           "'batch_size', 'beta1', 'beta2', 'cd_rate', 'cuda_graph', 'cut_effectome_every', "
+           "'device', 'epochs', 'eps', 'grad_clip', 'lr', 'lr_plateau', 'objective', "
+           "'plateau_factor', 'plateau_min_lr', "
            "'plateau_patience', 'seed', 'smoothing', 'sv_rate', 'threads', 'weight_decay']")
 
 

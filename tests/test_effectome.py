@@ -125,6 +125,39 @@ def test_the_trainer_reports_the_cut_effectome_once_the_ramps_are_done(tmp_path)
     assert sep == pytest.approx(E[1, 0] / E[0, 1], rel=1e-5)
 
 
+def test_the_cut_effectome_is_computed_only_where_an_epoch_can_be_read(tmp_path):
+    """After the ramps: at a new best of the smoothed objective, every
+    ``train.cut_effectome_every`` epochs, the last epoch and where the caller asks (a
+    sweep's checkpoints); NaN elsewhere, with the same keys."""
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.loop import Trainer
+
+    ds = make_tiny_dataset(tmp_path / "d")
+    cfg = RunConfig.for_dataset(ds.manifest, smoke_test=True, overrides={
+        "train.epochs": 6, "train.cut_effectome_every": 4})
+    trainer = Trainer(cfg, ds)
+    cut = "effectome_cut/A_to_B"
+    history = [trainer.run_epoch()]  # epoch 1: before the ramps end, never computed
+    assert math.isnan(history[0][cut])
+    trainer.best_objective = -math.inf  # from here no epoch improves the objective
+    history += [trainer.run_epoch() for _ in range(2)]  # epochs 2, 3: nothing asks
+    history.append(trainer.run_epoch())  # epoch 4: on the every-4 grid
+    history.append(trainer.run_epoch(cut_effectome=True))  # epoch 5: asked for
+    history.append(trainer.run_epoch())  # epoch 6: the last
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert [math.isfinite(h[cut]) for h in history] == [False, False, False, True, True, True]
+    assert all(set(h) == set(history[0]) for h in history)
+    valid = trainer.valid_data
+    E = cut_effectome(trainer.model, valid.heldin, valid.ext)  # the last epoch's, by hand
+    assert history[-1][cut] == pytest.approx(E[1, 0], rel=1e-5)
+    # an epoch that improves the smoothed objective computes it wherever it falls
+    trainer = Trainer(cfg.with_overrides({"train.cut_effectome_every": 100}), ds)
+    trainer.run_epoch()
+    second = trainer.run_epoch()  # the first selectable epoch: a new best by definition
+    assert second["ramps_done"] == 1.0 and math.isfinite(second[cut])
+
+
 def test_the_sweep_report_leads_with_the_cut_effectome():
     from mrlfads.training.sweep import SweepSummary, format_summary
 

@@ -38,7 +38,6 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from ray.tune.logger import LoggerCallback
 
 from mrlfads.config_utils import to_dict
 from mrlfads.ramps import best_trial
+from mrlfads.scratch import scratch_dir
 from mrlfads.tracking import figures
 from mrlfads.tracking.inputs import dataset_input
 from mrlfads.tracking.interface import Tracker, flatten
@@ -222,7 +222,7 @@ class MlflowTuneCallback(LoggerCallback):
             return []
 
     def setup(self, *args, **kwargs) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="mrlfads-tune-")
+        self._tmp = scratch_dir("mrlfads-tune-")
         self.outbox_files = []
         outbox = self.outbox_dir / OUTBOX_NAME if self.outbox_dir is not None else None
         self.parent = self._new_tracker(outbox, system_metrics=self.system_metrics)
@@ -336,7 +336,9 @@ class MlflowTuneCallback(LoggerCallback):
         if self.last_hp.get(tid) and hp != self.last_hp[tid] and tid in self.last_step:
             metrics.update(self._exploit(trial, t, self.last_hp[tid], hp, step))
         self.last_hp[tid], self.last_step[tid] = hp, step
-        self.last_metrics[tid] = metrics
+        # each key's latest finite value, as the MLflow run holds it (and _restore reads it):
+        # the cut effectome is not computed every epoch (training/loop.py, run_epoch)
+        self.last_metrics[tid] = {**self.last_metrics.get(tid, {}), **metrics}
         t.log_metrics(metrics, step=step)
         if result.get("nonfinite/events"):
             self._nonfinite(tid, t, result["nonfinite/events"])

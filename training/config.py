@@ -53,10 +53,15 @@ class TrainConfig:
     # on CUDA, never on the CPU; true insists (an error without CUDA); false = eager.
     cuda_graph: bool | str = "auto"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # After the ramps, the per-epoch cut effectome (one forward pass per pathway, docs/
+    # PERFORMANCE.md) is computed at every epoch that improves the smoothed objective (what
+    # best.pt may hold), at the last epoch, at a sweep's checkpoints, and every N epochs
+    # besides; 1 = every epoch. Other epochs report its keys as NaN.
+    cut_effectome_every: int = 10
 
     def __post_init__(self) -> None:
         errors = []
-        for key in ("epochs", "batch_size"):
+        for key in ("epochs", "batch_size", "cut_effectome_every"):
             if getattr(self, key) < 1:
                 errors.append(f"train.{key}={getattr(self, key)} must be >= 1")
         if not self.lr > 0:

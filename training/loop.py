@@ -22,7 +22,7 @@ from mrlfads.ramps import RAMPS_DONE
 from mrlfads.training import checkpoint as ckpt
 from mrlfads.training.config import RunConfig, check_against_data
 from mrlfads.training.data import SplitTensors, load_split
-from mrlfads.training.evaluate import evaluate_split
+from mrlfads.training.evaluate import cut_effectome_metrics, evaluate_split
 from mrlfads.training.masks import sample_validation_hidden
 from mrlfads.training.objective import resolve_objective, unprotected_warning
 from mrlfads.training.step import TrainStep, wants_graph
@@ -180,15 +180,19 @@ class Trainer:
             raise NonFiniteLossError(_nonfinite_message(self.epoch, dict.fromkeys(bad, math.nan)))
         return self.step.epoch_means()
 
-    def run_epoch(self) -> dict[str, float]:
-        """Train one epoch, validate with posterior means, update schedule and history."""
+    def run_epoch(self, cut_effectome: bool = False) -> dict[str, float]:
+        """Train one epoch, validate with posterior means, update schedule and history.
+
+        The cut effectome (one forward pass per pathway: 40% of an epoch's time with 4
+        regions) is computed only after the ramps, and there only where its value is read:
+        an epoch that improves the smoothed objective (best.pt may hold it), the last epoch,
+        every ``train.cut_effectome_every`` epochs, and when ``cut_effectome`` asks (a
+        sweep's checkpoints). Its keys are NaN in the other epochs."""
         train_terms = self.train_one_epoch()
         ramps_done = self.epoch >= self.cfg.loss.ramps_end
-        # the cut effectome (one pass per pathway) only where an epoch can be selected
+        comm = self.dataset.manifest.comm_matrix
         metrics = evaluate_split(self.model, self.valid_data, self.cfg, self.epoch,
-                                 comm_matrix=self.dataset.manifest.comm_matrix,
-                                 sv_hidden=self.sv_hidden(self.valid_data),
-                                 cut_effectome=ramps_done)
+                                 comm_matrix=comm, sv_hidden=self.sv_hidden(self.valid_data))
         for key in ("loss", "elbo", "recon_loss", "heldout_loss"):
             metrics[f"train/{key}"] = train_terms[key]
         raw = metrics[resolve_objective(self.cfg).metric]  # training/objective.py
@@ -196,6 +200,11 @@ class Trainer:
             raise NonFiniteLossError(_nonfinite_message(self.epoch, metrics))
         metrics["objective_raw"] = raw
         metrics["objective"] = self.smoother.update(raw)
+        every = self.cfg.train.cut_effectome_every
+        if ramps_done and (cut_effectome or metrics["objective"] <= self.best_objective
+                           or self.epoch + 1 >= self.cfg.train.epochs
+                           or (self.epoch + 1) % every == 0):
+            metrics.update(cut_effectome_metrics(self.model, self.valid_data, comm))
         # 1 once every KL/L2 ramp is at full weight: only such epochs may be selected
         metrics[RAMPS_DONE] = float(ramps_done)
         metrics["lr"] = self.lr

@@ -384,6 +384,21 @@ def prune_checkpoints(experiment_path: str, keep: int) -> int:
     return deleted
 
 
+def _latest_effectome(result) -> dict[str, float]:
+    """The cut effectome of the trial's last report that has one: a trial computes it at
+    its checkpoints, new bests and last epoch (training/loop.py, run_epoch), so a sweep
+    stopped early can end a trial on an epoch without it."""
+    m = result.metrics or {}
+    keys = [k for k in m if k.startswith(EFFECTOME_CUT)]
+    if all(isinstance(m[k], (int, float)) and math.isfinite(m[k]) for k in keys):
+        return {k: m[k] for k in keys}
+    df = getattr(result, "metrics_dataframe", None)
+    if df is None or not keys or not set(keys) <= set(df.columns):
+        return {}
+    done = df[keys].dropna()
+    return {} if done.empty else {k: float(v) for k, v in done.iloc[-1].items()}
+
+
 def summarize(results, plan: SweepPlan) -> SweepSummary:
     """Best finished trial by its last ``metric`` (``mrlfads.ramps.best_trial``, the rule
     the tracking callback follows too); history from its checkpoint's lineage."""
@@ -410,8 +425,7 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
     summary.best_metrics = {k: v for k, v in m.items()
                             if isinstance(v, (int, float)) and not k.startswith(("config", "hp/"))}
     summary.hparams = dict((best.config or {}).get("hparams") or (best.config or {}).get("build") or {})
-    summary.effectome = {k.split("/", 1)[1]: v for k, v in m.items()
-                         if k.startswith(EFFECTOME_CUT) and math.isfinite(v)}
+    summary.effectome = {k.split("/", 1)[1]: v for k, v in _latest_effectome(best).items()}
     summary.effectome_message_rms = {k.split("/", 1)[1]: v for k, v in m.items()
                                      if k.startswith("effectome/")}
     if best.checkpoint is not None:

@@ -37,12 +37,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from mrlfads.files import CHECKPOINT  # the file in each Tune checkpoint directory
+from mrlfads.scratch import scratch_dir
 
 NONFINITE_RESTARTS = 3  # explore steps a trial may take away from non-finite losses
 STATE_FILE = "nonfinite.json"  # in the trial directory: restarts so far (survives retries)
@@ -145,7 +145,7 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
     interval = int(config["checkpoint_interval"])
     epochs = int(trainer.cfg.train.epochs)
     pending: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="mrlfads-good-") as keep:
+    with scratch_dir("mrlfads-good-") as keep:
         good = None  # epoch of the last good checkpoint (a copy in `keep`); None: none yet
         if restore_dir is not None:
             shutil.copy2(os.path.join(restore_dir, CHECKPOINT), keep)
@@ -154,7 +154,9 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
             if before_epoch is not None:
                 before_epoch(trainer.epoch + 1)
             try:
-                metrics = trainer.run_epoch()
+                # a checkpoint's epoch reports its cut effectome: what a sweep's summary shows
+                metrics = trainer.run_epoch(
+                    cut_effectome=should_checkpoint(trainer.epoch + 1, interval, epochs))
             except NonFiniteLossError as exc:
                 if not can_restart:
                     raise
@@ -178,7 +180,7 @@ def train_trial(config: Mapping[str, Any], report: Callable[[dict, str | None], 
             metrics["nonfinite/events"] = json.dumps(pending) if pending else ""
             pending = []
             if should_checkpoint(trainer.epoch, interval, epochs):
-                with tempfile.TemporaryDirectory(prefix="mrlfads-ckpt-") as tmp:
+                with scratch_dir("mrlfads-ckpt-") as tmp:
                     trainer.save_checkpoint(os.path.join(tmp, CHECKPOINT))
                     shutil.copy2(os.path.join(tmp, CHECKPOINT), keep)
                     good = trainer.epoch
@@ -201,7 +203,7 @@ def _tune_run(config: Mapping[str, Any], space: Any) -> None:
     trial_dir = tune.get_context().get_trial_dir()
     state_path = Path(trial_dir, STATE_FILE) if trial_dir else None
     checkpoint = tune.get_checkpoint()
-    with tempfile.TemporaryDirectory(prefix="mrlfads-restore-") as local:
+    with scratch_dir("mrlfads-restore-") as local:
         if checkpoint is not None:  # a local copy: Tune's may be a download it deletes
             with checkpoint.as_directory() as ckpt_dir:
                 shutil.copy2(os.path.join(ckpt_dir, CHECKPOINT), local)
