@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mrlfads.training.cpu_threads import add_threads_argument
+
 NAME = "infer"
 HELP = "write rates, factors, inferred inputs, messages and the effectome of a trained model"
 
@@ -22,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "logs score)")
     p.add_argument("--seed", type=int, default=0, help="seeds the posterior samples (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_threads_argument(p)
     p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
@@ -39,7 +42,9 @@ def _samples(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from mrlfads.training.api import load
+    from mrlfads.training.cpu_threads import set_threads
 
+    set_threads(args.threads)
     model = load(args.model, tracking_uri=args.tracking_uri)
     result = model.infer(args.data, samples=args.samples, splits=args.splits, seed=args.seed,
                          device=args.device, out=args.out, overwrite=args.overwrite)

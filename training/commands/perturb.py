@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from mrlfads.training.cpu_threads import add_threads_argument
+
 NAME = "perturb"
 HELP = ("silence a region's messages, one pathway, or a region's inferred inputs over a "
         "window and report the predicted effect on every neuron")
@@ -28,12 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write report.json, effects.npz and the scatter figure here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
     p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
 
 
 def run(args: argparse.Namespace) -> int:
     from mrlfads.training.api import load
+    from mrlfads.training.cpu_threads import set_threads
 
+    set_threads(args.threads)
     model = load(args.model, tracking_uri=args.tracking_uri)
     result = model.perturb(args.data, window=args.window, silence=args.silence, cut=args.cut,
                            silence_inputs=args.silence_inputs, channels=args.channels,
