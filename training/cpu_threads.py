@@ -3,7 +3,7 @@
 torch's default is a thread per core, whose OpenMP threads spin while they wait. On cores
 other processes keep busy, every parallel region then waits for a descheduled thread:
 `mrlfads infer` of a 480-trial 4-region fit took 707 s beside two CPU-bound processes on a
-2-core VM, 119 s with 1 thread, 80 s alone with 2 (docs/PERFORMANCE.md, "Threads and
+2-core VM, 119-212 s with 1 thread, 80 s alone with 2 (docs/PERFORMANCE.md, "Threads and
 OMP_WAIT_POLICY"). So ``--threads auto`` counts the cores other processes are using as
 the command starts and takes the rest, at least one.
 """
