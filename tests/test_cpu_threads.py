@@ -35,10 +35,12 @@ def test_set_threads_limits_torch_and_numpys_blas():
         set_threads(before)
 
 
-def test_infer_and_perturb_take_threads(capsys):
+def test_infer_perturb_and_report_take_threads(capsys):
     from mrlfads.training.cli import main
 
-    for args in (["infer", "--out", "o"], ["perturb", "--window", "1:2", "--silence", "A"]):
+    for args in (["infer", "--out", "o", "--model", "m.pt", "--data", "d"],
+                 ["perturb", "--window", "1:2", "--silence", "A", "--model", "m.pt", "--data", "d"],
+                 ["report", "RUN"]):
         with pytest.raises(SystemExit):
-            main([*args, "--model", "m.pt", "--data", "d", "--threads", "0"])
+            main([*args, "--threads", "0"])
         assert "--threads '0': give auto or a number" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mrlfads.training.commands import at_least
+from mrlfads.training.cpu_threads import add_threads_argument
 
 NAME = "report"
 HELP = ("write one self-contained HTML page (opens without a server) of a sweep directory or "
@@ -31,13 +32,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=at_least(1), default=256, metavar="N",
                    help="validation trials run through the model (default 256)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    add_threads_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mrlfads.training.cpu_threads import set_threads
     from mrlfads.training.loop import resolve_device
     from mrlfads.training.report import ReportOptions, kind_of, parse_neurons, write_report
 
     kind = kind_of(args.path)  # bad paths fail before anything heavy loads
+    set_threads(args.threads)
     try:
         device = str(resolve_device(args.device))
     except RuntimeError:  # torch's own words for a malformed device name
