@@ -331,17 +331,16 @@ def _truth_scores(messages, outputs, data, names, tau) -> dict[str, float]:
 
 def evaluate_split(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int,
                    comm_matrix: Any = None,
-                   sv_hidden: list[torch.Tensor] | None = None,
-                   cut_effectome: bool = False) -> dict[str, float]:
+                   sv_hidden: list[torch.Tensor] | None = None) -> dict[str, float]:
     """The per-epoch validation metrics (keys of docs/DESIGN.md), posterior means.
 
     With sample validation (``sv_hidden``) every metric is of the model run with those
-    elements hidden, as in training; ``valid/sv_recon_loss`` scores exactly them.
-    ``cut_effectome`` computes the cut effectome (``cut_effectome_metrics``); without it
-    its keys are NaN, so that every epoch reports the same keys.
+    elements hidden, as in training; ``valid/sv_recon_loss`` scores exactly them. The cut
+    effectome's keys are NaN here, so that every epoch reports the same keys; the Trainer
+    computes it (``cut_effectome_metrics``) at the epochs where it is read (``run_epoch``).
     """
     outputs, terms = collect_outputs(model, data, run_cfg, epoch, sv_hidden=sv_hidden)
     metrics = {f"valid/{k}": v for k, v in terms.items()}
     metrics.update(score(outputs, data, run_cfg.model, comm_matrix))
-    metrics.update(cut_effectome_metrics(model, data, comm_matrix, compute=cut_effectome))
+    metrics.update(cut_effectome_metrics(model, data, comm_matrix, compute=False))
     return metrics
