@@ -27,7 +27,7 @@ UNFIT_MODES = ("refuse", "drop")  # --unfit-trials
 _SESSION_UNIT = re.compile(r"^(?P<session>[^/]+)/(?P<id>-?[0-9]+)$")
 
 
-def _unit_ref(u):
+def unit_ref(u):
     """A --drop-units entry in its canonical form: an int, or "SESSION/ID" (as given)."""
     if isinstance(u, numbers.Integral) and not isinstance(u, bool):
         return int(u)
@@ -142,7 +142,7 @@ class IngestOptions:
             value = getattr(self, name)  # lists from JSON/YAML -> tuples (hashable, frozen)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        object.__setattr__(self, "drop_units", tuple(_unit_ref(u) for u in self.drop_units))
+        object.__setattr__(self, "drop_units", tuple(unit_ref(u) for u in self.drop_units))
         if self.heldout is None:
             object.__setattr__(self, "heldout",
                                0.0 if self.heldout_column is not None else DEFAULT_HELDOUT)

@@ -21,9 +21,9 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _ids(text: str) -> tuple[int | str, ...]:
-    from mrlfads.data_loaders.nwb.options import split_unit_ref
+    from mrlfads.data_loaders.nwb.options import split_unit_ref, unit_ref
 
-    refs = tuple(int(v) if v.lstrip("-").isdigit() else v for v in _names(text))
+    refs = tuple(unit_ref(v) for v in _names(text))
     if not all(split_unit_ref(v) for v in refs):
         raise argparse.ArgumentTypeError(f"--drop-units {text!r}: give Units ids as integers "
                                          "(every file), or SESSION/ID (that file), e.g. "
