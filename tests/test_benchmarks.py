@@ -26,6 +26,20 @@ def test_bench_cut_effectome_times_the_cut_against_the_epoch():
                                                rel=0.01)
 
 
+def test_bench_validate_times_each_part_of_the_check(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/bench_validate.py", "--trials", "24",
+                           "--bins", "14", "--units", "4", "--rows-per-shard", "8", "--repeat", "1",
+                           "--workdir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 shards" in done.stdout  # 24 trials in shards of 8
+    rows = [r.split("|")[1:3] for r in done.stdout.splitlines() if r.startswith("| ")][1:]
+    assert [n.strip() for n, _ in rows] == [
+        "read shards (no checks)", "sha256 of every shard", "value checks, Poisson counts",
+        "value checks, Gaussian values", "validate() in all"]
+    assert all(float(s) >= 0 for _, s in rows)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_train_smoke_writes_fast_oracle_paired_and_packing_results(tmp_path):

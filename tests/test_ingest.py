@@ -194,13 +194,18 @@ def test_trials_where_a_unit_was_not_recorded_are_refused_or_dropped(tmp_path):
     assert any("dropped 2 units by id (--drop-units)" in w for w in m.provenance["warnings"])
 
 
-def test_drop_units_takes_ids_from_the_cli_and_refuses_an_id_no_file_has(nwb, tmp_path):
+@pytest.mark.parametrize("window", [["--window", "-0.2:0.3"], ["--window=-0.2:0.3"],
+                                    ["--window", "-.2:.3"]])
+def test_drop_units_takes_ids_from_the_cli_and_refuses_an_id_no_file_has(nwb, tmp_path, window):
+    """The README's spelling of a window before the event, ``--window -1.0:1.0``, parses
+    (argparse alone reads "-1.0:1.0" as an option)."""
     from mrlfads.training.cli import main
 
     out = tmp_path / "ds"
     assert main(["ingest", str(nwb), "--out", str(out), "--bin-ms", "100", "--align",
-                 "go_cue_time", "--window=-0.2:0.3", "--ic-enc-seq-len", "2", "--heldout", "0",
+                 "go_cue_time", *window, "--ic-enc-seq-len", "2", "--heldout", "0",
                  "--drop-units", "0,3"]) == 0
+    assert ArrowDataset.open(out).manifest.provenance["window_s"] == [-0.2, 0.3]
     ds = ArrowDataset.open(out)
     assert ds.manifest.provenance["sources"][0]["unit_ids"] == {"ALM": [1], "STR": [2]}
     alm = by_trial(ds, "x/ALM")

@@ -73,6 +73,32 @@ def test_a_relative_data_path_reaches_ray_workers_as_absolute(tiny_dataset_dir, 
     assert plan.run.data.uri == str(Path(tiny_dataset_dir).resolve())
 
 
+def test_a_bad_value_in_a_shard_stops_the_sweep_before_ray_starts(tmp_path, capsys):
+    """The driver reads every shard before Ray: a NaN in one trial is reported once, naming
+    the shard, column, trial and fix, and no sweep directory is made."""
+    import numpy as np
+    import pyarrow as pa
+
+    from mrlfads.data_loaders.testing import make_tiny_dataset, rewrite_shard
+    from mrlfads.training.cli import main
+
+    make_tiny_dataset(tmp_path / "d")
+
+    def poison(t):
+        x = t.column("x/A").chunks[0].to_numpy_ndarray().copy()
+        x[1, 3, 0] = np.nan
+        arr = pa.FixedShapeTensorArray.from_numpy_ndarray(x.astype(np.float32))
+        return t.set_column(t.schema.get_field_index("x/A"), "x/A", arr)
+    shard = rewrite_shard(tmp_path / "d", 2, poison)
+    trial = int(pa.ipc.open_file(pa.memory_map(str(shard))).read_all().column("trial_id")[1].as_py())
+    rc = main(["sweep", "--data", str(tmp_path / "d"), "--smoke-test", "--no-tracking",
+               "--storage", str(tmp_path / "s"), "--name", "bad"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert f"{shard}: column 'x/A' has NaN" in err and f"trial_id {trial}, bin 3" in err
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_range_the_run_config_rejects_is_named(tiny_dataset_dir):
     space = SearchSpace.from_dict({"kind": "pbt", "hyperparameters": {
         "model.dropout": {"bounds": [0.0, 1.0], "scale": "linear"}}})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 import mrlfads
@@ -88,11 +89,34 @@ def credentials_off_the_command_line(args: argparse.Namespace) -> None:
                                  for v in value])
 
 
+# A START:STOP value whose start is negative, e.g. "-1.0:1.0" or "-.5:1"
+_NEGATIVE_RANGE = re.compile(r"^-(\d+\.?\d*|\.\d+):")
+
+
+def join_negative_ranges(argv: list[str]) -> list[str]:
+    """``--window -1.0:1.0`` as ``--window=-1.0:1.0``. argparse takes a value that starts
+    with '-' and is not a plain number for an option, and stops with "expected one
+    argument"; a window before the aligned event is the usual case (README, "From DANDI to
+    a sweep")."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if (tok.startswith("--") and "=" not in tok and i + 1 < len(argv)
+                and _NEGATIVE_RANGE.match(argv[i + 1])):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_ranges(sys.argv[1:] if argv is None else list(argv)))
     set_openmp_wait_policy(args.command)
     if args.command in SHARED_CPU_COMMANDS and not getattr(args, "address", None):
         from mrlfads.training.sweep import local_ray_on_loopback

@@ -173,7 +173,8 @@ def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
                name: str | None = None, storage: str | None = None,
                run_overrides: dict[str, Any] | None = None, user_config: dict | None = None,
                smoke_test: bool = False) -> SweepPlan:
-    """Validate the space and dataset and build the base run config; no Ray yet."""
+    """Validate the space and dataset (manifest and every shard's values) and build the
+    base run config; no Ray yet."""
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.search_spaces.tune_objects import resolve_burn_in
     from mrlfads.training.config import fit_ramps, sets_ramps
@@ -184,7 +185,11 @@ def plan_sweep(data: str, *, space: SearchSpace | str | Path | None = None,
         data = str(Path(data).resolve())  # Ray workers run in their own directories
     if smoke_test:
         space = smoke_space(space)
-    manifest = ArrowDataset.open(data).manifest
+    dataset = ArrowDataset.open(data)
+    # Every shard checked here, once: a bad value would otherwise fail each trial in turn,
+    # inside Ray, after the cluster started (docs/RELIABILITY.md).
+    dataset.validate()
+    manifest = dataset.manifest
     base = RunConfig.for_dataset(manifest, uri=str(data), user=user_config, smoke_test=smoke_test)
     fixed = {"train.threads": max(1, int(math.floor(space.resources.cpu)))}
     if smoke_test:
