@@ -45,12 +45,19 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", help="where to write the dataset (default: a temp dir)")
     args = ap.parse_args()
+    if args.workdir:
+        run(args, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
+            run(args, tmp)
 
+
+def run(args: argparse.Namespace, workdir: str) -> None:
     rng = np.random.default_rng(0)
     names = [f"R{k}" for k in range(args.regions)]
     x = {r: rng.poisson(0.1, (args.trials, args.bins, args.units)).astype(np.float32) for r in names}
     mb = sum(a.nbytes for a in x.values()) / 1e6
-    root = os.path.join(args.workdir or tempfile.mkdtemp(prefix="bench-validate-"), "d")
+    root = os.path.join(workdir, "d")
     write_dataset(root, name="bench", regions=[(r, args.units, 0) for r in names],
                   obs_model="poisson", bin_width_s=0.01, ic_enc_seq_len=10, x=x, split="train",
                   rows_per_shard=args.rows_per_shard, overwrite=True)

@@ -500,7 +500,8 @@ def format_summary(summary: SweepSummary) -> str:
         lines.append("effectome (RMS message, src_to_dst): " + ", ".join(
             f"{k}={v:.3g}" for k, v in sorted(summary.effectome_message_rms.items())))
     if summary.history:
-        lines.append("hyperparameter history of the best model (epochs where they changed):")
+        lines.append("hyperparameter history of the best model (the first epoch, each that "
+                     "changed them, the last):")
         hp_keys = sorted({k for row in summary.history for k in row if k.startswith("hp/")})
         previous = None
         for i, row in enumerate(summary.history):
