@@ -19,7 +19,7 @@ from mrlfads.training.trainable import trial_run_config
 UNKNOWN = ("config path 'train.lrr': no field 'lrr' in train (TrainConfig); known: ['amp', "
            "'batch_size', 'beta1', 'beta2', 'cd_rate', 'cuda_graph', 'cut_effectome_every', "
            "'device', 'epochs', 'eps', 'grad_clip', 'lr', 'lr_plateau', 'objective', "
-           "'plateau_factor', 'plateau_min_lr', "
+           "'patience', 'plateau_factor', 'plateau_min_lr', "
            "'plateau_patience', 'seed', 'smoothing', 'sv_rate', 'threads', 'weight_decay']")
 
 

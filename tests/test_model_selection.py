@@ -56,6 +56,52 @@ def test_best_pt_ignores_a_better_epoch_from_before_the_ramps(tiny, tmp_path, mo
     assert best["epoch"] == 5  # epochs 4 and 5 were eligible; 2.0 < 2.5
 
 
+def _scripted(trainer, monkeypatch, values):
+    real, scripted = trainer.run_epoch, iter(values)
+
+    def run_epoch():
+        m = real()
+        m["objective"] = trainer.history[-1]["objective"] = next(scripted)
+        return m
+    monkeypatch.setattr(trainer, "run_epoch", run_epoch)
+
+
+def test_training_ends_patience_epochs_after_the_best_one(tiny, tmp_path, monkeypatch, capsys):
+    """Ramps end at epoch 3 (selectable from epoch 4). The scripted objective's post-ramp
+    best is epoch 5 (1.0; epoch 1's 0.1 is during the ramps); with patience 3 the run ends
+    after epoch 8 instead of 12, best.pt holding epoch 5; resuming trains nothing more."""
+    from mrlfads.tracking.memory import InMemoryTracker
+    from mrlfads.training.fit import epochs_since_best, stale
+
+    cfg = RunConfig.for_dataset(tiny.manifest, smoke_test=True, overrides={
+        "train.epochs": 12, "train.patience": 3, "loss.com_ramp": {"start": 1, "length": 2}})
+    trainer = Trainer(cfg, tiny)
+    _scripted(trainer, monkeypatch, [5.0, 0.1, 4.0, 2.0, 1.0, 1.5, 1.2, 1.1, 0.2, 0.1, 0.1, 0.1])
+    tracker = InMemoryTracker()
+    run_id = tracker.start_run("r", experiment="e")
+    fit(trainer, tmp_path / "run", progress=False, tracker=tracker)
+    assert [int(m["epoch"]) for m in trainer.history] == list(range(1, 9))
+    assert ckpt.load(tmp_path / "run" / BEST)["epoch"] == 5
+    assert epochs_since_best(trainer.history) == (5, 3)
+    out = capsys.readouterr().out
+    assert "stopped at epoch 8 of 12: no better objective in the 3 epochs since epoch 5" in out
+    assert "since epoch 5" in tracker.store.runs[run_id].tags["mrlfads.stopped_early"]
+    fit(Trainer.from_checkpoint(tmp_path / "run" / "last.pt", tiny), tmp_path / "run",
+        progress=False)
+    assert ckpt.load(tmp_path / "run" / "last.pt")["epoch"] == 8
+    # a tie is a new best (best.pt is saved on <=), and patience 0 never stops
+    tie = [{"epoch": e, "objective": v, RAMPS_DONE: 1.0} for e, v in [(1, 2.0), (2, 1.0), (3, 1.0)]]
+    assert epochs_since_best(tie) == (3, 0)
+    assert epochs_since_best([{"epoch": 1, "objective": 1.0, RAMPS_DONE: 0.0}]) == (None, 0)
+    assert not stale(tie + [{"epoch": 9, "objective": 5.0, RAMPS_DONE: 1.0}], 0)
+    assert stale(tie + [{"epoch": 9, "objective": 5.0, RAMPS_DONE: 1.0}], 6)
+
+
+def test_patience_is_checked():
+    with pytest.raises(ConfigError, match=r"train.patience=-1 must be >= 0"):
+        RunConfig.from_dict({"train": {"patience": -1}})
+
+
 def test_selectable_reads_the_flag_and_accepts_older_records():
     assert selectable({RAMPS_DONE: 1.0}) and not selectable({RAMPS_DONE: 0.0})
     assert selectable({"objective": 1.0})  # written before the flag existed

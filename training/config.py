@@ -58,12 +58,19 @@ class TrainConfig:
     # best.pt may hold), at the last epoch, at a sweep's checkpoints, and every N epochs
     # besides; 1 = every epoch. Other epochs report its keys as NaN.
     cut_effectome_every: int = 10
+    # `mrlfads train` ends once this many epochs after the ramps bring no new best of the
+    # smoothed objective (best.pt could no longer change unless one did); 0 trains every
+    # epoch. Full default runs on spikes found their best 2-57 epochs after the ramps
+    # ended and none later (docs/RESULTS.md). Sweeps stop by their population's plateau.
+    patience: int = 50
 
     def __post_init__(self) -> None:
         errors = []
         for key in ("epochs", "batch_size", "cut_effectome_every"):
             if getattr(self, key) < 1:
                 errors.append(f"train.{key}={getattr(self, key)} must be >= 1")
+        if self.patience < 0:
+            errors.append(f"train.patience={self.patience} must be >= 0 (0: no early stop)")
         if not self.lr > 0:
             errors.append(f"train.lr={self.lr} must be > 0")
         if self.objective not in OBJECTIVES:

@@ -8,6 +8,8 @@ Run directory layout:
                    where every KL/L2 ramp had finished (earlier epochs optimise another
                    objective: a model from before the message bottleneck acts can look
                    better on held-out data while its communication is wrong)
+
+Training ends early once ``train.patience`` epochs after the ramps bring no new best.
 """
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
-    """Train until ``epochs`` (default: the config's) are done; returns the last metrics.
+    """Train until ``epochs`` (default: the config's) are done, or until ``train.patience``
+    epochs pass without a new best (then a line says so, and the tracker gets the tag
+    ``mrlfads.stopped_early``); returns the last metrics.
 
     Resumable: a trainer restored from ``last.pt`` continues where it stopped, and the
     metrics file is truncated to the restored epoch so no epoch is written twice.
@@ -59,9 +63,10 @@ def fit(
     metrics: dict[str, float] = trainer.history[-1] if trainer.history else {}
     bar = _progress(progress)
     fault = faults.epoch_hook(out)  # None unless MRLFADS_FAULT asks (fault tests)
+    patience = trainer.cfg.train.patience
     with bar:
         task = bar.add_task("training", total=total, completed=trainer.epoch, status="")
-        while trainer.epoch < total:
+        while trainer.epoch < total and not stale(trainer.history, patience):
             if fault is not None:
                 fault(trainer.epoch + 1)
             try:
@@ -80,7 +85,33 @@ def fit(
             if on_epoch is not None:
                 on_epoch(metrics)
             bar.update(task, completed=trainer.epoch, status=_status(metrics))
+    if trainer.epoch < total and stale(trainer.history, patience):
+        best_epoch, _ = epochs_since_best(trainer.history)
+        note = (f"stopped at epoch {trainer.epoch} of {total}: no better objective in the "
+                f"{patience} epochs since epoch {best_epoch}, which best.pt holds "
+                "(train.patience; 0 trains every epoch)")
+        print(note, flush=True)
+        if tracker is not None:
+            tracker.set_tags({"mrlfads.stopped_early": note})
     return metrics
+
+
+def epochs_since_best(history: list[dict[str, float]]) -> tuple[int | None, int]:
+    """The epoch best.pt holds (the lowest smoothed objective among epochs after the ramps,
+    the later one on a tie, as `fit` saves it) and the epochs trained since; (None, 0)
+    before the ramps end."""
+    best, best_epoch = math.inf, None
+    for m in history:
+        if selectable(m) and m["objective"] <= best:
+            best, best_epoch = m["objective"], int(m["epoch"])
+    if best_epoch is None:
+        return None, 0
+    return best_epoch, int(history[-1]["epoch"]) - best_epoch
+
+
+def stale(history: list[dict[str, float]], patience: int) -> bool:
+    """Whether ``patience`` (> 0) epochs have passed since the one best.pt holds."""
+    return patience > 0 and epochs_since_best(history)[1] >= patience
 
 
 def _where_to_go_on(exc: Exception, trainer: Trainer, out: Path) -> str:

@@ -101,7 +101,8 @@ def fit(dataset: Dataset | str | os.PathLike, *, config: str | os.PathLike | Map
     ``config`` is a YAML file or a dict with optional model/loss/train/data sections;
     ``overrides`` set single fields, ``{"train.lr": 1e-3}`` or ``["train.lr=1e-3"]``
     (docs/API.md). ``epochs`` stretches the default ramps to fit; ``resume`` continues
-    ``out/last.pt`` under its saved config. ``tracking`` logs the run to MLflow.
+    ``out/last.pt`` under its saved config. ``tracking`` logs the run to MLflow. Training
+    ends early once ``train.patience`` epochs after the ramps bring no new best.
     A NaN or inf loss raises ``mrlfads.training.loop.NonFiniteLossError`` naming the checkpoint
     to resume from."""
     from mrlfads.files import BEST, LAST

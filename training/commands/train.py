@@ -17,7 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "weights, lr 5e-4 and coordinated dropout: docs/MODEL.md, 'Defaults')")
     p.add_argument("--epochs", type=at_least(1, "epoch"),
                    help="number of epochs (default: the config's, 350); the default KL/L2 "
-                   "ramps are stretched to fit, ramps you set must end before the last epoch")
+                   "ramps are stretched to fit, ramps you set must end before the last epoch. "
+                   "Training ends sooner once train.patience (50) epochs after the ramps "
+                   "bring no better objective (--set train.patience=0: every epoch)")
     p.add_argument("--out", default="runs/train",
                    help="run directory (default: runs/train): last.pt every epoch, best.pt = "
                         "the lowest smoothed objective among epochs after every KL/L2 ramp "
