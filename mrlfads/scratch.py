@@ -17,10 +17,15 @@ from pathlib import Path
 
 import psutil
 
+from mrlfads.pid_space import pid_space
+
 
 def _host() -> str:
-    """This host's name as a folder name can hold it (containers sharing a /tmp differ)."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+    """This host's name as a folder name can hold it, and its pid space (mrlfads/pid_space.py):
+    containers that share a /tmp, even under one host name, never judge each other's pids."""
+    name = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+    space = pid_space()
+    return f"{name}_{space}" if space else name
 
 
 def remove_stale(prefix: str, root: str | os.PathLike | None = None) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -41,6 +42,8 @@ def test_only_this_hosts_ended_processes_folders_of_the_prefix_are_removed(tmp_p
     gone = tmp_path / f"{PREFIX}{host}-{dead}-abc"
     kept = [tmp_path / f"{PREFIX}{host}-{os.getpid()}-abc",  # a live process
             tmp_path / f"{PREFIX}otherhost-{dead}-abc",  # another host sharing the folder
+            # the same host name in another pid namespace (a container): its pids are not ours
+            tmp_path / f"{PREFIX}{socket.gethostname()}_0123456789ab-{dead}-abc",
             tmp_path / f"mrlfads-ckpt-{host}-{dead}-abc",  # another prefix
             tmp_path / f"{PREFIX}abc"]  # not one of ours (a name without host and pid)
     for d in [gone, *kept]:
@@ -49,3 +52,20 @@ def test_only_this_hosts_ended_processes_folders_of_the_prefix_are_removed(tmp_p
     assert remove_stale(PREFIX, tmp_path) == [gone]
     assert not gone.exists() and all(d.is_dir() for d in kept)
     assert (tmp_path / f"{PREFIX}{host}-{dead}-file").is_file()
+
+
+def test_the_pid_space_is_this_boots_pid_namespace():
+    """Linux: a hash of the boot id and the pid namespace, the same in every process of it
+    (a child here), and part of the folder names' host."""
+    from mrlfads.pid_space import pid_space
+
+    space = pid_space()
+    if not os.path.exists("/proc/self/ns/pid"):
+        assert space == "" and "_" not in _host()[-13:]
+        return
+    assert len(space) == 12 and int(space, 16) >= 0
+    code = "from mrlfads.pid_space import pid_space; print(pid_space())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60, check=True)
+    assert child.stdout.strip() == space
+    assert _host().endswith(f"_{space}")

@@ -174,3 +174,21 @@ def test_a_server_started_from_a_thread_outlives_the_thread(tmp_path):
         assert server.healthy(), "the server died with the thread that started it"
     finally:
         server.stop()
+
+
+def test_a_run_of_another_pid_namespace_under_this_host_name_is_never_judged():
+    """A container that shares the host name but not the pid namespace: its pids mean
+    nothing here, so its run is neither alive nor dead to this process. Runs tagged
+    before the pid space was recorded are judged as before."""
+    from mrlfads.pid_space import pid_space
+    from mrlfads.tracking.liveness import PID_SPACE_TAG, is_alive, owner_tags
+
+    mine = owner_tags()
+    assert is_alive(mine) is True
+    dead = {**mine, "mrlfads.pid": "999999999"}
+    assert is_alive(dead) is False
+    assert is_alive({k: v for k, v in dead.items() if k != PID_SPACE_TAG}) is False
+    other = {**dead, PID_SPACE_TAG: "0123456789ab"}
+    if pid_space():
+        assert mine[PID_SPACE_TAG] == pid_space()
+        assert is_alive(other) is None and is_alive({**mine, PID_SPACE_TAG: "x"}) is None

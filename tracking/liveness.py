@@ -4,7 +4,8 @@ Why: a process killed with SIGKILL (or a machine that lost power) cannot end its
 which would then show RUNNING for ever. Every run a Tracker starts or reopens is tagged with
 the host, pid and start time of the process logging to it; whoever opens the store next
 (`mrlfads ui`, `mrlfads train`) ends the runs of this host whose process no longer exists.
-Runs of other hosts are left alone: nobody here can tell whether their process lives.
+Runs of other hosts, or of another pid namespace under the same host name (a container:
+mrlfads/pid_space.py), are left alone: nobody here can tell whether their process lives.
 """
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import logging
 import os
 import socket
 
+from mrlfads.pid_space import pid_space
+
 HOST_TAG, PID_TAG, STARTED_TAG = "mrlfads.host", "mrlfads.pid", "mrlfads.pid_started"
+PID_SPACE_TAG = "mrlfads.pid_space"
 log = logging.getLogger(__name__)
 
 
@@ -28,13 +32,17 @@ def _started(pid: int) -> str | None:
 
 def owner_tags() -> dict[str, str]:
     """The tags that name this process as the one logging to a run."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
             STARTED_TAG: _started(os.getpid()) or ""}
+    return {**tags, PID_SPACE_TAG: pid_space()} if pid_space() else tags
 
 
 def is_alive(tags: dict[str, str]) -> bool | None:
-    """Whether the run's process lives; None when this host cannot tell (other host, no tags)."""
+    """Whether the run's process lives; None when this process cannot tell (other host or
+    pid namespace, no tags). Runs tagged before the pid space was count as this one's."""
     if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return None
+    if tags.get(PID_SPACE_TAG, pid_space()) != pid_space():
         return None
     started = _started(int(tags[PID_TAG]))
     return started is not None and started == tags.get(STARTED_TAG, started)
