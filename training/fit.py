@@ -59,7 +59,6 @@ def fit(
     total = epochs if epochs is not None else trainer.cfg.train.epochs
     write_text_atomic(out / CONFIG, yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False))
     write_text_atomic(out / METRICS, "".join(json.dumps(m) + "\n" for m in trainer.history))
-    best = trainer.best_objective
     metrics: dict[str, float] = trainer.history[-1] if trainer.history else {}
     bar = _progress(progress)
     fault = faults.epoch_hook(out)  # None unless MRLFADS_FAULT asks (fault tests)
@@ -74,8 +73,7 @@ def fit(
             except NonFiniteLossError as exc:
                 raise NonFiniteLossError(_where_to_go_on(exc, trainer, out)) from None
             trainer.save_checkpoint(out / LAST)
-            if selectable(metrics) and metrics["objective"] <= best:
-                best = metrics["objective"]
+            if epochs_since_best(trainer.history) == (trainer.epoch, 0):  # a new best
                 trainer.save_checkpoint(out / BEST)
             with open(out / METRICS, "a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
@@ -98,8 +96,8 @@ def fit(
 
 def epochs_since_best(history: list[dict[str, float]]) -> tuple[int | None, int]:
     """The epoch best.pt holds (the lowest smoothed objective among epochs after the ramps,
-    the later one on a tie, as `fit` saves it) and the epochs trained since; (None, 0)
-    before the ramps end."""
+    the later one on a tie: `fit` saves best.pt by this rule) and the epochs trained since;
+    (None, 0) before the ramps end."""
     best, best_epoch = math.inf, None
     for m in history:
         if selectable(m) and m["objective"] <= best:
