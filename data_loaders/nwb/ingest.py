@@ -27,6 +27,7 @@ from mrlfads.data_loaders import schema
 from mrlfads.data_loaders.errors import DatasetError, IngestError
 from mrlfads.data_loaders.manifest import DatasetManifest, RegionSpec
 from mrlfads.data_loaders.nwb import binning, remote
+from mrlfads.data_loaders.nwb import heldout as nwb_heldout
 from mrlfads.data_loaders.nwb import sessions as nwb_sessions
 from mrlfads.data_loaders.nwb.options import IngestOptions, split_unit_ref
 from mrlfads.data_loaders.nwb.plan import (
@@ -83,6 +84,8 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
                                      warnings)
     cols = _trial_columns(plans, o, separate, label, tuple(silenced or ()))
     x, ext = _bin_all(files, plans, layouts, window, n_bins, o, warnings)
+    if o.heldout_column is None:  # marked held-out units are the user's choice
+        layouts = _heldout_that_fire(x, plans, layouts, specs if separate else None, o, warnings)
     sources = [_source(p, k, layouts, remote_sizes[k]) for k, p in enumerate(plans)]
     provenance = {
         "generator": "mrlfads ingest",
@@ -109,6 +112,19 @@ def ingest(files: Sequence[str | os.PathLike], out: str | os.PathLike,
                   bin_width_s=bw, ic_enc_seq_len=o.ic_enc_seq_len, x=x, ext=ext,
                   provenance=provenance, rows_per_shard=o.rows_per_shard, silenced=silenced,
                   **cols)
+
+
+def _heldout_that_fire(x, plans, layouts, specs, o, warnings) -> list[RegionLayout]:
+    """Layouts whose held-out units fire in some trial's window (nwb/heldout.py)."""
+    ends = np.cumsum([len(p.event) for p in plans])
+    trials = [slice(int(e - len(p.event)), int(e)) for p, e in zip(plans, ends)]
+    region_groups = {L.name: nwb_heldout.groups(
+        L, trials, None if specs is None else [(s.name, s.units[L.name]) for s in specs])
+        for L in layouts}
+    layouts, swapped = nwb_heldout.swap_silent(x, layouts, region_groups,
+                                               [p.unit_ids for p in plans], o.seed)
+    warnings += swapped
+    return layouts
 
 
 def _silent_units(x: dict[str, np.ndarray], regions: list[RegionSpec]) -> list[str]:

@@ -59,7 +59,8 @@ class IngestOptions:
     heldout [--heldout N|FRACTION]: held-out neurons per region: a value strictly between 0
         and 1 is a fraction of the region's units (rounded down, but at least 1 in a region
         of MIN_UNITS_FOR_HELDOUT units or more), otherwise an integer count (0: none).
-        Chosen at random with `seed`, unless `heldout_column` marks them. None (the
+        Chosen at random with `seed` (a unit silent in every trial's window is then swapped
+        for a firing held-in one: nwb/heldout.py), unless `heldout_column` marks them. None (the
         default) means DEFAULT_HELDOUT (0.1), or 0 with `heldout_column`; the manifest
         records the resolved value.
     heldout_column [--heldout-column]: boolean Units column marking held-out units.

@@ -62,8 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop regions with fewer units, with a warning (default 1)")
     g.add_argument("--heldout", type=float, default=None, metavar="N|FRACTION",
                    help="held-out neurons per region: a count, or a fraction in (0, 1), at "
-                   "least 1 in regions of 5+ units (default 0.1; 0 for none). Model selection "
-                   "ranks on them: the score a model cannot win by copying its input")
+                   "least 1 in regions of 5+ units (default 0.1; 0 for none), drawn at random "
+                   "among units that fire in the trial windows. Model selection ranks on them: "
+                   "the score a model cannot win by copying its input")
     g.add_argument("--heldout-column", metavar="COL", help="boolean Units column marking held-out units")
     g.add_argument("--region-column", metavar="COL",
                    help="Units column with each unit's region (default: its electrode's location)")
