@@ -18,18 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+from machine_info import describe
 
 
 def _best(f, reps: int) -> float:
@@ -77,7 +69,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--data", help="time this Arrow dataset instead of random data")
     args = p.parse_args()
-    print(f"# {_cpu()}, {args.threads} thread(s)")
+    print(f"# {describe()}, {args.threads} thread(s)")
     if args.data:
         print(json.dumps(measure(args.data, args.threads, args.reps)), flush=True)
         return

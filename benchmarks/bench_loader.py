@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import tempfile
 import time
 
 import h5py
 import numpy as np
 import torch
+from machine_info import describe
 from torch.utils.data import DataLoader, Dataset
 
 from mrlfads.data_loaders.reader import ArrowDataset
@@ -87,18 +86,6 @@ def one_pass(make_batches) -> tuple[float, int, int]:
     return time.perf_counter() - t0, n, nbytes
 
 
-def machine() -> str:
-    model = cores = "?"
-    out = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("CPU(s):"):
-            cores = line.split(":", 1)[1].strip()
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {cores} cores, {ram:.0f} GiB RAM, Python {platform.python_version()}, torch {torch.__version__}"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=2048)
@@ -129,7 +116,7 @@ def main() -> None:
     files = [h5_path] + [os.path.join(ds_path, s.path)
                          for s in ArrowDataset.open(ds_path).manifest.shards]
     mb = sum(v.nbytes for v in x.values()) / 1e6
-    print(f"machine: {machine()}")
+    print(f"machine: {describe(versions=True)}")
     print(f"data: {a.trials} trials x {a.bins} bins x {a.regions} regions x {a.neurons} neurons "
           f"float32 = {mb:.0f} MB; write: arrow {t_arrow:.2f} s ({len(files) - 1} shards), "
           f"hdf5 {t_h5:.2f} s")

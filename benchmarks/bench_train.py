@@ -28,10 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+
+from machine_info import describe
 
 AUTHORS_TRIALS_PER_S = {16: 3.4, 64: 6.3}
 
@@ -255,16 +256,6 @@ def paired(batch: int, steps: int, smoke: bool, threads: int | None, device: str
             "speedup": med["oracle"] / med["fast"], "loadavg": os.getloadavg()}
 
 
-def machine() -> str:
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM"
-
-
 def _worker_cmd(args, impl: str, batch: int, mode: str = "eager") -> list[str]:
     cmd = [sys.executable, __file__, "--worker", impl, str(batch), "--steps", str(args.steps),
            "--device", args.device, "--modes", mode]
@@ -376,7 +367,7 @@ def main() -> int:
                            args.modes[0], args.start_at, args.duration))
         print(json.dumps(res))
         return 0
-    print(f"machine: {machine()}; load {os.getloadavg()}; OMP_WAIT_POLICY="
+    print(f"machine: {describe()}; load {os.getloadavg()}; OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY') or '(default)'}; device {args.device}", flush=True)
     results = []
 
@@ -385,7 +376,7 @@ def main() -> int:
         _print(res)
         if args.out:
             with open(args.out, "a") as fh:
-                fh.write(json.dumps({"machine": machine(), **res}) + "\n")
+                fh.write(json.dumps({"machine": describe(), **res}) + "\n")
 
     if args.pack:
         for n in args.pack:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
+from machine_info import describe
 
 from mrlfads.data_loaders.checks import check_observations
 from mrlfads.data_loaders.reader import ArrowDataset
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, workdir: str) -> None:
             ("value checks, Poisson counts", _best(values("poisson"), args.repeat)),
             ("value checks, Gaussian values", _best(values("gaussian"), args.repeat)),
             ("validate() in all", _best(validate, args.repeat))]
-    print(f"{platform.processor() or platform.machine()}; {args.trials} trials x {args.bins} bins "
+    print(f"{describe()}; {args.trials} trials x {args.bins} bins "
           f"x {args.regions} x {args.units} units, {mb:.0f} MB of float32 counts in "
           f"{len(ds.manifest.shards)} shards; best of {args.repeat}, warm cache")
     print("| part | s | MB/s |\n|---|---|---|")

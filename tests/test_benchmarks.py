@@ -12,6 +12,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _machine():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import machine_info
+    finally:
+        sys.path.pop(0)
+    return machine_info
+
+
+def test_the_machine_line_names_the_cpu_cores_and_memory(monkeypatch):
+    m = _machine()
+    monkeypatch.setattr(m.os, "cpu_count", lambda: 7)
+    monkeypatch.setattr(m, "cpu_model", lambda: "Some CPU 9000")
+    monkeypatch.setattr(m.os, "sysconf", {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 3 * 2 ** 18}.get)
+    assert m.describe() == "Some CPU 9000, 7 cores, 3 GiB RAM"
+    assert m.describe(versions=True).startswith("Some CPU 9000, 7 cores, 3 GiB RAM, Python 3.")
+
+
 def test_bench_cut_effectome_times_the_cut_against_the_epoch():
     done = subprocess.run([sys.executable, "benchmarks/bench_cut_effectome.py", "--regions", "2",
                            "3", "--units", "4", "--trials", "16", "--bins", "14", "--reps", "1"],
@@ -33,6 +51,7 @@ def test_bench_validate_times_each_part_of_the_check(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "3 shards" in done.stdout  # 24 trials in shards of 8
+    assert done.stdout.startswith(_machine().describe())  # the machine, named as everywhere
     rows = [r.split("|")[1:3] for r in done.stdout.splitlines() if r.startswith("| ")][1:]
     assert [n.strip() for n, _ in rows] == [
         "read shards (no checks)", "sha256 of every shard", "value checks, Poisson counts",
