@@ -48,6 +48,24 @@ def test_credentials_move_to_the_variables_each_client_reads():
     assert credentials_to_env(db, env) == db and env == {}
 
 
+def test_a_uri_inside_a_set_value_gives_its_credentials_to_the_environment(clean_env):
+    """--set data.uri=s3://KEY:SECRET@... is cleaned like --data s3://KEY:SECRET@...; the
+    other values, and URIs without credentials, are left as typed."""
+    import argparse
+
+    from mrlfads.training.cli import credentials_off_the_command_line
+
+    args = argparse.Namespace(set=[f"data.uri=s3://AKIAXX:{SECRET}@bucket/ds", "train.lr=1e-3",
+                                   "data.uri=s3://b/k=v"],
+                              data=f"s3://bucket/ds?access_key=AKIAXX&secret_key={SECRET}",
+                              config=None)
+    credentials_off_the_command_line(args)
+    assert args.set == ["data.uri=s3://bucket/ds", "train.lr=1e-3", "data.uri=s3://b/k=v"]
+    assert args.data == "s3://bucket/ds"
+    assert (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]) == ("AKIAXX",
+                                                                                   SECRET)
+
+
 def _leaks(root: Path, *texts: str) -> list[str]:
     hits = [str(p) for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     return hits + [f"output #{i}" for i, t in enumerate(texts) if SECRET in t]
@@ -150,6 +168,15 @@ def test_s3_keys_in_the_data_uri_reach_no_config_param_or_manifest(tmp_path, s3_
     (run,) = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
     assert run.data.params["data.uri"] == f"s3://{s3_bucket}/ring"
     store = Path(mlflow_sqlite_uri.removeprefix("sqlite:///")).parent
+    assert _leaks(tmp_path, out.out, out.err) == [] and _leaks(store) == []
+    # the same URI inside --set (a sweep may take data.uri from --set): its keys too
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.pop(var, None)
+    code = main(["train", "--data", f"s3://{s3_bucket}/ring", "--set", f"data.uri={data}",
+                 "--out", str(tmp_path / "run3"), "--smoke-test", "--epochs", "2", "--quiet",
+                 "--tracking-uri", mlflow_sqlite_uri, "--experiment", exp])
+    out = capsys.readouterr()
+    assert code == 0, out.err
     assert _leaks(tmp_path, out.out, out.err) == [] and _leaks(store) == []
     # an error about that URI does not print the key either
     code = main(["train", "--data", f"s3://AKIAXX:{SECRET}@{s3_bucket}/nope", "--no-tracking",

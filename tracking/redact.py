@@ -95,6 +95,13 @@ def credentials_to_env(uri: str, env: dict[str, str] | None = None) -> str:
     return clean
 
 
+def credentials_in_text_to_env(text: str, env: dict[str, str] | None = None) -> str:
+    """``text`` with every URI in it passed through ``credentials_to_env``: for arguments
+    that hold a URI inside a longer value, e.g. ``--set data.uri=s3://KEY:SECRET@bucket/ds``
+    (a whole URI gets ``credentials_to_env`` itself)."""
+    return _URI_IN_TEXT.sub(lambda m: credentials_to_env(m.group(0), env), str(text))
+
+
 def same_store_from_env(recorded: str | None) -> str | None:
     """A URI recorded without credentials, or MLFLOW_TRACKING_URI when that is the same
     store with its credentials (a database URI can carry them only in the URI)."""

@@ -15,7 +15,7 @@ import re
 import sys
 
 import mrlfads
-from mrlfads.tracking.redact import credentials_to_env, redact_text
+from mrlfads.tracking.redact import credentials_in_text_to_env, credentials_to_env, redact_text
 from mrlfads.training import faults
 from mrlfads.training.signals import interrupt_on_termination
 
@@ -83,10 +83,21 @@ def credentials_off_the_command_line(args: argparse.Namespace) -> None:
         if name in own:
             continue
         if isinstance(value, str) and "://" in value:
-            setattr(args, name, credentials_to_env(value))
+            setattr(args, name, _without_credentials(value))
         elif isinstance(value, list) and any(isinstance(v, str) and "://" in v for v in value):
-            setattr(args, name, [credentials_to_env(v) if isinstance(v, str) else v
+            setattr(args, name, [_without_credentials(v) if isinstance(v, str) else v
                                  for v in value])
+
+
+def _without_credentials(value: str) -> str:
+    """A URI argument without its credentials; in any other value (``--set
+    data.uri=s3://KEY:SECRET@...``) every URI it holds without theirs."""
+    if _WHOLE_URI.match(value):
+        return credentials_to_env(value)
+    return credentials_in_text_to_env(value)
+
+
+_WHOLE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 # A START:STOP value whose start is negative, e.g. "-1.0:1.0" or "-.5:1"
