@@ -28,8 +28,15 @@ def _tour_module():
 
 @pytest.fixture(scope="module")
 def tour(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tour")
-    return out, _tour_module().tour(out, epochs=3)
+    # one torch thread, here and in the CLI calls compared with it bit for bit: another
+    # thread count sums in another order (the CLI's `--threads auto` follows the load)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("tour")
+        return out, _tour_module().tour(out, epochs=3)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_tour_returns_named_arrays_that_match_the_dataset(tour):
@@ -80,7 +87,7 @@ def test_the_cli_writes_what_the_api_returns(tour, tmp_path):
     src, dst = data.regions
     saved = read_outputs(out / "infer")  # Inference.save
     assert main(["infer", "--model", str(out / "run" / "best.pt"), "--data", str(out / "data"),
-                 "--out", str(tmp_path / "infer")]) == 0
+                 "--out", str(tmp_path / "infer"), "--threads", "1"]) == 0
     cli = read_outputs(tmp_path / "infer")
     assert set(cli) == set(saved) == set(result) | {"trial_id", "split"}
     for key in result:
@@ -94,7 +101,7 @@ def test_the_cli_writes_what_the_api_returns(tour, tmp_path):
     window = cut.report["window"]
     assert main(["perturb", "--model", str(out / "run" / "best.pt"), "--data", str(out / "data"),
                  "--cut", f"{src}->{dst}", "--window", f"{window[0]}:{window[1]}",
-                 "--out", str(tmp_path / "cut")]) == 0
+                 "--out", str(tmp_path / "cut"), "--threads", "1"]) == 0
     report = json.loads((tmp_path / "cut" / "report.json").read_text())
     assert report["mean_abs_rate_change"] == cut.report["mean_abs_rate_change"]
     with np.load(tmp_path / "cut" / "effects.npz") as f:
