@@ -22,6 +22,7 @@ def test_the_grammar():
     assert faults.parse("signal-epoch:epoch=3,signal=sigterm,trial=00002,times=2; "
                         "kill-driver:checkpoints=6") == [EpochSignal(3, "TERM", "00002", 2),
                                                          KillDriver(6)]
+    assert faults.parse("kill-driver:checkpoints=4,signal=term") == [KillDriver(4, "TERM")]
 
 
 @pytest.mark.parametrize("text, says", [
@@ -32,7 +33,8 @@ def test_the_grammar():
     ("signal-epoch:epoch=2,trial=1", "trial='1' must be Tune's 5-digit trial number"),
     ("signal-epoch:epoch=2,when=now", "takes only signal=, trial=, times="),
     ("kill-driver:checkpoints=x", "checkpoints='x' must be a whole number"),
-    ("kill-driver:epoch=3", "takes exactly checkpoints="),
+    ("kill-driver:epoch=3", "needs checkpoints= and takes only signal="),
+    ("kill-driver:checkpoints=3,signal=STOP", "signal='STOP' is not one of"),
     ("kill-driver:checkpoints", "is not KEY=VALUE"),
 ])
 def test_a_bad_value_names_the_variable_and_the_grammar(text, says):

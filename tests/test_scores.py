@@ -241,3 +241,14 @@ def test_sweep_report_shows_pooled_scores_and_what_the_objective_is():
     text = format_summary(summary)
     assert "valid/co_bps: 0.125" in text and "valid/co_bps/A" not in text
     assert "objective: smoothed valid/heldout_loss (held-out neurons)" in text
+
+
+def test_an_interrupted_sweep_says_so_and_calls_its_best_so_far():
+    summary = SweepSummary("/x", "t1", best_metrics={"epoch": 4.0, "objective": 2.0},
+                           trials={"t1": "TERMINATED", "t2": "TERMINATED"}, unfinished=2)
+    text = format_summary(summary)
+    assert "interrupted: 2 of 2 trials did not finish; their state is saved for --resume" in text
+    assert "best trial so far: t1 (epoch 4, objective 2)" in text
+    summary.unfinished = 0
+    text = format_summary(summary)
+    assert "interrupted" not in text and "best trial: t1 (epoch 4, objective 2)" in text

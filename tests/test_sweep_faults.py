@@ -240,3 +240,54 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
 
     for trial_dir in _trial_dirs(exp).values():
         assert 1 <= len(list(trial_dir.glob("checkpoint_*"))) <= CHECKPOINTS_TO_KEEP
+
+
+@pytest.mark.timeout(720)
+def test_sigterm_to_the_driver_stops_the_sweep_as_interrupted_and_resume_finishes_it(
+        own_ray, tiny_dataset_dir, tmp_path, mlflow_sqlite_uri):
+    """`kill PID` or a scheduler's stop (SIGTERM) takes Ctrl-C's path: Tune stops the
+    sweep and saves its state. The sweep says it was interrupted and how to go on, exits
+    130 (not 0: a job scheduler must not read it as done), its MLflow parent run ends KILLED
+    and promote refuses it; `--resume` then finishes it, and the parent ends FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    from mrlfads.tracking.registry import TrackingError, find_best_trial
+
+    name = f"term-{os.getpid()}"
+    common = ["--name", name, "--storage", str(tmp_path), "--address", own_ray.address,
+              "--tracking-uri", mlflow_sqlite_uri, "--quiet"]
+    first = _cli("--data", tiny_dataset_dir, "--smoke-test", *common,
+                 fault="kill-driver:checkpoints=4,signal=TERM")
+    out = _finish(first, 300, "the signalled driver")
+    assert "mrlfads fault: kill-driver: SIGTERM" in out, out[-6000:]
+    assert first.returncode == 130, out[-6000:]
+    assert re.search(r"interrupted: \d of 4 trials did not finish", out)
+    assert (f"continue it with:\n  mrlfads sweep --resume --name {name} --storage {tmp_path} "
+            f"--address {own_ray.address}") in out
+    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    assert 1 <= summary["unfinished"] <= 4
+    own_ray.wait_for_no_actors("the stopped driver's trials")
+
+    client = MlflowClient(mlflow_sqlite_uri)
+    exp_id = client.get_experiment_by_name(name).experiment_id
+
+    def runs(role: str) -> list:
+        return client.search_runs([exp_id], f"tags.`mrlfads.role` = '{role}'")
+
+    (parent,) = runs("sweep")
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["mrlfads.sweep_state"] == (
+        f"interrupted: {summary['unfinished']} of 4 trials did not finish; "
+        "`mrlfads sweep --resume` continues the sweep")
+    with pytest.raises(TrackingError, match=f"sweep '{name}' stopped before its end"):
+        find_best_trial(name, tracking_uri=mlflow_sqlite_uri)
+
+    second = _cli("--resume", *common)
+    out = _finish(second, 420, "the resumed sweep")
+    assert second.returncode == 0, out[-6000:]
+    assert "interrupted" not in out and "best trial:" in out
+    assert json.loads((tmp_path / name / "summary.json").read_text())["unfinished"] == 0
+    (parent,) = runs("sweep")
+    assert parent.info.status == "FINISHED" and parent.data.tags["mrlfads.sweep_state"] == "finished"
+    assert {r.info.status for r in runs("trial")} == {"FINISHED"}
+    assert find_best_trial(name, tracking_uri=mlflow_sqlite_uri).trial_id

@@ -23,7 +23,8 @@ from mrlfads.tracking.tune_callback import MlflowTuneCallback
 def _trial(tid: str, lr: float, tmp_path) -> SimpleNamespace:
     return SimpleNamespace(trial_id=tid, experiment_tag=tid, local_path=None,
                            local_experiment_path=str(tmp_path), config={"hparams": {"train.lr": lr}},
-                           checkpoint=None, error_file=None, get_error=lambda: "boom")
+                           checkpoint=None, error_file=None, get_error=lambda: "boom",
+                           status="RUNNING")
 
 
 def _report(cb, trial, epoch: int, objective: float, lr: float) -> None:
@@ -87,6 +88,8 @@ def test_a_resumed_sweep_numbers_on_marks_replays_and_counts_trials_ended_before
         _report(second, b, epoch, 0.85, lr)
     for trial in (a, b):
         second.log_trial_end(trial)
+    a.status = b.status = c.status = "TERMINATED"
+    d.status = "ERROR"
     second.on_experiment_end([a, b, c, d])
     # every hook ran to its end (a failing one only logs a warning: tune_callback._safe)
     assert not [r for r in caplog.records if "failed" in r.getMessage()]
@@ -117,7 +120,7 @@ def test_a_resumed_sweep_numbers_on_marks_replays_and_counts_trials_ended_before
     assert n_exploits == {3: 1.0, 5: 2.0, 7: 3.0}
     # the best trial is chosen among every trial that did not fail, c included
     parent = client.get_run(parent_id)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.tags["mrlfads.sweep_state"] == "finished"
     assert parent.data.tags["mrlfads.best_trial_id"] == c.trial_id
     assert parent.data.tags["mrlfads.best_run_id"] == runs[c.trial_id].info.run_id
     exploits = json.loads(Path(client.download_artifacts(
@@ -228,3 +231,8 @@ def test_a_restored_trial_that_never_ended_keeps_its_run_open(tmp_path, mlflow_s
     p.status = "PENDING"
     second.on_experiment_end([p])
     assert client.get_run(first.run_ids[p.trial_id]).info.status == "RUNNING"
+    # the sweep stopped with a trial unfinished: interrupted, not finished
+    parent = client.get_run(second.parent_run_id)
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["mrlfads.sweep_state"] == (
+        "interrupted: 1 of 1 trials did not finish; `mrlfads sweep --resume` continues the sweep")

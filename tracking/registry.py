@@ -106,6 +106,11 @@ def find_best_trial(sweep: str, *, metric: str | None = None, mode: str | None =
     runs = client.search_runs([exp.experiment_id], max_results=5000)
     parents = [r for r in runs if r.data.tags.get("mrlfads.role") == "sweep"]
     ptags = parents[0].data.tags if parents else {}
+    state = ptags.get("mrlfads.sweep_state", "")
+    if state.startswith("interrupted"):
+        raise TrackingError(f"sweep {sweep!r} stopped before its end ({state}): continue it "
+                            f"with `mrlfads sweep --resume --name {sweep}` (and its --storage), "
+                            "then promote it")
     metric = metric or ptags.get("mrlfads.metric", "objective")
     mode = mode or ptags.get("mrlfads.mode", "min")
     if mode not in ("min", "max"):

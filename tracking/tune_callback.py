@@ -71,6 +71,7 @@ _SKIP = {"config", "trial_id", "date", "hostname", "node_ip", "pid", "timestamp"
          "experiment_tag", "should_checkpoint", "checkpoint_dir_name", "experiment_id"}
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. :/]")
 ROLE, SWEEP, TRIAL_ID = "mrlfads.role", "mrlfads.sweep", "mrlfads.trial_id"
+SWEEP_STATE = "mrlfads.sweep_state"  # on the parent: "finished" or "interrupted: ..."
 EXPLOIT_TAG, NONFINITE_TAG, RESTART_TAG = "pbt.exploit.", "mrlfads.nonfinite.", "mrlfads.restart."
 
 
@@ -498,9 +499,17 @@ class MlflowTuneCallback(LoggerCallback):
                 self._close_restored(trial)
         if self.parent is None:
             return
+        unfinished = sum(getattr(t, "status", None) not in ("TERMINATED", "ERROR") for t in trials)
         try:
             self._summarise()
-            self.parent.end_run("FINISHED")
+            if unfinished:  # Ctrl-C, SIGTERM: Tune saved the state; --resume re-opens the run
+                self.parent.set_tags({SWEEP_STATE: (
+                    f"interrupted: {unfinished} of {len(trials)} trials did not finish; "
+                    "`mrlfads sweep --resume` continues the sweep")})
+                self.parent.end_run("KILLED")
+            else:
+                self.parent.set_tags({SWEEP_STATE: "finished"})
+                self.parent.end_run("FINISHED")
         finally:
             self.parent.close()
             if getattr(getattr(self.parent, "outbox", None), "pending", None):

@@ -17,8 +17,10 @@ in the environment, so every run fails at the same epoch or checkpoint count.
     id>`` on the trial's node for a trial (Ray gives a trial a different directory when it
     reuses a process, and Tune's trial ids are new in every sweep).
 
-``kill-driver:checkpoints=N``
-    The sweep driver SIGKILLs itself once Tune has saved its experiment state with at
+``kill-driver:checkpoints=N[,signal=KILL]``
+    The sweep driver sends itself ``signal`` (default KILL; TERM, INT or HUP take the
+    Ctrl-C path: Tune stops the sweep and saves its state) once, when Tune has saved its
+    experiment state with at
     least N distinct trial checkpoints registered: at the next save after that one (Tune
     saves every ``TUNE_GLOBAL_CHECKPOINT_S`` = 2 s), so that the saved state has had that
     long to reach the storage path. It prints one line first: how many checkpoints that
@@ -64,17 +66,25 @@ class EpochSignal:
 @dataclass(frozen=True)
 class KillDriver:
     checkpoints: int
+    signal: str = "KILL"
 
 
 Fault = EpochSignal | KillDriver
 _GRAMMAR = ("signal-epoch:epoch=N[,signal=KILL|TERM|INT|HUP][,trial=NNNNN][,times=K] or "
-            "kill-driver:checkpoints=N, several separated by ';'")
+            "kill-driver:checkpoints=N[,signal=KILL|TERM|INT|HUP], several separated by ';'")
 
 
 def _positive(kind: str, key: str, value: str) -> int:
     if not re.fullmatch(r"\d+", value) or int(value) < 1:
         raise FaultError(f"{ENV}: {kind} {key}={value!r} must be a whole number >= 1 ({_GRAMMAR})")
     return int(value)
+
+
+def _signal(opts: dict[str, str]) -> str:
+    sig = opts.get("signal", "KILL").upper().removeprefix("SIG")
+    if sig not in SIGNALS:
+        raise FaultError(f"{ENV}: signal={opts['signal']!r} is not one of {sorted(SIGNALS)}")
+    return sig
 
 
 def _one(text: str) -> Fault:
@@ -90,9 +100,7 @@ def _one(text: str) -> Fault:
         if unknown or "epoch" not in opts:
             raise FaultError(f"{ENV}: {text!r} needs epoch= and takes only signal=, trial=, "
                              f"times= ({_GRAMMAR})")
-        sig = opts.get("signal", "KILL").upper().removeprefix("SIG")
-        if sig not in SIGNALS:
-            raise FaultError(f"{ENV}: signal={opts['signal']!r} is not one of {sorted(SIGNALS)}")
+        sig = _signal(opts)
         trial = opts.get("trial")
         if trial is not None and not re.fullmatch(r"\d{5}", trial):
             raise FaultError(f"{ENV}: trial={trial!r} must be Tune's 5-digit trial number, "
@@ -100,9 +108,10 @@ def _one(text: str) -> Fault:
         return EpochSignal(_positive(kind, "epoch", opts["epoch"]), sig, trial,
                            _positive(kind, "times", opts.get("times", "1")))
     if kind == "kill-driver":
-        if set(opts) != {"checkpoints"}:
-            raise FaultError(f"{ENV}: {text!r} takes exactly checkpoints= ({_GRAMMAR})")
-        return KillDriver(_positive(kind, "checkpoints", opts["checkpoints"]))
+        if "checkpoints" not in opts or set(opts) - {"checkpoints", "signal"}:
+            raise FaultError(f"{ENV}: {text!r} needs checkpoints= and takes only signal= "
+                             f"({_GRAMMAR})")
+        return KillDriver(_positive(kind, "checkpoints", opts["checkpoints"]), _signal(opts))
     raise FaultError(f"{ENV}: unknown fault {kind!r} in {text!r} ({_GRAMMAR})")
 
 
@@ -190,9 +199,9 @@ def driver_callbacks() -> list:
         experiment state, so the first call once N are in is a save that holds them; the
         next call, a period later, is where the driver dies."""
 
-        def __init__(self, after: int) -> None:
-            self.after, self.seen, self.trials = after, set(), []
-            self.saved, self.count = None, 0
+        def __init__(self, after: int, sig: str) -> None:
+            self.after, self.sig, self.seen, self.trials = after, sig, set(), []
+            self.saved, self.count, self.fired = None, 0, False
             # Tune pickles callbacks into the experiment and restores them on --resume:
             # only the driver that armed the fault acts on it
             self.pid = os.getpid()
@@ -202,19 +211,20 @@ def driver_callbacks() -> list:
             self.trials = trials
 
         def get_state(self):
-            if os.getpid() != self.pid:
-                pass
+            if os.getpid() != self.pid or self.fired:
+                pass  # once: a second SIGINT would make Tune abort instead of stopping
             elif self.saved is None:
                 if len(self.seen) >= self.after:  # what this save holds, trial by trial
                     self.saved = {t.trial_id: t.checkpoint.path if t.checkpoint else None
                                   for t in self.trials}
                     self.count = len(self.seen)
             else:
-                print(f"mrlfads fault: kill-driver: SIGKILL to pid {os.getpid()}; Tune's "
+                print(f"mrlfads fault: kill-driver: SIG{self.sig} to pid {os.getpid()}; Tune's "
                       f"saved experiment state holds {self.count} checkpoints; newest per "
                       f"trial: {json.dumps(self.saved, sort_keys=True)}",
                       file=sys.stderr, flush=True)
-                os.kill(os.getpid(), SIGNALS.get("KILL", signal.SIGTERM))
+                self.fired = True
+                os.kill(os.getpid(), SIGNALS.get(self.sig, signal.SIGTERM))
             # no state of ours to save: the resumed sweep runs without this callback
 
-    return [KillDriverCallback(wanted[0].checkpoints)]
+    return [KillDriverCallback(wanted[0].checkpoints, wanted[0].signal)]

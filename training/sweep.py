@@ -85,6 +85,9 @@ class SweepSummary:
     trials: dict[str, str] = field(default_factory=dict)  # trial id -> TERMINATED / ERROR: reason
     exploits: int = 0
     objective: str = ""  # what `objective` is (training/objective.py)
+    # trials neither TERMINATED nor ERROR when Tune returned: an interrupt (Ctrl-C, SIGTERM,
+    # SIGHUP) stopped the sweep, whose saved state `--resume` continues
+    unfinished: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -363,6 +366,7 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
                         verbose=verbose)
     results = tuner.fit()
     summary = summarize(results, plan)
+    summary.unfinished = len(results) - results.num_terminated - results.num_errors
     _write_json(f"{plan.experiment_path}/{SUMMARY_FILE}", summary.to_dict())
     if results.num_terminated + results.num_errors == len(results):  # else --resume needs them
         prune_checkpoints(plan.experiment_path, CHECKPOINTS_TO_KEEP)
@@ -482,10 +486,14 @@ def format_summary(summary: SweepSummary) -> str:
     lines = [f"sweep: {summary.experiment_path}", f"trials: {len(summary.trials)}, "
              f"exploits: {summary.exploits}"]
     lines += [f"  {t}: {s}" for t, s in sorted(summary.trials.items()) if s != "TERMINATED"]
+    if summary.unfinished:
+        lines.append(f"interrupted: {summary.unfinished} of {len(summary.trials)} trials did not "
+                     "finish; their state is saved for --resume")
     if summary.best_trial is None:
         return "\n".join(lines + ["no trial finished: see the errors above"])
     m = summary.best_metrics
-    lines.append(f"best trial: {summary.best_trial} (epoch {int(m.get('epoch', 0))}, "
+    best = "best trial so far" if summary.unfinished else "best trial"
+    lines.append(f"{best}: {summary.best_trial} (epoch {int(m.get('epoch', 0))}, "
                  f"objective {m.get('objective', float('nan')):.5g})")
     if summary.objective:
         lines.append(f"objective: {summary.objective}")

@@ -51,6 +51,16 @@ def run(args: argparse.Namespace) -> int:
     if result.undelivered:
         print("the tracking server was unreachable at the end; deliver the queued metrics with:\n"
               f"  mrlfads import-metrics {' '.join(result.undelivered)}", file=sys.stderr)
+    if result.summary.unfinished:
+        from mrlfads.training.cli import EXIT_INTERRUPTED
+
+        plan = result.plan
+        again = f"mrlfads sweep --resume --name {plan.name} --storage {plan.storage}"
+        if args.address:
+            again += f" --address {args.address}"
+        print(f"interrupted: the sweep stopped before its end; continue it with:\n  {again}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     if result.best_trial is None:
         print("error: no trial finished", file=sys.stderr)
         return 1
