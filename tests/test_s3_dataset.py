@@ -69,3 +69,26 @@ def test_s3_refuses_overwrite_and_names_missing_manifest(bucket):
         make_tiny_dataset(f"s3://{name}/ds2")
     with pytest.raises(DatasetError, match="not an mrlfads dataset"):
         ArrowDataset.open(f"s3://{name}/nothing-here")
+
+
+def test_a_sweep_on_s3_data_names_it_by_its_manifest(bucket, tmp_path, mlflow_sqlite_uri):
+    """The sweep's MLflow callback reads the remote manifest as it reads a local one: the
+    parent's dataset digest is dataset.json's sha256 (not the URI's), and the true
+    communication and regions reach the figures."""
+    import hashlib
+    import json
+
+    from mrlfads.tracking.tune_callback import sweep_callbacks
+    from mrlfads.training.sweep import plan_sweep
+
+    client, name = bucket
+    make_tiny_dataset(f"s3://{name}/ds")
+    body = client.get_object(Bucket=name, Key="ds/dataset.json")["Body"].read()
+    plan = plan_sweep(f"s3://{name}/ds", storage=str(tmp_path), name="s3sweep", smoke_test=True)
+    (cb,) = sweep_callbacks(plan, tracking_uri=mlflow_sqlite_uri)
+    digest = hashlib.sha256(body).hexdigest()
+    assert cb.sweep_info["dataset"]["digest"] == digest
+    assert cb.dataset["digest"] == digest[:36]
+    assert json.loads(cb.dataset["profile"])["digest_of"] == "dataset.json"
+    manifest = json.loads(body)
+    assert cb.truth_comm == manifest["comm_matrix"] and cb.regions == ["A", "B"]

@@ -27,7 +27,7 @@ def dataset_input(manifest: Mapping[str, Any], uri: str | None, *,
     """``{name, digest, source_type, source, schema, profile, context}`` for ``manifest``
     (a dataset.json dict) read from ``uri``.
 
-    A manifest that holds nothing but its ``uri`` (a sweep on remote data records no more)
+    A manifest that holds nothing but its ``uri`` (one the sweep's callback could not read)
     is identified by the shared URI's sha256 instead; the profile says so."""
     source = shared_uri(uri or manifest.get("uri") or manifest.get("name") or "")
     content = {k: v for k, v in manifest.items() if k != "uri"}

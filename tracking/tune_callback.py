@@ -596,15 +596,19 @@ def known_comm(manifest: Mapping[str, Any]) -> list | None:
 
 
 def _read_manifest(data_uri: str | None) -> dict[str, Any]:
-    """The dataset manifest (local datasets); just the URI for remote ones."""
+    """The dataset manifest, local or remote (s3://: read with the dataset's own filesystem,
+    data_loaders/fs.py); just the URI where it cannot be read. The sweep checked the data
+    before Ray started (training/sweep.py, plan_sweep), so that is rare."""
     if not data_uri:
         return {}
-    path = Path(data_uri.removeprefix("file://"), "dataset.json")
-    if "://" in data_uri and not data_uri.startswith("file://") or not path.is_file():
-        return {"uri": data_uri}
+    from mrlfads.data_loaders import fs as dfs
+
     try:
-        return {"uri": data_uri, **json.loads(path.read_text(encoding="utf-8"))}
-    except (OSError, json.JSONDecodeError):
+        fs, root = dfs.resolve(data_uri)
+        with fs.open_input_stream(dfs.join(root, "dataset.json")) as f:
+            return {"uri": data_uri, **json.loads(f.read().decode("utf-8"))}
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, or a URI pyarrow refuses
+        log.warning("could not read the manifest of %s: %s", redact_uri(data_uri), exc)
         return {"uri": data_uri}
 
 
