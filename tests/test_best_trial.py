@@ -98,3 +98,29 @@ def test_a_trial_stopped_between_effectomes_reports_its_latest_one(tiny_dataset_
         cb.log_trial_result(i, trial, {**row, "config": trial.config})
     assert cb.last_metrics["a0000_00000"]["effectome_cut/A_to_B"] == 0.4
     assert cb.last_metrics["a0000_00000"]["objective"] == 2.7
+
+
+def test_after_an_interrupt_the_summary_marks_the_trials_cut_short(tiny_dataset_dir, tmp_path):
+    """A trial the saved state holds RUNNING, PAUSED or PENDING was cut short (--resume runs
+    it on): marked unfinished, and counted; TERMINATED and ERROR trials are not."""
+    plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, storage=str(tmp_path))
+    results = [SimpleNamespace(path=str(tmp_path / f"trainable_{tid}_x_2024-01-01"),
+                               error=RuntimeError("boom") if failed else None, metrics=metrics,
+                               config={"hparams": {}}, checkpoint=None)
+               for tid, (metrics, failed) in LAST.items()]
+    saved = {"a0000_00000": "TERMINATED", "b0000_00001": "RUNNING", "c0000_00002": "ERROR",
+             "d0000_00003": "PAUSED"}
+    summary = sweep.summarize(results, plan, statuses=saved)
+    assert summary.unfinished == 2 and summary.best_trial == "a0000_00000"
+    assert {t: s for t, s in summary.trials.items() if not s.startswith("ERROR")} == {
+        "a0000_00000": "TERMINATED", "b0000_00001": sweep.UNFINISHED,
+        "d0000_00003": sweep.UNFINISHED}
+    ended = sweep.summarize(results, plan, statuses=dict(saved, b0000_00001="TERMINATED",
+                                                         d0000_00003="TERMINATED"))
+    assert ended.unfinished == 0 and sweep.UNFINISHED not in ended.trials.values()
+
+
+def test_no_saved_state_reads_as_no_statuses(tmp_path):
+    from mrlfads.search_spaces.tune_state import saved_trial_statuses
+
+    assert saved_trial_statuses(str(tmp_path / "nothing")) == {}

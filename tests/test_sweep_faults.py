@@ -266,6 +266,9 @@ def test_sigterm_to_the_driver_stops_the_sweep_as_interrupted_and_resume_finishe
             f"--address {own_ray.address}") in out
     summary = json.loads((tmp_path / name / "summary.json").read_text())
     assert 1 <= summary["unfinished"] <= 4
+    from mrlfads.training.sweep import UNFINISHED
+
+    assert list(summary["trials"].values()).count(UNFINISHED) == summary["unfinished"]
     own_ray.wait_for_no_actors("the stopped driver's trials")
 
     client = MlflowClient(mlflow_sqlite_uri)

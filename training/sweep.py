@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from mrlfads.search_spaces.errors import SearchSpaceError
 from mrlfads.search_spaces.space import SearchSpace
+from mrlfads.search_spaces.tune_state import ENDED, saved_trial_statuses, unfinished
 from mrlfads.training.config import RunConfig
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "pbt.yaml"
@@ -69,6 +70,9 @@ class SweepPlan:
                    bool(d.get("smoke_test", False)))
 
 
+UNFINISHED = "unfinished (--resume continues it)"  # a trial an interrupt cut short
+
+
 @dataclass
 class SweepSummary:
     """The outcome: best trial, its lineage's hyperparameter history, metrics, effectome."""
@@ -82,11 +86,11 @@ class SweepSummary:
     effectome: dict[str, float] = field(default_factory=dict)
     effectome_message_rms: dict[str, float] = field(default_factory=dict)  # the paper's
     checkpoint: str | None = None
-    trials: dict[str, str] = field(default_factory=dict)  # trial id -> TERMINATED / ERROR: reason
+    trials: dict[str, str] = field(default_factory=dict)  # id -> TERMINATED, UNFINISHED, ERROR: why
     exploits: int = 0
     objective: str = ""  # what `objective` is (training/objective.py)
-    # trials neither TERMINATED nor ERROR when Tune returned: an interrupt (Ctrl-C, SIGTERM,
-    # SIGHUP) stopped the sweep, whose saved state `--resume` continues
+    # trials neither TERMINATED nor ERROR in the state Tune saved: an interrupt (Ctrl-C,
+    # SIGTERM, SIGHUP) stopped the sweep, and `--resume` runs them on
     unfinished: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -365,10 +369,9 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
     tuner = build_tuner(plan, resume=resume, callbacks=callbacks, reuse_actors=reuse_actors,
                         verbose=verbose)
     results = tuner.fit()
-    summary = summarize(results, plan)
-    summary.unfinished = len(results) - results.num_terminated - results.num_errors
+    summary = summarize(results, plan, statuses=saved_trial_statuses(plan.experiment_path))
     _write_json(f"{plan.experiment_path}/{SUMMARY_FILE}", summary.to_dict())
-    if results.num_terminated + results.num_errors == len(results):  # else --resume needs them
+    if not summary.unfinished:  # else --resume needs them
         prune_checkpoints(plan.experiment_path, CHECKPOINTS_TO_KEEP)
     return summary
 
@@ -408,12 +411,15 @@ def _latest_effectome(result) -> dict[str, float]:
     return {} if done.empty else {k: float(v) for k, v in done.iloc[-1].items()}
 
 
-def summarize(results, plan: SweepPlan) -> SweepSummary:
+def summarize(results, plan: SweepPlan, statuses: dict[str, str] | None = None) -> SweepSummary:
     """Best finished trial by its last ``metric`` (``mrlfads.ramps.best_trial``, the rule
-    the tracking callback follows too); history from its checkpoint's lineage."""
+    the tracking callback follows too); history from its checkpoint's lineage.
+    ``statuses``: each trial's status in the state Tune saved (search_spaces/tune_state.py);
+    a trial there neither TERMINATED nor ERROR was cut short by an interrupt."""
     from mrlfads.ramps import best_trial
 
-    summary = SweepSummary(plan.experiment_path, None)
+    statuses = statuses or {}
+    summary = SweepSummary(plan.experiment_path, None, unfinished=unfinished(statuses))
     summary.objective = _objective_text(plan)
     finished = {}
     for r in results:
@@ -421,7 +427,8 @@ def summarize(results, plan: SweepPlan) -> SweepSummary:
         if r.error is not None:
             summary.trials[trial_id] = "ERROR: " + str(r.error).strip().splitlines()[-1][:300]
             continue
-        summary.trials[trial_id] = "TERMINATED"
+        cut = statuses.get(trial_id, "TERMINATED") not in ENDED
+        summary.trials[trial_id] = UNFINISHED if cut else "TERMINATED"
         finished[trial_id] = r
     summary.exploits = _count_exploits(plan.experiment_path)
     best_id = best_trial({t: r.metrics or {} for t, r in finished.items()},
