@@ -475,3 +475,22 @@ def test_importing_ingest_does_not_import_pynwb():
 
     code = "import sys, mrlfads.data_loaders.nwb; assert 'pynwb' not in sys.modules, 'pynwb imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_spike_times_in_milliseconds_are_refused_naming_the_fix(tmp_path):
+    """Spike times written in ms (or samples) bin as near silence on the trials' clock in
+    seconds; the ingest says what they look like instead of writing that dataset. A long
+    recording after short trials, in seconds, is not mistaken for it."""
+    rng = np.random.default_rng(0)
+    trials = [(2.0 * k, 2.0 * k + 1.5) for k in range(20)]  # 40 s of trials
+    seconds = [np.sort(rng.uniform(0, 6000, 30000)) for _ in range(6)]  # 5 Hz for 100 min
+    ms = build_nwb(tmp_path / "ms.nwb", spikes=[s[s < 40] * 1000 for s in seconds],
+                   locations=["A"] * 6, trials=trials)
+    with pytest.raises(IngestError) as err:
+        ingest([ms], tmp_path / "d", IngestOptions(bin_ms=10))
+    text = str(err.value)
+    assert "ms.nwb" in text and "6 of 6 units" in text and "look like milliseconds" in text
+    assert "divide by 1000" in text and not (tmp_path / "d").exists()
+    long = build_nwb(tmp_path / "long.nwb", spikes=seconds, locations=["A"] * 6, trials=trials)
+    m = ingest([long], tmp_path / "ok", IngestOptions(bin_ms=10))  # 150x past, at 5 Hz
+    assert m.n_trials == 20

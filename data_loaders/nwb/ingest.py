@@ -252,8 +252,10 @@ def _bin_all(files, plans, layouts, window, n_bins, o, warnings) -> tuple[dict, 
         trials = slice(first, first + len(p.event))
         first += len(p.event)
         with open_nwb(path) as s:
+            extent: dict[int, tuple[int, float]] = {}
             warnings += _bin_units(s, p, {L.name: (L.rows[k], L.cols[k]) for L in layouts},
-                                   edges, x, trials)
+                                   edges, x, trials, extent)
+            _check_time_base(p, extent)
             if o.ext_timeseries is not None:
                 times, values = s.timeseries_samples(o.ext_timeseries, edges[0, 0], edges[-1, -1])
                 exts.append(binning.bin_timeseries(times, values, edges))
@@ -266,12 +268,14 @@ def _bin_all(files, plans, layouts, window, n_bins, o, warnings) -> tuple[dict, 
 
 
 def _bin_units(s: NWBSession, p: FilePlan, rows: dict[str, tuple[np.ndarray, np.ndarray]],
-               edges: np.ndarray, x: dict[str, np.ndarray], trials: slice) -> list[str]:
+               edges: np.ndarray, x: dict[str, np.ndarray], trials: slice,
+               extent: dict[int, tuple[int, float]]) -> list[str]:
     """Fill x[region][trials, :, cols[j]] with the counts of unit rows[j], for (rows, cols)
-    = rows[region]. All regions' units are read in one pass in file order, so consecutive
-    units share HDF5 reads. Spike times out of order (merged or concatenated sorter
-    output) are counted as if sorted, which is what counts are; the warning returned names
-    them, since NWB's best practice is ascending times."""
+    = rows[region], and extent[row] with the unit's spike count and last spike time. All
+    regions' units are read in one pass in file order, so consecutive units share HDF5
+    reads. Spike times out of order (merged or concatenated sorter output) are counted as
+    if sorted, which is what counts are; the warning returned names them, since NWB's best
+    practice is ascending times."""
     where = {int(r): (name, int(c)) for name, (rr, cc) in rows.items() for r, c in zip(rr, cc)}
     unsorted: list[str] = []
     for r, spikes in s.iter_unit_spikes(np.array(sorted(where), dtype=np.int64)):
@@ -285,11 +289,41 @@ def _bin_units(s: NWBSession, p: FilePlan, rows: dict[str, tuple[np.ndarray, np.
             spikes = np.sort(spikes)
         name, j = where[r]
         x[name][trials, :, j] = binning.bin_spikes(spikes, edges)
+        extent[r] = (len(spikes), float(spikes[-1]) if len(spikes) else 0.0)
     if not unsorted:
         return []
     return [(f"{os.path.basename(p.path)}: the spike times of {len(unsorted)} units are not in "
              f"ascending order ({unsorted[0]}); they were binned as sorted. NWB files should "
              "hold them ascending (nwbinspector flags this)")]
+
+
+# Spike times this many times past the last trial's end, at implied rates this low, are not
+# seconds: milliseconds put a recording 1000x past its trials at a thousandth of its rates,
+# sample indices 20000-30000x. A long recording after a short task (2 h after 1 min of
+# trials: 120x) keeps its rates, so it is never taken for either.
+TIME_BASE_FACTOR = 100.0
+TIME_BASE_RATE_HZ = 0.05
+
+
+def _check_time_base(p: FilePlan, extent: dict[int, tuple[int, float]]) -> None:
+    """Refuse spike times that are plainly not in seconds (most units' spikes run over
+    TIME_BASE_FACTOR times past the trials at a median under TIME_BASE_RATE_HZ): binned on
+    the trials' clock they give a dataset of silence with no error."""
+    end = float(np.max(p.stop)) if len(p.stop) else 0.0
+    firing = {r: (n, last) for r, (n, last) in extent.items() if n > 0 and last > 0}
+    if end <= 0 or not firing:
+        return
+    far = [r for r, (_, last) in firing.items() if last > TIME_BASE_FACTOR * end]
+    rate = float(np.median([n / last for n, last in firing.values()]))
+    if 2 * len(far) <= len(firing) or rate >= TIME_BASE_RATE_HZ:
+        return
+    latest = max(last for _, last in firing.values())
+    raise IngestError(
+        f"{p.path}: the spike times of {len(far)} of {len(firing)} units run to {latest:.6g}, "
+        f"over {TIME_BASE_FACTOR:g} times past the end of the last trial ({end:.6g} s), at a "
+        f"median of {rate:.2g} spikes per second: NWB spike times are in seconds, and these "
+        "look like milliseconds or sample indices. Convert the Units spike_times to seconds "
+        "(divide by 1000, or by the sampling rate) and ingest the file again")
 
 
 # -- trials -----------------------------------------------------------------------------------
