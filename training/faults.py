@@ -20,14 +20,13 @@ in the environment, so every run fails at the same epoch or checkpoint count.
 ``kill-driver:checkpoints=N[,signal=KILL]``
     The sweep driver sends itself ``signal`` (default KILL; TERM, INT or HUP take the
     Ctrl-C path: Tune stops the sweep and saves its state) once, when Tune has saved its
-    experiment state with at
-    least N distinct trial checkpoints registered: at the next save after that one (Tune
-    saves every ``TUNE_GLOBAL_CHECKPOINT_S`` = 2 s), so that the saved state has had that
-    long to reach the storage path. It prints one line first: how many checkpoints that
-    state holds and each trial's newest (the one ``--resume`` restarts it from, once the
-    state is on storage: Tune copies it there from a staging folder in a background thread,
-    which on a loaded machine can lag behind, so storage may hold an earlier save or the
-    one the driver died in).
+    experiment state with at least N distinct trial checkpoints registered: at the next
+    save after that one (Tune saves every ``TUNE_GLOBAL_CHECKPOINT_S`` = 2 s), so that the
+    saved state has had that long to reach the storage path. It prints one line first: how
+    many checkpoints that state holds and each trial's newest (the one ``--resume``
+    restarts it from, once the state is on storage: Tune copies it there from a staging
+    folder in a background thread, which on a loaded machine can lag behind, so storage
+    may hold an earlier save or the one the driver died in).
 
 A sweep passes the variable to its trials through Ray's runtime environment (``init_ray``),
 so it reaches trial processes on every node. A bad value is an error naming the variable
