@@ -155,6 +155,16 @@ def test_sweep_files_read_by_hand_and_the_sweep_page(trained, tmp_path):
     assert "Best trial: Condition-averaged PSTHs" in titles
     assert "abc12_00001 &lt;- abc12_00000" in page  # the best trial's lineage, newest first
     assert "no summary.json yet" in page
+    # an interrupted sweep's summary: the page says so and names the way on
+    from mrlfads.training.sweep import UNFINISHED
+
+    (sweep / "summary.json").write_text(json.dumps({
+        "best_trial": "abc12_00000", "unfinished": 1,
+        "trials": {"abc12_00000": "TERMINATED", "abc12_00001": UNFINISHED}}))
+    assert main(["report", str(sweep), "--out", str(tmp_path / "interrupted.html")]) == 0
+    page = (tmp_path / "interrupted.html").read_text()
+    assert "1 of 2 trials did not finish" in page and "mrlfads sweep --resume" in page
+    assert UNFINISHED in page
 
 
 def test_browser_shows_every_figure_of_the_run_page(run_page, tmp_path):

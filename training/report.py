@@ -333,6 +333,10 @@ def _sweep_page(sweep: Path, options: ReportOptions) -> tuple[str, str, list[Sec
     if not summary:
         table.append(["summary", (f"no {SUMMARY_FILE} yet (the sweep has not finished): the best "
                                  "trial is the best latest result")])
+    elif summary.get("unfinished"):
+        table.append(["interrupted", (f"{summary['unfinished']} of {len(statuses)} trials did not "
+                                      "finish: the best trial so far; `mrlfads sweep --resume` "
+                                      "continues the sweep")])
     table += _metric_rows(summary.get("best_metrics") or files.last.get(best, {}))
     trial_rows = [["trial", "status", "last epoch", metric]]
     for tid in sorted(files.trials):
