@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class SweepResult:
-    """A finished sweep: its ``plan``, its ``summary`` (best trial, its metrics and
-    hyperparameter history, the effectome; training/sweep.py) and the MLflow outbox files
-    that could not be delivered (deliver them with ``mrlfads import-metrics``)."""
+    """A sweep's outcome: its ``plan``, its ``summary`` (best trial, its metrics and
+    hyperparameter history, the effectome; ``summary.unfinished`` > 0 when an interrupt
+    stopped it and ``resume=True`` continues it; training/sweep.py) and the MLflow outbox
+    files that could not be delivered (deliver them with ``mrlfads import-metrics``)."""
 
     plan: SweepPlan
     summary: SweepSummary
