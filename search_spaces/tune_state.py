@@ -1,33 +1,49 @@
-"""What Tune saved of a sweep: each trial's status in the experiment state on storage.
+"""Whether a sweep was interrupted, and which of its trials an interrupt cut short.
 
-Why not the trials Tune returns, or those its callbacks see at the end: when a sweep is
-interrupted (Ctrl-C, SIGTERM), Tune first saves its state, with the trials still running
-as RUNNING, and then stops them, which marks them TERMINATED in memory only (Ray 2.60,
-``ray/tune/tune.py``: ``runner.checkpoint(force=True)``, then ``runner.cleanup()``). The
-saved state is what ``--resume`` reads and runs on; it tells a sweep that finished from one
-that was stopped.
+Tune's own record cannot tell. When a sweep is interrupted (Ctrl-C, or SIGTERM/SIGHUP,
+which take Ctrl-C's path: training/signals.py), Tune stops the trials still running and
+marks them TERMINATED, as if they had finished (Ray 2.60, ``ray/tune/tune.py``:
+``runner.cleanup()``). Its saved state is no better: a trial that ends while it has no
+live actor (one whose process died, or a PAUSED member stopped by the population plateau)
+keeps the status it had at its last save. So the interrupt is recorded as it happens:
+``InterruptWatch``, a Tune callback, wraps the SIGINT handler Tune installs for the run, and
+``STOP_REQUESTED`` is set when that handler is called.
 """
 from __future__ import annotations
 
-import logging
+import signal
+import threading
+from typing import Any
 
-log = logging.getLogger(__name__)
+from ray import tune
 
-ENDED = ("TERMINATED", "ERROR")  # statuses of trials that will not run again
-
-
-def saved_trial_statuses(experiment_path: str) -> dict[str, str]:
-    """Tune trial id -> status in the experiment state saved at ``experiment_path`` (local
-    or remote); {} where no state can be read."""
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        return {t.trial_id: str(t.status) for t in ExperimentAnalysis(experiment_path).trials}
-    except Exception as exc:  # noqa: BLE001 - no state, or one Tune cannot read: no statuses
-        log.warning("could not read the saved state of %s: %s", experiment_path, exc)
-        return {}
+# Set when a stop signal reaches the sweep driver while Tune runs (this process only).
+STOP_REQUESTED = threading.Event()
 
 
-def unfinished(statuses: dict[str, str]) -> int:
-    """Trials that ``--resume`` would run on (neither TERMINATED nor ERROR)."""
-    return sum(s not in ENDED for s in statuses.values())
+class InterruptWatch(tune.Callback):
+    """Records an interrupt of the Tune run it is a callback of (in ``STOP_REQUESTED``).
+
+    Tune installs its SIGINT handler before it sets its callbacks up, so ``setup`` finds it
+    and wraps it; Tune's handler then restores the one from before the run, wrapper and
+    all. Stateless, so a resumed sweep's restored copy does the same."""
+
+    def setup(self, **info: Any) -> None:
+        STOP_REQUESTED.clear()
+        if threading.current_thread() is not threading.main_thread():
+            return  # Tune installs no handler off the main thread either
+        tune_handler = signal.getsignal(signal.SIGINT)
+
+        def record_then_stop(signum, frame):
+            STOP_REQUESTED.set()
+            if callable(tune_handler):
+                return tune_handler(signum, frame)
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, record_then_stop)
+
+
+def cut_short(result_metrics: dict[str, Any] | None, errored: bool) -> bool:
+    """Whether a trial an interrupt stopped had not finished: it did not fail, and its last
+    result is not the one Tune marks ``done`` (the last epoch)."""
+    return not errored and not (result_metrics or {}).get("done")

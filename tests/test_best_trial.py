@@ -101,26 +101,38 @@ def test_a_trial_stopped_between_effectomes_reports_its_latest_one(tiny_dataset_
 
 
 def test_after_an_interrupt_the_summary_marks_the_trials_cut_short(tiny_dataset_dir, tmp_path):
-    """A trial the saved state holds RUNNING, PAUSED or PENDING was cut short (--resume runs
-    it on): marked unfinished, and counted; TERMINATED and ERROR trials are not."""
+    """After an interrupt, a trial that neither failed nor reported Tune's `done` result (its
+    last epoch) was cut short: marked unfinished and counted. Without one, nothing is."""
     plan = sweep.plan_sweep(tiny_dataset_dir, smoke_test=True, storage=str(tmp_path))
+    done = {"a0000_00000": True, "b0000_00001": False, "c0000_00002": False,
+            "d0000_00003": False}
     results = [SimpleNamespace(path=str(tmp_path / f"trainable_{tid}_x_2024-01-01"),
-                               error=RuntimeError("boom") if failed else None, metrics=metrics,
+                               error=RuntimeError("boom") if failed else None,
+                               metrics={**metrics, "done": done[tid]},
                                config={"hparams": {}}, checkpoint=None)
                for tid, (metrics, failed) in LAST.items()]
-    saved = {"a0000_00000": "TERMINATED", "b0000_00001": "RUNNING", "c0000_00002": "ERROR",
-             "d0000_00003": "PAUSED"}
-    summary = sweep.summarize(results, plan, statuses=saved)
+    summary = sweep.summarize(results, plan, interrupted=True)
     assert summary.unfinished == 2 and summary.best_trial == "a0000_00000"
     assert {t: s for t, s in summary.trials.items() if not s.startswith("ERROR")} == {
         "a0000_00000": "TERMINATED", "b0000_00001": sweep.UNFINISHED,
         "d0000_00003": sweep.UNFINISHED}
-    ended = sweep.summarize(results, plan, statuses=dict(saved, b0000_00001="TERMINATED",
-                                                         d0000_00003="TERMINATED"))
+    ended = sweep.summarize(results, plan)
     assert ended.unfinished == 0 and sweep.UNFINISHED not in ended.trials.values()
 
 
-def test_no_saved_state_reads_as_no_statuses(tmp_path):
-    from mrlfads.search_spaces.tune_state import saved_trial_statuses
+def test_the_interrupt_watch_records_a_stop_signal_and_passes_it_to_tunes_handler(request):
+    """InterruptWatch wraps the SIGINT handler it finds (Tune's, in a run) at setup: the
+    signal is recorded, then handled as before; a new run's setup clears the record."""
+    import signal
 
-    assert saved_trial_statuses(str(tmp_path / "nothing")) == {}
+    from mrlfads.search_spaces.tune_state import STOP_REQUESTED, InterruptWatch
+
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda s, f: seen.append(s))  # stands in for Tune's
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    STOP_REQUESTED.set()
+    InterruptWatch().setup()
+    assert not STOP_REQUESTED.is_set()
+    signal.raise_signal(signal.SIGINT)
+    assert STOP_REQUESTED.is_set() and seen == [signal.SIGINT]
+    STOP_REQUESTED.clear()

@@ -17,6 +17,7 @@ pytest.importorskip("ray")
 from mlflow.tracking import MlflowClient
 
 from mrlfads.ramps import RAMPS_DONE
+from mrlfads.search_spaces.tune_state import STOP_REQUESTED
 from mrlfads.tracking.tune_callback import MlflowTuneCallback
 
 
@@ -229,10 +230,14 @@ def test_a_restored_trial_that_never_ended_keeps_its_run_open(tmp_path, mlflow_s
     _report(first, p, 1, 0.5, 0.01)
     second = _callback(name, mlflow_sqlite_uri, resume=True)
     p.status = "PENDING"
-    second.on_experiment_end([p])
+    STOP_REQUESTED.set()  # what InterruptWatch records when a stop signal ends the run
+    try:
+        second.on_experiment_end([p])
+    finally:
+        STOP_REQUESTED.clear()
     assert client.get_run(first.run_ids[p.trial_id]).info.status == "RUNNING"
-    # the sweep stopped with a trial unfinished: interrupted, not finished
+    # the sweep was stopped by a signal: interrupted, not finished
     parent = client.get_run(second.parent_run_id)
     assert parent.info.status == "KILLED"
     assert parent.data.tags["mrlfads.sweep_state"] == (
-        "interrupted: 1 of 1 trials did not finish; `mrlfads sweep --resume` continues the sweep")
+        "interrupted before every trial finished; `mrlfads sweep --resume` continues the sweep")

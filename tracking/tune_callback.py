@@ -48,7 +48,7 @@ from ray.tune.logger import LoggerCallback
 from mrlfads.config_utils import to_dict
 from mrlfads.ramps import best_trial
 from mrlfads.scratch import scratch_dir
-from mrlfads.search_spaces.tune_state import ENDED, saved_trial_statuses
+from mrlfads.search_spaces.tune_state import STOP_REQUESTED
 from mrlfads.tracking import figures
 from mrlfads.tracking.inputs import dataset_input
 from mrlfads.tracking.interface import Tracker, flatten
@@ -143,8 +143,6 @@ class MlflowTuneCallback(LoggerCallback):
     ``trial_figures(checkpoint_path, out_dir) -> [png paths]``: draws a finished trial's
     model (its last checkpoint) on the driver; logged under ``figures/`` on its run. A
     failure is logged and the effectome from the metrics drawn instead.
-    ``experiment_path``: the sweep's storage folder, whose saved state tells at the end
-    whether the sweep finished or was interrupted (search_spaces/tune_state.py).
     """
 
     def __init__(self, sweep: str, *, tracking_uri: str | None = None, metric: str = "objective",
@@ -155,8 +153,7 @@ class MlflowTuneCallback(LoggerCallback):
                  resume: bool = False, system_metrics: bool = True,
                  outbox_dir: str | os.PathLike | None = None,
                  dataset: Mapping[str, Any] | None = None,
-                 trial_figures: Callable[[str, Path], Sequence[Path]] | None = None,
-                 experiment_path: str | None = None) -> None:
+                 trial_figures: Callable[[str, Path], Sequence[Path]] | None = None) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode {mode!r} must be 'min' or 'max'")
         self.sweep, self.tracking_uri, self.metric, self.mode = sweep, tracking_uri, metric, mode
@@ -169,7 +166,6 @@ class MlflowTuneCallback(LoggerCallback):
         self.outbox_files: list[str] = []
         self.dataset = dict(dataset) if dataset else None
         self.trial_figures = trial_figures
-        self.experiment_path = experiment_path
         self._reset()
 
     def _reset(self) -> None:
@@ -504,16 +500,13 @@ class MlflowTuneCallback(LoggerCallback):
                 self._close_restored(trial)
         if self.parent is None:
             return
-        # the saved state, not the trials' statuses in memory: tune_state.py says why
-        saved = saved_trial_statuses(self.experiment_path) if self.experiment_path else {}
-        unfinished = sum(saved.get(t.trial_id, getattr(t, "status", None)) not in ENDED
-                         for t in trials)
         try:
             self._summarise()
-            if unfinished:  # Ctrl-C, SIGTERM: Tune saved the state; --resume re-opens the run
+            # a stop signal, not the trials' statuses: search_spaces/tune_state.py says why
+            if STOP_REQUESTED.is_set():  # Tune saved the state; --resume re-opens the run
                 self.parent.set_tags({SWEEP_STATE: (
-                    f"interrupted: {unfinished} of {len(trials)} trials did not finish; "
-                    "`mrlfads sweep --resume` continues the sweep")})
+                    "interrupted before every trial finished; `mrlfads sweep --resume` "
+                    "continues the sweep")})
                 self.parent.end_run("KILLED")
             else:
                 self.parent.set_tags({SWEEP_STATE: "finished"})
@@ -652,4 +645,4 @@ def sweep_callbacks(plan, *, tracking_uri: str | None = None,
         truth_comm=known_comm(manifest), resume=True,
         outbox_dir=None if "://" in plan.experiment_path else plan.experiment_path,
         dataset=dataset_input(manifest, manifest.get("uri")) if manifest else None,
-        trial_figures=trial_figures, experiment_path=plan.experiment_path)]
+        trial_figures=trial_figures)]

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from mrlfads.search_spaces.errors import SearchSpaceError
 from mrlfads.search_spaces.space import SearchSpace
-from mrlfads.search_spaces.tune_state import ENDED, saved_trial_statuses, unfinished
+from mrlfads.search_spaces.tune_state import STOP_REQUESTED, InterruptWatch, cut_short
 from mrlfads.training.config import RunConfig
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "pbt.yaml"
@@ -365,11 +365,13 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
         _write_json(f"{plan.experiment_path}/{PLAN_FILE}", {**plan.to_dict(), "tracking": tracking})
     from mrlfads.training.faults import driver_callbacks
 
-    callbacks = [*driver_callbacks(), *callbacks]  # [] unless MRLFADS_FAULT asks
+    # InterruptWatch records a stop signal (search_spaces/tune_state.py); the fault
+    # callbacks are [] unless MRLFADS_FAULT asks
+    callbacks = [InterruptWatch(), *driver_callbacks(), *callbacks]
     tuner = build_tuner(plan, resume=resume, callbacks=callbacks, reuse_actors=reuse_actors,
                         verbose=verbose)
     results = tuner.fit()
-    summary = summarize(results, plan, statuses=saved_trial_statuses(plan.experiment_path))
+    summary = summarize(results, plan, interrupted=STOP_REQUESTED.is_set())
     _write_json(f"{plan.experiment_path}/{SUMMARY_FILE}", summary.to_dict())
     if not summary.unfinished:  # else --resume needs them
         prune_checkpoints(plan.experiment_path, CHECKPOINTS_TO_KEEP)
@@ -411,15 +413,14 @@ def _latest_effectome(result) -> dict[str, float]:
     return {} if done.empty else {k: float(v) for k, v in done.iloc[-1].items()}
 
 
-def summarize(results, plan: SweepPlan, statuses: dict[str, str] | None = None) -> SweepSummary:
+def summarize(results, plan: SweepPlan, interrupted: bool = False) -> SweepSummary:
     """Best finished trial by its last ``metric`` (``mrlfads.ramps.best_trial``, the rule
     the tracking callback follows too); history from its checkpoint's lineage.
-    ``statuses``: each trial's status in the state Tune saved (search_spaces/tune_state.py);
-    a trial there neither TERMINATED nor ERROR was cut short by an interrupt."""
+    ``interrupted``: a stop signal ended the run (search_spaces/tune_state.py), so the trials
+    that neither failed nor reached their last epoch are marked as cut short."""
     from mrlfads.ramps import best_trial
 
-    statuses = statuses or {}
-    summary = SweepSummary(plan.experiment_path, None, unfinished=unfinished(statuses))
+    summary = SweepSummary(plan.experiment_path, None)
     summary.objective = _objective_text(plan)
     finished = {}
     for r in results:
@@ -427,8 +428,9 @@ def summarize(results, plan: SweepPlan, statuses: dict[str, str] | None = None) 
         if r.error is not None:
             summary.trials[trial_id] = "ERROR: " + str(r.error).strip().splitlines()[-1][:300]
             continue
-        cut = statuses.get(trial_id, "TERMINATED") not in ENDED
+        cut = interrupted and cut_short(r.metrics, errored=False)
         summary.trials[trial_id] = UNFINISHED if cut else "TERMINATED"
+        summary.unfinished += int(cut)
         finished[trial_id] = r
     summary.exploits = _count_exploits(plan.experiment_path)
     best_id = best_trial({t: r.metrics or {} for t, r in finished.items()},
