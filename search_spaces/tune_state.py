@@ -8,6 +8,9 @@ live actor (one whose process died, or a PAUSED member stopped by the population
 keeps the status it had at its last save. So the interrupt is recorded as it happens:
 ``InterruptWatch``, a Tune callback, wraps the SIGINT handler Tune installs for the run, and
 ``STOP_REQUESTED`` is set when that handler is called.
+
+Imports Ray: import this module only after ``training.sweep.local_ray_on_loopback`` (a Ray
+imported earlier binds to the machine's public address).
 """
 from __future__ import annotations
 

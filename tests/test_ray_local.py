@@ -56,3 +56,16 @@ def test_local_ray_binds_loopback_and_refuses_a_client_without_the_token(ray_ses
               if ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
     assert public == []
     assert got["no_token_rc"] != 0 and "auth" in got["no_token_out"].lower(), got["no_token_out"]
+
+
+def test_the_sweep_modules_import_no_ray():
+    """The loopback choice is read when ray is imported (training/sweep.py,
+    local_ray_on_loopback), so the modules a sweep goes through before it must not import
+    it: a Ray imported first binds to the machine's public address."""
+    code = ("import sys; import mrlfads.training.sweep, mrlfads.training.api, "
+            "mrlfads.training.cli, mrlfads.training.commands.sweep; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

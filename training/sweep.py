@@ -20,7 +20,6 @@ from typing import Any, Sequence
 
 from mrlfads.search_spaces.errors import SearchSpaceError
 from mrlfads.search_spaces.space import SearchSpace
-from mrlfads.search_spaces.tune_state import STOP_REQUESTED, InterruptWatch, cut_short
 from mrlfads.training.config import RunConfig
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "pbt.yaml"
@@ -363,6 +362,7 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
             raise SweepError(f"sweep {plan.name!r} already exists at {plan.experiment_path}: "
                              "pass --resume to continue it, or choose another --name")
         _write_json(f"{plan.experiment_path}/{PLAN_FILE}", {**plan.to_dict(), "tracking": tracking})
+    from mrlfads.search_spaces.tune_state import STOP_REQUESTED, InterruptWatch
     from mrlfads.training.faults import driver_callbacks
 
     # InterruptWatch records a stop signal (search_spaces/tune_state.py); the fault
@@ -419,6 +419,7 @@ def summarize(results, plan: SweepPlan, interrupted: bool = False) -> SweepSumma
     ``interrupted``: a stop signal ended the run (search_spaces/tune_state.py), so the trials
     that neither failed nor reached their last epoch are marked as cut short."""
     from mrlfads.ramps import best_trial
+    from mrlfads.search_spaces.tune_state import cut_short
 
     summary = SweepSummary(plan.experiment_path, None)
     summary.objective = _objective_text(plan)
