@@ -46,7 +46,7 @@ class InterruptWatch(tune.Callback):
         signal.signal(signal.SIGINT, record_then_stop)
 
 
-def cut_short(result_metrics: dict[str, Any] | None, errored: bool) -> bool:
-    """Whether a trial an interrupt stopped had not finished: it did not fail, and its last
+def cut_short(result_metrics: dict[str, Any] | None) -> bool:
+    """Whether a trial that did not fail, stopped by an interrupt, had not finished: its last
     result is not the one Tune marks ``done`` (the last epoch)."""
-    return not errored and not (result_metrics or {}).get("done")
+    return not (result_metrics or {}).get("done")

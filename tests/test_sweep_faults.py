@@ -36,6 +36,13 @@ def _cli(*args: str, fault: str | None = None) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _sweep_args(name: str, storage: Path, own_ray, tracking_uri: str) -> list[str]:
+    """What a driver and its `--resume` both pass: the sweep's name and storage, the test's
+    own Ray and MLflow store."""
+    return ["--name", name, "--storage", str(storage), "--address", own_ray.address,
+            "--tracking-uri", tracking_uri, "--quiet"]
+
+
 def _finish(proc: subprocess.Popen, timeout: float, what: str) -> str:
     try:
         return proc.communicate(timeout=timeout)[0]
@@ -137,8 +144,7 @@ def test_driver_killed_at_a_chosen_checkpoint_count_resumes_from_the_saved_check
     from mrlfads.training import checkpoint as ckpt
 
     name = f"resume-{os.getpid()}"
-    common = ["--name", name, "--storage", str(tmp_path), "--address", own_ray.address,
-              "--tracking-uri", mlflow_sqlite_uri, "--quiet"]
+    common = _sweep_args(name, tmp_path, own_ray, mlflow_sqlite_uri)
     first = _cli("--data", tiny_dataset_dir, "--smoke-test", *common,
                  fault="kill-driver:checkpoints=6")
     out = _finish(first, 300, "the first driver")
@@ -254,8 +260,7 @@ def test_sigterm_to_the_driver_stops_the_sweep_as_interrupted_and_resume_finishe
     from mrlfads.tracking.registry import TrackingError, find_best_trial
 
     name = f"term-{os.getpid()}"
-    common = ["--name", name, "--storage", str(tmp_path), "--address", own_ray.address,
-              "--tracking-uri", mlflow_sqlite_uri, "--quiet"]
+    common = _sweep_args(name, tmp_path, own_ray, mlflow_sqlite_uri)
     first = _cli("--data", tiny_dataset_dir, "--smoke-test", *common,
                  fault="kill-driver:checkpoints=4,signal=TERM")
     out = _finish(first, 300, "the signalled driver")

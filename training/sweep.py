@@ -429,7 +429,7 @@ def summarize(results, plan: SweepPlan, interrupted: bool = False) -> SweepSumma
         if r.error is not None:
             summary.trials[trial_id] = "ERROR: " + str(r.error).strip().splitlines()[-1][:300]
             continue
-        cut = interrupted and cut_short(r.metrics, errored=False)
+        cut = interrupted and cut_short(r.metrics)
         summary.trials[trial_id] = UNFINISHED if cut else "TERMINATED"
         summary.unfinished += int(cut)
         finished[trial_id] = r
