@@ -299,6 +299,7 @@ def test_decoder_ceiling_recovers_a_message_the_spikes_hold_and_not_one_they_do_
     ceil = grid.ceilings(tmp_path / "d")
     assert ceil["decoder_message_r2"] == pytest.approx((r2["A->B"] + r2["B->A"]) / 2)
     assert ceil["decoder_message_r2/A->B"] == r2["A->B"]
+    assert np.isnan(ceil["smoothing_co_bps"])  # no training split to fit the baseline on
     # the stitching table's ceiling: the pathways' mean, averaged over sessions
     stitching = _science("stitching")
     mean = (r2["A->B"] + r2["B->A"]) / 2

@@ -8,6 +8,7 @@ import torch
 
 from mrlfads.data_loaders.testing import make_tiny_dataset
 from mrlfads.data_loaders.writer import write_dataset
+from mrlfads.metrics import bits_per_spike
 from mrlfads.training.cli import main
 from mrlfads.training.infer_io import read_outputs
 
@@ -47,10 +48,11 @@ def test_train_rejects_bad_input_with_exit_code_2(trained, capsys):
     assert "lrr" in capsys.readouterr().err
 
 
-def test_infer_writes_every_output_per_trial(trained, tmp_path):
+def test_infer_writes_every_output_per_trial(trained, tmp_path, capsys):
     out = tmp_path / "infer"
     assert main(["infer", "--model", str(trained / "run" / "best.pt"), "--data",
                  str(trained / "data"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
     cols = read_outputs(out)
     n_trials, t_prime = 24, 12 - 4  # make_tiny_dataset: 24 trials, T=12, tau=4
     assert cols["trial_id"].shape == (n_trials,)
@@ -81,6 +83,25 @@ def test_infer_writes_every_output_per_trial(trained, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert "valid/effectome_cosine" in metrics and "valid/message_r2" in metrics
     assert "valid/effectome_cut_cosine" in metrics and "valid/effectome_cut/A_to_B" in metrics
+    # beside the model's held-out score, the smoothing baseline's: fitted on the training
+    # split (18 trials) and scored on the others, never on the trials it was fitted on
+    from mrlfads.baselines import fit_smoothing_baseline
+
+    train, valid = splits
+    b = fit_smoothing_baseline(torch.cat(train.heldin, -1).numpy(),
+                               torch.cat(train.heldout, -1).numpy(), bin_width_s=0.01)
+    pred = b.log_rates(torch.cat(valid.heldin, -1).numpy())[:, 4:]
+    heldout = torch.cat(valid.heldout, -1).numpy()[:, 4:]
+    assert metrics["valid/smoothing_co_bps"] == pytest.approx(bits_per_spike(heldout, pred))
+    assert metrics["valid/smoothing_co_bps/B"] == pytest.approx(
+        bits_per_spike(heldout[..., 1:], pred[..., 1:]))
+    assert not any(k.startswith("train/smoothing") for k in metrics)
+    info = json.loads((out / "outputs.json").read_text())["smoothing_baseline"]
+    assert (info["width_s"], info["alpha"]) == (b.width_s, b.alpha)
+    # a model no better than the baseline on held-out neurons is named so on the terminal
+    assert ("does not beat smoothed held-in spikes" in printed) == (
+        metrics["valid/co_bps"] <= metrics["valid/smoothing_co_bps"])
+    assert f"valid/smoothing_co_bps = {metrics['valid/smoothing_co_bps']:.4f}" in printed
     # an existing output is not replaced without --overwrite
     assert main(["infer", "--model", str(trained / "run" / "best.pt"), "--data",
                  str(trained / "data"), "--out", str(out)]) == 2

@@ -161,6 +161,8 @@ def test_infer_names_each_trials_session(trained, tmp_path):
     assert list(res.coords["session"]) == list(names[data.session.numpy()])
     assert res.info["sessions"] == ["s0", "s1", "s2"]
     assert np.isfinite(res.metrics["valid/session/s2/bps/B"])
+    # the smoothing baseline is fitted on one session's neurons only (docs/MODEL.md)
+    assert not any("smoothing" in k for k in res.metrics)
 
 
 @pytest.mark.slow  # ~40 s: a smoke PBT sweep on the session Ray

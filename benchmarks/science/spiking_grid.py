@@ -15,7 +15,8 @@ perturbation every 10 epochs after the ramps) and scores the sweep's best trial.
 the validation trials: both effectomes (cut, the default, and message RMS) against the
 true communication matrix, message R^2, inferred-input R^2 and co-bps; beside them, what
 the data allows: the co-bps of the true rates and the cross-validated R^2 of a linear
-decoder from the spikes around each message to the message. One JSON line per run goes
+decoder from the spikes around each message to the message; and the co-bps of smoothed
+held-in spikes (mrlfads/baselines.py), which a model must beat. One JSON line per run goes
 to OUT/results.jsonl; the table is printed at the end.
 """
 from __future__ import annotations
@@ -67,10 +68,33 @@ def ceilings(path: Path) -> dict[str, float]:
     spikes = np.concatenate([a[f"x/{r.name}"][:, tau:, r.n_heldin:] for r in m.regions], -1)
     rates = np.concatenate([a[rate_cols[r.name]][:, tau:, r.n_heldin:] for r in m.regions], -1)
     out = {"true_rates_co_bps": float(M.bits_per_spike(spikes, np.log(rates)))}
+    out["smoothing_co_bps"] = smoothing_co_bps(ds)
     r2 = decoder_r2(path)
     out["decoder_message_r2"] = float(np.mean(list(r2.values()))) if r2 else float("nan")
     out.update({f"decoder_message_r2/{k}": v for k, v in r2.items()})
     return out
+
+
+def smoothing_co_bps(ds) -> float:
+    """The spike-smoothing baseline's held-out co-bps on the validation trials, fitted on the
+    training trials (mrlfads/baselines.py; what `mrlfads infer` reports beside a model);
+    NaN for a dataset without a training split."""
+    from mrlfads import metrics as M
+    from mrlfads.baselines import fit_smoothing_baseline
+
+    m, tau = ds.manifest, ds.manifest.ic_enc_seq_len
+    if "train" not in m.splits:
+        return float("nan")
+    cols = [f"x/{r.name}" for r in m.regions]
+
+    def parts(split: str) -> tuple[np.ndarray, np.ndarray]:
+        a = ds.arrays(split, cols)
+        return (np.concatenate([a[c][:, :, : r.n_heldin] for c, r in zip(cols, m.regions)], -1),
+                np.concatenate([a[c][:, :, r.n_heldin:] for c, r in zip(cols, m.regions)], -1))
+
+    baseline = fit_smoothing_baseline(*parts("train"), m.bin_width_s)
+    heldin, heldout = parts("valid")
+    return float(M.bits_per_spike(heldout[:, tau:], baseline.log_rates(heldin)[:, tau:]))
 
 
 def decoder_r2(path: Path) -> dict[str, float]:
@@ -171,8 +195,9 @@ def run_name(data: str, seed: int, sets: list[str]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| network | arm | runs | " + " | ".join(COLUMNS) + " | decoder R^2 | true co-bps |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
+    head = ("| network | arm | runs | " + " | ".join(COLUMNS)
+            + " | smoothing co-bps | decoder R^2 | true co-bps |")
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 6)]
     for name in DATASETS:
         for arm in dict.fromkeys(r["arm"] for r in rows):
             sel = [r for r in rows if r["dataset"] == name and r["arm"] == arm]
@@ -188,7 +213,9 @@ def table(rows: list[dict]) -> str:
                 else:
                     cells.append(f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}")
             ceil = sel[0]["ceilings"]
-            bounds = f" | {ceil['decoder_message_r2']:.3f} | {ceil['true_rates_co_bps']:.3f} |"
+            smoothing = ceil.get("smoothing_co_bps", float("nan"))  # absent from older rows
+            bounds = (f" | {smoothing:.3f} | {ceil['decoder_message_r2']:.3f}"
+                      f" | {ceil['true_rates_co_bps']:.3f} |")
             lines.append(f"| {name} | {arm} | {len(sel)} | " + " | ".join(cells) + bounds)
     return "\n".join(lines)
 

@@ -55,4 +55,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = result.metrics
     for key in sorted(k for k in metrics if k.count("/") == 1 and k.endswith(shown)):
         print(f"  {key} = {metrics[key]:.4f}")
+    for split in result.info["splits"]:
+        model, smoothed = metrics.get(f"{split}/co_bps"), metrics.get(f"{split}/smoothing_co_bps")
+        if model is not None and smoothed is not None and not model > smoothed:
+            print(f"note: on {split}, the model's held-out co-bps ({model:.4f}) does not beat "
+                  f"smoothed held-in spikes ({smoothed:.4f}): its rates say no more about the "
+                  "held-out neurons than the spikes do (docs/MODEL.md, \"Metrics\")")
     return 0

@@ -1,0 +1,154 @@
+"""The spike-smoothing baseline of held-out co-bps (docs/MODEL.md, "Metrics"): the score a
+model must beat before its held-out rates say more than smoothed held-in spikes do.
+
+As in the Neural Latents Benchmark's smoothing baseline, every held-in neuron's spikes are
+convolved with a Gaussian kernel and a Poisson GLM (log link, L2 penalty) maps them, bin by
+bin, to every held-out neuron's count. The kernel width and the penalty are chosen on
+training trials held back from the fit, never on the trials scored; the chosen pair is then
+refitted on every training trial. Numpy and scipy only: no torch, so it scores any model's
+output the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from scipy.optimize import minimize
+
+from mrlfads.metrics import MetricsError, bits_per_spike
+
+_LOG_RATE_BOUNDS = (-30.0, 20.0)  # log counts per bin; exp() of the linear predictor stays finite
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    """The grid searched and how much of the training data chooses from it."""
+
+    widths_s: tuple[float, ...] = (0.02, 0.04, 0.08, 0.16, 0.32)  # Gaussian kernel SDs, seconds
+    # L2 penalty per bin on the standardised inputs' weights (the ``alpha`` of
+    # sklearn.linear_model.PoissonRegressor, which NLB's baseline uses)
+    alphas: tuple[float, ...] = (1.0, 0.1, 0.01, 0.001)
+    select_fraction: float = 0.25  # training trials held back to choose width and penalty
+    max_fit_bins: int = 100_000  # trial-bins one GLM is fitted on; whole trials drawn beyond
+    seed: int = 0
+
+
+@dataclass
+class SmoothingBaseline:
+    """A fitted baseline: the chosen kernel width and penalty, and how it scored on the
+    held-back training trials (``select_co_bps``) for each width and penalty tried."""
+
+    width_s: float
+    alpha: float
+    bin_width_s: float
+    scores: dict[tuple[float, float], float]
+    _features: tuple[np.ndarray, np.ndarray]  # mean and SD of the smoothed training spikes
+    _weights: np.ndarray  # (held-in + 1, held-out): the GLM, bias last
+
+    def log_rates(self, heldin: np.ndarray) -> np.ndarray:
+        """Predicted log counts per bin (trials, T, held-out) from held-in spikes (trials, T,
+        held-in) binned like the training data."""
+        X = _design(heldin, self.width_s / self.bin_width_s, *self._features)
+        return _predict(X, self._weights).reshape(*heldin.shape[:2], -1)
+
+    def co_bps(self, heldin: np.ndarray, heldout: np.ndarray) -> float:
+        """Held-out bits per spike (``mrlfads.metrics.bits_per_spike``) on these trials."""
+        return bits_per_spike(heldout, self.log_rates(heldin))
+
+
+def fit_smoothing_baseline(heldin: np.ndarray, heldout: np.ndarray, bin_width_s: float,
+                           cfg: SmoothingConfig | None = None) -> SmoothingBaseline:
+    """Fit the baseline on training trials: ``heldin`` (trials, T, N) and ``heldout``
+    (trials, T, H) spike counts, ``bin_width_s`` seconds a bin."""
+    cfg = cfg or SmoothingConfig()
+    heldin, heldout = _counts(heldin, "heldin"), _counts(heldout, "heldout")
+    if heldin.shape[:2] != heldout.shape[:2]:
+        raise MetricsError(f"heldin {heldin.shape} and heldout {heldout.shape} must share "
+                           "their trials and bins")
+    if heldin.shape[-1] == 0 or heldout.shape[-1] == 0:
+        raise MetricsError("the smoothing baseline needs held-in and held-out neurons")
+    n = heldin.shape[0]
+    if n < 4:
+        raise MetricsError(f"the smoothing baseline needs at least 4 training trials, got {n}")
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(n)
+    n_select = max(1, round(n * cfg.select_fraction))
+    select, fit = order[:n_select], _at_most(order[n_select:], heldin.shape[1], cfg.max_fit_bins)
+    scores: dict[tuple[float, float], float] = {}
+    for width in cfg.widths_s:
+        sd_bins = width / bin_width_s
+        mean, sd = _feature_stats(heldin[fit], sd_bins)
+        X_fit, X_sel = (_design(heldin[rows], sd_bins, mean, sd) for rows in (fit, select))
+        Y_fit = heldout[fit].reshape(-1, heldout.shape[-1])
+        W = None
+        for alpha in sorted(cfg.alphas, reverse=True):  # each fit starts from the stiffer one
+            W = _fit_glm(X_fit, Y_fit, alpha, W)
+            pred = _predict(X_sel, W).reshape(len(select), heldin.shape[1], -1)
+            scores[(width, alpha)] = bits_per_spike(heldout[select], pred)
+    finite = {k: v for k, v in scores.items() if np.isfinite(v)}
+    if not finite:
+        raise MetricsError("the smoothing baseline's held-back training trials hold no "
+                           "held-out spike to choose a kernel with")
+    width, alpha = max(finite, key=finite.get)
+    every = _at_most(order, heldin.shape[1], cfg.max_fit_bins)
+    mean, sd = _feature_stats(heldin[every], width / bin_width_s)
+    X = _design(heldin[every], width / bin_width_s, mean, sd)
+    W = _fit_glm(X, heldout[every].reshape(-1, heldout.shape[-1]), alpha, None)
+    return SmoothingBaseline(width, alpha, bin_width_s, scores, (mean, sd), W)
+
+
+def _counts(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 3:
+        raise MetricsError(f"{name}: expected spike counts (trials, T, neurons), got shape {x.shape}")
+    return x
+
+
+def _at_most(trials: np.ndarray, n_bins: int, max_bins: int) -> np.ndarray:
+    """The first of ``trials`` (already shuffled) that fit in ``max_bins`` trial-bins."""
+    return trials[: max(1, min(len(trials), max_bins // max(n_bins, 1)))]
+
+
+def _smooth(spikes: np.ndarray, sd_bins: float) -> np.ndarray:
+    return gaussian_filter1d(spikes, sd_bins, axis=1, mode="reflect")
+
+
+def _feature_stats(heldin: np.ndarray, sd_bins: float) -> tuple[np.ndarray, np.ndarray]:
+    s = _smooth(heldin, sd_bins).reshape(-1, heldin.shape[-1])
+    sd = s.std(axis=0)
+    return s.mean(axis=0), np.where(sd > 0, sd, 1.0)  # a silent neuron's input stays 0
+
+
+def _design(heldin: np.ndarray, sd_bins: float, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Standardised smoothed spikes, one row per trial-bin, with a last column of ones."""
+    z = (_smooth(heldin, sd_bins).reshape(-1, heldin.shape[-1]) - mean) / sd
+    return np.hstack([z, np.ones((z.shape[0], 1))])
+
+
+def _predict(X: np.ndarray, W: np.ndarray) -> np.ndarray:
+    return np.clip(X @ W, *_LOG_RATE_BOUNDS)
+
+
+def _fit_glm(X: np.ndarray, Y: np.ndarray, alpha: float, W0: np.ndarray | None) -> np.ndarray:
+    """Every held-out neuron's Poisson GLM at once (they share X): minimise, per neuron,
+    mean over bins of (exp(eta) - y * eta) + alpha / 2 * |w|^2, the bias unpenalised."""
+    n, p = X.shape
+    q = Y.shape[1]
+    if W0 is None:
+        W0 = np.zeros((p, q))
+        W0[-1] = np.log(np.maximum(Y.mean(axis=0), 1e-6))
+    penalised = np.ones((p, 1))
+    penalised[-1] = 0.0
+
+    def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+        W = w.reshape(p, q)
+        eta = _predict(X, W)
+        mu = np.exp(eta)
+        value = (mu - Y * eta).sum() / n + 0.5 * alpha * float((penalised * W**2).sum())
+        grad = X.T @ (mu - Y) / n + alpha * penalised * W
+        return value, grad.ravel()
+
+    res = minimize(objective, W0.ravel(), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 500})
+    return res.x.reshape(p, q)

@@ -1,0 +1,87 @@
+"""The spike-smoothing baseline (mrlfads/baselines.py): its GLM against closed forms, its
+choice of kernel on data whose answer is known, and its errors."""
+import math
+
+import numpy as np
+import pytest
+
+from mrlfads.baselines import SmoothingConfig, _fit_glm, fit_smoothing_baseline
+from mrlfads.metrics import MetricsError, bits_per_spike
+
+
+def test_the_glm_with_one_binary_input_fits_each_groups_mean_rate():
+    """Unpenalised, log rate = b + w x with x in {0, 1} has the closed-form maximum: exp(b)
+    is the mean count where x = 0, exp(b + w) where x = 1."""
+    rng = np.random.default_rng(0)
+    x = (rng.random(4000) < 0.3).astype(float)
+    y = rng.poisson(np.where(x > 0, 0.4, 0.05))[:, None].astype(float)
+    W = _fit_glm(np.column_stack([x, np.ones_like(x)]), y, alpha=0.0, W0=None)
+    b, w = W[1, 0], W[0, 0]
+    assert math.exp(b) == pytest.approx(y[x == 0].mean(), rel=1e-4)
+    assert math.exp(b + w) == pytest.approx(y[x == 1].mean(), rel=1e-4)
+
+
+def _shared_latent(n_trials=120, n_bins=80, n_in=30, n_out=6, seed=0, independent=False):
+    """Spikes at 0.1-0.3 per bin driven by a slow sine of random phase per trial; with
+    ``independent`` the held-out neurons follow their own phases."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_bins) / n_bins
+
+    def rates(n, phase):
+        gain = rng.uniform(0.5, 1.5, n)
+        base = np.log(rng.uniform(0.1, 0.3, n))
+        return np.exp(base + gain * np.sin(2 * np.pi * 2 * t[None, :, None] + phase[:, None, None]))
+
+    phase = rng.uniform(0, 2 * np.pi, n_trials)
+    other = rng.uniform(0, 2 * np.pi, n_trials) if independent else phase
+    r_in, r_out = rates(n_in, phase), rates(n_out, other)
+    return rng.poisson(r_in).astype(float), rng.poisson(r_out).astype(float), r_out
+
+
+def test_smoothed_spikes_predict_neurons_that_share_their_latent():
+    heldin, heldout, true_rates = _shared_latent()
+    train, test = slice(0, 90), slice(90, None)
+    b = fit_smoothing_baseline(heldin[train], heldout[train], bin_width_s=0.01)
+    truth = bits_per_spike(heldout[test], np.log(true_rates[test]))
+    got = b.co_bps(heldin[test], heldout[test])
+    assert 0.6 * truth < got <= truth + 0.02
+    # the sine's period is 40 bins: the sharpest kernel (2 bins) averages over too few spikes
+    assert b.width_s > 0.02
+    assert set(b.scores) == {(w, a) for w in SmoothingConfig().widths_s
+                             for a in SmoothingConfig().alphas}
+
+
+def test_neurons_with_their_own_latent_get_nothing_from_the_baseline():
+    heldin, heldout, _ = _shared_latent(independent=True)
+    b = fit_smoothing_baseline(heldin[:90], heldout[:90], bin_width_s=0.01)
+    assert b.co_bps(heldin[90:], heldout[90:]) < 0.01
+
+
+def test_an_overwhelming_penalty_leaves_each_neurons_training_mean():
+    """With the weights held at 0 the prediction is every held-out neuron's mean count over
+    the training trials, whose bits per spike on other trials can be computed by hand."""
+    heldin, heldout, _ = _shared_latent()
+    cfg = SmoothingConfig(widths_s=(0.04,), alphas=(1e9,))
+    b = fit_smoothing_baseline(heldin[:90], heldout[:90], bin_width_s=0.01, cfg=cfg)
+    mean = heldout[:90].reshape(-1, heldout.shape[-1]).mean(axis=0)
+    assert np.allclose(np.exp(b.log_rates(heldin[90:])), mean, rtol=1e-4)
+    k = heldout[90:].reshape(-1, heldout.shape[-1])
+    null = k.mean(axis=0)
+    by_hand = ((k * np.log(mean) - mean).sum() - (k * np.log(null) - null).sum()) / (
+        k.sum() * math.log(2))
+    assert b.co_bps(heldin[90:], heldout[90:]) == pytest.approx(by_hand, rel=1e-3)
+    assert by_hand < 0  # the null is fitted on the scored trials themselves
+
+
+def test_bad_inputs_name_what_is_wrong():
+    heldin, heldout, _ = _shared_latent(n_trials=8)
+    with pytest.raises(MetricsError, match="share their trials"):
+        fit_smoothing_baseline(heldin, heldout[:4], bin_width_s=0.01)
+    with pytest.raises(MetricsError, match="held-in and held-out neurons"):
+        fit_smoothing_baseline(heldin, heldout[..., :0], bin_width_s=0.01)
+    with pytest.raises(MetricsError, match="at least 4 training trials"):
+        fit_smoothing_baseline(heldin[:3], heldout[:3], bin_width_s=0.01)
+    with pytest.raises(MetricsError, match="trials, T, neurons"):
+        fit_smoothing_baseline(heldin[0], heldout[0], bin_width_s=0.01)
+    with pytest.raises(MetricsError, match="no held-out spike"):
+        fit_smoothing_baseline(heldin, np.zeros_like(heldout), bin_width_s=0.01)
