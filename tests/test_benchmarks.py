@@ -93,6 +93,8 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
         import spiking_grid as grid
     finally:
         sys.path.pop(0)
+    import numpy as np
+
     from mrlfads.data_loaders.testing import make_tiny_dataset
     from mrlfads.training.config import RunConfig
     from mrlfads.training.fit import BEST, fit
@@ -111,6 +113,11 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
     # one run: its values, no spread
     assert line.startswith("| random-0 | defaults | 1 | ") and "±" not in line
     assert f"| {scores['effectome_cut_cosine']:.3f} |" in line
+    # what the data allows, last: smoothed spikes' co-bps (fitted on the 30 training
+    # trials), the message decoder's R^2 and the true rates' co-bps
+    assert np.isfinite(ceil["smoothing_co_bps"])
+    assert line.endswith(f"| {ceil['smoothing_co_bps']:.3f} | {ceil['decoder_message_r2']:.3f} "
+                         f"| {ceil['true_rates_co_bps']:.3f} |")
     two = grid.table([row, {**row, "metrics": {**scores, "co_bps": scores["co_bps"] + 0.02}}])
     assert f"{scores['co_bps'] + 0.01:.3f} ± 0.010" in two  # mean and std over the runs
     info = _science("fit_diagnostics").score_fit(str(tmp_path / "run" / BEST),
