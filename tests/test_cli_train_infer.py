@@ -171,3 +171,34 @@ def test_openmp_waits_passively_only_where_processes_share_cores(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     set_openmp_wait_policy("demo")
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins
+
+
+def test_train_reports_the_smoothing_baseline_beside_best_pt(tmp_path, mlflow_sqlite_uri,
+                                                             experiment_name, capsys):
+    """After training on spikes: smoothed held-in spikes' held-out co-bps on the validation
+    split, printed beside best.pt's and logged to the run's MLflow metrics."""
+    from mlflow.tracking import MlflowClient
+
+    from mrlfads.training.fit import epochs_since_best
+    from mrlfads.training.smoothing import smoothing_scores
+
+    ds = make_tiny_dataset(tmp_path / "data")
+    assert main(["train", "--data", str(tmp_path / "data"), "--smoke-test", "--epochs", "3",
+                 "--out", str(tmp_path / "run"), "--tracking-uri", mlflow_sqlite_uri,
+                 "--experiment", experiment_name, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    _, expected = smoothing_scores(ds, ["valid"])
+    smoothed = expected["valid/smoothing_co_bps"]
+    history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best_epoch, _ = epochs_since_best(history)
+    model = next(m for m in history if m["epoch"] == best_epoch)["valid/co_bps"]
+    line = next(x for x in printed.splitlines() if x.startswith("held-out co-bps on valid"))
+    assert f"best.pt (epoch {best_epoch}) {model:.4f}, smoothed held-in spikes {smoothed:.4f}" in line
+    assert line.endswith("does not beat it") == (model <= smoothed)
+    client = MlflowClient(mlflow_sqlite_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
+    assert run.data.metrics["valid/smoothing_co_bps"] == pytest.approx(smoothed)
+    assert run.data.metrics["valid/smoothing_co_bps/B"] == pytest.approx(
+        expected["valid/smoothing_co_bps/B"])
+    (logged,) = client.get_metric_history(run.info.run_id, "valid/smoothing_co_bps")
+    assert logged.step == history[-1]["epoch"]

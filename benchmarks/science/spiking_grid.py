@@ -77,24 +77,11 @@ def ceilings(path: Path) -> dict[str, float]:
 
 def smoothing_co_bps(ds) -> float:
     """The spike-smoothing baseline's held-out co-bps on the validation trials, fitted on the
-    training trials (mrlfads/baselines.py; what `mrlfads infer` reports beside a model);
-    NaN for a dataset without a training split."""
-    from mrlfads import metrics as M
-    from mrlfads.baselines import fit_smoothing_baseline
+    training trials (training/smoothing.py: what `mrlfads infer` reports beside a model);
+    NaN where it does not apply (e.g. no training split)."""
+    from mrlfads.training.smoothing import KEY, smoothing_scores
 
-    m, tau = ds.manifest, ds.manifest.ic_enc_seq_len
-    if "train" not in m.splits:
-        return float("nan")
-    cols = [f"x/{r.name}" for r in m.regions]
-
-    def parts(split: str) -> tuple[np.ndarray, np.ndarray]:
-        a = ds.arrays(split, cols)
-        return (np.concatenate([a[c][:, :, : r.n_heldin] for c, r in zip(cols, m.regions)], -1),
-                np.concatenate([a[c][:, :, r.n_heldin:] for c, r in zip(cols, m.regions)], -1))
-
-    baseline = fit_smoothing_baseline(*parts("train"), m.bin_width_s)
-    heldin, heldout = parts("valid")
-    return float(M.bits_per_spike(heldout[:, tau:], baseline.log_rates(heldin)[:, tau:]))
+    return float(smoothing_scores(ds, ["valid"])[1].get(f"valid/{KEY}", np.nan))
 
 
 def decoder_r2(path: Path) -> dict[str, float]:

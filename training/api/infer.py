@@ -154,6 +154,7 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
     from mrlfads.training.evaluate import collect_outputs, cut_effectome_metrics, score
     from mrlfads.training.infer_io import OUTPUT_PREFIXES, check_out
     from mrlfads.training.loop import resolve_device
+    from mrlfads.training.smoothing import smoothing_scores
 
     if out is not None:
         check_out(out, overwrite)
@@ -182,7 +183,9 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
         # score() names keys valid/...; here each split gets its own prefix.
         for key, value in {**{f"valid/{t}": v for t, v in terms.items()}, **scores}.items():
             metrics[f"{split}/{key.removeprefix('valid/')}"] = value
-    baseline = _smoothing_baseline(data_set, cfg, [(p[0], p[1]) for p in parts], metrics)
+    # beside the model's held-out score, smoothed held-in spikes' (training/smoothing.py)
+    baseline, smoothing = smoothing_scores(data_set.arrow, splits, {p[0]: p[1] for p in parts})
+    metrics.update(smoothing)
     outputs = {k: np.concatenate([p[2][k] for p in parts]) for k in parts[0][2]}
     trial_id = np.concatenate([p[1].trial_id for p in parts])
     split_col = np.concatenate([np.full(p[1].n_trials, p[0]) for p in parts])
@@ -235,54 +238,4 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
     if out is not None:
         result.save(out, overwrite=overwrite)
     return result
-
-
-# Training trials the smoothing baseline needs before it is fitted: it holds a quarter back
-# to choose its kernel, and a handful of trials would choose by noise.
-SMOOTHING_MIN_TRIALS = 16
-
-
-def _smoothing_baseline(data_set: Dataset, cfg: Any, parts: list[tuple[str, Any]],
-                        metrics: dict[str, float]) -> Any:
-    """Fit the spike-smoothing baseline (mrlfads/baselines.py) on the training split and add
-    ``<split>/smoothing_co_bps`` (pooled) and ``<split>/smoothing_co_bps/<r>`` for every
-    other split scored, beside the model's ``co_bps``: the held-out score of smoothed
-    held-in spikes. Only for one-session spike counts with held-out neurons and at least
-    SMOOTHING_MIN_TRIALS training trials; the training split is not scored (it was fitted
-    there). Returns the fitted baseline, or None."""
-    import numpy as np
-
-    from mrlfads import metrics as M
-    from mrlfads.baselines import fit_smoothing_baseline
-    from mrlfads.training.data import load_split
-
-    m = data_set.manifest
-    scored = [(split, data) for split, data in parts if split != "train"]
-    if (cfg.model.obs_model != "poisson" or cfg.model.sessions or not scored
-            or "train" not in m.splits or not any(r.n_heldout for r in m.regions)):
-        return None
-    train = next((data for split, data in parts if split == "train"), None)
-    if train is None:
-        import torch
-
-        train = load_split(data_set.arrow, "train", torch.device("cpu"))
-    if train.n_trials < SMOOTHING_MIN_TRIALS:
-        return None
-
-    def arrays(data: Any, which: str) -> np.ndarray:
-        return np.concatenate([t.cpu().numpy() for t in getattr(data, which)], axis=-1)
-
-    baseline = fit_smoothing_baseline(arrays(train, "heldin"), arrays(train, "heldout"),
-                                      m.bin_width_s)
-    tau = cfg.model.ic_enc_seq_len
-    bounds = np.cumsum([0] + [r.n_heldout for r in m.regions])
-    for split, data in scored:
-        counts = arrays(data, "heldout")[:, tau:]
-        log_rates = baseline.log_rates(arrays(data, "heldin"))[:, tau:]
-        metrics[f"{split}/smoothing_co_bps"] = M.bits_per_spike(counts, log_rates)
-        for r, lo, hi in zip(m.regions, bounds[:-1], bounds[1:]):
-            if hi > lo:
-                metrics[f"{split}/smoothing_co_bps/{r.name}"] = M.bits_per_spike(
-                    counts[..., lo:hi], log_rates[..., lo:hi])
-    return baseline
 

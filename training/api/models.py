@@ -111,6 +111,7 @@ def fit(dataset: Dataset | str | os.PathLike, *, config: str | os.PathLike | Map
     from mrlfads.training.config import RunConfig, fit_ramps, load_config_file
     from mrlfads.training.fit import fit as train_epochs
     from mrlfads.training.loop import Trainer
+    from mrlfads.training.smoothing import report_after_training
     from mrlfads.training.tracking_glue import open_run_tracker, save_run_id
 
     data = open_dataset(dataset)
@@ -147,6 +148,9 @@ def fit(dataset: Dataset | str | os.PathLike, *, config: str | os.PathLike | Map
     status, run_id = "FINISHED", None
     try:
         train_epochs(trainer, out, tracker=tracker, progress=progress)
+        report_after_training(data.arrow, trainer.cfg, trainer.history,
+                              {trainer.cfg.data.train_split: trainer.train_data,
+                               trainer.cfg.data.valid_split: trainer.valid_data}, tracker)
         if tracker is not None:
             from mrlfads.training.report_figures import log_model_figures
 
