@@ -180,3 +180,10 @@ def test_a_sweep_from_a_folder_with_its_own_training_and_tracking(ray_session, t
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     summary = json.loads((tmp_path / "sweeps" / "shadowed" / "summary.json").read_text())
     assert sorted(set(summary["trials"].values())) == ["TERMINATED"]
+    # beside the best trial, the data's own baseline (training/smoothing.py), computed once
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.smoothing import smoothing_scores
+
+    _, expected = smoothing_scores(ArrowDataset.open(tiny_dataset_dir), ["valid"])
+    assert summary["baseline"] == pytest.approx(expected)
+    assert f"valid/smoothing_co_bps: {expected['valid/smoothing_co_bps']:.5g} (smoothed" in proc.stdout

@@ -241,6 +241,11 @@ def test_sweep_report_shows_pooled_scores_and_what_the_objective_is():
     text = format_summary(summary)
     assert "valid/co_bps: 0.125" in text and "valid/co_bps/A" not in text
     assert "objective: smoothed valid/heldout_loss (held-out neurons)" in text
+    # the data's own baseline, pooled, beside the best trial's score
+    summary.baseline = {"valid/smoothing_co_bps": 0.0625, "valid/smoothing_co_bps/A": 0.5}
+    text = format_summary(summary)
+    assert "valid/smoothing_co_bps: 0.0625 (smoothed held-in spikes: the held-out score to beat)" in text
+    assert "smoothing_co_bps/A" not in text
 
 
 def test_an_interrupted_sweep_says_so_and_calls_its_best_so_far():

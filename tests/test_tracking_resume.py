@@ -241,3 +241,20 @@ def test_a_restored_trial_that_never_ended_keeps_its_run_open(tmp_path, mlflow_s
     assert parent.info.status == "KILLED"
     assert parent.data.tags["mrlfads.sweep_state"] == (
         "interrupted before every trial finished; `mrlfads sweep --resume` continues the sweep")
+
+
+def test_the_data_baseline_is_logged_once_on_the_parent_run(tmp_path, mlflow_sqlite_uri):
+    """The smoothing baseline (training/smoothing.py) goes to the parent run at step 0 when
+    the sweep begins, and a resumed driver does not log it again."""
+    name = "baseline-record"
+    client = MlflowClient(mlflow_sqlite_uri)
+    for resume in (False, True):
+        cb = MlflowTuneCallback(name, tracking_uri=mlflow_sqlite_uri, metric="objective",
+                                mode="min", resume=resume, system_metrics=False,
+                                baseline={"valid/smoothing_co_bps": 0.0625,
+                                          "valid/smoothing_co_bps/A": float("nan")})
+        cb.setup()
+        cb.on_experiment_end([])
+    (logged,) = client.get_metric_history(cb.parent_run_id, "valid/smoothing_co_bps")
+    assert (logged.value, logged.step) == (0.0625, 0)
+    assert "valid/smoothing_co_bps/A" not in client.get_run(cb.parent_run_id).data.metrics

@@ -143,6 +143,8 @@ class MlflowTuneCallback(LoggerCallback):
     ``trial_figures(checkpoint_path, out_dir) -> [png paths]``: draws a finished trial's
     model (its last checkpoint) on the driver; logged under ``figures/`` on its run. A
     failure is logged and the effectome from the metrics drawn instead.
+    ``baseline``: metrics of the data alone (``valid/smoothing_co_bps``, the held-out score
+    of smoothed spikes: training/smoothing.py), logged on the parent run at step 0.
     """
 
     def __init__(self, sweep: str, *, tracking_uri: str | None = None, metric: str = "objective",
@@ -153,7 +155,8 @@ class MlflowTuneCallback(LoggerCallback):
                  resume: bool = False, system_metrics: bool = True,
                  outbox_dir: str | os.PathLike | None = None,
                  dataset: Mapping[str, Any] | None = None,
-                 trial_figures: Callable[[str, Path], Sequence[Path]] | None = None) -> None:
+                 trial_figures: Callable[[str, Path], Sequence[Path]] | None = None,
+                 baseline: Mapping[str, float] | None = None) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode {mode!r} must be 'min' or 'max'")
         self.sweep, self.tracking_uri, self.metric, self.mode = sweep, tracking_uri, metric, mode
@@ -166,6 +169,7 @@ class MlflowTuneCallback(LoggerCallback):
         self.outbox_files: list[str] = []
         self.dataset = dict(dataset) if dataset else None
         self.trial_figures = trial_figures
+        self.baseline = dict(baseline or {})
         self._reset()
 
     def _reset(self) -> None:
@@ -248,6 +252,9 @@ class MlflowTuneCallback(LoggerCallback):
         self.parent.log_params(params)
         if self.dataset:
             self.parent.log_input(self.dataset)
+        if self.baseline and not earlier:  # a resumed sweep logged them when it began
+            self.parent.log_metrics({metric_key(k): v for k, v in self.baseline.items()
+                                     if math.isfinite(v)}, step=0)
 
     def _restore(self, tid: str, run) -> None:
         """What the driver before a ``--resume`` recorded of trial ``tid`` in its run: the
@@ -614,7 +621,8 @@ def _read_manifest(data_uri: str | None) -> dict[str, Any]:
 
 
 def sweep_callbacks(plan, *, tracking_uri: str | None = None,
-                    trial_figures: Callable[[str, Path], Sequence[Path]] | None = None
+                    trial_figures: Callable[[str, Path], Sequence[Path]] | None = None,
+                    baseline: Mapping[str, float] | None = None,
                     ) -> list[MlflowTuneCallback]:
     """The callbacks ``mrlfads sweep`` passes to Tune for a ``mrlfads.training.sweep.SweepPlan``.
 
@@ -645,4 +653,4 @@ def sweep_callbacks(plan, *, tracking_uri: str | None = None,
         truth_comm=known_comm(manifest), resume=True,
         outbox_dir=None if "://" in plan.experiment_path else plan.experiment_path,
         dataset=dataset_input(manifest, manifest.get("uri")) if manifest else None,
-        trial_figures=trial_figures)]
+        trial_figures=trial_figures, baseline=baseline)]

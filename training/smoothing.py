@@ -7,6 +7,7 @@ session of spike counts with held-out neurons and at least MIN_TRAIN_TRIALS trai
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ def smoothing_scores(dataset: ArrowDataset, splits: Iterable[str],
 
     from mrlfads import metrics as M
     from mrlfads.baselines import fit_smoothing_baseline
+    from mrlfads.metrics import MetricsError
     from mrlfads.training.data import load_split
 
     m = dataset.manifest
@@ -59,7 +61,11 @@ def smoothing_scores(dataset: ArrowDataset, splits: Iterable[str],
         return tuple(np.concatenate([t.cpu().numpy() for t in parts], axis=-1)
                      for parts in (data.heldin, data.heldout))
 
-    baseline = fit_smoothing_baseline(*counts(train_split), m.bin_width_s)
+    try:
+        baseline = fit_smoothing_baseline(*counts(train_split), m.bin_width_s)
+    except MetricsError as exc:  # e.g. no held-out spike in the trials that choose the kernel
+        warnings.warn(f"the smoothing baseline was not fitted: {exc}", stacklevel=2)
+        return None, {}
     tau = m.ic_enc_seq_len
     bounds = np.cumsum([0] + [r.n_heldout for r in m.regions])
     out: dict[str, float] = {}
@@ -82,11 +88,9 @@ def report_after_training(dataset: ArrowDataset, run_cfg: Any, history: list[dic
     from mrlfads.training.fit import epochs_since_best
 
     d = run_cfg.data
-    _, scores = smoothing_scores(dataset, [d.valid_split], loaded, train_split=d.train_split)
+    scores = _validation_scores(dataset, d, loaded)
     if not scores:
         return {}
-    # training logs its validation metrics as valid/..., whatever the split is called
-    scores = {"valid/" + k.split("/", 1)[1]: v for k, v in scores.items()}
     best_epoch, _ = epochs_since_best(history)
     at_best = next((m for m in history if best_epoch is not None and m["epoch"] == best_epoch),
                    None)
@@ -100,3 +104,22 @@ def report_after_training(dataset: ArrowDataset, run_cfg: Any, history: list[dic
         tracker.log_metrics({k: v for k, v in scores.items() if np.isfinite(v)},
                             step=int(history[-1]["epoch"]))
     return scores
+
+
+def for_sweep(plan: Any) -> dict[str, float]:
+    """``valid/smoothing_co_bps`` (and per region) on a sweep's dataset, which the sweep's
+    summary and its MLflow parent run show beside the trials' held-out co-bps; ``{}`` where
+    the baseline does not apply."""
+    from mrlfads.training.api.datasets import open_dataset
+
+    d = plan.run.data
+    return _validation_scores(open_dataset(d.uri).arrow, d, None)
+
+
+def _validation_scores(dataset: ArrowDataset, data_cfg: Any,
+                       loaded: Mapping[str, SplitTensors] | None) -> dict[str, float]:
+    """The baseline on the run's validation split, keyed ``valid/...`` as training logs its
+    validation metrics whatever the split is called."""
+    _, scores = smoothing_scores(dataset, [data_cfg.valid_split], loaded,
+                                 train_split=data_cfg.train_split)
+    return {"valid/" + k.split("/", 1)[1]: v for k, v in scores.items()}

@@ -91,6 +91,8 @@ class SweepSummary:
     # trials neither TERMINATED nor ERROR in the state Tune saved: an interrupt (Ctrl-C,
     # SIGTERM, SIGHUP) stopped the sweep, and `--resume` runs them on
     unfinished: int = 0
+    # the data alone: smoothed held-in spikes' held-out co-bps (training/smoothing.py)
+    baseline: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -343,11 +345,13 @@ def build_tuner(plan: SweepPlan, *, resume: bool = False, callbacks: Sequence[An
 
 def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = False,
               callbacks: Sequence[Any] = (), tracking: bool = False,
-              reuse_actors: bool = True, verbose: int = 1) -> SweepSummary:
+              reuse_actors: bool = True, verbose: int = 1,
+              baseline: dict[str, float] | None = None) -> SweepSummary:
     """Run (or resume) the sweep and summarise the best trial.
 
     ``callbacks`` are extra Tune callbacks (e.g. tracking's MLflow LoggerCallback);
-    ``tracking`` is recorded in the plan file so a resumed sweep knows it was tracked.
+    ``tracking`` is recorded in the plan file so a resumed sweep knows it was tracked;
+    ``baseline`` (training/smoothing.py) goes into the summary beside the best trial.
     """
     from ray import tune
 
@@ -372,6 +376,7 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
                         verbose=verbose)
     results = tuner.fit()
     summary = summarize(results, plan, interrupted=STOP_REQUESTED.is_set())
+    summary.baseline = dict(baseline or {})
     _write_json(f"{plan.experiment_path}/{SUMMARY_FILE}", summary.to_dict())
     if not summary.unfinished:  # else --resume needs them
         prune_checkpoints(plan.experiment_path, CHECKPOINTS_TO_KEEP)
@@ -510,6 +515,10 @@ def format_summary(summary: SweepSummary) -> str:
     lines.append("hyperparameters: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.hparams.items()))
     for key in sorted(k for k in m if k.startswith("valid/") and k.count("/") == 1):
         lines.append(f"  {key}: {m[key]:.5g}")
+    for key, value in sorted(summary.baseline.items()):
+        if key.count("/") == 1:
+            lines.append(f"  {key}: {value:.5g} (smoothed held-in spikes: the held-out score "
+                         "to beat)")
     if summary.effectome:
         lines.append("effectome (cut: RMS change of the target's readout when the pathway is "
                      "silenced, src_to_dst): " + ", ".join(

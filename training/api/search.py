@@ -91,16 +91,21 @@ def sweep(data: Dataset | str | os.PathLike | SweepPlan | None = None, *,
             else plan.space.scheduler.num_samples)
     print(f"sweep {plan.name}: {plan.space.kind}, {size} trials x {plan.epochs} epochs, "
           f"storage {plan.experiment_path}", flush=True)
-    callbacks = _tracking_callbacks(plan, tracking_uri) if tracking else []
+    from mrlfads.training.smoothing import for_sweep
+
+    baseline = for_sweep(plan)  # smoothed spikes' held-out co-bps: the score to beat
+    callbacks = _tracking_callbacks(plan, tracking_uri, baseline) if tracking else []
     summary = sweeps.run_sweep(plan, address=address, resume=resume, callbacks=callbacks,
-                               tracking=tracking, verbose=verbose)
+                               tracking=tracking, verbose=verbose, baseline=baseline)
     undelivered = [str(f) for cb in callbacks for f in getattr(cb, "outbox_files", [])]
     return SweepResult(plan, summary, undelivered)
 
 
-def _tracking_callbacks(plan, tracking_uri: str | None) -> list:
+def _tracking_callbacks(plan, tracking_uri: str | None,
+                        baseline: dict[str, float] | None = None) -> list:
     """Tune callbacks that log the sweep to MLflow (tracking/tune_callback.py); each trial's
-    run gets its model's figures when it ends (training/report_figures.py)."""
+    run gets its model's figures when it ends (training/report_figures.py); the parent run
+    gets the ``baseline`` metrics (training/smoothing.py)."""
     try:
         from mrlfads.tracking.tune_callback import sweep_callbacks
     except ImportError:
@@ -108,7 +113,7 @@ def _tracking_callbacks(plan, tracking_uri: str | None) -> list:
     from mrlfads.training.report_figures import checkpoint_figures
 
     return list(sweep_callbacks(plan, tracking_uri=tracking_uri,
-                                trial_figures=checkpoint_figures))
+                                trial_figures=checkpoint_figures, baseline=baseline))
 
 
 @contextlib.contextmanager
