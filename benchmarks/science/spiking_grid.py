@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/science/spiking_grid.py --out spiking_runs [--seeds 0 1] \
         [--arms defaults pbt] [--datasets memory-ring ...] [--epochs 100] [--rate-hz 5] \
-        [--bin-ms 10] [--trials 480] [--population 4]
+        [--bin-ms 10] [--trials 480] [--population 4] [--ceilings]
 
 Each network is simulated once (cached under OUT/data) as spikes at ``--rate-hz`` in
 ``--bin-ms`` bins: 48 units in the largest region, ``--trials`` trials (480; 80% train) of
@@ -218,6 +218,9 @@ def main() -> None:
     p.add_argument("--bin-ms", type=float, default=10.0)
     p.add_argument("--trials", type=int, default=TRIALS)
     p.add_argument("--population", type=int, default=4)
+    p.add_argument("--ceilings", action="store_true",
+                   help="print what each dataset allows (true-rate and smoothing co-bps, the "
+                        "message decoder's R^2) as one JSON line per dataset, and fit nothing")
     p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE",
                    help="config overrides for the defaults arm (YAML 1.2 values), recorded as "
                         "that arm's variant: the row's arm becomes 'defaults PATH=VALUE ...'")
@@ -236,6 +239,12 @@ def main() -> None:
         return (r["dataset"], r["arm"], r["seed"], r["epochs"], r.get("rate_hz", 5.0),
                 r.get("bin_ms", 10.0), r.get("trials", TRIALS))
 
+    if args.ceilings:
+        for name in args.datasets:
+            path = dataset(out, name, args.rate_hz, args.bin_ms, args.trials)
+            print(json.dumps({"dataset": name, "trials": args.trials, "ceilings": ceilings(path)}),
+                  flush=True)
+        return
     seen = {key(r) for r in rows}
     setting = (args.epochs, args.rate_hz, args.bin_ms, args.trials)
     arm_name = {"defaults": f"defaults {variant}".strip(), "pbt": "pbt"}
