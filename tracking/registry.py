@@ -44,6 +44,7 @@ from mrlfads.tracking.shareable import (
     shared_run_config,
 )
 from mrlfads.tracking.store import mlflow_client, resolve_tracking_uri
+from mrlfads.tracking.tags import CHECKPOINT, METRIC, MODE, ROLE, SWEEP, SWEEP_STATE, TRIAL_ID
 
 SHA_TAG = "mrlfads.checkpoint_sha256"
 # What a registered version is tagged with and `mrlfads promote` prints: the objective, the
@@ -104,18 +105,18 @@ def find_best_trial(sweep: str, *, metric: str | None = None, mode: str | None =
                             "check --sweep "
                             "(the sweep's --name) and --tracking-uri / MLFLOW_TRACKING_URI")
     runs = client.search_runs([exp.experiment_id], max_results=5000)
-    parents = [r for r in runs if r.data.tags.get("mrlfads.role") == "sweep"]
+    parents = [r for r in runs if r.data.tags.get(ROLE) == "sweep"]
     ptags = parents[0].data.tags if parents else {}
-    state = ptags.get("mrlfads.sweep_state", "")
+    state = ptags.get(SWEEP_STATE, "")
     if state.startswith("interrupted"):
         raise TrackingError(f"sweep {sweep!r} stopped before its end ({state}): continue it "
                             f"with `mrlfads sweep --resume --name {sweep}` (and its --storage), "
                             "then promote it")
-    metric = metric or ptags.get("mrlfads.metric", "objective")
-    mode = mode or ptags.get("mrlfads.mode", "min")
+    metric = metric or ptags.get(METRIC, "objective")
+    mode = mode or ptags.get(MODE, "min")
     if mode not in ("min", "max"):
         raise TrackingError(f"--mode {mode!r} must be min or max")
-    trials = [r for r in runs if r.data.tags.get("mrlfads.role") == "trial"]
+    trials = [r for r in runs if r.data.tags.get(ROLE) == "trial"]
     ok = [r for r in trials if r.info.status == "FINISHED"
           and math.isfinite(r.data.metrics.get(metric, math.nan)) and selectable(r.data.metrics)]
     if not ok:
@@ -125,8 +126,8 @@ def find_best_trial(sweep: str, *, metric: str | None = None, mode: str | None =
             f"ramps ({len(trials)} trial runs; statuses: {seen}): let the sweep finish (or "
             "resume it), or pick another --metric")
     best = (min if mode == "min" else max)(ok, key=lambda r: r.data.metrics[metric])
-    return BestTrial(best.info.run_id, best.data.tags.get("mrlfads.trial_id", ""), metric,
-                     float(best.data.metrics[metric]), best.data.tags.get("mrlfads.checkpoint"),
+    return BestTrial(best.info.run_id, best.data.tags.get(TRIAL_ID, ""), metric,
+                     float(best.data.metrics[metric]), best.data.tags.get(CHECKPOINT),
                      dict(best.data.metrics))
 
 
@@ -176,12 +177,12 @@ def promote(sweep: str | None, best: BestTrial, *, model: torch.nn.Module,
 def _log_and_register(client, name, sweep, best, model, run_cfg, manifest, checkpoint_file,
                       sha, alias):
     source = _log_model(best, model, run_cfg, manifest, checkpoint_file, sha)
-    tags = {SHA_TAG: sha, "mrlfads.metric": best.metric, f"metric.{best.metric}": repr(best.value),
+    tags = {SHA_TAG: sha, METRIC: best.metric, f"metric.{best.metric}": repr(best.value),
             DIGEST_TAG: manifest_digest(manifest)}
     if sweep:
-        tags["mrlfads.sweep"] = sweep
+        tags[SWEEP] = sweep
     if best.trial_id:
-        tags["mrlfads.trial_id"] = best.trial_id
+        tags[TRIAL_ID] = best.trial_id
     tags.update({f"metric.{k}": repr(best.metrics[k]) for k in KEY_METRICS if k in best.metrics})
     import mlflow
 
@@ -407,7 +408,7 @@ def find_run(run_id: str, *, tracking_uri: str | None = None) -> BestTrial:
                             "the run id; RUN_DIR/tracking.json holds it) and --tracking-uri / "
                             "MLFLOW_TRACKING_URI") from exc
     tags, metrics = run.data.tags, dict(run.data.metrics)
-    if tags.get("mrlfads.role") == "sweep":
+    if tags.get(ROLE) == "sweep":
         raise TrackingError(f"run {run_id} is the parent run of sweep {tags.get('mrlfads.sweep')!r}: "
                             "promote its best trial with --sweep NAME")
     if run.info.status != "FINISHED":
@@ -417,15 +418,15 @@ def find_run(run_id: str, *, tracking_uri: str | None = None) -> BestTrial:
     names = {a.path for a in client.list_artifacts(run_id, RUN_CHECKPOINT_DIR)}
     if RUN_CHECKPOINT in names:
         checkpoint = f"runs:/{run_id}/{RUN_CHECKPOINT}"
-    elif tags.get("mrlfads.checkpoint") and selectable(metrics):
-        checkpoint = tags["mrlfads.checkpoint"]
+    elif tags.get(CHECKPOINT) and selectable(metrics):
+        checkpoint = tags[CHECKPOINT]
     else:
         raise TrackingError(
             f"run {run_id} has no checkpoint to promote: no {RUN_CHECKPOINT} artifact (`mrlfads "
             "train` logs best.pt there once an epoch after its KL/L2 ramps is done: train more "
             "epochs) and no trial checkpoint after the ramps (tag mrlfads.checkpoint)")
     value = metrics.get("objective", math.nan)
-    return BestTrial(run_id, tags.get("mrlfads.trial_id", ""), "objective", float(value),
+    return BestTrial(run_id, tags.get(TRIAL_ID, ""), "objective", float(value),
                      checkpoint, metrics)
 
 

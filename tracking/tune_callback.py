@@ -64,6 +64,7 @@ from mrlfads.tracking.shareable import (
     shared_run_config,
     shared_uri,
 )
+from mrlfads.tracking.tags import CHECKPOINT, METRIC, MODE, ROLE, SWEEP, SWEEP_STATE, TRIAL_ID
 
 log = logging.getLogger(__name__)
 OUTBOX_NAME = "tracking-outbox.jsonl"
@@ -71,8 +72,6 @@ OUTBOX_NAME = "tracking-outbox.jsonl"
 _SKIP = {"config", "trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done",
          "experiment_tag", "should_checkpoint", "checkpoint_dir_name", "experiment_id"}
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. :/]")
-ROLE, SWEEP, TRIAL_ID = "mrlfads.role", "mrlfads.sweep", "mrlfads.trial_id"
-SWEEP_STATE = "mrlfads.sweep_state"  # on the parent: "finished" or "interrupted: ..."
 EXPLOIT_TAG, NONFINITE_TAG, RESTART_TAG = "pbt.exploit.", "mrlfads.nonfinite.", "mrlfads.restart."
 
 
@@ -233,8 +232,8 @@ class MlflowTuneCallback(LoggerCallback):
         outbox = self.outbox_dir / OUTBOX_NAME if self.outbox_dir is not None else None
         self.parent = self._new_tracker(outbox, system_metrics=self.system_metrics)
         earlier = self._existing_runs(mrlfads__role="sweep", mrlfads__sweep=self.sweep) if self.resume else []
-        tags = {ROLE: "sweep", SWEEP: self.sweep, "mrlfads.metric": self.metric,
-                "mrlfads.mode": self.mode, **revision_tags()}
+        tags = {ROLE: "sweep", SWEEP: self.sweep, METRIC: self.metric,
+                MODE: self.mode, **revision_tags()}
         self.parent_run_id = self.parent.start_run(
             self.sweep, experiment=self.sweep, tags=tags,
             run_id=earlier[0].info.run_id if earlier else None)
@@ -428,7 +427,7 @@ class MlflowTuneCallback(LoggerCallback):
             epoch = known
         self.checkpoints[trial.trial_id] = (path, epoch)
         # promote finds the checkpoint on this machine; others see ~, not the home path
-        t.set_tags({"mrlfads.checkpoint": home_relative(path), "mrlfads.checkpoint_epoch": epoch})
+        t.set_tags({CHECKPOINT: home_relative(path), "mrlfads.checkpoint_epoch": epoch})
 
     @_safe
     def log_trial_save(self, trial) -> None:

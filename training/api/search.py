@@ -173,11 +173,12 @@ def _promote_run(run_id: str, *, name, alias, tracking_uri, echo):
 
     from mrlfads.tracking.registry import download_run_checkpoint, find_run
     from mrlfads.tracking.store import mlflow_client, resolve_tracking_uri
+    from mrlfads.tracking.tags import SWEEP
     from mrlfads.training import checkpoint as ckpt
 
     best = find_run(run_id, tracking_uri=tracking_uri)
     run = mlflow_client(resolve_tracking_uri(tracking_uri)).get_run(run_id)
-    sweep = run.data.tags.get("mrlfads.sweep")
+    sweep = run.data.tags.get(SWEEP)
     name = name or (f"mrlfads-{sweep}" if sweep else f"mrlfads-{run.info.run_name}")
     with contextlib.ExitStack() as stack:
         if best.checkpoint.startswith("runs:/"):
