@@ -85,3 +85,45 @@ def test_bad_inputs_name_what_is_wrong():
         fit_smoothing_baseline(heldin[0], heldout[0], bin_width_s=0.01)
     with pytest.raises(MetricsError, match="no held-out spike"):
         fit_smoothing_baseline(heldin, np.zeros_like(heldout), bin_width_s=0.01)
+
+
+def test_each_session_gets_its_own_baseline_and_the_pool_weighs_them_by_spikes(tmp_path):
+    """A stitched dataset (s0 records A and B, s1 only A, s2 only B): each session's
+    baseline maps its own held-in neurons to its own held-out ones, fitted on its own
+    training trials; the pooled score is the sessions' mean weighted by held-out spikes."""
+    from mrlfads.data_loaders import sessions as S
+    from mrlfads.data_loaders.testing import make_tiny_sessions_dataset
+    from mrlfads.training.smoothing import smoothing_scores
+
+    ds = make_tiny_sessions_dataset(tmp_path / "d", trials=(40, 36, 32), n_bins=16)
+    m, tau = ds.manifest, ds.manifest.ic_enc_seq_len
+    baselines, scores = smoothing_scores(ds, ["valid"])
+    assert set(baselines) == {"s0", "s1", "s2"}
+    total = spikes = 0.0
+    for i, session in enumerate(m.sessions):
+        def own(split, i=i, session=session):  # its trials and columns, from the Arrow data
+            a = ds.arrays(split, ["session"] + [f"x/{r.name}" for r in m.regions])
+            rows = a["session"] == i
+            hin, hout = [], []
+            for r in m.regions:
+                cols = S.columns(m.sessions, r.name, i)
+                n_in = session.units[r.name][0]
+                hin.append(a[f"x/{r.name}"][rows][..., cols[:n_in]])
+                hout.append(a[f"x/{r.name}"][rows][..., cols[n_in:]])
+            return np.concatenate(hin, -1), np.concatenate(hout, -1)
+
+        b = fit_smoothing_baseline(*own("train"), bin_width_s=m.bin_width_s)
+        vin, vout = own("valid")
+        value = bits_per_spike(vout[:, tau:], b.log_rates(vin)[:, tau:])
+        assert scores[f"valid/session/{session.name}/smoothing_co_bps"] == pytest.approx(value)
+        total += value * vout[:, tau:].sum()
+        spikes += vout[:, tau:].sum()
+    assert scores["valid/smoothing_co_bps"] == pytest.approx(total / spikes)
+    assert "valid/session/s1/smoothing_co_bps/A" in scores  # s1 recorded no B
+    assert not any(k.startswith("valid/session/s1/smoothing_co_bps/B") for k in scores)
+    # a session with too few training trials has no baseline, and then no pool is given:
+    # it would leave that session's neurons out of a score the model's covers
+    short = make_tiny_sessions_dataset(tmp_path / "e", trials=(40, 36, 8), n_bins=16)
+    baselines, scores = smoothing_scores(short, ["valid"])
+    assert set(baselines) == {"s0", "s1"}
+    assert "valid/session/s0/smoothing_co_bps" in scores and "valid/smoothing_co_bps" not in scores

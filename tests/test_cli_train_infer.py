@@ -97,7 +97,7 @@ def test_infer_writes_every_output_per_trial(trained, tmp_path, capsys):
         bits_per_spike(heldout[..., 1:], pred[..., 1:]))
     assert not any(k.startswith("train/smoothing") for k in metrics)
     info = json.loads((out / "outputs.json").read_text())["smoothing_baseline"]
-    assert (info["width_s"], info["alpha"]) == (b.width_s, b.alpha)
+    assert (info["all"]["width_s"], info["all"]["alpha"]) == (b.width_s, b.alpha)
     # a model no better than the baseline on held-out neurons is named so on the terminal
     assert ("does not beat smoothed held-in spikes" in printed) == (
         metrics["valid/co_bps"] <= metrics["valid/smoothing_co_bps"])

@@ -1,9 +1,11 @@
 """The spike-smoothing baseline on a dataset's splits (mrlfads/baselines.py; docs/MODEL.md,
-"Metrics"): the held-out co-bps a model must beat, which `infer`, `train` and `sweep`
-report beside the model's.
+"The smoothing baseline"): the held-out co-bps a model must beat, which `infer`, `train` and
+`sweep` report beside the model's.
 
-Fitted on the training split and scored on the others, only where it means something: one
-session of spike counts with held-out neurons and at least MIN_TRAIN_TRIALS training trials.
+Fitted on the training split and scored on the others, for spike counts with held-out
+neurons. A dataset of several sessions gets one baseline per session, on that session's
+trials and neurons, since each session recorded other neurons; a session needs at least
+MIN_TRAIN_TRIALS training trials.
 """
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ KEY = "smoothing_co_bps"
 
 
 def applies(manifest: Any, train_split: str = "train") -> bool:
-    """Whether the baseline is fitted for this dataset (see the module docstring; a stitched
-    dataset's sessions record different neurons, which one GLM cannot map)."""
-    return (manifest.obs_model == "poisson" and len(manifest.sessions) <= 1
+    """Whether a baseline may be fitted for this dataset: spike counts, held-out neurons
+    and enough training trials (per session, smoothing_scores checks again)."""
+    return (manifest.obs_model == "poisson"
             and manifest.splits.get(train_split, 0) >= MIN_TRAIN_TRIALS
             and any(r.n_heldout for r in manifest.regions))
 
@@ -35,56 +37,98 @@ def applies(manifest: Any, train_split: str = "train") -> bool:
 def smoothing_scores(dataset: ArrowDataset, splits: Iterable[str],
                      loaded: Mapping[str, SplitTensors] | None = None,
                      train_split: str = "train",
-                     ) -> tuple[SmoothingBaseline | None, dict[str, float]]:
-    """The fitted baseline and ``<split>/smoothing_co_bps`` (every region's held-out neurons
-    pooled, like ``co_bps``) and ``<split>/smoothing_co_bps/<r>`` for each of ``splits``
-    but ``train_split`` (the one it is fitted on), scored over the bins a model's co-bps covers (from
-    ``ic_enc_seq_len``). ``loaded`` may hold splits already read. ``(None, {})`` where the
-    baseline does not apply."""
+                     ) -> tuple[dict[str, SmoothingBaseline], dict[str, float]]:
+    """The fitted baselines and their scores on each of ``splits`` but ``train_split`` (the
+    one they are fitted on), over the bins a model's co-bps covers (from
+    ``ic_enc_seq_len``): ``<split>/smoothing_co_bps`` (every region's held-out neurons
+    pooled, like ``co_bps``) and ``<split>/smoothing_co_bps/<r>``. With several sessions
+    these keys are ``<split>/session/<name>/smoothing_co_bps[/<r>]``, like the model's
+    per-session scores, and ``<split>/smoothing_co_bps`` pools them weighted by their
+    held-out spikes, given only when every session with such spikes has a baseline.
+    Baselines are keyed by session name ("all" for one session). ``loaded`` may hold splits
+    already read. ``({}, {})`` where the baseline does not apply."""
     import torch
 
     from mrlfads import metrics as M
     from mrlfads.baselines import fit_smoothing_baseline
+    from mrlfads.data_loaders import sessions as S
     from mrlfads.metrics import MetricsError
     from mrlfads.training.data import load_split
 
     m = dataset.manifest
     scored = [s for s in splits if s != train_split]
     if not scored or not applies(m, train_split):
-        return None, {}
+        return {}, {}
     loaded = dict(loaded or {})
+    names = [r.name for r in m.regions]
+    if m.sessions:  # each session: its own neurons' columns, region by region
+        groups = [(i, x.name, f"session/{x.name}/", [b[i] for b in
+                                                     (S.blocks(m.sessions, r) for r in names)])
+                  for i, x in enumerate(m.sessions)]
+    else:
+        groups = [(None, S.SINGLE_SESSION, "",
+                   [S.SessionBlock(slice(0, r.n_heldin), slice(0, r.n_heldout))
+                    for r in m.regions])]
 
-    def counts(split: str) -> tuple[np.ndarray, np.ndarray]:
+    def counts(split: str, session: int | None, blocks) -> tuple[np.ndarray, np.ndarray]:
         if split not in loaded:
             loaded[split] = load_split(dataset, split, torch.device("cpu"))
         data = loaded[split]
-        return tuple(np.concatenate([t.cpu().numpy() for t in parts], axis=-1)
-                     for parts in (data.heldin, data.heldout))
+        rows = slice(None)
+        if session is not None:
+            rows = (data.session == session).cpu().numpy()
+        return tuple(np.concatenate([t.cpu().numpy()[rows][..., getattr(b, which)]
+                                     for t, b in zip(parts, blocks)], axis=-1)
+                     for parts, which in ((data.heldin, "heldin"), (data.heldout, "heldout")))
 
-    try:
-        baseline = fit_smoothing_baseline(*counts(train_split), m.bin_width_s)
-    except MetricsError as exc:  # e.g. no held-out spike in the trials that choose the kernel
-        warnings.warn(f"the smoothing baseline was not fitted: {exc}", stacklevel=2)
-        return None, {}
     tau = m.ic_enc_seq_len
-    bounds = np.cumsum([0] + [r.n_heldout for r in m.regions])
+    baselines: dict[str, SmoothingBaseline] = {}
     out: dict[str, float] = {}
-    for split in scored:
-        heldin, heldout = counts(split)
-        y, log_rates = heldout[:, tau:], baseline.log_rates(heldin)[:, tau:]
-        out[f"{split}/{KEY}"] = M.bits_per_spike(y, log_rates)
-        for r, lo, hi in zip(m.regions, bounds[:-1], bounds[1:]):
-            if hi > lo:
-                out[f"{split}/{KEY}/{r.name}"] = M.bits_per_spike(y[..., lo:hi],
-                                                                  log_rates[..., lo:hi])
-    return baseline, out
+    pooled = {split: [0.0, 0.0] for split in scored}  # spike-weighted sum, spikes
+    missing: set[str] = set()  # splits with held-out spikes in a session without a baseline
+    for session, name, prefix, blocks in groups:
+        train_in, train_out = counts(train_split, session, blocks)
+        baseline = None
+        if (train_in.shape[0] >= MIN_TRAIN_TRIALS and train_in.shape[-1]
+                and train_out.shape[-1]):
+            try:
+                baseline = fit_smoothing_baseline(train_in, train_out, m.bin_width_s)
+            except MetricsError as exc:  # e.g. no held-out spike in the held-back trials
+                warnings.warn(f"the smoothing baseline of {name!r} was not fitted: {exc}",
+                              stacklevel=2)
+        if baseline is not None:
+            baselines[name] = baseline
+        bounds = np.cumsum([0] + [b.heldout.stop - b.heldout.start for b in blocks])
+        for split in scored:
+            heldin, heldout = counts(split, session, blocks)
+            y = heldout[:, tau:]
+            if baseline is None:
+                if y.sum() > 0:
+                    missing.add(split)
+                continue
+            log_rates = baseline.log_rates(heldin)[:, tau:]
+            value = M.bits_per_spike(y, log_rates)
+            out[f"{split}/{prefix}{KEY}"] = value
+            for r, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+                if hi > lo:
+                    out[f"{split}/{prefix}{KEY}/{r}"] = M.bits_per_spike(y[..., lo:hi],
+                                                                         log_rates[..., lo:hi])
+            if np.isfinite(value):
+                pooled[split][0] += value * y.sum()
+                pooled[split][1] += y.sum()
+    if m.sessions:
+        for split, (total, spikes) in pooled.items():
+            if spikes > 0 and split not in missing:
+                out[f"{split}/{KEY}"] = float(total / spikes)
+    return baselines, out
 
 
 def report_after_training(dataset: ArrowDataset, run_cfg: Any, history: list[dict[str, float]],
                           loaded: Mapping[str, SplitTensors], tracker: Any = None) -> dict[str, float]:
     """After `mrlfads train`: the baseline on the validation split, logged beside the
-    model's metrics as ``valid/smoothing_co_bps`` (and per region) at the last epoch, and a
-    line comparing it with best.pt's held-out co-bps. ``{}`` where it does not apply."""
+    model's metrics as ``valid/smoothing_co_bps`` (per region and session too) at the last
+    epoch, and a line comparing it with best.pt's held-out co-bps. ``{}`` where it does not
+    apply."""
     from mrlfads.training.fit import epochs_since_best
 
     d = run_cfg.data
@@ -94,8 +138,8 @@ def report_after_training(dataset: ArrowDataset, run_cfg: Any, history: list[dic
     best_epoch, _ = epochs_since_best(history)
     at_best = next((m for m in history if best_epoch is not None and m["epoch"] == best_epoch),
                    None)
-    smoothed = scores[f"valid/{KEY}"]
-    if at_best is not None and "valid/co_bps" in at_best:
+    smoothed = scores.get(f"valid/{KEY}")  # absent: a session without a baseline
+    if at_best is not None and "valid/co_bps" in at_best and smoothed is not None:
         model = at_best["valid/co_bps"]
         verdict = "" if model > smoothed else ": best.pt does not beat it"
         print(f"held-out co-bps on {d.valid_split}: best.pt (epoch {best_epoch}) {model:.4f}, "

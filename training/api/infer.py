@@ -184,7 +184,7 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
         for key, value in {**{f"valid/{t}": v for t, v in terms.items()}, **scores}.items():
             metrics[f"{split}/{key.removeprefix('valid/')}"] = value
     # beside the model's held-out score, smoothed held-in spikes' (training/smoothing.py)
-    baseline, smoothing = smoothing_scores(data_set.arrow, splits, {p[0]: p[1] for p in parts})
+    baselines, smoothing = smoothing_scores(data_set.arrow, splits, {p[0]: p[1] for p in parts})
     metrics.update(smoothing)
     outputs = {k: np.concatenate([p[2][k] for p in parts]) for k in parts[0][2]}
     trial_id = np.concatenate([p[1].trial_id for p in parts])
@@ -210,9 +210,10 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
             "samples": samples, "seed": seed,
             "heldout": {r.name: r.n_heldout for r in m.regions},
             "dataset": m.name, "dataset_digest": manifest_digest(m.to_dict())}
-    if baseline is not None:
-        info["smoothing_baseline"] = {"width_s": baseline.width_s, "alpha": baseline.alpha,
-                                      "fitted_on": "train"}
+    if baselines:  # per session ("all" for one): the kernel and penalty chosen
+        info["smoothing_baseline"] = {name: {"width_s": b.width_s, "alpha": b.alpha,
+                                             "fitted_on": "train"}
+                                      for name, b in baselines.items()}
     closed = [f"{names[a]}->{names[b]}" for (a, b), is_open
               in zip(cfg.model.pairs, cfg.model.open_pathways) if not is_open]
     if closed:  # ModelConfig.pathways: these carry nothing by construction
