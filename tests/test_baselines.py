@@ -47,8 +47,13 @@ def test_smoothed_spikes_predict_neurons_that_share_their_latent():
     assert 0.6 * truth < got <= truth + 0.02
     # the sine's period is 40 bins: the sharpest kernel (2 bins) averages over too few spikes
     assert b.width_s > 0.02
-    assert set(b.scores) == {(w, a) for w in SmoothingConfig().widths_s
-                             for a in SmoothingConfig().alphas}
+    # every kernel at the first penalty, then every penalty at the best kernel
+    cfg = SmoothingConfig()
+    assert set(b.scores) == ({(w, cfg.first_alpha) for w in cfg.widths_s}
+                             | {(b.width_s, a) for a in cfg.alphas})
+    best_kernel = max(cfg.widths_s, key=lambda w: b.scores[(w, cfg.first_alpha)])
+    assert b.width_s == best_kernel
+    assert b.scores[(b.width_s, b.alpha)] == max(b.scores.values())
 
 
 def test_neurons_with_their_own_latent_get_nothing_from_the_baseline():
@@ -61,7 +66,7 @@ def test_an_overwhelming_penalty_leaves_each_neurons_training_mean():
     """With the weights held at 0 the prediction is every held-out neuron's mean count over
     the training trials, whose bits per spike on other trials can be computed by hand."""
     heldin, heldout, _ = _shared_latent()
-    cfg = SmoothingConfig(widths_s=(0.04,), alphas=(1e9,))
+    cfg = SmoothingConfig(widths_s=(0.04,), alphas=(1e9,), first_alpha=1e9)
     b = fit_smoothing_baseline(heldin[:90], heldout[:90], bin_width_s=0.01, cfg=cfg)
     mean = heldout[:90].reshape(-1, heldout.shape[-1]).mean(axis=0)
     assert np.allclose(np.exp(b.log_rates(heldin[90:])), mean, rtol=1e-4)
@@ -83,6 +88,9 @@ def test_bad_inputs_name_what_is_wrong():
         fit_smoothing_baseline(heldin[:3], heldout[:3], bin_width_s=0.01)
     with pytest.raises(MetricsError, match="trials, T, neurons"):
         fit_smoothing_baseline(heldin[0], heldout[0], bin_width_s=0.01)
+    with pytest.raises(MetricsError, match="first_alpha 0.5 must be one of"):
+        fit_smoothing_baseline(heldin, heldout, bin_width_s=0.01,
+                               cfg=SmoothingConfig(first_alpha=0.5))
     with pytest.raises(MetricsError, match="no held-out spike"):
         fit_smoothing_baseline(heldin, np.zeros_like(heldout), bin_width_s=0.01)
 

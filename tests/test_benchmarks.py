@@ -59,6 +59,18 @@ def test_bench_validate_times_each_part_of_the_check(tmp_path):
     assert all(float(s) >= 0 for _, s in rows)
 
 
+def test_bench_smoothing_times_one_size_and_names_the_machine():
+    done = subprocess.run([sys.executable, "benchmarks/bench_smoothing.py", "--trials", "40",
+                           "--bins", "30", "--heldin", "12", "--heldout", "3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(_machine().describe())
+    (row,) = [x for x in lines if x.startswith("trials ")]
+    assert row.startswith("trials 40, bins 30, held-in 12, held-out 3: ") and " s, kernel " in row
+    assert float(row.split(": ")[1].split(" s,")[0]) > 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_train_smoke_writes_fast_oracle_paired_and_packing_results(tmp_path):
