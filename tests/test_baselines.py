@@ -135,3 +135,27 @@ def test_each_session_gets_its_own_baseline_and_the_pool_weighs_them_by_spikes(t
     baselines, scores = smoothing_scores(short, ["valid"])
     assert set(baselines) == {"s0", "s1"}
     assert "valid/session/s0/smoothing_co_bps" in scores and "valid/smoothing_co_bps" not in scores
+
+
+def test_principal_components_with_their_penalty_fit_the_same_ridge_glm():
+    """Rotated onto principal components scaled to unit variance, with each component's
+    penalty divided by its variance, the GLM is the ridge GLM on the standardised smoothed
+    spikes themselves: the same predictions. With fewer components kept, the leading ones."""
+    from scipy.ndimage import gaussian_filter1d
+
+    from mrlfads.baselines import _design, _inputs
+
+    heldin, heldout, _ = _shared_latent(n_trials=60, n_in=12)
+    s = gaussian_filter1d(heldin, 4.0, axis=1, mode="reflect").reshape(-1, 12)
+    z = (s - s.mean(0)) / s.std(0)
+    X = np.column_stack([z, np.ones(len(z))])
+    Y = heldout.reshape(-1, heldout.shape[-1])
+    direct = X @ _fit_glm(X, Y, alpha=0.1, W0=None)
+    inputs = _inputs(heldin, 4.0, max_inputs=12)
+    D = _design(heldin, 4.0, inputs)
+    rotated = D @ _fit_glm(D, Y, alpha=0.1, W0=None, penalty=inputs.penalty)
+    assert np.allclose(rotated, direct, atol=1e-2)  # an equal penalty instead: 0.46 apart
+    few = _inputs(heldin, 4.0, max_inputs=5)
+    assert few.components.shape == (12, 5)
+    variances = np.sort(np.linalg.eigvalsh(np.cov(z.T, bias=True)))[::-1]
+    assert np.allclose(few.scale**2, variances[:5], rtol=1e-3)

@@ -157,7 +157,10 @@ def for_sweep(plan: Any) -> dict[str, float]:
     from mrlfads.training.api.datasets import open_dataset
 
     d = plan.run.data
-    return _validation_scores(open_dataset(d.uri).arrow, d, None)
+    data = open_dataset(d.uri).arrow
+    if applies(data.manifest, d.train_split):  # up to a minute or two on a large dataset
+        print(f"fitting the smoothing baseline on the {d.train_split} split", flush=True)
+    return _validation_scores(data, d, None)
 
 
 def _validation_scores(dataset: ArrowDataset, data_cfg: Any,
