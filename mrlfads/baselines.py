@@ -1,5 +1,6 @@
-"""The spike-smoothing baseline of held-out co-bps (docs/MODEL.md, "Metrics"): the score a
-model must beat before its held-out rates say more than smoothed held-in spikes do.
+"""The spike-smoothing baseline of held-out co-bps (docs/MODEL.md, "The smoothing
+baseline"): the score a model must beat before its held-out rates say more than smoothed
+held-in spikes do.
 
 As in the Neural Latents Benchmark's smoothing baseline, every held-in neuron's spikes are
 convolved with a Gaussian kernel and a Poisson GLM (log link, L2 penalty) maps them, bin by
@@ -44,8 +45,8 @@ class SmoothingConfig:
 
 @dataclass
 class SmoothingBaseline:
-    """A fitted baseline: the chosen kernel width and penalty, and how it scored on the
-    held-back training trials (``select_co_bps``) for each width and penalty tried."""
+    """A fitted baseline: the chosen kernel width and penalty, and in ``scores`` the
+    co-bps on the held-back training trials of each (width, penalty) tried."""
 
     width_s: float
     alpha: float
@@ -128,7 +129,7 @@ def fit_smoothing_baseline(heldin: np.ndarray, heldout: np.ndarray, bin_width_s:
 
 
 def _counts(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float32)  # counts are exact in float32, at half the memory
     if x.ndim != 3:
         raise MetricsError(f"{name}: expected spike counts (trials, T, neurons), got shape {x.shape}")
     return x
