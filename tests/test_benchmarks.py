@@ -326,7 +326,10 @@ def test_decoder_ceiling_recovers_a_message_the_spikes_hold_and_not_one_they_do_
     assert stitching.decoder_ceiling(tmp_path / "x", [tmp_path / "d"] * 2) == pytest.approx(mean)
     row = {"arm": "stitched", "trials": n, "decoder_message_r2": mean,
            "metrics": {c: 0.5 for c in stitching.COLUMNS}}
-    assert stitching.table([row]).splitlines()[-1].endswith(f" | {mean:.3f} |")
+    assert stitching.table([row]).splitlines()[-1].endswith(f" | nan | {mean:.3f} |")
+    row["smoothing_co_bps"] = 0.0625  # the smoothing baseline, before the decoder
+    assert stitching.table([row]).splitlines()[-1].endswith(f" | 0.062 | {mean:.3f} |")
+    assert np.isnan(stitching.smoothing_ceiling(tmp_path / "d"))  # no training split
 
 
 def _science(name: str):

@@ -21,10 +21,13 @@ on ``best.pt`` over its validation trials:
 
 Scores: the cut effectome's cosine with the true communication matrix and its separation
 (weakest present pathway / strongest absent one), message R^2, inferred-input R^2 and
-co-bps (a stitched model's pooled over its sessions); beside them what one trial's spikes
-allow: the spiking grid's decoder R^2 from the recorded neurons to each true message (a
-stitched dataset's averaged over its sessions, each with its own neurons). One JSON line
-per fit goes to OUT/results.jsonl; the table is printed at the end.
+co-bps (a stitched model's pooled over its sessions); beside them what the data allow: the
+smoothing baseline's co-bps on the same held-out neurons (training/smoothing.py; a stitched
+dataset's per session, pooled by spikes as the model's co-bps is), and the spiking grid's
+decoder R^2 from one trial's recorded neurons to each true message (a stitched dataset's
+averaged over its sessions, each with its own neurons). One JSON line per fit goes to
+OUT/results.jsonl; the table is printed at the end. ``--ceilings`` prints those two for
+each arm's data and fits nothing.
 """
 from __future__ import annotations
 
@@ -97,6 +100,16 @@ def decoder_ceiling(path: Path, sessions: list[Path] | None = None) -> float:
     return float(np.mean([np.mean(list(decoder_r2(p).values())) for p in (sessions or [path])]))
 
 
+def smoothing_ceiling(path: Path) -> float:
+    """The smoothing baseline's held-out co-bps on the validation trials (per session and
+    pooled for a stitched dataset), what a model's co-bps must beat; NaN where none."""
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.smoothing import KEY, smoothing_scores
+
+    return float(smoothing_scores(ArrowDataset.open(path), ["valid"])[1].get(f"valid/{KEY}",
+                                                                            np.nan))
+
+
 def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path,
                   overrides: dict | None = None) -> dict[str, float]:
     """The spiking grid's defaults arm (fit, then score ``best.pt``), this table's columns."""
@@ -107,8 +120,9 @@ def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path,
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| arm | fits | trials per fit | " + " | ".join(COLUMNS) + " | decoder R^2 |",
-             "|" + "---|" * (len(COLUMNS) + 4)]
+    lines = ["| arm | fits | trials per fit | " + " | ".join(COLUMNS)
+             + " | smoothing co-bps | decoder R^2 |",
+             "|" + "---|" * (len(COLUMNS) + 5)]
     settings = sorted({" ".join(r.get("set", [])) for r in rows})
     arms = ("full", "stitched", "alone", "pbt")
     for arm, setting in ((a, s) for s in settings for a in arms):
@@ -121,9 +135,10 @@ def table(rows: list[dict]) -> str:
             cells.append(f"{v[0]:.3f}" if len(v) == 1 else
                          f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}")
         ceil = np.mean([r.get("decoder_message_r2", np.nan) for r in sel])
+        smoothing = np.mean([r.get("smoothing_co_bps", np.nan) for r in sel])  # older rows: NaN
         label = f"{arm} {setting}".strip()
         lines.append(f"| {label} | {len(sel)} | {sel[0]['trials']} | " + " | ".join(cells)
-                     + f" | {ceil:.3f} |")
+                     + f" | {smoothing:.3f} | {ceil:.3f} |")
     return "\n".join(lines)
 
 
@@ -145,6 +160,9 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE",
                    help="config overrides of every fit (YAML 1.2 values), recorded in each "
                         "row; the table shows each setting's rows apart")
+    p.add_argument("--ceilings", action="store_true",
+                   help="print each arm's smoothing co-bps and decoder R^2 as JSON lines, and "
+                        "fit nothing")
     args = p.parse_args()
     from spiking_grid import run_name  # this folder
 
@@ -170,6 +188,12 @@ def main() -> None:
             raise SystemExit("--set applies to the fits of the other arms; the pbt arm runs "
                              "the default search space as it is: leave --set out")
         jobs.append(("pbt", "stitched-pbt", stitched))
+    if args.ceilings:
+        for arm, name, path in jobs:
+            print(json.dumps({"arm": arm, "name": name, "smoothing_co_bps": smoothing_ceiling(path),
+                              "decoder_message_r2": decoder_ceiling(
+                                  path, alone if path == stitched else None)}), flush=True)
+        return
     for seed in args.seeds:
         for arm, name, path in jobs:
             if (arm, name, seed, tuple(args.set)) in done:
@@ -193,7 +217,8 @@ def main() -> None:
             row = {"arm": arm, "name": name, "seed": seed, "set": args.set, "epochs": args.epochs,
                    "network": args.network, "obs": args.obs, "rate_hz": args.rate_hz,
                    "trials": n, "seconds": round(time.time() - start), "metrics": metrics,
-                   "decoder_message_r2": ceiling, **extra}
+                   "decoder_message_r2": ceiling, "smoothing_co_bps": smoothing_ceiling(path),
+                   **extra}
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
