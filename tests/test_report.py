@@ -159,12 +159,14 @@ def test_sweep_files_read_by_hand_and_the_sweep_page(trained, tmp_path):
     from mrlfads.training.sweep import UNFINISHED
 
     (sweep / "summary.json").write_text(json.dumps({
-        "best_trial": "abc12_00000", "unfinished": 1,
+        "best_trial": "abc12_00000", "unfinished": 1, "baseline": {"valid/smoothing_co_bps": 0.0625},
         "trials": {"abc12_00000": "TERMINATED", "abc12_00001": UNFINISHED}}))
     assert main(["report", str(sweep), "--out", str(tmp_path / "interrupted.html")]) == 0
     page = (tmp_path / "interrupted.html").read_text()
     assert "1 of 2 trials did not finish" in page and "mrlfads sweep --resume" in page
     assert UNFINISHED in page
+    # the data's smoothing baseline, beside the best trial's scores
+    assert "0.0625 (smoothed held-in spikes: the held-out score to beat)" in page
 
 
 def test_browser_shows_every_figure_of_the_run_page(run_page, tmp_path):

@@ -338,6 +338,10 @@ def _sweep_page(sweep: Path, options: ReportOptions) -> tuple[str, str, list[Sec
                                       "finish: the best trial so far; `mrlfads sweep --resume` "
                                       "continues the sweep")])
     table += _metric_rows(summary.get("best_metrics") or files.last.get(best, {}))
+    smoothed = (summary.get("baseline") or {}).get("valid/smoothing_co_bps")
+    if isinstance(smoothed, (int, float)) and math.isfinite(smoothed):  # training/smoothing.py
+        note = "smoothed held-in spikes: the held-out score to beat"
+        table.append(["valid/smoothing_co_bps", f"{smoothed:.4g} ({note})"])
     trial_rows = [["trial", "status", "last epoch", metric]]
     for tid in sorted(files.trials):
         row = files.last.get(tid, {})
