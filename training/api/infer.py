@@ -239,4 +239,3 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
     if out is not None:
         result.save(out, overwrite=overwrite)
     return result
-

@@ -3,6 +3,7 @@ posterior samples (--samples N, default 20), or posterior means (--samples 0).""
 from __future__ import annotations
 
 import argparse
+import math
 
 from mrlfads.training.cpu_threads import add_threads_argument
 
@@ -57,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {key} = {metrics[key]:.4f}")
     for split in result.info["splits"]:
         model, smoothed = metrics.get(f"{split}/co_bps"), metrics.get(f"{split}/smoothing_co_bps")
-        if model is not None and smoothed is not None and not model > smoothed:
+        scored = model is not None and smoothed is not None
+        if scored and math.isfinite(model) and math.isfinite(smoothed) and model <= smoothed:
             print(f"note: on {split}, the model's held-out co-bps ({model:.4f}) does not beat "
                   f"smoothed held-in spikes ({smoothed:.4f}): its rates say no more about the "
-                  "held-out neurons than the spikes do (docs/MODEL.md, \"Metrics\")")
+                  "held-out neurons than the spikes do (docs/MODEL.md, \"The smoothing "
+                  "baseline\")")
     return 0
