@@ -84,6 +84,13 @@ def test_run_page_is_self_contained_with_every_section(run_page):
     assert "Ranking the neurons by firing rate alone scores" in page
     # messages drawn through the fitted map onto the truth, A->B only (B->A has none)
     assert re.search(r"Cross-validated R\u00b2: A-&gt;B -?[0-9.]+\.", page)
+    # the Run table: the data's smoothing baseline on the same validation trials (20 training)
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.smoothing import smoothing_scores
+
+    _, scores = smoothing_scores(ArrowDataset.open(run_page.parent / "data"), ["valid"])
+    value = scores["valid/smoothing_co_bps"]
+    assert f"{value:.4g} (smoothed held-in spikes: the held-out score to beat)" in page
 
 
 def test_chosen_neurons_and_bad_input_exit_2(trained, tmp_path, capsys):

@@ -105,11 +105,27 @@ def _model_sections(checkpoint: str | Path, options: ReportOptions,
     """The figure sections of the model in ``checkpoint`` on its data's validation trials."""
     import torch
 
-    from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.tracking.figures import png_bytes
+    from mrlfads.training.report_figures import figure_set, fit_views
+
+    model, cfg, dataset = _model_and_data(checkpoint, options)
+    model.to(torch.device(options.device))
+    sections = []
+    for label, view in fit_views(model, dataset, cfg, max_trials=options.trials):
+        where = f" (session {label})" if label else ""  # stitched models: one set per session
+        for f in figure_set(view, options.neurons or None, options.n_neurons):
+            sections.append(Section(f"{heading}{f.title}{where}", [f.caption],
+                                    figures=[(f.title, png_bytes(f.figure))]))
+    return sections
+
+
+def _model_and_data(checkpoint: str | Path, options: ReportOptions):
+    """The model in ``checkpoint``, its run config and its dataset (``--data`` or where the
+    config says), checked against each other."""
+    from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.training.checkpoint import load_model
     from mrlfads.training.config import RunConfig, check_against_data
-    from mrlfads.training.report_figures import check_neurons, figure_set, fit_views
+    from mrlfads.training.report_figures import check_neurons
 
     model, run_cfg, _ = load_model(checkpoint)
     cfg = RunConfig.from_dict(run_cfg)
@@ -128,14 +144,15 @@ def _model_sections(checkpoint: str | Path, options: ReportOptions,
                           "model's validation split): pass --data with the dataset it was "
                           "trained on")
     check_against_data(cfg, dataset.manifest)
-    model.to(torch.device(options.device))
-    sections = []
-    for label, view in fit_views(model, dataset, cfg, max_trials=options.trials):
-        where = f" (session {label})" if label else ""  # stitched models: one set per session
-        for f in figure_set(view, options.neurons or None, options.n_neurons):
-            sections.append(Section(f"{heading}{f.title}{where}", [f.caption],
-                                    figures=[(f.title, png_bytes(f.figure))]))
-    return sections
+    return model, cfg, dataset
+
+
+def _baseline_row(value: Any) -> list[list[str]]:
+    """The smoothing baseline's row (training/smoothing.py), where there is one."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return []
+    note = "smoothed held-in spikes: the held-out score to beat"
+    return [["valid/smoothing_co_bps", f"{value:.4g} ({note})"]]
 
 
 def _metric_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
@@ -227,6 +244,12 @@ def _run_page(run: Path, options: ReportOptions) -> tuple[str, str, list[Section
              ["epochs trained", str(int(rows[-1]["epoch"])) if rows and "epoch" in rows[-1]
               else "?"]]
     table += _metric_rows(metrics)
+    from mrlfads.training.smoothing import KEY, smoothing_scores
+
+    _, cfg, dataset = _model_and_data(which, options)
+    d = cfg.data
+    baseline = smoothing_scores(dataset, [d.valid_split], train_split=d.train_split)[1]
+    table += _baseline_row(baseline.get(f"{d.valid_split}/{KEY}"))
     sections = [Section("Run", [f"The model in {which.name}, run on validation trials."],
                         table=table)]
     if rows:
@@ -338,10 +361,7 @@ def _sweep_page(sweep: Path, options: ReportOptions) -> tuple[str, str, list[Sec
                                       "finish: the best trial so far; `mrlfads sweep --resume` "
                                       "continues the sweep")])
     table += _metric_rows(summary.get("best_metrics") or files.last.get(best, {}))
-    smoothed = (summary.get("baseline") or {}).get("valid/smoothing_co_bps")
-    if isinstance(smoothed, (int, float)) and math.isfinite(smoothed):  # training/smoothing.py
-        note = "smoothed held-in spikes: the held-out score to beat"
-        table.append(["valid/smoothing_co_bps", f"{smoothed:.4g} ({note})"])
+    table += _baseline_row((summary.get("baseline") or {}).get("valid/smoothing_co_bps"))
     trial_rows = [["trial", "status", "last epoch", metric]]
     for tid in sorted(files.trials):
         row = files.last.get(tid, {})
