@@ -103,12 +103,17 @@ def write_report(path: str | Path, out: str | Path, options: ReportOptions) -> P
 def _model_sections(checkpoint: str | Path, options: ReportOptions,
                     heading: str = "") -> list[Section]:
     """The figure sections of the model in ``checkpoint`` on its data's validation trials."""
+    return _figure_sections(*_model_and_data(checkpoint, options), options, heading)
+
+
+def _figure_sections(model: Any, cfg: Any, dataset: Any, options: ReportOptions,
+                     heading: str = "") -> list[Section]:
+    """The figure sections of ``model`` on ``dataset``'s validation trials."""
     import torch
 
     from mrlfads.tracking.figures import png_bytes
     from mrlfads.training.report_figures import figure_set, fit_views
 
-    model, cfg, dataset = _model_and_data(checkpoint, options)
     model.to(torch.device(options.device))
     sections = []
     for label, view in fit_views(model, dataset, cfg, max_trials=options.trials):
@@ -151,8 +156,9 @@ def _baseline_row(value: Any) -> list[list[str]]:
     """The smoothing baseline's row (training/smoothing.py), where there is one."""
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         return []
-    note = "smoothed held-in spikes: the held-out score to beat"
-    return [["valid/smoothing_co_bps", f"{value:.4g} ({note})"]]
+    from mrlfads.training.smoothing import MEANING
+
+    return [["valid/smoothing_co_bps", f"{value:.4g} ({MEANING})"]]
 
 
 def _metric_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
@@ -246,7 +252,7 @@ def _run_page(run: Path, options: ReportOptions) -> tuple[str, str, list[Section
     table += _metric_rows(metrics)
     from mrlfads.training.smoothing import KEY, smoothing_scores
 
-    _, cfg, dataset = _model_and_data(which, options)
+    model, cfg, dataset = _model_and_data(which, options)
     d = cfg.data
     baseline = smoothing_scores(dataset, [d.valid_split], train_split=d.train_split)[1]
     table += _baseline_row(baseline.get(f"{d.valid_split}/{KEY}"))
@@ -256,7 +262,7 @@ def _run_page(run: Path, options: ReportOptions) -> tuple[str, str, list[Section
         sections.append(Section("Training", ["Per-epoch validation metrics (metrics.jsonl)."],
                                 figures=[("training curves",
                                           png_bytes(training_curves_figure(rows, CURVES)))]))
-    sections += _model_sections(which, options)
+    sections += _figure_sections(model, cfg, dataset, options)
     sections += _perturb_sections(options.perturb)
     return f"mrlfads run {run.name}", f"{run}", sections
 

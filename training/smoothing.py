@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # its kernel, and a handful of trials would choose by noise.
 MIN_TRAIN_TRIALS = 16
 KEY = "smoothing_co_bps"
+MEANING = "smoothed held-in spikes: the held-out score to beat"  # beside the value, for people
 
 
 def applies(manifest: Any, train_split: str = "train") -> bool:
@@ -59,7 +60,7 @@ def smoothing_scores(dataset: ArrowDataset, splits: Iterable[str],
     scored = [s for s in splits if s != train_split]
     if not scored or not applies(m, train_split):
         return {}, {}
-    loaded = dict(loaded or {})
+    loaded = loaded or {}
     names = [r.name for r in m.regions]
     if m.sessions:  # each session: its own neurons' columns, region by region
         groups = [(i, x.name, f"session/{x.name}/", [b[i] for b in
@@ -70,16 +71,20 @@ def smoothing_scores(dataset: ArrowDataset, splits: Iterable[str],
                    [S.SessionBlock(slice(0, r.n_heldin), slice(0, r.n_heldout))
                     for r in m.regions])]
 
+    host: dict[str, tuple] = {}  # split -> its held-in, held-out and sessions, on the host once
+
     def counts(split: str, session: int | None, blocks) -> tuple[np.ndarray, np.ndarray]:
-        if split not in loaded:
-            loaded[split] = load_split(dataset, split, torch.device("cpu"))
-        data = loaded[split]
-        rows = slice(None)
-        if session is not None:
-            rows = (data.session == session).cpu().numpy()
-        return tuple(np.concatenate([t.cpu().numpy()[rows][..., getattr(b, which)]
-                                     for t, b in zip(parts, blocks)], axis=-1)
-                     for parts, which in ((data.heldin, "heldin"), (data.heldout, "heldout")))
+        if split not in host:
+            data = (loaded[split] if split in loaded
+                    else load_split(dataset, split, torch.device("cpu")))
+            host[split] = ([t.cpu().numpy() for t in data.heldin],
+                           [t.cpu().numpy() for t in data.heldout],
+                           None if data.session is None else data.session.cpu().numpy())
+        heldin, heldout, sessions = host[split]
+        rows = slice(None) if session is None else sessions == session
+        return tuple(np.concatenate([a[rows][..., getattr(b, which)]
+                                     for a, b in zip(parts, blocks)], axis=-1)
+                     for parts, which in ((heldin, "heldin"), (heldout, "heldout")))
 
     tau = m.ic_enc_seq_len
     baselines: dict[str, SmoothingBaseline] = {}

@@ -498,6 +498,8 @@ def _count_exploits(experiment_path: str) -> int:
 
 def format_summary(summary: SweepSummary) -> str:
     """The end-of-sweep report a person reads."""
+    from mrlfads.training.smoothing import MEANING
+
     lines = [f"sweep: {summary.experiment_path}", f"trials: {len(summary.trials)}, "
              f"exploits: {summary.exploits}"]
     lines += [f"  {t}: {s}" for t, s in sorted(summary.trials.items()) if s != "TERMINATED"]
@@ -517,8 +519,7 @@ def format_summary(summary: SweepSummary) -> str:
         lines.append(f"  {key}: {m[key]:.5g}")
     for key, value in sorted(summary.baseline.items()):
         if key.count("/") == 1:
-            lines.append(f"  {key}: {value:.5g} (smoothed held-in spikes: the held-out score "
-                         "to beat)")
+            lines.append(f"  {key}: {value:.5g} ({MEANING})")
     if summary.effectome:
         lines.append("effectome (cut: RMS change of the target's readout when the pathway is "
                      "silenced, src_to_dst): " + ", ".join(

@@ -101,13 +101,13 @@ def decoder_ceiling(path: Path, sessions: list[Path] | None = None) -> float:
 
 
 def smoothing_ceiling(path: Path) -> float:
-    """The smoothing baseline's held-out co-bps on the validation trials (per session and
-    pooled for a stitched dataset), what a model's co-bps must beat; NaN where none."""
-    from mrlfads.data_loaders.reader import ArrowDataset
-    from mrlfads.training.smoothing import KEY, smoothing_scores
+    """The spiking grid's smoothing co-bps of the dataset at ``path`` (per session and pooled
+    for a stitched dataset): what a model's co-bps must beat; NaN where none."""
+    from spiking_grid import smoothing_co_bps  # this folder
 
-    return float(smoothing_scores(ArrowDataset.open(path), ["valid"])[1].get(f"valid/{KEY}",
-                                                                            np.nan))
+    from mrlfads.data_loaders.reader import ArrowDataset
+
+    return smoothing_co_bps(ArrowDataset.open(path))
 
 
 def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path,
