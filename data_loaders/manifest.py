@@ -58,6 +58,10 @@ class ExtraFile:
     bytes: int
 
 
+# provenance key of a simulated dataset's own cut effectome (DatasetManifest.cut_effects)
+CUT_EFFECTS_KEY = "network_cut_effects"
+
+
 @dataclass(frozen=True)
 class DatasetManifest:
     name: str
@@ -106,6 +110,16 @@ class DatasetManifest:
     @property
     def region_names(self) -> tuple[str, ...]:
         return tuple(r.name for r in self.regions)
+
+    @property
+    def cut_effects(self) -> np.ndarray | None:
+        """(R, R) ``[dst][src]``: the simulated network's own cut effectome
+        (data_loaders/simulate/cut_effects.py), what a perfect fit's cut effectome would be;
+        None for recordings and for datasets simulated before the simulator measured it."""
+        recorded = self.provenance.get(CUT_EFFECTS_KEY)
+        if not isinstance(recorded, Mapping) or recorded.get("matrix") is None:
+            return None
+        return np.asarray(recorded["matrix"], dtype=float)
 
     @property
     def n_trials(self) -> int:
@@ -370,6 +384,14 @@ def _problems(m: DatasetManifest) -> list[str]:
     if all(_is_int(r.n_heldin) and _is_int(r.n_heldout) for r in m.regions) \
             and len(set(names)) == len(names):
         p += _sessions.problems(m.regions, m.sessions)
+    effects = m.provenance.get(CUT_EFFECTS_KEY)
+    if isinstance(effects, Mapping) and effects.get("matrix") is not None:
+        E = np.asarray(effects["matrix"], dtype=object)
+        R = len(m.regions)
+        if E.shape != (R, R) or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                        and v >= 0 for v in E.ravel()):
+            p.append(f"key 'provenance.{CUT_EFFECTS_KEY}.matrix': must be {R} x {R} "
+                     "(regions x regions) finite numbers >= 0")
     cm = m.comm_matrix
     if cm is None:
         return p

@@ -126,10 +126,11 @@ def test_spiking_grid_scores_a_saved_model_and_the_data_ceilings(tmp_path):
     assert line.startswith("| random-0 | defaults | 1 | ") and "±" not in line
     assert f"| {scores['effectome_cut_cosine']:.3f} |" in line
     # what the data allows, last: smoothed spikes' co-bps (fitted on the 30 training
-    # trials), the message decoder's R^2 and the true rates' co-bps
-    assert np.isfinite(ceil["smoothing_co_bps"])
+    # trials), the message decoder's R^2, the true rates' co-bps and the network's own cut
+    # cosine, which a dataset not simulated by mrlfads has not got
+    assert np.isfinite(ceil["smoothing_co_bps"]) and "network_cut_cosine" not in ceil
     assert line.endswith(f"| {ceil['smoothing_co_bps']:.3f} | {ceil['decoder_message_r2']:.3f} "
-                         f"| {ceil['true_rates_co_bps']:.3f} |")
+                         f"| {ceil['true_rates_co_bps']:.3f} | nan |")
     two = grid.table([row, {**row, "metrics": {**scores, "co_bps": scores["co_bps"] + 0.02}}])
     assert f"{scores['co_bps'] + 0.01:.3f} ± 0.010" in two  # mean and std over the runs
     info = _science("fit_diagnostics").score_fit(str(tmp_path / "run" / BEST),
@@ -387,6 +388,13 @@ def test_reference_cosines_are_those_of_ranked_and_sqrt_dimension_effectomes():
     d = [2, 1, 1, 4]
     assert refs["sqrt"] == pytest.approx(sum(x ** 1.5 for x in d)
                                          / (sum(d) ** 0.5 * sum(x * x for x in d) ** 0.5))
+    assert "network_cut" not in refs  # only where the dataset records the network's own
+    # the network's own cut effects (A2->A0, A2->A1, A0->A2, A1->A2): 0.6, 0.2, 0.2, 0.5
+    effects = [[0, 0, 0.6], [0, 0, 0.2], [0.2, 0.5, 0]]
+    refs = _science("fit_diagnostics").reference_cosines([[0, 0, 2], [0, 0, 1], [1, 4, 0]],
+                                                         effects)
+    assert refs["network_cut"] == pytest.approx((1.2 + 0.2 + 0.2 + 2.0)
+                                                / (0.69 ** 0.5 * 22 ** 0.5))
 
 
 def test_stitching_benchmark_cuts_a_session_out_as_its_own_dataset(tmp_path):

@@ -125,6 +125,44 @@ def test_the_trainer_reports_the_cut_effectome_once_the_ramps_are_done(tmp_path)
     assert sep == pytest.approx(E[1, 0] / E[0, 1], rel=1e-5)
 
 
+def test_a_simulation_scores_the_cut_effectome_against_the_networks_own(tmp_path):
+    """On simulated data training logs the cosine of the cut effectome with the network's
+    own (``manifest.cut_effects``), by hand; NaN, with the same keys, before the ramps; a
+    manifest whose recorded matrix has the wrong shape is refused."""
+    import dataclasses
+
+    from mrlfads.data_loaders.errors import DatasetError
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.data_loaders.simulate import simulate
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.loop import Trainer
+
+    simulate("random", out=tmp_path / "d", seed=5, smoke_test=True, obs="poisson")
+    ds = ArrowDataset.open(tmp_path / "d")
+    truth = ds.manifest.cut_effects
+    assert truth is not None and truth[np.asarray(ds.manifest.comm_matrix) > 0].min() > 0
+    cfg = RunConfig.for_dataset(ds.manifest, smoke_test=True, overrides={"train.epochs": 2})
+    trainer = Trainer(cfg, ds)
+    first, second = trainer.run_epoch(), trainer.run_epoch()
+    key = "valid/effectome_cut_effect_cosine"
+    assert math.isnan(first[key]) and set(first) == set(second)
+    valid = trainer.valid_data
+    E = cut_effectome(trainer.model, valid.heldin, valid.ext)
+    off = ~np.eye(len(E), dtype=bool)
+    by_hand = E[off] @ truth[off] / np.linalg.norm(E[off]) / np.linalg.norm(truth[off])
+    assert second[key] == pytest.approx(by_hand, rel=1e-5)
+    assert second[key] != pytest.approx(second["valid/effectome_cut_cosine"], abs=1e-6)
+    # infer scores each split's cut effectome the same way
+    from mrlfads.training.api.models import load
+
+    trainer.save_checkpoint(tmp_path / "m.pt")
+    scores = load(tmp_path / "m.pt").infer(tmp_path / "d", samples=0, splits="valid").metrics
+    assert scores[key] == pytest.approx(second[key], rel=1e-5)
+    prov = {**ds.manifest.provenance, "network_cut_effects": {"matrix": [[0.0, 1.0]]}}
+    with pytest.raises(DatasetError, match="network_cut_effects.matrix"):
+        dataclasses.replace(ds.manifest, provenance=prov)
+
+
 def test_the_cut_effectome_is_computed_only_where_an_epoch_can_be_read(tmp_path):
     """After the ramps: at a new best of the smoothed objective, every
     ``train.cut_effectome_every`` epochs, the last epoch and where the caller asks (a

@@ -33,7 +33,8 @@ def test_ingest_writes_null_and_a_run_on_it_logs_no_effectome_cosine(tmp_path):
     ds.validate()
     metrics = _one_epoch(ds)
     assert "effectome/ALM_to_STR" in metrics  # the model's effectome is still reported
-    assert not any(k in metrics for k in ("valid/effectome_cosine", "valid/message_r2"))
+    assert not any(k in metrics for k in ("valid/effectome_cosine", "valid/message_r2",
+                                          "valid/effectome_cut_effect_cosine"))
 
 
 def test_old_all_zero_manifest_loads_as_unknown_and_simulations_keep_theirs(tmp_path):

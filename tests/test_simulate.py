@@ -167,6 +167,78 @@ def test_stored_messages_through_stored_network_reproduce_activity(fixture, requ
     assert err_h < 1e-3
 
 
+def _free_run(ds, cut: str | None = None, first: int = 0, hold: np.ndarray | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every region's hidden units (n, T, N_r), network order, and every pathway's messages
+    (n, T, dim), from the stored network run freely (numpy, float64) on the stored inputs
+    and replayed noise; ``cut``'s messages are ``hold`` from step ``first`` on."""
+    net, _, arr = _stored_network(ds)
+    names = [str(n) for n in net["region_names"]]
+    paths, dims = [str(p) for p in net["pathways"]], [int(d) for d in net["pathway_dims"]]
+    sizes = [int(n) for n in net["n_units"]]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    mstarts = np.concatenate([[0], np.cumsum(dims)])
+    alpha, sh, sc = float(net["alpha"]), float(net["hidden_noise"]), float(net["channel_noise"])
+    T = ds.manifest.n_bins  # one network step a bin in the smoke preset
+    noise = [trial_noise(int(net["noise_seed"]), tid, T, sum(sizes), sum(dims))
+             for tid in arr["trial_id"]]
+    eps_h = np.stack([e for _, e, _ in noise])
+    xi = np.stack([c for _, _, c in noise])
+    h = [np.tanh(float(net["init_scale"]) * np.stack([z for z, _, _ in noise]))[:, starts[i]:
+         starts[i + 1]] for i in range(len(names))]
+    out, sent = {r: [] for r in names}, {p: [] for p in paths}
+    for t in range(T):
+        msgs = {}
+        for k, p in enumerate(paths):
+            src = names.index(p.split("->")[0])
+            msgs[p] = h[src] @ net[f"C/{p}"].T + sc * xi[:, t, mstarts[k]:mstarts[k + 1]]
+            if p == cut and t >= first:
+                msgs[p] = 0 * msgs[p] + hold
+            sent[p].append(msgs[p])
+        new = []
+        for i, r in enumerate(names):
+            a = h[i] @ net[f"W/{r}"].T + net[f"b/{r}"] + sh * eps_h[:, t, starts[i]:starts[i + 1]]
+            if f"truth/inputs/{r}" in arr:
+                a = a + arr[f"truth/inputs/{r}"][:, t] @ net[f"U/{r}"].T
+            for p in paths:
+                if p.endswith(f"->{r}"):
+                    a = a + msgs[p] @ net[f"B/{p}"].T
+            new.append((1 - alpha) * h[i] + alpha * np.tanh(a))
+        h = new
+        for r, hr in zip(names, h):
+            out[r].append(hr)
+    return ({r: np.stack(v, 1) for r, v in out.items()},
+            {p: np.stack(v, 1) for p, v in sent.items()})
+
+
+def test_the_networks_own_cut_effects_are_what_silencing_a_pathway_does(rand_net):
+    """The manifest's ``cut_effects`` (what a perfect fit's cut effectome would be): for
+    every present pathway the RMS change of the target's units over the bins from
+    ic_enc_seq_len on when its messages are held from there at their mean over those bins,
+    recomputed here from the stored network by hand; 0 where no pathway exists."""
+    m = rand_net.manifest
+    E, tau, names = m.cut_effects, m.ic_enc_seq_len, m.region_names
+    assert E.shape == (len(names), len(names))
+    assert m.provenance["network_cut_effects"]["trials"] == m.n_trials  # all 64 trials
+    base, sent = _free_run(rand_net)
+    _, hidden, _ = _stored_network(rand_net)
+    assert max(np.abs(base[r] - hidden[r]).max() for r in names) < 1e-4  # the replay holds
+    for d, row in enumerate(m.comm_matrix):
+        for s, dim in enumerate(row):
+            if not dim:
+                assert E[d, s] == 0.0
+                continue
+            pathway = f"{names[s]}->{names[d]}"
+            mean = sent[pathway][:, tau:].mean((0, 1))
+            cut = _free_run(rand_net, pathway, tau, mean)[0][names[d]]
+            change = cut[:, tau:] - base[names[d]][:, tau:]
+            assert E[d, s] > 0
+            assert E[d, s] == pytest.approx(np.sqrt(np.mean(change ** 2)), rel=1e-4)
+            zeroed = _free_run(rand_net, pathway, tau, 0 * mean)[0][names[d]]
+            assert E[d, s] != pytest.approx(  # not zeroed: the message's mean is kept
+                np.sqrt(np.mean((zeroed[:, tau:] - base[names[d]][:, tau:]) ** 2)), rel=1e-3)
+
+
 def test_same_seed_same_files_other_seed_differs(tmp_path):
     runs = [simulate("relay-decision", out=tmp_path / name, seed=seed, smoke_test=True)
             for name, seed in (("a", 7), ("b", 7), ("c", 8))]

@@ -279,10 +279,14 @@ def effectome_truth_scores(E: np.ndarray, comm_matrix: Any, name: str) -> dict[s
 
 def cut_effectome_metrics(model: MRLFADS, data: SplitTensors, comm_matrix: Any = None,
                           max_trials: int = EFFECT_TRIALS,
-                          compute: bool = True) -> dict[str, float]:
+                          compute: bool = True, cut_effects: Any = None) -> dict[str, float]:
     """The cut effectome (``mrlfads.effectome.cut_effectome``: the target's readout change
     when one pathway is silenced) on the split's first ``max_trials`` trials, as
     ``effectome_cut/<s>_to_<r>`` plus its truth scores. One forward pass per pathway.
+
+    ``cut_effects`` (a simulated dataset's ``manifest.cut_effects``: the network's own cut
+    effectome) adds ``valid/effectome_cut_effect_cosine``, the cosine with what a perfect fit
+    would measure.
 
     ``compute=False`` gives the same keys, all NaN, at no cost: Tune's progress.csv takes
     its columns from a trial's first report (and, on resume, from the first report after
@@ -297,6 +301,11 @@ def cut_effectome_metrics(model: MRLFADS, data: SplitTensors, comm_matrix: Any =
         E = np.full((len(names), len(names)), np.nan)
     out = M.effectome_metrics(E, names, prefix="effectome_cut/")
     out.update(effectome_truth_scores(E, comm_matrix, "effectome_cut"))
+    if cut_effects is not None and np.any(np.asarray(cut_effects)):
+        off = ~np.eye(len(names), dtype=bool)
+        out["valid/effectome_cut_effect_cosine"] = (
+            float(M.effectome_cosine(E, cut_effects)) if np.all(np.isfinite(E[off]))
+            else float("nan"))
     return out
 
 
@@ -331,7 +340,8 @@ def _truth_scores(messages, outputs, data, names, tau) -> dict[str, float]:
 
 def evaluate_split(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int,
                    comm_matrix: Any = None,
-                   sv_hidden: list[torch.Tensor] | None = None) -> dict[str, float]:
+                   sv_hidden: list[torch.Tensor] | None = None,
+                   cut_effects: Any = None) -> dict[str, float]:
     """The per-epoch validation metrics (keys of docs/DESIGN.md), posterior means.
 
     With sample validation (``sv_hidden``) every metric is of the model run with those
@@ -342,5 +352,6 @@ def evaluate_split(model: MRLFADS, data: SplitTensors, run_cfg: Any, epoch: int,
     outputs, terms = collect_outputs(model, data, run_cfg, epoch, sv_hidden=sv_hidden)
     metrics = {f"valid/{k}": v for k, v in terms.items()}
     metrics.update(score(outputs, data, run_cfg.model, comm_matrix))
-    metrics.update(cut_effectome_metrics(model, data, comm_matrix, compute=False))
+    metrics.update(cut_effectome_metrics(model, data, comm_matrix, compute=False,
+                                         cut_effects=cut_effects))
     return metrics

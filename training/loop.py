@@ -190,9 +190,10 @@ class Trainer:
         sweep's checkpoints). Its keys are NaN in the other epochs."""
         train_terms = self.train_one_epoch()
         ramps_done = self.epoch >= self.cfg.loss.ramps_end
-        comm = self.dataset.manifest.comm_matrix
+        comm, effects = self.dataset.manifest.comm_matrix, self.dataset.manifest.cut_effects
         metrics = evaluate_split(self.model, self.valid_data, self.cfg, self.epoch,
-                                 comm_matrix=comm, sv_hidden=self.sv_hidden(self.valid_data))
+                                 comm_matrix=comm, sv_hidden=self.sv_hidden(self.valid_data),
+                                 cut_effects=effects)
         for key in ("loss", "elbo", "recon_loss", "heldout_loss"):
             metrics[f"train/{key}"] = train_terms[key]
         raw = metrics[resolve_objective(self.cfg).metric]  # training/objective.py
@@ -204,7 +205,8 @@ class Trainer:
         if ramps_done and (cut_effectome or metrics["objective"] <= self.best_objective
                            or self.epoch + 1 >= self.cfg.train.epochs
                            or (self.epoch + 1) % every == 0):
-            metrics.update(cut_effectome_metrics(self.model, self.valid_data, comm))
+            metrics.update(cut_effectome_metrics(self.model, self.valid_data, comm,
+                                                 cut_effects=effects))
         # 1 once every KL/L2 ramp is at full weight: only such epochs may be selected
         metrics[RAMPS_DONE] = float(ramps_done)
         metrics["lr"] = self.lr

@@ -31,12 +31,18 @@ from pathlib import Path
 import numpy as np
 
 
-def reference_cosines(comm_matrix) -> dict[str, float]:
+def reference_cosines(comm_matrix, cut_effects=None) -> dict[str, float]:
+    """Cosines with the true matrix of effectomes built from the truth alone: every present
+    pathway 1 (``ranked``), the square root of its dimension (``sqrt``) and, for a dataset
+    simulated with it, the network's own cut effectome (``network_cut``)."""
     from mrlfads import metrics as M
 
     truth = np.asarray(comm_matrix, dtype=float)
-    return {"ranked": M.effectome_cosine((truth > 0).astype(float), truth),
-            "sqrt": M.effectome_cosine(np.sqrt(truth), truth)}
+    out = {"ranked": M.effectome_cosine((truth > 0).astype(float), truth),
+           "sqrt": M.effectome_cosine(np.sqrt(truth), truth)}
+    if cut_effects is not None:
+        out["network_cut"] = M.effectome_cosine(cut_effects, truth)
+    return out
 
 
 def information_effectome(outputs, n_regions: int) -> np.ndarray:
@@ -190,6 +196,7 @@ def message_contents(messages: np.ndarray, pairs, truth: dict[str, np.ndarray], 
 def score_fit(checkpoint: str, data: str, lags=(), past: int | None = None) -> dict:
     import torch
 
+    from mrlfads import metrics as M
     from mrlfads.data_loaders.reader import ArrowDataset
     from mrlfads.effectome import cut_effectome
     from mrlfads.inference import _run
@@ -205,6 +212,8 @@ def score_fit(checkpoint: str, data: str, lags=(), past: int | None = None) -> d
     outs = _run(model, valid.heldin, valid.ext, 256, valid.session)
     cut = cut_effectome(model, valid.heldin, valid.ext, sessions=valid.session)
     out = effectome_truth_scores(cut, m.comm_matrix, "cut")
+    if m.cut_effects is not None:  # against what a perfect fit's cut effectome would be
+        out["valid/cut_network_cosine"] = M.effectome_cosine(cut, m.cut_effects)
     info = information_effectome(outs, len(m.region_names))
     out.update(effectome_truth_scores(info, m.comm_matrix, "information"))
     mean_cut = mean_cut_effectome(model, valid, outs)
@@ -249,8 +258,8 @@ def main() -> None:
     from mrlfads.data_loaders.reader import ArrowDataset
 
     for data in args.data:
-        truth = ArrowDataset.open(data).manifest.comm_matrix
-        refs = {k: round(v, 3) for k, v in reference_cosines(truth).items()}
+        m = ArrowDataset.open(data).manifest
+        refs = {k: round(v, 3) for k, v in reference_cosines(m.comm_matrix, m.cut_effects).items()}
         print(json.dumps({"data": Path(data).name, **refs}))
     for checkpoint, data in zip(args.fit[::2], args.fit[1::2]):
         print(json.dumps({"fit": checkpoint, **score_fit(checkpoint, data, args.lags,

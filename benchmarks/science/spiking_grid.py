@@ -38,7 +38,8 @@ DATASETS = {  # name -> (kind, network seed)
     "random-0": ("random", 0), "random-1": ("random", 1), "random-2": ("random", 2),
 }
 UNITS, TRIALS, STEPS = 48, 480, 60
-COLUMNS = ["effectome_cut_cosine", "effectome_cut_separation", "effectome_cosine",
+COLUMNS = ["effectome_cut_cosine", "effectome_cut_separation", "effectome_cut_effect_cosine",
+           "effectome_cosine",
            "effectome_separation", "message_r2", "input_r2", "co_bps"]
 
 
@@ -55,8 +56,10 @@ def dataset(out: Path, name: str, rate_hz: float, bin_ms: float, trials: int = T
 
 
 def ceilings(path: Path) -> dict[str, float]:
-    """What the spikes allow: co-bps of the true rates, and a ridge decoder's R^2 from the
-    spikes to each true message (``decoder_r2``), per pathway and averaged."""
+    """What the spikes allow: co-bps of the true rates, a ridge decoder's R^2 from the
+    spikes to each true message (``decoder_r2``), per pathway and averaged, and the cosine
+    with the true matrix of the network's own cut effectome (``network_cut_cosine``: what
+    a perfect fit's cut effectome would score)."""
     from mrlfads import metrics as M
     from mrlfads.data_loaders import schema
     from mrlfads.data_loaders.reader import ArrowDataset
@@ -69,6 +72,8 @@ def ceilings(path: Path) -> dict[str, float]:
     rates = np.concatenate([a[rate_cols[r.name]][:, tau:, r.n_heldin:] for r in m.regions], -1)
     out = {"true_rates_co_bps": float(M.bits_per_spike(spikes, np.log(rates)))}
     out["smoothing_co_bps"] = smoothing_co_bps(ds)
+    if m.cut_effects is not None and m.comm_matrix is not None:
+        out["network_cut_cosine"] = float(M.effectome_cosine(m.cut_effects, m.comm_matrix))
     r2 = decoder_r2(path)
     out["decoder_message_r2"] = float(np.mean(list(r2.values()))) if r2 else float("nan")
     out.update({f"decoder_message_r2/{k}": v for k, v in r2.items()})
@@ -133,6 +138,7 @@ def score(checkpoint: str, path: Path) -> dict[str, float]:
     outputs, _ = collect_outputs(model, valid, cfg, epoch=cfg.train.epochs)
     metrics = score_split(outputs, valid, cfg.model, ds.manifest.comm_matrix)
     metrics.update(cut_effectome_metrics(model, valid, ds.manifest.comm_matrix,
+                                         cut_effects=ds.manifest.cut_effects,
                                          max_trials=valid.n_trials))
     return {c: float(metrics.get(f"valid/{c}", np.nan)) for c in COLUMNS}
 
@@ -183,8 +189,8 @@ def run_name(data: str, seed: int, sets: list[str]) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| network | arm | runs | " + " | ".join(COLUMNS)
-            + " | smoothing co-bps | decoder R^2 | true co-bps |")
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 6)]
+            + " | smoothing co-bps | decoder R^2 | true co-bps | network's cut cosine |")
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 7)]
     for name in DATASETS:
         for arm in dict.fromkeys(r["arm"] for r in rows):
             sel = [r for r in rows if r["dataset"] == name and r["arm"] == arm]
@@ -192,7 +198,7 @@ def table(rows: list[dict]) -> str:
                 continue
             cells = []
             for c in COLUMNS:
-                v = np.array([r["metrics"][c] for r in sel], dtype=float)
+                v = np.array([r["metrics"].get(c, np.nan) for r in sel], dtype=float)
                 if not np.isfinite(v).any():
                     cells.append("n/a")
                 elif len(v) == 1:  # one run: no spread to show
@@ -201,8 +207,9 @@ def table(rows: list[dict]) -> str:
                     cells.append(f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}")
             ceil = sel[0]["ceilings"]
             smoothing = ceil.get("smoothing_co_bps", float("nan"))  # absent from older rows
+            network = ceil.get("network_cut_cosine", float("nan"))  # absent from older rows
             bounds = (f" | {smoothing:.3f} | {ceil['decoder_message_r2']:.3f}"
-                      f" | {ceil['true_rates_co_bps']:.3f} |")
+                      f" | {ceil['true_rates_co_bps']:.3f} | {network:.3f} |")
             lines.append(f"| {name} | {arm} | {len(sel)} | " + " | ".join(cells) + bounds)
     return "\n".join(lines)
 

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrlfads.data_loaders.manifest import RegionSpec
+from mrlfads.data_loaders.manifest import CUT_EFFECTS_KEY, RegionSpec
 from mrlfads.data_loaders.simulate import memory_ring, observe, random_nets, relay_decision
 from mrlfads.data_loaders.simulate import perturbation as sim_perturbation
 from mrlfads.data_loaders.simulate import sessions as sim_sessions
 from mrlfads.data_loaders.simulate.config import OBS_MODELS, STEP_S, SimConfig, preset
+from mrlfads.data_loaders.simulate.cut_effects import DEFINITION, network_cut_effects
+from mrlfads.data_loaders.simulate.cut_effects import MAX_TRIALS as CUT_EFFECT_TRIALS
 from mrlfads.data_loaders.simulate.network import MultiRegionRNN, run_trials, to_npz
 from mrlfads.data_loaders.simulate.train import (
     Progress,
@@ -149,6 +151,9 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
         noise_seed = int(rng["trial_noise"].integers(2**63))
         hidden, messages, readout = run_trials(net, batch.inputs, trial_id, noise_seed)
         fit["task_loss_generated"] = _loss_on(family, batch, hidden, messages, readout)
+        cut_effects = network_cut_effects(
+            net, batch.inputs, trial_id, noise_seed, first_bin=cfg.ic_enc_seq_len,
+            steps_per_bin=cfg.steps_per_bin, scale=cfg.poisson_gain if obs == "poisson" else 1.0)
         n_i = 0 if interventions is None else interventions.trials
         if interventions is not None:
             i_batch = family.sample(rng["interventions"], n_i, steps)
@@ -191,6 +196,9 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
             "trials_per_region": {k: int(v.any(1).sum()) for k, v in silenced.items()}}
     if perturbation is not None:
         _add_true_effects(data, cfg, spec, perturbation, window_steps, twin_hidden, base_hz)
+    data.provenance[CUT_EFFECTS_KEY] = {
+        "matrix": cut_effects, "definition": DEFINITION,
+        "trials": min(len(trial_id), CUT_EFFECT_TRIALS)}
     data.provenance.update({"training": fit, "train_config": dict(train_cfg.__dict__),
                             "trained_on": trained_on()})
     # timings stay out of provenance: the same seed must give byte-identical files

@@ -135,11 +135,13 @@ class MultiRegionRNN(nn.Module):
             "b": self.b, "d": self.d}
 
     def forward(self, h_init: torch.Tensor, u: torch.Tensor, eps_h: torch.Tensor,
-                eps_c: torch.Tensor, gate: torch.Tensor | None = None
+                eps_c: torch.Tensor, gate: torch.Tensor | None = None,
+                hold: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """h_init (B, N_tot) = h[-1]; u (B, T, I_tot); eps_h (B, T, N_tot); eps_c (B, T, D_tot);
         gate (T, D_tot) or (T, B, D_tot), optional: every message is multiplied by it (0
-        silences a pathway at a step, noise included).
+        silences a pathway at a step, noise included); hold (T, D_tot), optional, is added
+        after the gate (a gated message held at a value instead of zero).
 
         Returns hidden (B, T, N_tot), messages (B, T, D_tot), readout (B, T, O_tot)."""
         w = {k: v.to(u.dtype) for k, v in self.weights().items()}
@@ -152,6 +154,8 @@ class MultiRegionRNN(nn.Module):
             m = torch.addmm(xi[:, t], h, ct)
             if gate is not None:
                 m = m * gate[t]
+            if hold is not None:
+                m = m + hold[t]
             a = torch.addmm(torch.addmm(drive[:, t], h, wt), m, bt)
             h = torch.lerp(h, torch.tanh(a), s.alpha)  # (1 - alpha) h + alpha tanh(a)
             hs.append(h)
@@ -172,11 +176,11 @@ def trial_noise(noise_seed: int, trial_id: int, n_bins: int, n_units: int, n_msg
 
 @torch.no_grad()
 def run_trials(net: MultiRegionRNN, u: np.ndarray, trial_ids: np.ndarray, noise_seed: int,
-               chunk: int = 256, gate: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               chunk: int = 256, gate: np.ndarray | None = None,
+               hold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the trained network (float64) on inputs u (n, T, I_tot) with replayable noise;
-    ``gate`` (T, D_tot), or (n, T, D_tot) one per trial, multiplies the messages
-    (`MultiRegionRNN.forward`).
+    ``gate`` (T, D_tot), or (n, T, D_tot) one per trial, multiplies the messages and
+    ``hold`` (T, D_tot) is added to them after it (`MultiRegionRNN.forward`).
 
     Returns hidden (n, T, N_tot), messages (n, T, D_tot), readout (n, T, O_tot) as float32."""
     s = net.spec
@@ -195,7 +199,9 @@ def run_trials(net: MultiRegionRNN, u: np.ndarray, trial_ids: np.ndarray, noise_
             g = torch.from_numpy(np.asarray(gate, np.float64))
             if g.ndim == 3:  # per trial: (chunk, T, D) -> (T, chunk, D), gate[t] is (B, D)
                 g = g[start:start + chunk].transpose(0, 1)
-        res = net(h_init, torch.from_numpy(u[start:start + chunk]).double(), eps_h, eps_c, g)
+        held = None if hold is None else torch.from_numpy(np.asarray(hold, np.float64))
+        res = net(h_init, torch.from_numpy(u[start:start + chunk]).double(), eps_h, eps_c, g,
+                  held)
         for acc, r in zip(outs, res):
             acc.append(r.numpy().astype(np.float32))
     return tuple(np.concatenate(a) if a else np.zeros((0, T, 0), np.float32) for a in outs)

@@ -174,7 +174,8 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
         outputs, terms = collect_outputs(net, data, cfg, epoch=cfg.train.epochs, samples=samples)
         parts.append((split, data, outputs))
         scores = score(outputs, data, cfg.model, m.comm_matrix)
-        scores.update(cut_effectome_metrics(net, data, m.comm_matrix, max_trials=data.n_trials))
+        scores.update(cut_effectome_metrics(net, data, m.comm_matrix, max_trials=data.n_trials,
+                                            cut_effects=m.cut_effects))
         if cfg.model.inferred_inputs:
             input_cuts.append(input_cut_effectome(net, data.heldin, data.ext,
                                                   sessions=data.session))
