@@ -40,7 +40,7 @@ DATASETS = {  # name -> (kind, seed, simulate kwargs)
 }
 GRID = ("memory-ring", "relay-decision", "random-0", "random-1", "random-2")  # the default
 COLUMNS = ["valid/effectome_cut_cosine", "valid/effectome_cut_separation",
-           "valid/effectome_cosine", "valid/effectome_separation", "valid/message_r2",
+           "valid/effectome_cut_effect_cosine", "valid/effectome_cosine", "valid/effectome_separation", "valid/message_r2",
            "valid/input_r2", "valid/r2_mean"]
 
 
