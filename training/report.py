@@ -22,7 +22,7 @@ from mrlfads.tracking.html_report import Section
 SHOWN = ("objective", "valid/co_bps", "valid/bps", "valid/r2", "valid/heldout_r2",
          "valid/psth_r2", "valid/heldout_psth_r2", "valid/message_r2", "valid/input_r2",
          "valid/effectome_cut_cosine", "valid/effectome_cut_separation",
-         "valid/effectome_cosine")
+         "valid/effectome_cut_effect_cosine", "valid/effectome_cosine")
 CURVES = ("objective", "valid/loss", "valid/co_bps", "valid/psth_r2", "valid/message_r2")
 PERTURB_REPORT, PERTURB_EFFECTS = "report.json", "effects.npz"
 

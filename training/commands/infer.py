@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(result.trial_id)} trials ({', '.join(result.info['splits'])}) to "
           f"{args.out}")
     shown = ("co_bps", "/bps", "psth_r2", "effectome_cosine", "effectome_cut_cosine",
-             "effectome_cut_separation", "message_r2", "input_r2")
+             "effectome_cut_separation", "effectome_cut_effect_cosine", "message_r2",
+             "input_r2")
     metrics = result.metrics
     for key in sorted(k for k in metrics if k.count("/") == 1 and k.endswith(shown)):
         print(f"  {key} = {metrics[key]:.4f}")
