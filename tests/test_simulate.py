@@ -184,8 +184,8 @@ def _free_run(ds, cut: str | None = None, first: int = 0, hold: np.ndarray | Non
              for tid in arr["trial_id"]]
     eps_h = np.stack([e for _, e, _ in noise])
     xi = np.stack([c for _, _, c in noise])
-    h = [np.tanh(float(net["init_scale"]) * np.stack([z for z, _, _ in noise]))[:, starts[i]:
-         starts[i + 1]] for i in range(len(names))]
+    h_init = np.tanh(float(net["init_scale"]) * np.stack([z for z, _, _ in noise]))
+    h = [h_init[:, starts[i]:starts[i + 1]] for i in range(len(names))]
     out, sent = {r: [] for r in names}, {p: [] for p in paths}
     for t in range(T):
         msgs = {}
@@ -193,7 +193,7 @@ def _free_run(ds, cut: str | None = None, first: int = 0, hold: np.ndarray | Non
             src = names.index(p.split("->")[0])
             msgs[p] = h[src] @ net[f"C/{p}"].T + sc * xi[:, t, mstarts[k]:mstarts[k + 1]]
             if p == cut and t >= first:
-                msgs[p] = 0 * msgs[p] + hold
+                msgs[p] = np.zeros_like(msgs[p]) + hold
             sent[p].append(msgs[p])
         new = []
         for i, r in enumerate(names):
@@ -211,7 +211,7 @@ def _free_run(ds, cut: str | None = None, first: int = 0, hold: np.ndarray | Non
             {p: np.stack(v, 1) for p, v in sent.items()})
 
 
-def test_the_networks_own_cut_effects_are_what_silencing_a_pathway_does(rand_net):
+def test_the_networks_own_cut_effects_hold_each_pathway_at_its_mean(rand_net):
     """The manifest's ``cut_effects`` (what a perfect fit's cut effectome would be): for
     every present pathway the RMS change of the target's units over the bins from
     ic_enc_seq_len on when its messages are held from there at their mean over those bins,
