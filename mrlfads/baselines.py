@@ -11,6 +11,7 @@ output the same way.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,36 @@ class SmoothingBaseline:
     def co_bps(self, heldin: np.ndarray, heldout: np.ndarray) -> float:
         """Held-out bits per spike (``mrlfads.metrics.bits_per_spike``) on these trials."""
         return bits_per_spike(heldout, self.log_rates(heldin))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything the fit holds, as plain arrays (``np.savez``, no pickles)."""
+        keys = sorted(self.scores)
+        return {"width_s": np.float64(self.width_s), "alpha": np.float64(self.alpha),
+                "bin_width_s": np.float64(self.bin_width_s),
+                "score_keys": np.array(keys, dtype=np.float64).reshape(-1, 2),
+                "score_values": np.array([self.scores[k] for k in keys], dtype=np.float64),
+                "mean": self._inputs.mean, "sd": self._inputs.sd,
+                "components": self._inputs.components, "scale": self._inputs.scale,
+                "weights": self._weights}
+
+    @classmethod
+    def from_arrays(cls, a: Mapping[str, np.ndarray]) -> SmoothingBaseline:
+        """Inverse of ``to_arrays``; MetricsError where the arrays do not fit together."""
+        try:
+            inputs = _Inputs(*(np.asarray(a[k]) for k in ("mean", "sd", "components", "scale")))
+            weights = np.asarray(a["weights"])
+            n, k = inputs.components.shape
+            if (inputs.mean.shape != (n,) or inputs.sd.shape != (n,)
+                    or inputs.scale.shape != (k,) or weights.ndim != 2
+                    or weights.shape[0] != k + 1):
+                raise MetricsError("the arrays' shapes do not fit together")
+            scores = {(float(w), float(al)): float(v)
+                      for (w, al), v in zip(np.asarray(a["score_keys"]).reshape(-1, 2),
+                                            np.asarray(a["score_values"]))}
+            return cls(float(a["width_s"]), float(a["alpha"]), float(a["bin_width_s"]),
+                       scores, inputs, weights)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MetricsError(f"not a saved smoothing baseline: {exc}") from exc
 
 
 def fit_smoothing_baseline(heldin: np.ndarray, heldout: np.ndarray, bin_width_s: float,

@@ -6,6 +6,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see training/cli.py
+# no smoothing-baseline cache (training/smoothing.py) outside the tests that ask for one: a
+# test must fit what it checks, and nothing is written to the user's cache folder
+os.environ["MRLFADS_CACHE_DIR"] = ""
 
 import numpy as np
 import pytest

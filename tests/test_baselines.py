@@ -159,3 +159,52 @@ def test_principal_components_with_their_penalty_fit_the_same_ridge_glm():
     assert few.components.shape == (12, 5)
     variances = np.sort(np.linalg.eigvalsh(np.cov(z.T, bias=True)))[::-1]
     assert np.allclose(few.scale**2, variances[:5], rtol=1e-3)
+
+
+def test_a_fitted_baseline_is_kept_and_read_back_instead_of_fitted_again(tmp_path, monkeypatch):
+    """With a cache folder each session's fit is written once (keyed by the dataset's
+    manifest digest, the session, the training split and the settings) and read back the
+    next time with the same scores, without fitting or reading the training split again;
+    another dataset gets its own files; an unreadable file is fitted again and replaced; a
+    folder that cannot be written costs a warning, not the scores."""
+    import mrlfads.baselines as B
+    import mrlfads.training.data as D
+    from mrlfads.baselines import SmoothingBaseline
+    from mrlfads.data_loaders.testing import make_tiny_sessions_dataset
+    from mrlfads.training.smoothing import smoothing_scores
+
+    monkeypatch.setenv("MRLFADS_CACHE_DIR", str(tmp_path / "cache"))
+    ds = make_tiny_sessions_dataset(tmp_path / "d", trials=(40, 36, 32), n_bins=16)
+    fitted, first = smoothing_scores(ds, ["valid"])
+    files = sorted((tmp_path / "cache" / "smoothing").glob("*.npz"))
+    assert len(files) == 3 and len(first) > 3  # one file a session
+    with np.load(files[0], allow_pickle=False) as saved:
+        back = SmoothingBaseline.from_arrays(dict(saved))
+    assert any(back.scores == b.scores and back.width_s == b.width_s for b in fitted.values())
+
+    real_fit, real_load = B.fit_smoothing_baseline, D.load_split
+
+    def no_fit(*a, **k):
+        raise AssertionError("fitted again")
+
+    def no_train(dataset, split, *a, **k):
+        assert split != "train", "read the training split again"
+        return real_load(dataset, split, *a, **k)
+
+    monkeypatch.setattr(B, "fit_smoothing_baseline", no_fit)
+    monkeypatch.setattr(D, "load_split", no_train)
+    again, second = smoothing_scores(ds, ["valid"])
+    assert second == first and set(again) == set(fitted)
+    other = make_tiny_sessions_dataset(tmp_path / "e", trials=(40, 36, 32), n_bins=16, seed=1)
+    with pytest.raises(AssertionError, match="fitted again|training split"):
+        smoothing_scores(other, ["valid"])  # another manifest digest: nothing to read back
+    monkeypatch.setattr(B, "fit_smoothing_baseline", real_fit)
+    monkeypatch.setattr(D, "load_split", real_load)
+    files[0].write_bytes(b"not a saved baseline")
+    assert smoothing_scores(ds, ["valid"])[1] == first
+    with np.load(files[0], allow_pickle=False) as saved:  # rewritten
+        SmoothingBaseline.from_arrays(dict(saved))
+    (tmp_path / "blocked").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("MRLFADS_CACHE_DIR", str(tmp_path / "blocked"))
+    with pytest.warns(UserWarning, match="not cached"):
+        assert smoothing_scores(ds, ["valid"])[1] == first

@@ -6,11 +6,24 @@ Fitted on the training split and scored on the others, for spike counts with hel
 neurons. A dataset of several sessions gets one baseline per session, on that session's
 trials and neurons, since each session recorded other neurons; a session needs at least
 MIN_TRAIN_TRIALS training trials.
+
+A fit takes seconds to minutes and depends only on the data and the baseline's settings,
+so each is kept in a cache folder (CACHE_ENV, default ``$XDG_CACHE_HOME/mrlfads`` or
+``~/.cache/mrlfads``) under the digest of the dataset's manifest (which holds every shard's
+sha256), the session, the training split and the settings; the next `infer` of the same
+data reads it instead of fitting again, and does not read the training split.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
 import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +37,8 @@ if TYPE_CHECKING:
 # its kernel, and a handful of trials would choose by noise.
 MIN_TRAIN_TRIALS = 16
 KEY = "smoothing_co_bps"
+# where fitted baselines are kept; set to an empty string for no cache
+CACHE_ENV = "MRLFADS_CACHE_DIR"
 MEANING = "smoothed held-in spikes: the held-out score to beat"  # beside the value, for people
 
 
@@ -33,6 +48,62 @@ def applies(manifest: Any, train_split: str = "train") -> bool:
     return (manifest.obs_model == "poisson"
             and manifest.splits.get(train_split, 0) >= MIN_TRAIN_TRIALS
             and any(r.n_heldout for r in manifest.regions))
+
+
+def cache_dir() -> Path | None:
+    """The folder fitted baselines are kept in (CACHE_ENV, else the user's cache folder);
+    None when CACHE_ENV is set empty."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return Path(value).expanduser() if value.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mrlfads"
+
+
+def _cache_file(manifest: Any, session: str, train_split: str, settings: Any) -> Path | None:
+    from mrlfads.tracking.shareable import manifest_digest
+
+    root = cache_dir()
+    if root is None:
+        return None
+    key = json.dumps({"format": 1, "dataset": manifest_digest(manifest.to_dict()),
+                      "session": session, "train_split": train_split,
+                      "settings": dataclasses.asdict(settings)}, sort_keys=True)
+    return root / "smoothing" / f"{hashlib.sha256(key.encode()).hexdigest()}.npz"
+
+
+def _cached(path: Path | None) -> SmoothingBaseline | None:
+    """The baseline saved at ``path``; None where there is none or it cannot be read (it is
+    then fitted again and rewritten)."""
+    from mrlfads.baselines import SmoothingBaseline
+    from mrlfads.metrics import MetricsError
+
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return SmoothingBaseline.from_arrays({k: saved[k] for k in saved.files})
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MetricsError):
+        return None
+
+
+def _keep(path: Path | None, baseline: SmoothingBaseline) -> None:
+    """Write the fit to ``path`` atomically; a folder that cannot be written costs a warning,
+    never the scores."""
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **baseline.to_arrays())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # its folder may be what could not be made
+            tmp.unlink(missing_ok=True)
+        warnings.warn(f"the smoothing baseline was not cached in {path.parent} ({exc}); set "
+                      f"{CACHE_ENV} to a folder you can write, or to '' for no cache",
+                      stacklevel=3)
 
 
 def smoothing_scores(dataset: ArrowDataset, splits: Iterable[str],
@@ -47,11 +118,12 @@ def smoothing_scores(dataset: ArrowDataset, splits: Iterable[str],
     per-session scores, and ``<split>/smoothing_co_bps`` pools them weighted by their
     held-out spikes, given only when every session with such spikes has a baseline.
     Baselines are keyed by session name ("all" for one session). ``loaded`` may hold splits
-    already read. ``({}, {})`` where the baseline does not apply."""
+    already read. A baseline fitted before on the same data and settings is read from the
+    cache (``cache_dir``). ``({}, {})`` where the baseline does not apply."""
     import torch
 
     from mrlfads import metrics as M
-    from mrlfads.baselines import fit_smoothing_baseline
+    from mrlfads.baselines import SmoothingConfig, fit_smoothing_baseline
     from mrlfads.data_loaders import sessions as S
     from mrlfads.metrics import MetricsError
     from mrlfads.training.data import load_split
@@ -91,16 +163,21 @@ def smoothing_scores(dataset: ArrowDataset, splits: Iterable[str],
     out: dict[str, float] = {}
     pooled = {split: [0.0, 0.0] for split in scored}  # spike-weighted sum, spikes
     missing: set[str] = set()  # splits with held-out spikes in a session without a baseline
+    settings = SmoothingConfig()
     for session, name, prefix, blocks in groups:
-        train_in, train_out = counts(train_split, session, blocks)
-        baseline = None
-        if (train_in.shape[0] >= MIN_TRAIN_TRIALS and train_in.shape[-1]
-                and train_out.shape[-1]):
-            try:
-                baseline = fit_smoothing_baseline(train_in, train_out, m.bin_width_s)
-            except MetricsError as exc:  # e.g. no held-out spike in the held-back trials
-                warnings.warn(f"the smoothing baseline of {name!r} was not fitted: {exc}",
-                              stacklevel=2)
+        path = _cache_file(m, name, train_split, settings)
+        baseline = _cached(path)
+        if baseline is None:
+            train_in, train_out = counts(train_split, session, blocks)
+            if (train_in.shape[0] >= MIN_TRAIN_TRIALS and train_in.shape[-1]
+                    and train_out.shape[-1]):
+                try:
+                    baseline = fit_smoothing_baseline(train_in, train_out, m.bin_width_s,
+                                                      settings)
+                    _keep(path, baseline)
+                except MetricsError as exc:  # e.g. no held-out spike in the held-back trials
+                    warnings.warn(f"the smoothing baseline of {name!r} was not fitted: {exc}",
+                                  stacklevel=2)
         if baseline is not None:
             baselines[name] = baseline
         bounds = np.cumsum([0] + [b.heldout.stop - b.heldout.start for b in blocks])
