@@ -66,6 +66,8 @@ def _cache_file(manifest: Any, session: str, train_split: str, settings: Any) ->
     root = cache_dir()
     if root is None:
         return None
+    # "format": raise it whenever mrlfads/baselines.py would fit the same data differently,
+    # so that no fit made the old way is read back
     key = json.dumps({"format": 1, "dataset": manifest_digest(manifest.to_dict()),
                       "session": session, "train_split": train_split,
                       "settings": dataclasses.asdict(settings)}, sort_keys=True)
