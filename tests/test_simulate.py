@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -42,23 +43,31 @@ def _stored_network(ds):
     return net, hidden, arr
 
 
+def _replay_parts(ds) -> SimpleNamespace:
+    """The stored network, what it did and its replayed noise, in the pieces a numpy replay
+    needs: region and pathway names, unit and message offsets, h_init, eps_h and xi."""
+    net, hidden, arr = _stored_network(ds)
+    sizes = [int(n) for n in net["n_units"]]
+    n_tot, d_tot = sum(sizes), int(net["pathway_dims"].sum())
+    T = ds.manifest.n_bins
+    noise = [trial_noise(int(net["noise_seed"]), tid, T, n_tot, d_tot) for tid in arr["trial_id"]]
+    return SimpleNamespace(
+        net=net, hidden=hidden, arr=arr, T=T,
+        names=[str(n) for n in net["region_names"]], paths=[str(p) for p in net["pathways"]],
+        alpha=float(net["alpha"]), sh=float(net["hidden_noise"]), sc=float(net["channel_noise"]),
+        starts=np.concatenate([[0], np.cumsum(sizes)]),
+        mstarts=np.concatenate([[0], np.cumsum(net["pathway_dims"])]),
+        h_init=np.tanh(float(net["init_scale"]) * np.stack([z for z, _, _ in noise])),
+        eps_h=np.stack([e for _, e, _ in noise]), xi=np.stack([c for _, _, c in noise]))
+
+
 def _replay(ds, teacher_forced: bool):
     """Feed the stored messages and inputs through the stored weights, region by region
     (numpy, float64, independent of the generator's torch code), with the replayed noise."""
-    net, hidden, arr = _stored_network(ds)
-    names = [str(n) for n in net["region_names"]]
-    paths = [str(p) for p in net["pathways"]]
-    sizes = [int(n) for n in net["n_units"]]
-    n_tot, d_tot = sum(sizes), int(net["pathway_dims"].sum())
-    alpha, sh, sc = float(net["alpha"]), float(net["hidden_noise"]), float(net["channel_noise"])
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    mstarts = np.concatenate([[0], np.cumsum(net["pathway_dims"])])
-    T = ds.manifest.n_bins
-    noise = [trial_noise(int(net["noise_seed"]), tid, T, n_tot, d_tot) for tid in arr["trial_id"]]
-    zeta = np.stack([z for z, _, _ in noise])
-    eps_h = np.stack([e for _, e, _ in noise])
-    xi = np.stack([c for _, _, c in noise])
-    h_init = np.tanh(float(net["init_scale"]) * zeta)
+    x = _replay_parts(ds)
+    net, hidden, arr, names, paths, T = x.net, x.hidden, x.arr, x.names, x.paths, x.T
+    alpha, sh, sc, starts, mstarts = x.alpha, x.sh, x.sc, x.starts, x.mstarts
+    h_init, eps_h, xi = x.h_init, x.eps_h, x.xi
     err_h, err_m = 0.0, 0.0
     for k, p in enumerate(paths):  # messages are the sender's linear readout + channel noise
         src = names.index(p.split("->")[0])
@@ -172,20 +181,11 @@ def _free_run(ds, cut: str | None = None, first: int = 0, hold: np.ndarray | Non
     """Every region's hidden units (n, T, N_r), network order, and every pathway's messages
     (n, T, dim), from the stored network run freely (numpy, float64) on the stored inputs
     and replayed noise; ``cut``'s messages are ``hold`` from step ``first`` on."""
-    net, _, arr = _stored_network(ds)
-    names = [str(n) for n in net["region_names"]]
-    paths, dims = [str(p) for p in net["pathways"]], [int(d) for d in net["pathway_dims"]]
-    sizes = [int(n) for n in net["n_units"]]
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    mstarts = np.concatenate([[0], np.cumsum(dims)])
-    alpha, sh, sc = float(net["alpha"]), float(net["hidden_noise"]), float(net["channel_noise"])
-    T = ds.manifest.n_bins  # one network step a bin in the smoke preset
-    noise = [trial_noise(int(net["noise_seed"]), tid, T, sum(sizes), sum(dims))
-             for tid in arr["trial_id"]]
-    eps_h = np.stack([e for _, e, _ in noise])
-    xi = np.stack([c for _, _, c in noise])
-    h_init = np.tanh(float(net["init_scale"]) * np.stack([z for z, _, _ in noise]))
-    h = [h_init[:, starts[i]:starts[i + 1]] for i in range(len(names))]
+    x = _replay_parts(ds)  # one network step a bin in the smoke preset
+    net, arr, names, paths, T = x.net, x.arr, x.names, x.paths, x.T
+    alpha, sh, sc, starts, mstarts = x.alpha, x.sh, x.sc, x.starts, x.mstarts
+    eps_h, xi = x.eps_h, x.xi
+    h = [x.h_init[:, starts[i]:starts[i + 1]] for i in range(len(names))]
     out, sent = {r: [] for r in names}, {p: [] for p in paths}
     for t in range(T):
         msgs = {}
