@@ -32,10 +32,11 @@ DEFINITION = ("[dst][src]: RMS change of dst's log-rates (gaussian data: its uni
 
 def network_cut_effects(net: MultiRegionRNN, inputs: np.ndarray, trial_ids: np.ndarray,
                         noise_seed: int, *, first_bin: int, steps_per_bin: float,
-                        scale: float) -> list[list[float]]:
-    """``[dst][src]`` cut effects of ``net`` over its first ``MAX_TRIALS`` trials (inputs
-    (n, steps, I_tot) and ids as simulated); ``scale`` turns a change of hidden units into one
-    of what the data observe (the Poisson gain, or 1)."""
+                        scale: float) -> dict:
+    """The provenance entry ``{matrix, definition, trials}``: ``matrix[dst][src]``, the cut
+    effects of ``net`` over its first ``MAX_TRIALS`` trials (inputs (n, steps, I_tot) and ids
+    as simulated); ``scale`` turns a change of hidden units into one of what the data
+    observe (the Poisson gain, or 1)."""
     spec = net.spec
     n = min(len(trial_ids), MAX_TRIALS)
     inputs, trial_ids = inputs[:n], trial_ids[:n]
@@ -55,4 +56,4 @@ def network_cut_effects(net: MultiRegionRNN, inputs: np.ndarray, trial_ids: np.n
                   - base[..., units[p.dst]].astype(np.float64))
         change = observe.steps_to_bins(change, steps_per_bin)[:, first_bin:]
         E[p.dst][p.src] = float(scale * np.sqrt(np.mean(change ** 2)))
-    return E
+    return {"matrix": E, "definition": DEFINITION, "trials": n}

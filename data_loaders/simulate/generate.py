@@ -27,8 +27,7 @@ from mrlfads.data_loaders.simulate import memory_ring, observe, random_nets, rel
 from mrlfads.data_loaders.simulate import perturbation as sim_perturbation
 from mrlfads.data_loaders.simulate import sessions as sim_sessions
 from mrlfads.data_loaders.simulate.config import OBS_MODELS, STEP_S, SimConfig, preset
-from mrlfads.data_loaders.simulate.cut_effects import DEFINITION, network_cut_effects
-from mrlfads.data_loaders.simulate.cut_effects import MAX_TRIALS as CUT_EFFECT_TRIALS
+from mrlfads.data_loaders.simulate.cut_effects import network_cut_effects
 from mrlfads.data_loaders.simulate.network import MultiRegionRNN, run_trials, to_npz
 from mrlfads.data_loaders.simulate.train import (
     Progress,
@@ -196,9 +195,7 @@ def generate(kind: str, *, trials: int | None = None, seed: int = 0, obs: str = 
             "trials_per_region": {k: int(v.any(1).sum()) for k, v in silenced.items()}}
     if perturbation is not None:
         _add_true_effects(data, cfg, spec, perturbation, window_steps, twin_hidden, base_hz)
-    data.provenance[CUT_EFFECTS_KEY] = {
-        "matrix": cut_effects, "definition": DEFINITION,
-        "trials": min(len(trial_id), CUT_EFFECT_TRIALS)}
+    data.provenance[CUT_EFFECTS_KEY] = cut_effects
     data.provenance.update({"training": fit, "train_config": dict(train_cfg.__dict__),
                             "trained_on": trained_on()})
     # timings stay out of provenance: the same seed must give byte-identical files
