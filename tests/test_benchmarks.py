@@ -330,6 +330,11 @@ def test_decoder_ceiling_recovers_a_message_the_spikes_hold_and_not_one_they_do_
     assert stitching.table([row]).splitlines()[-1].endswith(f" | nan | {mean:.3f} |")
     row["smoothing_co_bps"] = 0.0625  # the smoothing baseline, before the decoder
     assert stitching.table([row]).splitlines()[-1].endswith(f" | 0.062 | {mean:.3f} |")
+    # a row written before the cosine against the network's own cut effects: its cell is nan
+    key = "effectome_cut_effect_cosine"
+    old = {**row, "metrics": {c: 0.5 for c in stitching.COLUMNS if c != key}}
+    cells = stitching.table([old]).splitlines()[-1].split(" | ")
+    assert cells[3 + stitching.COLUMNS.index(key)] == "nan" and cells[3] == "0.500"
     assert np.isnan(stitching.smoothing_ceiling(tmp_path / "d"))  # no training split
 
 

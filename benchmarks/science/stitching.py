@@ -49,8 +49,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 NETWORKS = {"memory-ring": ("memory-ring", 0), "relay-decision": ("relay-decision", 0),
             "random-0": ("random", 0), "random-1": ("random", 1), "random-2": ("random", 2)}
 UNITS, STEPS = 48, 60
-COLUMNS = ["effectome_cut_cosine", "effectome_cut_separation", "message_r2", "input_r2",
-           "co_bps"]
+COLUMNS = ["effectome_cut_cosine", "effectome_cut_separation", "effectome_cut_effect_cosine",
+           "message_r2", "input_r2", "co_bps"]  # the effect cosine: against the network's own
 
 
 def simulated(out: Path, args, sessions: int) -> Path:
@@ -131,7 +131,7 @@ def table(rows: list[dict]) -> str:
             continue
         cells = []
         for c in COLUMNS:
-            v = np.array([r["metrics"][c] for r in sel], dtype=float)
+            v = np.array([r["metrics"].get(c, np.nan) for r in sel], dtype=float)  # older rows lack some
             cells.append(f"{v[0]:.3f}" if len(v) == 1 else
                          f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}")
         ceil = np.mean([r.get("decoder_message_r2", np.nan) for r in sel])
