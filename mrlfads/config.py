@@ -269,12 +269,16 @@ class LossConfig:
 
     b_m = kl_co_scale / kl_com_ratio: the ratio >= 1 keeps communication cheaper than
     unexplained inputs (the structured bottleneck, docs/MODEL.md, "Loss").
+    ``pathway_sparsity`` prices each pathway's drive norm in units of b_u (what a dropped
+    pathway's content costs as an inferred input), on the messages' ramp; 0 turns it off
+    (docs/MODEL.md, "Pathway sparsity").
     """
 
     kl_ic_scale: float = 1.0
     kl_co_scale: float = 1.0
     kl_com_ratio: float = 10.0
     l2_scale: float = 1e4
+    pathway_sparsity: float = 0.0
     ic_ramp: RampConfig = field(default_factory=lambda: RampConfig(20, 200))
     co_ramp: RampConfig = field(default_factory=lambda: RampConfig(20, 200))
     com_ramp: RampConfig = field(default_factory=lambda: RampConfig(150, 100))
@@ -283,7 +287,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         _check(type_problems(self), "loss config")  # before any comparison
         errors = []
-        for key in ("kl_ic_scale", "kl_co_scale", "l2_scale"):
+        for key in ("kl_ic_scale", "kl_co_scale", "l2_scale", "pathway_sparsity"):
             if getattr(self, key) < 0:
                 errors.append(f"{key}={getattr(self, key)} must be >= 0")
         if not self.kl_com_ratio >= 1.0:

@@ -106,6 +106,18 @@ def _recorded(weight: Tensor | None, recorded: Sequence[Tensor] | None, r: int) 
     return recorded[r] if weight is None else weight * recorded[r]
 
 
+def pathway_drive(out: ModelOutput) -> Tensor | None:
+    """(P,) each pathway's drive norm: the message means read through the target generator's
+    input weights, sqrt of the sum over reconstructed bins and gate units of its square,
+    averaged over trials (docs/MODEL.md, "Pathway sparsity"). A group norm: its penalty
+    drives a whole pathway to zero, and it is blind to the message's unidentified scale
+    (m -> a m, W -> W / a leave it unchanged). None with one region."""
+    if out.msg_mean is None or out.msg_weights is None:
+        return None
+    d = torch.einsum("btpc,pcg->btpg", _f32(out.msg_mean), _f32(out.msg_weights))
+    return (d.square().sum((1, 3)).mean(0) + 1e-8).sqrt()
+
+
 def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
                  heldout: Sequence[Tensor] | None,
                  recon_weight: Sequence[Tensor | None] | None = None) -> dict[str, list[Tensor]]:
@@ -114,13 +126,15 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
     Tp = out.readout[0].shape[1]
     R = len(out.region_names)
     terms: dict[str, list[Tensor]] = {k: [] for k in
-                                      ("recon", "kl_ic", "kl_co", "kl_com", "l2", "heldout")}
+                                      ("recon", "kl_ic", "kl_co", "kl_com", "l2", "heldout",
+                                       "sparsity")}
     zero = out.readout[0].new_zeros(())
     # message KL per pair, (P,): one elementwise KL for all pairs, then plain integer
     # indexing per receiving region (no index tensor built per step: CUDA-graph safe)
     kl_pair = None if out.msg_mean is None else kl_diag_gaussian(
         _f32(out.msg_mean), _f32(out.msg_var), out.com_prior_logvar).sum((1, 3)).mean(0)
     terms["recon"] = recon_terms(out, heldin, recon_weight)
+    drive = pathway_drive(out)
     for r in range(R):
         terms["kl_ic"].append(_trial_mean(kl_diag_gaussian(
             _f32(out.ic_mean[r]), _f32(out.ic_var[r]), out.ic_prior_logvar[r])))
@@ -140,6 +154,10 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
             terms["kl_com"].append(zero)
         else:
             terms["kl_com"].append(sum((kl_pair[p] for p in into_r[1:]), kl_pair[into_r[0]]))
+        if drive is None or not into_r:
+            terms["sparsity"].append(zero)
+        else:
+            terms["sparsity"].append(sum((drive[p] for p in into_r[1:]), drive[into_r[0]]))
         terms["l2"].append(out.l2[r])
         n_out = out.heldout_readout[r].shape[-1]
         if heldout is None or n_out == 0:
@@ -171,6 +189,7 @@ def compute_loss(out: ModelOutput, heldin: Sequence[Tensor], heldout: Sequence[T
         terms["recon"][r] + weights["kl_ic"] * terms["kl_ic"][r]
         + weights["kl_co"] * terms["kl_co"][r] + weights["kl_com"] * terms["kl_com"][r]
         + weights["l2"] * terms["l2"][r] + terms["heldout"][r]
+        + weights["sparsity"] * terms["sparsity"][r]
         for r in range(len(out.region_names)))
     neg_elbo = sum(terms["recon"][r] + terms["kl_ic"][r] + terms["kl_co"][r] + terms["kl_com"][r]
                    for r in range(len(out.region_names)))

@@ -258,6 +258,17 @@ class MRLFADS(ModelParams):
         """Stack per-region (B, ..., n_r) tensors into (R, B, ..., width), zero-padded."""
         return torch.stack([F.pad(x, (0, width - x.shape[-1])) for x in xs])
 
+    def message_weights(self, gen_w_iu: Tensor) -> Tensor:
+        """(P, com_dim, 3 Gm): for every pathway (src, dst), in ``sizes.pairs`` order, the rows
+        of the target generator's input weights that read its message (after the inferred
+        inputs, one com_dim block per other region, in region order)."""
+        s, C, U = self.sizes, self.cfg.com_dim, self.sizes.U
+        rows = []
+        for src, dst in s.pairs:
+            slot = src if src < dst else src - 1  # the other regions, in order
+            rows.append(gen_w_iu[dst, U + slot * C:U + (slot + 1) * C])
+        return torch.stack(rows)
+
     # ---------------------------------------------------------------- forward
     def forward(self, heldin: Sequence[Tensor], ext: Sequence[Tensor | None] | None = None,
                 sample: bool = True, silence: Mapping | None = None,
@@ -392,6 +403,7 @@ class MRLFADS(ModelParams):
             com_prior_logvar=self.com_prior_logvar if s.P else None,
             open_pathways=self.open_pathways,
             co_prior_logtau=self.input_prior_logtau(),
+            msg_weights=self.message_weights(w["gen_w_iu"]) if s.P else None,
             l2=self.l2_terms(), recorded=recorded, recorded_heldout=recorded_heldout,
         )
 

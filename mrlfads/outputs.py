@@ -45,6 +45,9 @@ class ModelOutput:
     # per region (co_dim,): log time constant (bins) of the inferred inputs' AR(1) prior
     # (ModelConfig.input_prior "ar1"). None: a white prior, independent in every bin
     co_prior_logtau: list[Tensor] | None = None
+    # (P, com_dim, 3 Gm): each pathway's weights in its target generator's input (masked);
+    # the pathway-sparsity penalty reads the messages through them. None with one region
+    msg_weights: Tensor | None = None
 
     @property
     def rates(self) -> list[Tensor]:
@@ -78,6 +81,7 @@ class LossTerms:
     kl_com: dict[str, Tensor]
     l2: dict[str, Tensor]
     heldout: dict[str, Tensor]
+    sparsity: dict[str, Tensor]
     total: Tensor
     neg_elbo: Tensor
     weights: dict[str, float | Tensor]  # effective (ramp x scale) weights at this epoch
@@ -100,7 +104,7 @@ class LossTerms:
         without a host sync per step (training/step.py)."""
         out = {"loss": self.total, "elbo": self.neg_elbo, "recon_loss": self.recon_loss,
                "heldout_loss": self.heldout_loss}
-        for term in ("recon", "kl_ic", "kl_co", "kl_com", "l2", "heldout"):
+        for term in ("recon", "kl_ic", "kl_co", "kl_com", "l2", "heldout", "sparsity"):
             for region, value in getattr(self, term).items():
                 out[f"{term}/{region}"] = value
         like = self.total.detach()  # full_like, not new_tensor: no host copy while capturing

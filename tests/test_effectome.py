@@ -89,6 +89,35 @@ def test_drive_and_cut_do_not_move_when_a_message_is_rescaled_but_its_norm_does(
     assert after[2][1, 0] == pytest.approx(before[2][1, 0], rel=1e-4, abs=1e-7)
 
 
+def test_the_sparsity_penalty_reads_each_pathways_drive_and_ignores_its_scale():
+    """``pathway_drive`` (the norm the pathway-sparsity penalty prices) of a posterior-mean
+    forward is the drive effectome's RMS times sqrt(T' x the target's 3 G gate units), for
+    every pathway (1e-8 under the root keeps its gradient finite at 0); rescaling a message (m -> a m, W -> W / a) leaves it unchanged."""
+    from mrlfads.loss import pathway_drive
+
+    model, x = chain_model("gaussian")
+    names = ["A", "B", "C"]
+    xt = [torch.as_tensor(v) for v in x]
+    model.eval()  # no dropout: the posterior means the drive effectome reads
+    with torch.no_grad():
+        drive = pathway_drive(model(xt, sample=False))
+    E = drive_effectome(_messages(model, x), message_input_weights(model), names)
+    s = model.sizes
+    assert drive.shape == (len(s.pairs),)
+    for p, (src, dst) in enumerate(s.pairs):
+        norm = math.sqrt((T - TAU) * 3 * s.G[dst]) * E[dst, src]
+        assert float(drive[p]) == pytest.approx(math.sqrt(norm ** 2 + 1e-8), rel=1e-4)
+    assert float(drive[s.pairs.index((0, 1))]) > 1.0  # the chain's live A -> B, not only zeros
+    a, C, U = 3.0, model.cfg.com_dim, s.U
+    with torch.no_grad():
+        p = s.pairs.index((0, 1))
+        model.msg_w[p, :, :C] *= a
+        model.msg_b[p, :, :C] *= a
+        model.gen_w_iu[1, U + 0 * C: U + 1 * C] /= a  # A is B's first other region
+        rescaled = pathway_drive(model(xt, sample=False))
+    assert float(rescaled[p]) == pytest.approx(float(drive[p]), rel=1e-4)
+
+
 def test_drive_effectome_by_hand():
     W = {("A", "B"): np.array([[1.0, 0.0, 2.0]]), ("B", "A"): np.array([[0.0, 0.0, 0.0]])}
     m = {("A", "B"): np.full((2, 3, 1), 2.0), ("B", "A"): np.ones((2, 3, 1))}

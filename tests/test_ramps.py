@@ -25,8 +25,9 @@ def test_spec_default_ramps_and_weights():
     assert cfg.com_ramp(150) == pytest.approx(1 / 101) and cfg.com_ramp(249) == pytest.approx(100 / 101)
     assert cfg.l2_ramp(179) == pytest.approx(80 / 81) and cfg.l2_ramp(180) == 1.0
     w = loss_weights(cfg, 400)
-    assert w == pytest.approx({"kl_ic": 1.0, "kl_co": 1.0, "kl_com": 0.1, "l2": 1e4})
+    assert w == pytest.approx({"kl_ic": 1.0, "kl_co": 1.0, "kl_com": 0.1, "l2": 1e4, "sparsity": 0.0})
     w = loss_weights(LossConfig(kl_co_scale=2.0, kl_com_ratio=4.0), 199)
     assert w["kl_com"] == pytest.approx(0.5 * 50 / 101)
     assert w["kl_co"] == pytest.approx(2.0 * 180 / 201)
-    assert loss_weights(cfg, 0) == {"kl_ic": 0.0, "kl_co": 0.0, "kl_com": 0.0, "l2": 0.0}
+    assert loss_weights(cfg, 0) == {"kl_ic": 0.0, "kl_co": 0.0, "kl_com": 0.0, "l2": 0.0,
+                                    "sparsity": 0.0}

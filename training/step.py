@@ -33,7 +33,7 @@ from mrlfads.training.data import SplitTensors
 from mrlfads.training.masks import training_inputs
 
 Tensor = torch.Tensor
-WEIGHT_NAMES = ("kl_ic", "kl_co", "kl_com", "l2")  # the ramped loss weights, in this order
+WEIGHT_NAMES = ("kl_ic", "kl_co", "kl_com", "l2", "sparsity")  # the ramped loss weights, in this order
 WARMUP_STEPS = 3  # eager steps of a batch shape before its capture (PyTorch's recipe)
 
 
