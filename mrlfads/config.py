@@ -269,9 +269,8 @@ class LossConfig:
 
     b_m = kl_co_scale / kl_com_ratio: the ratio >= 1 keeps communication cheaper than
     unexplained inputs (the structured bottleneck, docs/MODEL.md, "Loss").
-    ``pathway_sparsity`` prices each pathway's drive norm in units of b_u (what a dropped
-    pathway's content costs as an inferred input), on the messages' ramp; 0 turns it off
-    (docs/MODEL.md, "Pathway sparsity").
+    ``pathway_sparsity`` prices each pathway's drive norm (nats per unit), on the messages'
+    ramp; 0 turns it off (docs/MODEL.md, "Pathway sparsity").
     """
 
     kl_ic_scale: float = 1.0

@@ -58,5 +58,5 @@ def loss_weights(loss_cfg, epoch: float) -> dict[str, float]:
         "kl_co": loss_cfg.co_ramp(epoch) * loss_cfg.kl_co_scale,
         "kl_com": loss_cfg.com_ramp(epoch) * loss_cfg.kl_com_scale,
         "l2": loss_cfg.l2_ramp(epoch) * loss_cfg.l2_scale,
-        "sparsity": loss_cfg.com_ramp(epoch) * loss_cfg.pathway_sparsity * loss_cfg.kl_co_scale,
+        "sparsity": loss_cfg.com_ramp(epoch) * loss_cfg.pathway_sparsity,
     }

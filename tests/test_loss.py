@@ -138,8 +138,8 @@ def test_compute_loss_by_hand():
 
 def test_the_pathway_sparsity_penalty_by_hand():
     """Each pathway's drive norm (sqrt of the sum over bins and gate units of (m W)^2, mean
-    over trials) goes to its target's ``sparsity`` term, priced at pathway_sparsity x b_u on
-    the messages' ramp; the ELBO does not count it."""
+    over trials) goes to its target's ``sparsity`` term, priced at pathway_sparsity on the
+    messages' ramp; the ELBO does not count it."""
     out = hand_output()
     # B -> A reads its message (2.0 everywhere) through [3, 4]; A -> B through zeros
     out.msg_weights = torch.tensor([[[3.0, 4.0]], [[0.0, 0.0]]])
@@ -149,9 +149,9 @@ def test_the_pathway_sparsity_penalty_by_hand():
     # (2*3)^2 + (2*4)^2 = 100 per bin, 2 bins: sqrt(200) into A; 0 (+ the 1e-8 under the root) into B
     assert terms.sparsity == pytest.approx({"A": math.sqrt(200.0), "B": 1e-4})
     plain = compute_loss(out, heldin, None, LossConfig(kl_co_scale=2.0), epoch=1000)
-    assert float(terms.total - plain.total) == pytest.approx(0.25 * 2.0 * (math.sqrt(200.0) + 1e-4))
+    assert float(terms.total - plain.total) == pytest.approx(0.25 * (math.sqrt(200.0) + 1e-4))
     assert float(terms.neg_elbo) == pytest.approx(float(plain.neg_elbo))
-    assert terms.weights["sparsity"] == pytest.approx(0.5)
+    assert terms.weights["sparsity"] == pytest.approx(0.25)  # not scaled by b_u
     before = compute_loss(out, heldin, None, cfg, epoch=0)  # before the messages' ramp
     assert float(before.total) == pytest.approx(float(compute_loss(
         out, heldin, None, LossConfig(kl_co_scale=2.0), epoch=0).total))
