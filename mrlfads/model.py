@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from mrlfads import native
 from mrlfads.config import ModelConfig, pathway_pair
 from mrlfads.config_utils import from_dict
+from mrlfads.effectome import message_rows
 from mrlfads.layers import posterior_var, unit_columns
 from mrlfads.loop_io import LoopInputs, LoopSpec, LoopWeights
 from mrlfads.loop_ops import gru_sequence, loop
@@ -260,14 +261,9 @@ class MRLFADS(ModelParams):
 
     def message_weights(self, gen_w_iu: Tensor) -> Tensor:
         """(P, com_dim, 3 Gm): for every pathway (src, dst), in ``sizes.pairs`` order, the rows
-        of the target generator's input weights that read its message (after the inferred
-        inputs, one com_dim block per other region, in region order)."""
-        s, C, U = self.sizes, self.cfg.com_dim, self.sizes.U
-        rows = []
-        for src, dst in s.pairs:
-            slot = src if src < dst else src - 1  # the other regions, in order
-            rows.append(gen_w_iu[dst, U + slot * C:U + (slot + 1) * C])
-        return torch.stack(rows)
+        of the target generator's input weights that read its message (``message_rows``)."""
+        return torch.stack([gen_w_iu[dst, message_rows(self, src, dst)]
+                            for src, dst in self.sizes.pairs])
 
     # ---------------------------------------------------------------- forward
     def forward(self, heldin: Sequence[Tensor], ext: Sequence[Tensor | None] | None = None,
