@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mrlfads.files import cache_root
+
 if TYPE_CHECKING:
     from mrlfads.baselines import SmoothingBaseline
     from mrlfads.data_loaders.reader import ArrowDataset
@@ -56,8 +58,7 @@ def cache_dir() -> Path | None:
     value = os.environ.get(CACHE_ENV)
     if value is not None:
         return Path(value).expanduser() if value.strip() else None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mrlfads"
+    return cache_root()
 
 
 def _cache_file(manifest: Any, session: str, train_split: str, settings: Any) -> Path | None:

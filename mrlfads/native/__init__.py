@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from mrlfads.files import cache_root
+
 try:
     import fcntl
 except ImportError:  # Windows: no build lock, so no compiled loop; the Python loop runs
@@ -56,8 +58,7 @@ def cache_dir() -> Path:
     env = os.environ.get("MRLFADS_NATIVE_CACHE")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mrlfads" / "native"
+    return cache_root() / "native"
 
 
 def _compiler() -> str:
