@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+from mrlfads.atomic import TEMP_NAME_RE
 from mrlfads.data_loaders.errors import DatasetError
 
 FORMAT_VERSION = 1
@@ -37,7 +38,7 @@ SHARD_PATH_RE = re.compile(rf"^{SHARDS_DIR}/part-[0-9]{{5}}(-[0-9a-f]{{8}})?\.(a
 EXTRA_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 EXTRA_PATH_RE = re.compile(rf"^{EXTRAS_DIR}/[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # Temporary files of an interrupted write: '.NAME.tmp-PID-HEX' next to the final NAME.
-TMP_NAME_RE = re.compile(r"^\.[^/]+\.tmp-[0-9]+-[0-9a-f]+$")
+TMP_NAME_RE = TEMP_NAME_RE
 
 # Largest region (neurons) and external input (dims) a dataset may declare. The model's
 # read-in layer is N x N per region (mrlfads/params.py), so 16384 neurons is 1 GiB of

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mrlfads.atomic import write_atomic
 from mrlfads.data_loaders import fs as dfs
 from mrlfads.data_loaders import schema
 from mrlfads.data_loaders import sessions as _sessions
@@ -216,12 +217,7 @@ def _serialize(table: pa.Table, fmt: str) -> pa.Buffer:
 def _put(fs: pafs.FileSystem, path: str, data: pa.Buffer | bytes) -> None:
     """Write `data` to `path` so that a reader sees all of it or nothing."""
     if dfs.is_local(fs):
-        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
-        with open(tmp, "wb") as f:
-            f.write(memoryview(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, memoryview(data))
     else:
         with fs.open_output_stream(path) as f:  # an object PUT is atomic
             f.write(data)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mrlfads.atomic import write_atomic
 from mrlfads.tracking.errors import TrackingError
 from mrlfads.tracking.redact import redact_uri, same_store_from_env
 
@@ -192,10 +193,8 @@ class Outbox:
         if not self.pending:
             self.path.unlink(missing_ok=True)
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with _private_open(tmp, "w") as f:
-            f.write("".join(json.dumps(op) + "\n" for op in self.pending))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(op) + "\n" for op in self.pending),
+                     private=True)
 
 
 def _private_open(path: Path, mode: str):

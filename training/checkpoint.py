@@ -1,6 +1,6 @@
 """Checkpoints: one file holding everything needed to resume exactly or rebuild the model.
 
-Written atomically (temporary file in the same directory, fsync, os.replace), so a crash
+Written atomically (mrlfads.atomic: a temporary sibling, fsync, os.replace), so a crash
 mid-write leaves the previous checkpoint intact. Loaded with ``weights_only=True``: a
 checkpoint holds only tensors and plain Python containers, never pickled objects.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrlfads.atomic import open_atomic
 from mrlfads.config_utils import ConfigError
 from mrlfads.files import CHECKPOINT as CHECKPOINT_NAME
 
@@ -30,18 +30,8 @@ class CheckpointError(ValueError):
 def save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``payload`` to ``path`` atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": CHECKPOINT_FORMAT, **payload}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open_atomic(path, "wb") as fh:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, fh)
     return path
 
 

@@ -44,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mrlfads.atomic import write_atomic
+
 ENV = "MRLFADS_FAULT"
 MARKER = "mrlfads-fault-{}"  # per fault in the list: how often it fired here
 SIGNALS = {name: getattr(signal, f"SIG{name}") for name in ("KILL", "TERM", "INT", "HUP")
@@ -148,10 +150,7 @@ def _fired(marker: Path | None) -> int:
 def _count(marker: Path | None, n: int) -> None:
     if marker is None:
         return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f".{marker.name}.tmp")
-    tmp.write_text(str(n))
-    os.replace(tmp, marker)  # counted before the signal, which may be KILL
+    write_atomic(marker, str(n))  # counted before the signal, which may be KILL
 
 
 def trial_marker_dir(trial_id: str) -> Path:

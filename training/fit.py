@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from mrlfads.atomic import write_atomic
 from mrlfads.files import BEST, LAST
 from mrlfads.ramps import selectable
 from mrlfads.training import faults
@@ -29,13 +29,6 @@ from mrlfads.training.loop import NonFiniteLossError, Trainer
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def fit(
@@ -57,8 +50,8 @@ def fit(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     total = epochs if epochs is not None else trainer.cfg.train.epochs
-    write_text_atomic(out / CONFIG, yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False))
-    write_text_atomic(out / METRICS, "".join(json.dumps(m) + "\n" for m in trainer.history))
+    write_atomic(out / CONFIG, yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False))
+    write_atomic(out / METRICS, "".join(json.dumps(m) + "\n" for m in trainer.history))
     metrics: dict[str, float] = trainer.history[-1] if trainer.history else {}
     bar = _progress(progress)
     fault = faults.epoch_hook(out)  # None unless MRLFADS_FAULT asks (fault tests)

@@ -15,7 +15,6 @@ data reads it instead of fitting again, and does not read the training split.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mrlfads.atomic import open_atomic
 from mrlfads.files import cache_root
 
 if TYPE_CHECKING:
@@ -95,15 +95,10 @@ def _keep(path: Path | None, baseline: SmoothingBaseline) -> None:
     never the scores."""
     if path is None:
         return
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with open_atomic(path, "wb") as f:
             np.savez(f, **baseline.to_arrays())
-        os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):  # its folder may be what could not be made
-            tmp.unlink(missing_ok=True)
         warnings.warn(f"the smoothing baseline was not cached in {path.parent} ({exc}); set "
                       f"{CACHE_ENV} to a folder you can write, or to '' for no cache",
                       stacklevel=3)

@@ -41,6 +41,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from mrlfads.atomic import write_atomic
 from mrlfads.files import CHECKPOINT  # the file in each Tune checkpoint directory
 from mrlfads.scratch import scratch_dir
 
@@ -113,9 +114,7 @@ def _load_state(path: Path | None, config_hparams: Mapping[str, Any]) -> dict[st
 
 def _save_state(path: Path | None, state: Mapping[str, Any]) -> None:
     if path is not None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(state, indent=1))
 
 
 def _give_up_message(exc: Exception, state: Mapping[str, Any]) -> str:

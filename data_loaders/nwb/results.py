@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from mrlfads.atomic import replacing
 from mrlfads.data_loaders.errors import IngestError
 
 MODULE = "mrlfads"
@@ -115,20 +116,12 @@ def write_results_nwb(source: str | os.PathLike, out: str | os.PathLike, results
             generated_by=[("mrlfads", str(results.provenance.get("mrlfads_version", "")))])
         skipped = copy_session_tables(src, nwb)
         _add_results(nwb, results, stamps, order, src.identifier)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # a fresh name (not mkstemp's owner-only file): the result gets the umask's mode
-        tmp = str(out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp.nwb")
-        try:
-            with pynwb.NWBHDF5IO(tmp, "w") as io:
+        with replacing(out, suffix=".nwb") as tmp:  # pynwb warns without it
+            with pynwb.NWBHDF5IO(str(tmp), "w") as io:
                 io.write(nwb)
             if out.exists() and not overwrite:
                 raise FileExistsError(f"--out {out} already exists: choose another --out or "
                                       "pass --overwrite")
-            os.replace(tmp, out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
     return out, skipped
 
 

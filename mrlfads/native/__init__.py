@@ -22,13 +22,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from mrlfads.atomic import replacing
 from mrlfads.files import cache_root
 
 try:
@@ -136,21 +136,15 @@ def _compile(cxx: str, openmp: bool, target: Path, verbose: bool) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS if this process dies
         if target.exists():
             return target
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        os.close(fd)
         start = time.perf_counter()
-        try:
-            proc = subprocess.run(_command(cxx, tmp, openmp), capture_output=True, text=True,
-                                  check=False)
+        with replacing(target) as tmp:
+            proc = subprocess.run(_command(cxx, str(tmp), openmp), capture_output=True,
+                                  text=True, check=False)
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
                 names = ", ".join(map(str, SOURCES))
                 raise NativeBuildError(f"compiling {names} failed:\n{tail}")
-            os.chmod(tmp, 0o755)  # mkstemp's 0600 would hide it from other users of a cache
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            os.chmod(tmp, 0o755)  # whatever the umask, other users of a shared cache load it
         if verbose:
             print(f"built {target}{'' if openmp else ' (without OpenMP)'} in "
                   f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
