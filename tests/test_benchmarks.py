@@ -290,6 +290,11 @@ def test_spiking_grid_run_names_stay_within_the_file_name_limit():
     long_b = name("random-2-5hz-10ms", 0, [*r72, "model.pathways=[A1->A0, A0->A1]"])
     assert long_a != long_b and max(len(long_a), len(long_b)) < 255
     assert long_a.startswith("random-2-5hz-10ms-s0-set-")
+    # a run of other than the default epochs gets its own folder, a default one keeps its name
+    assert name("random-2-5hz-10ms", 1, ["a=1"], 350) == "random-2-5hz-10ms-s1-e350-a=1"
+    assert name("random-2-5hz-10ms", 1, [], 100) == "random-2-5hz-10ms-s1"
+    assert name("random-2-5hz-10ms", 0, [*r72, "model.pathways=[A1->A0, A0->A1]"], 350).startswith(
+        "random-2-5hz-10ms-s0-e350-set-")
 
 
 def test_decoder_ceiling_recovers_a_message_the_spikes_hold_and_not_one_they_do_not(tmp_path):

@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+EPOCHS = 100  # a run's default length: --epochs
 DATASETS = {  # name -> (kind, network seed)
     "memory-ring": ("memory-ring", 0), "relay-decision": ("relay-decision", 0),
     "random-0": ("random", 0), "random-1": ("random", 1), "random-2": ("random", 2),
@@ -175,16 +176,19 @@ def run_pbt(path: Path, seed: int, epochs: int, population: int, out: Path) -> d
     return {**result, "hparams": summary.hparams, "exploits": summary.exploits}
 
 
-def run_name(data: str, seed: int, sets: list[str]) -> str:
-    """A run directory's name: the dataset, the seed and the ``--set`` items, or, where
-    those would pass the file-name limit (255 bytes), a digest of the items instead."""
+def run_name(data: str, seed: int, sets: list[str], epochs: int = EPOCHS) -> str:
+    """A run directory's name: the dataset, the seed, the epochs where they are not the
+    default (so a longer run never overwrites a shorter one's folder) and the ``--set``
+    items, or, where those would pass the file-name limit (255 bytes), a digest of the
+    items instead."""
     import hashlib
 
-    name = "-".join([data, f"s{seed}", *sets])
+    head = "-".join([data, f"s{seed}", *([f"e{epochs}"] if epochs != EPOCHS else [])])
+    name = "-".join([head, *sets])
     if len(name.encode()) <= 200:
         return name
     digest = hashlib.sha1("\0".join(sets).encode()).hexdigest()[:12]
-    return f"{data}-s{seed}-set-{digest}"
+    return f"{head}-set-{digest}"
 
 
 def table(rows: list[dict]) -> str:
@@ -220,7 +224,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--arms", nargs="+", default=["defaults"], choices=["defaults", "pbt"])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--rate-hz", type=float, default=5.0)
     p.add_argument("--bin-ms", type=float, default=10.0)
     p.add_argument("--trials", type=int, default=TRIALS)
@@ -264,7 +268,7 @@ def main() -> None:
                     continue
                 t0 = time.time()
                 if arm == "defaults":
-                    run_dir = out / "runs" / run_name(path.name, seed, args.set)
+                    run_dir = out / "runs" / run_name(path.name, seed, args.set, args.epochs)
                     metrics = run_defaults(path, seed, args.epochs, run_dir, overrides)
                 else:
                     metrics = run_pbt(path, seed, args.epochs, args.population, out)

@@ -172,7 +172,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    done = ({(r["arm"], r["name"], r["seed"], tuple(r.get("set", [])))
+    done = ({(r["arm"], r["name"], r["seed"], tuple(r.get("set", [])), r.get("epochs", 100))
              for r in map(json.loads, results.open())} if results.exists() else set())
     stitched = simulated(out, args, args.sessions)
     alone = [session_alone(stitched, k) for k in range(args.sessions)]
@@ -196,7 +196,7 @@ def main() -> None:
         return
     for seed in args.seeds:
         for arm, name, path in jobs:
-            if (arm, name, seed, tuple(args.set)) in done:
+            if (arm, name, seed, tuple(args.set), args.epochs) in done:
                 continue
             start = time.time()
             extra = {}
@@ -209,7 +209,8 @@ def main() -> None:
                          "population": args.population}
             else:
                 metrics = fit_and_score(path, seed, args.epochs,
-                                        out / "runs" / run_name(name, seed, args.set), overrides)
+                                        out / "runs" / run_name(name, seed, args.set, args.epochs),
+                                        overrides)
             from mrlfads.data_loaders.reader import ArrowDataset
 
             n = sum(ArrowDataset.open(path).manifest.splits.values())
