@@ -1,10 +1,12 @@
 """Atomic file writes: a reader, or a process killed mid-write, sees a file's old content or
 its new content, never part of either.
 
-Every writer in mrlfads (checkpoints, metrics, dataset shards, caches, reports, the tracking
-outbox, NWB results, the compiled loop) goes through ``replacing``: the new content is
-written to a temporary sibling and moved onto the final name with ``os.replace``, which is
-atomic within one folder. The temporary name says what it is
+Every file mrlfads writes whole (checkpoints, a run's config and metrics, dataset shards
+and manifests, caches, reports, the tracking outbox, NWB results, the compiled loop) goes
+through ``replacing``: the new content is written to a temporary sibling and moved onto the
+final name with ``os.replace``, which is atomic within one folder. Lines appended to a log
+(an epoch's metrics, a new outbox op) and the output folder ``infer`` swaps in
+(training/infer_io.py) are not whole-file writes and keep their own rules. The temporary name says what it is
 (``.NAME.tmp-PID-HEX``, ``TEMP_NAME_RE``), so a dataset folder that a killed write left
 behind can be recognised (data_loaders/schema.py).
 """
