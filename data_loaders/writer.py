@@ -2,7 +2,8 @@
 
 Crash safety: shards are written under temporary names and renamed (object stores: a PUT
 is atomic), the manifest is written last (also tmp + rename), and on overwrite the files
-the old manifest lists (and only those) are deleted after the new manifest is in place. A
+the old manifest lists, and the writer-named leftovers of an overwrite killed before its
+manifest, are deleted after the new manifest is in place (never other files). A
 directory without dataset.json is never read as a dataset, so an interrupted write is never
 mistaken for a complete one, and the old dataset stays readable until the new one is.
 """
@@ -237,7 +238,9 @@ def _check_target(fs: pafs.FileSystem, root: str, uri: str,
                   overwrite: bool) -> tuple[set[str], set[str]]:
     """(relative paths present, the old dataset's own files that an overwrite replaces).
 
-    Only a complete dataset is replaced, and only the files its manifest lists are deleted:
+    Only a complete dataset is replaced. Deleted are the files its manifest lists and the
+    shards, extras and temporary files that an earlier overwrite killed before its manifest
+    left beside it (names only the writer makes, schema.is_writer_file), never other files:
     a folder with other files, a write that never finished, or an unreadable dataset.json
     is refused, since mrlfads cannot tell which of those files are its own."""
     info = fs.get_file_info(root)
@@ -259,7 +262,9 @@ def _check_target(fs: pafs.FileSystem, root: str, uri: str,
                 f"{uri}: --overwrite refused, {schema.MANIFEST_NAME} there is not a valid "
                 f"mrlfads manifest ({e}), so which files are the dataset's is unknown; nothing "
                 "was deleted: remove the folder yourself or choose another path") from None
-        return existing, {s.path for s in old.shards} | {e.path for e in old.extras}
+        leftovers = {r for r in existing
+                     if r != schema.MANIFEST_NAME and schema.is_writer_file(r)}
+        return existing, {s.path for s in old.shards} | {e.path for e in old.extras} | leftovers
     partial = sorted(r for r in existing if schema.is_writer_file(r))
     if len(partial) == len(existing):
         raise DatasetError(
@@ -381,8 +386,9 @@ def write_dataset(
     manifest = DatasetManifest(**{**draft.__dict__, "splits": splits, "shards": tuple(shards),
                                   "extras": tuple(extras)})
     _put(fs, dfs.join(root, schema.MANIFEST_NAME), manifest.to_json().encode())
-    # Only now is the old dataset unreachable: remove the files its manifest listed (names
-    # the manifest check allows: shards/part-*, extras/*), nothing else in the folder.
+    # Only now is the old dataset unreachable: remove the files its manifest listed and the
+    # leftovers of killed overwrites (writer-made names: shards/part-*, extras/*, .NAME.tmp-*),
+    # nothing else in the folder.
     keep = {s.path for s in shards} | {e.path for e in extras}
     for rel in sorted(replaced & taken - keep):
         path = dfs.join(root, rel)

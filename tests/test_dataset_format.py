@@ -153,6 +153,18 @@ def test_crash_during_overwrite_leaves_old_dataset_intact(tmp_path, monkeypatch)
     again = ArrowDataset.open(tmp_path / "d")
     again.validate()
     np.testing.assert_array_equal(again.arrays("train")["x/A"], before)
+    # the killed write's first shard and a temporary file are left beside the old dataset;
+    # the next overwrite that finishes removes them with the old shards, and nothing else
+    (tmp_path / "d" / "shards" / ".part-00009.arrow.tmp-4242-a1b2c3").write_bytes(b"partial")
+    (tmp_path / "d" / "notes.txt").write_text("the user's")
+    leftovers = set(os.listdir(tmp_path / "d" / "shards")) - {
+        s.path.split("/")[1] for s in old.manifest.shards}
+    assert len(leftovers) == 2
+    monkeypatch.setattr(writer, "_put", real_put)
+    new = make_tiny_dataset(tmp_path / "d", seed=1, overwrite=True)
+    on_disk = {f"shards/{p}" for p in os.listdir(tmp_path / "d" / "shards")}
+    assert on_disk == {s.path for s in new.manifest.shards}
+    assert (tmp_path / "d" / "notes.txt").read_text() == "the user's"
 
 
 def test_crash_before_manifest_leaves_no_dataset(tmp_path, monkeypatch):
