@@ -37,8 +37,6 @@ _TASK_RE = re.compile(r"^task/[A-Za-z][A-Za-z0-9_]*$")
 SHARD_PATH_RE = re.compile(rf"^{SHARDS_DIR}/part-[0-9]{{5}}(-[0-9a-f]{{8}})?\.(arrow|parquet)$")
 EXTRA_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 EXTRA_PATH_RE = re.compile(rf"^{EXTRAS_DIR}/[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-# Temporary files of an interrupted write: '.NAME.tmp-PID-HEX' next to the final NAME.
-TMP_NAME_RE = TEMP_NAME_RE
 
 # Largest region (neurons) and external input (dims) a dataset may declare. The model's
 # read-in layer is N x N per region (mrlfads/params.py), so 16384 neurons is 1 GiB of
@@ -54,7 +52,7 @@ def is_writer_file(rel: str) -> bool:
     name = rel.rsplit("/", 1)[-1]
     return (rel == MANIFEST_NAME or bool(SHARD_PATH_RE.match(rel) or EXTRA_PATH_RE.match(rel))
             or (rel.count("/") <= 1 and rel.split("/")[0] in (name, SHARDS_DIR, EXTRAS_DIR)
-                and bool(TMP_NAME_RE.match(name))))
+                and bool(TEMP_NAME_RE.match(name))))
 
 
 def check_region_name(name: object, where: str = "region name") -> str:
