@@ -254,17 +254,18 @@ def _check_target(fs: pafs.FileSystem, root: str, uri: str,
         if not overwrite:
             raise DatasetError(f"{uri}: a dataset already exists here ({schema.MANIFEST_NAME}); "
                                "pass --overwrite to replace it, or choose another path")
-        try:
+        try:  # read only to refuse a manifest that is not ours: its paths are writer names
             with fs.open_input_stream(dfs.join(root, schema.MANIFEST_NAME)) as f:
-                old = DatasetManifest.from_json(f.read(), source=schema.MANIFEST_NAME)
+                DatasetManifest.from_json(f.read(), source=schema.MANIFEST_NAME)
         except (DatasetError, OSError) as e:
             raise DatasetError(
                 f"{uri}: --overwrite refused, {schema.MANIFEST_NAME} there is not a valid "
                 f"mrlfads manifest ({e}), so which files are the dataset's is unknown; nothing "
                 "was deleted: remove the folder yourself or choose another path") from None
-        leftovers = {r for r in existing
-                     if r != schema.MANIFEST_NAME and schema.is_writer_file(r)}
-        return existing, {s.path for s in old.shards} | {e.path for e in old.extras} | leftovers
+        # the old manifest's shards and extras (a valid manifest lists only writer names) and
+        # what a killed overwrite left: every writer-named file but the manifest itself
+        return existing, {r for r in existing
+                          if r != schema.MANIFEST_NAME and schema.is_writer_file(r)}
     partial = sorted(r for r in existing if schema.is_writer_file(r))
     if len(partial) == len(existing):
         raise DatasetError(
