@@ -41,6 +41,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from spiking_grid import (  # this folder
+    EPOCHS,
+    decoder_r2,
+    run_defaults,
+    run_name,
+    run_pbt,
+    smoothing_co_bps,
+)
 from subset import write_subset  # this folder
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -95,16 +103,12 @@ def decoder_ceiling(path: Path, sessions: list[Path] | None = None) -> float:
     """What the spikes of one trial allow: the spiking grid's ridge decoder from the source's
     and target's spikes to each true message, averaged over pathways; for a stitched
     dataset, over its sessions too, each decoded from the neurons it recorded."""
-    from spiking_grid import decoder_r2  # this folder
-
     return float(np.mean([np.mean(list(decoder_r2(p).values())) for p in (sessions or [path])]))
 
 
 def smoothing_ceiling(path: Path) -> float:
     """The spiking grid's smoothing co-bps of the dataset at ``path`` (per session and pooled
     for a stitched dataset): what a model's co-bps must beat; NaN where none."""
-    from spiking_grid import smoothing_co_bps  # this folder
-
     from mrlfads.data_loaders.reader import ArrowDataset
 
     return smoothing_co_bps(ArrowDataset.open(path))
@@ -113,8 +117,6 @@ def smoothing_ceiling(path: Path) -> float:
 def fit_and_score(path: Path, seed: int, epochs: int, run_dir: Path,
                   overrides: dict | None = None) -> dict[str, float]:
     """The spiking grid's defaults arm (fit, then score ``best.pt``), this table's columns."""
-    from spiking_grid import run_defaults  # this folder
-
     metrics = run_defaults(path, seed, epochs, run_dir, overrides)
     return {c: metrics[c] for c in COLUMNS}
 
@@ -152,7 +154,7 @@ def main() -> None:
     p.add_argument("--sessions", type=int, default=4)
     p.add_argument("--frac", type=float, default=0.25)
     p.add_argument("--trials", type=int, default=480, help="trials per session")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--arms", nargs="+", default=["full", "stitched", "alone"],
                    choices=["full", "stitched", "alone", "pbt"])
@@ -164,15 +166,13 @@ def main() -> None:
                    help="print each arm's smoothing co-bps and decoder R^2 as JSON lines, and "
                         "fit nothing")
     args = p.parse_args()
-    from spiking_grid import run_name  # this folder
-
     from mrlfads.training.yaml12 import parse_sets
 
     overrides = parse_sets(args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    done = ({(r["arm"], r["name"], r["seed"], tuple(r.get("set", [])), r.get("epochs", 100))
+    done = ({(r["arm"], r["name"], r["seed"], tuple(r.get("set", [])), r.get("epochs", EPOCHS))
              for r in map(json.loads, results.open())} if results.exists() else set())
     stitched = simulated(out, args, args.sessions)
     alone = [session_alone(stitched, k) for k in range(args.sessions)]
@@ -201,8 +201,6 @@ def main() -> None:
             start = time.time()
             extra = {}
             if arm == "pbt":
-                from spiking_grid import run_pbt  # this folder
-
                 result = run_pbt(path, seed, args.epochs, args.population, out.resolve())
                 metrics = {c: result[c] for c in COLUMNS}
                 extra = {"hparams": result["hparams"], "exploits": result["exploits"],
