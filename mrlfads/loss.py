@@ -125,9 +125,12 @@ def pathway_drive(out: ModelOutput) -> Tensor | None:
 
 def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
                  heldout: Sequence[Tensor] | None,
-                 recon_weight: Sequence[Tensor | None] | None = None) -> dict[str, list[Tensor]]:
-    """Per-region terms: recon, kl_ic, kl_co, kl_com, l2, heldout (unweighted by the loss
-    weights; ``recon_weight`` weights the reconstruction's elements, see recon_terms)."""
+                 recon_weight: Sequence[Tensor | None] | None = None,
+                 drive_norms: bool = True) -> dict[str, list[Tensor]]:
+    """Per-region terms: recon, kl_ic, kl_co, kl_com, l2, heldout, sparsity (unweighted by
+    the loss weights; ``recon_weight`` weights the reconstruction's elements, see
+    recon_terms). ``drive_norms=False`` leaves the sparsity terms at 0 without computing
+    the drive norms: what a step whose pathway price is 0 needs."""
     Tp = out.readout[0].shape[1]
     R = len(out.region_names)
     terms: dict[str, list[Tensor]] = {k: [] for k in
@@ -139,7 +142,7 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
     kl_pair = None if out.msg_mean is None else kl_diag_gaussian(
         _f32(out.msg_mean), _f32(out.msg_var), out.com_prior_logvar).sum((1, 3)).mean(0)
     terms["recon"] = recon_terms(out, heldin, recon_weight)
-    drive = pathway_drive(out)
+    drive = pathway_drive(out) if drive_norms else None
     for r in range(R):
         terms["kl_ic"].append(_trial_mean(kl_diag_gaussian(
             _f32(out.ic_mean[r]), _f32(out.ic_var[r]), out.ic_prior_logvar[r])))
@@ -178,7 +181,8 @@ def region_terms(out: ModelOutput, heldin: Sequence[Tensor],
 def compute_loss(out: ModelOutput, heldin: Sequence[Tensor], heldout: Sequence[Tensor] | None,
                  loss_cfg, epoch: float,
                  recon_weight: Sequence[Tensor | None] | None = None,
-                 weights: Mapping[str, Tensor | float] | None = None) -> LossTerms:
+                 weights: Mapping[str, Tensor | float] | None = None,
+                 drive_norms: bool = True) -> LossTerms:
     """Training loss (ramped, weighted) and the true negative ELBO of one batch.
 
     Per region: recon + w_ic KL(z0) + w_u sum_t KL(u_t) + w_m sum_t sum_s KL(m^{s->r})
@@ -186,9 +190,10 @@ def compute_loss(out: ModelOutput, heldin: Sequence[Tensor], heldout: Sequence[T
     ``recon_weight[r]`` (B, T', N_r) weights each held-in element's NLL in recon: the
     coordinated-dropout and sample-validation masks (training/masks.py); ``heldin`` is
     always the unmasked data. ``weights`` replaces ``loss_weights(loss_cfg, epoch)``: the
-    training step passes 0-d tensors it updates in place (training/step.py).
+    training step passes 0-d tensors it updates in place (training/step.py), and
+    ``drive_norms=False`` when the pathway price is 0 (see region_terms).
     """
-    terms = region_terms(out, heldin, heldout, recon_weight)
+    terms = region_terms(out, heldin, heldout, recon_weight, drive_norms)
     weights = loss_weights(loss_cfg, epoch) if weights is None else dict(weights)
     total = sum(
         terms["recon"][r] + weights["kl_ic"] * terms["kl_ic"][r]

@@ -54,12 +54,15 @@ def _adamw(model, cfg):
                              weight_decay=t.weight_decay)
 
 
-def test_the_step_object_equals_the_plain_step_over_20_steps_with_changes_midway(tiny):
+@pytest.mark.parametrize("price", [0.0, 0.5])
+def test_the_step_object_equals_the_plain_step_over_20_steps_with_changes_midway(tiny, price):
+    """With the pathway price at 0 the step skips the drive norms (its sparsity terms are
+    0, every other number the same); priced, it computes them as the plain step does."""
     # ramps 0+3: the weights differ between epoch 0 (1/4) and epoch 2 (3/4)
     ramps = {f"loss.{k}.{f}": v for k in ("ic_ramp", "co_ramp", "com_ramp", "l2_ramp")
              for f, v in (("start", 0), ("length", 3))}
     cfg = smoke(tiny, **ramps, **{"train.cd_rate": 0.3, "model.dropout": 0.2,
-                                  "train.weight_decay": 0.01})
+                                  "train.weight_decay": 0.01, "loss.pathway_sparsity": price})
     data = load_split(tiny, "train", CPU)
     torch.manual_seed(0)
     ref = MRLFADS(cfg.model)
@@ -107,6 +110,11 @@ def test_the_step_object_equals_the_plain_step_over_20_steps_with_changes_midway
     for i, (a, b) in enumerate(zip(expected, got)):
         assert a.keys() == b.keys()
         for key in a:
+            if key.startswith("sparsity/"):
+                assert a[key] > 0.0  # the plain step computes the drive norms either way
+                if price == 0.0:
+                    assert b[key] == 0.0, (i, key)
+                    continue
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-5), (i, key)
     for (name, p), q in zip(ref.named_parameters(), model.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
@@ -163,7 +171,10 @@ def test_a_non_finite_step_is_named_once_per_epoch_by_its_own_terms(tiny):
     with pytest.raises(NonFiniteLossError, match=r"epoch 1 \(non-finite terms: loss\)"):
         trainer.train_one_epoch()
     assert trainer.step.first_nonfinite() == ["loss"]
-    assert all(math.isnan(v) for v in trainer.step.epoch_means().values())
+    means = trainer.step.epoch_means()
+    # every term is NaN but the sparsity terms, which a step without a pathway price skips
+    assert all(math.isnan(v) for k, v in means.items() if not k.startswith("sparsity/"))
+    assert [means[k] for k in means if k.startswith("sparsity/")] == [0.0, 0.0]
 
 
 def test_cuda_graph_setting(tiny):

@@ -232,7 +232,7 @@ class TrainStep:
     def _baked_values(self) -> tuple:
         t, opt = self.cfg.train, self.optimizer.param_groups[0]
         return (t.grad_clip, float(opt["weight_decay"]), tuple(opt["betas"]), t.amp,
-                self.model.dropout_p > 0, t.cd_rate > 0)
+                self.model.dropout_p > 0, t.cd_rate > 0, self.cfg.loss.pathway_sparsity > 0)
 
     def _autocast(self):
         if self.cfg.train.amp and self.device.type == "cuda":
@@ -253,7 +253,8 @@ class TrainStep:
             out = self.model(shown, batch.ext, sample=True, **extra)
             terms = compute_loss(out, batch.heldin, batch.heldout, cfg.loss, 0,
                                  recon_weight=recon_weight,
-                                 weights=dict(zip(WEIGHT_NAMES, self.weights.unbind())))
+                                 weights=dict(zip(WEIGHT_NAMES, self.weights.unbind())),
+                                 drive_norms=cfg.loss.pathway_sparsity > 0)  # unpriced: unused
         values = terms.scalar_tensors()
         if self._names is None:
             self._names = list(values)
