@@ -229,10 +229,15 @@ class TrainStep:
         self.captures += 1
         return graph
 
+    @property
+    def _priced(self) -> bool:
+        """Whether the loss prices pathway drive: if not, the step skips the drive norms."""
+        return self.cfg.loss.pathway_sparsity > 0
+
     def _baked_values(self) -> tuple:
         t, opt = self.cfg.train, self.optimizer.param_groups[0]
         return (t.grad_clip, float(opt["weight_decay"]), tuple(opt["betas"]), t.amp,
-                self.model.dropout_p > 0, t.cd_rate > 0, self.cfg.loss.pathway_sparsity > 0)
+                self.model.dropout_p > 0, t.cd_rate > 0, self._priced)
 
     def _autocast(self):
         if self.cfg.train.amp and self.device.type == "cuda":
@@ -254,7 +259,7 @@ class TrainStep:
             terms = compute_loss(out, batch.heldin, batch.heldout, cfg.loss, 0,
                                  recon_weight=recon_weight,
                                  weights=dict(zip(WEIGHT_NAMES, self.weights.unbind())),
-                                 drive_norms=cfg.loss.pathway_sparsity > 0)  # unpriced: unused
+                                 drive_norms=self._priced)
         values = terms.scalar_tensors()
         if self._names is None:
             self._names = list(values)
