@@ -454,7 +454,11 @@ def test_cli_ingest_prints_summary(nwb, tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "ALM" in text and "perturbed" in text and "STR" in text  # STR named in the warning
-    assert ArrowDataset.open(out).manifest.splits["perturbed"] == 1
+    m = ArrowDataset.open(out).manifest
+    assert m.splits["perturbed"] == 1
+    # headings are whole lines, however long the path (a table title wrapped them)
+    assert f"{m.name}: 5 bins of 100 ms -> {out}" in text.splitlines()
+    assert "trials per split" in text.splitlines()
     assert main(["ingest", str(nwb), "--out", str(out)]) == 2  # exists, no --overwrite
     assert "--overwrite" in capsys.readouterr().err
     # -0.2:0.5 puts trial 2's window [2.4, 3.1) past its stop: refused, then dropped, then

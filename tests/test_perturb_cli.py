@@ -130,6 +130,18 @@ def test_two_regions_cut_equals_silence_and_all_channels_equal_the_cut(trained, 
     assert report["perturbation"]["channels"] == [1]
 
 
+def test_the_printed_heading_is_one_line_above_the_table(trained, tmp_path, capsys):
+    """A rich table's title wraps at the table's width, which split the heading over two
+    lines; it is printed as a line of its own."""
+    capsys.readouterr()
+    assert _perturb(trained, tmp_path / "one", "--cut", "A->B", "--channels", "1") == 0
+    trials = json.loads((tmp_path / "one" / "report.json").read_text())["trials"]
+    lines = capsys.readouterr().out.splitlines()
+    heading = f"cutting A->B (channels 1) over bins {WINDOW} ({trials} trials)"
+    assert heading in lines
+    assert lines[lines.index(heading) + 1].startswith("┏")  # the table's top rule
+
+
 def test_silence_inputs_moves_the_region_from_the_window_on(trained, tmp_path):
     out = tmp_path / "inputs"
     assert _perturb(trained, out, "--silence-inputs", "A", data="data") == 0

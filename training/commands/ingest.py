@@ -133,24 +133,31 @@ def _summary(m, out: str) -> None:
     """Regions x units and trials per split, then the warnings, as rich tables."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
-    regions = Table(title=f"{m.name}: {m.n_bins} bins of {m.bin_width_s * 1000:g} ms -> {out}")
+    # headings are lines of their own: a table's title wraps at the table's width
+    console.print(Text(f"{m.name}: {m.n_bins} bins of {m.bin_width_s * 1000:g} ms -> {out}",
+                       style="bold"), soft_wrap=True)
+    regions = Table()
     for col in ("region", "held-in", "held-out", "ext dim"):
         regions.add_column(col, justify="left" if col == "region" else "right")
     for r in m.regions:
         regions.add_row(r.name, str(r.n_heldin), str(r.n_heldout), str(m.ext_dims.get(r.name, 0)))
     console.print(regions)
-    splits = Table(title="trials per split")
+    splits = Table()
     splits.add_column("split")
     splits.add_column("trials", justify="right")
     for s, n in m.splits.items():
         splits.add_row(s, str(n))
+    console.print(Text("trials per split", style="bold"), soft_wrap=True)
     console.print(splits)
     if m.silenced:
         console.print(f"recorded interventions (trained on) silence: {', '.join(m.silenced)}")
     if m.sessions:
-        table = Table(title="sessions (held-in+held-out units per region)")
+        console.print(Text("sessions (held-in+held-out units per region)", style="bold"),
+                      soft_wrap=True)
+        table = Table()
         table.add_column("session")
         for r in m.region_names:
             table.add_column(r, justify="right")

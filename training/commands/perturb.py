@@ -53,14 +53,18 @@ def run(args: argparse.Namespace) -> int:
 def _print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     p = report["perturbation"]
     what = {"silence": f"silencing {p['target']}'s messages", "cut": f"cutting {p['target']}",
             "inputs": f"silencing {p['target']}'s inferred inputs"}[p["kind"]]
     if p["channels"] is not None:
         what += f" (channels {','.join(map(str, p['channels']))})"
-    table = Table(title=f"{what} over bins {p['window'][0]}:{p['window'][1]} "
-                        f"({report['trials']} trials)")
+    console = Console()
+    # the heading is its own line: a table's title wraps at the table's width
+    console.print(Text(f"{what} over bins {p['window'][0]}:{p['window'][1]} "
+                       f"({report['trials']} trials)", style="bold"), soft_wrap=True)
+    table = Table()
     table.add_column("region")
     table.add_column("predicted mean |change|", justify="right")
     measured = report.get("measured_mean_abs_change")
@@ -72,7 +76,7 @@ def _print_table(report: dict) -> None:
         if measured:
             row += [f"{measured[name]:.4g}", f"{report['rank_correlation_by_region'][name]:.3f}"]
         table.add_row(name, *row)
-    Console().print(table)
+    console.print(table)
     if "rank_correlation" in report:
         print(f"rank correlation predicted vs measured (all neurons): sizes "
               f"{report['rank_correlation']:.3f} (ranking neurons by firing rate alone: "
