@@ -11,11 +11,14 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.tracking import MlflowClient
+from mlflow.utils.file_utils import ArtifactProgressBar
 
 from mrlfads import loop_ops
 from mrlfads.data_loaders.testing import make_tiny_dataset
@@ -82,9 +85,22 @@ def test_promote_run_registers_a_model_that_loads_without_the_repository(
     assert {t.key: t.value for t in inp.tags} == {CONTEXT_TAG: "training"}
     assert RUN_CHECKPOINT in {a.path for a in client.list_artifacts(run_id, "checkpoint")}
 
-    assert main(["promote", "--run", run_id, "--tracking-uri", mlflow_sqlite_uri]) == 0
-    out = capsys.readouterr().out
-    assert "registered as new mrlfads-tiny-run version 1" in out
+    # no MLflow noise: a warning asking for type hints, a progress bar per artifact that
+    # logging downloads (the bars are MLflow's tqdm, which the suite's TQDM_DISABLE hides, so
+    # what is read is whether MLflow was asked for them)
+    bars, set_pbar = [], ArtifactProgressBar.set_pbar
+
+    def asked(bar):
+        bars.append(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get())
+        set_pbar(bar)
+    monkeypatch.setattr(ArtifactProgressBar, "set_pbar", asked)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["promote", "--run", run_id, "--tracking-uri", mlflow_sqlite_uri]) == 0
+    assert "registered as new mrlfads-tiny-run version 1" in capsys.readouterr().out
+    assert not [w for w in caught if "type hints" in str(w.message)]
+    assert bars and not any(bars)
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # restored
     assert main(["promote", "--run", run_id, "--tracking-uri", mlflow_sqlite_uri]) == 0
     assert "already registered as mrlfads-tiny-run version 1" in capsys.readouterr().out
     version = client.get_model_version_by_alias("mrlfads-tiny-run", "champion")
@@ -112,6 +128,7 @@ def test_promote_run_registers_a_model_that_loads_without_the_repository(
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], check=False, cwd=child_dir,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "type hints" not in proc.stderr  # loading the model warns of nothing of ours
     child = json.loads((child_dir / "child.json").read_text())
     # nothing of ours was importable before the model came; after, only its own mrlfads
     assert child["before"] == {"mrlfads": False, "training": False, "tracking": False,

@@ -194,6 +194,23 @@ def _log_and_register(client, name, sweep, best, model, run_cfg, manifest, check
 
 
 @contextlib.contextmanager
+def no_artifact_progress_bars():
+    """MLflow's progress bars off for a block, unless the user set
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR: promoting downloads a run's checkpoint and logging
+    a model loads it back to check its input example, and each artifact drew a bar of its
+    own on stderr."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
 def _global_uri(uri: str):
     """Point MLflow's global tracking and registry URIs at ``uri`` for a block, then restore."""
     import mlflow

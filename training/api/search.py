@@ -143,11 +143,19 @@ def promote(sweep: str | None = None, *, run: str | None = None, name: str | Non
     point ``alias`` at it. Returns the registry's answer (``.name``, ``.version``, ``.uri``:
     load it with `load`). ``echo`` gets the progress lines."""
     from mrlfads.tracking.errors import TrackingError
-    from mrlfads.tracking.registry import find_best_trial
+    from mrlfads.tracking.registry import no_artifact_progress_bars
 
-    echo = echo or _say
     if (sweep is None) == (run is None):
         raise TrackingError("name one of --sweep NAME or --run RUN_ID to promote")
+    with no_artifact_progress_bars():
+        return _promote(sweep, run=run, name=name, metric=metric, mode=mode, alias=alias,
+                        tracking_uri=tracking_uri, echo=echo or _say)
+
+
+def _promote(sweep, *, run, name, metric, mode, alias, tracking_uri, echo):
+    from mrlfads.tracking.errors import TrackingError
+    from mrlfads.tracking.registry import find_best_trial
+
     if run:
         if metric or mode:
             raise TrackingError("--metric and --mode rank a sweep's trials: use them with "
