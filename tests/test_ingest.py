@@ -71,6 +71,34 @@ def test_counts_match_hand_counts_with_alignment_and_perturbed_split(nwb, tmp_pa
     assert by_trial(ds, "condition") == {0: "L", 1: "R", 2: "L"}
 
 
+@pytest.mark.parametrize("values, kind", [
+    (["N/A", "1.2000", "N/A"], "text"),      # an onset column as NWB conversions write it
+    ([" none", "ALM", ""], "text"),           # the stimulated site, or nothing
+    (["false", "true", "0"], "text"),
+    ([np.nan, 0.8, np.nan], "NaN"),          # an onset in seconds, NaN where none
+    ([0, 3, 0], None),
+])
+def test_perturb_column_reads_text_and_nan_as_onsets_are_written(tmp_path, values, kind):
+    """Trial 1 is the perturbed one in every spelling; text and NaN are read by rule, so
+    how is a warning in the manifest."""
+    nwb = make_session(tmp_path / "s.nwb", trial_columns={"go_cue_time": GO, "stim": values})
+    m = ingest([nwb], tmp_path / "ds", IngestOptions(**ALIGNED, perturb_column="stim",
+                                                     valid_fraction=0.0))
+    assert m.splits == {"train": 2, "perturbed": 1}
+    assert by_trial(ArrowDataset.open(tmp_path / "ds"), "split")[1] == "perturbed"
+    said = [w for w in m.provenance["warnings"] if "--perturb-column 'stim'" in w]
+    if kind == "text":
+        (w,) = said
+        words = [str(v).strip() for v in values]
+        off = ", ".join(repr(v) for v in sorted(set(words) - {words[1]}))
+        assert f"1 trials read as perturbed ({words[1]!r}), 2 as not ({off})" in w
+    elif kind == "NaN":
+        assert said == [("s.nwb: --perturb-column 'stim' is NaN on 2 trials, read as not "
+                         "perturbed (no onset)")]
+    else:
+        assert said == []
+
+
 def test_default_window_is_trial_start_to_shortest_trial(nwb, tmp_path):
     m = ingest([nwb], tmp_path / "ds", IngestOptions(bin_ms=250, ic_enc_seq_len=1))
     assert m.n_bins == 4 and m.provenance["window_s"] == [0.0, 1.0]

@@ -73,9 +73,13 @@ class IngestOptions:
         Units id leaves that id out of every file given; ``SESSION/ID`` (a session name as
         the manifest gives it: the file's stem, e.g. ``sub-01_ses-2/12``) out of that file
         alone, since separately sorted sessions reuse ids. Each must name a unit of a file.
-    perturb_column [--perturb-column]: boolean/numeric trials column; nonzero trials go to the
-        "perturbed" split and are never trained on (unless `silence_region_column` says
-        which region they silenced).
+    perturb_column [--perturb-column]: trials column flagging perturbed trials, which go to
+        the "perturbed" split and are never trained on (unless `silence_region_column` says
+        which region they silenced). Boolean or numeric: nonzero is perturbed, NaN (an onset
+        that never happened) is not. Text, as NWB conversions store onset times ("1.2" or
+        "N/A"): a number as above, a word of plan.UNPERTURBED_TEXT ("", "N/A", "none", ...)
+        not perturbed, any other word (the stimulated site, say) perturbed; a warning says
+        how the values were read.
     silence_region_column [--silence-region-column]: trials column naming, per trial, the
         region an intervention silenced (a unit label, mapped by `region_map`; "" for none).
         Those trials are trained on, as recorded interventions: the model's messages from

@@ -125,7 +125,7 @@ def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FileP
     kept_rows = np.flatnonzero(keep)
     plan = FilePlan(path=s.path, unit_ids=unit_ids, region_rows=region_rows, heldout_flags=flags,
                     warnings=warnings, labelled=labelled, observed=s.obs_intervals(kept_rows),
-                    **_trials(s, o, region_map))
+                    **_trials(s, o, region_map, warnings))
     if o.align is not None:  # in refuse mode _trials has refused a missing event already
         plan = plan.without(~np.isfinite(plan.event), f"no {o.align!r} event (NaN)")
     return plan
@@ -168,7 +168,8 @@ def _map_labels(path: str, labels: np.ndarray, region_map: dict | None, map_path
     return np.array([region_map[lab] or "" for lab in labels], dtype=object)
 
 
-def _trials(s: NWBSession, o: IngestOptions, region_map: dict | None) -> dict:
+def _trials(s: NWBSession, o: IngestOptions, region_map: dict | None,
+            warnings: list[str]) -> dict:
     ids = s.trial_ids()
     start = s.trial_column("start_time", "the trials table").astype(np.float64)
     stop = s.trial_column("stop_time", "the trials table").astype(np.float64)
@@ -191,7 +192,7 @@ def _trials(s: NWBSession, o: IngestOptions, region_map: dict | None) -> dict:
                 "trial has")
     return {"trial_ids": ids, "start": start, "stop": stop, "event": event,
                 "condition": _condition(s, o, order),
-                "perturbed": _perturbed(s, o, ids, order),
+                "perturbed": _perturbed(s, o, order, warnings),
                 "ext_value": _ext_value(s, o, ids, order),
                 "silence": _silence(s, o, region_map, ids, order)}
 
@@ -215,15 +216,52 @@ def _condition(s: NWBSession, o: IngestOptions, order: np.ndarray) -> np.ndarray
     return np.array(["|".join(p) for p in zip(*parts)], dtype=object)
 
 
-def _perturbed(s: NWBSession, o: IngestOptions, ids: np.ndarray, order: np.ndarray) -> np.ndarray | None:
+# text in a --perturb-column that means "no perturbation on this trial" (case and spaces
+# ignored): NWB conversions often store an onset time or a label as text, "N/A" where none
+UNPERTURBED_TEXT = frozenset({"", "n/a", "na", "nan", "none", "null", "false", "no", "off"})
+
+
+def _perturbed(s: NWBSession, o: IngestOptions, order: np.ndarray,
+               warnings: list[str]) -> np.ndarray | None:
+    """Which trials were perturbed, from --perturb-column: a boolean or number (nonzero;
+    NaN, an onset that never happened, is not), or text (a number read as one, a word in
+    UNPERTURBED_TEXT not, any other word, e.g. the stimulated site, is). Text and NaN are
+    read by rule, so how they were read is a warning."""
     if o.perturb_column is None:
         return None
-    values = _numeric(s, o.perturb_column, "--perturb-column", order)
-    if not np.all(np.isfinite(values)):
-        raise IngestError(f"{s.path}: trials column {o.perturb_column!r} (--perturb-column) is NaN "
-                          f"for trials {ids[~np.isfinite(values)][:5].tolist()}; mark every trial "
-                          "True/False")
-    return values != 0
+    col, name = o.perturb_column, os.path.basename(s.path)
+    raw = s.trial_column(col, "--perturb-column")[order]
+    if raw.dtype.kind in "biuf":
+        values = raw.astype(np.float64)
+        nan = np.isnan(values)
+        if nan.any():
+            warnings.append(f"{name}: --perturb-column {col!r} is NaN on {int(nan.sum())} trials, "
+                            "read as not perturbed (no onset)")
+        return ~nan & (values != 0)
+    if raw.dtype.kind not in "OSU":
+        raise IngestError(f"{s.path}: trials column {col!r} (--perturb-column) must be boolean, "
+                          f"numeric or text, got dtype {raw.dtype}")
+    text = np.array([(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in raw],
+                    dtype=object)
+    perturbed = np.array([_text_perturbed(t) for t in text], dtype=bool)
+    read = {flag: sorted(set(text[perturbed == flag].tolist())) for flag in (False, True)}
+
+    def shown(labels: list[str]) -> str:
+        return ", ".join(repr(v) for v in labels[:5]) + (", ..." if len(labels) > 5 else "")
+    warnings.append(f"{name}: --perturb-column {col!r} holds text; {int(perturbed.sum())} "
+                    f"trials read as perturbed ({shown(read[True]) or 'none'}), "
+                    f"{int((~perturbed).sum())} as not ({shown(read[False]) or 'none'})")
+    return perturbed
+
+
+def _text_perturbed(text: str) -> bool:
+    if text.lower() in UNPERTURBED_TEXT:
+        return False
+    try:
+        value = float(text)
+    except ValueError:
+        return True  # a label: the site or kind of stimulation
+    return bool(np.isfinite(value) and value != 0)
 
 
 def _silence(s: NWBSession, o: IngestOptions, region_map: dict | None, ids: np.ndarray,

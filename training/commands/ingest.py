@@ -78,7 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("trials")
     g.add_argument("--perturb-column", metavar="COL",
                    help="trials column flagging perturbed trials (own split, never trained on, "
-                   "unless --silence-region-column names the region they silenced)")
+                   "unless --silence-region-column names the region they silenced): boolean or "
+                   "number (nonzero; NaN is not perturbed), or text such as an onset time or "
+                   "'N/A' (a number as above; '', N/A, none, false, no, off are not perturbed; "
+                   "any other word is)")
     g.add_argument("--silence-region-column", metavar="COL",
                    help="trials column naming the region each trial's intervention silenced "
                    "(a unit label, mapped by --region-map; empty for none). Those trials are "
