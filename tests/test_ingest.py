@@ -99,6 +99,24 @@ def test_perturb_column_reads_text_and_nan_as_onsets_are_written(tmp_path, value
         assert said == []
 
 
+def test_a_time_column_written_as_text_reads_as_numbers_and_n_a_as_missing(tmp_path):
+    nwb = make_session(tmp_path / "s.nwb",
+                       trial_columns={"go_cue_time": [" 0.5", "N/A", "2.6"]})
+    with pytest.raises(IngestError, match=r"alignment event 'go_cue_time' \(--align\) is "
+                                          r"missing \(NaN\) for 1 trials"):
+        ingest([nwb], tmp_path / "ds", IngestOptions(**ALIGNED))
+    m = ingest([nwb], tmp_path / "ds", IngestOptions(**ALIGNED, unfit_trials="drop"))
+    alm = by_trial(ArrowDataset.open(tmp_path / "ds"), "x/ALM")
+    assert sorted(alm) == [0, 2] and m.provenance["sources"][0]["n_trials"] == 2
+    for t in (0, 2):  # the same counts as with the go cues stored as floats
+        np.testing.assert_array_equal(alm[t], np.array([HAND[0][t], HAND[1][t]]).T)
+    bad = make_session(tmp_path / "b.nwb", trial_columns={"go_cue_time": ["0.5", "soon", "x"]})
+    with pytest.raises(IngestError, match=r"'go_cue_time' \(--align\) must hold numbers .* but "
+                                          r"2 trials hold other text: 'soon', 'x'"):
+        ingest([bad], tmp_path / "bad", IngestOptions(**ALIGNED))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_default_window_is_trial_start_to_shortest_trial(nwb, tmp_path):
     m = ingest([nwb], tmp_path / "ds", IngestOptions(bin_ms=250, ic_enc_seq_len=1))
     assert m.n_bins == 4 and m.provenance["window_s"] == [0.0, 1.0]

@@ -197,12 +197,37 @@ def _trials(s: NWBSession, o: IngestOptions, region_map: dict | None,
                 "silence": _silence(s, o, region_map, ids, order)}
 
 
+# text that says "no value" in a numeric trials column (case and spaces ignored): NWB
+# conversions often store times as text, "N/A" where an event never happened
+MISSING_TEXT = frozenset({"", "n/a", "na", "nan", "none", "null"})
+
+
 def _numeric(s: NWBSession, col: str, flag: str, order: np.ndarray) -> np.ndarray:
-    values = s.trial_column(col, flag)
-    if values.dtype.kind not in "biuf":
+    """A trials column as float64 in ``order``. Text is read as numbers ("1.25"), the words
+    of MISSING_TEXT as NaN, so an onset column written as text reads like one written as
+    floats; any other word is refused, named."""
+    values = s.trial_column(col, flag)[order]
+    if values.dtype.kind in "biuf":
+        return values.astype(np.float64)
+    if values.dtype.kind not in "OSU":
         raise IngestError(f"{s.path}: trials column {col!r} ({flag}) must be numeric, got dtype "
                           f"{values.dtype}")
-    return values.astype(np.float64)[order]
+    text = [(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in values]
+    out = np.full(len(text), np.nan)
+    words = []
+    for k, t in enumerate(text):
+        if t.lower() in MISSING_TEXT:
+            continue
+        try:
+            out[k] = float(t)
+        except ValueError:
+            words.append(t)
+    if words:
+        shown = ", ".join(repr(w) for w in sorted(set(words))[:5])
+        raise IngestError(f"{s.path}: trials column {col!r} ({flag}) must hold numbers (as "
+                          f"numbers or text; {', '.join(sorted(MISSING_TEXT - {''}))} or empty "
+                          f"for none), but {len(words)} trials hold other text: {shown}")
+    return out
 
 
 def _condition(s: NWBSession, o: IngestOptions, order: np.ndarray) -> np.ndarray:
@@ -216,15 +241,15 @@ def _condition(s: NWBSession, o: IngestOptions, order: np.ndarray) -> np.ndarray
     return np.array(["|".join(p) for p in zip(*parts)], dtype=object)
 
 
-# text in a --perturb-column that means "no perturbation on this trial" (case and spaces
-# ignored): NWB conversions often store an onset time or a label as text, "N/A" where none
-UNPERTURBED_TEXT = frozenset({"", "n/a", "na", "nan", "none", "null", "false", "no", "off"})
+# words in a text --perturb-column that mean "not perturbed" beyond MISSING_TEXT's (case
+# and spaces ignored)
+UNPERTURBED_TEXT = MISSING_TEXT | {"false", "no", "off"}
 
 
 def _perturbed(s: NWBSession, o: IngestOptions, order: np.ndarray,
                warnings: list[str]) -> np.ndarray | None:
     """Which trials were perturbed, from --perturb-column: a boolean or number (nonzero;
-    NaN, an onset that never happened, is not), or text (a number read as one, a word in
+    NaN, an onset that never happened, is not), or text (a number read as one, a word of
     UNPERTURBED_TEXT not, any other word, e.g. the stimulated site, is). Text and NaN are
     read by rule, so how they were read is a warning."""
     if o.perturb_column is None:

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("time")
     g.add_argument("--bin-ms", type=float, default=20.0, help="bin width in ms (default 20)")
     g.add_argument("--align", metavar="EVENT", help="trials column to align to, e.g. go_cue_time "
-                   "(default: trial start)")
+                   "(default: trial start); numbers, or text that reads as numbers ('N/A' or "
+                   "empty: no event, see --unfit-trials)")
     g.add_argument("--window", type=_window, metavar="START:STOP",
                    help="seconds around the event, e.g. -1.0:1.0 (needed with --align; default "
                    "without it: 0 to the shortest trial)")
