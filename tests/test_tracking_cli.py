@@ -1,6 +1,7 @@
 """The tracking commands through the real CLI: import-metrics, promote's errors, ui."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -31,6 +32,32 @@ def test_import_metrics_delivers_an_outbox_file(tmp_path, mlflow_sqlite_uri, exp
     assert [m.step for m in client.get_metric_history(run.info.run_id, "objective")] == [1, 2, 3]
     assert main(["import-metrics", str(box)]) == 2  # delivered files are gone: a clear error
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("user_level", [None, logging.INFO])
+def test_system_metrics_start_and_stop_quietly_unless_the_user_asked(
+        mlflow_sqlite_uri, experiment_name, user_level):
+    """The monitor's INFO lines (started, stopped, no GPU) wrapped every `mrlfads train`'s
+    own output; its warnings still show, and a level the user set is kept."""
+    logger, said = logging.getLogger("mlflow.system_metrics"), []
+    before = logger.level
+    logger.setLevel(user_level or logging.NOTSET)
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        t = MlflowTracker(mlflow_sqlite_uri, system_metrics=True)
+        t.start_run("quiet", experiment=experiment_name)
+        level = logger.level
+        t.end_run()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+    if user_level is None:
+        assert level == logging.WARNING and said == []
+    else:
+        assert level == logging.INFO
+        assert any("Started monitoring system metrics" in m for m in said), said
 
 
 def test_promote_without_a_finished_trial_exits_2_with_the_reason(mlflow_sqlite_uri, experiment_name, capsys):

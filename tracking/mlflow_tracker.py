@@ -144,6 +144,12 @@ class MlflowTracker(Tracker):
             return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+        # the monitor announces its start, its stop and a GPU it did not find at INFO, four
+        # lines around every run's own output; warnings still show, and a level set by the
+        # user for this logger is kept
+        quiet = logging.getLogger("mlflow.system_metrics")
+        if quiet.level == logging.NOTSET:
+            quiet.setLevel(logging.WARNING)
         try:
             self._monitor = SystemMetricsMonitor(run_id, resume_logging=resume,
                                                  tracking_uri=self.delivery.client.tracking_uri)
