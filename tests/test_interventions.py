@@ -286,13 +286,58 @@ def test_ingest_maps_silenced_labels_like_unit_labels(tmp_path):
 
 @pytest.mark.parametrize("changes, session, match", [
     ({"silence_time_columns": None}, {}, "give both"),
-    ({}, {"stop": (np.nan, 1.30, 2.5, np.nan)}, r"trials \[1\] name a silenced region but"),
+    ({}, {"stop": (np.nan, 1.30, 2.5, np.nan)}, r"trials \[1\] silenced a region but"),
     ({"silence_region_column": "laser"}, {}, "trials table has no column 'laser'"),
 ])
 def test_ingest_refuses_incomplete_interventions(tmp_path, changes, session, match):
     with pytest.raises(IngestError, match=match):
         ingest([_session(tmp_path / "s.nwb", **session)], tmp_path / "ds",
                IngestOptions(**{**OPTS, **changes}))
+    assert not (tmp_path / "ds").exists()
+
+
+def _dandi_session(path, duration=("N/A", "0.2000", "0.3000", "N/A")):
+    """Photoinhibition as DANDI conversions store it: text onsets from each trial's
+    start_time and durations, "N/A" where there was none; the site is not in the table."""
+    return build_nwb(path, spikes=SPIKES, locations=["ALM", "ALM", "STR", "STR"],
+                     trials=TRIALS, trial_columns={
+                         "photostim_onset": ["N/A", "0.35", "0.1", "N/A"],
+                         "photostim_duration": list(duration)})
+
+
+def test_ingest_reads_one_silenced_site_with_onsets_and_durations_from_the_cli(tmp_path):
+    """Trial 1 (start 1.0 s) silences ALM over 1.35-1.55 s: bin centres 1.35 and 1.45, bins
+    3 and 4; trial 2 (start 2.0 s) over 2.1-2.4 s: centres 2.15, 2.25, 2.35, bins 1-3.
+    Both are trained on; nothing is left for the perturbed split."""
+    nwb = _dandi_session(tmp_path / "s.nwb")
+    assert main(["ingest", str(nwb), "--out", str(tmp_path / "ds"), "--bin-ms", "100",
+                 "--window=0:0.5", "--ic-enc-seq-len", "1", "--heldout", "0",
+                 "--valid-fraction", "0", "--perturb-column", "photostim_onset",
+                 "--silence-region", "ALM", "--silence-time-columns",
+                 "photostim_onset,photostim_duration", "--silence-times", "onset-duration"]) == 0
+    ds = ArrowDataset.open(tmp_path / "ds")
+    assert ds.manifest.silenced == ("ALM",) and ds.manifest.splits == {"train": 4}
+    a = ds.arrays(columns=["trial_id", "silenced/ALM"])
+    rows = {int(t): i for i, t in enumerate(a["trial_id"])}
+    np.testing.assert_array_equal(a["silenced/ALM"][rows[1]], [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(a["silenced/ALM"][rows[2]], [0, 1, 1, 1, 0])
+    for t in (0, 3):
+        assert a["silenced/ALM"][rows[t]].sum() == 0
+
+
+@pytest.mark.parametrize("changes, duration, match", [
+    ({"perturb_column": None}, None, "--silence-region: needs --perturb-column"),
+    ({"silence_region_column": "photostim_onset"}, None, "give one of them"),
+    ({"silence_times": "relative"}, None, "'relative' is not one of"),
+    ({}, ("N/A", "0.2000", "N/A", "N/A"), r"trials \[2\] silenced a region but .* not an onset"),
+])
+def test_ingest_refuses_a_silenced_site_given_incompletely(tmp_path, changes, duration, match):
+    opts = {**OPTS, "perturb_column": "photostim_onset", "silence_region_column": None,
+            "silence_region": "ALM", "silence_times": "onset-duration",
+            "silence_time_columns": ("photostim_onset", "photostim_duration"), **changes}
+    nwb = _dandi_session(tmp_path / "s.nwb", **({"duration": duration} if duration else {}))
+    with pytest.raises(IngestError, match=match):
+        ingest([nwb], tmp_path / "ds", IngestOptions(**opts))
     assert not (tmp_path / "ds").exists()
 
 

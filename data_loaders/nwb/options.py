@@ -22,6 +22,8 @@ DEFAULT_HELDOUT = 0.1
 MIN_UNITS_FOR_HELDOUT = 5  # a fraction holds out at least 1 unit of regions this large
 SESSION_MODES = ("auto", "matched", "separate")  # --sessions
 UNFIT_MODES = ("refuse", "drop")  # --unfit-trials
+# --silence-times: what the two --silence-time-columns hold
+SILENCE_TIMES = ("session", "onset-duration")
 
 
 _SESSION_UNIT = re.compile(r"^(?P<session>[^/]+)/(?P<id>-?[0-9]+)$")
@@ -85,9 +87,15 @@ class IngestOptions:
         Those trials are trained on, as recorded interventions: the model's messages from
         that region are silenced over the same bins (docs/MODEL.md, "Recorded
         interventions"). Needs `silence_time_columns`.
+    silence_region [--silence-region]: the region every trial `perturb_column` flags
+        silenced (a unit label, mapped by `region_map`), for sessions that stimulated one
+        site and say so outside the trials table; instead of `silence_region_column`.
     silence_time_columns [--silence-time-columns START,STOP]: trials columns holding the
-        intervention's start and stop times (session seconds, like start_time); a bin is
-        silenced when its centre falls in [START, STOP).
+        intervention's times; a bin is silenced when its centre falls in [start, stop).
+    silence_times [--silence-times]: what those columns hold: "session" (default), start
+        and stop in session seconds like start_time; "onset-duration", the onset in seconds
+        from the trial's start_time and the duration, as DANDI conversions of
+        photoinhibition sessions store them (photostim_onset, photostim_duration).
     condition_columns [--condition]: trials columns joined into the condition string
         (default: the "condition" column if the table has one).
     ext_column / ext_timeseries [--ext-column / --ext-timeseries]: an observed external input
@@ -128,7 +136,9 @@ class IngestOptions:
     quality_column: str = "quality"
     perturb_column: str | None = None
     silence_region_column: str | None = None
+    silence_region: str | None = None
     silence_time_columns: tuple[str, str] | None = None
+    silence_times: str = "session"
     condition_columns: tuple[str, ...] | None = None
     ext_column: str | None = None
     ext_timeseries: str | None = None
@@ -196,9 +206,17 @@ def _problems(o: IngestOptions) -> list[str]:
         p.append(f"--heldout: a fraction in (0, 1) or an integer count >= 0, got {h!r}")
     if o.heldout_column is not None and h:
         p.append("--heldout and --heldout-column: give one of them, not both")
-    if (o.silence_region_column is None) != (o.silence_time_columns is None):
-        p.append("--silence-region-column and --silence-time-columns: give both (which region "
-                 "each trial silenced, and when) or neither")
+    region_given = o.silence_region_column is not None or o.silence_region is not None
+    if o.silence_region_column is not None and o.silence_region is not None:
+        p.append("--silence-region-column and --silence-region: give one of them (a region "
+                 "per trial, or one for every perturbed trial), not both")
+    if region_given != (o.silence_time_columns is not None):
+        p.append("--silence-region-column (or --silence-region) and --silence-time-columns: "
+                 "give both (which region each trial silenced, and when) or neither")
+    if o.silence_region is not None and o.perturb_column is None:
+        p.append("--silence-region: needs --perturb-column, which says which trials silenced it")
+    if o.silence_times not in SILENCE_TIMES:
+        p.append(f"--silence-times: {o.silence_times!r} is not one of {list(SILENCE_TIMES)}")
     if o.silence_time_columns is not None and len(o.silence_time_columns) != 2:
         p.append(f"--silence-time-columns: two trials columns START,STOP, got "
                  f"{list(o.silence_time_columns)}")

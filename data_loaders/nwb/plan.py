@@ -190,11 +190,11 @@ def _trials(s: NWBSession, o: IngestOptions, region_map: dict | None,
                 f"{int(missing.sum())} trials, e.g. ids {ids[missing][:5].tolist()}; pass "
                 "--unfit-trials drop to leave those trials out, or align to an event every "
                 "trial has")
+    perturbed = _perturbed(s, o, order, warnings)
     return {"trial_ids": ids, "start": start, "stop": stop, "event": event,
-                "condition": _condition(s, o, order),
-                "perturbed": _perturbed(s, o, order, warnings),
+                "condition": _condition(s, o, order), "perturbed": perturbed,
                 "ext_value": _ext_value(s, o, ids, order),
-                "silence": _silence(s, o, region_map, ids, order)}
+                "silence": _silence(s, o, region_map, ids, order, start, perturbed)}
 
 
 # text that says "no value" in a numeric trials column (case and spaces ignored): NWB
@@ -290,31 +290,43 @@ def _text_perturbed(text: str) -> bool:
 
 
 def _silence(s: NWBSession, o: IngestOptions, region_map: dict | None, ids: np.ndarray,
-             order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(region or "", start, stop) of each trial's recorded intervention, trials in time
-    order; None without --silence-region-column."""
-    if o.silence_region_column is None:
+             order: np.ndarray, start: np.ndarray, perturbed: np.ndarray | None,
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(region or "", start, stop in session seconds) of each trial's recorded intervention,
+    trials in time order (``start``: their start_time; ``perturbed``: --perturb-column's
+    flags); None without --silence-region-column or --silence-region."""
+    if o.silence_region is not None:
+        labels = np.where(perturbed, o.silence_region, "").astype(object)
+        flag = "--silence-region"
+    elif o.silence_region_column is not None:
+        raw = s.trial_column(o.silence_region_column, "--silence-region-column")[order]
+        labels = np.array(["" if v is None else (v.decode() if isinstance(v, bytes) else str(v))
+                           for v in raw], dtype=object)
+        labels[np.isin(labels, ("", "none", "None", "nan"))] = ""
+        flag = f"--silence-region-column {o.silence_region_column!r}"
+    else:
         return None
-    raw = s.trial_column(o.silence_region_column, "--silence-region-column")[order]
-    labels = np.array(["" if v is None else (v.decode() if isinstance(v, bytes) else str(v))
-                       for v in raw], dtype=object)
-    labels[np.isin(labels, ("", "none", "None", "nan"))] = ""
     if region_map is not None:
         unknown = sorted(set(labels[labels != ""].tolist()) - set(region_map))
         if unknown:
-            raise IngestError(f"{s.path}: silenced regions {unknown} (--silence-region-column "
-                              f"{o.silence_region_column!r}) are not in the region map "
-                              f"{o.region_map}; add them (as for unit labels)")
+            raise IngestError(f"{s.path}: silenced regions {unknown} ({flag}) are not in the "
+                              f"region map {o.region_map}; add them (as for unit labels)")
         labels = np.array([region_map[v] or "" if v else "" for v in labels], dtype=object)
     col0, col1 = o.silence_time_columns
     t0 = _numeric(s, col0, "--silence-time-columns", order)
     t1 = _numeric(s, col1, "--silence-time-columns", order)
+    if o.silence_times == "onset-duration":
+        t0 = start + t0
+        t1 = t0 + t1
     on = labels != ""
     bad = on & ~(np.isfinite(t0) & np.isfinite(t1) & (t1 > t0))
     if bad.any():
-        raise IngestError(f"{s.path}: trials {ids[bad][:5].tolist()} name a silenced region but "
-                          f"their {col0!r}/{col1!r} (--silence-time-columns) are missing or not "
-                          "START < STOP; give every silenced trial its times (session seconds)")
+        what = ("an onset (seconds from the trial's start_time) and a duration > 0"
+                if o.silence_times == "onset-duration" else "START < STOP (session seconds)")
+        raise IngestError(f"{s.path}: trials {ids[bad][:5].tolist()} silenced a region but "
+                          f"their {col0!r}/{col1!r} (--silence-time-columns, --silence-times "
+                          f"{o.silence_times}) are missing or not {what}; give every silenced "
+                          "trial its times")
     return labels, np.where(on, t0, np.nan), np.where(on, t1, np.nan)
 
 

@@ -90,9 +90,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "same bins: interventions tell apart pathways that observation alone "
                    "cannot (docs/MODEL.md, 'Recorded interventions'). Needs "
                    "--silence-time-columns")
+    g.add_argument("--silence-region", metavar="REGION",
+                   help="the region every trial --perturb-column flags silenced (a unit label, "
+                   "mapped by --region-map), where the session stimulated one site; instead of "
+                   "--silence-region-column")
     g.add_argument("--silence-time-columns", type=_names, metavar="START,STOP",
-                   help="trials columns with each intervention's start and stop (session "
-                   "seconds); a bin is silenced when its centre is in [START, STOP)")
+                   help="trials columns with each intervention's times (see --silence-times); "
+                   "a bin is silenced when its centre is in [start, stop)")
+    g.add_argument("--silence-times", choices=("session", "onset-duration"), default="session",
+                   help="what --silence-time-columns hold: session (default), start and stop "
+                   "in session seconds; onset-duration, the onset in seconds from the trial's "
+                   "start_time and the duration, as DANDI photoinhibition sessions store them "
+                   "(photostim_onset,photostim_duration)")
     g.add_argument("--condition", type=_names, metavar="COL,COL", dest="condition_columns",
                    help="trials columns forming the condition (default: 'condition' if present)")
     g.add_argument("--ext-column", metavar="COL", help="numeric trials column as external input")
@@ -124,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         quality_column=args.quality_column,
         perturb_column=args.perturb_column, condition_columns=args.condition_columns,
         silence_region_column=args.silence_region_column,
-        silence_time_columns=args.silence_time_columns,
+        silence_region=args.silence_region, silence_time_columns=args.silence_time_columns,
+        silence_times=args.silence_times,
         ext_column=args.ext_column, ext_timeseries=args.ext_timeseries,
         valid_fraction=args.valid_fraction, seed=args.seed, ic_enc_seq_len=args.ic_enc_seq_len,
         name=args.name, sessions=args.sessions, unfit_trials=args.unfit_trials,
