@@ -332,8 +332,9 @@ def _interventions(plans: list[FilePlan], regions: list[str], window: tuple[floa
                    ) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None]:
     """``silenced/<region>`` arrays (trials, T) of 0/1 (a bin is silenced when its centre
     falls in the trial's [start, stop)), and each trial's silenced region ("" for none);
-    (None, None) without --silence-region-column or --silence-region. A trial silencing a region the dataset
-    does not have cannot be modelled: it joins the "perturbed" split, with a warning."""
+    (None, None) without --silence-region-column or --silence-region. A trial silencing a
+    region the dataset does not have cannot be modelled: it joins the "perturbed" split,
+    with a warning."""
     if plans[0].silence is None:
         return None, None
     label = np.concatenate([p.silence[0] for p in plans])
