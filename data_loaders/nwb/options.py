@@ -76,8 +76,8 @@ class IngestOptions:
         the manifest gives it: the file's stem, e.g. ``sub-01_ses-2/12``) out of that file
         alone, since separately sorted sessions reuse ids. Each must name a unit of a file.
     perturb_column [--perturb-column]: trials column flagging perturbed trials, which go to
-        the "perturbed" split and are never trained on (unless `silence_region_column` says
-        which region they silenced). Boolean or numeric: nonzero is perturbed, NaN (an onset
+        the "perturbed" split and are never trained on (unless `silence_region_column` or
+        `silence_region` says which region they silenced). Boolean or numeric: nonzero is perturbed, NaN (an onset
         that never happened) is not. Text, as NWB conversions store onset times ("1.2" or
         "N/A"): a number as above, a word of plan.UNPERTURBED_TEXT ("", "N/A", "none", ...)
         not perturbed, any other word (the stimulated site, say) perturbed; a warning says

@@ -79,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("trials")
     g.add_argument("--perturb-column", metavar="COL",
                    help="trials column flagging perturbed trials (own split, never trained on, "
-                   "unless --silence-region-column names the region they silenced): boolean or "
+                   "unless --silence-region-column or --silence-region names the region they "
+                   "silenced): boolean or "
                    "number (nonzero; NaN is not perturbed), or text such as an onset time or "
                    "'N/A' (a number as above; '', N/A, none, false, no, off are not perturbed; "
                    "any other word is)")
