@@ -24,8 +24,9 @@ from pathlib import Path as _Path
 __version__ = "0.1.0"
 
 COMPONENTS = ("data_loaders", "search_spaces", "tracking", "training")
-API = ("Dataset", "Effectome", "Inference", "Model", "Perturbed", "SweepResult", "fit", "ingest",
-       "load", "open_dataset", "plan_sweep", "promote", "simulate", "sweep")
+API = ("Dataset", "Effectome", "Inference", "Model", "Perturbed", "SweepResult",
+       "compare_effectomes", "fit", "ingest", "load", "open_dataset", "plan_sweep", "promote",
+       "simulate", "sweep")
 __all__ = list(API)
 
 

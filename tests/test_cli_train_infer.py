@@ -148,8 +148,7 @@ def test_every_command_has_help_and_no_command_is_an_error(capsys):
     from mrlfads.training.cli import build_parser
 
     names = {"demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb",
-             "export-nwb", "report", "ui",
-             "import-metrics"}
+             "export-nwb", "report", "compare-effectomes", "ui", "import-metrics"}
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == names
     for name in names:

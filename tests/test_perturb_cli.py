@@ -228,3 +228,20 @@ def test_infer_writes_the_inferred_input_effectome(trained, tmp_path):
     assert info["dataset_digest"] == hashlib.sha256(source).hexdigest()
     assert info["dataset_digest"] == hashlib.sha256(
         (trained / "data" / "dataset.json").read_bytes()).hexdigest()
+
+
+def test_compare_effectomes_reads_what_infer_writes(trained, tmp_path, capsys):
+    """Two real `mrlfads infer` outputs of one model: `compare-effectomes` reads them, and
+    the same effectome twice has one order, each pathway a tier of its own."""
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert main(["infer", "--model", str(trained / "run" / "best.pt"), "--data",
+                     str(trained / "data"), "--out", str(out), "--samples", "0"]) == 0
+    capsys.readouterr()
+    assert main(["compare-effectomes", *map(str, outs), "--out", str(tmp_path / "c.json")]) == 0
+    saved = json.loads((tmp_path / "c.json").read_text())
+    eff = json.loads((outs[0] / "effectome.json").read_text())
+    assert [p["pathway"] for p in saved["pathways"]] == sorted(
+        ["B->A", "A->B"], key=lambda p: -eff["matrix"]["AB".index(p[-1])]["AB".index(p[0])])
+    assert [p["tier"] for p in saved["pathways"]] == [1, 2]
+    assert saved["pairs_in_differing_order"] == 0

@@ -21,7 +21,7 @@ from mrlfads.training.signals import interrupt_on_termination
 
 # Order is the order shown in --help.
 COMMANDS = ["demo", "simulate", "ingest", "train", "sweep", "promote", "infer", "perturb", "export_nwb",
-            "report", "ui", "import_metrics"]
+            "report", "compare_effectomes", "ui", "import_metrics"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -240,3 +240,24 @@ def infer(model: Model, dataset: Dataset | str | os.PathLike, *, samples: int = 
     if out is not None:
         result.save(out, overwrite=overwrite)
     return result
+
+
+def compare_effectomes(fits: Iterable[str | os.PathLike | Effectome]) -> dict:
+    """Several fits' cut effectomes of one dataset (`mrlfads infer` output folders, their
+    effectome.json, or `Inference.effectome`), e.g. from other training seeds: each
+    pathway's values, mean and range, the pathways whose order the fits disagree on, and
+    the tiers every fit agrees on (training/effectome_compare.py)."""
+    import numpy as np
+
+    from mrlfads.training.effectome_compare import CutEffectome, compare, read_effectome
+
+    read = []
+    for k, f in enumerate(fits):
+        if isinstance(f, Effectome):
+            if f.cut is None:
+                raise ValueError(f"fit {k}: its effectome has no cut matrix")
+            read.append(CutEffectome(f"fit {k}", tuple(f.regions), np.asarray(f.cut, float)))
+        else:
+            read.append(read_effectome(f))
+    return compare(read)
+
