@@ -14,7 +14,7 @@ import numpy as np
 from mrlfads.data_loaders.errors import IngestError
 from mrlfads.data_loaders.nwb.binning import TIME_TOL
 from mrlfads.data_loaders.nwb.options import IngestOptions
-from mrlfads.data_loaders.nwb.read import NWBSession
+from mrlfads.data_loaders.nwb.read import NWBSession, as_strings
 
 
 def load_region_map(path: str | None) -> dict[str, str | None] | None:
@@ -100,8 +100,7 @@ def plan_file(s: NWBSession, o: IngestOptions, region_map: dict | None) -> FileP
     keep = regions != ""
     warnings = _label_warnings(s.path, labels, regions, region_map is not None, o.regions)
     if o.drop_quality:
-        quality = np.array([str(q.decode() if isinstance(q, bytes) else q)
-                            for q in s.unit_column(o.quality_column, "--drop-quality")], dtype=object)
+        quality = as_strings(s.unit_column(o.quality_column, "--drop-quality"))
         bad = np.isin(quality, list(o.drop_quality))
         if bad.any():
             warnings.append(f"{os.path.basename(s.path)}: dropped {int(bad.sum())} units with "
@@ -212,7 +211,7 @@ def _numeric(s: NWBSession, col: str, flag: str, order: np.ndarray) -> np.ndarra
     if values.dtype.kind not in "OSU":
         raise IngestError(f"{s.path}: trials column {col!r} ({flag}) must be numeric, got dtype "
                           f"{values.dtype}")
-    text = [(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in values]
+    text = [v.strip() for v in as_strings(values)]
     out = np.full(len(text), np.nan)
     words = []
     for k, t in enumerate(text):
@@ -236,8 +235,7 @@ def _condition(s: NWBSession, o: IngestOptions, order: np.ndarray) -> np.ndarray
         cols = ("condition",) if "condition" in s.trial_columns() else ()
     if not cols:
         return np.full(len(order), "", dtype=object)
-    parts = [[v.decode() if isinstance(v, bytes) else str(v)
-              for v in s.trial_column(c, "--condition")[order]] for c in cols]
+    parts = [as_strings(s.trial_column(c, "--condition")[order]) for c in cols]
     return np.array(["|".join(p) for p in zip(*parts)], dtype=object)
 
 
@@ -266,8 +264,7 @@ def _perturbed(s: NWBSession, o: IngestOptions, order: np.ndarray,
     if raw.dtype.kind not in "OSU":
         raise IngestError(f"{s.path}: trials column {col!r} (--perturb-column) must be boolean, "
                           f"numeric or text, got dtype {raw.dtype}")
-    text = np.array([(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in raw],
-                    dtype=object)
+    text = np.array([v.strip() for v in as_strings(raw)], dtype=object)
     perturbed = np.array([_text_perturbed(t) for t in text], dtype=bool)
     read = {flag: sorted(set(text[perturbed == flag].tolist())) for flag in (False, True)}
 
@@ -300,8 +297,7 @@ def _silence(s: NWBSession, o: IngestOptions, region_map: dict | None, ids: np.n
         flag = "--silence-region"
     elif o.silence_region_column is not None:
         raw = s.trial_column(o.silence_region_column, "--silence-region-column")[order]
-        labels = np.array(["" if v is None else (v.decode() if isinstance(v, bytes) else str(v))
-                           for v in raw], dtype=object)
+        labels = as_strings(raw)
         labels[np.isin(labels, ("", "none", "None", "nan"))] = ""
         flag = f"--silence-region-column {o.silence_region_column!r}"
     else:

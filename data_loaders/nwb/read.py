@@ -27,7 +27,7 @@ def sha256_file(path: str, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _strings(values) -> np.ndarray:
+def as_strings(values) -> np.ndarray:
     """Object array of str from an HDF5 string column (str or bytes)."""
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
@@ -116,7 +116,7 @@ class NWBSession:
     def unit_labels(self, region_column: str | None) -> np.ndarray:
         """Region label of each unit: `region_column`, else its first electrode's location."""
         if region_column is not None:
-            return _strings(self.unit_column(region_column, "--region-column"))
+            return as_strings(self.unit_column(region_column, "--region-column"))
         units = self.units
         if "electrodes" not in units.colnames:
             raise IngestError(
@@ -138,7 +138,7 @@ class NWBSession:
         if "location" not in table.colnames:
             raise IngestError(f"{self.path}: electrodes table has no 'location' column; pass "
                               "--region-column COL naming a Units column with regions")
-        locations = _strings(table["location"].data[:])
+        locations = as_strings(table["location"].data[:])
         return locations[rows]
 
     def obs_intervals(self, rows: np.ndarray) -> dict[int, np.ndarray] | None:
