@@ -132,3 +132,25 @@ def test_fixed_message_prior_stays_at_prior_var_while_the_learnt_one_moves(tiny)
             [math.log(trainer.cfg.model.prior_var)] * start.numel())
     assert moved[True] > 1e-4
     assert moved[False] == 0.0
+
+
+def test_output_that_is_not_a_terminal_gets_plain_epoch_lines(tiny, tmp_path, capsys, monkeypatch):
+    """A log file shows nothing of a live bar until the run ends: it gets the first epoch's
+    line at once, then at most one line per interval, and always the last epoch's."""
+    import functools
+
+    import mrlfads.training.fit as fit_module
+
+    clock = iter([0.0, 1.0, 2.0, 40.0, 41.0, 42.0]).__next__  # start, then one per epoch
+    monkeypatch.setattr(fit_module, "_LogLines",
+                        functools.partial(fit_module._LogLines, clock=clock))
+    fit(Trainer(smoke_cfg(tiny), tiny), tmp_path, epochs=5, progress=True)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    # epoch 1 at 1 s; 2 at 2 s is within 30 s of it; 3 at 40 s is not; 4 is within 30 s
+    # of 3; 5 is the last
+    assert [ln.split(" (")[0] for ln in lines] == ["epoch 1/5", "epoch 3/5", "epoch 5/5"]
+    assert lines[1].startswith("epoch 3/5 (0:40): loss ")
+    assert "objective" in lines[2]
+
+    fit(Trainer(smoke_cfg(tiny), tiny), tmp_path / "quiet", epochs=2, progress=False)
+    assert "epoch " not in capsys.readouterr().out

@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -54,6 +56,9 @@ def fit(
     write_atomic(out / METRICS, "".join(json.dumps(m) + "\n" for m in trainer.history))
     metrics: dict[str, float] = trainer.history[-1] if trainer.history else {}
     bar = _progress(progress)
+    lines = None
+    if progress and not bar.console.is_terminal:  # a log file: lines, not a bar's last frame
+        lines, bar = _LogLines(total), _progress(False)
     fault = faults.epoch_hook(out)  # None unless MRLFADS_FAULT asks (fault tests)
     patience = trainer.cfg.train.patience
     with bar:
@@ -76,6 +81,9 @@ def fit(
             if on_epoch is not None:
                 on_epoch(metrics)
             bar.update(task, completed=trainer.epoch, status=_status(metrics))
+            if lines is not None:
+                lines.epoch_done(trainer.epoch, metrics,
+                                 last=trainer.epoch >= total or stale(trainer.history, patience))
     if trainer.epoch < total and stale(trainer.history, patience):
         best_epoch, _ = epochs_since_best(trainer.history)
         note = (f"stopped at epoch {trainer.epoch} of {total}: no better objective in the "
@@ -119,6 +127,26 @@ def _where_to_go_on(exc: Exception, trainer: Trainer, out: Path) -> str:
 def _status(m: dict[str, float]) -> str:
     return (f"loss {m['train/loss']:.3g}  valid elbo {m['valid/elbo']:.4g}  "
             f"objective {m['objective']:.4g}  lr {m['lr']:.2g}")
+
+
+class _LogLines:
+    """Progress as plain lines, for output that is not a terminal (a log file, a batch job),
+    where a live bar shows nothing until the run ends: the first epoch, then at most one
+    line every ``every_s`` seconds, and the last epoch."""
+
+    def __init__(self, total: int, every_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total, self.every_s, self.clock = total, every_s, clock
+        self.start = clock()
+        self.last_line: float | None = None
+
+    def epoch_done(self, epoch: int, m: dict[str, float], last: bool) -> None:
+        now = self.clock()
+        if not last and self.last_line is not None and now - self.last_line < self.every_s:
+            return
+        self.last_line = now
+        minutes, seconds = divmod(int(now - self.start), 60)
+        print(f"epoch {epoch}/{self.total} ({minutes}:{seconds:02d}): {_status(m)}", flush=True)
 
 
 def _progress(enabled: bool):
