@@ -91,6 +91,10 @@ def test_cut_writes_per_neuron_effects_time_courses_and_the_comparison(trained, 
               for k in ("delta", "measured_delta")]
     assert report["rank_correlation_signed"] == pytest.approx(
         spearmanr(*signed).statistic, abs=1e-6)
+    for r in ("A", "B"):  # the same, one region's neurons at a time
+        assert report["rank_correlation_signed_by_region"][r] == pytest.approx(spearmanr(
+            eff[f"delta/{r}"][2:].mean(axis=0), eff[f"measured_delta/{r}"][2:].mean(axis=0)
+        ).statistic, abs=1e-6)
     assert report["figure"] == "predicted_vs_measured.png"
     assert (out / "predicted_vs_measured.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -114,6 +118,9 @@ def test_rank_correlation_of_a_hand_computed_example():
     assert got["rank_correlation_rate_only"] == pytest.approx(-0.8)
     assert got["rank_correlation"] == pytest.approx(0.8)
     assert got["rank_correlation_by_region"] == {"A": pytest.approx(1.0), "B": pytest.approx(1.0)}
+    # per region, signed: A's -1 2 against 1 2 ranks alike (1); B's 3 -4 against 3 4 reverse (-1)
+    assert got["rank_correlation_signed_by_region"] == {"A": pytest.approx(1.0),
+                                                        "B": pytest.approx(-1.0)}
 
 
 def test_two_regions_cut_equals_silence_and_all_channels_equal_the_cut(trained, tmp_path):
@@ -140,6 +147,17 @@ def test_the_printed_heading_is_one_line_above_the_table(trained, tmp_path, caps
     heading = f"cutting A->B (channels 1) over bins {WINDOW} ({trials} trials)"
     assert heading in lines
     assert lines[lines.index(heading) + 1].startswith("┏")  # the table's top rule
+    assert "signed rank" in "".join(lines[:lines.index(heading) + 6])
+    assert not any("own neurons" in ln for ln in lines)  # a cut suppresses no region
+
+
+def test_silencing_a_region_says_its_own_neurons_are_not_predicted(trained, tmp_path, capsys):
+    """A recorded silencing suppresses the region's own neurons directly; cutting the model's
+    messages does not, so the printout points the reader to the other regions' rows."""
+    capsys.readouterr()
+    assert _perturb(trained, tmp_path / "silence", "--silence", "A") == 0
+    out = capsys.readouterr().out
+    assert "A's own neurons: a recorded silencing also suppresses them directly" in out
 
 
 def test_silence_inputs_moves_the_region_from_the_window_on(trained, tmp_path):

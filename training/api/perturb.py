@@ -260,7 +260,9 @@ def compare(effects: dict, measured: dict, names: list[str], first: int = 0) -> 
       sizes is informative only above it;
     - ``rank_correlation_signed``: of the signed trial-mean changes (bins ``first`` on of
       the tau..T-1 time courses). Noise has no sign, so this one is not inflated by rates,
-      and it asks for the direction of each neuron's change too."""
+      and it asks for the direction of each neuron's change too; ``_by_region`` per region.
+      A recording's silencing also suppresses the silenced region's own neurons directly,
+      which cutting its messages does not model: there, read the other regions' rows."""
     import numpy as np
 
     from mrlfads.metrics import rank_correlation
@@ -272,8 +274,9 @@ def compare(effects: dict, measured: dict, names: list[str], first: int = 0) -> 
     def cat(d, key):  # every region's neurons
         return np.concatenate([d[f"{key}/{r}"] for r in names])
 
-    def signed(d, key):  # every neuron's (T', N) time course, averaged from bin `first` on
-        return np.concatenate([np.asarray(d[f"{key}/{r}"])[first:].mean(axis=0) for r in names])
+    def signed(d, key, regions=names):  # each neuron's time course averaged from `first` on
+        return np.concatenate([np.asarray(d[f"{key}/{r}"])[first:].mean(axis=0)
+                               for r in regions])
 
     sizes = cat(measured, "measured")
     return {"rank_correlation": rho(cat(effects, "effect"), sizes),
@@ -281,7 +284,10 @@ def compare(effects: dict, measured: dict, names: list[str], first: int = 0) -> 
             "rank_correlation_signed": rho(signed(effects, "delta"),
                                            signed(measured, "measured_delta")),
             "rank_correlation_by_region": {r: rho(effects[f"effect/{r}"], measured[f"measured/{r}"])
-                                           for r in names}}
+                                           for r in names},
+            "rank_correlation_signed_by_region": {
+                r: rho(signed(effects, "delta", [r]), signed(measured, "measured_delta", [r]))
+                for r in names}}
 
 
 def _write(out: Path, report: dict, arrays: dict, names: list[str], overwrite: bool) -> None:

@@ -71,12 +71,20 @@ def _print_table(report: dict) -> None:
     if measured:
         table.add_column("measured mean |change|", justify="right")
         table.add_column("rank corr. per neuron", justify="right")
+        table.add_column("signed rank corr.", justify="right")
+    # outputs written before the signed correlation per region lack it
+    signed = report.get("rank_correlation_signed_by_region", {})
     for name, value in report["mean_abs_rate_change"].items():
         row = [f"{value:.4g}"]
         if measured:
-            row += [f"{measured[name]:.4g}", f"{report['rank_correlation_by_region'][name]:.3f}"]
+            row += [f"{measured[name]:.4g}", f"{report['rank_correlation_by_region'][name]:.3f}",
+                    f"{signed[name]:.3f}" if name in signed else ""]
         table.add_row(name, *row)
     console.print(table)
+    if measured and p["kind"] == "silence":
+        print(f"{p['target']}'s own neurons: a recorded silencing also suppresses them "
+              "directly, which cutting the model's messages does not predict; its effects "
+              "are in the other regions' rows")
     if "rank_correlation" in report:
         print(f"rank correlation predicted vs measured (all neurons): sizes "
               f"{report['rank_correlation']:.3f} (ranking neurons by firing rate alone: "
