@@ -125,6 +125,17 @@ class DatasetManifest:
     def n_trials(self) -> int:
         return sum(s.rows for s in self.shards)
 
+    @property
+    def time_axis(self) -> tuple[float, str]:
+        """Seconds of bin 0 and what they count from (an event's name, or 'trial start').
+        `mrlfads ingest` bins each trial over
+        its window around the --align event (provenance ``window_s`` and
+        ``options.align``), so an aligned session's times count from that event, as its
+        user does; a simulated trial, or one binned from its start, counts from the start."""
+        window = self.provenance.get("window_s") or [0.0]
+        align = (self.provenance.get("options") or {}).get("align")
+        return float(window[0]), align or "trial start"
+
     # -- sessions ----------------------------------------------------------------------------
     @property
     def n_sessions(self) -> int:

@@ -114,6 +114,21 @@ def test_extra_files_and_provenance(tmp_path):
         ds.read_extra("weights.npz")
 
 
+def test_time_axis_counts_from_the_ingest_alignment_event(tmp_path):
+    """`mrlfads ingest --align go_cue_time --window -1.0:1.0` records the window and the
+    event: bin 0 starts 1 s before the cue. Binned from each trial's start, or simulated,
+    bin 0 is the trial's start."""
+    aligned = write_dataset(tmp_path / "a", provenance={
+        "generator": "mrlfads ingest", "window_s": [-1.0, 1.0],
+        "options": {"align": "go_cue_time", "window": [-1.0, 1.0]}}, **_inputs())
+    assert aligned.time_axis == (-1.0, "go_cue_time")
+    from_start = write_dataset(tmp_path / "s", provenance={
+        "generator": "mrlfads ingest", "window_s": [0.0, 2.5], "options": {"align": None}},
+        **_inputs())
+    assert from_start.time_axis == (0.0, "trial start")
+    assert write_dataset(tmp_path / "sim", **_inputs()).time_axis == (0.0, "trial start")
+
+
 def test_refuses_to_overwrite_without_flag(tmp_path):
     make_tiny_dataset(tmp_path / "d")
     with pytest.raises(DatasetError, match="already exists.*pass --overwrite"):

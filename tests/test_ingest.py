@@ -61,6 +61,8 @@ def test_counts_match_hand_counts_with_alignment_and_perturbed_split(nwb, tmp_pa
     assert m.n_bins == 5 and m.bin_width_s == pytest.approx(0.1)
     assert [(r.name, r.n_heldin, r.n_heldout) for r in m.regions] == [("ALM", 2, 0), ("STR", 2, 0)]
     assert m.splits == {"train": 2, "perturbed": 1}  # the photostim trial is never trained on
+    # figures and perturb count time from the cue: bin 0 starts 0.2 s before it
+    assert ArrowDataset.open(tmp_path / "ds").manifest.time_axis == (-0.2, "go_cue_time")
     ds = ArrowDataset.open(tmp_path / "ds")
     alm, strm = by_trial(ds, "x/ALM"), by_trial(ds, "x/STR")
     for t in range(3):

@@ -144,7 +144,9 @@ def test_the_printed_heading_is_one_line_above_the_table(trained, tmp_path, caps
     assert _perturb(trained, tmp_path / "one", "--cut", "A->B", "--channels", "1") == 0
     trials = json.loads((tmp_path / "one" / "report.json").read_text())["trials"]
     lines = capsys.readouterr().out.splitlines()
-    heading = f"cutting A->B (channels 1) over bins {WINDOW} ({trials} trials)"
+    # bins 6:10 of 10 ms from the start of the (simulated) trial: 0.06 to 0.1 s
+    heading = (f"cutting A->B (channels 1) over bins {WINDOW} (0.06 to 0.1 s from trial "
+               f"start; {trials} trials)")
     assert heading in lines
     assert lines[lines.index(heading) + 1].startswith("┏")  # the table's top rule
     assert "signed rank" in "".join(lines[:lines.index(heading) + 6])

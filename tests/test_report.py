@@ -202,3 +202,23 @@ def test_sweeps_log_each_trials_model_figures(trained, tmp_path):
         "psth.png", "rates_heatmap.png", "latents.png", "messages.png", "inputs.png",
         "effectome.png", "effectome_message_rms.png", "rates_vs_data.png"]
     assert all(_png_size(p.read_bytes())[0] > 100 for p in drawn)
+
+
+def test_figures_of_an_aligned_session_count_time_from_its_event(trained, tmp_path):
+    """A session binned over -0.5..+0.5 s around go_cue_time: bin k starts at -0.5 + k bins,
+    and the first shown bin is the first after the IC window (TAU bins of 10 ms)."""
+    from mrlfads.data_loaders.reader import ArrowDataset
+    from mrlfads.training.checkpoint import load_model
+    from mrlfads.training.config import RunConfig
+    from mrlfads.training.report_figures import fit_view
+
+    data = tmp_path / "aligned"
+    shutil.copytree(trained / "data", data)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["provenance"] = {"generator": "mrlfads ingest", "window_s": [-0.5, 0.5],
+                          "options": {"align": "go_cue_time"}}
+    (data / "dataset.json").write_text(json.dumps(meta))
+    model, cfg, _ = load_model(trained / "run" / "best.pt")
+    view = fit_view(model, ArrowDataset.open(data), RunConfig.from_dict(cfg), max_trials=2)
+    assert view.time_label == "time from go_cue_time (s)"
+    np.testing.assert_allclose(view.t, -0.5 + np.arange(TAU, T) * 0.01)

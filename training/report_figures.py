@@ -127,7 +127,8 @@ def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIA
     bw = float(m.bin_width_s or 0.0)
     scale = 1.0 / bw if poisson and bw > 0 else 1.0
     unit = ("spikes/s" if bw > 0 else "spikes/bin") if poisson else "data units"
-    t = np.arange(tau, m.n_bins) * (bw if bw > 0 else 1.0)
+    start_s, time_from = m.time_axis
+    t = start_s + np.arange(tau, m.n_bins) * bw if bw > 0 else np.arange(tau, m.n_bins) * 1.0
 
     def numpy(x):
         return x[:, tau:].detach().float().cpu().numpy()
@@ -137,7 +138,7 @@ def fit_view(model: Any, dataset: Any, run_cfg: Any, max_trials: int = VIEW_TRIA
         return both[..., columns[n]] if n in columns else both
 
     view = FitView(
-        regions=names, t=t, time_label="time from trial start (s)" if bw > 0 else "bin",
+        regions=names, t=t, time_label=f"time from {time_from} (s)" if bw > 0 else "bin",
         unit=unit, scale=scale, groups=fd.condition_groups(data.condition, data.n_trials),
         data={n: shown(n, numpy(data.heldin[r]), numpy(data.heldout[r]))
               for r, n in enumerate(names)},

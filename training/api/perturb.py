@@ -183,6 +183,9 @@ def perturb(model: Model, dataset: Dataset | str | os.PathLike, *,
         "perturbation": {"kind": pert.kind, "target": pert.target, "window": list(win),
                          "channels": None if pert.channels is None else list(pert.channels)},
         "window": list(win), "split": split, "trials": data.n_trials,
+        # the window in seconds, and what they count from (an ingested session's --align
+        # event, or the trial's start): a user thinks of a silencing in seconds
+        **_window_seconds(m, win),
         # the mean over trials, reconstructed bins and held-in neurons, per region
         # (NaN-free: a stitched model's neurons whose session has no trials here are NaN)
         "mean_abs_rate_change": {r: _nanmean(effects[f"abs_delta/{r}"][:, : n_in[r]])
@@ -204,6 +207,15 @@ def perturb(model: Model, dataset: Dataset | str | os.PathLike, *,
     if out is not None:
         result.save(out, overwrite=overwrite)
     return result
+
+
+def _window_seconds(m, win: tuple[int, int]) -> dict:
+    """``window_s`` [start, stop) in seconds and ``time_from``; {} without a bin width."""
+    if not m.bin_width_s:
+        return {}
+    zero, time_from = m.time_axis
+    return {"window_s": [round(zero + b * m.bin_width_s, 9) for b in win],
+            "time_from": time_from}
 
 
 def measured_effects(dataset, control, start: int, tau: int, device) -> dict:

@@ -62,8 +62,12 @@ def _print_table(report: dict) -> None:
         what += f" (channels {','.join(map(str, p['channels']))})"
     console = Console()
     # the heading is its own line: a table's title wraps at the table's width
+    seconds = ""
+    if "window_s" in report:  # outputs written before it lack it
+        lo, hi = report["window_s"]
+        seconds = f"{lo:g} to {hi:g} s from {report['time_from']}; "
     console.print(Text(f"{what} over bins {p['window'][0]}:{p['window'][1]} "
-                       f"({report['trials']} trials)", style="bold"), soft_wrap=True)
+                       f"({seconds}{report['trials']} trials)", style="bold"), soft_wrap=True)
     table = Table()
     table.add_column("region")
     table.add_column("predicted mean |change|", justify="right")
