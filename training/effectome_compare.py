@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-EFFECTOME_FILE = "effectome.json"
+from mrlfads.files import EFFECTOME
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,9 @@ class CutEffectome:
 def read_effectome(path: str | Path) -> CutEffectome:
     """An `mrlfads infer --out` folder, or the effectome.json in one."""
     p = Path(path)
-    file = p / EFFECTOME_FILE if p.is_dir() else p
+    file = p / EFFECTOME if p.is_dir() else p
     if not file.is_file():
-        raise ValueError(f"{path}: no {EFFECTOME_FILE}; pass an `mrlfads infer --out` folder "
+        raise ValueError(f"{path}: no {EFFECTOME}; pass an `mrlfads infer --out` folder "
                          "or the effectome.json in one")
     try:
         data = json.loads(file.read_text())

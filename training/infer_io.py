@@ -40,6 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from mrlfads.files import EFFECTOME
+
 OUTPUT_PREFIXES = ("rates/", "heldout_rates/", "factors/", "inputs/", "messages/")
 
 
@@ -133,7 +135,7 @@ def write_outputs(out_dir: str | os.PathLike, outputs: Mapping[str, np.ndarray],
                 payload["inputs"]["definition"] = (
                     "cut: RMS change of a region's readout when the inferred inputs it "
                     "receives are silenced; rms: RMS of the inferred inputs")
-            (tmp / "effectome.json").write_text(json.dumps(payload, indent=2))
+            (tmp / EFFECTOME).write_text(json.dumps(payload, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(_json_safe(dict(metrics)), indent=2))
         if source_manifest is not None:
             (tmp / "source_dataset.json").write_text(

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mrlfads.data_loaders.nwb.results import NWBResults, ResultSeries, write_results_nwb
+    from mrlfads.files import EFFECTOME
     from mrlfads.tracking.shareable import shared_uri
     from mrlfads.training.infer_io import read_outputs
 
@@ -92,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
     info = _read_json(infer / "outputs.json", "pass an `mrlfads infer --out` directory")
     manifest = _read_json(infer / "source_dataset.json",
                           "this output predates export-nwb: re-run `mrlfads infer` to write it")
-    effectome = (_read_json(infer / "effectome.json", "") if (infer / "effectome.json").is_file()
-                 else {})
+    effectome = _read_json(infer / EFFECTOME, "") if (infer / EFFECTOME).is_file() else {}
     k, source = matching_source(manifest, args.nwb, str(infer))
     prov = manifest["provenance"]
     offset, nwb_ids = source_trial_ids(prov["sources"], k)
