@@ -201,3 +201,19 @@ def test_train_reports_the_smoothing_baseline_beside_best_pt(tmp_path, mlflow_sq
         expected["valid/smoothing_co_bps/B"])
     (logged,) = client.get_metric_history(run.info.run_id, "valid/smoothing_co_bps")
     assert logged.step == history[-1]["epoch"]
+
+
+def test_smoothing_notes_name_each_split_the_model_does_not_beat():
+    from mrlfads.training.commands.infer import smoothing_notes
+
+    metrics = {"valid/co_bps": 0.05, "valid/smoothing_co_bps": 0.06,  # below: a note
+               "train/co_bps": 0.08, "train/smoothing_co_bps": 0.06,  # above: none
+               "test/co_bps": float("nan"), "test/smoothing_co_bps": 0.06,  # not scored
+               "perturbed/co_bps": 0.02, "perturbed/smoothing_co_bps": 0.03}
+    notes = smoothing_notes(metrics, ["train", "valid", "test", "perturbed", "other"])
+    assert len(notes) == 2
+    assert notes[0].startswith("note: on valid, the model's held-out co-bps (0.0500) does not "
+                               "beat smoothed held-in spikes (0.0600)")
+    # the model runs perturbed trials unperturbed: expected, and said so, not a verdict
+    assert notes[1].startswith("note: on perturbed") and "as expected" in notes[1]
+    assert "does not beat" not in notes[1]
