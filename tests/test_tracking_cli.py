@@ -125,3 +125,31 @@ def test_ui_starts_on_localhost_prints_its_address_and_stops(tmp_path):
         proc.wait(timeout=60)
     with pytest.raises(OSError):  # ui stopped its server (until /health fails) before exiting
         urllib.request.urlopen(f"{url}/health", timeout=5)
+
+
+def test_a_figure_that_fails_does_not_fail_the_finished_training_run(
+        tmp_path, mlflow_sqlite_uri, experiment_name, capsys, monkeypatch):
+    """The figures come after training is done and saved: one that fails is a warning, the
+    run ends FINISHED and its best.pt is still logged for `mrlfads promote --run`."""
+    import json
+
+    from mrlfads.data_loaders.testing import make_tiny_dataset
+    from mrlfads.tracking.registry import RUN_CHECKPOINT
+    from mrlfads.training import report_figures
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(report_figures, "make_model_figures", no_space)
+    make_tiny_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "data"), "--smoke-test", "--epochs", "2",
+                 "--out", str(run_dir), "--tracking-uri", mlflow_sqlite_uri, "--experiment",
+                 experiment_name, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the run's figures were not logged (OSError: [Errno 28] No space left" in err
+    assert f"mrlfads report {run_dir}` draws them" in err
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    client = MlflowClient(mlflow_sqlite_uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert RUN_CHECKPOINT in {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+    assert not client.list_artifacts(run_id, "figures")

@@ -4,6 +4,7 @@ opens a checkpoint or a registered model (what `mrlfads infer` and `perturb` ope
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,23 @@ def load(source: str | os.PathLike, *, tracking_uri: str | None = None) -> Model
     return Model(module, RunConfig.from_dict(run_cfg), manifest, source)
 
 
+def _log_figures(tracker: Any, trainer: Any, dataset: Any, out: Path) -> None:
+    """The model's figures on the run, as the sweep logs each trial's. They come after the
+    training, which is done and saved: a figure that fails (a plotting library's bug, a
+    disk that filled) is named in a warning and does not fail the run, whose checkpoint is
+    still logged for `mrlfads promote --run`."""
+    from mrlfads.tracking.redact import redact_text
+    from mrlfads.training.report_figures import log_model_figures
+
+    try:
+        log_model_figures(tracker.log_artifact, trainer.model, dataset, trainer.cfg)
+    except Exception as exc:  # noqa: BLE001 - figures are an extra; the run is complete
+        print(f"warning: the run's figures were not logged ({type(exc).__name__}: "
+              f"{redact_text(str(exc))}); "
+              f"training is complete and saved in {out}; `mrlfads report {out}` draws them",
+              file=sys.stderr)
+
+
 def fit(dataset: Dataset | str | os.PathLike, *, config: str | os.PathLike | Mapping | None = None,
         out: str | os.PathLike = "runs/train",
         overrides: Mapping[str, Any] | Iterable[str] | None = None,
@@ -152,9 +170,7 @@ def fit(dataset: Dataset | str | os.PathLike, *, config: str | os.PathLike | Map
                               {trainer.cfg.data.train_split: trainer.train_data,
                                trainer.cfg.data.valid_split: trainer.valid_data}, tracker)
         if tracker is not None:
-            from mrlfads.training.report_figures import log_model_figures
-
-            log_model_figures(tracker.log_artifact, trainer.model, data.arrow, trainer.cfg)
+            _log_figures(tracker, trainer, data.arrow, out)
             if (out / BEST).is_file():  # what `mrlfads promote --run` registers
                 from mrlfads.tracking.registry import log_run_checkpoint
 
