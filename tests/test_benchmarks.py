@@ -572,3 +572,54 @@ def test_lds_arms_share_their_trials_and_only_the_intervention_arm_silences(tmp_
         assert (inter[msg][30:][on] == 0).all() and (np.abs(plain[msg][30:][on]) > 0).all()
         assert (inter[msg][:30] == plain[msg][:30]).all()
     assert 0 < marked <= 12  # R2 (sends nothing) takes the rest
+
+
+def _trials_column(nwb: str, column: str) -> list:
+    import h5py
+
+    with h5py.File(nwb, "r") as f:
+        return [v.decode() if isinstance(v, bytes) else v
+                for v in f["intervals/trials"][column][:]]
+
+
+def test_dandi_session_ingests_with_the_recipe_and_scores_against_its_wiring(tmp_path, capsys):
+    """benchmarks/science/dandi_session.py: a few trials through the README's photoinhibition
+    recipe (real pynwb file, text onsets read as interventions on ALM), and the score of a
+    hand-made effectome against the wiring Thal -> ALM -> Str."""
+    import json
+
+    import numpy as np
+
+    from mrlfads.data_loaders.nwb import IngestOptions, ingest
+
+    session = _science("dandi_session")
+    nwb = str(tmp_path / "s.nwb")
+    session.write(nwb, seed=1, n_trials=20)  # 3 of them photoinhibited
+    with open(nwb + ".truth.json") as fh:
+        truth = json.load(fh)
+    assert truth == {"regions": ["ALM", "Thal", "Str"],
+                     "comm": [[0, 3, 0], [0, 0, 0], [3, 0, 0]]}  # [dst][src]
+    o = IngestOptions(bin_ms=20, align="go_cue_time", window=(-1.0, 1.0), min_neurons=10,
+                      drop_quality=["noise"], perturb_column="photostim_onset",
+                      unfit_trials="drop", silence_region="ALM",
+                      silence_time_columns=("photostim_onset", "photostim_duration"),
+                      silence_times="onset-duration", valid_fraction=0.25)
+    m = ingest([nwb], tmp_path / "d", o)
+    assert sorted(r.name for r in m.regions) == ["ALM", "Str", "Thal"]  # 'root' dropped
+    assert sum(r.n_heldin + r.n_heldout for r in m.regions) == 45 + 18 + 70
+    stimulated = sum(float(v) > 0 for v in _trials_column(nwb, "photostim_onset") if v != "N/A")
+    assert stimulated > 0 and m.silenced == ("ALM",)  # the text onsets became interventions
+    capsys.readouterr()
+    # ALM -> Thal (the echo) above Thal -> ALM: separation 0.2 / 0.3; cosine by hand:
+    # present (0.2, 0.4), absent (0.1, 0.3, 0.05, 0.05) against (3, 3, 0, 0, 0, 0)
+    regions = ["Str", "ALM", "Thal"]  # infer's order need not be the truth's
+    matrix = [[None, 0.4, 0.05], [0.1, None, 0.2], [0.05, 0.3, None]]  # [dst][src]
+    out = tmp_path / "infer"
+    out.mkdir()
+    (out / "effectome.json").write_text(json.dumps(
+        {"regions": regions, "matrix": matrix, "message_rms": matrix}))
+    session.score(nwb, str(out))
+    got = capsys.readouterr().out.splitlines()[0]
+    cosine = (0.2 + 0.4) * 3 / (np.sqrt(0.2**2 + 0.4**2 + 0.1**2 + 0.3**2 + 2 * 0.05**2)
+                                * np.sqrt(18))
+    assert got == f"matrix: cosine {cosine:.3f}, separation {0.2 / 0.3:.3f}"
