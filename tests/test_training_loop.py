@@ -151,6 +151,14 @@ def test_output_that_is_not_a_terminal_gets_plain_epoch_lines(tiny, tmp_path, ca
     assert [ln.split(" (")[0] for ln in lines] == ["epoch 1/5", "epoch 3/5", "epoch 5/5"]
     assert lines[1].startswith("epoch 3/5 (0:40): loss ")
     assert "objective" in lines[2]
+    # which epoch best.pt holds: none until the ramps end, then the best epoch after them
+    from mrlfads.training.fit import epochs_since_best
+
+    history = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for line, n in zip(lines, (1, 3, 5)):
+        best = epochs_since_best(history[:n])[0]
+        assert line.endswith("best.pt: none before the ramps end" if best is None
+                             else f"best.pt: epoch {best}")
 
     fit(Trainer(smoke_cfg(tiny), tiny), tmp_path / "quiet", epochs=2, progress=False)
     assert "epoch " not in capsys.readouterr().out

@@ -82,7 +82,7 @@ def fit(
                 on_epoch(metrics)
             bar.update(task, completed=trainer.epoch, status=_status(metrics))
             if lines is not None:
-                lines.epoch_done(trainer.epoch, metrics,
+                lines.epoch_done(trainer.epoch, metrics, epochs_since_best(trainer.history)[0],
                                  last=trainer.epoch >= total or stale(trainer.history, patience))
     if trainer.epoch < total and stale(trainer.history, patience):
         best_epoch, _ = epochs_since_best(trainer.history)
@@ -140,13 +140,17 @@ class _LogLines:
         self.start = clock()
         self.last_line: float | None = None
 
-    def epoch_done(self, epoch: int, m: dict[str, float], last: bool) -> None:
+    def epoch_done(self, epoch: int, m: dict[str, float], best: int | None,
+                   last: bool) -> None:
+        """``best``: the epoch best.pt holds (None before the ramps end)."""
         now = self.clock()
         if not last and self.last_line is not None and now - self.last_line < self.every_s:
             return
         self.last_line = now
         minutes, seconds = divmod(int(now - self.start), 60)
-        print(f"epoch {epoch}/{self.total} ({minutes}:{seconds:02d}): {_status(m)}", flush=True)
+        held = "  best.pt: none before the ramps end" if best is None else f"  best.pt: epoch {best}"
+        print(f"epoch {epoch}/{self.total} ({minutes}:{seconds:02d}): {_status(m)}{held}",
+              flush=True)
 
 
 def _progress(enabled: bool):
