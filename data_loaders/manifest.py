@@ -128,10 +128,10 @@ class DatasetManifest:
     @property
     def time_axis(self) -> tuple[float, str]:
         """Seconds of bin 0 and what they count from (an event's name, or 'trial start').
-        `mrlfads ingest` bins each trial over
-        its window around the --align event (provenance ``window_s`` and
-        ``options.align``), so an aligned session's times count from that event, as its
-        user does; a simulated trial, or one binned from its start, counts from the start."""
+        `mrlfads ingest` bins each trial over its window around the --align event
+        (provenance ``window_s`` and ``options.align``), so an aligned session's times count
+        from that event, as its user does; a simulated trial, or one binned from its start,
+        counts from the start."""
         window = self.provenance.get("window_s") or [0.0]
         align = (self.provenance.get("options") or {}).get("align")
         return float(window[0]), align or "trial start"

@@ -148,9 +148,9 @@ class _LogLines:
             return
         self.last_line = now
         minutes, seconds = divmod(int(now - self.start), 60)
-        held = "  best.pt: none before the ramps end" if best is None else f"  best.pt: epoch {best}"
-        print(f"epoch {epoch}/{self.total} ({minutes}:{seconds:02d}): {_status(m)}{held}",
-              flush=True)
+        held = "none before the ramps end" if best is None else f"epoch {best}"
+        print(f"epoch {epoch}/{self.total} ({minutes}:{seconds:02d}): {_status(m)}  "
+              f"best.pt: {held}", flush=True)
 
 
 def _progress(enabled: bool):

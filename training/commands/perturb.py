@@ -87,8 +87,8 @@ def _print_table(report: dict) -> None:
     console.print(table)
     if measured and p["kind"] == "silence":
         print(f"{p['target']}'s own neurons: a recorded silencing also suppresses them "
-              "directly, which cutting the model's messages does not predict; its effects "
-              "are in the other regions' rows")
+              "directly, which cutting the model's messages does not predict; what the "
+              "silencing does through its messages is in the other regions' rows")
     if "rank_correlation" in report:
         print(f"rank correlation predicted vs measured (all neurons): sizes "
               f"{report['rank_correlation']:.3f} (ranking neurons by firing rate alone: "
