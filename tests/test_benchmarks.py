@@ -609,6 +609,13 @@ def test_dandi_session_ingests_with_the_recipe_and_scores_against_its_wiring(tmp
     assert sum(r.n_heldin + r.n_heldout for r in m.regions) == 45 + 18 + 70
     stimulated = sum(float(v) > 0 for v in _trials_column(nwb, "photostim_onset") if v != "N/A")
     assert stimulated > 0 and m.silenced == ("ALM",)  # the text onsets became interventions
+    # a second session of the same network: 3 fewer units per region, one stitched dataset
+    second = str(tmp_path / "s1.nwb")
+    session.write(second, seed=1, n_trials=20, session=1)
+    with open(second + ".truth.json") as fh:
+        assert json.load(fh) == truth
+    m2 = ingest([nwb, second], tmp_path / "d2", o)
+    assert [sum(sum(v) for v in s.units.values()) for s in m2.sessions] == [133, 124]
     capsys.readouterr()
     # ALM -> Thal (the echo) above Thal -> ALM: separation 0.2 / 0.3; cosine by hand:
     # present (0.2, 0.4), absent (0.1, 0.3, 0.05, 0.05) against (3, 3, 0, 0, 0, 0)

@@ -2,7 +2,8 @@
 wiring, for trying the README's ingest recipe and the defaults as a new user would
 (docs/RESULTS.md, "A session as DANDI stores it").
 
-    .venv/bin/python benchmarks/science/dandi_session.py write s0.nwb [--seed 0] [--trials 400]
+    .venv/bin/python benchmarks/science/dandi_session.py write s0.nwb [--seed 0] [--trials 400] \
+        [--session 0]
     .venv/bin/python benchmarks/science/dandi_session.py score s0.nwb out/s0   # an infer output
 
 Three regions, each a 3-dimensional damped rotation with process noise, stepped every 5 ms:
@@ -14,7 +15,9 @@ holds and the recipe has to cope with: 4 units of quality 'noise', one unit labe
 'root', trials of 2.5-3.5 s with the go cue 1.2-1.8 s in (so a -1:1 s window leaves some
 trials), and on ~15% of trials a 0.4 s photoinhibition of ALM from 0.3 s before to 0.1 s
 after the cue, stored as text columns `photostim_onset` and `photostim_duration` (seconds
-from the trial's start, 'N/A' on other trials). Photoinhibition zeroes everything ALM sends
+from the trial's start, 'N/A' on other trials). ``--session K`` records the same network
+again through other units (3K fewer per region) on other trials, as another session of
+the same animal would, for stitching. Photoinhibition zeroes everything ALM sends
 and divides its own neurons' rates by 10, as a laser does. ``write`` puts the true wiring
 (regions and the message dimensions, [dst][src]) in OUT.nwb.truth.json; ``score`` prints an
 infer output's cut effectome (and the message RMS) against it: cosine, and separation (the
@@ -44,7 +47,19 @@ def _rotation(theta: float, radius: float) -> np.ndarray:
     return a
 
 
-def write(path: str, seed: int, n_trials: int) -> None:
+def _units(rng: np.random.Generator, counts: dict[str, int]):
+    """Each unit's loading on its region's state and its base rate (two never fire)."""
+    loading = {r: 0.6 * rng.standard_normal((n, DIM)) for r, n in counts.items()}
+    base = {r: np.exp(rng.normal(np.log(5.0), 0.6, n)) for r, n in counts.items()}
+    for r in counts:
+        base[r][:2] = 0.0
+    return loading, base
+
+
+def write(path: str, seed: int, n_trials: int, session: int = 0) -> None:
+    """``seed`` picks the network; ``session`` k > 0 records it again through other units
+    (3k fewer per region, new loadings and rates) on other trials, as a second session of
+    the same animal would: `mrlfads ingest` makes such files one stitched dataset."""
     from mrlfads.data_loaders.nwb.testing import build_nwb
 
     rng = np.random.default_rng(seed)
@@ -53,12 +68,14 @@ def write(path: str, seed: int, n_trials: int) -> None:
                 "Str": _rotation(0.04, 0.985)}
     coupling = {p: (0.06 if p[0] == "Thal" else 0.05) * rng.standard_normal((DIM, DIM))
                 for p in PATHWAYS}
-    loading = {r: 0.6 * rng.standard_normal((REGIONS[r], DIM)) for r in names}
-    base = {r: np.exp(rng.normal(np.log(5.0), 0.6, REGIONS[r])) for r in names}
-    for r in names:
-        base[r][:2] = 0.0  # units that never fire
+    counts = dict(REGIONS)
+    loading, base = _units(rng, counts)
     pulse = rng.standard_normal((2, DIM))
-    spikes = {r: [[] for _ in range(REGIONS[r])] for r in names}
+    if session > 0:  # the same network, other units and trials
+        rng = np.random.default_rng([seed, session])
+        counts = {r: n - 3 * session for r, n in REGIONS.items()}
+        loading, base = _units(rng, counts)
+    spikes = {r: [[] for _ in range(counts[r])] for r in names}
     columns = {"go_cue_time": [], "trial_type": [], "photostim_onset": [],
                "photostim_duration": []}
     trials, t0 = [], 0.0
@@ -84,7 +101,7 @@ def write(path: str, seed: int, n_trials: int) -> None:
                 rate = base[r] * np.exp(np.clip(loading[r] @ x[r], -5, 3))
                 if silenced and r == "ALM":
                     rate = rate / 10
-                for u in np.flatnonzero(rng.random(REGIONS[r]) < rate * STEP_S):
+                for u in np.flatnonzero(rng.random(counts[r]) < rate * STEP_S):
                     spikes[r][u].append(t0 + t + rng.uniform(0, STEP_S))
         trials.append((t0, t0 + length))
         columns["go_cue_time"].append(t0 + go)
@@ -94,7 +111,7 @@ def write(path: str, seed: int, n_trials: int) -> None:
         t0 += length + rng.uniform(0.5, 1.0)
     units, locations, quality = [], [], []
     for r in names:
-        for u in range(REGIONS[r]):
+        for u in range(counts[r]):
             units.append(sorted(spikes[r][u]))
             locations.append(r)
             quality.append("good")
@@ -142,12 +159,14 @@ def main() -> None:
     w.add_argument("nwb")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--trials", type=int, default=400)
+    w.add_argument("--session", type=int, default=0,
+                   help="k > 0: the same network through other units, on other trials")
     s = sub.add_parser("score", help="score an infer output against the truth")
     s.add_argument("nwb")
     s.add_argument("infer_out")
     args = p.parse_args()
     if args.cmd == "write":
-        write(args.nwb, args.seed, args.trials)
+        write(args.nwb, args.seed, args.trials, args.session)
     else:
         score(args.nwb, args.infer_out)
 
