@@ -57,7 +57,8 @@ def fit(
     metrics: dict[str, float] = trainer.history[-1] if trainer.history else {}
     bar = _progress(progress)
     lines = None
-    if progress and not bar.console.is_terminal:  # a log file: lines, not a bar's last frame
+    # a log file gets lines, not a bar's last frame; a notebook draws the bar itself
+    if progress and not (bar.console.is_terminal or bar.console.is_jupyter):
         lines, bar = _LogLines(total), _progress(False)
     fault = faults.epoch_hook(out)  # None unless MRLFADS_FAULT asks (fault tests)
     patience = trainer.cfg.train.patience
