@@ -15,10 +15,10 @@ holds and the recipe has to cope with: 4 units of quality 'noise', one unit labe
 'root', trials of 2.5-3.5 s with the go cue 1.2-1.8 s in (so a -1:1 s window leaves some
 trials), and on ~15% of trials a 0.4 s photoinhibition of ALM from 0.3 s before to 0.1 s
 after the cue, stored as text columns `photostim_onset` and `photostim_duration` (seconds
-from the trial's start, 'N/A' on other trials). ``--session K`` records the same network
-again through other units (3K fewer per region) on other trials, as another session of
-the same animal would, for stitching. Photoinhibition zeroes everything ALM sends
-and divides its own neurons' rates by 10, as a laser does. ``write`` puts the true wiring
+from the trial's start, 'N/A' on other trials). Photoinhibition zeroes everything ALM
+sends and divides its own neurons' rates by 10, as a laser does. ``--session K`` records
+the same network again through other units (3K fewer per region) on other trials, as
+another session of the same animal would, for stitching. ``write`` puts the true wiring
 (regions and the message dimensions, [dst][src]) in OUT.nwb.truth.json; ``score`` prints an
 infer output's cut effectome (and the message RMS) against it: cosine, and separation (the
 smallest present pathway over the largest absent one; above 1 means every present pathway
