@@ -55,11 +55,9 @@ def fit(
     write_atomic(out / CONFIG, yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False))
     write_atomic(out / METRICS, "".join(json.dumps(m) + "\n" for m in trainer.history))
     metrics: dict[str, float] = trainer.history[-1] if trainer.history else {}
-    bar = _progress(progress)
-    lines = None
     # a log file gets lines, not a bar's last frame; a notebook draws the bar itself
-    if progress and not (bar.console.is_terminal or bar.console.is_jupyter):
-        lines, bar = _LogLines(total), _progress(False)
+    lines = _LogLines(total) if progress and not _draws_live() else None
+    bar = _progress(progress and lines is None)
     fault = faults.epoch_hook(out)  # None unless MRLFADS_FAULT asks (fault tests)
     patience = trainer.cfg.train.patience
     with bar:
@@ -152,6 +150,14 @@ class _LogLines:
         held = "none before the ramps end" if best is None else f"epoch {best}"
         print(f"epoch {epoch}/{self.total} ({minutes}:{seconds:02d}): {_status(m)}  "
               f"best.pt: {held}", flush=True)
+
+
+def _draws_live() -> bool:
+    """Whether rich can draw a live bar where the output goes (a terminal or a notebook)."""
+    from rich import get_console
+
+    console = get_console()
+    return console.is_terminal or console.is_jupyter
 
 
 def _progress(enabled: bool):
